@@ -1,0 +1,2 @@
+"""segue: sequential recommendation from logs to serving."""
+__version__ = "0.1.0"

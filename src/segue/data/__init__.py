@@ -1,0 +1,1 @@
+"""Data: sources -> store -> compiled arrays -> Grain loader."""

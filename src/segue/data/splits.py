@@ -1,0 +1,373 @@
+"""Split strategies, stored in the store so every model and every evaluation uses the same ones.
+
+Every split labels each event with a `Part`. Evaluating on part P uses the events of `history_parts(P)`
+as the known history and the events of P as targets; training uses `Part.TRAIN` only.
+
+Strategies (the `kind` of a split spec):
+- random_sequence: whole sequences go to train/valid/test (default 80/10/10, seeded; trecs).
+- temporal: one cut time for everybody; events before the valid cut are train, then valid, then
+  test. No training event lies after the cut (checked).
+- leave_last_out: per sequence, the last event is test, the second to last valid, the rest train
+  (sequences shorter than `min_length` stay wholly in train).
+- strong: held-out users (sequences); each held-out user's events are split into a fold-in part
+  (VALID_INPUT/TEST_INPUT) and a scored part (VALID/TEST), at random (Mult-VAE) or by time.
+- random_holdout: each user's events are split at random 80/10/10 (general-recommendation default).
+
+Leakage checks run at build time and fail the build: a sequence in two splits for sequence-level
+strategies, a training event after a temporal cut, and targets that precede training events for
+leave-last-out.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, TypeAdapter
+
+from segue.config import Config
+from segue.errors import ConfigError, InputError, StoreError
+
+
+class Part(IntEnum):
+    TRAIN = 0
+    VALID = 1
+    TEST = 2
+    VALID_INPUT = 3  # fold-in history of a held-out validation user (strong generalization)
+    TEST_INPUT = 4
+
+
+def history_parts(target: Part | int) -> tuple[int, ...]:
+    """The parts that form the known history when `target` is scored."""
+    target = Part(target)
+    if target == Part.VALID:
+        return (Part.TRAIN, Part.VALID_INPUT)
+    if target == Part.TEST:
+        return (Part.TRAIN, Part.VALID, Part.TEST_INPUT)
+    raise ValueError(f"only VALID or TEST can be scored, not {target.name}")
+
+
+PART_NAMES = {"train": Part.TRAIN, "valid": Part.VALID, "test": Part.TEST}
+
+
+def parse_part(name: str | int | Part) -> Part:
+    if isinstance(name, int):
+        return Part(name)
+    try:
+        return PART_NAMES[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown split part '{name}' (expected train, valid or test)") from None
+
+
+class RandomSequenceSplit(Config):
+    kind: Literal["random_sequence"] = "random_sequence"
+    name: str = "random"
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class TemporalSplit(Config):
+    kind: Literal["temporal"] = "temporal"
+    name: str = "temporal"
+    # Either explicit cut times (unix seconds) or quantiles of the event times.
+    valid_cut: int | None = None
+    test_cut: int | None = None
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class LeaveLastOutSplit(Config):
+    kind: Literal["leave_last_out"] = "leave_last_out"
+    name: str = "loo"
+    min_length: int = Field(3, ge=1)  # shorter sequences are kept wholly for training
+
+
+class StrongSplit(Config):
+    kind: Literal["strong"] = "strong"
+    name: str = "strong"
+    valid_users: float = Field(0.1, gt=0)  # a fraction (<1) or a count (>=1) of held-out users
+    test_users: float = Field(0.1, gt=0)
+    foldin_fraction: float = Field(0.8, gt=0, lt=1)
+    foldin: Literal["random", "time"] = "random"
+    min_length: int = Field(5, ge=2)  # shorter users are never held out
+
+
+class RandomHoldoutSplit(Config):
+    kind: Literal["random_holdout"] = "random_holdout"
+    name: str = "holdout"
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+SplitSpec = Annotated[
+    RandomSequenceSplit | TemporalSplit | LeaveLastOutSplit | StrongSplit | RandomHoldoutSplit,
+    Field(discriminator="kind"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(SplitSpec)
+SPLIT_KINDS = ("random_sequence", "temporal", "leave_last_out", "strong", "random_holdout")
+
+
+def parse_spec(spec: dict[str, Any] | Config) -> Any:
+    if isinstance(spec, Config):
+        return spec
+    if spec.get("kind") not in SPLIT_KINDS:
+        raise ConfigError(f"split: field 'kind' is {spec.get('kind')!r} (expected one of {', '.join(SPLIT_KINDS)})")
+    try:
+        return _ADAPTER.validate_python(spec)
+    except Exception as e:  # pydantic.ValidationError
+        raise ConfigError(f"split {spec.get('name', spec.get('kind'))}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_split(con: duckdb.DuckDBPyConnection, spec: dict[str, Any] | Config, seed: int = 0) -> str:
+    """Compute the split described by `spec` into `split_events`/`splits`, check it, return its name."""
+    spec = parse_spec(spec)
+    exists = con.execute("SELECT count(*) FROM splits WHERE split = ?", [spec.name]).fetchone()[0]
+    if exists:
+        raise ConfigError(f"split '{spec.name}' is defined twice (give each split its own name)")
+    # Each split draws from its own stream so adding a split never changes another.
+    rng = np.random.default_rng([seed, _stable_id(spec.name)])
+    fn = {
+        "random_sequence": _random_sequence,
+        "temporal": _temporal,
+        "leave_last_out": _leave_last_out,
+        "strong": _strong,
+        "random_holdout": _random_holdout,
+    }[spec.kind]
+    params = fn(con, spec, rng)
+    checks = check_split(con, spec.name, spec.kind, params)
+    con.execute(
+        "INSERT INTO splits VALUES (?, ?, ?, ?)",
+        [spec.name, spec.kind, json.dumps(params, sort_keys=True), json.dumps(checks, sort_keys=True)],
+    )
+    return spec.name
+
+
+def _stable_id(name: str) -> int:
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little")
+
+
+def _seq_lengths(con: duckdb.DuckDBPyConnection) -> np.ndarray:
+    return con.execute("SELECT length FROM sequences ORDER BY seq_id").fetchnumpy()["length"].astype(np.int64)
+
+
+def _insert_sequence_parts(con: duckdb.DuckDBPyConnection, name: str, seq_part: np.ndarray) -> None:
+    """Every event of sequence s gets part seq_part[s]."""
+    t = pa.table({"seq_id": np.arange(len(seq_part), dtype=np.int32), "part": seq_part.astype(np.uint8)})
+    con.register("_parts", t)
+    con.execute(
+        "INSERT INTO split_events SELECT ?, e.seq_id, e.position, p.part FROM events e JOIN _parts p USING (seq_id)",
+        [name],
+    )
+    con.unregister("_parts")
+
+
+def _insert_event_parts(con: duckdb.DuckDBPyConnection, name: str, part: np.ndarray) -> None:
+    """`part` is aligned with events ordered by (seq_id, position)."""
+    lengths = _seq_lengths(con)
+    seq = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    pos = _positions(lengths)
+    t = pa.table({"seq_id": seq, "position": pos, "part": part.astype(np.uint8)})
+    con.register("_parts", t)
+    con.execute("INSERT INTO split_events SELECT ?, seq_id, position, part FROM _parts", [name])
+    con.unregister("_parts")
+
+
+def _positions(lengths: np.ndarray) -> np.ndarray:
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return (np.arange(int(lengths.sum()), dtype=np.int64) - starts).astype(np.int32)
+
+
+def _random_sequence(con: duckdb.DuckDBPyConnection, spec: RandomSequenceSplit, rng: np.random.Generator) -> dict:
+    n = len(_seq_lengths(con))
+    n_test = int(round(n * spec.test_fraction))
+    n_valid = int(round(n * spec.valid_fraction))
+    if n_test + n_valid >= n and n > 0:
+        raise InputError(f"{n} sequences are too few for a {spec.valid_fraction}/{spec.test_fraction} split", expected="more sequences")
+    order = rng.permutation(n)
+    part = np.zeros(n, dtype=np.uint8)
+    part[order[:n_valid]] = Part.VALID
+    part[order[n_valid : n_valid + n_test]] = Part.TEST
+    _insert_sequence_parts(con, spec.name, part)
+    return spec.model_dump() | {"sequences": {"train": int((part == 0).sum()), "valid": n_valid, "test": n_test}}
+
+
+def _temporal(con: duckdb.DuckDBPyConnection, spec: TemporalSplit, rng: np.random.Generator) -> dict:
+    nulls = con.execute("SELECT count(*) - count(ts) FROM events").fetchone()[0]
+    if nulls:
+        raise InputError(f"{nulls} events have no timestamp", field="ts", expected="a timestamp on every event for a temporal split")
+    valid_cut, test_cut = spec.valid_cut, spec.test_cut
+    if test_cut is None:
+        test_cut = int(con.execute("SELECT quantile_disc(ts, ?) FROM events", [1 - spec.test_fraction]).fetchone()[0])
+    if valid_cut is None:
+        valid_cut = int(
+            con.execute(
+                "SELECT quantile_disc(ts, ?) FROM events", [1 - spec.test_fraction - spec.valid_fraction]
+            ).fetchone()[0]
+        )
+    if valid_cut > test_cut:
+        raise ConfigError(f"split {spec.name}: valid_cut {valid_cut} is after test_cut {test_cut}")
+    con.execute(
+        """INSERT INTO split_events
+           SELECT ?, seq_id, position, CASE WHEN ts >= ? THEN 2 WHEN ts >= ? THEN 1 ELSE 0 END FROM events""",
+        [spec.name, test_cut, valid_cut],
+    )
+    return spec.model_dump() | {"valid_cut": valid_cut, "test_cut": test_cut}
+
+
+def _leave_last_out(con: duckdb.DuckDBPyConnection, spec: LeaveLastOutSplit, rng: np.random.Generator) -> dict:
+    con.execute(
+        """INSERT INTO split_events
+           SELECT ?, e.seq_id, e.position,
+                  CASE WHEN s.length < ? THEN 0
+                       WHEN e.position = s.length - 1 THEN 2
+                       WHEN e.position = s.length - 2 THEN 1 ELSE 0 END
+           FROM events e JOIN sequences s USING (seq_id)""",
+        [spec.name, spec.min_length],
+    )
+    return spec.model_dump()
+
+
+def _strong(con: duckdb.DuckDBPyConnection, spec: StrongSplit, rng: np.random.Generator) -> dict:
+    lengths = _seq_lengths(con)
+    n = len(lengths)
+    eligible = np.flatnonzero(lengths >= spec.min_length)
+
+    def count(x: float) -> int:
+        return int(round(x * n)) if x < 1 else int(x)
+
+    n_valid, n_test = count(spec.valid_users), count(spec.test_users)
+    if n_valid + n_test > len(eligible) or n_valid + n_test >= n:
+        raise InputError(
+            f"only {len(eligible)} of {n} users have at least {spec.min_length} events; cannot hold out {n_valid + n_test}",
+            expected="fewer held-out users or a lower min_length",
+        )
+    chosen = rng.permutation(eligible)
+    seq_role = np.zeros(n, dtype=np.uint8)
+    seq_role[chosen[:n_valid]] = Part.VALID
+    seq_role[chosen[n_valid : n_valid + n_test]] = Part.TEST
+    ev_seq = np.repeat(np.arange(n), lengths)
+    role = seq_role[ev_seq]
+    pos = _positions(lengths).astype(np.int64)
+    if spec.foldin == "random":
+        key = rng.random(len(ev_seq))
+        # rank of each event within its sequence by random key
+        order = np.lexsort((key, ev_seq))
+        rank = np.empty_like(pos)
+        rank[order] = pos
+    else:
+        rank = pos
+    n_fold = np.maximum(1, np.floor(lengths * spec.foldin_fraction).astype(np.int64))
+    n_fold = np.minimum(n_fold, lengths - 1)
+    is_fold = rank < n_fold[ev_seq]
+    part = np.zeros(len(ev_seq), dtype=np.uint8)
+    part[(role == Part.VALID) & is_fold] = Part.VALID_INPUT
+    part[(role == Part.VALID) & ~is_fold] = Part.VALID
+    part[(role == Part.TEST) & is_fold] = Part.TEST_INPUT
+    part[(role == Part.TEST) & ~is_fold] = Part.TEST
+    _insert_event_parts(con, spec.name, part)
+    return spec.model_dump() | {"held_out": {"valid": n_valid, "test": n_test}}
+
+
+def _random_holdout(con: duckdb.DuckDBPyConnection, spec: RandomHoldoutSplit, rng: np.random.Generator) -> dict:
+    lengths = _seq_lengths(con)
+    n = len(lengths)
+    ev_seq = np.repeat(np.arange(n), lengths)
+    pos = _positions(lengths).astype(np.int64)
+    key = rng.random(len(ev_seq))
+    order = np.lexsort((key, ev_seq))
+    rank = np.empty_like(pos)
+    rank[order] = pos  # random rank of each event within its user
+    # Counts per user as in RecBole's ratio split: test and valid take round(fraction * n) each,
+    # but every user keeps at least one training event.
+    n_test = np.floor(lengths * spec.test_fraction + 0.5).astype(np.int64)
+    n_valid = np.floor(lengths * spec.valid_fraction + 0.5).astype(np.int64)
+    over = np.maximum(0, n_test + n_valid - (lengths - 1))
+    n_valid = np.maximum(0, n_valid - over)
+    over = np.maximum(0, n_test + n_valid - (lengths - 1))
+    n_test = np.maximum(0, n_test - over)
+    r = rank
+    train_n = (lengths - n_test - n_valid)[ev_seq]
+    part = np.zeros(len(ev_seq), dtype=np.uint8)
+    part[(r >= train_n) & (r < train_n + n_valid[ev_seq])] = Part.VALID
+    part[r >= train_n + n_valid[ev_seq]] = Part.TEST
+    _insert_event_parts(con, spec.name, part)
+    return spec.model_dump()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def check_split(con: duckdb.DuckDBPyConnection, name: str, kind: str, params: dict) -> dict[str, Any]:
+    """Leakage checks. Raise StoreError (failing the build) on a violation; return what was checked."""
+    missing = con.execute(
+        "SELECT (SELECT count(*) FROM events) - (SELECT count(*) FROM split_events WHERE split = ?)", [name]
+    ).fetchone()[0]
+    if missing:
+        raise StoreError(f"split '{name}': {missing} events have no part")
+    checks: dict[str, Any] = {"every_event_assigned": True}
+    if kind in ("random_sequence", "strong"):
+        # A sequence may appear in exactly one of train / valid users / test users.
+        bad = con.execute(
+            """
+            SELECT seq_id, list(DISTINCT part ORDER BY part) FROM split_events WHERE split = ?
+            GROUP BY seq_id
+            HAVING count(DISTINCT CASE WHEN part = 0 THEN 0 WHEN part IN (1, 3) THEN 1 ELSE 2 END) > 1
+            LIMIT 1
+            """,
+            [name],
+        ).fetchone()
+        if bad:
+            raise StoreError(f"split '{name}': sequence {bad[0]} lies in more than one split (parts {bad[1]})")
+        checks["sequence_in_one_split"] = True
+    if kind == "temporal":
+        row = con.execute(
+            """SELECT max(CASE WHEN s.part = 0 THEN e.ts END), min(CASE WHEN s.part = 1 THEN e.ts END),
+                      max(CASE WHEN s.part = 1 THEN e.ts END), min(CASE WHEN s.part = 2 THEN e.ts END)
+               FROM events e JOIN split_events s USING (seq_id, position) WHERE s.split = ?""",
+            [name],
+        ).fetchone()
+        max_train, min_valid, max_valid, min_test = row
+        if max_train is not None and max_train >= params["valid_cut"]:
+            raise StoreError(f"split '{name}': a training event at {max_train} is after the cut {params['valid_cut']}")
+        if max_valid is not None and max_valid >= params["test_cut"]:
+            raise StoreError(f"split '{name}': a validation event at {max_valid} is after the test cut {params['test_cut']}")
+        checks["no_train_event_after_cut"] = True
+    if kind == "leave_last_out":
+        bad = con.execute(
+            """SELECT seq_id FROM split_events WHERE split = ? GROUP BY seq_id
+               HAVING max(CASE WHEN part = 0 THEN position END) > min(CASE WHEN part IN (1, 2) THEN position END)
+                   OR max(CASE WHEN part = 1 THEN position END) > min(CASE WHEN part = 2 THEN position END)
+               LIMIT 1""",
+            [name],
+        ).fetchone()
+        if bad:
+            raise StoreError(f"split '{name}': sequence {bad[0]} has a target before one of its training events")
+        checks["targets_after_history"] = True
+    counts = dict(
+        con.execute(
+            "SELECT part, count(*) FROM split_events WHERE split = ? GROUP BY part ORDER BY part", [name]
+        ).fetchall()
+    )
+    checks["events_per_part"] = {Part(int(k)).name.lower(): int(v) for k, v in counts.items()}
+    return checks
+
+
+def add_split(store_path: str, spec: dict[str, Any] | Config, seed: int | None = None, min_count: int | None = None) -> str:
+    """Add a split (and its vocabulary) to an existing store, atomically."""
+    from segue.data import vocab as vocab_mod
+    from segue.data.store import modify_store
+
+    with modify_store(store_path) as con:
+        cfg = json.loads(con.execute("SELECT value FROM meta WHERE key = 'build_config'").fetchone()[0])
+        seed = cfg.get("seed", 0) if seed is None else seed
+        min_count = cfg.get("vocab_min_count", 1) if min_count is None else min_count
+        name = apply_split(con, spec, seed=seed)
+        vocab_mod.fit_vocab(con, name, min_count=min_count)
+    return name
