@@ -393,11 +393,11 @@ class Store:
             WHERE s.split = ? AND s.part IN ({",".join("?" * len(parts))})
             ORDER BY e.seq_id, e.position
         """
-        reader = self.con.sql(sql, params=[split, *parts]).to_arrow_reader(batch_rows)
+        reader = self.con.execute(sql, [split, *parts]).fetch_record_batch(batch_rows)
         yield from reader
 
     def items_table(self) -> pa.Table:
-        return self.con.sql("SELECT * FROM items ORDER BY item_id").to_arrow_table()
+        return self.con.execute("SELECT * FROM items ORDER BY item_id").fetch_arrow_table()
 
     def sequence_items(self, seq_id: int) -> list[int]:
         return [r[0] for r in self.con.execute(

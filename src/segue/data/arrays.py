@@ -1,0 +1,268 @@
+"""Compiled split arrays: each (split, parts) view of the store as memory-mapped CSR arrays.
+
+Row r of a `SequenceArrays` is the store's sequence r (seq_id == r): the events of that sequence
+whose part is in `parts`, in position order. Rows without such events are empty, so a history
+view and a target view of the same split line up by row.
+
+Files (one folder per view, written atomically, reused while the store checksum is unchanged):
+  offsets.npy  int64 [n_seq + 1]   events of row r are [offsets[r], offsets[r + 1])
+  tokens.npy   int32 [n_events]    vocabulary tokens of the split (<unk> outside the vocabulary)
+  item_ids.npy int32 [n_events]    store item ids (exact, for checks and names)
+  positions.npy int32 [n_events]   position within the full stored sequence
+  ts.npy       int64 [n_events]    unix seconds (0 where missing; has_ts tells)
+  rating.npy   float32 [n_events]  NaN where missing
+  fb_<name>.npy float32 [n_events] feedback columns
+  ctx_<name>.npy int32 [n_events]  context columns, dictionary-coded (codes in meta.json, -1 = null)
+  meta.json    split, parts, store checksum, counts, context categories
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segue.data.splits import Part, history_parts
+from segue.data.store import Store
+from segue.data.vocab import Vocabulary
+from segue.io import atomic_path
+
+ARRAYS_VERSION = 1
+
+
+@dataclass
+class SequenceArrays:
+    """CSR view of sequences; arrays may be memory-mapped (read-only)."""
+
+    offsets: np.ndarray  # int64 [n + 1]
+    tokens: np.ndarray  # int32 [N]
+    item_ids: np.ndarray  # int32 [N]
+    positions: np.ndarray | None = None  # int32 [N]
+    ts: np.ndarray | None = None  # int64 [N]
+    rating: np.ndarray | None = None  # float32 [N]
+    feedback: dict[str, np.ndarray] = field(default_factory=dict)  # name -> float32 [N]
+    context: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int32 codes [N]
+    context_categories: dict[str, list[str]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.offsets[-1])
+
+    def row(self, r: int) -> np.ndarray:
+        """Tokens of row r."""
+        return self.tokens[self.offsets[r] : self.offsets[r + 1]]
+
+    def row_items(self, r: int) -> np.ndarray:
+        return self.item_ids[self.offsets[r] : self.offsets[r + 1]]
+
+    def nonempty(self) -> np.ndarray:
+        """Row indices with at least one event."""
+        return np.flatnonzero(self.lengths > 0)
+
+    def take(self, rows: np.ndarray) -> SequenceArrays:
+        """A new in-memory SequenceArrays holding `rows` (in that order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, stops = self.offsets[rows], self.offsets[rows + 1]
+        lengths = stops - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        idx = _gather_index(starts, lengths)
+
+        def g(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a[idx])
+
+        return SequenceArrays(
+            offsets=offsets,
+            tokens=np.asarray(self.tokens[idx]),
+            item_ids=np.asarray(self.item_ids[idx]),
+            positions=g(self.positions),
+            ts=g(self.ts),
+            rating=g(self.rating),
+            feedback={k: np.asarray(v[idx]) for k, v in self.feedback.items()},
+            context={k: np.asarray(v[idx]) for k, v in self.context.items()},
+            context_categories=self.context_categories,
+            meta=dict(self.meta) | {"rows": "subset"},
+        )
+
+    @classmethod
+    def from_lists(cls, rows: list[list[int]] | list[np.ndarray]) -> SequenceArrays:
+        """Build from token lists (tests, serving requests). item_ids are left at -1."""
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]) if len(rows) else np.zeros(0, np.int32)
+        return cls(offsets=offsets, tokens=tokens.astype(np.int32), item_ids=np.full(len(tokens), -1, np.int32))
+
+
+def _gather_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges [starts[i], starts[i] + lengths[i]) as one index array."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    out_starts = np.cumsum(lengths) - lengths
+    return np.arange(total, dtype=np.int64) - np.repeat(out_starts - starts, lengths)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def arrays_dir(store_path: str | Path) -> Path:
+    store_path = Path(store_path)
+    return store_path.with_name(store_path.name + ".arrays")
+
+
+def compile_split(
+    store: Store,
+    split: str,
+    parts: tuple[int, ...] | list[int],
+    *,
+    vocab: Vocabulary | None = None,
+    cache: bool = True,
+) -> SequenceArrays:
+    """Compile the events of `split` with part in `parts` into CSR arrays (cached beside the store)."""
+    parts = tuple(sorted(int(p) for p in parts))
+    store.require_split(split)
+    vocab = vocab or Vocabulary.from_store(store.con, split)
+    folder = arrays_dir(store.path) / store.checksum / split / ("parts-" + "-".join(map(str, parts)))
+    if cache and (folder / "meta.json").exists():
+        return load_arrays(folder)
+    n_seq = store.con.execute("SELECT count(*) FROM sequences").fetchone()[0]
+    extras = store.extra_columns
+    columns = ["item_id", "ts", "rating", *extras]
+    chunks: dict[str, list[np.ndarray]] = {c: [] for c in ["seq_id", "position", *columns]}
+    cats: dict[str, dict[str, int]] = {c: {} for c, t in extras.items() if t == "VARCHAR"}
+    has_ts = has_rating = False
+    for batch in store.split_event_batches(split, parts, columns):
+        for name in ("seq_id", "position", "item_id"):
+            chunks[name].append(batch.column(name).to_numpy(zero_copy_only=False).astype(np.int32, copy=False))
+        ts = batch.column("ts")
+        has_ts |= ts.null_count < len(ts)
+        chunks["ts"].append(ts.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+        rating = batch.column("rating")
+        has_rating |= rating.null_count < len(rating)
+        chunks["rating"].append(rating.to_numpy(zero_copy_only=False).astype(np.float32))
+        for c, t in extras.items():
+            col = batch.column(c)
+            if t == "VARCHAR":
+                chunks[c].append(_encode_strings(col.to_pylist(), cats[c]))
+            else:
+                chunks[c].append(col.to_numpy(zero_copy_only=False).astype(np.float32))
+    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in chunks.items()}
+    seq = cat["seq_id"].astype(np.int64)
+    counts = np.bincount(seq, minlength=n_seq) if len(seq) else np.zeros(n_seq, dtype=np.int64)
+    offsets = np.zeros(n_seq + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    arrays = SequenceArrays(
+        offsets=offsets,
+        tokens=vocab.encode_item_ids(cat["item_id"]).astype(np.int32),
+        item_ids=cat["item_id"].astype(np.int32),
+        positions=cat["position"].astype(np.int32),
+        ts=cat["ts"].astype(np.int64) if has_ts else None,
+        rating=cat["rating"].astype(np.float32) if has_rating else None,
+        feedback={c[3:]: cat[c].astype(np.float32) for c, t in extras.items() if t != "VARCHAR"},
+        context={c[4:]: cat[c].astype(np.int32) for c, t in extras.items() if t == "VARCHAR"},
+        context_categories={c[4:]: list(cats[c]) for c in cats},
+        meta={
+            "version": ARRAYS_VERSION,
+            "split": split,
+            "parts": list(parts),
+            "store_checksum": store.checksum,
+            "n_sequences": n_seq,
+            "n_events": int(offsets[-1]),
+            "vocab_size": len(vocab),
+        },
+    )
+    if cache:
+        save_arrays(arrays, folder)
+        return load_arrays(folder)
+    return arrays
+
+
+def _encode_strings(values: list[str | None], codes: dict[str, int]) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.int32)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = -1
+        else:
+            out[i] = codes.setdefault(v, len(codes))
+    return out
+
+
+def save_arrays(arrays: SequenceArrays, folder: Path) -> None:
+    with atomic_path(folder, is_dir=True) as tmp:
+        np.save(tmp / "offsets.npy", arrays.offsets)
+        np.save(tmp / "tokens.npy", arrays.tokens)
+        np.save(tmp / "item_ids.npy", arrays.item_ids)
+        for name in ("positions", "ts", "rating"):
+            a = getattr(arrays, name)
+            if a is not None:
+                np.save(tmp / f"{name}.npy", a)
+        for k, v in arrays.feedback.items():
+            np.save(tmp / f"fb_{k}.npy", v)
+        for k, v in arrays.context.items():
+            np.save(tmp / f"ctx_{k}.npy", v)
+        meta = dict(arrays.meta) | {"context_categories": arrays.context_categories}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+
+
+def load_arrays(folder: Path) -> SequenceArrays:
+    meta = json.loads((folder / "meta.json").read_text())
+
+    def m(name: str) -> np.ndarray | None:
+        p = folder / f"{name}.npy"
+        return np.load(p, mmap_mode="r") if p.exists() else None
+
+    cats = meta.pop("context_categories", {})
+    return SequenceArrays(
+        offsets=m("offsets"),
+        tokens=m("tokens"),
+        item_ids=m("item_ids"),
+        positions=m("positions"),
+        ts=m("ts"),
+        rating=m("rating"),
+        feedback={p.stem[3:]: np.load(p, mmap_mode="r") for p in sorted(folder.glob("fb_*.npy"))},
+        context={p.stem[4:]: np.load(p, mmap_mode="r") for p in sorted(folder.glob("ctx_*.npy"))},
+        context_categories=cats,
+        meta=meta,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitData:
+    """Everything a model needs from a split: vocabulary, training arrays, and scoring views.
+
+    `history(P)` and `targets(P)` are row-aligned (row = seq_id) for P in VALID or TEST.
+    """
+
+    store: Store
+    split: str
+    vocab: Vocabulary
+    train: SequenceArrays
+
+    @classmethod
+    def load(cls, store: Store, split: str) -> SplitData:
+        vocab = Vocabulary.from_store(store.con, split)
+        return cls(store=store, split=split, vocab=vocab, train=compile_split(store, split, (Part.TRAIN,), vocab=vocab))
+
+    def history(self, target: Part | int) -> SequenceArrays:
+        return compile_split(self.store, self.split, history_parts(target), vocab=self.vocab)
+
+    def targets(self, target: Part | int) -> SequenceArrays:
+        return compile_split(self.store, self.split, (int(target),), vocab=self.vocab)
+
+    @property
+    def kind(self) -> str:
+        return self.store.split_info(self.split)["kind"]

@@ -1,0 +1,1 @@
+"""Model families; each implements segue.models.base.Recommender."""

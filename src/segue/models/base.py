@@ -1,0 +1,239 @@
+"""The one model interface: every family (baselines, transformer) implements `Recommender`.
+
+Everything speaks vocabulary tokens (see segue.data.vocab): scores are over the whole token range
+[0, V), and special tokens (<pad>, <start>, <eop>, <unk>) are never recommended. A model folder
+holds `model.toml` (family + typed config), `vocab.json`, and whatever state the family saves; the
+evaluator, the CLI and the server only use `load_model(folder)` and this protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import numpy as np
+
+from segue.config import Config
+from segue.data.arrays import SequenceArrays, SplitData
+from segue.data.vocab import N_SPECIAL, Vocabulary
+from segue.errors import SegueError
+from segue.io import atomic_path
+
+NEG_INF = np.float32(-np.inf)
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    family: ClassVar[str]
+    config: Config
+    vocab: Vocabulary
+
+    def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
+        """Train on `data.train` (and optionally use `data` validation views for early stopping)."""
+        ...
+
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        """Scores [B, V] float32 for the histories `rows` (all rows if None). Higher is better.
+
+        Special tokens get -inf. Histories may be empty (cold start): score popularity or zeros.
+        """
+        ...
+
+    def recommend(
+        self,
+        histories: SequenceArrays,
+        k: int,
+        rows: np.ndarray | None = None,
+        *,
+        exclude_seen: bool = True,
+        allow: np.ndarray | None = None,
+        deny: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k tokens [B, k] and their scores [B, k] (-inf padded if fewer candidates)."""
+        ...
+
+    def save(self, folder: str | Path) -> Path: ...
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Self: ...
+
+
+class BaseRecommender:
+    """Shared plumbing: recommend() on top of score(), and folder save/load around the family's state.
+
+    Subclasses set `family` and `config_class`, implement `fit`, `score`, `_save_state(folder)` and
+    `_load_state(folder)`.
+    """
+
+    family: ClassVar[str] = "base"
+    config_class: ClassVar[type[Config]] = Config
+
+    def __init__(self, config: Config | None = None, vocab: Vocabulary | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.vocab = vocab  # set by fit() or load()
+        self.meta: dict[str, Any] = {}
+
+    # --- to implement ---------------------------------------------------------------------------
+    def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
+        raise NotImplementedError
+
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _save_state(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def _load_state(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    # --- shared ---------------------------------------------------------------------------------
+    def _check_fitted(self) -> Vocabulary:
+        if self.vocab is None:
+            raise SegueError(f"{self.family}: the model is not fitted (call fit() or load())")
+        return self.vocab
+
+    def recommend(
+        self,
+        histories: SequenceArrays,
+        k: int,
+        rows: np.ndarray | None = None,
+        *,
+        exclude_seen: bool = True,
+        allow: np.ndarray | None = None,
+        deny: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(len(histories)) if rows is None else np.asarray(rows)
+        scores = self.score(histories, rows)
+        return top_k(scores, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
+
+    def save(self, folder: str | Path) -> Path:
+        vocab = self._check_fitted()
+        folder = Path(folder)
+        with atomic_path(folder, is_dir=True) as tmp:
+            header = {"family": self.family, "meta": json.dumps(self.meta, default=str)}
+            import tomli_w
+
+            (tmp / "model.toml").write_text(
+                tomli_w.dumps(header) + "\n[config]\n" + self.config.to_toml()
+            )
+            vocab.save(tmp / "vocab.json")
+            self._save_state(tmp)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Self:
+        folder = Path(folder)
+        header = read_model_header(folder)
+        if header["family"] != cls.family:
+            raise SegueError(f"{folder}: holds a '{header['family']}' model, not '{cls.family}'")
+        model = cls(cls.config_class.from_dict(header.get("config", {}), source=str(folder / "model.toml")))
+        model.vocab = Vocabulary.load(folder / "vocab.json")
+        model.meta = json.loads(header.get("meta", "{}"))
+        model._load_state(folder)
+        return model
+
+
+def top_k(
+    scores: np.ndarray,
+    k: int,
+    histories: SequenceArrays | None = None,
+    rows: np.ndarray | None = None,
+    *,
+    allow: np.ndarray | None = None,
+    deny: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of `scores` [B, V] after masking special tokens, seen tokens, and allow/deny lists.
+
+    Modifies `scores` in place (it is the caller's scratch batch). Returns tokens [B, k] int32 and
+    scores [B, k] float32 sorted by descending score; masked entries come out as -inf.
+    """
+    scores[:, :N_SPECIAL] = NEG_INF
+    if histories is not None:
+        rows = np.arange(len(histories)) if rows is None else rows
+        mask_seen(scores, histories, rows)
+    if deny is not None and len(deny):
+        scores[:, np.asarray(deny)] = NEG_INF
+    if allow is not None:
+        keep = np.zeros(scores.shape[1], dtype=bool)
+        keep[np.asarray(allow)] = True
+        scores[:, ~keep] = NEG_INF
+    k = min(k, scores.shape[1])
+    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    part = np.take_along_axis(scores, idx, axis=1)
+    order = np.argsort(-part, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1).astype(np.int32), np.take_along_axis(part, order, axis=1)
+
+
+def mask_seen(scores: np.ndarray, histories: SequenceArrays, rows: np.ndarray) -> None:
+    """Set scores[b, t] = -inf for every token t in the history of rows[b]."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts, stops = histories.offsets[rows], histories.offsets[rows + 1]
+    lengths = stops - starts
+    if lengths.sum() == 0:
+        return
+    b = np.repeat(np.arange(len(rows)), lengths)
+    idx = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+    scores[b, np.asarray(histories.tokens[idx])] = NEG_INF
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+_FAMILIES: dict[str, Callable[[], type[BaseRecommender]]] = {}
+
+
+def register(family: str, importer: Callable[[], type[BaseRecommender]]) -> None:
+    _FAMILIES[family] = importer
+
+
+def families() -> list[str]:
+    _register_builtins()
+    return sorted(_FAMILIES)
+
+
+def model_class(family: str) -> type[BaseRecommender]:
+    _register_builtins()
+    if family not in _FAMILIES:
+        raise SegueError(f"unknown model family '{family}' (known: {', '.join(sorted(_FAMILIES))})")
+    return _FAMILIES[family]()
+
+
+def read_model_header(folder: Path) -> dict[str, Any]:
+    path = folder / "model.toml"
+    if not folder.is_dir():
+        raise SegueError(f"{folder}: no such model folder")
+    if not path.exists():
+        raise SegueError(f"{folder}: not a model folder (no model.toml)")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SegueError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_model(folder: str | Path) -> BaseRecommender:
+    folder = Path(folder)
+    header = read_model_header(folder)
+    return model_class(header["family"]).load(folder)
+
+
+def _register_builtins() -> None:
+    if _FAMILIES:
+        return
+    import importlib
+
+    for family, module, cls in BUILTIN_FAMILIES:
+        register(family, lambda m=module, c=cls: getattr(importlib.import_module(m), c))
+
+
+# (family, module, class) of the families shipped with segue.
+BUILTIN_FAMILIES: Sequence[tuple[str, str, str]] = (
+    ("popularity", "segue.models.popularity", "Popularity"),
+    ("itemknn", "segue.models.itemknn", "ItemKNN"),
+    ("ease", "segue.models.ease", "EASE"),
+    ("item2vec", "segue.models.item2vec", "Item2Vec"),
+    ("als", "segue.models.als", "ALS"),
+    ("transformer", "segue.models.transformer", "TransformerRecommender"),
+)
