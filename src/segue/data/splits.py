@@ -20,6 +20,7 @@ leave-last-out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from enum import IntEnum
 from typing import Annotated, Any, Literal
@@ -150,7 +151,8 @@ def apply_split(con: duckdb.DuckDBPyConnection, spec: dict[str, Any] | Config, s
 
 
 def _stable_id(name: str) -> int:
-    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little")
+    # The whole name counts: names sharing a prefix ("random_s1", "random_s2") get their own streams.
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
 
 
 def _seq_lengths(con: duckdb.DuckDBPyConnection) -> np.ndarray:

@@ -1,0 +1,53 @@
+"""Small real stores for the split, vocabulary, array and loader tests (built through build_store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from segue.data.sources.base import Chunk, ListSource
+from segue.data.store import BuildConfig, build_store
+
+
+def events_table(
+    seqs: list[list[Any]],
+    *,
+    ts: list[list[int]] | None = None,
+    rating: list[list[float | None]] | None = None,
+    extra: dict[str, list[list[Any]]] | None = None,
+) -> pa.Table:
+    """One event row per item of each sequence; sequence keys are 'u0', 'u1', ...; item keys 'i<x>'."""
+    cols: dict[str, list[Any]] = {
+        "seq_key": [f"u{s}" for s, seq in enumerate(seqs) for _ in seq],
+        "item_key": [f"i{x}" for seq in seqs for x in seq],
+        "position": [p for seq in seqs for p in range(len(seq))],
+    }
+    if ts is not None:
+        cols["ts"] = [t for row in ts for t in row]
+    if rating is not None:
+        cols["rating"] = [r for row in rating for r in row]
+    for name, values in (extra or {}).items():
+        cols[name] = [v for row in values for v in row]
+    return pa.table(cols)
+
+
+def make_store(
+    path: Path,
+    seqs: list[list[Any]],
+    splits: list[dict[str, Any]] | None = None,
+    *,
+    seed: int = 0,
+    min_count: int = 1,
+    **columns: Any,
+) -> Path:
+    """Build a store at `path` from item sequences (plus optional ts/rating/extra per event)."""
+    source = ListSource([Chunk(events=events_table(seqs, **columns))])
+    config = BuildConfig(seed=seed, splits=splits or [{"kind": "random_sequence"}], vocab_min_count=min_count)
+    return build_store(source, path, config)
+
+
+def random_sequences(rng: np.random.Generator, n: int, n_items: int = 50, max_len: int = 12) -> list[list[int]]:
+    return [list(rng.integers(0, n_items, rng.integers(1, max_len + 1))) for _ in range(n)]
