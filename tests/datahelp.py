@@ -19,10 +19,10 @@ def events_table(
     rating: list[list[float | None]] | None = None,
     extra: dict[str, list[list[Any]]] | None = None,
 ) -> pa.Table:
-    """One event row per item of each sequence; sequence keys are 'u0', 'u1', ...; item keys 'i<x>'."""
+    """One event row per item of each sequence; sequence keys are 'u0', 'u1', ...; item keys 'i<x>' (strings are kept as they are)."""
     cols: dict[str, list[Any]] = {
         "seq_key": [f"u{s}" for s, seq in enumerate(seqs) for _ in seq],
-        "item_key": [f"i{x}" for seq in seqs for x in seq],
+        "item_key": [x if isinstance(x, str) else f"i{x}" for seq in seqs for x in seq],
         "position": [p for seq in seqs for p in range(len(seq))],
     }
     if ts is not None:
