@@ -4,7 +4,9 @@ Row r of a `SequenceArrays` is the store's sequence r (seq_id == r): the events 
 whose part is in `parts`, in position order. Rows without such events are empty, so a history
 view and a target view of the same split line up by row.
 
-Files (one folder per view, written atomically, reused while the store checksum is unchanged):
+Files (one folder per view, written atomically under
+<store>.arrays/<store checksum>/<split>/parts-<p..>/vocab-<vocabulary digest>/, reused while the
+store content and the vocabulary are unchanged):
   offsets.npy  int64 [n_seq + 1]   events of row r are [offsets[r], offsets[r + 1])
   tokens.npy   int32 [n_events]    vocabulary tokens of the split (<unk> outside the vocabulary)
   item_ids.npy int32 [n_events]    store item ids (exact, for checks and names)
@@ -23,13 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from segue.data.splits import Part, history_parts
 from segue.data.store import Store
 from segue.data.vocab import Vocabulary
 from segue.io import atomic_path
 
-ARRAYS_VERSION = 1
+ARRAYS_VERSION = 2
 
 
 @dataclass
@@ -133,7 +137,10 @@ def compile_split(
     parts = tuple(sorted(int(p) for p in parts))
     store.require_split(split)
     vocab = vocab or Vocabulary.from_store(store.con, split)
-    folder = arrays_dir(store.path) / store.checksum / split / ("parts-" + "-".join(map(str, parts)))
+    # The vocabulary is part of the key: a view compiled with another vocabulary has other tokens.
+    folder = (
+        arrays_dir(store.path) / store.checksum / split / ("parts-" + "-".join(map(str, parts))) / f"vocab-{vocab.digest()}"
+    )
     if cache and (folder / "meta.json").exists():
         return load_arrays(folder)
     n_seq = store.con.execute("SELECT count(*) FROM sequences").fetchone()[0]
@@ -154,7 +161,7 @@ def compile_split(
         for c, t in extras.items():
             col = batch.column(c)
             if t == "VARCHAR":
-                chunks[c].append(_encode_strings(col.to_pylist(), cats[c]))
+                chunks[c].append(_encode_strings(col, cats[c]))
             else:
                 chunks[c].append(col.to_numpy(zero_copy_only=False).astype(np.float32))
     cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in chunks.items()}
@@ -188,14 +195,15 @@ def compile_split(
     return arrays
 
 
-def _encode_strings(values: list[str | None], codes: dict[str, int]) -> np.ndarray:
-    out = np.empty(len(values), dtype=np.int32)
-    for i, v in enumerate(values):
-        if v is None:
-            out[i] = -1
-        else:
-            out[i] = codes.setdefault(v, len(codes))
-    return out
+def _encode_strings(values: pa.Array | pa.ChunkedArray, codes: dict[str, int]) -> np.ndarray:
+    """Dictionary codes of strings (-1 for null), extending `codes` in order of first appearance."""
+    enc = pc.dictionary_encode(values)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    # Only the (few) distinct values go through Python; the events are remapped in numpy.
+    remap = np.array([codes.setdefault(v, len(codes)) for v in enc.dictionary.to_pylist()] + [-1], dtype=np.int32)
+    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return remap[idx]
 
 
 def save_arrays(arrays: SequenceArrays, folder: Path) -> None:

@@ -6,6 +6,7 @@ model's catalogue; items unseen in training (or rarer than `min_count`) map to `
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,10 @@ class Vocabulary:
                 t = UNK
             tokens[i] = t
         return tokens, unknown
+
+    def digest(self) -> str:
+        """A short digest of the token -> item mapping (keys caches of arrays compiled with it)."""
+        return hashlib.sha256(np.ascontiguousarray(self.item_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
     def token_of_item(self, item_id: int) -> int:
         return self._token_of_item.get(int(item_id), UNK)
