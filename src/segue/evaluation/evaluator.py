@@ -1,0 +1,282 @@
+"""The evaluator: scores every query of a protocol's task with each model and keeps per-user metrics.
+
+Scoring runs in query batches: a model returns scores [B, V] for B histories; special tokens and
+(by default) the history's tokens are set to -inf in place; a per-row `argpartition` keeps the
+top L = max(ks) and only those [B, L] are kept. Memory is O(B * V + Q * L), never Q * V.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segue.data.arrays import SequenceArrays, SplitData
+from segue.data.store import Store
+from segue.data.vocab import N_SPECIAL
+from segue.errors import SegueError
+from segue.evaluation import metrics as M
+from segue.evaluation.protocols import ProtocolConfig, Task, build_task, resolve_split
+from segue.models.base import NEG_INF, Recommender
+
+SCORE_BYTES = 256 << 20  # scratch budget for one batch of scores
+
+
+def auto_batch_size(vocab_size: int, budget: int = SCORE_BYTES) -> int:
+    """Largest batch whose float32 [B, V] scores fit `budget`, within [16, 2048]."""
+    return int(np.clip(budget // (4 * max(vocab_size, 1)), 16, 2048))
+
+
+def mask_rows(scores: np.ndarray, histories: SequenceArrays, rows: np.ndarray) -> None:
+    """scores[b, t] = -inf for every token t in history row rows[b] (one fancy-index store)."""
+    offsets = histories.offsets
+    starts = np.asarray(offsets[rows], dtype=np.int64)
+    lengths = np.asarray(offsets[rows + 1], dtype=np.int64) - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    idx = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+    b = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    scores[b, np.asarray(histories.tokens[idx], dtype=np.int64)] = NEG_INF
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k of each row of `scores` [B, V] -> tokens int32 [B, k] (best first, -1 where the row
+    has fewer than k finite scores) and their scores float32 [B, k].
+
+    Row by row: `argpartition` on one row needs an int64 [V] scratch, not [B, V], and on these
+    machines it is faster than one call over the whole batch (measured: 58 vs 77 ms at 256 x 100k).
+    """
+    n, v = scores.shape
+    k = min(k, v)
+    idx = np.empty((n, k), dtype=np.int64)
+    if k == v:
+        idx[:] = np.arange(v)
+    else:
+        for i in range(n):
+            idx[i] = np.argpartition(scores[i], v - k)[v - k :]
+    top = np.take_along_axis(scores, idx, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    tokens = np.where(np.isneginf(top), -1, idx).astype(np.int32)
+    return tokens, top
+
+
+@dataclass
+class ModelResult:
+    name: str
+    per_user: dict[str, np.ndarray]  # metric key ("ndcg@10", "rprec", ...) -> float64 [Q]
+    coverage: dict[int, float]  # k -> catalogue coverage@k
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)  # family, folder, config text
+
+    def mean(self, key: str) -> float:
+        v = self.per_user[key]
+        ok = ~np.isnan(v)
+        return float(v[ok].mean()) if ok.any() else float("nan")
+
+
+@dataclass
+class EvalResult:
+    """Per-user values of every metric for every model, on one task's queries (aligned)."""
+
+    protocol: str
+    protocol_config: ProtocolConfig
+    split: str
+    part: str
+    ks: tuple[int, ...]
+    headline_k: int
+    store_path: str
+    store_checksum: str
+    split_info: dict[str, Any]
+    seq_ids: np.ndarray  # int64 [Q]
+    n_relevant: np.ndarray  # int64 [Q]
+    groups: np.ndarray | None  # str [Q] or None
+    models: dict[str, ModelResult]
+    notes: list[str]
+    n_items: int
+
+    @property
+    def metric_keys(self) -> list[str]:
+        first = next(iter(self.models.values()))
+        return list(first.per_user)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """model -> metric -> mean over queries (coverage@k included)."""
+        out: dict[str, dict[str, float]] = {}
+        for name, r in self.models.items():
+            row = {k: r.mean(k) for k in r.per_user}
+            row |= {f"coverage@{k}": v for k, v in r.coverage.items()}
+            out[name] = row
+        return out
+
+    def group_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """group label -> model -> metric -> mean (empty when the task has no groups)."""
+        if self.groups is None:
+            return {}
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        labels = sorted(set(self.groups.tolist()), key=_group_order)
+        for g in labels:
+            sel = self.groups == g
+            out[g] = {
+                name: {k: float(np.nanmean(v[sel])) for k, v in r.per_user.items()} for name, r in self.models.items()
+            }
+        return out
+
+    @property
+    def clusters(self) -> np.ndarray | None:
+        """Bootstrap units: the sequence of each query when a sequence gives several queries."""
+        return self.seq_ids if len(np.unique(self.seq_ids)) < len(self.seq_ids) else None
+
+
+def _group_order(label: str) -> tuple[int, str]:
+    _, _, num = label.partition("=")
+    return (int(num), label) if num.isdigit() else (1 << 30, label)
+
+
+def _check_vocab(name: str, model: Recommender, task: Task) -> None:
+    mv = getattr(model, "vocab", None)
+    if mv is None:
+        raise SegueError(f"model '{name}' is not fitted (it has no vocabulary)")
+    tv = task.vocab
+    if len(mv) != len(tv) or not np.array_equal(np.asarray(mv.item_ids), np.asarray(tv.item_ids)):
+        raise SegueError(
+            f"model '{name}' was fitted on split '{mv.split}' ({len(mv)} tokens), but the evaluation uses "
+            f"split '{task.split}' ({len(tv)} tokens): its vocabulary differs, so its scores would be "
+            f"misread; evaluate it on the split it was trained on, or refit it on '{task.split}'"
+        )
+
+
+def rank_task(
+    name: str,
+    model: Recommender,
+    task: Task,
+    length: int,
+    *,
+    batch_size: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> np.ndarray:
+    """Top-`length` tokens int32 [Q, length] of `model` for every query of `task` (-1 = empty)."""
+    _check_vocab(name, model, task)
+    v = len(task.vocab)
+    bs = batch_size or auto_batch_size(v)
+    q = len(task)
+    ranked = np.full((q, length), -1, dtype=np.int32)  # stays -1 beyond a catalogue smaller than length
+    for lo in range(0, q, bs):
+        rows = task.rows[lo : lo + bs]
+        scores = model.score(task.histories, rows)
+        if scores.shape != (len(rows), v):
+            raise SegueError(f"model '{name}': score() returned shape {scores.shape}, expected {(len(rows), v)}")
+        if scores.dtype != np.float32 or not scores.flags.writeable:
+            scores = np.array(scores, dtype=np.float32)
+        scores[:, :N_SPECIAL] = NEG_INF
+        if task.exclude_seen:
+            mask_rows(scores, task.histories, rows)
+        tokens, top = top_k_rows(scores, length)
+        if np.isnan(top).any():
+            raise SegueError(f"model '{name}': score() returned NaN (queries {lo}..{lo + len(rows) - 1})")
+        ranked[lo : lo + len(rows), : tokens.shape[1]] = tokens
+        if progress:
+            progress(name, min(lo + bs, q), q)
+    return ranked
+
+
+def evaluate_task(
+    models: Mapping[str, Recommender],
+    task: Task,
+    ks: tuple[int, ...] | list[int] | None = None,
+    *,
+    batch_size: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, ModelResult]:
+    """Rank and measure every model on `task`; per-user values aligned with the task's queries."""
+    ks = _check_ks(ks or task.default_ks, len(task.vocab))
+    length = max(ks)
+    pct = M.popularity_percentiles(task.vocab.counts, N_SPECIAL)
+    out = {}
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        ranked = rank_task(name, model, task, length, batch_size=batch_size, progress=progress)
+        per_user = M.per_user_metrics(ranked, task.rel_offsets, task.rel_keys, ks, pct)
+        cov = {k: M.coverage(ranked, k, task.vocab.n_items) for k in ks}
+        out[name] = ModelResult(name, per_user, cov, time.perf_counter() - t0, {"family": getattr(model, "family", "?")})
+    return out
+
+
+def _check_ks(ks: tuple[int, ...] | list[int], vocab_size: int) -> tuple[int, ...]:
+    ks = tuple(sorted({int(k) for k in ks}))
+    if not ks or ks[0] < 1:
+        raise SegueError(f"cut-offs k must be positive integers, got {list(ks)}")
+    return ks
+
+
+def evaluate(
+    models: Mapping[str, Recommender],
+    store: Store | str | Path,
+    split: str | None,
+    protocol: str | ProtocolConfig = "leave_last_out",
+    ks: tuple[int, ...] | list[int] | None = None,
+    batch_size: int | None = None,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    model_info: Mapping[str, dict[str, Any]] | None = None,
+) -> EvalResult:
+    """Evaluate `models` (name -> fitted Recommender) on `split` of `store` under `protocol`.
+
+    `store` may be a path (then a missing random_holdout split is added, and `split=None` picks
+    the store's split of the protocol's kind) or an open Store. `ks` defaults to the protocol's
+    (1, 5, 10, 20, 50, 100; playlist continuation 10, 100, 500). Returns per-user values of every
+    metric; `EvalResult.summary()` gives the means, `segue.evaluation.report` the CIs and tables.
+    """
+    if not models:
+        raise SegueError("no model to evaluate")
+    cfg = ProtocolConfig(name=protocol) if isinstance(protocol, str) else protocol
+    if isinstance(store, Store):
+        if split is None:
+            raise SegueError("name the split to evaluate (or pass the store's path to pick one)")
+        return _evaluate_open(models, store, split, cfg, ks, batch_size, progress, model_info)
+    split = resolve_split(store, cfg.name, split)
+    with Store.open(store) as opened:
+        return _evaluate_open(models, opened, split, cfg, ks, batch_size, progress, model_info)
+
+
+def _evaluate_open(
+    models: Mapping[str, Recommender],
+    store: Store,
+    split: str,
+    cfg: ProtocolConfig,
+    ks: tuple[int, ...] | list[int] | None,
+    batch_size: int | None,
+    progress: Callable[[str, int, int], None] | None,
+    model_info: Mapping[str, dict[str, Any]] | None,
+) -> EvalResult:
+    data = SplitData.load(store, split)
+    task = build_task(data, cfg)
+    ks = _check_ks(ks or task.default_ks, len(task.vocab))
+    results = evaluate_task(models, task, ks, batch_size=batch_size, progress=progress)
+    for name, info in (model_info or {}).items():
+        if name in results:
+            results[name].info |= info
+    headline = task.headline_k if task.headline_k in ks else min(ks, key=lambda k: abs(k - task.headline_k))
+    return EvalResult(
+        protocol=task.protocol,
+        protocol_config=cfg.model_copy(update={"name": task.protocol}),
+        split=split,
+        part=task.part,
+        ks=ks,
+        headline_k=headline,
+        store_path=str(store.path),
+        store_checksum=store.checksum,
+        split_info=store.split_info(split),
+        seq_ids=task.seq_ids,
+        n_relevant=task.n_relevant,
+        groups=task.groups,
+        models=results,
+        notes=task.notes,
+        n_items=task.vocab.n_items,
+    )
