@@ -10,7 +10,13 @@ import pytest
 
 from datahelp import make_store
 from segue.data.arrays import SequenceArrays, SplitData
-from segue.data.loader import LoaderConfig, iter_eval_batches, make_train_loader, pad_histories
+from segue.data.loader import (
+    LoaderConfig,
+    SequenceSource,
+    iter_eval_batches,
+    make_train_loader,
+    pad_histories,
+)
 from segue.data.store import Store
 from segue.data.vocab import EOP, START, UNK
 from segue.errors import ConfigError
@@ -287,3 +293,20 @@ def test_loader_over_a_real_store(tmp_path: Path) -> None:
         train_items = seqs[r][:-2] if len(seqs[r]) >= 3 else seqs[r]
         got = [ext[int(data.vocab.item_ids[t])] for t in b["inputs"][i, 1 : n + 1]]
         assert got == [f"i{x}" for x in train_items]
+
+
+def test_sequence_source_records() -> None:
+    import grain
+
+    a = corpus(30, max_len=6)
+    src = SequenceSource(a)
+    assert len(src) == 28  # the two empty rows are left out
+    rows = sorted(rec["row"] for rec in grain.MapDataset.source(src).shuffle(seed=1))
+    assert rows == a.nonempty().tolist()
+    rec = src[3]
+    r = rec["row"]
+    assert rec["tokens"].tolist() == a.row(r).tolist()
+    lo, hi = a.offsets[r], a.offsets[r + 1]
+    assert rec["rating"].tolist() == a.rating[lo:hi].tolist()
+    assert rec["fb_play"].tolist() == a.feedback["play"][lo:hi].tolist()
+    assert rec["ctx_device"].tolist() == a.context["device"][lo:hi].tolist()

@@ -1,5 +1,23 @@
 """Training batches from compiled split arrays through Grain, and padded histories for scoring.
 
+Quick use (trainer)
+-------------------
+    data = SplitData.load(store, split)                      # data.train: SequenceArrays (memmapped)
+    cfg = LoaderConfig(batch_size=128, context_length=50, unk_rate=0.01)
+    loader = make_train_loader(data.train, cfg, seed=run_seed)
+    batch = next(loader)            # {"inputs", "targets", "mask", "positions", "lengths", "rows", ...}
+    state = loader.get_state()      # JSON-serialisable; store it in the checkpoint (ocp.args.JsonSave)
+    ...
+    loader = make_train_loader(data.train, cfg, seed=run_seed); loader.set_state(state)  # exact resume
+    cfg.buckets()                   # every padded length T a batch can have (to precompile steps)
+    loader.batches_per_epoch        # batch k belongs to epoch k // batches_per_epoch
+
+    for ev in iter_eval_batches(history_arrays, rows, batch_size=256, context_length=50):
+        scores = model(ev.inputs, ev.positions)[np.arange(len(ev.rows)), ev.last]   # next-item scores
+
+Loss over a batch: sum(mask * loss(targets)) / sum(mask); B is always `batch_size` (a partial
+last batch is filled with dummy rows whose mask is all False), T takes only `cfg.buckets()` values.
+
 Training (`make_train_loader`)
 ------------------------------
 Each nonempty row r of a `SequenceArrays` with items s_1..s_n becomes the token sequence
@@ -38,7 +56,8 @@ Batches come in shuffled order, deterministic in (seed, epoch); an epoch has
 ceil(n_rows / batch_size) batches (the last one filled with masked dummy rows, unless
 drop_remainder). The loader is a Grain `MapDataset` (one element = one batch plan, assembled by a
 vectorised numpy `map`) converted with `to_iter_dataset()`; its iterator state is
-`{"next_index": k}` and resumes exactly, across epoch boundaries too.
+`{"next_index": k}` and resumes exactly, across epoch boundaries too. (`SequenceSource` is a plain
+per-sequence Grain source for custom pipelines; the training loader does not need it.)
 
 Scoring (`pad_histories`, `iter_eval_batches`)
 ----------------------------------------------
@@ -106,6 +125,39 @@ class LoaderConfig(Config):
             b = [x for x in self.bucket_lengths if x < self.context_length] + [self.context_length]
             return np.array(sorted(set(b)), dtype=np.int64)
         return np.array([*range(8, self.context_length, 8), self.context_length], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# a per-sequence source, for custom Grain pipelines
+
+
+class SequenceSource(grain.sources.RandomAccessDataSource):
+    """Grain random-access source of single training sequences: record i is nonempty row rows[i].
+
+    Each record is {"row": int, "tokens": int32 [n], plus rating / fb_<name> / ctx_<name> [n]}.
+    `make_train_loader` does not go through it (it assembles whole batches at once, far faster);
+    it is here for pipelines that need per-sequence records, e.g.
+    `grain.MapDataset.source(SequenceSource(arrays)).shuffle(seed=0).map(...)`.
+    """
+
+    def __init__(self, arrays: SequenceArrays, rows: np.ndarray | None = None) -> None:
+        self.arrays = arrays
+        self.rows = arrays.nonempty().astype(np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        a, r = self.arrays, int(self.rows[i])
+        lo, hi = int(a.offsets[r]), int(a.offsets[r + 1])
+        rec: dict[str, Any] = {"row": r, "tokens": np.asarray(a.tokens[lo:hi], dtype=np.int32)}
+        if a.rating is not None:
+            rec["rating"] = np.asarray(a.rating[lo:hi])
+        for k, v in a.feedback.items():
+            rec[f"fb_{k}"] = np.asarray(v[lo:hi])
+        for k, v in a.context.items():
+            rec[f"ctx_{k}"] = np.asarray(v[lo:hi])
+        return rec
 
 
 # ---------------------------------------------------------------------------------------------
