@@ -40,6 +40,7 @@ from segue.data.sources.base import (
     SEQUENCE_SCHEMA,
     Chunk,
     Source,
+    SourceFile,
     conform,
 )
 from segue.errors import InputError, SegueError, StoreError
@@ -93,10 +94,7 @@ def build_store(
                 for chunk in source.chunks():
                     ordinal = _stage_chunk(con, chunk, src_index, ordinal, extras)
                     report("import", ordinal, None)
-                for f in source.files():
-                    file_rows.append(
-                        (source.name, str(f.path), f.path.stat().st_size, file_digest(f.path), f.md5_verified)
-                    )
+                file_rows.extend(_file_row(source.name, f) for f in source.files())
             if ordinal == 0:
                 names = ", ".join(s.name for s in sources)
                 raise InputError("no events were found", record=f"source {names}", expected="at least one interaction")
@@ -117,6 +115,14 @@ def build_store(
         if wal.exists():
             wal.unlink()
     return path
+
+
+def _file_row(source: str, f: SourceFile) -> tuple[str, str, int, str, bool | None]:
+    # Importers that hashed the bytes while parsing them hand the digest over (no second read).
+    sha256 = getattr(f, "sha256", None)
+    if sha256:
+        return (source, getattr(f, "label", None) or str(f.path), int(getattr(f, "size", 0)), sha256, f.md5_verified)
+    return (source, str(f.path), f.path.stat().st_size, file_digest(f.path), f.md5_verified)
 
 
 def _configure(con: duckdb.DuckDBPyConnection, config: BuildConfig, tmp: Path) -> None:
