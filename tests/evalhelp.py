@@ -67,8 +67,9 @@ def history_lover(vocab: Vocabulary) -> FnModel:
 
 
 def random_model(vocab: Vocabulary, seed: int = 0) -> FnModel:
+    """Uniform random scores, fixed per history row (so batching never changes them)."""
+
     def fn(h: SequenceArrays, rows: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng([seed, int(rows[0]) if len(rows) else 0])
-        return rng.random((len(rows), len(vocab))).astype(np.float32)
+        return np.stack([np.random.default_rng([seed, int(r)]).random(len(vocab)) for r in rows]).astype(np.float32)
 
     return FnModel(vocab, fn)

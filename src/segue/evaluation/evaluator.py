@@ -60,7 +60,7 @@ def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         for i in range(n):
             idx[i] = np.argpartition(scores[i], v - k)[v - k :]
     top = np.take_along_axis(scores, idx, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
+    order = np.lexsort((idx, -top), axis=1)  # best first; ties by token (the more popular first)
     idx = np.take_along_axis(idx, order, axis=1)
     top = np.take_along_axis(top, order, axis=1)
     tokens = np.where(np.isneginf(top), -1, idx).astype(np.int32)

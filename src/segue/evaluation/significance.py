@@ -125,10 +125,11 @@ def paired_bootstrap(
         raise ValueError(f"paired values must align: {a.shape} vs {b.shape}")
     d = a - b  # NaN where either is NaN
     reps = bootstrap_means(d[None, :], clusters=clusters, n_boot=n_boot, seed=seed)[0]
-    return _comparison(d, reps, level)
+    return summarize_difference(d, reps, level)
 
 
-def _comparison(d: np.ndarray, reps: np.ndarray, level: float) -> Comparison:
+def summarize_difference(d: np.ndarray, reps: np.ndarray, level: float) -> Comparison:
+    """Comparison from per-query differences `d` [n] and bootstrap replicates of their mean."""
     diff = _nanmean(d)
     reps = reps[~np.isnan(reps)]
     n = int((~np.isnan(d)).sum())
@@ -157,7 +158,7 @@ def compare_many(
         return {}
     d = np.stack([np.asarray(values[m], np.float64) - np.asarray(values[reference], np.float64) for m in others])
     reps = bootstrap_means(d, clusters=clusters, n_boot=n_boot, seed=seed)
-    return {m: _comparison(d[i], reps[i], level) for i, m in enumerate(others)}
+    return {m: summarize_difference(d[i], reps[i], level) for i, m in enumerate(others)}
 
 
 def cis(

@@ -1,0 +1,201 @@
+"""`segue evaluate`: the command function (the lead registers it on the main app) and the model
+resolution it needs: model folders are loaded, baseline names are fitted on the split on the fly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from segue.data.arrays import SplitData
+from segue.data.store import Store
+from segue.errors import ConfigError, SegueError
+from segue.models.base import BaseRecommender, families, load_model, model_class, read_model_header
+
+BASELINES = ("popularity", "itemknn", "ease", "item2vec", "als")
+
+
+def parse_ks(text: str | None) -> list[int] | None:
+    """'1,5,10' -> [1, 5, 10]; None -> None (the protocol's default)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        ks = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ConfigError(f"--ks '{text}': expected comma-separated positive integers, e.g. 1,5,10,20") from None
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--ks '{text}': expected comma-separated positive integers, e.g. 1,5,10,20")
+    return ks
+
+
+def _baseline_header(model: BaseRecommender) -> str:
+    import tomli_w
+
+    return tomli_w.dumps({"family": model.family, "fitted": "on the fly by segue evaluate"}) + "\n[config]\n" + model.config.to_toml()
+
+
+def resolve_models(
+    specs: list[str],
+    store: Store,
+    split: str,
+    *,
+    console: Console | None = None,
+) -> tuple[dict[str, BaseRecommender], dict[str, dict[str, Any]]]:
+    """Each spec is `[label=]folder` or `[label=]baseline-name`; returns label -> model, label -> info.
+
+    A folder is loaded with its saved config; a baseline name is fitted on `split` with its
+    default config. Anything else is an error naming the spec and what would do.
+    """
+    models: dict[str, BaseRecommender] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    data: SplitData | None = None
+    for spec in specs:
+        label, sep, target = spec.partition("=")
+        if not sep:
+            label, target = "", spec
+        path = Path(target)
+        if path.is_dir():
+            header = read_model_header(path)  # clear error when there is no model.toml
+            model = load_model(path)
+            label = label or path.name
+            info = {
+                "source": "folder",
+                "folder": str(path.resolve()),
+                "family": header.get("family"),
+                "model_toml": (path / "model.toml").read_text(encoding="utf-8"),
+            }
+        elif target in families():
+            try:
+                cls = model_class(target)
+            except ImportError as e:
+                raise SegueError(f"model '{target}': this baseline is not available ({e})") from None
+            if data is None:
+                data = SplitData.load(store, split)
+            if console:
+                console.print(f"fitting [bold]{target}[/] on split '{split}' ...")
+            t0 = time.perf_counter()
+            model = cls().fit(data)
+            label = label or target
+            info = {
+                "source": "fitted on the fly",
+                "family": target,
+                "fit_seconds": round(time.perf_counter() - t0, 2),
+                "model_toml": _baseline_header(model),
+            }
+        else:
+            hint = "no such model folder" if not path.exists() else "not a folder"
+            raise SegueError(
+                f"model '{target}': {hint}, and not a baseline name (baselines: {', '.join(b for b in families() if b != 'transformer')})"
+            )
+        base, n = label, 2
+        while label in models:
+            label, n = f"{base}-{n}", n + 1
+        models[label] = model
+        infos[label] = info
+    if not models:
+        raise SegueError("no model given (pass model folders or baseline names, e.g. popularity ease)")
+    return models, infos
+
+
+def run_evaluation(
+    models: list[str],
+    store: Path,
+    split: str | None = None,
+    protocol: str = "leave_last_out",
+    ks: list[int] | None = None,
+    out: Path | None = None,
+    *,
+    part: str = "test",
+    exclude_seen: bool = True,
+    min_history: int = 1,
+    batch_size: int | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    reference: str | None = None,
+    console: Console | None = None,
+) -> tuple[Any, Any, Path | None]:
+    """The whole `segue evaluate` pipeline as a function: returns (EvalResult, Stats, report folder)."""
+    from segue.evaluation.evaluator import evaluate as run
+    from segue.evaluation.protocols import ProtocolConfig, protocol_spec, resolve_split
+    from segue.evaluation.report import EvaluateConfig, compute_stats, print_table, write_report
+
+    console = console or Console()
+    if not store.exists():
+        raise SegueError(f"{store}: no store here (build one with `segue data build`)")
+    spec = protocol_spec(protocol)
+    split = resolve_split(store, spec.name, split)
+    pcfg = ProtocolConfig(name=spec.name, part=part, exclude_seen=exclude_seen, min_history=min_history)
+    with Store.open(store) as opened:
+        loaded, infos = resolve_models(models, opened, split, console=console)
+        result = run(loaded, opened, split, pcfg, ks, batch_size, model_info=infos)
+    stats = compute_stats(result, n_boot=n_boot, seed=seed, reference=reference)
+    print_table(result, stats, console)
+    if out is not None:
+        config = EvaluateConfig(
+            models=models,
+            store=str(store),
+            split=split,
+            protocol=pcfg,
+            ks=list(result.ks),
+            batch_size=batch_size,
+            n_boot=n_boot,
+            seed=seed,
+            reference=reference,
+        )
+        write_report(result, out, stats, config)
+        console.print(f"[green]report written to[/] {out}/report.html")
+    return result, stats, out
+
+
+def evaluate(
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Model folders or baseline names (popularity, itemknn, ease, item2vec, als); label=... to rename."),
+    ],
+    store: Annotated[Path, typer.Option("--store", help="Store file.")],
+    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the store's split of the protocol's kind).")] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol", "-p", help="leave_last_out, playlist_continuation, temporal, strong or random_holdout."
+        ),
+    ] = "leave_last_out",
+    ks: Annotated[str | None, typer.Option("--ks", help="Cut-offs, comma-separated (default 1,5,10,20,50,100; continuation 10,100,500).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default reports/<protocol>-<split>).")] = None,
+    part: Annotated[str, typer.Option("--part", help="test or valid.")] = "test",
+    keep_seen: Annotated[bool, typer.Option("--keep-seen", help="Let history items be recommended (repeat consumption).")] = False,
+    min_history: Annotated[int, typer.Option("--min-history", help="Leave out queries with a shorter history.")] = 1,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries scored at once (default: fits 256 MB of scores).")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    reference: Annotated[str | None, typer.Option("--reference", help="Model the others are compared with (default: the best).")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Print the table only.")] = False,
+) -> None:
+    """Evaluate models (or baselines fitted on the fly) under a protocol: a table and a report folder."""
+    console = Console()
+    try:
+        k_list = parse_ks(ks)
+        if out is None and not no_report:
+            out = Path("reports") / f"{protocol}-{split or 'default'}"
+        run_evaluation(
+            models,
+            store,
+            split,
+            protocol,
+            k_list,
+            None if no_report else out,
+            part=part,
+            exclude_seen=not keep_seen,
+            min_history=min_history,
+            batch_size=batch_size,
+            n_boot=n_boot,
+            seed=seed,
+            reference=reference,
+            console=console,
+        )
+    except SegueError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None

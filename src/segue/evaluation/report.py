@@ -1,0 +1,412 @@
+"""Reports of an evaluation: a rich table on the terminal and a report folder.
+
+The folder (written atomically: it appears complete or not at all):
+  report.md           tables: headline metrics with CIs, every metric at every K, paired comparisons
+  report.html         the same, self-contained (inline CSS, plots as base64 PNG)
+  metrics_vs_k.png    each metric against K, one line per model
+  results.json        means, CIs, comparisons, per-group means, notes, timings
+  per_user.npz        per-query values of every metric for every model (+ seq_ids), to re-compare later
+  evaluate.toml       the evaluation config (models, store, split, protocol, ks, bootstrap)
+  store.json          store path, content checksum, split kind/params/checks
+  models/<name>/model.toml   each model's family and typed config (copied from its folder, or the
+                      config a baseline was fitted with)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from segue.config import Config
+from segue.evaluation import metrics as M
+from segue.evaluation.evaluator import EvalResult
+from segue.evaluation.protocols import ProtocolConfig
+from segue.evaluation.significance import (
+    Comparison,
+    Interval,
+    bootstrap_means,
+    cis,
+    summarize_difference,
+)
+from segue.io import atomic_path
+
+
+class EvaluateConfig(Config):
+    """Everything that shaped an evaluation (saved as evaluate.toml beside the report)."""
+
+    models: list[str]
+    store: str
+    split: str
+    protocol: ProtocolConfig = ProtocolConfig()
+    ks: list[int] = []
+    batch_size: int | None = None
+    n_boot: int = Field(1000, ge=10)
+    level: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+    reference: str | None = None  # model the others are compared with; default: best on the headline
+
+
+@dataclass
+class Stats:
+    """CIs and paired comparisons computed from an EvalResult."""
+
+    intervals: dict[str, dict[str, Interval]]  # model -> metric -> mean/CI
+    reference: str
+    headline: str  # metric key used to pick the reference ("ndcg@10")
+    comparisons: dict[str, dict[str, Comparison]]  # model -> metric -> (model - reference)
+    level: float
+    n_boot: int
+
+
+def headline_metric(result: EvalResult) -> str:
+    return f"ndcg@{result.headline_k}"
+
+
+def compute_stats(
+    result: EvalResult,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    reference: str | None = None,
+) -> Stats:
+    """Bootstrap CI of every mean and paired comparisons of every model against the reference
+    (named, or else the best on NDCG at the headline K). Queries of one sequence are resampled
+    together (see EvalResult.clusters)."""
+    headline = headline_metric(result)
+    names = list(result.models)
+    if reference is None:
+        reference = max(names, key=lambda n: _nan_to(result.models[n].mean(headline), -1.0))
+    elif reference not in result.models:
+        from segue.errors import SegueError
+
+        raise SegueError(f"reference model '{reference}' is not among the evaluated models ({', '.join(names)})")
+    clusters = result.clusters
+    keys = result.metric_keys
+    flat = {(m, k): result.models[m].per_user[k] for m in names for k in keys}
+    iv = cis({f"{m}\0{k}": v for (m, k), v in flat.items()}, clusters=clusters, level=level, n_boot=n_boot, seed=seed)
+    intervals = {m: {k: iv[f"{m}\0{k}"] for k in keys} for m in names}
+    # All (model, metric) differences with the reference in one resampling pass.
+    others = [m for m in names if m != reference]
+    pairs = [(m, k) for m in others for k in keys]
+    comparisons: dict[str, dict[str, Comparison]] = {m: {} for m in others}
+    if pairs:
+        d = np.stack([flat[(m, k)] - flat[(reference, k)] for m, k in pairs])
+        reps = bootstrap_means(d, clusters=clusters, n_boot=n_boot, seed=seed)
+        for i, (m, k) in enumerate(pairs):
+            comparisons[m][k] = summarize_difference(d[i], reps[i], level)
+    return Stats(intervals, reference, headline, comparisons, level, n_boot)
+
+
+def _nan_to(x: float, v: float) -> float:
+    return v if math.isnan(x) else x
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def headline_columns(result: EvalResult) -> list[str]:
+    k = result.headline_k
+    cols = [f"hr@{k}", f"recall@{k}", f"ndcg@{k}", f"mrr@{k}"]
+    if result.protocol == "playlist_continuation":
+        cols += ["rprec", "clicks"]
+    cols += [f"poppct@{k}"]
+    return [c for c in cols if c in result.metric_keys]
+
+
+def column_label(key: str) -> str:
+    name, k = M.split_key(key)
+    label = M.LABELS.get(name, name)
+    return f"{label}@{k}" if k is not None else label
+
+
+# ---------------------------------------------------------------------------------------------
+# terminal
+
+
+def print_table(result: EvalResult, stats: Stats, console: Any = None) -> None:
+    """The headline table (mean ± half CI width) and the comparisons with the reference model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    k = result.headline_k
+    cols = headline_columns(result)
+    title = (
+        f"{result.protocol} on split '{result.split}' ({result.part}): {len(result.seq_ids)} queries, "
+        f"{result.n_items} items; ± = half the {round(100 * stats.level)}% bootstrap CI"
+    )
+    t = Table(title=title, title_justify="left")
+    t.add_column("model", style="bold")
+    for c in cols:
+        t.add_column(column_label(c), justify="right")
+    t.add_column(f"Coverage@{k}", justify="right")
+    t.add_column("seconds", justify="right")
+    for m, r in result.models.items():
+        cells = []
+        for c in cols:
+            iv = stats.intervals[m][c]
+            cell = f"{_fmt(iv.mean)} ±{_fmt((iv.high - iv.low) / 2)}"
+            cells.append(f"[green]{cell}[/]" if m == stats.reference else cell)
+        t.add_row(m, *cells, _fmt(r.coverage.get(k, float("nan")), 3), f"{r.seconds:.1f}")
+    console.print(t)
+    if stats.comparisons:
+        h = stats.headline
+        ct = Table(title=f"{column_label(h)}: each model minus '{stats.reference}' (paired bootstrap)", title_justify="left")
+        for col in ("model", "difference", f"{round(100 * stats.level)}% CI", "p"):
+            ct.add_column(col, justify="right" if col != "model" else "left")
+        for m, comp in stats.comparisons.items():
+            c = comp[h]
+            ct.add_row(m, f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value))
+        console.print(ct)
+    for note in result.notes:
+        console.print(f"[dim]{note}[/]")
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def plot_metrics_vs_k(result: EvalResult) -> bytes:
+    """PNG of every metric that has a K (and coverage) against K, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["hr", "recall", "ndcg", "mrr", "poppct", "coverage"]
+    ks = list(result.ks)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    summary = result.summary()
+    for ax, name in zip(axes.ravel(), names, strict=True):
+        for m in result.models:
+            ys = [summary[m].get(f"{name}@{k}", float("nan")) for k in ks]
+            ax.plot(ks, ys, marker="o", label=m)
+        ax.set_title(f"{M.LABELS[name]}@K")
+        ax.set_xlabel("K")
+        if len(ks) > 1 and ks[-1] / ks[0] >= 10:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"{result.protocol} · split {result.split} ({result.part}) · {len(result.seq_ids)} queries")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# documents
+
+
+def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for every table in the report; Markdown and HTML render the same list."""
+    pct = round(100 * stats.level)
+    summary = result.summary()
+    out = []
+    cols = headline_columns(result)
+    rows = []
+    for m in result.models:
+        cells = [m]
+        for c in cols:
+            iv = stats.intervals[m][c]
+            cells.append(f"{_fmt(iv.mean)} [{_fmt(iv.low)}, {_fmt(iv.high)}]")
+        cells.append(_fmt(summary[m].get(f"coverage@{result.headline_k}", float("nan")), 3))
+        cells.append(f"{result.models[m].seconds:.1f}")
+        rows.append(cells)
+    out.append(
+        (
+            f"Headline (K = {result.headline_k}): mean [{pct}% bootstrap CI]",
+            ["model", *map(column_label, cols), f"Coverage@{result.headline_k}", "seconds"],
+            rows,
+        )
+    )
+    for name in [*M.AT_K, "coverage"]:
+        keys = [f"{name}@{k}" for k in result.ks]
+        if not any(keys[0] in summary[m] for m in summary):
+            continue
+        rows = [[m, *(_fmt(summary[m].get(k, float("nan"))) for k in keys)] for m in result.models]
+        out.append((f"{M.LABELS[name]}@K", ["model", *(f"K={k}" for k in result.ks)], rows))
+    if stats.comparisons:
+        keys = [k for k in [stats.headline, *cols] if k in result.metric_keys]
+        keys = list(dict.fromkeys(keys))
+        rows = []
+        for m, comp in stats.comparisons.items():
+            for k in keys:
+                c = comp[k]
+                rows.append([m, column_label(k), f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value)])
+        out.append(
+            (
+                f"Paired comparisons: model minus '{stats.reference}' (paired bootstrap, {stats.n_boot} resamples)",
+                ["model", "metric", "difference", f"{pct}% CI", "p"],
+                rows,
+            )
+        )
+    groups = result.group_summary()
+    if groups:
+        gcols = headline_columns(result)
+        rows = [[g, m, *(_fmt(vals[c]) for c in gcols)] for g, per_model in groups.items() for m, vals in per_model.items()]
+        n_in = {g: int((result.groups == g).sum()) for g in groups}
+        out.append(
+            (
+                "Per group: " + ", ".join(f"{g} ({n} queries)" for g, n in n_in.items()),
+                ["group", "model", *map(column_label, gcols)],
+                rows,
+            )
+        )
+    return out
+
+
+def _header_lines(result: EvalResult, config: EvaluateConfig | None) -> list[tuple[str, str]]:
+    info = result.split_info
+    lines = [
+        ("protocol", f"{result.protocol} ({result.part} part)"),
+        ("store", f"{result.store_path} (content checksum {result.store_checksum})"),
+        ("split", f"{result.split}: {info['kind']} {json.dumps(info['params'], sort_keys=True)}"),
+        ("queries", f"{len(result.seq_ids)} from {len(np.unique(result.seq_ids))} sequences; "
+                    f"{result.n_items} catalogue items; mean |relevant| {result.n_relevant.mean():.2f}"),
+        ("K", ", ".join(map(str, result.ks))),
+    ]
+    if config is not None:
+        lines.append(("bootstrap", f"{config.n_boot} resamples, seed {config.seed}, level {config.level}"))
+    lines += [("note", n) for n in result.notes]
+    lines.append(
+        (
+            "rules",
+            "full ranking over every catalogue item; "
+            + ("history items are never recommended, so never hits; " if result.protocol_config.exclude_seen else "history items may be recommended; ")
+            + "targets outside the training vocabulary stay relevant (unhittable); a repeated target counts once",
+        )
+    )
+    return lines
+
+
+def render_markdown(result: EvalResult, stats: Stats, config: EvaluateConfig | None = None) -> str:
+    parts = [f"# Evaluation: {result.protocol} on '{result.split}'", ""]
+    parts += [f"- **{k}**: {v}" for k, v in _header_lines(result, config)]
+    for title, header, rows in _tables(result, stats):
+        parts += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        parts += ["| " + " | ".join(r) + " |" for r in rows]
+    parts += ["", "![metrics against K](metrics_vs_k.png)", ""]
+    return "\n".join(parts)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem}h2{font-size:1.1rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+tr.ref td{background:#eef8ee}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;font-size:.9rem}
+dt{font-weight:600}img{max-width:100%}
+"""
+
+
+def render_html(result: EvalResult, stats: Stats, png: bytes, config: EvaluateConfig | None = None) -> str:
+    e = html.escape
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>segue evaluation: {e(result.protocol)} on {e(result.split)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Evaluation: {e(result.protocol)} on '{e(result.split)}'</h1><dl>",
+    ]
+    out += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _header_lines(result, config)]
+    out.append("</dl>")
+    for title, header, rows in _tables(result, stats):
+        out.append(f"<h2>{e(title)}</h2><table><thead><tr>")
+        out += [f"<th>{e(h)}</th>" for h in header]
+        out.append("</tr></thead><tbody>")
+        for r in rows:
+            cls = " class='ref'" if r[0] == stats.reference else ""
+            out.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+        out.append("</tbody></table>")
+    b64 = base64.b64encode(png).decode()
+    out.append(f"<h2>Metrics against K</h2><img alt='metrics against K' src='data:image/png;base64,{b64}'>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def results_json(result: EvalResult, stats: Stats) -> dict[str, Any]:
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return clean(
+        {
+            "protocol": result.protocol,
+            "protocol_config": result.protocol_config.model_dump(mode="json"),
+            "split": result.split,
+            "part": result.part,
+            "ks": list(result.ks),
+            "headline_k": result.headline_k,
+            "store": {"path": result.store_path, "checksum": result.store_checksum},
+            "n_queries": len(result.seq_ids),
+            "n_items": result.n_items,
+            "notes": result.notes,
+            "summary": result.summary(),
+            "intervals": {m: {k: asdict(v) for k, v in d.items()} for m, d in stats.intervals.items()},
+            "reference": stats.reference,
+            "comparisons": {m: {k: asdict(v) for k, v in d.items()} for m, d in stats.comparisons.items()},
+            "groups": result.group_summary(),
+            "seconds": {m: r.seconds for m, r in result.models.items()},
+            "models": {m: {k: v for k, v in r.info.items() if k != "model_toml"} for m, r in result.models.items()},
+        }
+    )
+
+
+def write_report(result: EvalResult, out: str | Path, stats: Stats, config: EvaluateConfig | None = None) -> Path:
+    """Write the report folder `out` atomically (see the module docstring for its files)."""
+    out = Path(out)
+    png = plot_metrics_vs_k(result)
+    with atomic_path(out, is_dir=True) as tmp:
+        (tmp / "metrics_vs_k.png").write_bytes(png)
+        (tmp / "report.md").write_text(render_markdown(result, stats, config), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(result, stats, png, config), encoding="utf-8")
+        (tmp / "results.json").write_text(json.dumps(results_json(result, stats), indent=1, default=str))
+        arrays = {"seq_ids": result.seq_ids, "n_relevant": result.n_relevant}
+        if result.groups is not None:
+            arrays["groups"] = result.groups.astype(str)
+        for m, r in result.models.items():
+            for k, v in r.per_user.items():
+                arrays[f"{m}/{k}"] = v
+        np.savez_compressed(tmp / "per_user.npz", **arrays)
+        if config is not None:
+            config.save(tmp / "evaluate.toml")
+        store_info = {"path": result.store_path, "content_checksum": result.store_checksum, "split": result.split_info}
+        (tmp / "store.json").write_text(json.dumps(store_info, indent=1, sort_keys=True))
+        for m, r in result.models.items():
+            text = r.info.get("model_toml")
+            if text:
+                folder = tmp / "models" / _safe_name(m)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "model.toml").write_text(text, encoding="utf-8")
+    return out
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "model"
