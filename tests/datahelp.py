@@ -51,3 +51,32 @@ def make_store(
 
 def random_sequences(rng: np.random.Generator, n: int, n_items: int = 50, max_len: int = 12) -> list[list[int]]:
     return [list(rng.integers(0, n_items, rng.integers(1, max_len + 1))) for _ in range(n)]
+
+
+def read_beauty(path: Path) -> pa.Table:
+    """Events of `user item item ...` lines (the beauty file), positions in line order."""
+    seq, item, pos = [], [], []
+    for line in path.read_text().splitlines():
+        user, *items = line.split()
+        seq.extend([user] * len(items))
+        item.extend(items)
+        pos.extend(range(len(items)))
+    return pa.table({"seq_key": seq, "item_key": item, "position": pa.array(pos, pa.int32())})
+
+
+def read_ml100k(path: Path) -> pa.Table:
+    """Events of ml-100k's u.data (user, item, rating, unix time; tab-separated)."""
+    data = np.loadtxt(path, dtype=np.int64)
+    return pa.table(
+        {
+            "seq_key": data[:, 0].astype(str),
+            "item_key": data[:, 1].astype(str),
+            "rating": data[:, 2].astype(np.float64),
+            "ts": data[:, 3],
+        }
+    )
+
+
+def build_from_table(path: Path, events: pa.Table, splits: list[dict[str, Any]], seed: int = 0) -> Path:
+    config = BuildConfig(seed=seed, splits=splits)
+    return build_store(ListSource([Chunk(events=events)]), path, config)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datahelp import make_store
+from datahelp import build_from_table, make_store, read_beauty
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.loader import (
     LoaderConfig,
@@ -17,6 +17,7 @@ from segue.data.loader import (
     make_train_loader,
     pad_histories,
 )
+from segue.data.splits import Part
 from segue.data.store import Store
 from segue.data.vocab import EOP, START, UNK
 from segue.errors import ConfigError
@@ -310,3 +311,29 @@ def test_sequence_source_records() -> None:
     assert rec["rating"].tolist() == a.rating[lo:hi].tolist()
     assert rec["fb_play"].tolist() == a.feedback["play"][lo:hi].tolist()
     assert rec["ctx_device"].tolist() == a.context["device"][lo:hi].tolist()
+
+
+@pytest.mark.realdata
+def test_real_beauty_leave_last_out_batches(shared_data: Path, tmp_path: Path) -> None:
+    events = read_beauty(shared_data / "beauty" / "Beauty.txt")
+    path = build_from_table(tmp_path / "beauty.duckdb", events, [{"kind": "leave_last_out"}])
+    with Store.open(path) as store:
+        assert store.counts()["sequences"] == 22_363 and store.counts()["items"] == 12_101
+        data = SplitData.load(store, "loo")
+        hist, tgt = data.history(Part.TEST), data.targets(Part.TEST)
+    lengths = data.train.lengths
+    assert int(lengths.sum()) == 198_502 - 2 * 22_363  # every 5-core user gives a valid and a test item
+    cfg = LoaderConfig(batch_size=256, context_length=50, num_epochs=1, eop_target=False)
+    loader = make_train_loader(data.train, cfg, seed=0)
+    labels = rows = 0
+    for b in loader:
+        labels += int(b["mask"].sum())
+        rows += int((b["rows"] >= 0).sum())
+        assert b["inputs"].shape[0] == 256 and b["inputs"].shape[1] in cfg.buckets()
+    assert rows == 22_363
+    # one label per training item (the first is predicted from <start>), cropped to the context
+    assert labels == int(np.minimum(lengths, 50).sum())
+    assert tgt.nonempty().size == 22_363 and int(tgt.lengths.max()) == 1
+    for ev in iter_eval_batches(hist, tgt.nonempty(), batch_size=4096, context_length=50):
+        ends = hist.offsets[ev.rows + 1] - 1
+        assert np.array_equal(ev.inputs[np.arange(len(ev.rows)), ev.last], np.asarray(hist.tokens)[ends])

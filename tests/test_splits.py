@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import segue.data.splits as splits_mod
-from datahelp import make_store, random_sequences
+from datahelp import build_from_table, make_store, random_sequences, read_ml100k
 from segue.data.splits import Part, add_split, check_split, history_parts, parse_part
 from segue.data.store import Store
 from segue.errors import ConfigError, InputError, StoreError
@@ -300,3 +300,23 @@ def test_bad_specs_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="too few"):
         make_store(tmp_path / "z.duckdb", [[1, 2]] * 3, [{"kind": "random_sequence", "valid_fraction": 0.5, "test_fraction": 0.4}])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.realdata
+def test_real_ml100k_splits_pass_their_checks(shared_data: Path, tmp_path: Path) -> None:
+    events = read_ml100k(shared_data / "ml-100k" / "u.data")
+    specs = [{"kind": "temporal"}, {"kind": "leave_last_out"}, {"kind": "strong"}, {"kind": "random_holdout"}]
+    path = build_from_table(tmp_path / "ml.duckdb", events, specs)
+    with Store.open(path) as s:
+        assert s.counts() == {"sequences": 943, "items": 1682, "events": 100_000, "rated_events": 100_000}
+        for name in s.split_names():
+            assert recheck(s.con, name)["every_event_assigned"] is True
+        params = s.split_info("temporal")["params"]
+        f = parts_frame(s.con, "temporal")
+        assert f["ts"][f["part"] == 0].max() < params["valid_cut"]
+        loo = parts_frame(s.con, "loo")
+        assert (loo["part"] == Part.TEST).sum() == 943  # every ml-100k user has >= 20 ratings
+        # the test event is one of the user's latest (events are ordered by time)
+        last_ts = {int(q): t for q, t, p in zip(loo["seq_id"], loo["ts"], loo["part"], strict=True) if p == Part.TEST}
+        latest = s.con.execute("SELECT seq_id, max(ts) FROM events GROUP BY seq_id").fetchall()
+        assert all(last_ts[q] == t for q, t in latest)
