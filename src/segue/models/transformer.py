@@ -1,0 +1,313 @@
+"""A causal transformer over item sequences (trecs' decoder, SASRec's task) as a Recommender.
+
+Architecture (pre-LayerNorm GPT decoder; defaults are trecs'):
+    x_0 = E[tokens] + P[positions]                 E [V, D] item table, P [context, D] learned
+    x_l = x_{l-1} + Drop(Attn(LN(x_{l-1})))         causal multi-head self-attention
+    x_l = x_l + Drop(W2 act(W1 LN(x_l)))             feed-forward, ReLU by default
+    h   = LN(x_L);   score(c) = <h, E[c]>            output tied to the item table
+Dropout (rate p) is applied to the embedding sum and to both residual branches.
+
+The item table is passed to `hidden()` explicitly so a training step can run the network on the
+rows a batch touches only (see segue.training.step); the module still owns it as a Param.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from pydantic import Field, model_validator
+
+from segue.config import Config
+from segue.data.arrays import SequenceArrays, SplitData
+from segue.data.vocab import N_SPECIAL
+from segue.errors import SegueError
+from segue.models.base import NEG_INF, BaseRecommender
+from segue.training.config import TrainerConfig
+from segue.training.losses import LossConfig
+from segue.training.optim import OptimConfig
+
+
+class ModelConfig(Config):
+    n_layers: int = Field(6, ge=1)
+    n_heads: int = Field(8, ge=1)
+    d_model: int = Field(128, ge=1)
+    d_ff: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    context_length: int = Field(50, ge=1)
+    activation: Literal["relu", "gelu"] = "relu"
+    init_std: float = Field(0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        return self
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when `key` is None (evaluation) or rate is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
+        d, init = cfg.d_model, nnx.initializers.normal(cfg.init_std)
+        # Residual projections scaled down with depth (GPT-2) so the sum stays well-scaled.
+        out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        self.ln1 = nnx.LayerNorm(d, rngs=rngs)
+        self.qkv = nnx.Linear(d, 3 * d, kernel_init=init, rngs=rngs)
+        self.proj = nnx.Linear(d, d, kernel_init=out_init, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(d, rngs=rngs)
+        self.ff1 = nnx.Linear(d, cfg.d_ff, kernel_init=init, rngs=rngs)
+        self.ff2 = nnx.Linear(cfg.d_ff, d, kernel_init=out_init, rngs=rngs)
+        self.n_heads = cfg.n_heads
+        self.rate = cfg.dropout
+        self.act = jax.nn.relu if cfg.activation == "relu" else jax.nn.gelu
+
+    def __call__(self, x: jax.Array, bias: jax.Array, key: jax.Array | None) -> jax.Array:
+        b, t, d = x.shape
+        h, dh = self.n_heads, d // self.n_heads
+        k1, k2 = jax.random.split(key) if key is not None else (None, None)
+        qkv = self.qkv(self.ln1(x)).reshape(b, t, 3, h, dh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, dh]
+        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (dh**-0.5) + bias  # [B, H, T, T]
+        att = jax.nn.softmax(att, axis=-1)
+        y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, d)
+        x = x + dropout(self.proj(y), self.rate, k1)
+        return x + dropout(self.ff2(self.act(self.ff1(self.ln2(x)))), self.rate, k2)
+
+
+class SequenceTransformer(nnx.Module):
+    """The network: tokens [B, T] -> hidden states [B, T, D]; logits are <h, E[c]>."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs, *, init_temperature: float = 1.0) -> None:
+        self.rate = cfg.dropout  # plain values only: the graphdef must stay hashable
+        std = cfg.init_std
+        self.item_emb = nnx.Param(jax.random.normal(rngs.params(), (vocab_size, cfg.d_model)) * std)
+        self.pos_emb = nnx.Param(jax.random.normal(rngs.params(), (cfg.context_length, cfg.d_model)) * std)
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        # log of the softmax temperature (used by the logq loss only; clipped to [0.01, 100]).
+        self.log_temperature = nnx.Param(jnp.log(jnp.asarray(init_temperature, jnp.float32)))
+
+    def hidden(
+        self,
+        tokens: jax.Array,
+        emb: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
+        """tokens [B, T] index `emb` (default: the item table); key=None disables dropout."""
+        emb = self.item_emb[...] if emb is None else emb
+        b, t = tokens.shape
+        pos = self.pos_emb[...]
+        x = emb[tokens] + (pos[:t][None] if positions is None else pos[positions])
+        # Causal mask as an additive bias: query q sees keys k <= q.
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        bias = jnp.where(causal, 0.0, -1e9).astype(x.dtype)[None, None]
+        keys = jax.random.split(key, len(self.blocks) + 1) if key is not None else [None] * (len(self.blocks) + 1)
+        x = dropout(x, self.rate, keys[-1])
+        for blk, k in zip(self.blocks, keys[:-1], strict=True):
+            x = blk(x, bias, k)
+        return self.ln_f(x)
+
+
+def count_flops_per_token(cfg: ModelConfig, n_candidates: int, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward; a multiply-add = 2 FLOPs).
+
+    Per layer: qkv 2*3D^2, projection 2*D^2, feed-forward 2*2*D*F, attention scores and mixing
+    2*2*T*D (T = sequence length, causal half not discounted); output: 2*D per candidate.
+    """
+    d, f = cfg.d_model, cfg.d_ff
+    t = cfg.context_length if seq_len is None else seq_len
+    layer = 2 * 3 * d * d + 2 * d * d + 2 * 2 * d * f + 2 * 2 * t * d
+    return 3.0 * (cfg.n_layers * layer + 2 * d * n_candidates)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Recommender
+
+
+class TransformerConfig(Config):
+    """Everything needed to build and train the model (saved in model.toml)."""
+
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _score_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array) -> jax.Array:
+    model = nnx.merge(graphdef, state)
+    h = model.hidden(inputs, positions=positions)  # [B, T, D]
+    q = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [B, D]
+    return q @ model.item_emb[...].T
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _query_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array) -> jax.Array:
+    model = nnx.merge(graphdef, state)
+    h = model.hidden(inputs, positions=positions)
+    return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+
+
+class TransformerRecommender(BaseRecommender):
+    """Next-item scores from the transformer: score(c | history) = <h_last, E[c]>."""
+
+    family = "transformer"
+    config_class = TransformerConfig
+    config: TransformerConfig
+    score_batch = 128  # rows per jitted scoring call (one compiled shape)
+
+    def __init__(self, config: TransformerConfig | None = None, vocab: Any = None) -> None:
+        super().__init__(config, vocab)
+        self.network: SequenceTransformer | None = None
+
+    # --- training ----------------------------------------------------------------------------
+    def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
+        """Train with the loop of segue.training.trainer (no run folder; best weights kept)."""
+        from segue.training.trainer import Trainer
+
+        trainer = Trainer(self.config, data, run_dir=None, progress_callback=progress)
+        trainer.fit()
+        self.vocab = data.vocab
+        self.network = trainer.best_network()
+        self.meta = {"train": trainer.summary()}
+        return self
+
+    def build(self, vocab_size: int, seed: int = 0) -> SequenceTransformer:
+        return SequenceTransformer(
+            self.config.model, vocab_size, nnx.Rngs(seed), init_temperature=self.config.loss.init_temperature
+        )
+
+    # --- scoring -----------------------------------------------------------------------------
+    def _net(self) -> SequenceTransformer:
+        self._check_fitted()
+        if self.network is None:
+            raise SegueError("transformer: no network weights (fit() or load() first)")
+        return self.network
+
+    def _batched(self, fn: Any, histories: SequenceArrays, rows: np.ndarray | None) -> np.ndarray:
+        from segue.data.loader import pad_histories
+
+        net = self._net()
+        graphdef, state = nnx.split(net)
+        rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
+        ctx = self.config.model.context_length
+        outs = []
+        bs = self.score_batch
+        for s in range(0, len(rows), bs):
+            sel = rows[s : s + bs]
+            ev = pad_histories(histories, sel, context_length=ctx, pad_to=ctx)
+            n = len(sel)
+            inputs, positions, last = ev.inputs, ev.positions, ev.last
+            if n < bs:  # pad to the compiled batch size
+                inputs = np.concatenate([inputs, np.repeat(inputs[:1], bs - n, 0)])
+                positions = np.concatenate([positions, np.repeat(positions[:1], bs - n, 0)])
+                last = np.concatenate([last, np.repeat(last[:1], bs - n)])
+            outs.append(np.asarray(fn(graphdef, state, inputs, positions, last))[:n])
+        if not outs:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        """[B, V] inner products of the last hidden state with every item; specials -inf."""
+        scores = self._batched(_score_fn, histories, rows)
+        if scores.size:
+            scores[:, :N_SPECIAL] = NEG_INF
+        else:
+            scores = np.zeros((0, len(self._check_fitted())), np.float32)
+        return scores
+
+    def query_embeddings(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        """[B, D] query vectors; score(c) = query . item_embeddings()[c] (for ANN serving)."""
+        return self._batched(_query_fn, histories, rows)
+
+    def item_embeddings(self) -> np.ndarray:
+        """[V, D] output vectors of every token (rows 0..3 are special tokens: skip them)."""
+        return np.asarray(self._net().item_emb[...])
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """As BaseRecommender.save, with the nested config written as [config.model] etc."""
+        from segue.io import atomic_path
+
+        vocab = self._check_fitted()
+        folder = Path(folder)
+        with atomic_path(folder, is_dir=True) as tmp:
+            write_model_header(self, tmp)
+            vocab.save(tmp / "vocab.json")
+            self._save_state(tmp)
+        return folder
+
+    def _save_state(self, folder: Path) -> None:
+        save_weights(self._net(), folder / "weights.npz")
+
+    def _load_state(self, folder: Path) -> None:
+        self.network = load_weights(self.build(len(self.vocab)), folder / "weights.npz")
+
+
+def write_model_header(rec: TransformerRecommender, folder: Path) -> None:
+    """model.toml: family, meta (JSON text) and the config as nested [config.*] tables."""
+    import json
+
+    import tomli_w
+
+    from segue.config import _drop_none
+    from segue.io import atomic_write_text
+
+    header = {
+        "family": rec.family,
+        "meta": json.dumps(rec.meta, default=str),
+        "config": _drop_none(rec.config.model_dump(mode="json")),
+    }
+    atomic_write_text(folder / "model.toml", tomli_w.dumps(header))
+
+
+def save_weights(net: SequenceTransformer, path: Path) -> None:
+    """Parameters as a flat .npz keyed by their path ('blocks/0/qkv/kernel', ...)."""
+    from segue.io import atomic_path
+
+    flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.state(net, nnx.Param).flat_state()}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **flat)
+
+
+def load_weights(net: SequenceTransformer, path: Path) -> SequenceTransformer:
+    if not path.exists():
+        raise SegueError(f"{path}: no weights file")
+    data = np.load(path)
+    state = nnx.state(net, nnx.Param)
+    for k, v in state.flat_state():
+        name = "/".join(map(str, k))
+        if name not in data:
+            raise SegueError(f"{path}: weights lack '{name}' (saved by another model config?)")
+        arr = data[name]
+        if arr.shape != v[...].shape:
+            raise SegueError(f"{path}: '{name}' has shape {arr.shape}, the config expects {v[...].shape}")
+        v[...] = jnp.asarray(arr)
+    nnx.update(net, state)
+    return net
+
+
+__all__ = [
+    "ModelConfig",
+    "SequenceTransformer",
+    "TransformerConfig",
+    "TransformerRecommender",
+    "count_flops_per_token",
+    "save_weights",
+    "write_model_header",
+    "load_weights",
+]

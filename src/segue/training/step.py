@@ -1,0 +1,220 @@
+"""The jitted training step in functional form (nnx.split/merge + jax.jit, buffers donated).
+
+Train state (a pytree; every leaf is checkpointed):
+    rest      nnx.State   every parameter but the item table
+    items     nnx.State   the item table E [V, D] (one leaf)
+    opt       optax state of AdamW over `rest`
+    item_m, item_v [V, D] Adam moments of the table (lazy: only touched rows change)
+    applied   int32       steps applied so far (Adam's t for the table)
+    step      int32       steps taken (applied + skipped); the schedule and the RNG use it
+    key       uint32 [2]  raw base PRNG key; step t uses fold_in(key, t)
+
+Sparse mode (sampled losses): the step gathers the unique ids U of the batch's inputs, targets and
+candidates (padded to a static size), runs the network on E[U] with ids remapped into U,
+differentiates with respect to E[U], and scatters the lazily-updated rows back, so neither the
+gradient nor the update ever touches all V rows. Dense mode (full softmax, or sparse_items="off"):
+the same code with U = all rows, which is exactly dense Adam on the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from segue.data.vocab import EOP, N_SPECIAL
+from segue.models.transformer import ModelConfig, SequenceTransformer
+from segue.training import losses as L
+from segue.training import optim as O
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Static facts the step is compiled for."""
+
+    model: ModelConfig
+    loss: L.LossConfig
+    optim: O.OptimConfig
+    vocab_size: int
+    total_steps: int
+    eop_target: bool = True
+
+    @property
+    def sparse(self) -> bool:
+        if self.optim.sparse_items == "auto":
+            return self.loss.kind != "full"
+        return self.optim.sparse_items == "on" and self.loss.kind != "full"
+
+    @property
+    def n_classes(self) -> int:
+        """Tokens that can be targets: the items, and <eop> when sequences end with it."""
+        return self.vocab_size - N_SPECIAL + int(self.eop_target)
+
+    def class_mask(self) -> jax.Array:
+        """[V] True for tokens that take part in the full softmax."""
+        tokens = jnp.arange(self.vocab_size)
+        return (tokens >= N_SPECIAL) | ((tokens == EOP) & self.eop_target)
+
+
+def split_network(net: SequenceTransformer) -> tuple[Any, nnx.State, nnx.State]:
+    """graphdef, items (the table), rest (every other parameter)."""
+    graphdef, items, rest = nnx.split(net, nnx.PathContains("item_emb"), ...)
+    return graphdef, items, rest
+
+
+def table_of(items: nnx.State) -> jax.Array:
+    (leaf,) = jax.tree_util.tree_leaves(items)
+    return leaf
+
+
+def with_table(items: nnx.State, table: jax.Array) -> nnx.State:
+    return jax.tree_util.tree_map(lambda _: table, items)
+
+
+def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
+    net = SequenceTransformer(spec.model, spec.vocab_size, nnx.Rngs(seed), init_temperature=spec.loss.init_temperature)
+    graphdef, items, rest = split_network(net)
+    table = table_of(items)
+    tx = O.dense_transform(spec.optim, rest)
+    state = {
+        "rest": rest,
+        "items": items,
+        "opt": tx.init(rest),
+        "item_m": jnp.zeros_like(table),
+        "item_v": jnp.zeros_like(table),
+        "applied": jnp.zeros((), jnp.int32),
+        "step": jnp.zeros((), jnp.int32),
+        "key": jax.random.key_data(jax.random.key(seed + 1)),
+    }
+    return graphdef, state
+
+
+def network_of(graphdef: Any, state: dict[str, Any]) -> SequenceTransformer:
+    return nnx.merge(graphdef, state["items"], state["rest"])
+
+
+def _candidates(spec: StepSpec, key: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Shared candidate tokens [K]: in-batch draws (logq only), then uniform item tokens."""
+    ku, kb = jax.random.split(key)
+    uniform = jax.random.randint(ku, (spec.loss.n_negatives,), N_SPECIAL, spec.vocab_size)
+    if spec.loss.kind != "logq" or spec.loss.n_inbatch == 0:
+        return uniform
+    logits = jnp.where(mask, 0.0, -jnp.inf)
+    pos = jax.random.categorical(kb, logits, shape=(spec.loss.n_inbatch,))
+    return jnp.concatenate([targets[pos], uniform])
+
+
+def per_position_loss(
+    spec: StepSpec,
+    h: jax.Array,
+    rows: jax.Array,
+    local_t: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    cands: jax.Array | None,
+    local_c: jax.Array | None,
+    log_tau: jax.Array,
+) -> jax.Array:
+    """Losses [N] for hidden states h [N, D]; `rows` is the table (dense) or E[U] (sparse)."""
+    kind = spec.loss.kind
+    if kind == "full":
+        logits = h @ rows.T  # [N, V]
+        return L.full_softmax_ce(logits, local_t, spec.class_mask())
+    pos = jnp.sum(h * rows[local_t], axis=-1)  # [N]
+    neg = h @ rows[local_c].T  # [N, K]
+    hit = cands[None, :] == targets[:, None]
+    if kind == "sampled":
+        return L.sampled_softmax_ce(pos, neg, hit)
+    if kind == "label_in_denominator":
+        return L.label_in_denominator_ce(pos, neg, hit, spec.n_classes)
+    n_in = spec.loss.n_inbatch
+    log_q_pos, log_q_neg = L.mixed_log_q(cands, targets, mask, n_in, spec.loss.n_negatives, spec.n_classes)
+    tau = L.clip_temperature(log_tau) if spec.loss.learn_temperature else spec.loss.init_temperature
+    return L.logq_ce(pos, neg, hit, log_q_pos, log_q_neg, tau)
+
+
+def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+    """step(state, inputs [B, T], targets [B, T], mask [B, T], lr_scale) -> (state, metrics)."""
+    ocfg = spec.optim
+
+    def step(state: dict[str, Any], inputs: jax.Array, targets: jax.Array, mask: jax.Array, lr_scale: jax.Array):
+        tx = O.dense_transform(ocfg, state["rest"])
+        t = state["step"]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)
+        k_drop, k_cand = jax.random.split(key)
+        table = table_of(state["items"])
+        V = table.shape[0]
+        b, T = inputs.shape
+        tgt = targets.reshape(-1)
+        msk = mask.reshape(-1)
+        cands = None if spec.loss.kind == "full" else _candidates(spec, k_cand, tgt, msk)
+        if spec.sparse:
+            ids = jnp.concatenate([inputs.reshape(-1), tgt, cands])
+            unique, local = O.gather_unique(ids, ids.shape[0], V)
+            rows0 = O.take_rows(table, unique)
+            l_in = local[: b * T].reshape(b, T)
+            l_t = local[b * T : 2 * b * T]
+            l_c = local[2 * b * T :]
+        else:
+            unique = None
+            rows0 = table
+            l_in, l_t, l_c = inputs, tgt, cands
+
+        def loss_fn(rest: nnx.State, rows: jax.Array) -> jax.Array:
+            net = nnx.merge(graphdef, state["items"], rest)
+            h = net.hidden(l_in, emb=rows, key=k_drop).reshape(b * T, -1)
+            per = per_position_loss(spec, h, rows, l_t, tgt, msk, cands, l_c, net.log_temperature[...])
+            return L.masked_mean(per, msk)
+
+        loss, (g_rest, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state["rest"], rows0)
+        norm = O.global_norm(g_rest, g_rows)
+        ok = jnp.isfinite(loss) & jnp.isfinite(norm)
+        scale = O.clip_scale(norm, ocfg.clip_norm)
+        g_rest = jax.tree_util.tree_map(lambda g: g * scale, g_rest)
+        g_rows = g_rows * scale
+        lr = O.lr_at(ocfg, t, spec.total_steps) * lr_scale
+
+        updates, opt = tx.update(g_rest, state["opt"], state["rest"])
+        rest = optax.apply_updates(state["rest"], jax.tree_util.tree_map(lambda u: -lr * u, updates))
+        count = state["applied"] + 1
+        if spec.sparse:
+            m0, v0 = O.take_rows(state["item_m"], unique), O.take_rows(state["item_v"], unique)
+        else:
+            m0, v0 = state["item_m"], state["item_v"]
+        rows, m, v = O.row_adam_update(rows0, g_rows, m0, v0, count, lr, ocfg)
+
+        def keep(new: Any, old: Any) -> Any:
+            return jax.tree_util.tree_map(lambda a, c: jnp.where(ok, a, c), new, old)
+
+        rest, opt = keep(rest, state["rest"]), keep(opt, state["opt"])
+        rows, m, v = keep(rows, rows0), keep(m, m0), keep(v, v0)
+        if spec.sparse:
+            table = O.put_rows(table, unique, rows)
+            item_m = O.put_rows(state["item_m"], unique, m)
+            item_v = O.put_rows(state["item_v"], unique, v)
+        else:
+            table, item_m, item_v = rows, m, v
+        new = {
+            "rest": rest,
+            "items": with_table(state["items"], table),
+            "opt": opt,
+            "item_m": item_m,
+            "item_v": item_v,
+            "applied": jnp.where(ok, count, state["applied"]),
+            "step": t + 1,
+            "key": state["key"],
+        }
+        tau = L.clip_temperature(rest_log_tau(rest))
+        metrics = {"loss": loss, "grad_norm": norm, "skipped": ~ok, "lr": lr, "tokens": jnp.sum(mask), "temperature": tau}
+        return new, metrics
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def rest_log_tau(rest: nnx.State) -> jax.Array:
+    return rest["log_temperature"][...]
