@@ -1,0 +1,653 @@
+"""The HTTP service: FastAPI over an `Engine`, with metrics, a feature log and atomic reloads.
+
+Every response carries the model's run id and version (in the body of /v1 answers and in the
+`X-Segue-Run-Id` / `X-Segue-Model-Version` headers of all of them). Requests are validated by
+pydantic models with limits, so a malformed body is answered with 422 naming the field and never
+reaches the model. Unknown item ids become `<unk>` and are listed in `warnings`.
+
+Reload: `POST /admin/reload` loads the new folder completely, then replaces the engine reference in
+one assignment; requests already running keep the engine they started with, so none fails. Admin
+routes exist only when an API key is configured (SEGUE_ADMIN_KEY); without one they are not mounted.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from segue import __version__
+from segue.data.vocab import N_SPECIAL
+from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
+from segue.serving.explain import explain_items
+from segue.serving.feature_log import FeatureLog
+from segue.serving.index import IndexConfig
+
+log = logging.getLogger("segue.serving")
+WEB_DIR = Path(__file__).parent / "web"
+ADMIN_KEY_ENV = "SEGUE_ADMIN_KEY"
+
+MAX_BODY_BYTES = 1 << 20
+MAX_HISTORY = 5_000
+MAX_LIST = 10_000
+MAX_N = 1_000
+
+
+# ---------------------------------------------------------------------------------------------
+# request and response models
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+ItemIds = list[Annotated[str, Field(min_length=1, max_length=512)]]
+
+
+class RecommendRequest(_Request):
+    history: ItemIds = Field(
+        default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first"
+    )
+    n: int = Field(10, ge=1, le=MAX_N, description="Number of items to return")
+    context: dict[str, Annotated[str, Field(max_length=256)]] | None = Field(None, max_length=32)
+    exclude_seen: bool = True
+    exclude: ItemIds = Field(default_factory=list, max_length=MAX_LIST)
+    allow: ItemIds | None = Field(
+        None, max_length=100_000, description="Only these items may be returned"
+    )
+    deny: ItemIds = Field(default_factory=list, max_length=MAX_LIST)
+
+
+class ContinueRequest(_Request):
+    seed: ItemIds = Field(
+        default_factory=list, max_length=MAX_HISTORY, description="Seed item ids, in order"
+    )
+    n: int = Field(20, ge=1, le=500)
+    temperature: float = Field(1.0, gt=0, le=100)
+    top_k: int = Field(50, ge=1, le=MAX_N)
+    greedy: bool = False
+    random_seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+class ExplainRequest(_Request):
+    history: ItemIds = Field(default_factory=list, max_length=1_000)
+    items: ItemIds | None = Field(
+        None, max_length=100, description="Items to explain (default: the top n)"
+    )
+    n: int = Field(10, ge=1, le=100)
+    top: int = Field(5, ge=1, le=100, description="History items listed per explained item")
+
+
+class ReloadRequest(_Request):
+    model: str | None = Field(
+        None, max_length=4096, description="Model folder (default: the current one)"
+    )
+    store: str | None = Field(None, max_length=4096)
+
+
+class ModelOut(BaseModel):
+    run_id: str
+    version: str
+    family: str
+
+
+class ItemOut(BaseModel):
+    id: str | None
+    name: str | None = None
+    creator: str | None = None
+    album: str | None = None
+    score: float | None = None
+    probability: float | None = None
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    model: ModelOut
+    items: list[ItemOut]
+    warnings: list[str]
+    retrieval: str
+
+
+class ContinueResponse(BaseModel):
+    request_id: str
+    model: ModelOut
+    seed: list[ItemOut]
+    items: list[ItemOut]
+    warnings: list[str]
+
+
+class ItemsResponse(BaseModel):
+    request_id: str
+    model: ModelOut
+    items: list[ItemOut]
+    warnings: list[str] = []
+
+
+class ContributionOut(ItemOut):
+    position: int
+    impact: float
+
+
+class ExplainedItem(ItemOut):
+    contributions: list[ContributionOut]
+
+
+class ExplainResponse(BaseModel):
+    request_id: str
+    model: ModelOut
+    items: list[ExplainedItem]
+    warnings: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Counters and latency histograms, rendered as Prometheus text."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[str, list[float]] = {}  # route -> bucket counts + [sum, count]
+        self.items_requested = 0
+        self.items_unknown = 0
+        self.reloads = 0
+        self.fallbacks = 0
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (method, route, str(status))
+            self.requests[key] = self.requests.get(key, 0) + 1
+            h = self.latency.setdefault(route, [0.0] * (len(LATENCY_BUCKETS) + 2))
+            for i, b in enumerate(LATENCY_BUCKETS):
+                if seconds <= b:
+                    h[i] += 1
+            h[-2] += seconds
+            h[-1] += 1
+
+    def items(self, requested: int, unknown: int) -> None:
+        with self._lock:
+            self.items_requested += requested
+            self.items_unknown += unknown
+
+    def render(self, engine: Engine) -> str:
+        with self._lock:
+            lines = [
+                "# HELP segue_requests_total HTTP requests by method, route and status.",
+                "# TYPE segue_requests_total counter",
+            ]
+            for (m, r, s), n in sorted(self.requests.items()):
+                lines.append(
+                    f'segue_requests_total{{method="{m}",route="{_esc(r)}",status="{s}"}} {n}'
+                )
+            lines += [
+                "# HELP segue_request_seconds Request latency.",
+                "# TYPE segue_request_seconds histogram",
+            ]
+            for r, h in sorted(self.latency.items()):
+                for i, b in enumerate(LATENCY_BUCKETS):
+                    lines.append(
+                        f'segue_request_seconds_bucket{{route="{_esc(r)}",le="{b}"}} {int(h[i])}'
+                    )
+                lines.append(
+                    f'segue_request_seconds_bucket{{route="{_esc(r)}",le="+Inf"}} {int(h[-1])}'
+                )
+                lines.append(f'segue_request_seconds_sum{{route="{_esc(r)}"}} {h[-2]:.6f}')
+                lines.append(f'segue_request_seconds_count{{route="{_esc(r)}"}} {int(h[-1])}')
+            rate = self.items_unknown / self.items_requested if self.items_requested else 0.0
+            lines += [
+                "# HELP segue_items_requested_total Item ids received in histories and seeds.",
+                "# TYPE segue_items_requested_total counter",
+                f"segue_items_requested_total {self.items_requested}",
+                "# HELP segue_items_unknown_total Item ids not in the model's vocabulary (served as <unk>).",
+                "# TYPE segue_items_unknown_total counter",
+                f"segue_items_unknown_total {self.items_unknown}",
+                "# HELP segue_unknown_item_rate Unknown item ids / item ids received.",
+                "# TYPE segue_unknown_item_rate gauge",
+                f"segue_unknown_item_rate {rate:.6f}",
+                "# HELP segue_popularity_fallbacks_total Requests with an empty history, answered by popularity.",
+                "# TYPE segue_popularity_fallbacks_total counter",
+                f"segue_popularity_fallbacks_total {self.fallbacks}",
+                "# HELP segue_reloads_total Successful model reloads.",
+                "# TYPE segue_reloads_total counter",
+                f"segue_reloads_total {self.reloads}",
+                "# HELP segue_model_info The model being served.",
+                "# TYPE segue_model_info gauge",
+                f'segue_model_info{{run_id="{_esc(engine.info.run_id)}",version="{_esc(engine.info.version)}",'
+                f'family="{_esc(engine.info.family)}",retrieval="{engine.info.retrieval}"}} 1',
+                f"segue_catalogue_items {engine.info.n_items}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Envelope:
+    """Pure ASGI middleware: body size limit (422 naming `body`), metrics, model headers."""
+
+    def __init__(self, app: Any, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        engine: Engine = self.state["engine"]
+        status = {"code": 500}
+        headers = [
+            (b"x-segue-run-id", engine.info.run_id.encode("latin-1", "replace")),
+            (b"x-segue-model-version", engine.info.version.encode("latin-1", "replace")),
+        ]
+
+        async def send_wrapped(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message = {**message, "headers": list(message.get("headers", [])) + headers}
+            await send(message)
+
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY_BYTES:
+                detail = {
+                    "detail": [
+                        {
+                            "loc": ["body"],
+                            "msg": f"request body is larger than {MAX_BODY_BYTES} bytes",
+                            "type": "value_error",
+                        }
+                    ]
+                }
+                data = json.dumps(detail).encode()
+                await send_wrapped(
+                    {
+                        "type": "http.response.start",
+                        "status": 422,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()),
+                        ],
+                    }
+                )
+                await send_wrapped({"type": "http.response.body", "body": data})
+                self._observe(scope, status["code"], t0)
+                return
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        try:
+            await self.app(scope, replay, send_wrapped)
+        finally:
+            self._observe(scope, status["code"], t0)
+
+    def _observe(self, scope: dict, status: int, t0: float) -> None:
+        route = scope.get("route")
+        name = getattr(route, "path", None) or "<unmatched>"
+        self.state["metrics"].observe(
+            scope.get("method", "?"), name, status, time.perf_counter() - t0
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def create_app(
+    model_folder: str | Path | None = None,
+    *,
+    engine: Engine | None = None,
+    store: str | Path | None = None,
+    index_config: IndexConfig | None = None,
+    feature_log: str | Path | FeatureLog | None = None,
+    admin_key: str | None = None,
+    use_env_admin_key: bool = True,
+) -> FastAPI:
+    """The service for `model_folder` (or a loaded `engine`).
+
+    `admin_key` defaults to $SEGUE_ADMIN_KEY (unless `use_env_admin_key` is False); without a key
+    the admin routes are not mounted. `feature_log` is a folder (or FeatureLog) receiving one
+    JSON line per request; None disables it.
+    """
+    if engine is None:
+        if model_folder is None:
+            raise ValueError("create_app needs a model folder or an engine")
+        engine = Engine.load(model_folder, store=store, index_config=index_config)
+    if admin_key is None and use_env_admin_key:
+        admin_key = os.environ.get(ADMIN_KEY_ENV) or None
+    flog = FeatureLog(feature_log) if isinstance(feature_log, str | Path) else feature_log
+    state: dict[str, Any] = {
+        "engine": engine,
+        "metrics": Metrics(),
+        "feature_log": flog,
+        "index_config": index_config,
+    }
+    reload_lock = threading.Lock()
+
+    app = FastAPI(
+        title="segue",
+        version=__version__,
+        description="Sequential recommendations: continue playlists, recommend, explain. "
+        "Item ids are the external ids of the training data.",
+    )
+    app.state.segue = state
+
+    def current() -> Engine:
+        return state["engine"]
+
+    def envelope(engine: Engine, request_id: str, **body: Any) -> dict[str, Any]:
+        return {"request_id": request_id, "model": engine.info.public(), **body}
+
+    def log_request(
+        engine: Engine,
+        endpoint: str,
+        request_id: str,
+        inputs: dict,
+        outputs: dict,
+        warnings: list[str],
+    ) -> None:
+        if state["feature_log"] is None:
+            return
+        state["feature_log"].append(
+            {
+                "ts": time.time(),
+                "request_id": request_id,
+                "endpoint": endpoint,
+                "model": engine.info.public(),
+                "inputs": inputs,
+                "outputs": outputs,
+                "warnings": warnings,
+            }
+        )
+
+    def encode_list(
+        engine: Engine, ids: list[str], what: str, warnings: list[str], *, count: bool = True
+    ) -> np.ndarray:
+        enc = engine.encoder.encode(ids)
+        warnings += enc.warnings(what)
+        if count:
+            state["metrics"].items(len(ids), len(enc.unknown))
+        return enc.tokens
+
+    def known(engine: Engine, ids: list[str], what: str, warnings: list[str]) -> np.ndarray:
+        """Tokens of the known ids in an exclusion/allow list (unknown ones are only reported)."""
+        tokens, unknown = engine.vocab.encode_external([str(i) for i in ids])
+        if unknown:
+            warnings.append(
+                f"{what}: {len(unknown)} unknown item id(s) ignored: {', '.join(repr(u) for u in unknown[:10])}"
+            )
+        return tokens[tokens >= N_SPECIAL].astype(np.int64)
+
+    def items_out(engine: Engine, ranked: Ranked) -> list[dict[str, Any]]:
+        return [
+            {**engine.catalogue.describe(int(t)), "score": float(s)}
+            for t, s in zip(ranked.tokens, ranked.scores, strict=True)
+            if t >= 0
+        ]
+
+    v1 = APIRouter(prefix="/v1")
+
+    @v1.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        response_model_exclude_none=True,
+        summary="Rank the catalogue after a history",
+    )
+    def recommend(req: RecommendRequest) -> dict[str, Any]:
+        engine = current()
+        rid = uuid.uuid4().hex
+        warnings: list[str] = []
+        history = encode_list(engine, req.history, "history", warnings)
+        exclude = known(engine, req.exclude, "exclude", warnings)
+        deny = known(engine, req.deny, "deny", warnings)
+        allow = known(engine, req.allow, "allow", warnings) if req.allow is not None else None
+        ranked = engine.rank(
+            [history],
+            req.n,
+            exclude_seen=req.exclude_seen,
+            exclude=[exclude],
+            allow=allow,
+            deny=deny,
+            context=[req.context],
+        )[0]
+        if ranked.fallback:
+            warnings.append(POPULARITY_WARNING)
+            state["metrics"].fallbacks += 1
+        items = items_out(engine, ranked)
+        if len(items) < req.n:
+            warnings.append(
+                f"only {len(items)} items could be returned after exclusions (n={req.n})"
+            )
+        log_request(
+            engine,
+            "/v1/recommend",
+            rid,
+            req.model_dump(exclude_none=True),
+            {"items": [{"id": i["id"], "score": i["score"]} for i in items]},
+            warnings,
+        )
+        return envelope(
+            engine,
+            rid,
+            items=items,
+            warnings=warnings,
+            retrieval="popularity" if ranked.fallback else engine.info.retrieval,
+        )
+
+    @v1.post(
+        "/continue",
+        response_model=ContinueResponse,
+        response_model_exclude_none=True,
+        summary="Continue a playlist from seed items",
+    )
+    def continue_(req: ContinueRequest) -> dict[str, Any]:
+        engine = current()
+        rid = uuid.uuid4().hex
+        warnings: list[str] = []
+        enc = engine.encoder.encode(req.seed)
+        state["metrics"].items(len(req.seed), len(enc.unknown))
+        warnings += [w for w in enc.warnings("seed") if "dropped" not in w]
+        # Generation masks every seed item, even those older than the model's context.
+        full, _ = engine.vocab.encode_external([str(s) for s in req.seed])
+        rng = np.random.default_rng(req.random_seed)
+        picks, probs, fell_back = engine.continue_(
+            full.astype(np.int64),
+            req.n,
+            temperature=req.temperature,
+            top_k_=req.top_k,
+            greedy=req.greedy,
+            rng=rng,
+        )
+        if fell_back:
+            warnings.append(POPULARITY_WARNING)
+            state["metrics"].fallbacks += 1
+        if len(picks) < req.n:
+            warnings.append(f"only {len(picks)} items could be continued (the catalogue ran out)")
+        items = [
+            {**engine.catalogue.describe(t), "probability": p}
+            for t, p in zip(picks, probs, strict=True)
+        ]
+        seed_out = [
+            engine.catalogue.describe(int(t)) if t >= N_SPECIAL else {"id": s, "name": s}
+            for s, t in zip(req.seed, full, strict=True)
+        ]
+        log_request(
+            engine,
+            "/v1/continue",
+            rid,
+            req.model_dump(exclude_none=True),
+            {"items": [i["id"] for i in items]},
+            warnings,
+        )
+        return envelope(engine, rid, seed=seed_out, items=items, warnings=warnings)
+
+    @v1.post(
+        "/explain",
+        response_model=ExplainResponse,
+        response_model_exclude_none=True,
+        summary="Leave-one-out explanation of recommendations",
+    )
+    def explain(req: ExplainRequest) -> dict[str, Any]:
+        engine = current()
+        rid = uuid.uuid4().hex
+        warnings: list[str] = []
+        enc = engine.encoder.encode(req.history)
+        state["metrics"].items(len(req.history), len(enc.unknown))
+        warnings += enc.warnings("history")
+        if req.items is None:
+            ranked = engine.rank([enc.tokens], req.n)[0]
+            if ranked.fallback:
+                warnings.append(POPULARITY_WARNING)
+            targets = ranked.tokens[ranked.tokens >= 0]
+        else:
+            targets = known(engine, req.items, "items", warnings)
+        if len(enc.tokens) == 0:
+            warnings.append("empty history: nothing to explain")
+        out = explain_items(engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids)
+        log_request(
+            engine,
+            "/v1/explain",
+            rid,
+            req.model_dump(exclude_none=True),
+            {"items": [i["id"] for i in out]},
+            warnings,
+        )
+        return envelope(engine, rid, items=out, warnings=warnings)
+
+    @v1.get(
+        "/items/search",
+        response_model=ItemsResponse,
+        response_model_exclude_none=True,
+        summary="Search the catalogue by name, artist or album",
+    )
+    def search(
+        q: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=200,
+                description="Words to find in name, artist, album or id",
+            ),
+        ],
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        engine = current()
+        tokens = engine.catalogue.search(q, limit)
+        return envelope(
+            engine,
+            uuid.uuid4().hex,
+            items=[engine.catalogue.describe(t) for t in tokens],
+            warnings=[],
+        )
+
+    @v1.get(
+        "/items/{item_id:path}/similar",
+        response_model=ItemsResponse,
+        response_model_exclude_none=True,
+        summary="Items the model ranks highest after this one",
+    )
+    def similar(
+        item_id: Annotated[str, PathParam(min_length=1, max_length=512)],
+        n: Annotated[int, Query(ge=1, le=MAX_N)] = 10,
+    ) -> dict[str, Any]:
+        engine = current()
+        token = engine.encoder.encode_one(item_id)
+        if token is None:
+            raise HTTPException(
+                404, detail=f"unknown item id '{item_id}' (not in the model's vocabulary)"
+            )
+        ranked = engine.rank([np.array([token])], n)[0]
+        return envelope(engine, uuid.uuid4().hex, items=items_out(engine, ranked), warnings=[])
+
+    app.include_router(v1)
+
+    @app.get("/healthz", summary="Liveness and the model being served")
+    def healthz() -> dict[str, Any]:
+        engine = current()
+        return {
+            "status": "ok",
+            "model": engine.info.public(),
+            "n_items": engine.info.n_items,
+            "retrieval": engine.info.retrieval,
+            "context_length": engine.encoder.context_length,
+            "has_names": engine.catalogue.has_names,
+            "admin": admin_key is not None,
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    def metrics() -> str:
+        return state["metrics"].render(current())
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return (WEB_DIR / "index.html").read_text(encoding="utf-8")
+
+    if admin_key:
+        admin = APIRouter(prefix="/admin")
+
+        @admin.post("/reload", summary="Swap to another model folder without dropping requests")
+        def reload(
+            req: ReloadRequest | None = None,
+            x_api_key: Annotated[str | None, Header()] = None,
+            authorization: Annotated[str | None, Header()] = None,
+        ) -> dict[str, Any]:
+            given = x_api_key or (
+                authorization[7:]
+                if authorization and authorization.lower().startswith("bearer ")
+                else None
+            )
+            if not given:
+                raise HTTPException(401, detail="admin API key required (X-API-Key header)")
+            if not hmac.compare_digest(given.encode(), admin_key.encode()):
+                raise HTTPException(403, detail="wrong admin API key")
+            req = req or ReloadRequest()
+            with reload_lock:
+                old = current()
+                folder = Path(req.model) if req.model else Path(old.info.folder)
+                try:
+                    new = Engine.load(folder, store=req.store, index_config=state["index_config"])
+                except Exception as e:  # noqa: BLE001 (any failure leaves the old model serving)
+                    raise HTTPException(422, detail=f"could not load {folder}: {e}") from None
+                state["engine"] = new  # one reference swap: in-flight requests keep `old`
+                state["metrics"].reloads += 1
+            log.info("reloaded %s -> %s", old.info.version, new.info.version)
+            return {
+                "previous": old.info.public(),
+                "model": new.info.public(),
+                "folder": str(folder),
+            }
+
+        app.include_router(admin)
+    else:
+        log.warning("%s is not set: admin routes (/admin/reload) are not mounted", ADMIN_KEY_ENV)
+
+    app.add_middleware(_Envelope, state=state)
+    return app

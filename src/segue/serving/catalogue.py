@@ -1,0 +1,130 @@
+"""The items a served model knows, with names for people: search and descriptions.
+
+The table lives in the model folder as `items.parquet` (external_id, name, creator, album), one
+row per vocabulary item. It is written there when the server starts from a store
+(`segue serve --model RUN --store STORE`), read back otherwise; without either, items are shown by
+their external ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from segue.data.vocab import N_SPECIAL, Vocabulary
+from segue.io import atomic_path
+
+ITEMS_FILE = "items.parquet"
+COLUMNS = ("external_id", "name", "creator", "album")
+
+
+class Catalogue:
+    """Names of tokens: row t - N_SPECIAL describes token t."""
+
+    def __init__(self, vocab: Vocabulary, table: pa.Table | None = None) -> None:
+        self.vocab = vocab
+        ext = [e for e in vocab.external_ids[N_SPECIAL:]]
+        base = pa.table({"external_id": pa.array(ext, pa.string())})
+        if table is not None and table.num_rows:
+            meta = {
+                c: table.column(c)
+                if c in table.column_names
+                else pa.nulls(table.num_rows, pa.string())
+                for c in COLUMNS
+            }
+            meta_t = pa.table({c: meta[c].cast(pa.string()) for c in COLUMNS})
+            # One row per vocabulary item, in token order.
+            idx = pc.index_in(base.column("external_id"), value_set=meta_t.column("external_id"))
+            cols = {"external_id": base.column("external_id")}
+            for c in COLUMNS[1:]:
+                cols[c] = pc.take(meta_t.column(c), idx)
+            self.table = pa.table(cols)
+        else:
+            self.table = pa.table(
+                {
+                    "external_id": base.column("external_id"),
+                    **{c: pa.nulls(len(ext), pa.string()) for c in COLUMNS[1:]},
+                }
+            )
+        self._names = self.table.column("name").to_pylist()
+        self._creators = self.table.column("creator").to_pylist()
+        self._albums = self.table.column("album").to_pylist()
+        # One lower-cased search text per item: name, creator, album, id.
+        parts = [
+            pc.fill_null(self.table.column(c), "")
+            for c in ("name", "creator", "album", "external_id")
+        ]
+        self._text = pc.utf8_lower(pc.binary_join_element_wise(*parts, "\x1f"))
+        self._popularity_order = np.argsort(-vocab.counts[N_SPECIAL:], kind="stable")
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def has_names(self) -> bool:
+        return self.table.column("name").null_count < self.table.num_rows
+
+    def describe(self, token: int) -> dict[str, str | None]:
+        i = int(token) - N_SPECIAL
+        if i < 0:
+            return {"id": None, "name": None, "creator": None, "album": None}
+        ext = self.vocab.external_ids[int(token)]
+        return {
+            "id": ext,
+            "name": self._names[i] or ext,
+            "creator": self._creators[i],
+            "album": self._albums[i],
+        }
+
+    def search(self, query: str, limit: int = 20) -> list[int]:
+        """Tokens whose name, creator, album or id contains every word of `query` (case-insensitive),
+        most popular first."""
+        words = [w for w in query.lower().split() if w]
+        if not words:
+            return []
+        mask = None
+        for w in words:
+            m = pc.match_substring(self._text, w)
+            mask = m if mask is None else pc.and_(mask, m)
+        hits = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+        if len(hits) == 0:
+            return []
+        rank = np.empty(len(self._popularity_order), dtype=np.int64)
+        rank[self._popularity_order] = np.arange(len(rank))
+        hits = hits[np.argsort(rank[hits], kind="stable")][:limit]
+        return (hits + N_SPECIAL).tolist()
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / ITEMS_FILE
+        with atomic_path(path) as tmp:
+            pq.write_table(self.table, tmp)
+        return path
+
+
+def load_catalogue(
+    model_folder: str | Path, vocab: Vocabulary, store: str | Path | None = None
+) -> Catalogue:
+    """Names from `store` (and saved into the model folder), else from the folder's items.parquet."""
+    folder = Path(model_folder)
+    if store is not None:
+        from segue.data.store import Store
+
+        with Store.open(store) as s:
+            table = s.con.execute(
+                "SELECT external_id, name, creator, album FROM items"
+            ).fetch_arrow_table()
+        catalogue = Catalogue(vocab, table)
+        with contextlib.suppress(
+            OSError
+        ):  # a read-only model folder still serves, names from the store
+            catalogue.save(folder)
+        return catalogue
+    path = folder / ITEMS_FILE
+    if path.exists():
+        return Catalogue(vocab, pq.read_table(path))
+    return Catalogue(vocab, None)

@@ -1,0 +1,124 @@
+"""`segue serve`: the command function the CLI registers, and an in-thread server for tests/demo."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from segue.serving.index import IndexConfig
+
+
+@dataclass
+class RunningServer:
+    """A uvicorn server running in a background thread on a loopback port."""
+
+    server: Any
+    thread: threading.Thread
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_in_thread(
+    app: Any,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    *,
+    log_level: str = "warning",
+    timeout: float = 30.0,
+) -> RunningServer:
+    """Start `app` under uvicorn in a daemon thread; port 0 binds a free port (no race: the socket
+    is bound here and handed to uvicorn). Returns once the server accepts connections."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn:{port}"
+    )
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.02)
+    return RunningServer(server, thread, host, port)
+
+
+def serve(
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Trained model folder (a run's model)")
+    ],
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Store to take item names from (saved into the model folder)"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    feature_log: Annotated[
+        Path | None, typer.Option(help="Folder for the request feature log")
+    ] = Path("feature-log"),
+    no_feature_log: Annotated[
+        bool, typer.Option("--no-feature-log", help="Do not log requests")
+    ] = False,
+    index: Annotated[str, typer.Option(help="Stage-one retrieval: auto, exact or hnsw")] = "auto",
+    ef: Annotated[int, typer.Option(help="HNSW search expansion (recall vs speed)")] = 256,
+) -> None:
+    """Serve a trained model over HTTP: /v1/recommend, /v1/continue, /v1/explain, the web page at /.
+
+    Admin routes (/admin/reload) are mounted only when SEGUE_ADMIN_KEY is set.
+    """
+    import uvicorn
+    from rich.console import Console
+
+    from segue.errors import SegueError
+    from segue.serving.app import create_app
+
+    console = Console(stderr=True)
+    if index not in ("auto", "exact", "hnsw"):
+        raise typer.BadParameter("expected auto, exact or hnsw", param_hint="--index")
+    try:
+        app = create_app(
+            model,
+            store=store,
+            index_config=IndexConfig(kind=index, expansion_search=ef),  # type: ignore[arg-type]
+            feature_log=None if no_feature_log else feature_log,
+        )
+    except SegueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    info = app.state.segue["engine"].info
+
+    console.print(
+        f"serving {info.family} model {info.run_id} ({info.version}, {info.n_items} items, retrieval {info.retrieval})"
+    )
+    console.print(f"page: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

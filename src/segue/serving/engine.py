@@ -1,0 +1,335 @@
+"""What the server does with a loaded model folder, independent of HTTP.
+
+Stage one retrieves candidates: by maximum inner product from the item-embedding index when the
+model offers `item_embeddings()` and `query_embeddings(histories, rows)`, else by the model's exact
+`score()` over the catalogue (the evaluation path, with the same `top_k` masking). Stage two puts
+the model's own scores on the candidates: for embedding models the load-time check below proves
+score(h)[t] == <query(h), E[t]>, so the exact float32 inner products of the candidates are the
+model's scores; if a model breaks that identity the candidates are re-scored with `score()`.
+Exclusions (seen items, explicit exclusions, deny lists) and allow lists apply in both stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segue import __version__
+from segue.data.arrays import SequenceArrays
+from segue.data.vocab import EOP, N_SPECIAL, PAD, START, UNK
+from segue.models.base import NEG_INF, BaseRecommender, load_model, top_k
+from segue.serving.catalogue import Catalogue, load_catalogue
+from segue.serving.encoding import RequestEncoder, context_length_of
+from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
+
+log = logging.getLogger("segue.serving")
+SPECIALS = np.array([PAD, START, EOP, UNK], dtype=np.int64)
+POPULARITY_WARNING = (
+    "empty history: fell back to popularity (most frequent items of the training split)"
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    run_id: str
+    version: str
+    family: str
+    folder: str
+    n_items: int
+    retrieval: (
+        str  # "hnsw", "exact" (embedding brute force) or "score" (model.score over all items)
+    )
+
+    def public(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "version": self.version, "family": self.family}
+
+
+@dataclass
+class Ranked:
+    tokens: np.ndarray  # int64 [k] (-1 padded)
+    scores: np.ndarray  # float32 [k] (-inf padded)
+    fallback: bool = False  # popularity fallback (empty history)
+
+
+class Engine:
+    """A loaded model with its encoder, catalogue and (for embedding models) MIPS index."""
+
+    def __init__(
+        self, model: BaseRecommender, folder: Path, catalogue: Catalogue, index_config: IndexConfig
+    ) -> None:
+        self.model = model
+        self.folder = folder
+        self.vocab = model._check_fitted()
+        self.encoder = RequestEncoder(self.vocab, context_length_of(model))
+        self.catalogue = catalogue
+        self.popularity = self.vocab.counts.astype(np.float32)
+        self.popularity[:N_SPECIAL] = NEG_INF
+        self.index: ExactIndex | HNSWIndex | None = None
+        self.embeddings: np.ndarray | None = None
+        self.dot_exact = False
+        self._lock = threading.Lock()
+        if _offers_embeddings(model):
+            emb = np.asarray(model.item_embeddings(), dtype=np.float32)  # type: ignore[attr-defined]
+            if emb.ndim == 2 and emb.shape[0] == len(self.vocab):
+                self.embeddings = np.ascontiguousarray(emb)
+                self.dot_exact = self._check_dot_identity()
+                keys = np.arange(N_SPECIAL, len(self.vocab), dtype=np.int64)
+                self.index = build_index(
+                    self.embeddings[N_SPECIAL:], keys, index_config, cache_dir=folder / "serving"
+                )
+            else:
+                log.warning(
+                    "%s: item_embeddings() has shape %s, not [%d, d]; using exact scoring",
+                    folder,
+                    emb.shape,
+                    len(self.vocab),
+                )
+        retrieval = "score" if self.index is None else self.index.kind
+        self.info = ModelInfo(
+            run_id=str(model.meta.get("run_id") or folder.name),
+            version=_folder_version(folder, model.family),
+            family=model.family,
+            folder=str(folder),
+            n_items=self.vocab.n_items,
+            retrieval=retrieval,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        *,
+        store: str | Path | None = None,
+        index_config: IndexConfig | None = None,
+    ) -> Engine:
+        folder = Path(folder)
+        model = load_model(folder)
+        catalogue = load_catalogue(folder, model._check_fitted(), store)
+        return cls(model, folder, catalogue, index_config or IndexConfig())
+
+    # --- scoring -------------------------------------------------------------------------------
+    def _check_dot_identity(self) -> bool:
+        """Does score() equal <query_embeddings, item_embeddings> on a few histories? (stage two)"""
+        v = len(self.vocab)
+        if v <= N_SPECIAL:
+            return False
+        items = np.arange(N_SPECIAL, v)
+        rows = [items[:1], items[: min(5, len(items))][::-1], np.array([UNK, items[-1]])]
+        arrays = SequenceArrays.from_lists([self.encoder.truncate(r) for r in rows])
+        full = np.asarray(self.model.score(arrays), dtype=np.float32)[:, N_SPECIAL:]
+        q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
+        dot = q @ self.embeddings[N_SPECIAL:].T  # type: ignore[index]
+        scale = float(np.abs(full[np.isfinite(full)]).max(initial=1.0))
+        ok = bool(np.allclose(full, dot, rtol=1e-4, atol=1e-4 * scale))
+        if not ok:
+            log.warning(
+                "%s: score() differs from query . item embeddings; re-scoring ANN candidates with score()",
+                self.folder,
+            )
+        return ok
+
+    def arrays(
+        self, histories: list[np.ndarray], context: list[dict[str, str] | None] | None = None
+    ) -> SequenceArrays:
+        return self.encoder.arrays(
+            [self.encoder.truncate(np.asarray(h, dtype=np.int32)) for h in histories], context
+        )
+
+    def score_tokens(
+        self, histories: list[np.ndarray], tokens: np.ndarray, context: list | None = None
+    ) -> np.ndarray:
+        """The model's scores [B, C] of `tokens` [B, C] after each history, in one model call."""
+        arrays = self.arrays(histories, context)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if self.dot_exact:
+            q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
+            return np.einsum("bd,bcd->bc", q, self.embeddings[tokens])  # type: ignore[index]
+        scores = np.asarray(self.model.score(arrays), dtype=np.float32)
+        return np.take_along_axis(scores, tokens, axis=1)
+
+    def rank(
+        self,
+        histories: list[np.ndarray],
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        exclude: list[np.ndarray] | None = None,
+        allow: np.ndarray | None = None,
+        deny: np.ndarray | None = None,
+        context: list[dict[str, str] | None] | None = None,
+    ) -> list[Ranked]:
+        """Top-k tokens and the model's scores after each history (popularity for empty ones)."""
+        b = len(histories)
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        excl = []
+        for i, h in enumerate(histories):
+            parts = [h] if exclude_seen else []
+            if exclude is not None:
+                parts.append(np.asarray(exclude[i], dtype=np.int64))
+            if deny is not None:
+                parts.append(np.asarray(deny, dtype=np.int64))
+            excl.append(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
+        out: list[Ranked | None] = [None] * b
+        empty = [i for i, h in enumerate(histories) if len(h) == 0]
+        for i in empty:
+            out[i] = self._rank_scores(self.popularity[None, :].copy(), k, [excl[i]], allow)[0]
+            out[i].fallback = True
+        live = [i for i in range(b) if len(histories[i])]
+        if live:
+            hs = [histories[i] for i in live]
+            ctx = [context[i] for i in live] if context else None
+            ex = [excl[i] for i in live]
+            if allow is not None:
+                ranked = self._rank_allowed(hs, k, ex, np.asarray(allow, dtype=np.int64), ctx)
+            elif self.index is not None:
+                ranked = self._rank_index(hs, k, ex, ctx)
+            else:
+                scores = np.asarray(self.model.score(self.arrays(hs, ctx)), dtype=np.float32)
+                ranked = self._rank_scores(scores, k, ex, None)
+            for i, r in zip(live, ranked, strict=True):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    def _rank_scores(
+        self, scores: np.ndarray, k: int, excl: list[np.ndarray], allow: np.ndarray | None
+    ) -> list[Ranked]:
+        # The evaluation path's masking (specials, allow) plus per-row exclusions.
+        for i, e in enumerate(excl):
+            if len(e):
+                scores[i, e[(e >= 0) & (e < scores.shape[1])]] = NEG_INF
+        toks, vals = top_k(scores, k, allow=allow)
+        return [_ranked(t, s) for t, s in zip(toks, vals, strict=True)]
+
+    def _rank_allowed(
+        self,
+        hs: list[np.ndarray],
+        k: int,
+        excl: list[np.ndarray],
+        allow: np.ndarray,
+        ctx: list | None,
+    ) -> list[Ranked]:
+        allow = np.unique(allow[(allow >= N_SPECIAL) & (allow < len(self.vocab))])
+        if len(allow) == 0:
+            return [_ranked(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in hs]
+        scores = self.score_tokens(hs, np.tile(allow, (len(hs), 1)), ctx)
+        out = []
+        for i, s in enumerate(scores):
+            s = s.copy()
+            s[np.isin(allow, excl[i])] = NEG_INF
+            order = np.argsort(-s, kind="stable")[:k]
+            out.append(_ranked(allow[order], s[order]))
+        return out
+
+    def _rank_index(
+        self, hs: list[np.ndarray], k: int, excl: list[np.ndarray], ctx: list | None
+    ) -> list[Ranked]:
+        arrays = self.arrays(hs, ctx)
+        q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
+        if self.dot_exact:
+            keys, scores = self.index.search(q, k, excl)  # type: ignore[union-attr]
+            return [_ranked(t, s) for t, s in zip(keys, scores, strict=True)]
+        # Stage two with the full model: candidates re-scored by score().
+        n_cand = max(4 * k, 200)
+        keys, _ = self.index.search(q, n_cand, excl)  # type: ignore[union-attr]
+        full = np.asarray(self.model.score(arrays), dtype=np.float32)
+        out = []
+        for i in range(len(hs)):
+            c = keys[i][keys[i] >= 0]
+            s = full[i, c]
+            order = np.argsort(-s, kind="stable")[:k]
+            out.append(_ranked(c[order], s[order]))
+        return out
+
+    # --- generation and explanation -------------------------------------------------------------
+    def continue_(
+        self,
+        seed: np.ndarray,
+        n: int,
+        *,
+        temperature: float = 1.0,
+        top_k_: int = 50,
+        greedy: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[list[int], list[float], bool]:
+        """Continue `seed` by n items: at each step rank the next item over the growing history
+        (specials and present items masked), then sample among the top-k from
+        softmax(score / temperature), or take the best when greedy. Returns tokens, the sampling
+        probability of each pick, and whether the first step fell back to popularity."""
+        rng = rng or np.random.default_rng()
+        history = [int(t) for t in seed]
+        present = set(history)
+        picks, probs, fell_back = [], [], False
+        for step in range(n):
+            ranked = self.rank(
+                [np.array(history, dtype=np.int64)],
+                top_k_,
+                exclude=[np.fromiter(present, np.int64, len(present))],
+            )[0]
+            fell_back |= step == 0 and ranked.fallback
+            ok = ranked.tokens >= 0
+            toks, scores = ranked.tokens[ok], ranked.scores[ok].astype(np.float64)
+            if len(toks) == 0:
+                break
+            if greedy:
+                j, p = 0, 1.0
+            else:
+                z = (scores - scores.max()) / temperature
+                w = np.exp(z)
+                w /= w.sum()
+                j = int(rng.choice(len(toks), p=w))
+                p = float(w[j])
+            t = int(toks[j])
+            picks.append(t)
+            probs.append(p)
+            history.append(t)
+            present.add(t)
+        return picks, probs, fell_back
+
+    def explain(self, history: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leave-one-out impact of each history item on each item's score, in one model call.
+
+        rows = [h, h without h_0, ..., h without h_{L-1}] (h truncated to the model's context);
+        impact[i, j] = score(h)[items_i] - score(h without h_j)[items_i]. Returns the scores
+        [len(items)] after the full history and impact [len(items), L].
+        """
+        h = self.encoder.truncate(np.asarray(history, dtype=np.int64))
+        items = np.asarray(items, dtype=np.int64)
+        rows = [h] + [np.delete(h, j) for j in range(len(h))]
+        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)))  # [L + 1, m]
+        with np.errstate(invalid="ignore"):
+            impact = (s[0][None, :] - s[1:]).T  # [m, L]
+        return s[0], np.nan_to_num(impact, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _ranked(tokens: np.ndarray, scores: np.ndarray) -> Ranked:
+    tokens = np.asarray(tokens, dtype=np.int64).copy()
+    scores = np.asarray(scores, dtype=np.float32)
+    tokens[~np.isfinite(scores)] = -1
+    return Ranked(tokens, scores)
+
+
+def _offers_embeddings(model: object) -> bool:
+    return callable(getattr(model, "item_embeddings", None)) and callable(
+        getattr(model, "query_embeddings", None)
+    )
+
+
+def _folder_version(folder: Path, family: str) -> str:
+    """A short digest of the model folder's config, vocabulary and state file names and sizes."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(__version__.encode())
+    for name in ("model.toml", "vocab.json"):
+        p = folder / name
+        if p.exists():
+            h.update(p.read_bytes())
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if rel.parts[0] in ("serving", "items.parquet") or not p.is_file():
+            continue
+        h.update(f"{rel}:{p.stat().st_size};".encode())
+    return f"{family}-{h.hexdigest()}"

@@ -1,0 +1,57 @@
+"""Model folders and a named store for the serving tests (real stores, real model folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from segue.data.arrays import SplitData
+from segue.data.sources.base import Chunk, ListSource
+from segue.data.store import BuildConfig, Store, build_store
+from segue.models.popularity import Popularity
+from segue.serving.dotmodel import DotProductConfig, DotProductModel, register_dot_family
+
+ARTISTS = ["Aurora Lane", "Basalt", "Cinder Youth", "Delta Moth", "Echo Harbour"]
+
+
+def named_store(path: Path, n_items: int = 60, n_seq: int = 150, seed: int = 0) -> Path:
+    """Playlists over tracks with names, artists and albums ('Song 7' by 'Basalt' on 'Basalt II')."""
+    rng = np.random.default_rng(seed)
+    items = pa.table(
+        {
+            "item_key": [f"track:{i}" for i in range(n_items)],
+            "name": [f"Song {i}" for i in range(n_items)],
+            "creator": [ARTISTS[i % len(ARTISTS)] for i in range(n_items)],
+            "album": [f"{ARTISTS[i % len(ARTISTS)]} {['I', 'II', 'III'][i % 3]}" for i in range(n_items)],
+        }
+    )
+    seq_keys, item_keys, positions = [], [], []
+    for s in range(n_seq):
+        # Each playlist mostly stays with one artist, so models have something to learn.
+        artist = int(rng.integers(0, len(ARTISTS)))
+        n = int(rng.integers(3, 12))
+        own = [i for i in range(n_items) if i % len(ARTISTS) == artist]
+        picks = [int(rng.choice(own)) if rng.random() < 0.8 else int(rng.integers(0, n_items)) for _ in range(n)]
+        seq_keys += [f"pl{s}"] * n
+        item_keys += [f"track:{i}" for i in picks]
+        positions += list(range(n))
+    events = pa.table({"seq_key": seq_keys, "item_key": item_keys, "position": pa.array(positions, pa.int32())})
+    source = ListSource([Chunk(events=events, items=items)])
+    return build_store(source, path, BuildConfig(seed=seed, splits=[{"kind": "random_sequence"}]))
+
+
+def popularity_folder(store_path: Path, folder: Path) -> Path:
+    with Store.open(store_path) as store:
+        data = SplitData.load(store, "random")
+        model = Popularity().fit(data)
+    return model.save(folder)
+
+
+def dot_folder(store_path: Path, folder: Path, dim: int = 16, seed: int = 0) -> Path:
+    register_dot_family()
+    with Store.open(store_path) as store:
+        data = SplitData.load(store, "random")
+        model = DotProductModel(DotProductConfig(dim=dim, seed=seed)).fit(data)
+    return model.save(folder)

@@ -1,0 +1,93 @@
+"""Maximum inner product search: exact blocked search, norm-ranged HNSW recall, the disk cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segue.serving.index import (
+    ExactIndex,
+    HNSWIndex,
+    IndexConfig,
+    build_index,
+    embeddings_checksum,
+    recall_at_k,
+)
+
+
+def clustered(n: int, d: int, seed: int = 0, spread: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+    """Items around 50 centres with log-normal norms; queries near the centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, d)).astype(np.float32)
+    x = centres[rng.integers(0, 50, n)] + 0.7 * rng.standard_normal((n, d)).astype(np.float32)
+    x *= np.exp(spread * rng.standard_normal(n)).astype(np.float32)[:, None]
+    q = centres[rng.integers(0, 50, 40)] + 0.7 * rng.standard_normal((40, d)).astype(np.float32)
+    return x, q
+
+
+def brute(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
+
+
+def test_exact_index_matches_a_full_sort_across_blocks_and_exclusions() -> None:
+    x, q = clustered(3000, 8)
+    keys = np.arange(len(x)) + 4
+    index = ExactIndex(x, keys, block_rows=700)  # several blocks
+    got, scores = index.search(q, 20)
+    assert np.array_equal(got, brute(x, q, 20) + 4)
+    assert np.allclose(scores, np.take_along_axis(q @ x.T, got - 4, axis=1), rtol=1e-5)
+    exclude = [got[i, :3] for i in range(len(q))]
+    got2, _ = index.search(q, 20, exclude)
+    assert np.array_equal(got2[:, :17], got[:, 3:20])
+    assert not any(np.isin(got2[i], exclude[i]).any() for i in range(len(q)))
+
+
+def test_hnsw_recall_with_uneven_norms_and_exact_scores(tmp_path) -> None:
+    x, q = clustered(6000, 16)
+    keys = np.arange(len(x)) + 4
+    config = IndexConfig(kind="hnsw", min_bucket=500, exact_bucket_below=1000, threads=2)
+    index = build_index(x, keys, config, cache_dir=tmp_path)
+    assert isinstance(index, HNSWIndex) and not index.loaded_from_cache
+    assert sum(g is not None for g in index.graphs) >= 2  # really graphs, not exact ranges
+    got, scores = index.search(q, 50)
+    truth = brute(x, q, 50) + 4
+    assert recall_at_k(got, truth) >= 0.9
+    # Returned scores are exact inner products of the returned items, in descending order.
+    assert np.allclose(scores, np.take_along_axis(q @ x.T, got - 4, axis=1), rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    exclude = [truth[i, :5] for i in range(len(q))]
+    got_ex, _ = index.search(q, 50, exclude)
+    assert not any(np.isin(got_ex[i], exclude[i]).any() for i in range(len(q)))
+    # A second build with the same vectors loads the cached graphs and answers the same.
+    again = build_index(x, keys, config, cache_dir=tmp_path)
+    assert again.loaded_from_cache
+    assert np.array_equal(again.search(q, 50)[0], got)
+    assert (tmp_path / f"index-{embeddings_checksum(x, config)}" / "meta.json").exists()
+
+
+def test_norm_ranges_beat_one_transform_on_uneven_norms() -> None:
+    x, q = clustered(6000, 16, spread=0.6)
+    truth = brute(x, q, 50)
+    recalls = {}
+    for buckets in (1, 12):
+        config = IndexConfig(kind="hnsw", buckets=buckets, min_bucket=500, exact_bucket_below=1000, threads=2)
+        index = HNSWIndex.build(x, None, config)
+        recalls[buckets] = recall_at_k(index.search(q, 50)[0], truth)
+    assert recalls[12] > recalls[1]
+    assert recalls[12] >= 0.95
+
+
+def test_auto_picks_exact_for_small_catalogues_and_checksums_differ() -> None:
+    x, _ = clustered(500, 8)
+    assert isinstance(build_index(x, None, IndexConfig()), ExactIndex)
+    y = x.copy()
+    y[0, 0] += 1.0
+    assert embeddings_checksum(x) != embeddings_checksum(y)
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_fewer_items_than_k_pads(k: int) -> None:
+    x = np.eye(3, dtype=np.float32)
+    got, scores = ExactIndex(x).search(np.ones((1, 3), np.float32), k + 3, [np.array([1])])
+    assert list(got[0, :2]) in ([0, 2], [2, 0])
+    assert np.all(got[0, 2:] == -1) and np.all(np.isneginf(scores[0, 2:]))
