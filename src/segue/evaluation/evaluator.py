@@ -160,8 +160,13 @@ def rank_task(
     *,
     batch_size: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    profile: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """Top-`length` tokens int32 [Q, length] of `model` for every query of `task` (-1 = empty)."""
+    """Top-`length` tokens int32 [Q, length] of `model` for every query of `task` (-1 = empty).
+
+    `profile`, if given, accumulates seconds spent in "score", "mask" and "top_k"."""
+    clock = time.perf_counter
+    prof = profile if profile is not None else {}
     _check_vocab(name, model, task)
     v = len(task.vocab)
     bs = batch_size or auto_batch_size(v)
@@ -169,7 +174,9 @@ def rank_task(
     ranked = np.full((q, length), -1, dtype=np.int32)  # stays -1 beyond a catalogue smaller than length
     for lo in range(0, q, bs):
         rows = task.rows[lo : lo + bs]
+        t0 = clock()
         scores = model.score(task.histories, rows)
+        t1 = clock()
         if scores.shape != (len(rows), v):
             raise SegueError(f"model '{name}': score() returned shape {scores.shape}, expected {(len(rows), v)}")
         if scores.dtype != np.float32 or not scores.flags.writeable:
@@ -177,7 +184,11 @@ def rank_task(
         scores[:, :N_SPECIAL] = NEG_INF
         if task.exclude_seen:
             mask_rows(scores, task.histories, rows)
+        t2 = clock()
         tokens, top = top_k_rows(scores, length)
+        t3 = clock()
+        for key, dt in (("score", t1 - t0), ("mask", t2 - t1), ("top_k", t3 - t2)):
+            prof[key] = prof.get(key, 0.0) + dt
         if np.isnan(top).any():
             raise SegueError(f"model '{name}': score() returned NaN (queries {lo}..{lo + len(rows) - 1})")
         ranked[lo : lo + len(rows), : tokens.shape[1]] = tokens
@@ -201,10 +212,15 @@ def evaluate_task(
     out = {}
     for name, model in models.items():
         t0 = time.perf_counter()
-        ranked = rank_task(name, model, task, length, batch_size=batch_size, progress=progress)
+        stages: dict[str, float] = {}
+        ranked = rank_task(name, model, task, length, batch_size=batch_size, progress=progress, profile=stages)
+        t1 = time.perf_counter()
         per_user = M.per_user_metrics(ranked, task.rel_offsets, task.rel_keys, ks, pct)
         cov = {k: M.coverage(ranked, k, task.vocab.n_items) for k in ks}
-        out[name] = ModelResult(name, per_user, cov, time.perf_counter() - t0, {"family": getattr(model, "family", "?")})
+        t2 = time.perf_counter()
+        stages["metrics"] = t2 - t1
+        info = {"family": getattr(model, "family", "?"), "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()}}
+        out[name] = ModelResult(name, per_user, cov, t2 - t0, info)
     return out
 
 

@@ -117,19 +117,30 @@ def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def _fmt_p(p: float) -> str:
+def _fmt_p(p: float, n_boot: int) -> str:
     if math.isnan(p):
         return "–"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+    if p <= 1.5 / (n_boot + 1):  # no resample as extreme: p is below what n_boot resamples resolve
+        return f"<{1 / n_boot:.2g}"
+    return f"{p:.3f}"
 
 
 def headline_columns(result: EvalResult) -> list[str]:
     k = result.headline_k
-    cols = [f"hr@{k}", f"recall@{k}", f"ndcg@{k}", f"mrr@{k}"]
-    if result.protocol == "playlist_continuation":
-        cols += ["rprec", "clicks"]
-    cols += [f"poppct@{k}"]
+    if result.protocol == "playlist_continuation":  # the challenge's three, then recall
+        cols = ["rprec", f"ndcg@{k}", "clicks", f"recall@{k}", f"poppct@{k}"]
+    else:
+        cols = [f"hr@{k}", f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"poppct@{k}"]
     return [c for c in cols if c in result.metric_keys]
+
+
+SHORT = {"hr": "HR", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "poppct": "PopPct", "rprec": "R-prec",
+         "clicks": "Clicks", "precision": "Prec"}
+
+
+def short_label(key: str) -> str:
+    name, k = M.split_key(key)
+    return f"{SHORT.get(name, name)}@{k}" if k is not None else SHORT.get(name, name)
 
 
 def column_label(key: str) -> str:
@@ -155,18 +166,18 @@ def print_table(result: EvalResult, stats: Stats, console: Any = None) -> None:
         f"{result.n_items} items; ± = half the {round(100 * stats.level)}% bootstrap CI"
     )
     t = Table(title=title, title_justify="left")
-    t.add_column("model", style="bold")
+    t.add_column("model", style="bold", no_wrap=True)
     for c in cols:
-        t.add_column(column_label(c), justify="right")
-    t.add_column(f"Coverage@{k}", justify="right")
-    t.add_column("seconds", justify="right")
+        t.add_column(short_label(c), justify="right", no_wrap=True)
+    t.add_column(f"Cov@{k}", justify="right", no_wrap=True)
     for m, r in result.models.items():
         cells = []
         for c in cols:
             iv = stats.intervals[m][c]
-            cell = f"{_fmt(iv.mean)} ±{_fmt((iv.high - iv.low) / 2)}"
-            cells.append(f"[green]{cell}[/]" if m == stats.reference else cell)
-        t.add_row(m, *cells, _fmt(r.coverage.get(k, float("nan")), 3), f"{r.seconds:.1f}")
+            digits = 2 if c.startswith("poppct") or c == "clicks" else 4
+            mean = f"[green]{_fmt(iv.mean, digits)}[/]" if m == stats.reference else _fmt(iv.mean, digits)
+            cells.append(f"{mean}\n[dim]±{_fmt((iv.high - iv.low) / 2, digits - 1)}[/]")
+        t.add_row(m, *cells, _fmt(r.coverage.get(k, float("nan")), 3))
     console.print(t)
     if stats.comparisons:
         h = stats.headline
@@ -175,10 +186,11 @@ def print_table(result: EvalResult, stats: Stats, console: Any = None) -> None:
             ct.add_column(col, justify="right" if col != "model" else "left")
         for m, comp in stats.comparisons.items():
             c = comp[h]
-            ct.add_row(m, f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value))
+            ct.add_row(m, f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value, stats.n_boot))
         console.print(ct)
     for note in result.notes:
         console.print(f"[dim]{note}[/]")
+    console.print("[dim]seconds: " + ", ".join(f"{m} {r.seconds:.1f}" for m, r in result.models.items()) + "[/]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +265,7 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
         for m, comp in stats.comparisons.items():
             for k in keys:
                 c = comp[k]
-                rows.append([m, column_label(k), f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value)])
+                rows.append([m, column_label(k), f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value, stats.n_boot)])
         out.append(
             (
                 f"Paired comparisons: model minus '{stats.reference}' (paired bootstrap, {stats.n_boot} resamples)",
