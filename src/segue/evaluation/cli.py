@@ -3,7 +3,9 @@ resolution it needs: model folders are loaded, baseline names are fitted on the 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -100,6 +102,31 @@ def resolve_models(
     return models, infos
 
 
+@contextlib.contextmanager
+def _ranking_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
+    """A transient bar per model while its queries are ranked."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bars: dict[str, Any] = {}
+    with Progress(
+        TextColumn("ranking {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as p:
+
+        def update(name: str, done: int, total: int) -> None:
+            if name not in bars:
+                bars[name] = p.add_task(name, total=total)
+            p.update(bars[name], completed=done)
+
+        yield update
+
+
 def run_evaluation(
     models: list[str],
     store: Path,
@@ -130,7 +157,8 @@ def run_evaluation(
     pcfg = ProtocolConfig(name=spec.name, part=part, exclude_seen=exclude_seen, min_history=min_history)
     with Store.open(store) as opened:
         loaded, infos = resolve_models(models, opened, split, console=console)
-        result = run(loaded, opened, split, pcfg, ks, batch_size, model_info=infos)
+        with _ranking_progress(console) as progress:
+            result = run(loaded, opened, split, pcfg, ks, batch_size, model_info=infos, progress=progress)
     stats = compute_stats(result, n_boot=n_boot, seed=seed, reference=reference)
     print_table(result, stats, console)
     if out is not None:

@@ -38,7 +38,7 @@ from pydantic import Field
 
 from segue.config import Config
 from segue.data.arrays import SequenceArrays, SplitData
-from segue.data.splits import Part, parse_part
+from segue.data.splits import Part, history_parts, parse_part
 from segue.data.store import Store
 from segue.data.vocab import UNK, Vocabulary
 from segue.errors import ConfigError
@@ -143,6 +143,9 @@ def _standard(data: SplitData, cfg: ProtocolConfig, *, default_ks: tuple[int, ..
     rows = np.flatnonzero(has_target & enough).astype(np.int64)
     offsets, keys, n_unk = relevant_sets(targ, rows)
     notes = _notes(int(has_target.sum()), int((has_target & ~enough).sum()), cfg.min_history, n_unk, len(keys))
+    present = data.store.split_info(data.split)["checks"].get("events_per_part", {})
+    given = " + ".join(n for n in (Part(p).name.lower() for p in history_parts(part)) if n in present) or "no"
+    notes.append(f"history given to the models: the {given} parts of each user (targets: the {part.name.lower()} part)")
     return Task(
         protocol=cfg.name,
         split=data.split,
@@ -163,7 +166,7 @@ def _standard(data: SplitData, cfg: ProtocolConfig, *, default_ks: tuple[int, ..
 def _notes(n_target: int, n_short: int, min_history: int, n_unk: int, n_keys: int) -> list[str]:
     notes = [f"{n_target - n_short} queries scored"]
     if n_short:
-        notes.append(f"{n_short} users with targets but fewer than {min_history} history events left out")
+        notes.append(f"{n_short} users with targets but fewer than {min_history} history event(s) left out")
     if n_unk:
         notes.append(
             f"{n_unk} of {n_keys} relevant items ({100 * n_unk / max(n_keys, 1):.1f}%) are outside the "
