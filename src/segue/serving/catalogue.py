@@ -117,7 +117,7 @@ def load_catalogue(
         with Store.open(store) as s:
             table = s.con.execute(
                 "SELECT external_id, name, creator, album FROM items"
-            ).fetch_arrow_table()
+            ).to_arrow_table()
         catalogue = Catalogue(vocab, table)
         with contextlib.suppress(
             OSError

@@ -239,12 +239,11 @@ class HNSWIndex:
             np.concatenate([q, np.zeros((b, 1), np.float32)], axis=1)
             / np.maximum(q_norm, 1e-30)[:, None]
         )
-        cands: list[list[np.ndarray]] = [[] for _ in range(b)]
+        cand_rows: list[list[np.ndarray]] = [[] for _ in range(b)]
+        cand_scores: list[list[np.ndarray]] = [[] for _ in range(b)]
         kth = np.full(b, -np.inf, dtype=np.float32)  # k-th best exact score so far
-        for graph, rows, max_norm in zip(
-            self.graphs, self.bucket_rows, self.max_norms, strict=True
-        ):
-            active = np.flatnonzero(q_norm * max_norm > kth)  # others cannot gain from this bucket
+        for graph, rows, max_norm in zip(self.graphs, self.bucket_rows, self.max_norms, strict=True):
+            active = np.flatnonzero(q_norm * max_norm > kth)  # others cannot gain from this range
             if len(active) == 0:
                 break
             need = k + max(extra[i] for i in active)
@@ -267,19 +266,24 @@ class HNSWIndex:
                     found_keys = np.atleast_2d(found.keys)
                     found_counts = np.array([len(found.keys)])
             for j, i in enumerate(active):
-                rows_i = found_keys[j, : found_counts[j]].astype(np.int64)
-                cands[i].append(rows_i)
-                all_rows = np.concatenate(cands[i])
-                if len(all_rows) >= k + extra[i]:
-                    s = self.vectors[all_rows] @ q[i]
-                    kth[i] = np.partition(s, len(s) - (k + extra[i]))[len(s) - (k + extra[i])]
+                new = found_keys[j, : found_counts[j]].astype(np.int64)
+                cand_rows[i].append(new)
+                cand_scores[i].append(self.vectors[new] @ q[i])  # exact f32 scores, once per row
+                need_i = k + extra[i]
+                n_have = sum(len(c) for c in cand_rows[i])
+                if n_have >= need_i:
+                    s_all = np.concatenate(cand_scores[i])
+                    kth[i] = np.partition(s_all, n_have - need_i)[n_have - need_i]
         width = max(k + max(extra), 1)
         out_rows = np.full((b, width), -1, dtype=np.int64)
         out_s = np.full((b, width), -np.inf, dtype=np.float32)
         for i in range(b):
-            rows_i = np.unique(np.concatenate(cands[i])) if cands[i] else np.zeros(0, np.int64)
-            s = self.vectors[rows_i] @ q[i]
-            top = np.argsort(-s, kind="stable")[:width]
+            if not cand_rows[i]:
+                continue
+            # Ranges are disjoint, so no row appears twice.
+            rows_i, s = np.concatenate(cand_rows[i]), np.concatenate(cand_scores[i])
+            top = np.argpartition(-s, width - 1)[:width] if len(s) > width else np.arange(len(s))
+            top = top[np.argsort(-s[top], kind="stable")]
             out_rows[i, : len(top)] = rows_i[top]
             out_s[i, : len(top)] = s[top]
         keys = np.where(out_rows >= 0, self.keys[np.maximum(out_rows, 0)], -1)

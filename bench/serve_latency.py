@@ -1,0 +1,289 @@
+"""Serving latency, throughput and ANN recall of /v1/recommend, beside the bare model and exact search.
+
+For each catalogue size (default 50,000 and 2,000,000 items, width 128) a dot-product model with
+clustered random embeddings (log-normal norms) is served on a loopback port, and this run measures:
+  - the bare forward pass (query embedding of one history) and exact brute-force top-100 search
+    (blocked matmul over every item), the reference the targets are stated against;
+  - stage-one ANN retrieval time, recall@100 of ANN against exact search, and the index build
+    (or cache load) time;
+  - p50/p99 latency and requests/s of POST /v1/recommend (n=100) at 1 and 16 concurrent clients.
+With --load-seconds S it also runs an S-second load test at 16 clients and reloads the model
+(POST /admin/reload, alternating two model folders) under that load; every failed request is
+counted. Clients run in a separate process so they do not share the server's interpreter.
+
+    .venv/bin/python bench/serve_latency.py                       # 50k and 2M, no load test
+    .venv/bin/python bench/serve_latency.py --sizes 50000 --load-seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from segue.data.vocab import N_SPECIAL
+from segue.serving.dotmodel import (
+    DotProductConfig,
+    DotProductModel,
+    register_dot_family,
+    synthetic_vocab,
+)
+
+ADMIN_KEY = "bench-key"
+
+
+def make_model(n_items: int, dim: int, seed: int, clusters: int = 2000) -> tuple[DotProductModel, np.ndarray]:
+    """Dot-product model over clustered embeddings with log-normal norms; returns cluster labels."""
+    rng = np.random.default_rng(seed)
+    vocab = synthetic_vocab(n_items)
+    v = len(vocab)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+    labels = rng.integers(0, clusters, v)
+    e = centres[labels]
+    e += 0.7 * rng.standard_normal((v, dim), dtype=np.float32)
+    e *= (np.exp(0.3 * rng.standard_normal(v)) / np.sqrt(dim)).astype(np.float32)[:, None]
+    model = DotProductModel(DotProductConfig(dim=dim, seed=seed), vocab)
+    model.embeddings = e
+    return model, labels
+
+
+def histories(labels: np.ndarray, n: int, length: int, seed: int) -> list[list[int]]:
+    """Mostly one-cluster histories (as playlists are): 80% from one cluster, the rest anywhere."""
+    rng = np.random.default_rng(seed)
+    by_cluster: dict[int, np.ndarray] = {}
+    out = []
+    tokens = np.arange(N_SPECIAL, len(labels))
+    for _ in range(n):
+        c = int(labels[rng.integers(N_SPECIAL, len(labels))])
+        if c not in by_cluster:
+            by_cluster[c] = tokens[labels[N_SPECIAL:] == c]
+        own = rng.choice(by_cluster[c], size=int(0.8 * length))
+        rest = rng.choice(tokens, size=length - len(own))
+        out.append([int(t) for t in np.concatenate([own, rest])])
+    return out
+
+
+def pct(x: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(x), p)) if x else float("nan")
+
+
+# --- the load generator (a separate process) ------------------------------------------------
+
+
+def _client_worker(url: str, bodies: list[dict], clients: int, per_client: int, seconds: float, out: mp.Queue) -> None:
+    import httpx
+
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    versions: set[str] = set()
+    stop_at = time.perf_counter() + seconds if seconds > 0 else None
+
+    def run(c: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            i = 0
+            while (stop_at is None and i < per_client) or (stop_at is not None and time.perf_counter() < stop_at):
+                body = bodies[(c * 7919 + i) % len(bodies)]
+                t = time.perf_counter()
+                try:
+                    r = client.post("/v1/recommend", json=body)
+                    dt = time.perf_counter() - t
+                    if r.status_code != 200 or len(r.json()["items"]) != body["n"]:
+                        errors.append(f"{r.status_code}: {r.text[:200]}")
+                    else:
+                        versions.add(r.json()["model"]["version"])
+                        lat[c].append(dt)
+                except Exception as e:  # noqa: BLE001 (every failure is counted)
+                    errors.append(repr(e))
+                i += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    out.put({"latencies": [x for row in lat for x in row], "errors": errors, "wall": wall, "versions": sorted(versions)})
+
+
+def load(url: str, bodies: list[dict], clients: int, per_client: int = 0, seconds: float = 0.0) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_client_worker, args=(url, bodies, clients, per_client, seconds, q))
+    p.start()
+    res = q.get()
+    p.join()
+    lat = res["latencies"]
+    res["summary"] = {
+        "clients": clients,
+        "requests": len(lat),
+        "errors": len(res["errors"]),
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "req_per_s": len(lat) / res["wall"],
+    }
+    return res
+
+
+# --- one catalogue size ------------------------------------------------------------------------
+
+
+def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict:
+    from segue.serving.app import create_app
+    from segue.serving.catalogue import Catalogue
+    from segue.serving.cli import serve_in_thread
+    from segue.serving.engine import Engine
+    from segue.serving.index import ExactIndex, IndexConfig, recall_at_k
+
+    out: dict = {"items": n_items, "dim": args.dim}
+    t = time.perf_counter()
+    model, labels = make_model(n_items, args.dim, seed=0)
+    out["make_model_s"] = time.perf_counter() - t
+    folder = cache_root / f"dot-{n_items}-d{args.dim}"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = IndexConfig(kind="hnsw", expansion_search=args.ef, threads=args.build_threads)
+    t = time.perf_counter()
+    engine = Engine(model, folder, Catalogue(model.vocab), config)
+    out["index_ready_s"] = time.perf_counter() - t
+    index = engine.index
+    out["index"] = {
+        "kind": index.kind,
+        "loaded_from_cache": index.loaded_from_cache,
+        "build_s": index.build_seconds,
+        "ranges": len(index.bucket_rows),
+        "graphs": sum(g is not None for g in index.graphs),
+        "config": {k: getattr(config, k) for k in ("connectivity", "expansion_add", "expansion_search", "dtype", "buckets", "norm_ratio")},
+    }
+    print(f"[{n_items}] index ready in {out['index_ready_s']:.1f}s ({out['index']})", flush=True)
+
+    hs = histories(labels, args.queries, 10, seed=1)
+    arrays = engine.arrays([np.array(h) for h in hs])
+    exact = ExactIndex(engine.embeddings[N_SPECIAL:], np.arange(N_SPECIAL, len(labels)), block_rows=1 << 17)
+
+    fwd, ex_t, ann_t, score_t = [], [], [], []
+    ann_keys, ex_keys = [], []
+    for i in range(len(hs)):
+        t = time.perf_counter()
+        q = model.query_embeddings(arrays, np.array([i]))
+        fwd.append(time.perf_counter() - t)
+        seen = [np.array(hs[i])]
+        t = time.perf_counter()
+        k_ex, _ = exact.search(q, 100, seen)
+        ex_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        k_ann, _ = index.search(q, 100, seen)
+        ann_t.append(time.perf_counter() - t)
+        ann_keys.append(k_ann[0])
+        ex_keys.append(k_ex[0])
+        if i < 20:  # the model's own full scoring of one history (scores [1, V])
+            t = time.perf_counter()
+            model.score(arrays, np.array([i]))
+            score_t.append(time.perf_counter() - t)
+    out["forward_ms"] = {"p50": pct(fwd, 50) * 1e3, "p99": pct(fwd, 99) * 1e3}
+    out["exact_top100_ms"] = {"p50": pct(ex_t, 50) * 1e3, "p99": pct(ex_t, 99) * 1e3}
+    out["model_score_all_items_ms"] = {"p50": pct(score_t, 50) * 1e3}
+    out["ann_top100_ms"] = {"p50": pct(ann_t, 50) * 1e3, "p99": pct(ann_t, 99) * 1e3}
+    out["recall_at_100"] = recall_at_k(np.array(ann_keys), np.array(ex_keys))
+    out["ann_speedup_vs_exact_p50"] = out["exact_top100_ms"]["p50"] / out["ann_top100_ms"]["p50"]
+    print(f"[{n_items}] forward {out['forward_ms']}, exact {out['exact_top100_ms']}, ann {out['ann_top100_ms']}, recall@100 {out['recall_at_100']:.4f}", flush=True)
+
+    app = create_app(engine=engine, admin_key=ADMIN_KEY, use_env_admin_key=False)
+    ext = model.vocab.external_ids
+    bodies = [{"history": [ext[t] for t in h], "n": 100} for h in hs]
+    with serve_in_thread(app) as server:
+        load(server.url, bodies[:5], 1, per_client=5)  # warm-up
+        out["http"] = {}
+        for clients in args.clients:
+            per_client = max(10, args.requests // clients)
+            res = load(server.url, bodies, clients, per_client=per_client)
+            out["http"][f"{clients}_clients"] = res["summary"]
+            print(f"[{n_items}] {res['summary']}", flush=True)
+            if res["errors"]:
+                print("  errors:", res["errors"][:3], flush=True)
+    bound = 3 * (out["forward_ms"]["p50"] + out["ann_top100_ms"]["p50"])
+    out["target_p99_1_client_ms"] = bound
+    return out
+
+
+def load_test(args: argparse.Namespace, cache_root: Path) -> dict:
+    """S seconds at 16 clients on a 50k model, reloading between two model folders under load."""
+    from segue.serving.app import create_app
+    from segue.serving.cli import serve_in_thread
+
+    register_dot_family()
+    folders = []
+    for seed in (0, 1):
+        model, labels = make_model(50_000, args.dim, seed=seed)
+        folders.append(model.save(cache_root / f"reload-{seed}"))
+    hs = histories(labels, 200, 10, seed=2)
+    ext = model.vocab.external_ids
+    bodies = [{"history": [ext[t] for t in h], "n": 100} for h in hs]
+    app = create_app(folders[0], admin_key=ADMIN_KEY, use_env_admin_key=False)
+    reloads: list[dict] = []
+    with serve_in_thread(app) as server:
+        import httpx
+
+        stop = threading.Event()
+
+        def reloader() -> None:
+            with httpx.Client(base_url=server.url, timeout=120) as c:
+                i = 1
+                while not stop.wait(args.load_seconds / 4):
+                    t = time.perf_counter()
+                    r = c.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY}, json={"model": str(folders[i % 2])})
+                    reloads.append({"status": r.status_code, "seconds": time.perf_counter() - t})
+                    i += 1
+
+        rt = threading.Thread(target=reloader)
+        rt.start()
+        res = load(server.url, bodies, 16, seconds=args.load_seconds)
+        stop.set()
+        rt.join()
+    summary = res["summary"] | {"seconds": args.load_seconds, "reloads": reloads, "model_versions_seen": len(res["versions"])}
+    print(f"[load test] {summary}", flush=True)
+    if res["errors"]:
+        print("  errors:", res["errors"][:5], flush=True)
+    return summary
+
+
+def matmul_peak() -> float:
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    a @ a
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    return 5 * 2 * 2048**3 / (time.perf_counter() - t) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 2_000_000])
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--requests", type=int, default=320, help="requests per client setting")
+    ap.add_argument("--queries", type=int, default=200, help="histories for recall and timings")
+    ap.add_argument("--ef", type=int, default=256)
+    ap.add_argument("--build-threads", type=int, default=0)
+    ap.add_argument("--load-seconds", type=float, default=0.0, help="run the load + reload test this long")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "segue-bench-serving")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores, numpy float32 matmul {matmul_peak():.0f} GFLOP/s", flush=True)
+    results = {"sizes": [bench_size(n, args, args.cache) for n in args.sizes]}
+    if args.load_seconds > 0:
+        results["load_test"] = load_test(args, args.cache)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

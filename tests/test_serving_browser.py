@@ -1,0 +1,65 @@
+"""The web page in headless Chromium (Playwright driving Debian's chromium by executable path)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from segue.serving.app import create_app
+from segue.serving.cli import serve_in_thread
+from servinghelp import dot_folder, named_store
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+def test_search_add_two_seeds_continue_shows_new_items(tmp_path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    store = named_store(tmp_path / "store.duckdb")
+    folder = dot_folder(store, tmp_path / "dot")
+    app = create_app(folder, store=store, use_env_admin_key=False)
+    with serve_in_thread(app) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            expect(page.locator("#model")).to_contain_text("dot model")
+            page.fill("#q", "Basalt")
+            page.click("#search-btn")
+            results = page.locator("#results li")
+            expect(results.first).to_contain_text("Basalt")
+            seeds = [results.nth(0).get_attribute("data-id"), results.nth(1).get_attribute("data-id")]
+            results.nth(0).locator("button.add").click()
+            results.nth(1).locator("button.add").click()
+            expect(page.locator("#seeds li")).to_have_count(2)
+            page.fill("#n", "5")
+            page.click("#continue-btn")
+            shown = page.locator("#continuation li")
+            expect(shown).to_have_count(5)
+            ids = [shown.nth(i).get_attribute("data-id") for i in range(5)]
+            assert len(set(ids)) == 5 and not set(ids) & set(seeds)
+            assert all(text.strip().startswith(str(i + 1)) for i, text in enumerate(shown.all_inner_texts()))
+            expect(shown.first).to_contain_text("Song")  # names, not ids
+            expect(shown.first.locator(".why")).not_to_be_empty()  # each item carries its explanation
+            # Regenerate at another temperature: still 5 new items.
+            page.locator("#temperature").fill("2.5")
+            page.click("#continue-btn")
+            expect(shown).to_have_count(5)
+            again = [shown.nth(i).get_attribute("data-id") for i in range(5)]
+            assert not set(again) & set(seeds)
+            assert page.locator("#warnings").inner_text() == ""
+        finally:
+            browser.close()

@@ -1,0 +1,330 @@
+"""The service over real HTTP: a uvicorn server on a free loopback port, driven with httpx."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from segue.data.vocab import N_SPECIAL
+from segue.models.base import load_model
+from segue.serving.app import create_app
+from segue.serving.catalogue import ITEMS_FILE
+from segue.serving.cli import serve_in_thread
+from segue.serving.index import IndexConfig
+from servinghelp import dot_folder, named_store, popularity_folder
+
+ADMIN_KEY = "test-admin-key-123"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serving")
+    store = named_store(root / "store.duckdb")
+    return {
+        "root": root,
+        "store": store,
+        "pop": popularity_folder(store, root / "pop"),
+        "dot": dot_folder(store, root / "dot"),
+    }
+
+
+@pytest.fixture(scope="module")
+def dot_server(folders: dict[str, Path]):
+    app = create_app(folders["dot"], store=folders["store"], feature_log=folders["root"] / "flog", admin_key=ADMIN_KEY)
+    with serve_in_thread(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pop_server(folders: dict[str, Path]):
+    app = create_app(folders["pop"], store=folders["store"], admin_key=None, use_env_admin_key=False)
+    with serve_in_thread(app) as server:
+        yield server
+
+
+def client(server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=30)
+
+
+def known_ids(folder: Path, n: int = 3) -> list[str]:
+    vocab = load_model(folder).vocab
+    return [vocab.external_ids[t] for t in range(N_SPECIAL, N_SPECIAL + n)]
+
+
+# --- every endpoint ---------------------------------------------------------------------------
+
+
+def test_recommend_continue_explain_carry_model_and_names(dot_server, folders) -> None:
+    c = client(dot_server)
+    ids = known_ids(folders["dot"])
+    r = c.post("/v1/recommend", json={"history": ids, "n": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"]["run_id"] == "dot" and body["model"]["family"] == "dot"
+    assert r.headers["x-segue-model-version"] == body["model"]["version"]
+    assert len(body["items"]) == 5 and not set(i["id"] for i in body["items"]) & set(ids)
+    assert all(i["name"].startswith("Song ") for i in body["items"])  # names from the store
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    r = c.post("/v1/continue", json={"seed": ids[:2], "n": 6, "temperature": 0.7, "random_seed": 3})
+    cont = r.json()
+    assert r.status_code == 200 and len(cont["items"]) == 6
+    got = [i["id"] for i in cont["items"]]
+    assert len(set(got)) == 6 and not set(got) & set(ids[:2])
+    assert [s["id"] for s in cont["seed"]] == ids[:2]
+    # The same random seed gives the same continuation; greedy follows the ranking.
+    again = c.post("/v1/continue", json={"seed": ids[:2], "n": 6, "temperature": 0.7, "random_seed": 3}).json()
+    assert [i["id"] for i in again["items"]] == got
+    greedy = c.post("/v1/continue", json={"seed": ids[:2], "n": 1, "greedy": True}).json()
+    top = c.post("/v1/recommend", json={"history": ids[:2], "n": 1}).json()
+    assert greedy["items"][0]["id"] == top["items"][0]["id"]
+
+    r = c.post("/v1/explain", json={"history": ids, "n": 3, "top": 2})
+    ex = r.json()
+    assert r.status_code == 200 and len(ex["items"]) == 3
+    for item in ex["items"]:
+        assert len(item["contributions"]) == 2
+        assert {x["id"] for x in item["contributions"]} <= set(ids)
+        impacts = [x["impact"] for x in item["contributions"]]
+        assert impacts == sorted(impacts, reverse=True)
+
+
+def test_explain_equals_leave_one_out_offline(dot_server, folders) -> None:
+    model = load_model(folders["dot"])
+    ids = known_ids(folders["dot"], 4)
+    ex = client(dot_server).post("/v1/explain", json={"history": ids, "items": [ids[0]], "top": 4}).json()
+    tokens, _ = model.vocab.encode_external(ids)
+    from segue.data.arrays import SequenceArrays
+
+    full = model.score(SequenceArrays.from_lists([tokens]))[0, tokens[0]]
+    for contrib in ex["items"][0]["contributions"]:
+        j = contrib["position"]
+        without = model.score(SequenceArrays.from_lists([np.delete(tokens, j)]))[0, tokens[0]]
+        assert contrib["impact"] == pytest.approx(full - without, rel=1e-4, abs=1e-5)
+
+
+def test_search_similar_health_metrics_page_docs(dot_server, folders) -> None:
+    c = client(dot_server)
+    found = c.get("/v1/items/search", params={"q": "basalt ii"}).json()["items"]
+    assert found and all(i["creator"] == "Basalt" and i["album"].startswith("Basalt II") for i in found)
+    assert c.get("/v1/items/search", params={"q": "no such words"}).json()["items"] == []
+    item = found[0]["id"]
+    sim = c.get(f"/v1/items/{item}/similar", params={"n": 4}).json()
+    assert len(sim["items"]) == 4 and item not in [i["id"] for i in sim["items"]]
+    missing = c.get("/v1/items/track:nope/similar")
+    assert missing.status_code == 404 and "track:nope" in missing.json()["detail"]
+
+    health = c.get("/healthz").json()
+    assert health["status"] == "ok" and health["has_names"] and health["n_items"] > 0
+    metrics = c.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'segue_requests_total{method="GET",route="/v1/items/search",status="200"}' in text
+    assert 'segue_request_seconds_bucket{route="/v1/items/search",le="+Inf"}' in text
+    assert "segue_unknown_item_rate" in text and 'segue_model_info{run_id="dot"' in text
+
+    page = c.get("/")
+    assert page.status_code == 200 and "<title>segue</title>" in page.text
+    spec = c.get("/openapi.json").json()
+    assert {"/v1/recommend", "/v1/continue", "/v1/explain", "/v1/items/search", "/healthz"} <= set(spec["paths"])
+    assert c.get("/docs").status_code == 200
+    # The store's names were saved into the model folder for later runs without --store.
+    assert (folders["dot"] / ITEMS_FILE).exists()
+
+
+# --- parity: HTTP scores are the offline model's scores ----------------------------------------
+
+
+@pytest.mark.parametrize("which", ["pop", "dot"])
+def test_http_scores_equal_offline_scores(which, folders, pop_server, dot_server) -> None:
+    server = pop_server if which == "pop" else dot_server
+    model = load_model(folders[which])
+    c = client(server)
+    rng = np.random.default_rng(0)
+    vocab = model.vocab
+    for _ in range(4):
+        tokens = rng.choice(np.arange(N_SPECIAL, len(vocab)), size=int(rng.integers(1, 8)), replace=False)
+        ids = [vocab.external_ids[t] for t in tokens]
+        body = c.post("/v1/recommend", json={"history": ids, "n": 10}).json()
+        from segue.data.arrays import SequenceArrays
+
+        histories = SequenceArrays.from_lists([tokens])
+        offline = model.score(histories)[0]
+        served = {i["id"]: i["score"] for i in body["items"]}
+        for ext, score in served.items():
+            assert score == pytest.approx(float(offline[vocab.encode_external([ext])[0][0]]), rel=1e-5, abs=1e-5)
+        # Same ranking as the offline recommend() (exact retrieval on this small catalogue).
+        top, _ = model.recommend(histories, 10)
+        assert [vocab.external_ids[t] for t in top[0]] == list(served)
+
+
+def test_hnsw_stage_one_scores_equal_offline(folders) -> None:
+    # Force the ANN path on the small catalogue: scores stay the model's, ranking matches exactly.
+    config = IndexConfig(kind="hnsw", min_bucket=8, exact_bucket_below=16)
+    app = create_app(folders["dot"], index_config=config, use_env_admin_key=False)
+    model = load_model(folders["dot"])
+    ids = known_ids(folders["dot"], 3)
+    with serve_in_thread(app) as server:
+        c = client(server)
+        assert c.get("/healthz").json()["retrieval"] == "hnsw"
+        body = c.post("/v1/recommend", json={"history": ids, "n": 10}).json()
+    from segue.data.arrays import SequenceArrays
+
+    histories = SequenceArrays.from_lists([model.vocab.encode_external(ids)[0]])
+    top, scores = model.recommend(histories, 10)
+    assert [i["id"] for i in body["items"]] == [model.vocab.external_ids[t] for t in top[0]]
+    assert np.allclose([i["score"] for i in body["items"]], scores[0], rtol=1e-5, atol=1e-6)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_422_naming_the_field(dot_server) -> None:
+    c = client(dot_server)
+    cases = [
+        ({"history": ["a"], "n": 0}, "n"),
+        ({"history": "not a list"}, "history"),
+        ({"history": ["a"], "surprise": 1}, "surprise"),
+        ({"history": ["x"] * 6000}, "history"),
+        ({"history": ["a"], "n": 100000}, "n"),
+    ]
+    for body, field in cases:
+        r = c.post("/v1/recommend", json=body)
+        assert r.status_code == 422, body
+        assert any(d["loc"][-1] == field for d in r.json()["detail"]), r.json()
+    r = c.post("/v1/continue", json={"seed": ["a"], "temperature": 0})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "temperature"]
+    r = c.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    big = b'{"history": ["' + b"a" * (2 << 20) + b'"]}'
+    r = c.post("/v1/recommend", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
+    r = c.get("/v1/items/search", params={"q": ""})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "q"]
+
+
+def test_unknown_ids_are_warnings_and_empty_history_falls_back(dot_server, folders) -> None:
+    c = client(dot_server)
+    ids = known_ids(folders["dot"], 2)
+    r = c.post("/v1/recommend", json={"history": [ids[0], "track:unknown-1", "zzz"], "n": 3, "deny": ["nope"]})
+    assert r.status_code == 200
+    w = " ".join(r.json()["warnings"])
+    assert "track:unknown-1" in w and "zzz" in w and "<unk>" in w and "nope" in w
+    r = c.post("/v1/continue", json={"seed": ["only-unknown"], "n": 2})
+    assert r.status_code == 200 and len(r.json()["items"]) == 2 and "only-unknown" in " ".join(r.json()["warnings"])
+    r = c.post("/v1/recommend", json={"history": [], "n": 4})
+    body = r.json()
+    assert r.status_code == 200 and body["retrieval"] == "popularity"
+    assert any("popularity" in x for x in body["warnings"])
+    vocab = load_model(folders["dot"]).vocab
+    served_counts = [int(vocab.counts[vocab.encode_external([i["id"]])[0][0]]) for i in body["items"]]
+    assert served_counts == sorted(vocab.counts[N_SPECIAL:].tolist(), reverse=True)[:4]
+    assert [i["score"] for i in body["items"]] == served_counts
+    assert "segue_items_unknown_total" in c.get("/metrics").text
+
+
+def test_exclusions_allow_and_deny(dot_server, folders) -> None:
+    c = client(dot_server)
+    ids = known_ids(folders["dot"], 12)
+    base = [i["id"] for i in c.post("/v1/recommend", json={"history": ids[:2], "n": 5}).json()["items"]]
+    denied = c.post("/v1/recommend", json={"history": ids[:2], "n": 5, "deny": base[:2]}).json()
+    assert not set(base[:2]) & {i["id"] for i in denied["items"]}
+    allowed = c.post("/v1/recommend", json={"history": ids[:2], "n": 5, "allow": ids[:6]}).json()
+    got = [i["id"] for i in allowed["items"]]
+    assert set(got) == set(ids[2:6])  # seen items stay excluded
+    seen_ok = c.post("/v1/recommend", json={"history": ids[:2], "n": 3, "allow": ids[:2], "exclude_seen": False}).json()
+    assert {i["id"] for i in seen_ok["items"]} == set(ids[:2])
+
+
+# --- admin ---------------------------------------------------------------------------------------
+
+
+def test_admin_routes_absent_without_a_key(pop_server) -> None:
+    c = client(pop_server)
+    assert c.post("/admin/reload", headers={"X-API-Key": "anything"}).status_code == 404
+    assert "/admin/reload" not in c.get("/openapi.json").json()["paths"]
+    assert c.get("/healthz").json()["admin"] is False
+
+
+def test_admin_key_required_and_reload_swaps(folders) -> None:
+    app = create_app(folders["pop"], admin_key=ADMIN_KEY, use_env_admin_key=False)
+    with serve_in_thread(app) as server:
+        c = client(server)
+        assert c.post("/admin/reload").status_code == 401
+        assert c.post("/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 403
+        assert c.get("/healthz").json()["model"]["family"] == "popularity"
+        r = c.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY}, json={"model": str(folders["dot"])})
+        assert r.status_code == 200 and r.json()["model"]["family"] == "dot"
+        assert c.get("/healthz").json()["model"]["family"] == "dot"
+        bad = c.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, json={"model": str(folders["root"] / "nothing")})
+        assert bad.status_code == 422 and c.get("/healthz").json()["model"]["family"] == "dot"
+
+
+def test_env_key_mounts_admin(folders, monkeypatch) -> None:
+    monkeypatch.setenv("SEGUE_ADMIN_KEY", "from-env")
+    app = create_app(folders["pop"])
+    with serve_in_thread(app) as server:
+        r = client(server).post("/admin/reload", headers={"X-API-Key": "from-env"})
+        assert r.status_code == 200
+
+
+def test_reload_under_concurrent_load_drops_nothing(folders) -> None:
+    app = create_app(folders["pop"], admin_key=ADMIN_KEY, use_env_admin_key=False)
+    ids = known_ids(folders["pop"], 3)
+    failures: list[str] = []
+    families: set[str] = set()
+    done = threading.Event()
+    counts = [0]
+
+    def hammer() -> None:
+        with client(server) as c:
+            while not done.is_set():
+                try:
+                    r = c.post("/v1/recommend", json={"history": ids, "n": 5})
+                    if r.status_code != 200 or len(r.json()["items"]) != 5:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+                    else:
+                        families.add(r.json()["model"]["family"])
+                        counts[0] += 1
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+
+    with serve_in_thread(app) as server:
+        threads = [threading.Thread(target=hammer) for _ in range(8)]
+        for t in threads:
+            t.start()
+        c = client(server)
+        for target in ["dot", "pop", "dot", "pop"]:
+            time.sleep(0.3)
+            r = c.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY}, json={"model": str(folders[target])})
+            assert r.status_code == 200
+        time.sleep(0.3)
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    assert counts[0] > 20 and families == {"popularity", "dot"}
+
+
+# --- the feature log --------------------------------------------------------------------------
+
+
+def test_requests_land_in_the_feature_log(dot_server, folders) -> None:
+    from segue.serving.feature_log import FeatureLogSource
+
+    c = client(dot_server)
+    ids = known_ids(folders["dot"], 3)
+    rid = c.post("/v1/recommend", json={"history": ids, "n": 2}).json()["request_id"]
+    source = FeatureLogSource(folders["root"] / "flog")
+    events = [ch.events for ch in source.chunks()]
+    import pyarrow as pa
+
+    table = pa.concat_tables(events)
+    mine = table.filter(pa.compute.equal(table.column("seq_key"), f"request:{rid}"))
+    assert mine.column("item_key").to_pylist() == ids
