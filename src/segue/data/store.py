@@ -31,6 +31,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from segue import __version__
 from segue.config import Config
@@ -72,7 +73,13 @@ def build_store(
 ) -> Path:
     """Import `sources` into a new store at `path` (atomically) and return the path.
 
-    `progress`, if given, is called as progress(stage: str, done: int, total: int | None).
+    `progress`, if given, is called as progress(stage: str, done: int, total: int | None) with
+    stages import (done = events so far), resolve, splits, vocab, finish.
+
+    Chunks are staged as Parquet files in a scratch folder beside the target (writing Parquet costs
+    a quarter of inserting into DuckDB, and DuckDB then reads it in parallel); ids, order and
+    lengths are resolved in SQL, spilling to disk past `memory_limit`. The scratch folder, DuckDB's
+    spill folder and write-ahead log are removed whatever happens.
     """
     from segue.data import splits as splits_mod
     from segue.data import vocab as vocab_mod
@@ -82,46 +89,93 @@ def build_store(
         sources = [sources]
     path = Path(path)
     report = progress or (lambda *a, **k: None)
+    timings = BUILD_TIMINGS
+    timings.clear()
     with atomic_path(path) as tmp:
-        con = duckdb.connect(str(tmp))
+        scratch = tmp.with_name(tmp.name + ".staging")
+        con = None
         try:
+            _remove_tree(scratch)
+            scratch.mkdir()
+            con = duckdb.connect(str(tmp))
             _configure(con, config, tmp)
-            _create_staging(con)
-            extras: dict[str, str] = {}
-            ordinal = 0
+            stager = _Stager(scratch)
             file_rows: list[tuple[str, str, int, str, bool | None]] = []
-            for src_index, source in enumerate(sources):
-                for chunk in source.chunks():
-                    ordinal = _stage_chunk(con, chunk, src_index, ordinal, extras)
-                    report("import", ordinal, None)
-                file_rows.extend(_file_row(source.name, f) for f in source.files())
-            if ordinal == 0:
+            with _timed(timings, "import"):
+                for src_index, source in enumerate(sources):
+                    for chunk in source.chunks():
+                        stager.add(chunk, src_index)
+                        report("import", stager.ordinal, None)
+                    file_rows.extend(_file_row(source.name, f) for f in source.files())
+                stager.close()
+            if stager.ordinal == 0:
                 names = ", ".join(s.name for s in sources)
-                raise InputError("no events were found", record=f"source {names}", expected="at least one interaction")
+                raise InputError(
+                    "no events were found",
+                    record=f"source {names}",
+                    expected="at least one interaction",
+                )
             report("resolve", 0, None)
-            _finalise(con, extras)
+            with _timed(timings, "resolve"):
+                _finalise(con, stager)
             report("splits", 0, len(config.splits))
-            for i, spec in enumerate(config.splits):
-                splits_mod.apply_split(con, spec, seed=config.seed)
-                report("splits", i + 1, len(config.splits))
-            for (split,) in con.execute("SELECT split FROM splits ORDER BY split").fetchall():
-                vocab_mod.fit_vocab(con, split, min_count=config.vocab_min_count)
-            _write_meta(con, sources, config, file_rows, extras)
-            con.execute("CHECKPOINT")
+            with _timed(timings, "splits"):
+                for i, spec in enumerate(config.splits):
+                    splits_mod.apply_split(con, spec, seed=config.seed)
+                    report("splits", i + 1, len(config.splits))
+            report("vocab", 0, None)
+            with _timed(timings, "vocab"):
+                for (split,) in con.execute("SELECT split FROM splits ORDER BY split").fetchall():
+                    vocab_mod.fit_vocab(con, split, min_count=config.vocab_min_count)
+            report("finish", 0, None)
+            with _timed(timings, "finish"):
+                _write_meta(con, sources, config, file_rows, stager.extras)
+                con.execute("CHECKPOINT")
         finally:
-            con.close()
-        # DuckDB may leave a write-ahead log beside the temporary file.
-        wal = Path(str(tmp) + ".wal")
-        if wal.exists():
-            wal.unlink()
+            if con is not None:
+                con.close()
+            _remove_tree(scratch)
+            _remove_tree(tmp.with_name(tmp.name + ".spill"))
+            # DuckDB may leave a write-ahead log beside the temporary file.
+            wal = Path(str(tmp) + ".wal")
+            if wal.exists():
+                wal.unlink()
     return path
+
+
+# Seconds per build stage of the last build_store call in this process (for bench/ingest.py).
+BUILD_TIMINGS: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+
+
+def _remove_tree(p: Path) -> None:
+    import shutil
+
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()
 
 
 def _file_row(source: str, f: SourceFile) -> tuple[str, str, int, str, bool | None]:
     # Importers that hashed the bytes while parsing them hand the digest over (no second read).
     sha256 = getattr(f, "sha256", None)
     if sha256:
-        return (source, getattr(f, "label", None) or str(f.path), int(getattr(f, "size", 0)), sha256, f.md5_verified)
+        return (
+            source,
+            getattr(f, "label", None) or str(f.path),
+            int(getattr(f, "size", 0)),
+            sha256,
+            f.md5_verified,
+        )
     return (source, str(f.path), f.path.stat().st_size, file_digest(f.path), f.md5_verified)
 
 
@@ -129,136 +183,368 @@ def _configure(con: duckdb.DuckDBPyConnection, config: BuildConfig, tmp: Path) -
     con.execute(f"SET memory_limit='{config.memory_limit}'")
     con.execute(f"SET threads={int(config.threads)}")
     con.execute("SET preserve_insertion_order=false")
-    spill = tmp.parent / (tmp.name + ".spill")
+    spill = tmp.with_name(tmp.name + ".spill")
     con.execute(f"SET temp_directory='{spill}'")
 
 
-def _create_staging(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(
-        """
-        CREATE TEMP TABLE raw_events (seq_key VARCHAR, item_key VARCHAR, position INTEGER,
-            ts BIGINT, rating DOUBLE, _ord BIGINT, _src INTEGER);
-        CREATE TEMP TABLE raw_items (item_key VARCHAR, name VARCHAR, creator VARCHAR,
-            creator_key VARCHAR, album VARCHAR, album_key VARCHAR, meta VARCHAR, _ord BIGINT);
-        CREATE TEMP TABLE raw_sequences (seq_key VARCHAR, name VARCHAR, created_at BIGINT,
-            modified_at BIGINT, meta VARCHAR, origin VARCHAR, _ord BIGINT);
-        """
-    )
+class _KeyMap:
+    """External id -> dense integer, by first appearance; per id: first event ordinal, event count."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.first = np.zeros(1024, dtype=np.int64)
+        self.count = np.zeros(1024, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _grow(self) -> None:
+        n = len(self.ids)
+        if n > len(self.first):
+            size = max(n, 2 * len(self.first))
+            self.first = np.resize(self.first, size)
+            self.count = np.concatenate([self.count, np.zeros(size - len(self.count), np.int64)])
+
+    def encode(self, col: pa.ChunkedArray, base: int | None = None) -> np.ndarray:
+        """int64 ids of `col`'s values (new values get new ids); with `base`, counts them as events."""
+        enc = pc.dictionary_encode(
+            col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        )
+        values = enc.dictionary.to_pylist()
+        idx = enc.indices.to_numpy(zero_copy_only=False)
+        ids = self.ids
+        n0 = len(ids)
+        found = list(map(ids.get, values))  # C-level lookups; only new values take the Python loop
+        for j, v in enumerate(found):
+            if v is None:
+                found[j] = ids[values[j]] = len(ids)
+        codes = np.asarray(found, dtype=np.int64)
+        self._grow()
+        if base is not None:
+            # dictionary_encode orders the dictionary by first occurrence, so unique()'s first index
+            # per code is that value's first row in the chunk.
+            _, first_row = np.unique(idx, return_index=True)
+            new = codes >= n0
+            self.first[codes[new]] = base + first_row[new]
+            self.count[codes] += np.bincount(idx, minlength=len(values))
+        return codes[idx]
 
 
-def _stage_chunk(
-    con: duckdb.DuckDBPyConnection, chunk: Chunk, src_index: int, ordinal: int, extras: dict[str, str]
-) -> int:
-    if chunk.sequences is not None and chunk.sequences.num_rows:
-        t = conform(chunk.sequences, SEQUENCE_SCHEMA, "sequences")
-        t = t.append_column("_ord", pa.array(np.arange(ordinal, ordinal + t.num_rows, dtype=np.int64)))
-        con.register("_chunk", t)
-        con.execute("INSERT INTO raw_sequences BY NAME SELECT * FROM _chunk")
-        con.unregister("_chunk")
-    if chunk.items is not None and chunk.items.num_rows:
-        t = conform(chunk.items, ITEM_SCHEMA, "items")
-        t = t.append_column("_ord", pa.array(np.arange(ordinal, ordinal + t.num_rows, dtype=np.int64)))
-        con.register("_chunk", t)
-        con.execute("INSERT INTO raw_items BY NAME SELECT * FROM _chunk")
-        con.unregister("_chunk")
-    if chunk.events is not None and chunk.events.num_rows:
-        t = conform(chunk.events, EVENT_SCHEMA, "events")
+class _Stager:
+    """Stages chunks as Parquet files with integer ids, resolved once all chunks are in.
+
+    Item ids are final as soon as they are assigned (first appearance in events). Sequences get a
+    provisional id by first appearance (declaration or event); the final order (declared ones in
+    declaration order, then those only seen in events) is computed at the end from per-id facts,
+    so no SQL pass over the events is needed for either. Item metadata keeps the first row per
+    item; duplicate sequence declarations are caught here, with both origins named.
+
+    `clean` stays True while every sequence arrives as one contiguous run of events with positions
+    0..n-1 (the MPD): then positions are final and no window/sort over the events is needed.
+    """
+
+    ROW_GROUP = 1 << 19
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ordinal = 0  # events so far
+        self.n_decl = 0  # sequence declarations so far
+        self.extras: dict[str, str] = {}  # extra event column -> SQL type
+        self.seqs = _KeyMap()
+        self.items = _KeyMap()
+        self.decl = np.full(1024, -1, dtype=np.int64)  # provisional seq id -> declaration ordinal
+        self.item_meta_done = np.zeros(1024, dtype=bool)  # item id -> metadata row staged
+        self.item_meta_early: set[str] = set()  # keys with metadata staged before any event
+        self.clean = True
+        self.files: dict[str, list[Path]] = {"events": [], "sequences": [], "items": []}
+        self._writers: dict[str, Any] = {}
+        self._buffers: dict[str, list[pa.Table]] = {"events": [], "sequences": [], "items": []}
+        self._buffered: dict[str, int] = {"events": 0, "sequences": 0, "items": 0}
+
+    def add(self, chunk: Chunk, src_index: int) -> None:
+        if chunk.sequences is not None and chunk.sequences.num_rows:
+            self._add_sequences(conform(chunk.sequences, SEQUENCE_SCHEMA, "sequences"))
+        if chunk.events is not None and chunk.events.num_rows:
+            self._add_events(conform(chunk.events, EVENT_SCHEMA, "events"))
+        if chunk.items is not None and chunk.items.num_rows:
+            self._add_items(conform(chunk.items, ITEM_SCHEMA, "items"))
+
+    def _add_sequences(self, t: pa.Table) -> None:
+        keys = t.column("seq_key")
+        if keys.null_count:
+            first = pc.index(pc.is_null(keys), True).as_py()
+            origin = t.column("origin")[first].as_py()
+            raise InputError(
+                "a sequence has no id",
+                record=origin or f"sequence #{self.n_decl + first + 1}",
+                field="seq_key",
+                expected="a non-empty id",
+            )
+        codes = self.seqs.encode(keys)
+        if len(self.decl) < len(self.seqs):
+            self.decl = np.concatenate(
+                [self.decl, np.full(len(self.seqs) + len(self.decl), -1, np.int64)]
+            )
+        uniq, first_row, counts = np.unique(codes, return_index=True, return_counts=True)
+        clash = self.decl[codes] >= 0
+        if clash.any() or (counts > 1).any():
+            row = (
+                int(np.flatnonzero(clash)[0])
+                if clash.any()
+                else int(np.flatnonzero(codes == uniq[counts > 1][0])[1])
+            )
+            self._duplicate(t, row, int(codes[row]))
+        self.decl[codes] = self.n_decl + np.arange(len(codes))
+        t = t.drop(["seq_key"]).add_column(0, "seq_tmp", pa.array(codes.astype(np.int32)))
+        self._put("sequences", t.append_column("_ord", _range(self.n_decl, t.num_rows)))
+        self.n_decl += t.num_rows
+
+    def _duplicate(self, t: pa.Table, row: int, code: int) -> None:
+        key = t.column("seq_key")[row].as_py()
+        origin = t.column("origin")[row].as_py()
+        codes = np.asarray(self.seqs.encode(t.column("seq_key")))
+        earlier = [t.column("origin")[i].as_py() for i in np.flatnonzero(codes == code) if i < row]
+        if not earlier:  # declared in an earlier chunk: look it up in what is staged
+            self.close()
+            rel = self.relation("sequences")
+            with duckdb.connect() as con:
+                found = con.execute(
+                    f"SELECT origin FROM {rel} WHERE seq_tmp = ? ORDER BY _ord LIMIT 1", [code]
+                ).fetchone()
+            earlier = [found[0] if found else None]
+        where = " and ".join(o for o in [*earlier, origin] if o) or "the input"
+        raise InputError(
+            f"duplicate sequence id '{key}' (in {where})", expected="each playlist/user id once"
+        )
+
+    def _add_events(self, t: pa.Table) -> None:
+        base, n = self.ordinal, t.num_rows
+        for key, what in (("seq_key", "sequence/user id"), ("item_key", "item id")):
+            col = t.column(key)
+            if col.null_count:
+                first = pc.index(pc.is_null(col), True).as_py()
+                raise InputError(
+                    "an event has no value",
+                    record=f"event #{base + first + 1}",
+                    field=what,
+                    expected="a non-empty id",
+                )
         for name in t.column_names:
-            if name in EVENT_SCHEMA.names or name in extras:
-                continue
-            sql_type = "DOUBLE" if name.startswith("fb_") else "VARCHAR"
-            extras[name] = sql_type
-            con.execute(f'ALTER TABLE raw_events ADD COLUMN "{name}" {sql_type}')
-        n = t.num_rows
-        t = t.append_column("_ord", pa.array(np.arange(ordinal, ordinal + n, dtype=np.int64)))
-        t = t.append_column("_src", pa.array(np.full(n, src_index, dtype=np.int32)))
-        con.register("_chunk", t)
-        con.execute("INSERT INTO raw_events BY NAME SELECT * FROM _chunk")
-        con.unregister("_chunk")
-        ordinal += n
-    return ordinal
+            if name not in EVENT_SCHEMA.names and name not in self.extras:
+                self.extras[name] = "DOUBLE" if name.startswith("fb_") else "VARCHAR"
+        seq_before = self.seqs.count.copy() if self.clean else None
+        seq = self.seqs.encode(t.column("seq_key"), base)
+        item = self.items.encode(t.column("item_key"))
+        if self.clean:
+            self.clean = _runs_are_clean(seq, t.column("position"), seq_before)
+        t = t.drop(["seq_key", "item_key"])
+        t = t.add_column(0, "seq_tmp", pa.array(seq.astype(np.int32)))
+        t = t.add_column(1, "item_id", pa.array(item.astype(np.int32)))
+        self._put("events", t.append_column("_ord", _range(base, n)))
+        self.ordinal += n
+
+    def _add_items(self, t: pa.Table) -> None:
+        # First row per item wins. Items already seen in events are tracked by id (a bit each);
+        # only rows that arrive before any event of theirs need the key set.
+        keys = t.column("item_key").to_pylist()
+        ids = list(map(self.items.ids.get, keys))
+        if len(self.item_meta_done) < len(self.items):
+            self.item_meta_done = np.concatenate(
+                [self.item_meta_done, np.zeros(len(self.items) + len(self.item_meta_done), bool)]
+            )
+        done, pending = self.item_meta_done, self.item_meta_early
+        keep = []
+        for k, i in zip(keys, ids, strict=True):
+            if k is None:
+                keep.append(False)
+            elif i is not None:
+                keep.append(not done[i] and k not in pending)
+                done[i] = True
+            else:
+                keep.append(k not in pending)
+                pending.add(k)
+        if not all(keep):
+            t = t.filter(pa.array(keep, pa.bool_()))
+        if t.num_rows:
+            self._put("items", t)
+
+    def _put(self, kind: str, t: pa.Table) -> None:
+        buf = self._buffers[kind]
+        if buf and buf[0].schema != t.schema:
+            self._flush(kind)
+        buf.append(t)
+        self._buffered[kind] += t.num_rows
+        if self._buffered[kind] >= self.ROW_GROUP:
+            self._flush(kind)
+
+    def _flush(self, kind: str) -> None:
+        import pyarrow.parquet as pq
+
+        buf = self._buffers[kind]
+        if not buf:
+            return
+        table = pa.concat_tables(buf)
+        writer = self._writers.get(kind)
+        if writer is not None and writer.schema != table.schema:
+            writer.close()
+            writer = None
+        if writer is None:
+            path = self.folder / f"{kind}-{len(self.files[kind]):05d}.parquet"
+            # Snappy: as cheap to write as no compression, and fewer bytes to read back.
+            writer = pq.ParquetWriter(path, table.schema, compression="snappy")
+            self._writers[kind] = writer
+            self.files[kind].append(path)
+        writer.write_table(table, row_group_size=self.ROW_GROUP)
+        buf.clear()
+        self._buffered[kind] = 0
+
+    def close(self) -> None:
+        for kind in self._buffers:
+            self._flush(kind)
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+    def relation(self, kind: str) -> str:
+        """SQL for the staged rows of `kind` (an empty typed relation if there are none)."""
+        files = self.files[kind]
+        if files:
+            listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+            return f"read_parquet([{listed}], union_by_name = true)"
+        if kind == "items":
+            return (
+                "(SELECT NULL::VARCHAR AS item_key, NULL::VARCHAR AS name, NULL::VARCHAR AS creator, "
+                "NULL::VARCHAR AS creator_key, NULL::VARCHAR AS album, NULL::VARCHAR AS album_key, "
+                "NULL::VARCHAR AS meta WHERE false)"
+            )
+        if kind == "sequences":
+            return (
+                "(SELECT NULL::INTEGER AS seq_tmp, NULL::VARCHAR AS name, NULL::BIGINT AS created_at, "
+                "NULL::BIGINT AS modified_at, NULL::VARCHAR AS meta, NULL::VARCHAR AS origin, "
+                "NULL::BIGINT AS _ord WHERE false)"
+            )
+        raise InputError("no events were found", expected="at least one interaction")
+
+    def seq_map(self) -> tuple[pa.Table, bool]:
+        """(seq_tmp, seq_id, seq_key, length) of sequences with events; and whether seq_id == seq_tmp."""
+        n = len(self.seqs)
+        count = self.seqs.count[:n]
+        decl = (
+            self.decl[:n]
+            if len(self.decl) >= n
+            else np.concatenate([self.decl, np.full(n - len(self.decl), -1)])
+        )
+        tmp = np.flatnonzero(count > 0)
+        declared = decl[tmp] >= 0
+        order = np.lexsort((np.where(declared, decl[tmp], self.seqs.first[tmp]), ~declared))
+        tmp = tmp[order]
+        keys = np.array(list(self.seqs.ids.keys()), dtype=object)[tmp] if n else np.zeros(0, object)
+        table = pa.table(
+            {
+                "seq_tmp": pa.array(tmp.astype(np.int32)),
+                "seq_id": pa.array(np.arange(len(tmp), dtype=np.int32)),
+                "seq_key": pa.array(keys, pa.string()),
+                "length": pa.array(count[tmp].astype(np.int32)),
+            }
+        )
+        return table, bool(np.array_equal(tmp, np.arange(len(tmp))))
+
+    def item_map(self) -> pa.Table:
+        keys = list(self.items.ids.keys())
+        return pa.table(
+            {
+                "item_id": pa.array(np.arange(len(keys), dtype=np.int32)),
+                "item_key": pa.array(keys, pa.string()),
+            }
+        )
 
 
-def _finalise(con: duckdb.DuckDBPyConnection, extras: dict[str, str]) -> None:
-    missing = con.execute(
-        "SELECT _ord, seq_key IS NULL FROM raw_events WHERE seq_key IS NULL OR item_key IS NULL LIMIT 1"
-    ).fetchone()
-    if missing:
-        field = "sequence/user id" if missing[1] else "item id"
-        raise InputError("an event has no value", record=f"event #{missing[0] + 1}", field=field, expected="a non-empty id")
-    dup = con.execute(
-        """SELECT seq_key, list(origin ORDER BY _ord) FROM raw_sequences
-           GROUP BY seq_key HAVING count(*) > 1 ORDER BY min(_ord) LIMIT 1"""
-    ).fetchone()
-    if dup:
-        where = " and ".join(o for o in dup[1] if o) or "the input"
-        raise InputError(f"duplicate sequence id '{dup[0]}' (in {where})", expected="each playlist/user id once")
+def _runs_are_clean(seq: np.ndarray, position: pa.ChunkedArray, count_before: np.ndarray) -> bool:
+    """True if each sequence in this chunk is one run, new, with positions exactly 0..len-1."""
+    if position.null_count:
+        return False
+    n = len(seq)
+    starts = np.flatnonzero(np.concatenate([[True], seq[1:] != seq[:-1]]))
+    run_seq = seq[starts]
+    if len(np.unique(run_seq)) != len(run_seq):
+        return False
+    if len(count_before) and (count_before[run_seq[run_seq < len(count_before)]] > 0).any():
+        return False
+    lengths = np.diff(np.append(starts, n))
+    expected = np.arange(n) - np.repeat(starts, lengths)
+    return bool(np.array_equal(position.to_numpy(), expected))
 
-    # Sequences: declared ones in declaration order, then any only seen in events.
-    con.execute(
+
+def _range(start: int, n: int) -> pa.Array:
+    return pa.array(np.arange(start, start + n, dtype=np.int64))
+
+
+def _finalise(con: duckdb.DuckDBPyConnection, stager: _Stager) -> None:
+    seq_map, identity = stager.seq_map()
+    con.register("_seq_map", seq_map)
+    con.register("_item_map", stager.item_map())
+    con.execute(f"CREATE TEMP VIEW raw_events AS SELECT * FROM {stager.relation('events')}")
+    con.execute(f"CREATE TEMP VIEW raw_items AS SELECT * FROM {stager.relation('items')}")
+    con.execute(f"CREATE TEMP VIEW raw_sequences AS SELECT * FROM {stager.relation('sequences')}")
+    _sql(
+        con,
+        "resolve: sequences",
         """
         CREATE TABLE sequences AS
-        WITH keys AS (
-            SELECT seq_key, min(_ord) AS o, 0 AS declared FROM raw_sequences GROUP BY seq_key
-            UNION ALL
-            SELECT seq_key, min(_ord), 1 FROM raw_events
-            WHERE seq_key NOT IN (SELECT seq_key FROM raw_sequences) GROUP BY seq_key
-        ), ranked AS (
-            SELECT seq_key, (row_number() OVER (ORDER BY declared, o) - 1)::INTEGER AS seq_id FROM keys
-        )
-        SELECT r.seq_id, r.seq_key AS external_id, s.name, s.created_at, s.modified_at,
-               0::INTEGER AS length, s.meta
-        FROM ranked r LEFT JOIN raw_sequences s USING (seq_key)
-        ORDER BY r.seq_id
-        """
+        SELECT m.seq_id, m.seq_key AS external_id, s.name, s.created_at, s.modified_at, m.length, s.meta
+        FROM _seq_map m LEFT JOIN raw_sequences s USING (seq_tmp)
+        ORDER BY m.seq_id
+        """,
     )
-    con.execute(
+    _sql(
+        con,
+        "resolve: items",
         """
         CREATE TABLE items AS
-        WITH keys AS (SELECT item_key, min(_ord) AS o FROM raw_events GROUP BY item_key),
-        ranked AS (SELECT item_key, (row_number() OVER (ORDER BY o) - 1)::INTEGER AS item_id FROM keys),
-        meta AS (SELECT * FROM raw_items QUALIFY row_number() OVER (PARTITION BY item_key ORDER BY _ord) = 1)
-        SELECT r.item_id, r.item_key AS external_id, m.name, m.creator, m.creator_key AS creator_id,
-               m.album, m.album_key AS album_id, m.meta
-        FROM ranked r LEFT JOIN meta m USING (item_key)
-        ORDER BY r.item_id
-        """
+        SELECT m.item_id, m.item_key AS external_id, r.name, r.creator, r.creator_key AS creator_id,
+               r.album, r.album_key AS album_id, r.meta
+        FROM _item_map m LEFT JOIN raw_items r USING (item_key)
+        ORDER BY m.item_id
+        """,
     )
-    extra_cols = "".join(f', e."{c}"' for c in extras)
-    con.execute(
-        f"""
-        CREATE TABLE events AS
-        SELECT s.seq_id,
-               (row_number() OVER (PARTITION BY s.seq_id
-                    ORDER BY e.position NULLS LAST, e.ts NULLS LAST, e._ord) - 1)::INTEGER AS position,
-               i.item_id, e.ts, e.rating{extra_cols}
-        FROM raw_events e
-        JOIN sequences s ON s.external_id = e.seq_key
-        JOIN items i ON i.external_id = e.item_key
-        ORDER BY s.seq_id, position
-        """
-    )
-    con.execute(
-        """
-        UPDATE sequences SET length = l.n
-        FROM (SELECT seq_id, count(*)::INTEGER AS n FROM events GROUP BY seq_id) l
-        WHERE sequences.seq_id = l.seq_id
-        """
-    )
-    empty = con.execute("SELECT external_id FROM sequences WHERE length = 0 LIMIT 1").fetchone()
-    if empty:
-        # A declared playlist with no tracks carries nothing to learn from; keep it out.
-        con.execute("DELETE FROM sequences WHERE length = 0")
-        con.execute(
-            """CREATE TEMP TABLE _renum AS SELECT seq_id, (row_number() OVER (ORDER BY seq_id) - 1)::INTEGER AS new_id
-               FROM sequences"""
+    extra_cols = "".join(f', e."{c}"' for c in stager.extras)
+    if stager.clean and identity:
+        # Positions are final and the files are in (seq_id, position) order: a straight copy.
+        con.execute("SET preserve_insertion_order = true")
+        _sql(
+            con,
+            "resolve: events (copy)",
+            f"""CREATE TABLE events AS
+                SELECT e.seq_tmp AS seq_id, e.position, e.item_id, e.ts, e.rating{extra_cols}
+                FROM raw_events e""",
         )
-        con.execute("UPDATE sequences SET seq_id = r.new_id FROM _renum r WHERE sequences.seq_id = r.seq_id")
-        con.execute("UPDATE events SET seq_id = r.new_id FROM _renum r WHERE events.seq_id = r.seq_id")
-        con.execute("DROP TABLE _renum")
-    con.execute("DROP TABLE raw_events; DROP TABLE raw_items; DROP TABLE raw_sequences")
+        con.execute("SET preserve_insertion_order = false")
+    elif stager.clean:
+        _sql(
+            con,
+            "resolve: events (join)",
+            f"""CREATE TABLE events AS
+                SELECT m.seq_id, e.position, e.item_id, e.ts, e.rating{extra_cols}
+                FROM raw_events e JOIN _seq_map m USING (seq_tmp)
+                ORDER BY m.seq_id, e.position""",
+        )
+    else:
+        _sql(
+            con,
+            "resolve: events (order)",
+            f"""CREATE TABLE events AS
+                SELECT m.seq_id,
+                       (row_number() OVER (PARTITION BY m.seq_id
+                            ORDER BY e.position NULLS LAST, e.ts NULLS LAST, e._ord) - 1)::INTEGER AS position,
+                       e.item_id, e.ts, e.rating{extra_cols}
+                FROM raw_events e JOIN _seq_map m USING (seq_tmp)
+                ORDER BY m.seq_id, position""",
+        )
+    con.unregister("_seq_map")
+    con.unregister("_item_map")
     con.execute(
         """
+        DROP VIEW raw_events; DROP VIEW raw_items; DROP VIEW raw_sequences;
         CREATE TABLE split_events (split VARCHAR, seq_id INTEGER, position INTEGER, part UTINYINT);
         CREATE TABLE splits (split VARCHAR PRIMARY KEY, kind VARCHAR, params VARCHAR, checks VARCHAR);
         CREATE TABLE vocab (split VARCHAR, token INTEGER, item_id INTEGER, count BIGINT);
@@ -266,6 +552,11 @@ def _finalise(con: duckdb.DuckDBPyConnection, extras: dict[str, str]) -> None:
         CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
         """
     )
+
+
+def _sql(con: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
+    with _timed(BUILD_TIMINGS, name):
+        con.execute(sql)
 
 
 def _write_meta(

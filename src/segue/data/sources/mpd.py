@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 from segue.data.sources.base import Chunk, SourceFile
@@ -162,13 +163,36 @@ def discover(path: Path, *, verify_md5: bool = True) -> list[SliceRef]:
 # ---------------------------------------------------------------------------------------------
 # parsing one slice (in a worker process or inline)
 
-_seen_items: set[str] = set()  # per process: tracks whose metadata this process already emitted
+class RecentItems:
+    """Which track URIs this process has already emitted metadata for, in bounded memory.
+
+    A direct-mapped table of 64-bit string hashes (2**22 slots, 32 MB): a URI whose slot holds its
+    hash was sent before. A collision evicts, so a URI may be sent again (the store keeps the first
+    row per item); a different URI with the same 64-bit hash in the same slot (odds ~2**-64 per
+    pair) would lose its metadata. A set of all URIs would grow to ~250 MB per process on the MPD.
+    """
+
+    def __init__(self, bits: int = 22) -> None:
+        self.table = np.zeros(1 << bits, dtype=np.int64)
+        self.mask = (1 << bits) - 1
+
+    def unseen(self, keys: list[str]) -> np.ndarray:
+        """Bool mask over `keys` (distinct) of those not sent before; marks them as sent."""
+        h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+        h[h == 0] = 1  # 0 marks an empty slot
+        slots = h & self.mask
+        new = self.table[slots] != h
+        self.table[slots[new]] = h[new]
+        return new
+
+
+_recent = RecentItems()  # per process
 
 
 def _parse_ref(ref: SliceRef) -> tuple[Chunk, SourceFile] | dict[str, Any]:
     """Parse one slice. Returns (chunk, file record), or an InputError's state (picklable)."""
     try:
-        return parse_slice(_read(ref), ref, _seen_items)
+        return parse_slice(_read(ref), ref, _recent)
     except InputError as e:
         return error_state(e)
 
@@ -183,8 +207,8 @@ def _read(ref: SliceRef) -> bytes:
         raise InputError(f"cannot read the file ({e})", path=ref.label) from None
 
 
-def parse_slice(data: bytes, ref: SliceRef, seen: set[str]) -> tuple[Chunk, HashedFile]:
-    """Decode and check one slice, build its chunk; `seen` holds track URIs already emitted as items."""
+def parse_slice(data: bytes, ref: SliceRef, recent: RecentItems | None = None) -> tuple[Chunk, HashedFile]:
+    """Decode and check one slice and build its chunk; items only for tracks `recent` has not sent."""
     label = ref.label
     if not data.strip():
         raise InputError("the file is empty", path=label, expected="an MPD slice JSON object with 'playlists'")
@@ -226,14 +250,15 @@ def parse_slice(data: bytes, ref: SliceRef, seen: set[str]) -> tuple[Chunk, Hash
     lengths = [len(p.tracks) for p in playlists]
     tracks = [t for p in playlists for t in p.tracks]
     item_keys = [t.track_uri for t in tracks]
-    new_tracks = []
-    for t in tracks:
-        if t.track_uri not in seen:
-            seen.add(t.track_uri)
-            new_tracks.append(t)
+    by_uri = dict(zip(item_keys, tracks, strict=True))  # distinct URIs in first-seen order
+    if recent is None:
+        new_tracks = list(by_uri.values())
+    else:
+        uris = list(by_uri)
+        new_tracks = [by_uri[u] for u, new in zip(uris, recent.unseen(uris).tolist(), strict=True) if new]
 
     seq_col = pa.array(seq_keys, pa.string())
-    repeat = pa.array([i for i, n in enumerate(lengths) for _ in range(n)], pa.int32())
+    repeat = pa.array(np.repeat(np.arange(len(lengths), dtype=np.int32), lengths))
     events = pa.table(
         {
             "seq_key": seq_col.take(repeat),

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import msgspec
+import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 

@@ -1,0 +1,146 @@
+"""Ingest throughput: synthetic playlists in the MPD slice format -> a segue store.
+
+    .venv/bin/python bench/ingest.py [--playlists 50000] [--workers auto] [--data DIR]
+
+Writes the playlists (1,000 per slice, md5sums beside them, 2-space indented like the real files)
+into a temporary folder (or reuses --data DIR if it already holds them), builds a store from them
+with the default split (random_sequence 80/10/10) and prints playlists/s, entries/s, the time of
+each build stage, peak memory (this process plus its children, sampled) and the extrapolated time
+for the full MPD (1,000,000 playlists, 66,346,428 entries; linear in entries).
+
+The machine is shared, so wall time alone can flatter or wrong the code: the bench also prints the
+CPU seconds spent (all processes) and the load average, and an extrapolation from CPU time as if
+the cores were ours alone (CPU seconds / cores used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from segue.data.sources.mpd import MPDSource
+from segue.data.sources.synthetic import SyntheticConfig, write_mpd_slices
+from segue.data.store import BUILD_TIMINGS, BuildConfig, Store, build_store
+
+MPD_PLAYLISTS = 1_000_000
+MPD_ENTRIES = 66_346_428
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and its children every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            with contextlib.suppress(psutil.Error):
+                for p in [me, *me.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):  # a child may exit meanwhile
+                        total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cpu_seconds() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--playlists", type=int, default=50_000)
+    ap.add_argument("--items", type=int, default=None, help="catalogue size (default: playlists * 9)")
+    ap.add_argument("--workers", default="auto", help="parse processes: auto or a number (0 = inline)")
+    ap.add_argument("--data", type=Path, default=None, help="folder for the slices (kept; reused if complete)")
+    ap.add_argument("--no-md5", action="store_true", help="skip md5sums verification")
+    args = ap.parse_args()
+
+    workers = None if args.workers == "auto" else int(args.workers)
+    n_items = args.items or args.playlists * 9  # catalogue; about 350k of 450k appear in 50k playlists
+    tmp = Path(tempfile.mkdtemp(prefix="segue-ingest-"))
+    data = args.data or tmp / "mpd"
+    try:
+        expected = -(-args.playlists // 1000)
+        if not (data.is_dir() and len(list(data.glob("mpd.slice.*.json"))) == expected):
+            t = time.perf_counter()
+            write_mpd_slices(SyntheticConfig(n_playlists=args.playlists, n_items=n_items, seed=1), data)
+            print(f"wrote {expected} slices in {time.perf_counter() - t:.1f} s")
+        size = sum(p.stat().st_size for p in data.glob("mpd.slice.*.json"))
+        print(f"input: {data} ({expected} slices, {size / 1e9:.2f} GB)")
+
+        stage_cpu: dict[str, float] = {}
+        last = [cpu_seconds(), "import"]
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage != last[1]:
+                now = cpu_seconds()  # children's CPU counts once they have exited (end of import)
+                stage_cpu[last[1]] = stage_cpu.get(last[1], 0.0) + now - last[0]
+                last[0], last[1] = now, stage
+
+        store_path = tmp / "bench.duckdb"
+        source = MPDSource(data, workers=workers, verify_md5=not args.no_md5)
+        cpu0 = cpu_seconds()
+        t0 = time.perf_counter()
+        with PeakMemory() as mem:
+            build_store(source, store_path, BuildConfig(), progress=progress)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
+        stage_cpu[last[1]] = stage_cpu.get(last[1], 0.0) + cpu_seconds() - last[0]
+        with Store.open(store_path) as store:
+            counts = store.counts()
+        ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ru_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+        n_pl, n_ev = counts["sequences"], counts["events"]
+        cores = os.cpu_count() or 1
+        print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} (1 min) at the end")
+        print(f"store: {n_pl:,} playlists, {n_ev:,} entries, {counts['items']:,} tracks")
+        print(f"build wall time: {wall:.1f} s")
+        for k, v in BUILD_TIMINGS.items():
+            cpu_note = f"  (CPU {stage_cpu[k]:.1f} s)" if k in stage_cpu else ""
+            print(f"  {k:28s} {v:6.1f} s{cpu_note}")
+        print(f"throughput: {n_pl / wall:,.0f} playlists/s, {n_ev / wall:,.0f} entries/s")
+        print(f"CPU time (all processes): {cpu:.1f} s = {cpu / wall:.2f} cores busy on average")
+        print(
+            f"peak memory: {mem.peak / 2**20:,.0f} MiB sampled RSS sum (this process + children); "
+            f"ru_maxrss self {ru_self:,.0f} MiB, largest child {ru_kids:,.0f} MiB"
+        )
+        scale = MPD_ENTRIES / n_ev
+        print(
+            f"full MPD ({MPD_PLAYLISTS:,} playlists, {MPD_ENTRIES:,} entries) extrapolated: "
+            f"{wall * scale / 60:.1f} min wall as measured; "
+            f"{cpu * scale / min(2, cores) / 60:.1f} min from CPU time on 2 dedicated cores "
+            f"(target < 5 min)"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
