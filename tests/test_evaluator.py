@@ -96,3 +96,48 @@ def test_bad_model_output_is_reported(store_path: Path, fitted: dict) -> None:
     nan = FnModel(vocab, lambda h, rows: np.full((len(rows), len(vocab)), np.nan, np.float32))
     with pytest.raises(SegueError, match="NaN"):
         rank_task("nan", nan, task, 10)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_ml100k_random_holdout_against_ranx(shared_data: Path, tmp_path: Path) -> None:
+    """Real ranked lists (popularity, and EASE when present) re-scored by ranx on ml-100k."""
+    import contextlib
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as csv
+
+    from segue.data.sources.base import Chunk, ListSource
+    from segue.data.store import BuildConfig, build_store
+    from segue.evaluation import metrics as M
+    from segue.evaluation.protocols import resolve_split
+    from segue.models.base import model_class
+
+    t = csv.read_csv(
+        shared_data / "ml-100k" / "u.data",
+        read_options=csv.ReadOptions(column_names=["u", "i", "r", "ts"]),
+        parse_options=csv.ParseOptions(delimiter="\t"),
+    )
+    events = pa.table({"seq_key": pc.cast(t["u"], pa.string()), "item_key": pc.cast(t["i"], pa.string()), "ts": t["ts"]})
+    path = build_store(ListSource([Chunk(events=events)]), tmp_path / "ml.duckdb", BuildConfig(splits=[{"kind": "leave_last_out"}]))
+    split = resolve_split(path, "random_holdout", None)  # added on the fly
+    with Store.open(path) as s:
+        data = SplitData.load(s, split)
+        task = build_task(data, "random_holdout")
+        models = {"popularity": Popularity().fit(data)}
+        with contextlib.suppress(ImportError):  # the EASE baseline may be absent from this checkout
+            models["ease"] = model_class("ease")().fit(data)
+    assert len(task) == 943
+    from segue.evaluation.evaluator import rank_task
+    from test_metrics import _ranx
+
+    for name, model in models.items():
+        ranked = rank_task(name, model, task, 20)
+        ours = M.per_user_metrics(ranked, task.rel_offsets, task.rel_keys, [10, 20])
+        ref = _ranx(ranked, task.rel_offsets, task.rel_keys, ["ndcg@10", "hit_rate@20", "mrr@20", "hits@10"])
+        np.testing.assert_allclose(ours["ndcg@10"], ref["ndcg@10"], atol=1e-12)
+        np.testing.assert_allclose(ours["hr@20"], ref["hit_rate@20"])
+        np.testing.assert_allclose(ours["mrr@20"], ref["mrr@20"])
+        np.testing.assert_allclose(ours["recall@10"], ref["hits@10"] / np.minimum(10, task.n_relevant))
+        assert 0.05 < ours["ndcg@10"].mean() < 0.6
