@@ -328,3 +328,32 @@ def test_requests_land_in_the_feature_log(dot_server, folders) -> None:
     table = pa.concat_tables(events)
     mine = table.filter(pa.compute.equal(table.column("seq_key"), f"request:{rid}"))
     assert mine.column("item_key").to_pylist() == ids
+
+
+def test_a_transformer_folder_serves_through_ann_with_offline_scores(tmp_path, folders) -> None:
+    # An untrained tiny transformer: serving needs only the folder and the protocol.
+    from segue.data.arrays import SequenceArrays
+    from segue.models.transformer import ModelConfig, TransformerConfig, TransformerRecommender
+
+    vocab = load_model(folders["pop"]).vocab
+    config = TransformerConfig(model=ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, context_length=6))
+    model = TransformerRecommender(config, vocab)
+    model.network = model.build(len(vocab))
+    folder = model.save(tmp_path / "transformer")
+    index_config = IndexConfig(kind="hnsw", min_bucket=8, exact_bucket_below=16)
+    app = create_app(folder, index_config=index_config, use_env_admin_key=False)
+    ids = known_ids(folders["pop"], 9)
+    with serve_in_thread(app) as server:
+        c = client(server)
+        health = c.get("/healthz").json()
+        assert health["retrieval"] == "hnsw" and health["context_length"] == 6
+        body = c.post("/v1/recommend", json={"history": ids, "n": 5}).json()
+        assert any("kept the last 6" in w for w in body["warnings"])
+        cont = c.post("/v1/continue", json={"seed": ids[:2], "n": 3, "random_seed": 0}).json()
+        assert len(cont["items"]) == 3 and not {i["id"] for i in cont["items"]} & set(ids[:2])
+    tokens, _ = vocab.encode_external(ids)
+    offline = load_model(folder)
+    # The evaluation path: the model crops to its context, every history item is masked as seen.
+    top, scores = offline.recommend(SequenceArrays.from_lists([tokens]), 5)
+    assert [i["id"] for i in body["items"]] == [vocab.external_ids[t] for t in top[0]]
+    assert np.allclose([i["score"] for i in body["items"]], scores[0], rtol=1e-4, atol=1e-5)

@@ -395,7 +395,9 @@ def create_app(
         warnings += enc.warnings(what)
         if count:
             state["metrics"].items(len(ids), len(enc.unknown))
-        return enc.tokens
+        # The whole history: the model sees its last context_length items (Engine.arrays crops),
+        # and every item of it counts as seen, as in evaluation.
+        return enc.all_tokens
 
     def known(engine: Engine, ids: list[str], what: str, warnings: list[str]) -> np.ndarray:
         """Tokens of the known ids in an exclusion/allow list (unknown ones are only reported)."""
@@ -476,7 +478,7 @@ def create_app(
         state["metrics"].items(len(req.seed), len(enc.unknown))
         warnings += [w for w in enc.warnings("seed") if "dropped" not in w]
         # Generation masks every seed item, even those older than the model's context.
-        full, _ = engine.vocab.encode_external([str(s) for s in req.seed])
+        full = enc.all_tokens
         rng = np.random.default_rng(req.random_seed)
         picks, probs, fell_back = engine.continue_(
             full.astype(np.int64),
@@ -523,7 +525,7 @@ def create_app(
         state["metrics"].items(len(req.history), len(enc.unknown))
         warnings += enc.warnings("history")
         if req.items is None:
-            ranked = engine.rank([enc.tokens], req.n)[0]
+            ranked = engine.rank([enc.all_tokens], req.n)[0]
             if ranked.fallback:
                 warnings.append(POPULARITY_WARNING)
             targets = ranked.tokens[ranked.tokens >= 0]

@@ -43,6 +43,7 @@ class EncodedHistory:
     external_ids: list[str]  # the ids of `tokens`, in order (after truncation)
     unknown: list[str] = field(default_factory=list)  # ids the vocabulary lacks (now <unk>)
     truncated: int = 0  # number of oldest items dropped to fit the context
+    all_tokens: np.ndarray | None = None  # int32 [n]: the whole history (exclusions mask all of it)
 
     def warnings(self, what: str = "history") -> list[str]:
         out = []
@@ -69,12 +70,17 @@ class RequestEncoder:
     def encode(self, external_ids: Sequence[str]) -> EncodedHistory:
         ids = [str(e) for e in external_ids]
         tokens, unknown = self.vocab.encode_external(ids)
+        all_tokens = tokens.astype(np.int32)
         dropped = 0
         if self.context_length is not None and len(tokens) > self.context_length:
             dropped = len(tokens) - self.context_length
             tokens, ids = tokens[dropped:], ids[dropped:]
         return EncodedHistory(
-            tokens=tokens.astype(np.int32), external_ids=ids, unknown=unknown, truncated=dropped
+            tokens=tokens.astype(np.int32),
+            external_ids=ids,
+            unknown=unknown,
+            truncated=dropped,
+            all_tokens=all_tokens,
         )
 
     def encode_one(self, external_id: str) -> int | None:
