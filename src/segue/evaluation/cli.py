@@ -142,9 +142,12 @@ def run_evaluation(
     n_boot: int = 1000,
     seed: int = 0,
     reference: str | None = None,
+    report: bool = True,
     console: Console | None = None,
 ) -> tuple[Any, Any, Path | None]:
-    """The whole `segue evaluate` pipeline as a function: returns (EvalResult, Stats, report folder)."""
+    """The whole `segue evaluate` pipeline as a function: returns (EvalResult, Stats, report folder).
+
+    With `report` and no `out`, the folder is reports/<protocol>-<split>."""
     from segue.evaluation.evaluator import evaluate as run
     from segue.evaluation.protocols import ProtocolConfig, protocol_spec, resolve_split
     from segue.evaluation.report import EvaluateConfig, compute_stats, print_table, write_report
@@ -154,6 +157,8 @@ def run_evaluation(
         raise SegueError(f"{store}: no store here (build one with `segue data build`)")
     spec = protocol_spec(protocol)
     split = resolve_split(store, spec.name, split)
+    if report and out is None:
+        out = Path("reports") / f"{spec.name}-{split}"
     pcfg = ProtocolConfig(name=spec.name, part=part, exclude_seen=exclude_seen, min_history=min_history)
     with Store.open(store) as opened:
         loaded, infos = resolve_models(models, opened, split, console=console)
@@ -161,7 +166,7 @@ def run_evaluation(
             result = run(loaded, opened, split, pcfg, ks, batch_size, model_info=infos, progress=progress)
     stats = compute_stats(result, n_boot=n_boot, seed=seed, reference=reference)
     print_table(result, stats, console)
-    if out is not None:
+    if report and out is not None:
         config = EvaluateConfig(
             models=models,
             store=str(store),
@@ -175,7 +180,7 @@ def run_evaluation(
         )
         write_report(result, out, stats, config)
         console.print(f"[green]report written to[/] {out}/report.html")
-    return result, stats, out
+    return result, stats, (out if report else None)
 
 
 def evaluate(
@@ -206,15 +211,13 @@ def evaluate(
     console = Console()
     try:
         k_list = parse_ks(ks)
-        if out is None and not no_report:
-            out = Path("reports") / f"{protocol}-{split or 'default'}"
         run_evaluation(
             models,
             store,
             split,
             protocol,
             k_list,
-            None if no_report else out,
+            out,
             part=part,
             exclude_seen=not keep_seen,
             min_history=min_history,
@@ -222,6 +225,7 @@ def evaluate(
             n_boot=n_boot,
             seed=seed,
             reference=reference,
+            report=not no_report,
             console=console,
         )
     except SegueError as e:
