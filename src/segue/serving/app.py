@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from segue import __version__
 from segue.data.vocab import N_SPECIAL
+from segue.errors import SegueError
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
 from segue.serving.explain import explain_items
 from segue.serving.feature_log import FeatureLog
@@ -359,6 +360,16 @@ def create_app(
         "Item ids are the external ids of the training data.",
     )
     app.state.segue = state
+
+    @app.exception_handler(SegueError)
+    async def _segue_error(request: Request, exc: SegueError) -> JSONResponse:
+        # Errors segue raises on purpose describe bad input found past validation.
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
     def current() -> Engine:
         return state["engine"]
