@@ -186,3 +186,22 @@ def test_random_holdout_split_is_added_when_missing(tmp_path: Path) -> None:
             assert history_items(task, q) == hist
             assert relevant_items(task, q) == {i for pos, i, _ in ev[int(seq)] if p[(int(seq), pos)] == 2}
     assert resolve_split(path, "random_holdout", None) == name  # found, not added twice
+
+
+@pytest.mark.parametrize(
+    ("split", "protocol"),
+    [("loo", "leave_last_out"), ("temporal", "temporal"), ("strong", "strong"), ("random", "playlist_continuation")],
+)
+def test_exclusion_rules_in_every_protocol(store: Store, split: str, protocol: str) -> None:
+    task = task_for(store, split, protocol)
+    n = 60  # long enough to hold every relevant item of these small sequences
+    lover = rank_task("lover", history_lover(task.vocab), task, n)
+    found = rank_task("oracle", oracle(task), task, n)
+    for q in range(len(task)):
+        hist = set(task.histories.row(int(task.rows[q])).tolist())
+        assert not hist & set(lover[q].tolist())  # history items are never recommended
+        assert (lover[q][lover[q] >= 0] >= N_SPECIAL).all()  # nor special tokens
+        keys = task.rel_keys[task.rel_offsets[q] : task.rel_offsets[q + 1]]
+        hittable = {int(k) for k in keys if k >= N_SPECIAL} - hist
+        # The oracle ranks every relevant token first, yet only the hittable ones come out.
+        assert set(found[q][: len(hittable)].tolist()) == hittable
