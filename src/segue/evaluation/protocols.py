@@ -41,7 +41,7 @@ from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.splits import Part, history_parts, parse_part
 from segue.data.store import Store
 from segue.data.vocab import UNK, Vocabulary
-from segue.errors import ConfigError
+from segue.errors import ConfigError, StoreError
 
 
 class ProtocolConfig(Config):
@@ -306,6 +306,11 @@ def resolve_split(store_path: str | Path, protocol: str, split: str | None) -> s
     spec = protocol_spec(protocol)
     with Store.open(store_path) as store:
         if split is not None:
+            if spec.name == "random_holdout" and split not in store.split_names():
+                raise StoreError(
+                    f"{store_path}: the store has no split '{split}' (it has: {', '.join(store.split_names()) or 'none'}); "
+                    "leave out --split to add a random_holdout split named 'holdout'"
+                )
             check_split_kind(store, split, spec.name)
             return split
         suitable = _splits_of_kind(store, spec.kinds)
