@@ -71,6 +71,70 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def run_build(folder: Path, store_path: Path, workers: int | None, verify_md5: bool) -> dict:
+    stage_cpu: dict[str, float] = {}
+    last = [cpu_seconds(), "import"]
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage != last[1]:
+            now = cpu_seconds()  # children's CPU counts once they have exited (end of import)
+            stage_cpu[last[1]] = stage_cpu.get(last[1], 0.0) + now - last[0]
+            last[0], last[1] = now, stage
+
+    source = MPDSource(folder, workers=workers, verify_md5=verify_md5)
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    with PeakMemory() as mem:
+        build_store(source, store_path, BuildConfig(), progress=progress)
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
+    stage_cpu[last[1]] = stage_cpu.get(last[1], 0.0) + cpu_seconds() - last[0]
+    with Store.open(store_path) as store:
+        counts = store.counts()
+    store_path.unlink()
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "stage_cpu": stage_cpu,
+        "stages": dict(BUILD_TIMINGS),
+        "counts": counts,
+        "peak": mem.peak,
+        "md5": all(f.md5_verified for f in source.files()),
+    }
+
+
+def report(full: dict, small: dict | None) -> None:
+    counts, wall, cpu = full["counts"], full["wall"], full["cpu"]
+    n_pl, n_ev = counts["sequences"], counts["events"]
+    cores = os.cpu_count() or 1
+    ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ru_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} (1 min) at the end")
+    print(f"store: {n_pl:,} playlists, {n_ev:,} entries, {counts['items']:,} tracks; md5 verified: {full['md5']}")
+    print(f"build wall time: {wall:.1f} s")
+    for k, v in full["stages"].items():
+        cpu_note = f"  (CPU {full['stage_cpu'][k]:.1f} s)" if k in full["stage_cpu"] else ""
+        print(f"  {k:28s} {v:6.1f} s{cpu_note}")
+    print(f"throughput: {n_pl / wall:,.0f} playlists/s, {n_ev / wall:,.0f} entries/s")
+    print(f"CPU time (all processes): {cpu:.1f} s = {cpu / wall:.2f} cores busy on average")
+    print(
+        f"peak memory: {full['peak'] / 2**20:,.0f} MiB (sampled RSS sum, this process + children); "
+        f"ru_maxrss self {ru_self:,.0f} MiB, largest child {ru_kids:,.0f} MiB"
+    )
+    scale = MPD_ENTRIES / n_ev
+    print(f"full MPD ({MPD_PLAYLISTS:,} playlists, {MPD_ENTRIES:,} entries) extrapolated (target < 5 min):")
+    print(f"  linear from this run:          {wall * scale / 60:.1f} min wall, {cpu * scale / 2 / 60:.1f} min from CPU on 2 cores")
+    if small is not None:
+        e0, e1 = small["counts"]["events"], n_ev
+        slope = (wall - small["wall"]) / (e1 - e0)
+        fixed = wall - slope * e1
+        print(
+            f"  fixed + per-entry (fitted to {small['counts']['sequences']:,} and {n_pl:,} playlists: "
+            f"{small['wall']:.1f} s and {wall:.1f} s): {fixed:.1f} s + {slope * 1e6:.2f} s per million entries "
+            f"= {(fixed + slope * MPD_ENTRIES) / 60:.1f} min"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--playlists", type=int, default=50_000)
@@ -78,6 +142,7 @@ def main() -> None:
     ap.add_argument("--workers", default="auto", help="parse processes: auto or a number (0 = inline)")
     ap.add_argument("--data", type=Path, default=None, help="folder for the slices (kept; reused if complete)")
     ap.add_argument("--no-md5", action="store_true", help="skip md5sums verification")
+    ap.add_argument("--small", type=int, default=10, help="slices in the second, smaller build (0: none)")
     args = ap.parse_args()
 
     workers = None if args.workers == "auto" else int(args.workers)
@@ -93,50 +158,23 @@ def main() -> None:
         size = sum(p.stat().st_size for p in data.glob("mpd.slice.*.json"))
         print(f"input: {data} ({expected} slices, {size / 1e9:.2f} GB)")
 
-        stage_cpu: dict[str, float] = {}
-        last = [cpu_seconds(), "import"]
-
-        def progress(stage: str, done: int, total: int | None) -> None:
-            if stage != last[1]:
-                now = cpu_seconds()  # children's CPU counts once they have exited (end of import)
-                stage_cpu[last[1]] = stage_cpu.get(last[1], 0.0) + now - last[0]
-                last[0], last[1] = now, stage
-
-        store_path = tmp / "bench.duckdb"
-        source = MPDSource(data, workers=workers, verify_md5=not args.no_md5)
-        cpu0 = cpu_seconds()
-        t0 = time.perf_counter()
-        with PeakMemory() as mem:
-            build_store(source, store_path, BuildConfig(), progress=progress)
-        wall = time.perf_counter() - t0
-        cpu = cpu_seconds() - cpu0
-        stage_cpu[last[1]] = stage_cpu.get(last[1], 0.0) + cpu_seconds() - last[0]
-        with Store.open(store_path) as store:
-            counts = store.counts()
-        ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        ru_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-        n_pl, n_ev = counts["sequences"], counts["events"]
-        cores = os.cpu_count() or 1
-        print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} (1 min) at the end")
-        print(f"store: {n_pl:,} playlists, {n_ev:,} entries, {counts['items']:,} tracks")
-        print(f"build wall time: {wall:.1f} s")
-        for k, v in BUILD_TIMINGS.items():
-            cpu_note = f"  (CPU {stage_cpu[k]:.1f} s)" if k in stage_cpu else ""
-            print(f"  {k:28s} {v:6.1f} s{cpu_note}")
-        print(f"throughput: {n_pl / wall:,.0f} playlists/s, {n_ev / wall:,.0f} entries/s")
-        print(f"CPU time (all processes): {cpu:.1f} s = {cpu / wall:.2f} cores busy on average")
-        print(
-            f"peak memory: {mem.peak / 2**20:,.0f} MiB sampled RSS sum (this process + children); "
-            f"ru_maxrss self {ru_self:,.0f} MiB, largest child {ru_kids:,.0f} MiB"
-        )
-        scale = MPD_ENTRIES / n_ev
-        print(
-            f"full MPD ({MPD_PLAYLISTS:,} playlists, {MPD_ENTRIES:,} entries) extrapolated: "
-            f"{wall * scale / 60:.1f} min wall as measured; "
-            f"{cpu * scale / min(2, cores) / 60:.1f} min from CPU time on 2 dedicated cores "
-            f"(target < 5 min)"
-        )
+        small_n = min(args.small, expected - 1) if args.small > 0 else 0
+        small = tmp / "small"
+        if small_n:
+            # The first `small_n` slices, to separate fixed costs (process start-up, DuckDB setup,
+            # checkpoint) from the per-entry cost in the extrapolation.
+            small.mkdir()
+            slices = sorted(data.glob("mpd.slice.*.json"), key=lambda p: int(p.name.split(".")[2].split("-")[0]))
+            sums = (data / "md5sums").read_text().splitlines() if (data / "md5sums").exists() else []
+            names = {p.name for p in slices[:small_n]}
+            for p in slices[:small_n]:
+                (small / p.name).symlink_to(p.resolve())
+            if sums:
+                (small / "md5sums").write_text("".join(line + "\n" for line in sums if line.split()[-1] in names))
+        runs = {}
+        for label, folder in ([("small", small)] if small_n else []) + [("full", data)]:
+            runs[label] = run_build(folder, tmp / f"{label}.duckdb", workers, not args.no_md5)
+        report(runs["full"], runs.get("small"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         sys.stdout.flush()

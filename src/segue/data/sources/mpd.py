@@ -38,11 +38,12 @@ from segue.errors import InputError
 class Track(msgspec.Struct, gc=False):
     pos: int
     track_uri: str
-    track_name: str
-    artist_uri: str
-    artist_name: str
-    album_uri: str
-    album_name: str
+    # Kept as raw JSON and decoded only for tracks not sent before (most tracks repeat).
+    track_name: msgspec.Raw
+    artist_uri: msgspec.Raw
+    artist_name: msgspec.Raw
+    album_uri: msgspec.Raw
+    album_name: msgspec.Raw
     duration_ms: int | None = None
 
 
@@ -176,14 +177,15 @@ class RecentItems:
         self.table = np.zeros(1 << bits, dtype=np.int64)
         self.mask = (1 << bits) - 1
 
-    def unseen(self, keys: list[str]) -> np.ndarray:
-        """Bool mask over `keys` (distinct) of those not sent before; marks them as sent."""
+    def first_unseen(self, keys: list[str]) -> np.ndarray:
+        """Indices (ascending) of the first occurrence of each key not sent before; marks them sent."""
         h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
         h[h == 0] = 1  # 0 marks an empty slot
-        slots = h & self.mask
-        new = self.table[slots] != h
-        self.table[slots[new]] = h[new]
-        return new
+        uniq, first = np.unique(h, return_index=True)
+        slots = uniq & self.mask
+        new = self.table[slots] != uniq
+        self.table[slots[new]] = uniq[new]
+        return np.sort(first[new])
 
 
 _recent = RecentItems()  # per process
@@ -250,12 +252,9 @@ def parse_slice(data: bytes, ref: SliceRef, recent: RecentItems | None = None) -
     lengths = [len(p.tracks) for p in playlists]
     tracks = [t for p in playlists for t in p.tracks]
     item_keys = [t.track_uri for t in tracks]
-    by_uri = dict(zip(item_keys, tracks, strict=True))  # distinct URIs in first-seen order
     if recent is None:
-        new_tracks = list(by_uri.values())
-    else:
-        uris = list(by_uri)
-        new_tracks = [by_uri[u] for u, new in zip(uris, recent.unseen(uris).tolist(), strict=True) if new]
+        recent = RecentItems(bits=max(10, (2 * len(item_keys)).bit_length()))
+    new_tracks = [tracks[i] for i in recent.first_unseen(item_keys).tolist()]
 
     seq_col = pa.array(seq_keys, pa.string())
     repeat = pa.array(np.repeat(np.arange(len(lengths), dtype=np.int32), lengths))
@@ -276,20 +275,7 @@ def parse_slice(data: bytes, ref: SliceRef, recent: RecentItems | None = None) -
             "origin": pa.array([f"{label} playlist pid {p.pid} (index {i})" for i, p in enumerate(playlists)], pa.string()),
         }
     )
-    items = pa.table(
-        {
-            "item_key": pa.array([t.track_uri for t in new_tracks], pa.string()),
-            "name": pa.array([t.track_name for t in new_tracks], pa.string()),
-            "creator": pa.array([t.artist_name for t in new_tracks], pa.string()),
-            "creator_key": pa.array([t.artist_uri for t in new_tracks], pa.string()),
-            "album": pa.array([t.album_name for t in new_tracks], pa.string()),
-            "album_key": pa.array([t.album_uri for t in new_tracks], pa.string()),
-            "meta": pa.array(
-                [None if t.duration_ms is None else f'{{"duration_ms": {t.duration_ms}}}' for t in new_tracks],
-                pa.string(),
-            ),
-        }
-    )
+    items = _items_table(new_tracks, data, label)
     source_file = HashedFile(
         path=ref.path,
         md5_verified=verified,
@@ -298,6 +284,39 @@ def parse_slice(data: bytes, ref: SliceRef, recent: RecentItems | None = None) -
         label=label if ref.member else None,
     )
     return Chunk(events=events, sequences=sequences, items=items), source_file
+
+
+_TEXT_FIELDS = (
+    ("name", "track_name"),
+    ("creator", "artist_name"),
+    ("creator_key", "artist_uri"),
+    ("album", "album_name"),
+    ("album_key", "album_uri"),
+)
+_STR_LIST = msgspec.json.Decoder(list[str])
+
+
+def _items_table(new_tracks: list[Track], data: bytes, label: str) -> pa.Table:
+    columns = {"item_key": pa.array([t.track_uri for t in new_tracks], pa.string())}
+    for column, field in _TEXT_FIELDS:
+        # One decode call per column: join the raw JSON values into a JSON array of strings.
+        raw = b"[" + b",".join(bytes(getattr(t, field)) for t in new_tracks) + b"]"
+        try:
+            values = _STR_LIST.decode(raw)
+        except msgspec.ValidationError:
+            bad = next(t for t in new_tracks if not bytes(getattr(t, field)).startswith(b'"'))
+            raise InputError(
+                f"wrong type: got {bytes(getattr(bad, field))[:40].decode(errors='replace')}",
+                path=label,
+                record=f"track {bad.track_uri}",
+                field=field,
+                expected="a string",
+            ) from None
+        columns[column] = pa.array(values, pa.string())
+    columns["meta"] = pa.array(
+        [None if t.duration_ms is None else f'{{"duration_ms": {t.duration_ms}}}' for t in new_tracks], pa.string()
+    )
+    return pa.table(columns)
 
 
 _META_FIELDS = ("collaborative", "num_followers", "num_edits", "description")
