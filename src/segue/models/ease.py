@@ -1,0 +1,125 @@
+"""EASE: a closed-form linear item-item model (Steck, "Embarrassingly Shallow Autoencoders", 2019).
+
+With X the binary sequence x item matrix of the training split and lambda the L2 weight,
+
+    P = (X^T X + lambda * I)^-1,     B = I - P * diag(1 / diag(P))   (i.e. B_ij = -P_ij / P_jj),
+    diag(B) = 0,
+
+and a history h (binary row x_h, or recency-weighted with `decay`) scores score(h) = x_h B.
+A history without any known item gets training popularity scores in [-1, 0) instead.
+
+The Gram matrix is dense [n, n]: the model refuses catalogues above `max_items` with a SegueError
+naming the limit and the memory it would need, rather than running out of memory. The inverse is
+computed in place through a Cholesky factorisation (LAPACK potrf/potri), so the peak is about one
+[n, n] matrix plus the sparse X.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Self
+
+import numpy as np
+import scipy.linalg.lapack as lapack
+from pydantic import Field
+
+from segue.config import Config
+from segue.data.arrays import SequenceArrays, SplitData
+from segue.errors import SegueError
+from segue.models._interactions import (
+    history_matrix,
+    item_counts,
+    pad_scores,
+    popularity_backfill,
+    select_rows,
+    training_matrix,
+)
+from segue.models.base import BaseRecommender
+
+
+class EASEConfig(Config):
+    l2: float = Field(500.0, gt=0)  # lambda
+    max_items: int = Field(20_000, ge=1)  # dense Gram limit
+    dtype: Literal["float32", "float64"] = "float32"
+    decay: float = Field(1.0, gt=0, le=1)  # recency weight of history items (1 = binary)
+
+
+def ease_weights(x, l2: float, dtype: str = "float32") -> np.ndarray:  # noqa: ANN001 (scipy sparse)
+    """B [n, n] from binary X [U, n] (see module docstring)."""
+    n = x.shape[1]
+    g = np.ascontiguousarray((x.T @ x).toarray(order="C"), dtype=dtype)  # [n, n]
+    g[np.diag_indices(n)] += l2
+    potrf, potri = (lapack.spotrf, lapack.spotri) if dtype == "float32" else (lapack.dpotrf, lapack.dpotri)
+    # g is symmetric, so its transpose is the same matrix in Fortran order: LAPACK works in place.
+    c, info = potrf(g.T, lower=False, overwrite_a=True, clean=False)
+    if info != 0:
+        raise SegueError(f"EASE: the Gram matrix is not positive definite (LAPACK potrf info={info}); raise l2")
+    p, info = potri(c, lower=False, overwrite_c=True)
+    if info != 0:
+        raise SegueError(f"EASE: inverting the Gram matrix failed (LAPACK potri info={info})")
+    _symmetrise_upper(p)
+    p = p.T  # C order again (symmetric, so the same values)
+    diag = np.diag(p).copy()
+    p /= -diag[None, :]  # B_ij = -P_ij / P_jj
+    p[np.diag_indices(n)] = 0
+    return p
+
+
+def _symmetrise_upper(p: np.ndarray, block: int = 1024) -> None:
+    """Copy the upper triangle of `p` onto its lower triangle in place (potri fills only one)."""
+    n = p.shape[0]
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        # rows lo:hi, columns < hi: lower part comes from the transpose of the upper strip.
+        strip = p[:hi, lo:hi].T.copy()  # [hi - lo, hi] = p[lo:hi, :hi] mirrored
+        tri = np.tril_indices(hi - lo, -1)
+        blk = p[lo:hi, lo:hi]
+        blk[tri] = strip[:, lo:hi][tri]
+        p[lo:hi, :lo] = strip[:, :lo]
+
+
+class EASE(BaseRecommender):
+    """EASE recommender (see the module docstring for the formula and the size limit)."""
+
+    family = "ease"
+    config_class = EASEConfig
+    config: EASEConfig
+
+    def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
+        n = data.vocab.n_items
+        c = self.config
+        if n > c.max_items:
+            gib = n * n * np.dtype(c.dtype).itemsize / 2**30
+            raise SegueError(
+                f"EASE: the catalogue has {n:,} items, above the dense Gram limit max_items={c.max_items:,} "
+                f"(a {n:,} x {n:,} {c.dtype} matrix needs {gib:.1f} GiB); raise max_items if memory "
+                "allows, or use itemknn, als or item2vec"
+            )
+        self.vocab = data.vocab
+        x = training_matrix(data.train, n)
+        if progress is not None:
+            progress("ease", 0, 1)
+        self.weights = ease_weights(x, c.l2, c.dtype).astype(np.float32, copy=False)
+        self.counts = item_counts(data.train, n)
+        if progress is not None:
+            progress("ease", 1, 1)
+        return self
+
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        self._check_fitted()
+        rows = select_rows(histories, rows)
+        h = history_matrix(histories, rows, self.weights.shape[0], decay=self.config.decay)
+        s = np.asarray(h @ self.weights, dtype=np.float32)  # [B, n]
+        cold = np.diff(h.indptr) == 0
+        if cold.any():
+            s[cold] = popularity_backfill(self.counts)
+        return pad_scores(s)
+
+    def _save_state(self, folder: Path) -> None:
+        np.save(folder / "weights.npy", self.weights)
+        np.save(folder / "counts.npy", self.counts)
+
+    def _load_state(self, folder: Path) -> None:
+        self.weights = np.load(folder / "weights.npy")
+        self.counts = np.load(folder / "counts.npy")
