@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from segue.data.sources.base import SourceFile
 from segue.errors import InputError
@@ -72,3 +76,160 @@ def rebuild_error(state: dict[str, object]) -> InputError:
     for k in _ERROR_FIELDS:
         setattr(err, k, state.get(k))
     return err
+
+
+# ---------------------------------------------------------------------------------------------
+# delimited text files, read with pyarrow (multi-threaded C++), every column as text first so that
+# a bad value can be reported with its file, line and column.
+
+_NUMBER_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def line_of_row(path: Path, row: int, skip_lines: int, encoding: str = "utf-8") -> int:
+    """1-based line number of data row `row` (0-based), skipping `skip_lines` header lines and
+    blank lines the way the CSV reader does (only called on the error path)."""
+    seen = -1
+    with open(path, encoding=encoding, errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if n <= skip_lines or not line.strip():
+                continue
+            seen += 1
+            if seen == row:
+                return n
+    return skip_lines + row + 1
+
+
+def first_false(mask: pa.Array) -> int | None:
+    """Index of the first False (or null) in a boolean array, or None if all are True."""
+    mask = pc.fill_null(mask, False)
+    if pc.all(mask).as_py():
+        return None
+    return int(pc.index(mask, False).as_py())
+
+
+@dataclass
+class ColumnReader:
+    """Converts text columns of one file to numbers/timestamps, naming file:line on bad values."""
+
+    path: Path
+    skip_lines: int = 0  # header lines before the first data row
+    encoding: str = "utf-8"
+    row_offset: int = 0  # data rows before the current batch
+    lines: bool = True  # text file (report lines); False: Parquet (report 1-based rows)
+
+    def bad(self, row: int, field: str, value: object, expected: str) -> InputError:
+        shown = "nothing" if value is None or value == "" else repr(value)
+        if not self.lines:
+            record = f"row {self.row_offset + row + 1}"
+            return InputError(f"got {shown}", path=self.path, record=record, field=field, expected=expected)
+        line = line_of_row(self.path, self.row_offset + row, self.skip_lines, self.encoding)
+        return InputError(f"got {shown}", path=self.path, line=line, field=field, expected=expected)
+
+    def missing(self, col: pa.Array, field: str, what: str) -> None:
+        if col.null_count or pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
+            idx = first_false(pc.and_(pc.is_valid(col), pc.greater(pc.utf8_length(col), 0)))
+            raise self.bad(idx, field, None, what)
+
+    def number(self, col: pa.Array, field: str, *, integer: bool = False) -> pa.Array:
+        """float64 (or int64) from text; empty values become null."""
+        col = pc.utf8_trim_whitespace(col)
+        empty = pc.equal(pc.utf8_length(col), 0)
+        ok = pc.or_(pc.match_substring_regex(col, _NUMBER_RE), empty)
+        bad = first_false(ok)
+        if bad is not None:
+            raise self.bad(bad, field, col[bad].as_py(), "a number")
+        values = pc.cast(pc.if_else(empty, None, col), pa.float64())
+        if integer:
+            frac = first_false(pc.equal(pc.floor(values), values))
+            if frac is not None and values[frac].is_valid:
+                raise self.bad(frac, field, col[frac].as_py(), "a whole number")
+            values = pc.cast(values, pa.int64())
+        return values
+
+    def timestamp(self, col: pa.Array, field: str) -> pa.Array:
+        """int64 unix seconds from numbers (unix seconds) or ISO-8601 text (UTC unless it says)."""
+        col = pc.utf8_trim_whitespace(col)
+        empty = pc.equal(pc.utf8_length(col), 0)
+        numeric = pc.or_(pc.match_substring_regex(col, _NUMBER_RE), empty)
+        if pc.all(numeric).as_py():
+            return pc.cast(pc.floor(pc.cast(pc.if_else(empty, None, col), pa.float64())), pa.int64())
+        text = pc.if_else(empty, None, col)
+        for unit_type in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
+            try:
+                ts = pc.cast(text, unit_type)
+                return pc.cast(pc.divide(pc.cast(ts, pa.int64()), 1_000_000), pa.int64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        # Mixed forms: parse the distinct values in Python (datetime.fromisoformat).
+        import datetime as dt
+
+        uniq = pc.unique(text).to_pylist()
+        parsed = []
+        for v in uniq:
+            if v is None:
+                parsed.append(None)
+                continue
+            try:
+                d = dt.datetime.fromisoformat(v)
+            except ValueError:
+                if pc.match_substring_regex(pa.array([v]), _NUMBER_RE)[0].as_py():
+                    parsed.append(int(float(v)))
+                    continue
+                row = first_false(pc.invert(pc.equal(text, v)))
+                raise self.bad(row, field, v, "unix seconds or an ISO-8601 date/time") from None
+            if d.tzinfo is None:
+                d = d.replace(tzinfo=dt.UTC)
+            parsed.append(int(d.timestamp()))
+        return pc.take(pa.array(parsed, pa.int64()), pc.index_in(text, value_set=pa.array(uniq, pa.string())))
+
+
+def read_header(path: Path, encoding: str = "utf-8") -> str:
+    with open(path, encoding=encoding, errors="replace") as f:
+        return f.readline().rstrip("\r\n")
+
+
+def sniff_delimiter(line: str) -> str:
+    for d in ("\t", "::", ",", ";", "|"):
+        if d in line:
+            return d
+    return " "
+
+
+def iter_text_batches(
+    path: Path,
+    *,
+    delimiter: str,
+    names: list[str],
+    skip_lines: int = 0,
+    encoding: str = "utf-8",
+    block_size: int = 16 << 20,
+) -> Iterator[pa.RecordBatch]:
+    """Stream a delimited file as record batches of text columns named `names`.
+
+    A two-character delimiter such as MovieLens' `::` is read as its first character, with the
+    empty fields in between dropped (the fields themselves must not contain that character).
+    """
+    import pyarrow.csv as pv
+
+    double = len(delimiter) == 2 and delimiter[0] == delimiter[1]
+    if len(delimiter) != 1 and not double:
+        raise InputError(f"unsupported delimiter {delimiter!r}", path=path, expected="one character or '::'")
+    raw_names = [n for name in names for n in ((name, f"_gap{name}") if double else (name,))]
+    if double:
+        raw_names = raw_names[:-1]
+    read = pv.ReadOptions(
+        column_names=raw_names, skip_rows=skip_lines, encoding=encoding, block_size=block_size, use_threads=True
+    )
+    parse = pv.ParseOptions(delimiter=delimiter[0], quote_char='"' if delimiter[0] == "," else False)
+    convert = pv.ConvertOptions(column_types={n: pa.string() for n in raw_names}, strings_can_be_null=False)
+    try:
+        reader = pv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        for batch in reader:
+            yield batch.select(names) if double else batch
+    except pa.ArrowInvalid as e:
+        raise InputError(f"cannot parse the file: {_arrow_message(e)}", path=path) from None
+
+
+def _arrow_message(e: Exception) -> str:
+    text = str(e).strip()
+    return text.replace("CSV parse error: ", "")
