@@ -100,7 +100,11 @@ class MPDSource:
         workers = self.workers
         if workers is None:  # auto: parallel only where it pays (process start-up costs ~1 s)
             workers = min(2, os.cpu_count() or 1) if len(self.refs) >= 4 else 0
-        results = _parse_parallel(self.refs, workers) if workers > 0 else (_parse_ref(r) for r in self.refs)
+        if workers > 0:
+            results = _parse_parallel(self.refs, workers)
+        else:
+            recent = RecentItems()  # this build's own: a second build must send all metadata again
+            results = (_parse_ref(r, recent) for r in self.refs)
         for result in results:
             if isinstance(result, dict):
                 raise rebuild_error(result)
@@ -188,13 +192,16 @@ class RecentItems:
         return np.sort(first[new])
 
 
-_recent = RecentItems()  # per process
+_recent: RecentItems | None = None  # per worker process (each build starts fresh workers)
 
 
-def _parse_ref(ref: SliceRef) -> tuple[Chunk, SourceFile] | dict[str, Any]:
+def _parse_ref(ref: SliceRef, recent: RecentItems | None = None) -> tuple[Chunk, SourceFile] | dict[str, Any]:
     """Parse one slice. Returns (chunk, file record), or an InputError's state (picklable)."""
+    global _recent
+    if recent is None:
+        recent = _recent = _recent or RecentItems()
     try:
-        return parse_slice(_read(ref), ref, _recent)
+        return parse_slice(_read(ref), ref, recent)
     except InputError as e:
         return error_state(e)
 
