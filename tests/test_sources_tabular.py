@@ -1,0 +1,108 @@
+"""Generic CSV/Parquet importer with a column mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from segue.data.sources import open_source
+from segue.data.sources.tabular import TabularSource
+from segue.data.store import Store, build_store
+from segue.errors import ConfigError, InputError
+
+
+@pytest.mark.realdata
+def test_anime_ratings_counts(shared_data: Path, tmp_path: Path) -> None:
+    src = open_source("tabular", shared_data / "anime" / "anime_ratings.dat", user="User_ID", item="Anime_ID", rating="Feedback")
+    with Store.open(build_store(src, tmp_path / "s.duckdb")) as s:
+        c = s.counts()
+        assert (c["sequences"], c["items"], c["events"], c["rated_events"]) == (4714, 7157, 419943, 419943)
+        assert s.con.execute("SELECT min(rating), max(rating) FROM events").fetchone() == (1.0, 10.0)
+
+
+CSV = """user,item,when,stars,played,device
+u1,a,2020-01-02T00:00:10Z,4,0.5,phone
+u1,b,2020-01-02T00:00:05Z,5,1.0,web
+u2,a,2020-01-03 00:00:00,,0.25,phone
+u1,c,2020-01-02T01:00:05+01:00,3,1,web
+"""
+
+
+def table(store: Path, cols: str) -> list[tuple]:
+    with Store.open(store) as s:
+        return s.con.execute(
+            f"SELECT q.external_id, e.position, i.external_id, {cols} FROM events e JOIN items i USING (item_id) "
+            "JOIN sequences q USING (seq_id) ORDER BY q.seq_id, e.position"
+        ).fetchall()
+
+
+def test_csv_mapping_iso_times_feedback_context(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text(CSV)
+    src = TabularSource(p, user="user", item="item", timestamp="when", rating="stars", feedback=["played"], context={"device": "device"})
+    store = build_store(src, tmp_path / "s.duckdb")
+    rows = table(store, 'e.ts, e.rating, e."fb_played", e."ctx_device"')
+    t0 = 1577923200  # 2020-01-02T00:00:00Z
+    # 01:00:05+01:00 is 00:00:05Z, the same time as b: equal times keep file order (b first)
+    assert rows == [
+        ("u1", 0, "b", t0 + 5, 5.0, 1.0, "web"),
+        ("u1", 1, "c", t0 + 5, 3.0, 1.0, "web"),
+        ("u1", 2, "a", t0 + 10, 4.0, 0.5, "phone"),
+        ("u2", 0, "a", t0 + 86400, None, 0.25, "phone"),
+    ]
+    with Store.open(store) as s:
+        assert s.extra_columns == {"fb_played": "DOUBLE", "ctx_device": "VARCHAR"}
+
+
+def test_parquet_numeric_times_and_position(tmp_path: Path) -> None:
+    p = tmp_path / "log.parquet"
+    pq.write_table(
+        pa.table({"uid": [7, 7, 8], "iid": ["x", "y", "x"], "t": [100, 50, 10], "pos": [0, 1, 0]}), p
+    )
+    store = build_store(TabularSource(p, user="uid", item="iid", timestamp="t", position="pos"), tmp_path / "s.duckdb")
+    # position wins over time
+    assert table(store, "e.ts") == [("7", 0, "x", 100), ("7", 1, "y", 50), ("8", 0, "x", 10)]
+
+
+def test_tab_file_without_header(tmp_path: Path) -> None:
+    p = tmp_path / "log.tsv"
+    p.write_text("1\t2\t5\n1\t3\t4\n")
+    src = TabularSource(p, user="u", item="i", rating="r", header=False, column_names=["u", "i", "r"])
+    assert [r[2:] for r in table(build_store(src, tmp_path / "s.duckdb"), "e.rating")] == [("2", 5.0), ("3", 4.0)]
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "words"),
+    [
+        ("user,item,stars\nu1,a,4\nu1,b,lots\n", {"rating": "stars"}, ["log.csv:3", "field 'stars'", "'lots'", "a number"]),
+        ("user,item,when\nu1,a,5\nu1,b,not-a-time\n", {"timestamp": "when"}, ["log.csv:3", "field 'when'", "ISO-8601"]),
+        ("user,item\nu1,a\n,b\n", {}, ["log.csv:3", "field 'user'"]),
+        ("user,item\nu1,a\n", {"rating": "score"}, ["no column 'score'", "user, item"]),
+        ("user,item\nu1,a,extra\n", {}, ["log.csv", "cannot parse"]),
+    ],
+)
+def test_bad_csv(tmp_path: Path, content: str, kwargs: dict, words: list[str]) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text(content)
+    with pytest.raises(InputError) as e:
+        build_store(TabularSource(p, user="user", item="item", **kwargs), tmp_path / "s.duckdb")
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["log.csv"]
+
+
+def test_bad_parquet_names_row(tmp_path: Path) -> None:
+    p = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"u": ["a", "b"], "i": ["x", "y"], "r": ["1", "bad"]}), p)
+    with pytest.raises(InputError, match=r"log\.parquet, row 2, field 'r': got 'bad'"):
+        build_store(TabularSource(p, user="u", item="i", rating="r"), tmp_path / "s.duckdb")
+
+
+def test_factory_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown source kind"):
+        open_source("excel", tmp_path)
+    with pytest.raises(ConfigError, match="tabular"):
+        open_source("tabular", tmp_path / "x.csv", usr="u", item="i")
