@@ -106,10 +106,12 @@ def run_build(folder: Path, store_path: Path, workers: int | None, verify_md5: b
 def report(full: dict, small: dict | None) -> None:
     counts, wall, cpu = full["counts"], full["wall"], full["cpu"]
     n_pl, n_ev = counts["sequences"], counts["events"]
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ru_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} (1 min) at the end")
+    print(
+        f"machine: {cores} usable cores (of {os.cpu_count()}), load average {os.getloadavg()[0]:.1f} (1 min) at the end"
+    )
     print(f"store: {n_pl:,} playlists, {n_ev:,} entries, {counts['items']:,} tracks; md5 verified: {full['md5']}")
     print(f"build wall time: {wall:.1f} s")
     for k, v in full["stages"].items():

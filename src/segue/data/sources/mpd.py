@@ -99,7 +99,7 @@ class MPDSource:
         self._files = []
         workers = self.workers
         if workers is None:  # auto: parallel only where it pays (process start-up costs ~1 s)
-            workers = min(2, os.cpu_count() or 1) if len(self.refs) >= 4 else 0
+            workers = min(2, _usable_cores()) if len(self.refs) >= 4 else 0
         if workers > 0:
             results = _parse_parallel(self.refs, workers)
         else:
@@ -117,6 +117,13 @@ class MPDSource:
 
     def params(self) -> dict[str, object]:
         return {"path": str(self.path), "slices": len(self.refs), "verify_md5": self.verify_md5}
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset / container CPU sets
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------
