@@ -103,9 +103,15 @@ def build_store(
             file_rows: list[tuple[str, str, int, str, bool | None]] = []
             with _timed(timings, "import"):
                 for src_index, source in enumerate(sources):
-                    for chunk in source.chunks():
-                        stager.add(chunk, src_index)
-                        report("import", stager.ordinal, None)
+                    chunks = source.chunks()
+                    try:
+                        for chunk in chunks:
+                            stager.add(chunk, src_index)
+                            report("import", stager.ordinal, None)
+                    finally:
+                        # A failed build stops the source now (e.g. its parse processes).
+                        if hasattr(chunks, "close"):
+                            chunks.close()
                     file_rows.extend(_file_row(source.name, f) for f in source.files())
                 stager.close()
             if stager.ordinal == 0:

@@ -105,12 +105,15 @@ class MPDSource:
         else:
             recent = RecentItems()  # this build's own: a second build must send all metadata again
             results = (_parse_ref(r, recent) for r in self.refs)
-        for result in results:
-            if isinstance(result, dict):
-                raise rebuild_error(result)
-            chunk, source_file = result
-            self._files.append(source_file)
-            yield chunk
+        try:
+            for result in results:
+                if isinstance(result, dict):
+                    raise rebuild_error(result)
+                chunk, source_file = result
+                self._files.append(source_file)
+                yield chunk
+        finally:
+            results.close()  # stop the worker processes now, also when the consumer failed
 
     def files(self) -> list[SourceFile]:
         return list(self._files)
