@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,6 @@ class HashedFile(SourceFile):
     label: str | None = None
 
 
-def hashed_file(path: Path, data: bytes, md5_verified: bool | None = None, label: str | None = None) -> HashedFile:
-    return HashedFile(
-        path=path, md5_verified=md5_verified, size=len(data), sha256=hashlib.sha256(data).hexdigest(), label=label
-    )
-
-
 def read_md5sums(text: str, where: str) -> dict[str, str]:
     """Parse `md5sum` output (`<hex>  <name>` or `<hex> *<name>`) into {file base name: hex}."""
     sums: dict[str, str] = {}
@@ -46,11 +39,6 @@ def read_md5sums(text: str, where: str) -> dict[str, str]:
             raise InputError("not an md5sum line", path=where, line=n, expected="'<32 hex digits>  <file name>'")
         sums[Path(parts[1].lstrip("*").strip()).name] = parts[0].lower()
     return sums
-
-
-def line_of(data: bytes, offset: int) -> int:
-    """1-based line number of byte `offset` in `data`."""
-    return data.count(b"\n", 0, max(0, min(offset, len(data)))) + 1
 
 
 def require_file(path: Path, what: str) -> Path:
