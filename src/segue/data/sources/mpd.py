@@ -396,7 +396,8 @@ def _syntax_error(e: msgspec.DecodeError, data: bytes, label: str) -> InputError
         line = data.count(b"\n", 0, offset) + 1
     pids = re.findall(rb'"pid"\s*:\s*(-?\d+)', data[:offset])
     record = f"in or after playlist pid {pids[-1].decode()}" if pids else None
-    return InputError(f"malformed JSON: {text}", path=label, line=line, record=record, expected="valid JSON")
+    detail = text.removeprefix("JSON is malformed: ")
+    return InputError(f"malformed JSON: {detail}", path=label, line=line, record=record, expected="valid JSON")
 
 
 # ---------------------------------------------------------------------------------------------
