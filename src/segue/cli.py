@@ -133,7 +133,8 @@ def print_stats(store_path: Path, *, plot: Path | None = None, as_json: bool = F
         print(json.dumps(stats, indent=2, default=str))
         return stats
     c = stats["counts"]
-    t = Table(title=f"{store_path}  (checksum {stats['checksum']})")
+    console.print(f"[bold]{store_path}[/]  content checksum {stats['checksum']}")
+    t = Table()
     for col in ("sequences", "items", "events", "rated events"):
         t.add_column(col, justify="right")
     t.add_row(f"{c['sequences']:,}", f"{c['items']:,}", f"{c['events']:,}", f"{c['rated_events']:,}")

@@ -16,13 +16,17 @@ from segue.data.sources.base import Source
 from segue.errors import ConfigError
 
 SOURCE_KINDS = ("mpd", "movielens", "seqtext", "tabular", "synthetic")
+# Friendlier names for the generic table reader.
+ALIASES = {"csv": "tabular", "tsv": "tabular", "parquet": "tabular", "sequences": "seqtext"}
 
 
 def open_source(kind: str, path: str | Path | None = None, **options: Any) -> Source:
     """The source of `kind` reading `path`; `options` are the keyword arguments of its class
     (for "synthetic": the fields of SyntheticConfig, and `path` is ignored)."""
+    kind = ALIASES.get(kind, kind)
     if kind not in SOURCE_KINDS:
-        raise ConfigError(f"unknown source kind '{kind}' (expected one of {', '.join(SOURCE_KINDS)})")
+        known = ", ".join([*SOURCE_KINDS, *ALIASES])
+        raise ConfigError(f"unknown source kind '{kind}' (expected one of {known})")
     if kind == "synthetic":
         from segue.data.sources.synthetic import SyntheticConfig, SyntheticSource
 
