@@ -63,6 +63,9 @@ def test_hnsw_recall_with_uneven_norms_and_exact_scores(tmp_path) -> None:
     assert again.loaded_from_cache
     assert np.array_equal(again.search(q, 50)[0], got)
     assert (tmp_path / f"index-{embeddings_checksum(x, config)}" / "meta.json").exists()
+    # Other norm ranges make another index: the cache is rebuilt, not reused.
+    other = build_index(x, keys, config.model_copy(update={"norm_ratio": 2.0}), cache_dir=tmp_path)
+    assert not other.loaded_from_cache and len(other.bucket_rows) < len(index.bucket_rows)
 
 
 def test_norm_ranges_beat_one_transform_on_uneven_norms() -> None:
@@ -75,6 +78,21 @@ def test_norm_ranges_beat_one_transform_on_uneven_norms() -> None:
         recalls[buckets] = recall_at_k(index.search(q, 50)[0], truth)
     assert recalls[12] > recalls[1]
     assert recalls[12] >= 0.95
+
+
+def test_norm_ranges_cover_every_row_once_largest_first() -> None:
+    from segue.serving.index import norm_buckets
+
+    norms = np.exp(np.random.default_rng(0).standard_normal(20_000))
+    config = IndexConfig(norm_ratio=1.5, min_bucket=500, buckets=6)
+    ranges = norm_buckets(norms, config)
+    assert np.array_equal(np.sort(np.concatenate(ranges)), np.arange(len(norms)))
+    assert 1 < len(ranges) <= 6 and all(len(r) >= 500 for r in ranges)
+    maxima = [norms[r].max() for r in ranges]
+    assert maxima == sorted(maxima, reverse=True)
+    # Every range but the last spans at most norm_ratio, unless min_bucket forced it wider.
+    for r in ranges[:-1]:
+        assert norms[r].max() / norms[r].min() <= 1.5 or len(r) == 500
 
 
 def test_auto_picks_exact_for_small_catalogues_and_checksums_differ() -> None:

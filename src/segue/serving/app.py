@@ -181,6 +181,14 @@ class Metrics:
             h[-2] += seconds
             h[-1] += 1
 
+    def fallback(self) -> None:
+        with self._lock:
+            self.fallbacks += 1
+
+    def reloaded(self) -> None:
+        with self._lock:
+            self.reloads += 1
+
     def items(self, requested: int, unknown: int) -> None:
         with self._lock:
             self.items_requested += requested
@@ -453,7 +461,7 @@ def create_app(
         )[0]
         if ranked.fallback:
             warnings.append(POPULARITY_WARNING)
-            state["metrics"].fallbacks += 1
+            state["metrics"].fallback()
         items = items_out(engine, ranked)
         if len(items) < req.n:
             warnings.append(
@@ -501,7 +509,7 @@ def create_app(
         )
         if fell_back:
             warnings.append(POPULARITY_WARNING)
-            state["metrics"].fallbacks += 1
+            state["metrics"].fallback()
         if len(picks) < req.n:
             warnings.append(f"only {len(picks)} items could be continued (the catalogue ran out)")
         items = [
@@ -650,7 +658,7 @@ def create_app(
                 except Exception as e:  # noqa: BLE001 (any failure leaves the old model serving)
                     raise HTTPException(422, detail=f"could not load {folder}: {e}") from None
                 state["engine"] = new  # one reference swap: in-flight requests keep `old`
-                state["metrics"].reloads += 1
+                state["metrics"].reloaded()
             log.info("reloaded %s -> %s", old.info.version, new.info.version)
             return {
                 "previous": old.info.public(),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +71,6 @@ class Engine:
         self.index: ExactIndex | HNSWIndex | None = None
         self.embeddings: np.ndarray | None = None
         self.dot_exact = False
-        self._lock = threading.Lock()
         if _offers_embeddings(model):
             emb = np.asarray(model.item_embeddings(), dtype=np.float32)  # type: ignore[attr-defined]
             if emb.ndim == 2 and emb.shape[0] == len(self.vocab):

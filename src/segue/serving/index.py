@@ -55,6 +55,10 @@ class IndexConfig(Config):
     block_rows: int = 131_072  # exact search: item rows per matmul block (bounds memory)
 
 
+# Config fields that shape the norm ranges (checked when a cached index is loaded).
+RANGE_FIELDS = ("norm_ratio", "min_bucket", "exact_bucket_below")
+
+
 def embeddings_checksum(vectors: np.ndarray, config: IndexConfig | None = None) -> str:
     """blake2b of the vectors' bytes, shape, and the config fields that shape the index."""
     h = hashlib.blake2b(digest_size=16)
@@ -198,6 +202,10 @@ class HNSWIndex:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("version") != INDEX_VERSION or meta["n"] != len(vectors):
             raise SegueError(f"{folder}: index does not match these embeddings (rebuild it)")
+        saved = meta.get("config", {})
+        for name in RANGE_FIELDS:  # the ranges were cut with these; others give other ranges
+            if saved.get(name) != getattr(config, name):
+                raise SegueError(f"{folder}: index built with {name}={saved.get(name)} (rebuild it)")
         graphs, rows = [], []
         for i in range(len(meta["max_norms"])):
             path = folder / f"bucket-{i}.usearch"
