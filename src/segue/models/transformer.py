@@ -52,11 +52,22 @@ class ModelConfig(Config):
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when `key` is None (evaluation) or rate is 0."""
+    """Inverted dropout; identity when `key` is None (evaluation) or rate is 0.
+
+    The mask comes from random bytes (four per 32-bit draw): an element is dropped when its byte is
+    below r = round(256 rate), so the rate is quantised to r / 256 and survivors are scaled by
+    256 / (256 - r). On CPU this is ~10x cheaper than `jax.random.bernoulli` (which made dropout
+    a third of the training step).
+    """
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
+    r = max(1, round(256 * rate))
+    if x.shape[-1] % 4:
+        keep = jax.random.bernoulli(key, 1.0 - r / 256, x.shape)
+    else:
+        bits = jax.random.bits(key, (*x.shape[:-1], x.shape[-1] // 4), jnp.uint32)
+        keep = jax.lax.bitcast_convert_type(bits, jnp.uint8).reshape(x.shape) >= r
+    return jnp.where(keep, x * (256.0 / (256 - r)), 0.0)
 
 
 class Block(nnx.Module):
@@ -279,7 +290,7 @@ def save_weights(net: SequenceTransformer, path: Path) -> None:
     """Parameters as a flat .npz keyed by their path ('blocks/0/qkv/kernel', ...)."""
     from segue.io import atomic_path
 
-    flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.state(net, nnx.Param).flat_state()}
+    flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(net, nnx.Param))}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **flat)
 
@@ -289,7 +300,7 @@ def load_weights(net: SequenceTransformer, path: Path) -> SequenceTransformer:
         raise SegueError(f"{path}: no weights file")
     data = np.load(path)
     state = nnx.state(net, nnx.Param)
-    for k, v in state.flat_state():
+    for k, v in nnx.to_flat_state(state):
         name = "/".join(map(str, k))
         if name not in data:
             raise SegueError(f"{path}: weights lack '{name}' (saved by another model config?)")

@@ -4,6 +4,7 @@ A run folder (`train()` writes it; `segue.models.base.load_model(run)` reads it 
     config.toml          the full TrainConfig (reproduces the run)
     model.toml           family "transformer" + its TransformerConfig (the model-folder header)
     vocab.json           the vocabulary of the split
+    item_names.json      [name, creator] of each token (for printing continuations)
     weights.npz          the best parameters so far (by the validation metric; the last if none)
     store_checksum.txt   content checksum of the store trained on
     checkpoints/<step>/  Orbax: train state (params, optimiser, item moments, RNG, step) and the
@@ -433,6 +434,9 @@ def train(
     try:
         data = SplitData.load(store, cfg.data.split)
         data.vocab.save(run / "vocab.json")
+        from segue.training.continuation import ITEM_NAMES_FILE, save_item_names
+
+        save_item_names(store, data.vocab, run / ITEM_NAMES_FILE)
         atomic_write_text(run / "store_checksum.txt", store.checksum + "\n")
         tcfg = cfg.transformer_config()
         trainer = Trainer(tcfg, data, run, on_step=on_step, console=console)

@@ -1,0 +1,69 @@
+"""Command functions `train` and `continue_` (registered by segue.commands as `segue train` and
+`segue continue`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="A TrainConfig TOML file (see configs/).")],
+    run_dir: Annotated[Path | None, typer.Option("--run", help="Run folder (default: runs_dir/name from the config).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore existing checkpoints and start over.")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Override trainer.max_steps.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Override trainer.max_minutes.")] = None,
+) -> None:
+    """Train the transformer; resumes from the run folder's newest checkpoint when there is one."""
+    from segue.training.trainer import load_train_config
+    from segue.training.trainer import train as train_fn
+
+    cfg = load_train_config(config)
+    upd = {}
+    if max_steps is not None:
+        upd["max_steps"] = max_steps
+    if max_minutes is not None:
+        upd["max_minutes"] = max_minutes
+    if upd:
+        cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update=upd)})
+    console = Console()
+    run = train_fn(cfg, run_dir=run_dir, resume=not fresh, console=console)
+    import json
+
+    m = json.loads((run / "metrics.json").read_text())
+    best = m.get("best_valid") or {}
+    console.print(
+        f"run folder [bold]{run}[/]: {m['steps']} steps ({m['stop_reason']}), "
+        f"{m['train_seconds']:.0f} s, {m['tokens_per_s'] or 0:,.0f} tokens/s; best {m['metric']} "
+        f"{(m['best_metric'] or 0):.4f} at step {m['best_step']}"
+        + (f" (valid exact CE {best['exact_ce']:.3f})" if best else "")
+    )
+
+
+def continue_(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A run folder (or saved transformer model folder).")],
+    seed: Annotated[list[str], typer.Option("--seed", "-s", help="A seed item id (e.g. a track URI); repeat the option.")],
+    n: Annotated[int, typer.Option("-n", help="Items to generate.")] = 20,
+    top_k: Annotated[int, typer.Option(help="Sample among the k best items.")] = 50,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 1.0,
+    greedy: Annotated[bool, typer.Option(help="Always take the best item.")] = False,
+    random_seed: Annotated[int, typer.Option("--random-seed", help="Sampling seed.")] = 0,
+) -> None:
+    """Continue a playlist from seed items and print the new items with their names."""
+    from segue.errors import SegueError
+    from segue.models.base import load_model
+    from segue.training.continuation import continue_playlist, describe, load_item_names
+
+    rec = load_model(model)
+    if rec.family != "transformer":
+        raise SegueError(f"{model}: holds a '{rec.family}' model; continuation needs a transformer")
+    res = continue_playlist(rec, seed, n, top_k=top_k, temperature=temperature, greedy=greedy, seed=random_seed)
+    console = Console()
+    if res.unknown_seeds:
+        console.print(f"[yellow]unknown seed items (used as <unk>): {', '.join(res.unknown_seeds)}", highlight=False)
+    names = load_item_names(model)
+    for i, (tok, p) in enumerate(zip(res.tokens, res.probabilities, strict=True), 1):
+        console.print(f"{i:>3}. {describe(tok, rec.vocab, names)}  [dim]p={p:.3f}[/]", highlight=False)
