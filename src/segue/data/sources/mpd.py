@@ -5,6 +5,10 @@ bounded whatever the input size. Each slice is decoded by msgspec straight into 
 which checks every field's presence and type in C while parsing (faster than json/orjson followed
 by Python checks). With `workers` > 0, slices are parsed in that many spawned processes while the
 main process feeds the store; results come back in slice order, at most `2 * workers` in flight.
+`workers=None` (auto) uses min(2, usable cores) processes for 4 or more slices, else parses inline.
+The processes are spawned (a forked copy of a process running JAX or DuckDB threads can deadlock),
+so a script that builds from the MPD must guard its entry point with `if __name__ == "__main__":`
+(the `segue` command and pytest do).
 
 Records: events (seq_key = pid, item_key = track_uri, position = pos, ts = modified_at), sequences
 (pid, name, modified_at, meta: collaborative/num_followers/num_edits/description), items
