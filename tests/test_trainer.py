@@ -1,0 +1,160 @@
+"""The training loop: kill -9 and resume gives bit-identical state; the run folder is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datahelp import make_store
+from segue.errors import ConfigError
+from segue.models.base import load_model
+from segue.training.trainer import TrainConfig, train
+
+N = 6  # steps between checkpoints; the runs take 2N steps
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from segue.training.trainer import TrainConfig, train
+    cfg = TrainConfig.load(sys.argv[1])
+    n, mode, run = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+    def on_step(step):
+        if mode == "stall" and step > n:  # checkpoint n is being written; wait here to be killed
+            print("stalled", flush=True)
+            time.sleep(3600)
+
+    train(cfg, run_dir=run, on_step=on_step)
+    """
+)
+
+
+def _config(store: Path) -> TrainConfig:
+    return TrainConfig.from_dict(
+        {
+            "name": "t",
+            "data": {"store": str(store), "split": "loo"},
+            "model": {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "dropout": 0.1, "context_length": 6},
+            "loss": {"kind": "logq", "n_negatives": 6, "n_inbatch": 4},
+            # patience 1: the plateau scale changes the learning rate, so loop state must resume too
+            "optim": {"warmup_steps": 2, "plateau_patience": 1, "plateau_factor": 0.5},
+            "trainer": {
+                "max_steps": 2 * N,
+                "eval_every": N,
+                "checkpoint_every": N,
+                "log_every": 3,
+                "progress": False,
+                "patience": None,
+                "loader": {"batch_size": 8, "unk_rate": 0.1, "bucketing": False, "prefetch_threads": 1},
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    seqs = [[int(x) for x in (rng.integers(0, 10) + np.arange(rng.integers(4, 10))) % 24] for _ in range(60)]
+    path = tmp_path_factory.mktemp("store") / "s.duckdb"
+    return make_store(path, seqs, [{"kind": "leave_last_out", "name": "loo"}])
+
+
+def _child(tmp: Path, cfg_path: Path, mode: str, run: Path) -> subprocess.Popen:
+    script = tmp / "child.py"
+    script.write_text(CHILD)
+    env = dict(os.environ)
+    # Children share compiled executables (same programs, so the same results; only faster).
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "jax-cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return subprocess.Popen(
+        [sys.executable, str(script), str(cfg_path), str(N), mode, str(run)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _final_state(run: Path, step: int) -> dict:
+    import orbax.checkpoint as ocp
+
+    mgr = ocp.CheckpointManager((run / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
+    got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return got["state"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bit_identical(store: Path, tmp_path: Path) -> None:
+    cfg = _config(store)
+    cfg_path = tmp_path / "train.toml"
+    cfg.save(cfg_path)
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+
+    a = _child(tmp_path, cfg_path, "run", run_a)  # 2N uninterrupted steps
+    out, _ = a.communicate(timeout=600)
+    assert a.returncode == 0, out
+
+    b = _child(tmp_path, cfg_path, "stall", run_b)
+    ckpt = run_b / "checkpoints" / str(N)
+    deadline = time.time() + 600
+    while not (ckpt.is_dir() and (ckpt / "_CHECKPOINT_METADATA").exists()):
+        assert b.poll() is None, b.stdout.read()
+        assert time.time() < deadline, "checkpoint N never appeared"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(b.pid, signal.SIGKILL)
+    b.wait(timeout=60)
+    assert b.returncode == -signal.SIGKILL
+    assert not (run_b / "metrics.json").exists()  # it really died mid-run
+    assert not (run_b / "checkpoints" / str(2 * N)).exists()
+
+    c = _child(tmp_path, cfg_path, "run", run_b)  # resume from checkpoint N, N more steps
+    out, _ = c.communicate(timeout=600)
+    assert c.returncode == 0, out
+    metrics = json.loads((run_b / "metrics.json").read_text())
+    assert metrics["resumed_from"] == N and metrics["steps"] == 2 * N
+
+    sa, sb = _final_state(run_a, 2 * N), _final_state(run_b, 2 * N)
+    import jax
+
+    leaves_a, tree_a = jax.tree_util.tree_flatten(sa)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(sb)
+    assert tree_a == tree_b and len(leaves_a) > 10
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit-identical
+    # and the interrupted run did learn something: its state differs from the one at step N
+    sn = jax.tree_util.tree_leaves(_final_state(run_b, N))
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(sn, leaves_b, strict=True))
+    # validation history (and so the plateau scale) resumed as well
+    ma = json.loads((run_a / "metrics.json").read_text())
+    assert ma["history"] == metrics["history"]
+
+    # the run folder is complete and loads as a model
+    for name in ("config.toml", "model.toml", "vocab.json", "weights.npz", "store_checksum.txt", "metrics.json", "item_names.json"):
+        assert (run_a / name).is_file(), name
+    assert (run_a / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((run_a / "tensorboard").iterdir())
+    model = load_model(run_a)
+    from segue.data.arrays import SequenceArrays
+
+    scores = model.score(SequenceArrays.from_lists([[5, 6]]))
+    assert scores.shape == (1, len(model.vocab)) and np.isfinite(scores[0, 4:]).all()
+
+
+def test_resume_with_another_config_is_refused(store: Path, tmp_path: Path) -> None:
+    cfg = _config(store)
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg.save(run / "config.toml")
+    other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"d_model": 16})})
+    with pytest.raises(ConfigError, match="another config"):
+        train(other, run_dir=run)
