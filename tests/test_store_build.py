@@ -146,3 +146,14 @@ def test_same_inputs_and_seed_same_store(tmp_path: Path) -> None:
         with Store.open(build_store(SyntheticSource(cfg), tmp_path / f"{name}.duckdb", BuildConfig(seed=seed))) as s:
             sums.append(s.checksum)
     assert sums[0] == sums[1] != sums[2]  # the split's seed changes the store; nothing else does
+
+
+def test_item_metadata_before_its_events(tmp_path: Path) -> None:
+    chunks = [
+        Chunk(items=pa.table({"item_key": ["z", "y", "z"], "name": ["Z first", "Y", "Z dup"]})),
+        Chunk(events=ev([("u", "z", 0, 1), ("u", "x", 1, 2)]), items=pa.table({"item_key": ["z", "x"], "name": ["Z late", "X"]})),
+        Chunk(items=pa.table({"item_key": ["x"], "name": ["X late"]})),
+    ]
+    with Store.open(build_store(ListSource(chunks), tmp_path / "s.duckdb")) as s:
+        # y has no events: not an item of the store; z keeps its first row
+        assert s.con.execute("SELECT external_id, name FROM items ORDER BY item_id").fetchall() == [("z", "Z first"), ("x", "X")]

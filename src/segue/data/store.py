@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -220,11 +221,12 @@ class _KeyMap:
         idx = enc.indices.to_numpy(zero_copy_only=False)
         ids = self.ids
         n0 = len(ids)
-        found = list(map(ids.get, values))  # C-level lookups; only new values take the Python loop
-        for j, v in enumerate(found):
-            if v is None:
-                found[j] = ids[values[j]] = len(ids)
-        codes = np.asarray(found, dtype=np.int64)
+        # C-level lookups; new values (distinct: a dictionary) get the next ids in their order.
+        codes = np.fromiter(map(ids.get, values, itertools.repeat(-1)), dtype=np.int64, count=len(values))
+        new = np.flatnonzero(codes < 0)
+        if len(new):
+            codes[new] = np.arange(n0, n0 + len(new))
+            ids.update(zip([values[j] for j in new.tolist()], range(n0, n0 + len(new)), strict=True))
         self._grow()
         if base is not None:
             # dictionary_encode orders the dictionary by first occurrence, so unique()'s first index
@@ -353,24 +355,28 @@ class _Stager:
         # First row per item wins. Items already seen in events are tracked by id (a bit each);
         # only rows that arrive before any event of theirs need the key set.
         keys = t.column("item_key").to_pylist()
-        ids = list(map(self.items.ids.get, keys))
+        ids = np.fromiter(map(self.items.ids.get, keys, itertools.repeat(-1)), dtype=np.int64, count=len(keys))
         if len(self.item_meta_done) < len(self.items):
             self.item_meta_done = np.concatenate(
                 [self.item_meta_done, np.zeros(len(self.items) + len(self.item_meta_done), bool)]
             )
         done, pending = self.item_meta_done, self.item_meta_early
-        keep = []
-        for k, i in zip(keys, ids, strict=True):
-            if k is None:
-                keep.append(False)
-            elif i is not None:
-                keep.append(not done[i] and k not in pending)
-                done[i] = True
-            else:
-                keep.append(k not in pending)
+        keep = np.zeros(len(keys), dtype=bool)
+        known = np.flatnonzero(ids >= 0)
+        if len(known):
+            uniq, first = np.unique(ids[known], return_index=True)
+            rows = known[first][~done[uniq]]
+            done[uniq] = True
+            if pending:
+                rows = np.array([j for j in rows.tolist() if keys[j] not in pending], dtype=np.int64)
+            keep[rows] = True
+        for j in np.flatnonzero(ids < 0).tolist():
+            k = keys[j]
+            if k is not None and k not in pending:
                 pending.add(k)
-        if not all(keep):
-            t = t.filter(pa.array(keep, pa.bool_()))
+                keep[j] = True
+        if not keep.all():
+            t = t.filter(pa.array(keep))
         if t.num_rows:
             self._put("items", t)
 
