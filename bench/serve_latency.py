@@ -265,7 +265,7 @@ def matmul_peak() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 2_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[50_000, 2_000_000])
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--requests", type=int, default=320, help="requests per client setting")
@@ -276,10 +276,13 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "segue-bench-serving")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cores, numpy float32 matmul {matmul_peak():.0f} GFLOP/s", flush=True)
-    results = {"sizes": [bench_size(n, args, args.cache) for n in args.sizes]}
+    # The machine may be shared: its load average is printed with every phase's figures.
+    print(f"machine: {os.cpu_count()} cores, numpy float32 matmul {matmul_peak():.0f} GFLOP/s, load average {os.getloadavg()}", flush=True)
+    results: dict = {"load_average_start": os.getloadavg(), "sizes": []}
+    for n in args.sizes:
+        results["sizes"].append(bench_size(n, args, args.cache) | {"load_average_after": os.getloadavg()})
     if args.load_seconds > 0:
-        results["load_test"] = load_test(args, args.cache)
+        results["load_test"] = load_test(args, args.cache) | {"load_average_after": os.getloadavg()}
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -16,6 +16,12 @@ in float32, so returned scores are exact inner products; only recall is approxim
 
 Indexes are cached on disk under a folder keyed by a checksum of the embeddings and the index
 config, so a server restart or reload loads instead of rebuilding.
+
+Measured (bench/serve_latency.py data: 2,000,000 x 128 clustered vectors, log-normal norms, sigma
+0.3; top-100 of 100 history queries): one transform for all items, recall@100 0.45-0.70; norm
+ranges with norm_ratio 1.3 (9 ranges, 7 graphs), recall 0.994-0.997 at ef 128-256, 2.3-2.5 ms per
+query against 61 ms exact (2 idle cores); build 154 s on 2 idle cores, 22 s on 16. ratio 1.45:
+recall 0.973-0.987, 1.7-2.1 ms.
 """
 
 from __future__ import annotations
