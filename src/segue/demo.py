@@ -28,6 +28,7 @@ class DemoOptions:
     seed: int = 0
     n_playlists: int = 3000
     n_items: int = 4000
+    train_minutes: float = 2.5
 
 
 @dataclass
@@ -67,9 +68,80 @@ def step_stats(state: DemoState) -> None:
     state.results["stats"] = print_stats(state.store_path)
 
 
+def step_train(state: DemoState) -> None:
+    """Train a small transformer (a few minutes at most on 2 cores) on the leave-last-out split."""
+    from segue.training.config import TrainerConfig
+    from segue.training.trainer import DataConfig, TrainConfig, train
+
+    o = state.options
+    cfg = TrainConfig(
+        name="transformer",
+        runs_dir=str(state.runs.resolve()),
+        data=DataConfig(store=str(state.store_path.resolve()), split="loo"),
+        model={"n_layers": 2, "n_heads": 2, "d_model": 64, "d_ff": 128, "dropout": 0.1, "context_length": 50},
+        loss={"kind": "full"},
+        optim={"lr": 0.002, "schedule": "cosine", "warmup_steps": 50},
+        trainer=TrainerConfig(
+            max_steps=3000,
+            max_minutes=o.train_minutes,
+            eval_every=150,
+            eval_max_users=1000,
+            checkpoint_every=300,
+            keep_checkpoints=2,
+            patience=4,
+            seed=o.seed,
+            loader={"batch_size": 64, "context_length": 50, "unk_rate": 0.01},
+        ),
+    )
+    run = train(cfg, console=console)
+    state.results["run"] = run
+    console.print(f"[green]run folder[/] {run}")
+
+
+def step_evaluate(state: DemoState) -> None:
+    """The transformer beside every baseline, leave-last-out full ranking, with a report."""
+    from segue.evaluation.cli import run_evaluation
+
+    run = state.runs / "transformer"
+    models = ["popularity", "itemknn", "ease", "item2vec", "als"]
+    if (run / "model.toml").exists():
+        models.insert(0, f"transformer={run}")
+    else:
+        console.print("[yellow]no trained transformer in the work folder: evaluating the baselines only")
+    out = state.options.workdir / "reports" / "leave_last_out"
+    result, stats, folder = run_evaluation(
+        models, state.store_path, "loo", "leave_last_out", [1, 5, 10, 20, 50], out, n_boot=500, console=console
+    )
+    state.results["report"] = folder
+
+
+def step_serve(state: DemoState) -> None:
+    """Serve the demo transformer (or the best baseline) with its web page until Ctrl-C."""
+    import uvicorn
+
+    from segue.serving.app import create_app
+
+    o = state.options
+    model = state.runs / "transformer"
+    if not (model / "model.toml").exists():
+        from segue.data.arrays import SplitData
+        from segue.data.store import Store
+        from segue.models.itemknn import ItemKNN
+
+        model = state.runs / "itemknn"
+        with Store.open(state.store_path) as store:
+            ItemKNN().fit(SplitData.load(store, "loo")).save(model)
+    app = create_app(model, store=state.store_path, feature_log=o.workdir / "feature-log")
+    console.print(f"[bold green]segue is serving {model.name}: open http://127.0.0.1:{o.port}/[/]  (Ctrl-C stops)")
+    uvicorn.run(app, host="127.0.0.1", port=o.port, log_level="warning")
+
+
 STEPS: dict[str, Callable[[DemoState], None]] = {
     "build": step_build,
     "stats": step_stats,
+    "train": step_train,
+    "evaluate": step_evaluate,
+    "serve": step_serve,
 }
 
 
