@@ -158,3 +158,24 @@ def test_resume_with_another_config_is_refused(store: Path, tmp_path: Path) -> N
     other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"d_model": 16})})
     with pytest.raises(ConfigError, match="another config"):
         train(other, run_dir=run)
+
+
+def test_fit_through_the_recommender_protocol(store: Path) -> None:
+    """fit() trains in memory (no run folder), keeps the best validated weights, then scores."""
+    from segue.data.arrays import SequenceArrays, SplitData
+    from segue.data.store import Store
+    from segue.models.transformer import TransformerRecommender
+
+    cfg = _config(store)
+    tcfg = cfg.transformer_config()
+    tcfg = tcfg.model_copy(update={"trainer": tcfg.trainer.model_copy(update={"max_steps": 4, "eval_every": 2})})
+    calls: list[tuple[str, int, int]] = []
+    with Store.open(store) as s:
+        data = SplitData.load(s, "loo")
+        rec = TransformerRecommender(tcfg).fit(data, progress=lambda *a: calls.append(a))
+    summary = rec.meta["train"]
+    assert summary["steps"] == 4 and len(summary["history"]) == 2
+    assert summary["best_step"] in (2, 4)
+    assert calls and calls[-1][1:] == (4, 4)
+    scores = rec.score(SequenceArrays.from_lists([[5, 6, 7]]))
+    assert scores.shape == (1, len(data.vocab)) and np.isfinite(scores[0, 4:]).all()
