@@ -106,3 +106,10 @@ def test_factory_errors(tmp_path: Path) -> None:
         open_source("excel", tmp_path)
     with pytest.raises(ConfigError, match="tabular"):
         open_source("tabular", tmp_path / "x.csv", usr="u", item="i")
+
+
+def test_millisecond_timestamps(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text("u,i,t\na,x,1500000000999\na,y,1499999999000\n")
+    src = TabularSource(p, user="u", item="i", timestamp="t", timestamp_unit="ms")
+    assert table(build_store(src, tmp_path / "s.duckdb"), "e.ts") == [("a", 0, "y", 1499999999), ("a", 1, "x", 1500000000)]

@@ -134,13 +134,15 @@ class ColumnReader:
             values = pc.cast(values, pa.int64())
         return values
 
-    def timestamp(self, col: pa.Array, field: str) -> pa.Array:
-        """int64 unix seconds from numbers (unix seconds) or ISO-8601 text (UTC unless it says)."""
+    def timestamp(self, col: pa.Array, field: str, per_second: int = 1) -> pa.Array:
+        """int64 unix seconds from numbers (unix time in 1/per_second units) or ISO-8601 text
+        (UTC unless it says)."""
         col = pc.utf8_trim_whitespace(col)
         empty = pc.equal(pc.utf8_length(col), 0)
         numeric = pc.or_(pc.match_substring_regex(col, _NUMBER_RE), empty)
         if pc.all(numeric).as_py():
-            return pc.cast(pc.floor(pc.cast(pc.if_else(empty, None, col), pa.float64())), pa.int64())
+            seconds = pc.divide(pc.cast(pc.if_else(empty, None, col), pa.float64()), float(per_second))
+            return pc.cast(pc.floor(seconds), pa.int64())
         text = pc.if_else(empty, None, col)
         for unit_type in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
             try:

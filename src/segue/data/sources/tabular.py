@@ -4,8 +4,8 @@ column mapping.
     TabularSource("ratings.csv", user="userId", item="movieId", timestamp="ts", rating="rating",
                   feedback=["listened_fraction"], context=["device"])
 
-`user` (the sequence) and `item` are required; `timestamp` (unix seconds, or ISO-8601 text, UTC
-unless it says otherwise), `rating` and `position` (order inside the sequence) are optional.
+`user` (the sequence) and `item` are required; `timestamp` (unix seconds, or milliseconds with
+timestamp_unit="ms", or ISO-8601 text, UTC unless it says otherwise), `rating` and `position` (order inside the sequence) are optional.
 Each `feedback` column becomes a float event column `fb_<name>`, each `context` column a text
 column `ctx_<name>` (a dict maps new names to source columns). Events of one user are ordered by
 position, then timestamp, then file order. CSV is streamed in blocks by pyarrow, Parquet by row
@@ -31,6 +31,7 @@ from segue.data.sources.common import (
 from segue.errors import InputError
 
 Columns = Sequence[str] | Mapping[str, str]
+_UNITS = {"s": 1, "ms": 1000, "us": 1_000_000}  # numeric timestamps: units per second
 
 
 class TabularSource:
@@ -52,6 +53,7 @@ class TabularSource:
         column_names: Sequence[str] | None = None,
         encoding: str = "utf-8",
         format: str | None = None,
+        timestamp_unit: str = "s",
     ) -> None:
         self.path = Path(path)
         self.mapping = {"user": user, "item": item, "timestamp": timestamp, "rating": rating, "position": position}
@@ -61,6 +63,9 @@ class TabularSource:
         self.header = header
         self.column_names = list(column_names) if column_names else None
         self.encoding = encoding
+        if timestamp_unit not in _UNITS:
+            raise InputError(f"unknown timestamp unit '{timestamp_unit}'", expected=" or ".join(_UNITS))
+        self.timestamp_unit = timestamp_unit
         self.format = format or ("parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "csv")
         if self.format not in ("csv", "parquet"):
             raise InputError(f"unknown format '{self.format}'", path=self.path, expected="csv or parquet")
@@ -132,7 +137,7 @@ class TabularSource:
         if m["position"]:
             cols["position"] = pc.cast(reader.number(_text(batch.column(m["position"])), m["position"], integer=True), pa.int32())
         if m["timestamp"]:
-            cols["ts"] = reader.timestamp(_text(batch.column(m["timestamp"])), m["timestamp"])
+            cols["ts"] = reader.timestamp(_text(batch.column(m["timestamp"])), m["timestamp"], per_second=_UNITS[self.timestamp_unit])
         if m["rating"]:
             cols["rating"] = reader.number(_text(batch.column(m["rating"])), m["rating"])
         for target, column in self.feedback.items():
@@ -145,7 +150,12 @@ class TabularSource:
         return [SourceFile(self.path)]
 
     def params(self) -> dict[str, object]:
-        return {"path": str(self.path), "format": self.format, "columns": self.wanted()}
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "columns": self.wanted(),
+            "timestamp_unit": self.timestamp_unit,
+        }
 
 
 def _text(col: pa.Array) -> pa.Array:
