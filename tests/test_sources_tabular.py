@@ -113,3 +113,11 @@ def test_millisecond_timestamps(tmp_path: Path) -> None:
     p.write_text("u,i,t\na,x,1500000000999\na,y,1499999999000\n")
     src = TabularSource(p, user="u", item="i", timestamp="t", timestamp_unit="ms")
     assert table(build_store(src, tmp_path / "s.duckdb"), "e.ts") == [("a", 0, "y", 1499999999), ("a", 1, "x", 1500000000)]
+
+
+def test_command_line_style_options(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text("u,i,a,b\nx,1,0.5,tv\n")
+    src = open_source("tabular", p, user="u", item="i", feedback="a", context="b")
+    with Store.open(build_store(src, tmp_path / "s.duckdb")) as s:
+        assert s.extra_columns == {"fb_a": "DOUBLE", "ctx_b": "VARCHAR"}

@@ -46,8 +46,8 @@ class TabularSource:
         timestamp: str | None = None,
         rating: str | None = None,
         position: str | None = None,
-        feedback: Columns = (),
-        context: Columns = (),
+        feedback: Columns | str = (),
+        context: Columns | str = (),
         delimiter: str | None = None,
         header: bool = True,
         column_names: Sequence[str] | None = None,
@@ -56,7 +56,9 @@ class TabularSource:
         timestamp_unit: str = "s",
     ) -> None:
         self.path = Path(path)
-        self.mapping = {"user": user, "item": item, "timestamp": timestamp, "rating": rating, "position": position}
+        given = {"user": user, "item": item, "timestamp": timestamp, "rating": rating, "position": position}
+        # Column names may arrive as numbers from a command line (user=0 for a headerless file).
+        self.mapping = {k: None if v is None else str(v) for k, v in given.items()}
         self.feedback = _named(feedback, "fb_")
         self.context = _named(context, "ctx_")
         self.delimiter = delimiter
@@ -162,7 +164,9 @@ def _text(col: pa.Array) -> pa.Array:
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
-def _named(cols: Columns, prefix: str) -> dict[str, str]:
+def _named(cols: Columns | str, prefix: str) -> dict[str, str]:
+    if isinstance(cols, str):  # "a,b" (as from a command line)
+        cols = [c.strip() for c in cols.split(",") if c.strip()]
     items = list(cols.items()) if isinstance(cols, Mapping) else [(c, c) for c in cols]
     out = {}
     for name, column in items:
