@@ -217,7 +217,8 @@ class TransformerRecommender(BaseRecommender):
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         ctx = self.config.model.context_length
         outs = []
-        bs = self.score_batch
+        # One compiled shape per power of two up to score_batch (a single history: batch 1).
+        bs = min(self.score_batch, 1 << max(0, int(len(rows) - 1).bit_length()))
         for s in range(0, len(rows), bs):
             sel = rows[s : s + bs]
             ev = pad_histories(histories, sel, context_length=ctx, pad_to=ctx)
