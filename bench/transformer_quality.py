@@ -24,7 +24,6 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATA, SETUPS, store_for  # noqa: E402
-
 from segue.evaluation.cli import run_evaluation  # noqa: E402
 from segue.training.trainer import load_train_config, train  # noqa: E402
 
