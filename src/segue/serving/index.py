@@ -144,6 +144,10 @@ class HNSWIndex:
         self.max_norms = max_norms  # [n_buckets], descending
         self.build_seconds = 0.0
         self.loaded_from_cache = False
+        # Contiguous copies of the ranges searched exactly (small), so a query does not gather them.
+        self.exact_vectors = [
+            np.ascontiguousarray(vectors[r]) if g is None else None for g, r in zip(graphs, bucket_rows, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -256,13 +260,14 @@ class HNSWIndex:
         cand_rows: list[list[np.ndarray]] = [[] for _ in range(b)]
         cand_scores: list[list[np.ndarray]] = [[] for _ in range(b)]
         kth = np.full(b, -np.inf, dtype=np.float32)  # k-th best exact score so far
-        for graph, rows, max_norm in zip(self.graphs, self.bucket_rows, self.max_norms, strict=True):
+        ranges = zip(self.graphs, self.bucket_rows, self.max_norms, self.exact_vectors, strict=True)
+        for graph, rows, max_norm, exact_vectors in ranges:
             active = np.flatnonzero(q_norm * max_norm > kth)  # others cannot gain from this range
             if len(active) == 0:
                 break
             need = k + max(extra[i] for i in active)
             if graph is None:  # a small range: exact
-                s_b = q[active] @ self.vectors[rows].T  # [A, n_b]
+                s_b = q[active] @ exact_vectors.T  # [A, n_b]
                 kk = min(need, len(rows))
                 if kk < len(rows):
                     part = np.argpartition(-s_b, kk - 1, axis=1)[:, :kk]
