@@ -695,7 +695,7 @@ class Store:
             WHERE s.split = ? AND s.part IN ({",".join("?" * len(parts))})
             ORDER BY e.seq_id, e.position
         """
-        reader = self.con.execute(sql, [split, *parts]).fetch_record_batch(batch_rows)
+        reader = self.con.execute(sql, [split, *parts]).to_arrow_reader(batch_rows)
         yield from reader
 
     def items_table(self) -> pa.Table:

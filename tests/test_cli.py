@@ -1,0 +1,89 @@
+"""The `segue` command end to end: data build/stats/add-split, bad input, and the demo pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from segue.cli import app
+from segue.data.store import Store
+from segue.demo import DemoOptions, run_demo
+
+runner = CliRunner()
+
+
+def _write_sequences(path: Path, n_users: int = 40) -> None:
+    lines = []
+    for u in range(n_users):
+        items = [(u * 7 + j * 3) % 50 for j in range(5 + u % 7)]
+        lines.append(" ".join([f"u{u}", *[f"i{i}" for i in items]]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_build_stats_and_add_split(tmp_path: Path) -> None:
+    src = tmp_path / "seq.txt"
+    _write_sequences(src)
+    store = tmp_path / "s.duckdb"
+    res = runner.invoke(app, ["data", "build", "seqtext", str(src), "-o", str(store), "-s", "leave_last_out"])
+    assert res.exit_code == 0, res.output
+    assert store.exists()
+    with Store.open(store) as s:
+        assert s.counts()["sequences"] == 40
+        assert s.split_names() == ["loo"]
+
+    res = runner.invoke(app, ["data", "stats", str(store), "--json"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.output)
+    assert stats["counts"]["events"] == sum(5 + u % 7 for u in range(40))
+    assert set(stats["splits"]["loo"]["parts"]) == {"train", "valid", "test"}
+    assert store.with_suffix(".stats.png").stat().st_size > 1000
+
+    res = runner.invoke(app, ["data", "add-split", str(store), "random_holdout:name=h,test_fraction=0.2"])
+    assert res.exit_code == 0, res.output
+    with Store.open(store) as s:
+        assert s.split_names() == ["h", "loo"]
+        assert s.split_info("h")["params"]["test_fraction"] == 0.2
+
+
+def test_bad_input_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "ratings.csv"
+    src.write_text("user,item,rating\nu1,i1,5\nu1,i2,five\n")
+    store = tmp_path / "s.duckdb"
+    res = runner.invoke(
+        app,
+        ["data", "build", "csv", str(src), "-o", str(store), "--option", "user=user", "--option", "item=item",
+         "--option", "rating=rating"],
+    )
+    assert res.exit_code == 2
+    assert "ratings.csv" in res.output and "rating" in res.output
+    assert not store.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ratings.csv"]
+
+
+def test_unknown_split_kind_and_missing_store(tmp_path: Path) -> None:
+    src = tmp_path / "seq.txt"
+    _write_sequences(src)
+    res = runner.invoke(app, ["data", "build", "seqtext", str(src), "-o", str(tmp_path / "s.duckdb"), "-s", "bogus"])
+    assert res.exit_code == 2
+    assert "bogus" in res.output and "random_sequence" in res.output
+    res = runner.invoke(app, ["data", "stats", str(tmp_path / "nope.duckdb")])
+    assert res.exit_code == 2
+    assert "nope.duckdb" in res.output
+
+
+@pytest.mark.slow
+def test_demo_pipeline_without_training(tmp_path: Path) -> None:
+    """build -> stats -> evaluate (baselines only, as no transformer was trained) on a small corpus."""
+    state = run_demo(
+        DemoOptions(workdir=tmp_path, steps=["build", "stats", "evaluate"], serve=False, n_playlists=300, n_items=400)
+    )
+    assert state.results["stats"]["counts"]["sequences"] == 300
+    report = state.results["report"]
+    assert (report / "report.html").exists()
+    results = json.loads((report / "results.json").read_text())
+    text = json.dumps(results)
+    for name in ("popularity", "itemknn", "ease", "item2vec", "als"):
+        assert name in text
