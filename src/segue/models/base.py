@@ -183,6 +183,7 @@ def mask_seen(scores: np.ndarray, histories: SequenceArrays, rows: np.ndarray) -
 # registry
 
 _FAMILIES: dict[str, Callable[[], type[BaseRecommender]]] = {}
+_BUILTINS_REGISTERED = False
 
 
 def register(family: str, importer: Callable[[], type[BaseRecommender]]) -> None:
@@ -220,12 +221,15 @@ def load_model(folder: str | Path) -> BaseRecommender:
 
 
 def _register_builtins() -> None:
-    if _FAMILIES:
+    global _BUILTINS_REGISTERED
+    if _BUILTINS_REGISTERED:
         return
+    _BUILTINS_REGISTERED = True
     import importlib
 
     for family, module, cls in BUILTIN_FAMILIES:
-        register(family, lambda m=module, c=cls: getattr(importlib.import_module(m), c))
+        # setdefault: a family registered earlier by a plugin keeps its own class.
+        _FAMILIES.setdefault(family, lambda m=module, c=cls: getattr(importlib.import_module(m), c))
 
 
 # (family, module, class) of the families shipped with segue.
