@@ -15,6 +15,13 @@ history items can never count as hits. Targets outside the training vocabulary c
         --set ease.l2=300 --set ease.l2=500               # several values: one row each
 
 Stores are built once under --work (default /tmp/segue-bench) and reused.
+
+    .venv/bin/python bench/quality.py --tuned             # also the per-dataset configs of TUNED
+    .venv/bin/python bench/quality.py --scale 1000000     # large-catalogue check (synthetic)
+
+`--scale N` builds a synthetic Zipf-popularity corpus over N items and times the parts that must
+stay sparse at that size: item-kNN's blocked X^T X with top-k pruning, scoring a batch of
+histories, an ALS fit and fold-in, and EASE's refusal above its dense-Gram limit.
 """
 
 from __future__ import annotations
@@ -29,18 +36,19 @@ from typing import Any
 import numpy as np
 
 from segue.data.arrays import SplitData
-from segue.data.splits import Part, parse_part
 from segue.data.store import BuildConfig, Store, build_store
-from segue.models.base import model_class, top_k
+from segue.errors import SegueError
+from segue.evaluation import ProtocolConfig, build_task, evaluate_task
+from segue.models.base import model_class
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 MODELS = ["popularity", "itemknn", "ease", "item2vec", "als"]
-# (name, dataset, split spec)
+# name: (dataset, split spec, evaluation protocol)
 SETUPS = {
-    "ml100k-loo": ("ml-100k", {"kind": "leave_last_out", "name": "loo"}),
-    "ml100k-holdout": ("ml-100k", {"kind": "random_holdout", "name": "holdout"}),
-    "beauty-loo": ("beauty", {"kind": "leave_last_out", "name": "loo"}),
+    "ml100k-loo": ("ml-100k", {"kind": "leave_last_out", "name": "loo"}, "leave_last_out"),
+    "ml100k-holdout": ("ml-100k", {"kind": "random_holdout", "name": "holdout"}, "random_holdout"),
+    "beauty-loo": ("beauty", {"kind": "leave_last_out", "name": "loo"}, "leave_last_out"),
 }
 
 
@@ -49,33 +57,29 @@ SETUPS = {
 
 
 def open_dataset(name: str, data: Path) -> Any:
-    """The store source for a shared dataset (the project's importers when present)."""
+    """The store source for a shared dataset: the project's importers where present."""
+    path = data / name
     try:
         from segue.data.sources import open_source  # type: ignore[attr-defined]
-    except ImportError:
-        open_source = None
-    path = data / name
-    if open_source is not None:
-        if name == "ml-100k":
-            return open_source(path)
-        return open_source(path / "Beauty.txt") if name == "beauty" else open_source(path)
-    return _fallback_source(name, path)
+
+        return open_source("movielens", path) if name == "ml-100k" else open_source("seqtext", path / "Beauty.txt")
+    except (ImportError, SegueError):
+        pass
+    if name == "ml-100k":
+        from segue.data.sources.movielens import MovieLensSource
+
+        return MovieLensSource(path)
+    return _beauty_source(path / "Beauty.txt")
 
 
-def _fallback_source(name: str, path: Path) -> Any:
+def _beauty_source(path: Path) -> Any:
+    """`user item item ...` lines, items in time order (used until a seqtext importer lands)."""
     import pyarrow as pa
 
     from segue.data.sources.base import Chunk, ListSource
 
-    if name == "ml-100k":
-        raw = np.loadtxt(path / "u.data", dtype=np.int64)
-        users, items, ratings, ts = raw.T
-        table = pa.table(
-            {"seq_key": users.astype(str), "item_key": items.astype(str), "ts": ts, "rating": ratings.astype(float)}
-        )
-        return ListSource([Chunk(events=table)], name="ml-100k")
     seq, item, pos = [], [], []
-    for line in (path / "Beauty.txt").read_text().splitlines():
+    for line in path.read_text().splitlines():
         parts = line.split()
         if not parts:
             continue
@@ -94,43 +98,88 @@ def store_for(dataset: str, spec: dict, work: Path, data: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics (a local implementation until segue.evaluation is used)
 
 
-def evaluate(model: Any, data: SplitData, part: Part, k: int = 10, batch: int = 512) -> dict[str, float]:
-    """Mean per-user metrics@k over users with at least one target in `part`.
+def measure(model: Any, task: Any, k: int) -> dict[str, float]:
+    """Means over the task's queries, through segue.evaluation (full ranking, history excluded).
 
-    HR = [any hit]; Recall = hits / |T| (RecBole) and hits / min(k, |T|) (Liang et al.);
-    NDCG = sum_hits 1/log2(rank+1) / sum_{r<=min(k,|T|)} 1/log2(r+1); MRR = 1/rank of the first hit.
+    recall = hits / min(k, |T|) (Liang et al., the harness's); recall_rb = hits / |T| (RecBole).
     """
-    history = data.history(part)
-    targets = data.targets(part)
-    users = targets.nonempty()
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    out: dict[str, list[np.ndarray]] = {m: [] for m in ("hr", "ndcg", "recall", "recall_min", "mrr")}
-    for lo in range(0, len(users), batch):
-        rows = users[lo : lo + batch]
-        scores = model.score(history, rows)
-        top, top_scores = top_k(scores, k, history, rows)
-        t = targets.take(rows)
-        n_rel = np.zeros(len(rows))
-        hit = np.zeros((len(rows), k), dtype=bool)
-        for b in range(len(rows)):
-            rel = set(t.row(b).tolist())
-            n_rel[b] = len(rel)
-            hit[b] = np.isin(top[b], list(rel)) & np.isfinite(top_scores[b])
-        hits = hit.sum(axis=1)
-        idcg = np.cumsum(discount)[np.minimum(n_rel, k).astype(int) - 1]
-        first = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, np.inf)
-        out["hr"].append((hits > 0).astype(float))
-        out["ndcg"].append((hit * discount).sum(axis=1) / idcg)
-        out["recall"].append(hits / n_rel)
-        out["recall_min"].append(hits / np.minimum(n_rel, k))
-        out["mrr"].append(1.0 / first)
-    return {m: float(np.concatenate(v).mean()) for m, v in out.items()} | {"users": len(users)}
+    result = evaluate_task({"m": model}, task, (k,))["m"]
+    u = result.per_user
+    hits = u[f"precision@{k}"] * k
+    return {
+        "hr": result.mean(f"hr@{k}"),
+        "ndcg": result.mean(f"ndcg@{k}"),
+        "recall": result.mean(f"recall@{k}"),
+        "recall_rb": float(np.mean(hits / task.n_relevant)),
+        "mrr": result.mean(f"mrr@{k}"),
+        "coverage": result.coverage[k],
+        "users": len(task),
+    }
 
 
-# ---------------------------------------------------------------------------------------------
+# Per-setup configs chosen on the validation part (bench/quality.py --part valid --set ...),
+# shown by --tuned beside the library defaults.
+TUNED: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def scale_check(n_items: int, n_seqs: int, mean_len: int, seed: int = 0) -> None:
+    import resource
+
+    from segue.data.arrays import SequenceArrays
+    from segue.data.vocab import N_SPECIAL
+    from segue.models._interactions import history_matrix, training_matrix
+    from segue.models.als import ALS, ALSConfig
+    from segue.models.ease import EASEConfig, check_size
+    from segue.models.itemknn import cosine_neighbours
+
+    def rss() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB)
+
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    lengths = np.maximum(2, rng.geometric(1 / mean_len, n_seqs))
+    weights = 1.0 / (np.arange(n_items) + 10.0) ** 0.9  # Zipf-like popularity
+    cdf = np.cumsum(weights) / weights.sum()
+    items = np.minimum(np.searchsorted(cdf, rng.random(int(lengths.sum()))), n_items - 1)
+    offsets = np.zeros(n_seqs + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    seqs = SequenceArrays(offsets=offsets, tokens=(items + N_SPECIAL).astype(np.int32), item_ids=items.astype(np.int32))
+    x = training_matrix(seqs, n_items)
+    print(
+        f"corpus: {n_seqs:,} sequences, {int(lengths.sum()):,} events, {n_items:,} items "
+        f"({x.nnz:,} distinct pairs) in {time.perf_counter() - t:.1f} s; peak RSS {rss():.2f} GiB"
+    )
+    t = time.perf_counter()
+    sim = cosine_neighbours(x, 200, 10.0)
+    print(
+        f"itemknn fit: {time.perf_counter() - t:.1f} s, {sim.nnz:,} similarities kept "
+        f"({sim.data.nbytes / 2**20:.0f} MiB), peak RSS {rss():.2f} GiB"
+    )
+    rows = np.arange(1000)
+    t = time.perf_counter()
+    scores = (history_matrix(seqs, rows, n_items) @ sim).toarray()
+    print(f"itemknn score: 1,000 histories x {n_items:,} items in {time.perf_counter() - t:.2f} s ({scores.nbytes / 2**30:.1f} GiB dense)")
+    del scores
+    als = ALS(ALSConfig(factors=64, iterations=3))
+    t = time.perf_counter()
+    from threadpoolctl import threadpool_limits
+
+    from segue.models.als import confidence_matrix
+
+    conf = confidence_matrix(seqs, np.arange(n_seqs), n_items, als.config.alpha, False)
+    with threadpool_limits(1, "blas"):
+        model = als._new_model()
+        model.fit(conf, show_progress=False)
+        print(f"als fit (64 factors, 3 iterations): {time.perf_counter() - t:.1f} s, peak RSS {rss():.2f} GiB")
+        t = time.perf_counter()
+        model.recalculate_user(rows, conf[rows])
+    print(f"als fold-in of 1,000 histories: {time.perf_counter() - t:.2f} s")
+    try:
+        check_size(n_items, EASEConfig())
+    except SegueError as e:
+        print(f"ease: {e}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, list[Any]]]:
@@ -165,38 +214,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="family.key=value")
     ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--tuned", action="store_true", help="also run the per-setup configs in TUNED")
+    ap.add_argument("--scale", type=int, metavar="N_ITEMS", help="run the large-catalogue check instead")
+    ap.add_argument("--scale-sequences", type=int, default=200_000)
     args = ap.parse_args(argv)
+    if args.scale:
+        scale_check(args.scale, args.scale_sequences, 50)
+        return 0
     if not args.data.is_dir():
         print(f"{args.data}: no shared data here", file=sys.stderr)
         return 2
-    part = parse_part(args.part)
     overrides = parse_overrides(args.overrides)
     args.work.mkdir(parents=True, exist_ok=True)
     k = args.k
-    header = f"{'setup':16} {'model':34} {'HR@'+str(k):>8} {'NDCG@'+str(k):>8} {'Rec@'+str(k):>8} {'RecM@'+str(k):>8} {'MRR@'+str(k):>8} {'users':>6} {'fit s':>7} {'eval s':>7}"
-    print(f"part: {part.name.lower()}   Rec = hits/|T| (RecBole), RecM = hits/min(k,|T|) (Liang et al.)")
+    cols = ["HR", "NDCG", "Recall", "RecallRB", "MRR", "Cov"]
+    header = f"{'setup':15} {'model':30} " + " ".join(f"{c + '@' + str(k):>11}" for c in cols)
+    header += f" {'users':>6} {'fit s':>6} {'eval s':>6}"
+    print(
+        f"part: {args.part}; full ranking, history items excluded; Recall = hits/min(k,|T|) "
+        "(Liang et al.), RecallRB = hits/|T| (RecBole), Cov = catalogue coverage"
+    )
     print(header)
     print("-" * len(header))
     for setup in args.only:
-        dataset, spec = SETUPS[setup]
+        dataset, spec, protocol = SETUPS[setup]
         path = store_for(dataset, spec, args.work, args.data)
         with Store.open(path) as store:
             data = SplitData.load(store, spec["name"])
+            task = build_task(data, ProtocolConfig(name=protocol, part=args.part))
             for family in args.models:
                 cls = model_class(family)
-                for over in variants(family, overrides):
+                runs = variants(family, overrides)
+                if args.tuned and family in TUNED.get(setup, {}):
+                    runs.append(TUNED[setup][family])
+                for over in runs:
                     config = cls.config_class(**over)
                     t0 = time.perf_counter()
                     model = cls(config).fit(data)
                     t1 = time.perf_counter()
-                    m = evaluate(model, data, part, k)
+                    m = measure(model, task, k)
                     t2 = time.perf_counter()
                     label = family + ("" if not over else " " + ",".join(f"{a}={b}" for a, b in over.items()))
-                    print(
-                        f"{setup:16} {label:34} {m['hr']:8.4f} {m['ndcg']:8.4f} {m['recall']:8.4f} "
-                        f"{m['recall_min']:8.4f} {m['mrr']:8.4f} {m['users']:6d} {t1 - t0:7.1f} {t2 - t1:7.1f}",
-                        flush=True,
-                    )
+                    values = " ".join(f"{m[c]:11.4f}" for c in ("hr", "ndcg", "recall", "recall_rb", "mrr", "coverage"))
+                    print(f"{setup:15} {label:30} {values} {m['users']:6d} {t1 - t0:6.1f} {t2 - t1:6.1f}", flush=True)
     return 0
 
 

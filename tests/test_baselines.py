@@ -269,3 +269,15 @@ def test_als_scores_unseen_user_from_history_and_embeddings_match(data: SplitDat
     p[[0, 1]] = 1
     a = (y.T * c) @ y + model.config.regularization * np.eye(4)
     np.testing.assert_allclose(q[0], np.linalg.solve(a, (y.T * c) @ p), rtol=1e-3, atol=1e-4)
+
+
+def test_auto_decay_follows_the_split(store: Store, data: SplitData, tmp_path: Path) -> None:
+    """Recency weighting by default only where targets follow the history in time."""
+    from segue.models import itemknn
+
+    loo = SplitData.load(store, "loo")
+    assert ItemKNN().fit(data).meta["decay"] == 1.0  # random within-user holdout
+    model = ItemKNN().fit(loo)
+    assert model.meta["decay"] == itemknn.SEQUENTIAL_DECAY < 1
+    assert load_model(model.save(tmp_path / "m")).meta["decay"] == model.meta["decay"]
+    assert ItemKNN(ItemKNNConfig(decay=0.5)).fit(data).meta["decay"] == 0.5

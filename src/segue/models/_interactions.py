@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from segue.data.arrays import SequenceArrays
+from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL
 from segue.models.base import NEG_INF
 
@@ -90,3 +90,22 @@ def pad_rows(item_matrix: np.ndarray, fill: float = 0.0) -> np.ndarray:
     out = np.full((item_matrix.shape[0] + N_SPECIAL, item_matrix.shape[1]), fill, dtype=np.float32)
     out[N_SPECIAL:] = item_matrix
     return out
+
+
+def order_matters(data: SplitData) -> bool:
+    """Whether the split's targets follow its histories in time (then recent items say more).
+
+    False for random within-user holdout and for strong generalization with a random fold-in:
+    there the held-out items are a random subset, and the order of the history carries no signal.
+    """
+    info = data.store.split_info(data.split)
+    if info["kind"] == "random_holdout":
+        return False
+    return not (info["kind"] == "strong" and info["params"].get("foldin") == "random")
+
+
+def resolve_decay(decay: float | None, data: SplitData, sequential: float) -> float:
+    """The recency decay to use: `decay` if set, else `sequential` when order matters, else 1."""
+    if decay is not None:
+        return float(decay)
+    return sequential if order_matters(data) else 1.0

@@ -17,7 +17,9 @@ Retrieval: `item_embeddings()` [V, d] (zero rows for special tokens) and `query_
 rows)` [B, d] give exactly the vectors whose dot product is `score`, for an inner-product ANN index.
 
 Threads: implicit parallelises over users/items itself (`num_threads`), so BLAS is limited to one
-thread while it runs (threadpoolctl), as implicit recommends for OpenBLAS.
+thread while it runs (threadpoolctl), as implicit recommends for OpenBLAS. implicit is imported at
+module level so that every BLAS library is loaded before the limit is applied (a library loaded
+inside `threadpool_limits` is not limited, and implicit then warns).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
@@ -105,9 +108,7 @@ class ALS(BaseRecommender):
         self.counts = item_counts(train, n)
         return self
 
-    def _new_model(self):  # noqa: ANN202 (implicit has no type hints)
-        from implicit.cpu.als import AlternatingLeastSquares
-
+    def _new_model(self) -> AlternatingLeastSquares:
         c = self.config
         # alpha=1 inside implicit: the matrix we pass already holds the confidences 1 + alpha * r.
         return AlternatingLeastSquares(

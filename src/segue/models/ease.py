@@ -5,7 +5,9 @@ With X the binary sequence x item matrix of the training split and lambda the L2
     P = (X^T X + lambda * I)^-1,     B = I - P * diag(1 / diag(P))   (i.e. B_ij = -P_ij / P_jj),
     diag(B) = 0,
 
-and a history h (binary row x_h, or recency-weighted with `decay`) scores score(h) = x_h B.
+and a history h scores score(h) = x_h B, where x_h is the binary history row, or with recency
+weighting (x_hi = decay ** age of item i's last occurrence, age 0 = the last event) where order
+matters; by default decay is chosen from the split at fit time (`_interactions.resolve_decay`).
 A history without any known item gets training popularity scores in [-1, 0) instead.
 
 The Gram matrix is dense [n, n]: the model refuses catalogues above `max_items` with a SegueError
@@ -32,17 +34,33 @@ from segue.models._interactions import (
     item_counts,
     pad_scores,
     popularity_backfill,
+    resolve_decay,
     select_rows,
     training_matrix,
 )
 from segue.models.base import BaseRecommender
+
+SEQUENTIAL_DECAY = 0.9
 
 
 class EASEConfig(Config):
     l2: float = Field(500.0, gt=0)  # lambda
     max_items: int = Field(20_000, ge=1)  # dense Gram limit
     dtype: Literal["float32", "float64"] = "float32"
-    decay: float = Field(1.0, gt=0, le=1)  # recency weight of history items (1 = binary)
+    # Recency weight of history items when scoring (1 = binary); None = auto: SEQUENTIAL_DECAY where
+    # the split's targets follow the history in time, 1 for random within-user holdouts.
+    decay: float | None = Field(None, gt=0, le=1)
+
+
+def check_size(n_items: int, config: EASEConfig) -> None:
+    """Raise a SegueError naming the limit and the memory needed when the catalogue is too large."""
+    if n_items > config.max_items:
+        gib = n_items * n_items * np.dtype(config.dtype).itemsize / 2**30
+        raise SegueError(
+            f"EASE: the catalogue has {n_items:,} items, above the dense Gram limit max_items="
+            f"{config.max_items:,} (a {n_items:,} x {n_items:,} {config.dtype} matrix needs {gib:.1f} GiB); "
+            "raise max_items if memory allows, or use itemknn, als or item2vec"
+        )
 
 
 def ease_weights(x, l2: float, dtype: str = "float32") -> np.ndarray:  # noqa: ANN001 (scipy sparse)
@@ -89,19 +107,14 @@ class EASE(BaseRecommender):
     def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
         n = data.vocab.n_items
         c = self.config
-        if n > c.max_items:
-            gib = n * n * np.dtype(c.dtype).itemsize / 2**30
-            raise SegueError(
-                f"EASE: the catalogue has {n:,} items, above the dense Gram limit max_items={c.max_items:,} "
-                f"(a {n:,} x {n:,} {c.dtype} matrix needs {gib:.1f} GiB); raise max_items if memory "
-                "allows, or use itemknn, als or item2vec"
-            )
+        check_size(n, c)
         self.vocab = data.vocab
         x = training_matrix(data.train, n)
         if progress is not None:
             progress("ease", 0, 1)
         self.weights = ease_weights(x, c.l2, c.dtype).astype(np.float32, copy=False)
         self.counts = item_counts(data.train, n)
+        self.meta["decay"] = resolve_decay(c.decay, data, SEQUENTIAL_DECAY)
         if progress is not None:
             progress("ease", 1, 1)
         return self
@@ -109,7 +122,7 @@ class EASE(BaseRecommender):
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
         self._check_fitted()
         rows = select_rows(histories, rows)
-        h = history_matrix(histories, rows, self.weights.shape[0], decay=self.config.decay)
+        h = history_matrix(histories, rows, self.weights.shape[0], decay=self.meta["decay"])
         s = np.asarray(h @ self.weights, dtype=np.float32)  # [B, n]
         cold = np.diff(h.indptr) == 0
         if cold.any():

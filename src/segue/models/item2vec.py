@@ -6,6 +6,7 @@ A history h = (i_1 .. i_L) becomes the query
 
     q(h) = sum_k w_k e_{i_k} / sum_k w_k,   w_k = decay ** (L - k)   (age 0 = the last event),
 
+(decay chosen from the split at fit time unless set, see `_interactions.resolve_decay`)
 over the history items that *have* a vector; items unknown to the embedding are skipped, never
 replaced by a random guess. score(h, j) = q . v_j with v_j = e_j (`item_vectors="input"`) or the
 output (negative-sampling) vector of j (`"output"`), and with `similarity="cosine"` both q and v are
@@ -40,11 +41,15 @@ from segue.models._interactions import (
     item_counts,
     pad_scores,
     popularity_backfill,
+    resolve_decay,
     select_rows,
 )
 from segue.models.base import NEG_INF, BaseRecommender
 
 GENSIM_MAX_SENTENCE = 10_000  # gensim silently truncates longer sentences; we split them instead
+
+
+SEQUENTIAL_DECAY = 0.9
 
 
 class Item2VecConfig(Config):
@@ -59,7 +64,9 @@ class Item2VecConfig(Config):
     epochs: int = Field(10, ge=1)
     workers: int = Field(2, ge=1)
     seed: int = 0
-    decay: float = Field(0.9, gt=0, le=1)  # recency weight of the query mean
+    # Recency weight of the query mean; None = auto: SEQUENTIAL_DECAY where the split's targets
+    # follow the history in time, 1 (plain mean) for random within-user holdouts.
+    decay: float | None = Field(None, gt=0, le=1)
     similarity: Literal["dot", "cosine"] = "dot"
     item_vectors: Literal["input", "output"] = "output"
 
@@ -122,6 +129,7 @@ class Item2Vec(BaseRecommender):
             self.output_vectors[keys] = w2v.syn1neg
             self.has_vector[keys] = True
         self.counts = item_counts(data.train, data.vocab.n_items)
+        self.meta["decay"] = resolve_decay(c.decay, data, SEQUENTIAL_DECAY)
         return self
 
     # --- embeddings -----------------------------------------------------------------------------
@@ -139,7 +147,7 @@ class Item2Vec(BaseRecommender):
         self._check_fitted()
         rows = select_rows(histories, rows)
         n_items = len(self.has_vector) - N_SPECIAL
-        h = history_matrix(histories, rows, n_items, decay=self.config.decay)
+        h = history_matrix(histories, rows, n_items, decay=self.meta["decay"])
         h = h.multiply(self.has_vector[N_SPECIAL:][None, :]).tocsr()  # skip items without a vector
         total = np.asarray(h.sum(axis=1)).ravel()
         q = np.asarray(h @ self.input_vectors[N_SPECIAL:], dtype=np.float32)

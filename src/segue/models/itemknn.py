@@ -11,7 +11,8 @@ A history h is scored as
     score(h, j) = sum_{i in h} w_i * S[i, j],     w_i = decay ** age_i
 
 where age_i is how many events ago item i was last seen (0 = the last event; decay = 1 weighs the
-whole history equally). Items no history item points to score in [-1, 0) by training popularity
+whole history equally; by default decay is chosen from the split at fit time, see
+`segue.models._interactions.resolve_decay`). Items no history item points to score in [-1, 0) by training popularity
 (`backfill`), so they rank after every item with a positive score, most popular first.
 
 X^T X is computed in blocks of rows sized so that a block's co-occurrence entries stay below
@@ -36,16 +37,21 @@ from segue.models._interactions import (
     item_counts,
     pad_scores,
     popularity_backfill,
+    resolve_decay,
     select_rows,
     training_matrix,
 )
 from segue.models.base import BaseRecommender
 
+SEQUENTIAL_DECAY = 0.9
+
 
 class ItemKNNConfig(Config):
     neighbours: int = Field(200, ge=1)  # kept per item
     shrink: float = Field(10.0, ge=0)
-    decay: float = Field(1.0, gt=0, le=1)  # recency weight per event of age in the history
+    # Recency weight per event of age; None = auto: SEQUENTIAL_DECAY where the split's targets
+    # follow the history in time, 1 (no recency) for random within-user holdouts.
+    decay: float | None = Field(None, gt=0, le=1)
     backfill: bool = True  # rank items without similarity by popularity (after all others)
     block_entries: int = Field(20_000_000, ge=1)  # co-occurrence entries computed at once
 
@@ -71,16 +77,22 @@ def cosine_neighbours(
     bound = np.maximum(xt @ row_len, 1.0)
     blocks = _blocks(bound, block_entries)
     parts: list[sp.csr_matrix] = []
-    for k, (lo, hi) in enumerate(blocks):
-        co = (xt[lo:hi] @ x).tocoo()  # [hi - lo, n]
-        r, c, v = co.row.astype(np.int64), co.col.astype(np.int64), co.data.astype(np.float64)
-        keep = (r + lo) != c
-        r, c, v = r[keep], c[keep], v[keep]
-        sim = (v / (root[r + lo] * root[c] + shrink)).astype(np.float32)
-        r, c, sim = _top_per_row(r, c, sim, neighbours)
-        parts.append(sp.csr_matrix((sim, (r, c)), shape=(hi - lo, n), dtype=np.float32))
+    for b, (lo, hi) in enumerate(blocks):
+        co = (xt[lo:hi] @ x).tocsr()  # [hi - lo, n] co-occurrence counts
+        lengths = np.diff(co.indptr)
+        r = np.repeat(np.arange(lo, hi), lengths)
+        c = co.indices.astype(np.int64)
+        keep = r != c
+        r, c = r[keep], c[keep]
+        sim = (co.data[keep] / (root[r] * root[c] + shrink)).astype(np.float32)
+        del co
+        counts = np.bincount(r - lo, minlength=hi - lo)
+        indptr = np.zeros(hi - lo + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        c, sim, indptr = _top_per_row(indptr, c, sim, neighbours)
+        parts.append(sp.csr_matrix((sim, c, indptr), shape=(hi - lo, n)))
         if progress is not None:
-            progress("itemknn", k + 1, len(blocks))
+            progress("itemknn", b + 1, len(blocks))
     s = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((n, n), dtype=np.float32)
     s.sort_indices()
     return s
@@ -96,16 +108,31 @@ def _blocks(bound: np.ndarray, budget: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def _top_per_row(r: np.ndarray, c: np.ndarray, v: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """Keep the k largest values of each row (ties: smaller column first)."""
-    if len(r) == 0:
-        return r, c, v
-    order = np.lexsort((c, -v, r))
-    r, c, v = r[order], c[order], v[order]
-    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
-    rank = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
-    keep = rank < k
-    return r[keep], c[keep], v[keep]
+def _top_per_row(
+    indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the k largest values of each CSR row (ties: smaller column first).
+
+    Rows with at most k entries are kept whole (vectorised); only longer rows are cut, one at a
+    time, with a partition to the candidates >= the k-th value and a sort among those.
+    """
+    lengths = np.diff(indptr)
+    keep = np.ones(len(cols), dtype=bool)
+    for row in np.flatnonzero(lengths > k):
+        lo, hi = indptr[row], indptr[row + 1]
+        v = vals[lo:hi]
+        threshold = np.partition(v, len(v) - k)[len(v) - k]
+        cand = np.flatnonzero(v >= threshold)
+        if len(cand) > k:  # ties at the threshold: the smaller columns win
+            cand = cand[np.lexsort((cols[lo:hi][cand], -v[cand]))[:k]]
+        row_keep = np.zeros(hi - lo, dtype=bool)
+        row_keep[cand] = True
+        keep[lo:hi] = row_keep
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    new_lengths = np.bincount(rows[keep], minlength=len(lengths))
+    new_indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(new_lengths, out=new_indptr[1:])
+    return cols[keep], vals[keep], new_indptr
 
 
 class ItemKNN(BaseRecommender):
@@ -122,12 +149,13 @@ class ItemKNN(BaseRecommender):
         c = self.config
         self.sim = cosine_neighbours(x, c.neighbours, c.shrink, c.block_entries, progress)
         self.counts = item_counts(data.train, n)
+        self.meta["decay"] = resolve_decay(c.decay, data, SEQUENTIAL_DECAY)
         return self
 
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
         self._check_fitted()
         rows = select_rows(histories, rows)
-        h = history_matrix(histories, rows, self.sim.shape[0], decay=self.config.decay)
+        h = history_matrix(histories, rows, self.sim.shape[0], decay=self.meta["decay"])
         s = (h @ self.sim).toarray().astype(np.float32, copy=False)  # [B, n]
         if self.config.backfill:
             fill = popularity_backfill(self.counts)
