@@ -281,3 +281,27 @@ def test_auto_decay_follows_the_split(store: Store, data: SplitData, tmp_path: P
     assert model.meta["decay"] == itemknn.SEQUENTIAL_DECAY < 1
     assert load_model(model.save(tmp_path / "m")).meta["decay"] == model.meta["decay"]
     assert ItemKNN(ItemKNNConfig(decay=0.5)).fit(data).meta["decay"] == 0.5
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_baselines_beat_popularity_on_ml100k(shared_data: Path, tmp_path: Path) -> None:
+    """Validation NDCG@10 on ml-100k (random within-user holdout, full ranking) via the harness."""
+    import pyarrow as pa
+
+    from segue.data.sources.base import Chunk, ListSource
+    from segue.data.store import BuildConfig, build_store
+    from segue.evaluation import ProtocolConfig, build_task, evaluate_task
+    from segue.models.popularity import Popularity
+
+    users, items, ratings, ts = np.loadtxt(shared_data / "ml-100k" / "u.data", dtype=np.int64).T
+    events = pa.table({"seq_key": users.astype(str), "item_key": items.astype(str), "ts": ts, "rating": ratings * 1.0})
+    path = build_store(ListSource([Chunk(events=events)]), tmp_path / "ml.duckdb", BuildConfig(splits=[{"kind": "random_holdout"}]))
+    with Store.open(path) as store:
+        data = SplitData.load(store, "holdout")
+        task = build_task(data, ProtocolConfig(name="random_holdout", part="valid"))
+        models = {"pop": Popularity(), "ease": EASE(), "itemknn": ItemKNN(), "als": ALS()}
+        results = evaluate_task({k: m.fit(data) for k, m in models.items()}, task, (10,))
+    ndcg = {k: r.mean("ndcg@10") for k, r in results.items()}
+    assert ndcg["ease"] > 0.25 and ndcg["ease"] > 1.8 * ndcg["pop"], ndcg
+    assert ndcg["itemknn"] > 1.4 * ndcg["pop"] and ndcg["als"] > 1.4 * ndcg["pop"], ndcg
