@@ -264,7 +264,7 @@ class Trainer:
                     skipped = [m for m in got if bool(m["skipped"])]
                     if skipped:
                         self.skipped += len(skipped)
-                        progress.print(f"[yellow]skipped {len(skipped)} step(s) with a non-finite loss or gradient (up to step {step})")
+                        progress.warn(f"skipped {len(skipped)} step(s) with a non-finite loss or gradient (up to step {step})")
                     finite = [float(m["loss"]) for m in got if not bool(m["skipped"])]
                     rate = toks / max(1e-9, now - t_last)
                     rec = {
@@ -388,6 +388,15 @@ class _Progress:
     def print(self, text: str) -> None:
         if self.bar is not None:
             self.bar.console.print(text)
+
+    def warn(self, text: str) -> None:
+        """Always shown (on stderr when the bar is off)."""
+        if self.bar is not None:
+            self.bar.console.print(f"[yellow]{text}")
+        else:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[yellow]warning:[/] {text}", highlight=False)
 
     def close(self) -> None:
         if self.bar is not None:
