@@ -438,6 +438,13 @@ def train(
                 f"{run}: holds a run with another config; choose another name or runs_dir, or delete it"
             )
     run.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a fresh start: nothing of an earlier run may be mistaken for this one
+        import shutil
+
+        for name in ("checkpoints", "tensorboard"):
+            shutil.rmtree(run / name, ignore_errors=True)
+        for name in ("weights.npz", "metrics.json", "curves.png", "model.toml"):
+            (run / name).unlink(missing_ok=True)
     cfg.save(saved)
     store = Store.open(store_path)
     try:
