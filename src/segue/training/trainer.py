@@ -286,6 +286,8 @@ class Trainer:
                         self.progress_callback("train", step, self.total_steps)
                 self.elapsed = time.perf_counter() - t_start
                 last = step == self.total_steps
+                if tc.max_minutes is not None and self.elapsed > 60 * tc.max_minutes:
+                    stop_reason, last = "max_minutes", True  # validate and checkpoint, then stop
                 if step % tc.eval_every == 0 or last:
                     res = self.validate()
                     if res is not None:
@@ -310,8 +312,6 @@ class Trainer:
                         if tc.patience is not None and self.bad_evals >= tc.patience:
                             stop_reason = "early_stopping"
                             last = True
-                if tc.max_minutes is not None and self.elapsed > 60 * tc.max_minutes:
-                    stop_reason, last = "max_minutes", True
                 if self.manager is not None and (step % tc.checkpoint_every == 0 or last):
                     self.save_checkpoint()
                 if last:
@@ -404,6 +404,31 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def quick_config(store: str | Path, split: str, *, name: str = "transformer", runs_dir: str | Path = "runs", minutes: float = 2.0) -> TrainConfig:
+    """A small, fast transformer (2 layers, width 64, sampled logQ softmax) trained for at most
+    `minutes` of loop wall time (compiles included): the demo's setting."""
+    return TrainConfig.from_dict(
+        {
+            "name": name,
+            "runs_dir": str(runs_dir),
+            "data": {"store": str(store), "split": split},
+            "model": {"n_layers": 2, "n_heads": 2, "d_model": 64, "d_ff": 128, "dropout": 0.1, "context_length": 50},
+            "loss": {"kind": "logq", "n_negatives": 512, "n_inbatch": 128},
+            "optim": {"lr": 2e-3, "warmup_steps": 50, "schedule": "constant"},
+            "trainer": {
+                "max_steps": 100_000,
+                "max_minutes": minutes,
+                "eval_every": 200,
+                "eval_max_users": 1000,
+                "patience": 4,
+                "checkpoint_every": 1000,
+                "keep_checkpoints": 1,
+                "loader": {"batch_size": 64, "bucket_lengths": [16, 32, 50]},
+            },
+        }
+    )
 
 
 def load_train_config(config: str | Path | TrainConfig) -> TrainConfig:
@@ -509,4 +534,4 @@ def plot_curves(train_log: list[dict], history: list[dict], path: Path, metric: 
     plt.close(fig)
 
 
-__all__ = ["TrainConfig", "DataConfig", "Trainer", "train", "load_train_config", "plot_curves", "SegueError", "LoaderConfig"]
+__all__ = ["TrainConfig", "DataConfig", "Trainer", "train", "quick_config", "load_train_config", "plot_curves", "SegueError", "LoaderConfig"]
