@@ -70,29 +70,13 @@ def step_stats(state: DemoState) -> None:
 
 def step_train(state: DemoState) -> None:
     """Train a small transformer (a few minutes at most on 2 cores) on the leave-last-out split."""
-    from segue.training.config import TrainerConfig
-    from segue.training.trainer import DataConfig, TrainConfig, train
+    from segue.training.trainer import quick_config, train
 
     o = state.options
-    cfg = TrainConfig(
-        name="transformer",
-        runs_dir=str(state.runs.resolve()),
-        data=DataConfig(store=str(state.store_path.resolve()), split="loo"),
-        model={"n_layers": 2, "n_heads": 2, "d_model": 64, "d_ff": 128, "dropout": 0.1, "context_length": 50},
-        loss={"kind": "full"},
-        optim={"lr": 0.002, "schedule": "cosine", "warmup_steps": 50},
-        trainer=TrainerConfig(
-            max_steps=3000,
-            max_minutes=o.train_minutes,
-            eval_every=150,
-            eval_max_users=1000,
-            checkpoint_every=300,
-            keep_checkpoints=2,
-            patience=4,
-            seed=o.seed,
-            loader={"batch_size": 64, "context_length": 50, "unk_rate": 0.01},
-        ),
+    cfg = quick_config(
+        state.store_path.resolve(), "loo", runs_dir=state.runs.resolve(), minutes=o.train_minutes
     )
+    cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"seed": o.seed})})
     run = train(cfg, console=console)
     state.results["run"] = run
     console.print(f"[green]run folder[/] {run}")
