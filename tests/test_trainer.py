@@ -179,3 +179,12 @@ def test_fit_through_the_recommender_protocol(store: Path) -> None:
     assert calls and calls[-1][1:] == (4, 4)
     scores = rec.score(SequenceArrays.from_lists([[5, 6, 7]]))
     assert scores.shape == (1, len(data.vocab)) and np.isfinite(scores[0, 4:]).all()
+
+
+def test_missing_store_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    from segue.errors import StoreError
+
+    cfg = _config(tmp_path / "nope.duckdb")
+    with pytest.raises(StoreError, match="no store here"):
+        train(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

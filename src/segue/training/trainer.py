@@ -462,6 +462,7 @@ def train(
             raise ConfigError(
                 f"{run}: holds a run with another config; choose another name or runs_dir, or delete it"
             )
+    Store.open(store_path).close()  # a missing or unreadable store fails before anything is written
     run.mkdir(parents=True, exist_ok=True)
     if not resume:  # a fresh start: nothing of an earlier run may be mistaken for this one
         import shutil
