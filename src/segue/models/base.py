@@ -113,12 +113,7 @@ class BaseRecommender:
         vocab = self._check_fitted()
         folder = Path(folder)
         with atomic_path(folder, is_dir=True) as tmp:
-            header = {"family": self.family, "meta": json.dumps(self.meta, default=str)}
-            import tomli_w
-
-            (tmp / "model.toml").write_text(
-                tomli_w.dumps(header) + "\n[config]\n" + self.config.to_toml()
-            )
+            write_model_header(self, tmp)
             vocab.save(tmp / "vocab.json")
             self._save_state(tmp)
         return folder
@@ -134,6 +129,21 @@ class BaseRecommender:
         model.meta = json.loads(header.get("meta", "{}"))
         model._load_state(folder)
         return model
+
+
+def write_model_header(model: BaseRecommender, folder: Path) -> None:
+    """model.toml: family, meta (JSON text) and the typed config as nested [config.*] tables."""
+    import tomli_w
+
+    from segue.config import _drop_none
+    from segue.io import atomic_write_text
+
+    header = {
+        "family": model.family,
+        "meta": json.dumps(model.meta, default=str),
+        "config": _drop_none(model.config.model_dump(mode="json")),
+    }
+    atomic_write_text(folder / "model.toml", tomli_w.dumps(header))
 
 
 def top_k(

@@ -28,7 +28,7 @@ from segue.config import Config
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
-from segue.models.base import NEG_INF, BaseRecommender
+from segue.models.base import NEG_INF, BaseRecommender, write_model_header
 from segue.training.config import TrainerConfig
 from segue.training.losses import LossConfig
 from segue.training.optim import OptimConfig
@@ -251,40 +251,11 @@ class TransformerRecommender(BaseRecommender):
         return np.asarray(self._net().item_emb[...])
 
     # --- persistence --------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        """As BaseRecommender.save, with the nested config written as [config.model] etc."""
-        from segue.io import atomic_path
-
-        vocab = self._check_fitted()
-        folder = Path(folder)
-        with atomic_path(folder, is_dir=True) as tmp:
-            write_model_header(self, tmp)
-            vocab.save(tmp / "vocab.json")
-            self._save_state(tmp)
-        return folder
-
     def _save_state(self, folder: Path) -> None:
         save_weights(self._net(), folder / "weights.npz")
 
     def _load_state(self, folder: Path) -> None:
         self.network = load_weights(self.build(len(self.vocab)), folder / "weights.npz")
-
-
-def write_model_header(rec: TransformerRecommender, folder: Path) -> None:
-    """model.toml: family, meta (JSON text) and the config as nested [config.*] tables."""
-    import json
-
-    import tomli_w
-
-    from segue.config import _drop_none
-    from segue.io import atomic_write_text
-
-    header = {
-        "family": rec.family,
-        "meta": json.dumps(rec.meta, default=str),
-        "config": _drop_none(rec.config.model_dump(mode="json")),
-    }
-    atomic_write_text(folder / "model.toml", tomli_w.dumps(header))
 
 
 def save_weights(net: SequenceTransformer, path: Path) -> None:
