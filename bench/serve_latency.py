@@ -270,7 +270,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--requests", type=int, default=320, help="requests per client setting")
     ap.add_argument("--queries", type=int, default=200, help="histories for recall and timings")
-    ap.add_argument("--ef", type=int, default=256)
+    ap.add_argument("--ef", type=int, default=128)
     ap.add_argument("--build-threads", type=int, default=0)
     ap.add_argument("--load-seconds", type=float, default=0.0, help="run the load + reload test this long")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "segue-bench-serving")

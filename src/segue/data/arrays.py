@@ -73,14 +73,21 @@ class SequenceArrays:
         """Row indices with at least one event."""
         return np.flatnonzero(self.lengths > 0)
 
-    def take(self, rows: np.ndarray) -> SequenceArrays:
-        """A new in-memory SequenceArrays holding `rows` (in that order)."""
+    def take(
+        self, rows: np.ndarray, starts: np.ndarray | None = None, lengths: np.ndarray | None = None
+    ) -> SequenceArrays:
+        """A new in-memory SequenceArrays whose row i is row rows[i] (in that order), or only its
+        events [starts[i], starts[i] + lengths[i]) when given (starts relative to the row)."""
         rows = np.asarray(rows, dtype=np.int64)
-        starts, stops = self.offsets[rows], self.offsets[rows + 1]
-        lengths = stops - starts
+        begin = np.asarray(self.offsets, dtype=np.int64)[rows]
+        if lengths is None:
+            lengths = np.asarray(self.offsets, dtype=np.int64)[rows + 1] - begin
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if starts is not None:
+            begin = begin + np.asarray(starts, dtype=np.int64)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        idx = _gather_index(starts, lengths)
+        idx = _gather_index(begin, lengths)
 
         def g(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else np.asarray(a[idx])

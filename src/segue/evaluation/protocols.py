@@ -90,28 +90,7 @@ class Task:
 def gather(arrays: SequenceArrays, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> SequenceArrays:
     """New in-memory SequenceArrays whose row i is events [starts[i], starts[i] + lengths[i]) of
     row rows[i] of `arrays` (starts relative to the row), every per-event field carried along."""
-    rows = np.asarray(rows, dtype=np.int64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    begin = np.asarray(arrays.offsets, dtype=np.int64)[rows] + np.asarray(starts, dtype=np.int64)
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    idx = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1] - begin, lengths)
-
-    def g(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.asarray(a[idx])
-
-    return SequenceArrays(
-        offsets=offsets,
-        tokens=np.asarray(arrays.tokens[idx]),
-        item_ids=np.asarray(arrays.item_ids[idx]),
-        positions=g(arrays.positions),
-        ts=g(arrays.ts),
-        rating=g(arrays.rating),
-        feedback={k: np.asarray(v[idx]) for k, v in arrays.feedback.items()},
-        context={k: np.asarray(v[idx]) for k, v in arrays.context.items()},
-        context_categories=arrays.context_categories,
-        meta=dict(arrays.meta) | {"rows": "gathered"},
-    )
+    return arrays.take(rows, starts, lengths)
 
 
 def relevant_sets(targets: SequenceArrays, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

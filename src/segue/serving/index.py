@@ -54,7 +54,7 @@ class IndexConfig(Config):
     exact_bucket_below: int = 4096  # ranges smaller than this are searched exactly, without a graph
     connectivity: int = 16  # HNSW graph degree (M)
     expansion_add: int = 64  # efConstruction
-    expansion_search: int = 256  # ef at query time (raised to the number of candidates asked)
+    expansion_search: int = 128  # ef at query time (raised to the number of candidates asked)
     dtype: Literal["f32", "f16", "i8"] = "f16"  # storage of the graph's vectors (rescoring is f32)
     oversample: float = 1.5  # candidates fetched per bucket = ceil(k * oversample)
     threads: int = 0  # build threads (0 = all cores)
