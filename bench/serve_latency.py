@@ -36,6 +36,7 @@ from segue.serving.dotmodel import (
     register_dot_family,
     synthetic_vocab,
 )
+from segue.serving.index import IndexConfig
 
 ADMIN_KEY = "bench-key"
 
@@ -149,7 +150,13 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
     out["make_model_s"] = time.perf_counter() - t
     folder = cache_root / f"dot-{n_items}-d{args.dim}"
     folder.mkdir(parents=True, exist_ok=True)
-    config = IndexConfig(kind="hnsw", expansion_search=args.ef, threads=args.build_threads)
+    config = IndexConfig(
+        kind="hnsw",
+        expansion_search=args.ef,
+        threads=args.build_threads,
+        oversample=args.oversample,
+        norm_ratio=args.norm_ratio,
+    )
     t = time.perf_counter()
     engine = Engine(model, folder, Catalogue(model.vocab), config)
     out["index_ready_s"] = time.perf_counter() - t
@@ -160,7 +167,7 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
         "build_s": index.build_seconds,
         "ranges": len(index.bucket_rows),
         "graphs": sum(g is not None for g in index.graphs),
-        "config": {k: getattr(config, k) for k in ("connectivity", "expansion_add", "expansion_search", "dtype", "buckets", "norm_ratio")},
+        "config": {k: getattr(config, k) for k in ("connectivity", "expansion_add", "expansion_search", "dtype", "buckets", "norm_ratio", "oversample")},
     }
     print(f"[{n_items}] index ready in {out['index_ready_s']:.1f}s ({out['index']})", flush=True)
 
@@ -271,6 +278,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=320, help="requests per client setting")
     ap.add_argument("--queries", type=int, default=200, help="histories for recall and timings")
     ap.add_argument("--ef", type=int, default=128)
+    ap.add_argument("--oversample", type=float, default=IndexConfig().oversample)
+    ap.add_argument("--norm-ratio", type=float, default=IndexConfig().norm_ratio)
     ap.add_argument("--build-threads", type=int, default=0)
     ap.add_argument("--load-seconds", type=float, default=0.0, help="run the load + reload test this long")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "segue-bench-serving")
