@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from segue import __version__
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
+from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
 from segue.serving.explain import explain_items
 from segue.serving.feature_log import FeatureLog
@@ -434,16 +435,17 @@ def create_app(
             }
         )
 
-    def encode_list(
-        engine: Engine, ids: list[str], what: str, warnings: list[str], *, count: bool = True
-    ) -> np.ndarray:
+    def encode_ids(
+        engine: Engine, ids: list[str], what: str, warnings: list[str], *, truncation: bool = True
+    ) -> EncodedHistory:
+        """The shared training/serving encoding of request ids; counts unknown ids for /metrics.
+
+        Callers use `.all_tokens` (the whole history): the model sees its last context_length
+        items (Engine.arrays crops), and every item of it counts as seen, as in evaluation."""
         enc = engine.encoder.encode(ids)
-        warnings += enc.warnings(what)
-        if count:
-            state["metrics"].items(len(ids), len(enc.unknown))
-        # The whole history: the model sees its last context_length items (Engine.arrays crops),
-        # and every item of it counts as seen, as in evaluation.
-        return enc.all_tokens
+        warnings += enc.warnings(what, truncation=truncation)
+        state["metrics"].items(len(ids), len(enc.unknown))
+        return enc
 
     def known(engine: Engine, ids: list[str], what: str, warnings: list[str]) -> np.ndarray:
         """Tokens of the known ids in an exclusion/allow list (unknown ones are only reported)."""
@@ -473,7 +475,7 @@ def create_app(
         engine = current()
         rid = uuid.uuid4().hex
         warnings: list[str] = []
-        history = encode_list(engine, req.history, "history", warnings)
+        history = encode_ids(engine, req.history, "history", warnings).all_tokens
         exclude = known(engine, req.exclude, "exclude", warnings)
         deny = known(engine, req.deny, "deny", warnings)
         allow = known(engine, req.allow, "allow", warnings) if req.allow is not None else None
@@ -520,10 +522,9 @@ def create_app(
         engine = current()
         rid = uuid.uuid4().hex
         warnings: list[str] = []
-        enc = engine.encoder.encode(req.seed)
-        state["metrics"].items(len(req.seed), len(enc.unknown))
-        warnings += [w for w in enc.warnings("seed") if "dropped" not in w]
-        # Generation masks every seed item, even those older than the model's context.
+        # Generation masks every seed item, even those older than the model's context, so the
+        # context cut is no loss worth a warning here.
+        enc = encode_ids(engine, req.seed, "seed", warnings, truncation=False)
         full = enc.all_tokens
         rng = np.random.default_rng(req.random_seed)
         picks, probs, fell_back = engine.continue_(
@@ -567,9 +568,7 @@ def create_app(
         engine = current()
         rid = uuid.uuid4().hex
         warnings: list[str] = []
-        enc = engine.encoder.encode(req.history)
-        state["metrics"].items(len(req.history), len(enc.unknown))
-        warnings += enc.warnings("history")
+        enc = encode_ids(engine, req.history, "history", warnings)
         if req.items is None:
             ranked = engine.rank([enc.all_tokens], req.n)[0]
             if ranked.fallback:

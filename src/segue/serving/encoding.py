@@ -45,7 +45,8 @@ class EncodedHistory:
     truncated: int = 0  # number of oldest items dropped to fit the context
     all_tokens: np.ndarray | None = None  # int32 [n]: the whole history (exclusions mask all of it)
 
-    def warnings(self, what: str = "history") -> list[str]:
+    def warnings(self, what: str = "history", *, truncation: bool = True) -> list[str]:
+        """Unknown ids and (unless `truncation` is False) the items cut to fit the context."""
         out = []
         if self.unknown:
             shown = ", ".join(repr(u) for u in self.unknown[:10])
@@ -53,7 +54,7 @@ class EncodedHistory:
             out.append(
                 f"{what}: {len(self.unknown)} unknown item id(s) mapped to <unk>: {shown}{more}"
             )
-        if self.truncated:
+        if self.truncated and truncation:
             out.append(
                 f"{what}: kept the last {len(self.tokens)} items (model context); dropped {self.truncated} older"
             )
