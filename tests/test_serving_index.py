@@ -109,3 +109,20 @@ def test_fewer_items_than_k_pads(k: int) -> None:
     got, scores = ExactIndex(x).search(np.ones((1, 3), np.float32), k + 3, [np.array([1])])
     assert list(got[0, :2]) in ([0, 2], [2, 0])
     assert np.all(got[0, 2:] == -1) and np.all(np.isneginf(scores[0, 2:]))
+
+
+def test_concurrent_range_waves_only_add_candidates() -> None:
+    """Searching ranges in concurrent waves prunes later, so it can only find better top-k items."""
+    x, q = clustered(6000, 16, spread=0.6)
+    base = IndexConfig(kind="hnsw", min_bucket=500, exact_bucket_below=1000, norm_ratio=1.2, threads=2)
+    one = build_index(x, None, base.model_copy(update={"search_threads": 1}))
+    assert isinstance(one, HNSWIndex) and len(one.bucket_rows) >= 4
+    waves = HNSWIndex(one.vectors, one.keys, base.model_copy(update={"search_threads": 3}), one.graphs, one.bucket_rows, one.max_norms)
+    k1, s1 = one.search(q, 30)
+    k3, s3 = waves.search(q, 30)
+    assert np.all(s3 >= s1 - 1e-6)  # element-wise: the i-th best is never worse
+    assert recall_at_k(k3, brute(x, q, 30)) >= recall_at_k(k1, brute(x, q, 30))
+    # One query at a time (usearch answers a single query differently) gives the same rows.
+    for i in range(0, len(q), 7):
+        ki, _ = waves.search(q[i], 30)
+        assert np.array_equal(ki[0], k3[i])

@@ -1,7 +1,8 @@
 """A causal transformer over item sequences (trecs' decoder, SASRec's task) as a Recommender.
 
 Architecture (pre-LayerNorm GPT decoder; defaults are trecs'):
-    x_0 = E[tokens] + P[positions]                 E [V, D] item table, P [context, D] learned
+    x_0 = s E[tokens] + P[positions]               E [V, D] item table, P [context, D] learned,
+                                                   s = sqrt(D) if scale_embeddings else 1
     x_l = x_{l-1} + Drop(Attn(LN(x_{l-1})))         causal multi-head self-attention
     x_l = x_l + Drop(W2 act(W1 LN(x_l)))             feed-forward, ReLU by default
     h   = LN(x_L);   score(c) = <h, E[c]>            output tied to the item table
@@ -43,6 +44,9 @@ class ModelConfig(Config):
     context_length: int = Field(50, ge=1)
     activation: Literal["relu", "gelu"] = "relu"
     init_std: float = Field(0.02, gt=0)
+    # Multiply input item embeddings by sqrt(d_model) (Vaswani et al., SASRec) so the item signal
+    # dominates the positions at init; the tied output still scores with the unscaled table.
+    scale_embeddings: bool = False
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -103,6 +107,7 @@ class SequenceTransformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs, *, init_temperature: float = 1.0) -> None:
         self.rate = cfg.dropout  # plain values only: the graphdef must stay hashable
+        self.emb_scale = float(cfg.d_model) ** 0.5 if cfg.scale_embeddings else 1.0
         std = cfg.init_std
         self.item_emb = nnx.Param(jax.random.normal(rngs.params(), (vocab_size, cfg.d_model)) * std)
         self.pos_emb = nnx.Param(jax.random.normal(rngs.params(), (cfg.context_length, cfg.d_model)) * std)
@@ -122,7 +127,7 @@ class SequenceTransformer(nnx.Module):
         emb = self.item_emb[...] if emb is None else emb
         b, t = tokens.shape
         pos = self.pos_emb[...]
-        x = emb[tokens] + (pos[:t][None] if positions is None else pos[positions])
+        x = emb[tokens] * self.emb_scale + (pos[:t][None] if positions is None else pos[positions])
         # Causal mask as an additive bias: query q sees keys k <= q.
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         bias = jnp.where(causal, 0.0, -1e9).astype(x.dtype)[None, None]

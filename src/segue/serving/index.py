@@ -30,7 +30,10 @@ import contextlib
 import hashlib
 import json
 import math
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +44,7 @@ from segue.errors import SegueError
 from segue.io import atomic_path
 
 INDEX_VERSION = 1
+_POOL_LOCK = threading.Lock()
 
 
 class IndexConfig(Config):
@@ -58,6 +62,7 @@ class IndexConfig(Config):
     dtype: Literal["f32", "f16", "i8"] = "f16"  # storage of the graph's vectors (rescoring is f32)
     oversample: float = 1.5  # candidates fetched per bucket = ceil(k * oversample)
     threads: int = 0  # build threads (0 = all cores)
+    search_threads: int = 0  # norm ranges searched at once by one query (0 = the cores, at most 4)
     block_rows: int = 131_072  # exact search: item rows per matmul block (bounds memory)
 
 
@@ -148,6 +153,7 @@ class HNSWIndex:
         self.exact_vectors = [
             np.ascontiguousarray(vectors[r]) if g is None else None for g, r in zip(graphs, bucket_rows, strict=True)
         ]
+        self._pool: ThreadPoolExecutor | None = None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -240,6 +246,44 @@ class HNSWIndex:
         return index
 
     # --- search ------------------------------------------------------------------------------
+    @property
+    def _wave_width(self) -> int:
+        n = self.config.search_threads or min(os.cpu_count() or 1, 4)
+        return max(1, n)
+
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """Threads shared by this index's searches (None when searching one range at a time).
+
+        They exit when the index is garbage-collected (an old engine after a reload)."""
+        if self._wave_width == 1:
+            return None
+        with _POOL_LOCK:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._wave_width, thread_name_prefix="segue-ann")
+        return self._pool
+
+    def _search_range(
+        self, q: np.ndarray, qa: np.ndarray, bi: int, active: np.ndarray, need: int, ef: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate rows [A, c] of range `bi` for queries `active` and how many each found [A]."""
+        graph, rows = self.graphs[bi], self.bucket_rows[bi]
+        if graph is None:  # a small range: exact
+            s_b = q[active] @ self.exact_vectors[bi].T  # [A, n_b]
+            kk = min(need, len(rows))
+            if kk < len(rows):
+                part = np.argpartition(-s_b, kk - 1, axis=1)[:, :kk]
+            else:
+                part = np.broadcast_to(np.arange(len(rows)), s_b.shape)
+            return rows[part], np.full(len(active), kk)
+        count = min(len(rows), max(1, math.ceil(need * self.config.oversample)))
+        if ef is not None:  # usearch raises ef to `count` itself; only an explicit ef is set
+            graph.expansion_search = ef
+        found = graph.search(qa[active], count, threads=1)
+        if hasattr(found, "counts"):  # BatchMatches
+            return found.keys, np.asarray(found.counts)
+        # one query gives Matches, holding only what was found
+        return np.atleast_2d(found.keys), np.array([len(found.keys)])
+
     def search(
         self,
         queries: np.ndarray,
@@ -260,34 +304,31 @@ class HNSWIndex:
         cand_rows: list[list[np.ndarray]] = [[] for _ in range(b)]
         cand_scores: list[list[np.ndarray]] = [[] for _ in range(b)]
         kth = np.full(b, -np.inf, dtype=np.float32)  # k-th best exact score so far
-        ranges = zip(self.graphs, self.bucket_rows, self.max_norms, self.exact_vectors, strict=True)
-        for graph, rows, max_norm, exact_vectors in ranges:
-            active = np.flatnonzero(q_norm * max_norm > kth)  # others cannot gain from this range
-            if len(active) == 0:
-                break
-            need = k + max(extra[i] for i in active)
-            if graph is None:  # a small range: exact
-                s_b = q[active] @ exact_vectors.T  # [A, n_b]
-                kk = min(need, len(rows))
-                if kk < len(rows):
-                    part = np.argpartition(-s_b, kk - 1, axis=1)[:, :kk]
-                else:
-                    part = np.broadcast_to(np.arange(len(rows)), s_b.shape)
-                found_keys, found_counts = rows[part], np.full(len(active), kk)
+        pool = self._executor()
+        start, n_ranges = 0, len(self.bucket_rows)
+        while start < n_ranges:
+            # A wave: the next `width` ranges that can still beat some query's k-th best, searched
+            # concurrently (usearch releases the GIL); pruning is re-checked between waves.
+            wave: list[tuple[int, np.ndarray]] = []
+            while start < n_ranges and len(wave) < self._wave_width:
+                active = np.flatnonzero(q_norm * self.max_norms[start] > kth)
+                if len(active) == 0:
+                    break
+                wave.append((start, active))
+                start += 1
+            if not wave:
+                break  # ranges are in descending max-norm order: no later range can do better
+            args = [(bi, active, k + max(extra[i] for i in active)) for bi, active in wave]
+            if pool is None or len(wave) == 1:
+                found = [self._search_range(q, qa, *a, ef) for a in args]
             else:
-                count = min(len(rows), max(1, math.ceil(need * self.config.oversample)))
-                if ef is not None:  # usearch raises ef to `count` itself; only an explicit ef is set
-                    graph.expansion_search = ef
-                found = graph.search(qa[active], count, threads=1)
-                if hasattr(found, "counts"):  # BatchMatches
-                    found_keys, found_counts = found.keys, np.asarray(found.counts)
-                else:  # one query gives Matches, holding only what was found
-                    found_keys = np.atleast_2d(found.keys)
-                    found_counts = np.array([len(found.keys)])
-            for j, i in enumerate(active):
-                new = found_keys[j, : found_counts[j]].astype(np.int64)
-                cand_rows[i].append(new)
-                cand_scores[i].append(self.vectors[new] @ q[i])  # exact f32 scores, once per row
+                found = list(pool.map(lambda a: self._search_range(q, qa, *a, ef), args))
+            for (_, active, _), (found_keys, found_counts) in zip(args, found, strict=True):
+                for j, i in enumerate(active):
+                    new = found_keys[j, : found_counts[j]].astype(np.int64)
+                    cand_rows[i].append(new)
+                    cand_scores[i].append(self.vectors[new] @ q[i])  # exact f32 scores, once per row
+            for i in {int(i) for _, active in wave for i in active}:
                 need_i = k + extra[i]
                 n_have = sum(len(c) for c in cand_rows[i])
                 if n_have >= need_i:
