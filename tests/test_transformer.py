@@ -105,3 +105,16 @@ def test_unfitted_and_broken_folders(tmp_path: Path) -> None:
     (folder / "weights.npz").unlink()
     with pytest.raises(SegueError, match="no weights"):
         load_model(folder)
+
+
+def test_scaled_input_embeddings_enter_as_sqrt_d_times_the_table() -> None:
+    """scale_embeddings multiplies the input rows by sqrt(D); the output table stays unscaled."""
+    cfg = TINY.model_copy(update={"scale_embeddings": True, "n_layers": 1})
+    scaled, plain = SequenceTransformer(cfg, V, nnx.Rngs(0)), SequenceTransformer(TINY.model_copy(update={"n_layers": 1}), V, nnx.Rngs(0))
+    x = jnp.array([[1, 5, 6, 7]])
+    # Same weights; feeding the plain model a table scaled by sqrt(D) must give the scaled model's output.
+    table = plain.item_emb[...]
+    np.testing.assert_allclose(
+        np.asarray(scaled.hidden(x)), np.asarray(plain.hidden(x, emb=table * np.sqrt(8.0))), rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(np.asarray(scaled.hidden(x)), np.asarray(plain.hidden(x)))
