@@ -27,6 +27,19 @@ def test_full_softmax_by_hand() -> None:
     assert float(got[0]) == pytest.approx(-1 + math.log(e + 1 + e**2 + e**5), rel=1e-6)
 
 
+def test_label_smoothing_by_hand() -> None:
+    # Targets 0.9 on class 0 plus 0.1 / 3 on each of the 3 valid classes; the masked class has none.
+    logits = jnp.array([[1.0, 0.0, 2.0, 5.0]])
+    valid = jnp.array([True, True, True, False])
+    got = L.full_softmax_ce(logits, jnp.array([0]), valid, label_smoothing=0.1)
+    log_z = math.log(e + 1 + e**2)
+    want = -(0.9 + 0.1 / 3) * (1 - log_z) - 0.1 / 3 * (0 - log_z) - 0.1 / 3 * (2 - log_z)
+    assert float(got[0]) == pytest.approx(want, rel=1e-6)
+    # eps = 0 is the plain cross-entropy
+    plain = L.full_softmax_ce(logits, jnp.array([0]), valid, label_smoothing=0.0)
+    assert float(plain[0]) == pytest.approx(-1 + log_z, rel=1e-6)
+
+
 def test_sampled_softmax_by_hand_removes_accidental_hit() -> None:
     got = L.sampled_softmax_ce(POS, NEG, HIT)
     assert float(got[0]) == pytest.approx(-1 + math.log(e + 1 + e**2), rel=1e-6)

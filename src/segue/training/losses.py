@@ -10,7 +10,8 @@ a batch (so they cost one [N, D] x [D, K] matmul) and a hit mask hit[n, k] = [c_
 an accidental hit of the label is removed from the negatives, never counted twice.
 
 Losses
-  full_softmax_ce            l = -s_y + log sum_{c in V} exp(s_c)
+  full_softmax_ce            l = -s_y + log sum_{c in V} exp(s_c); with label smoothing eps,
+                             l = (1 - eps)(-s_y + log Z) + eps mean_{c in V}(-s_c + log Z)
   sampled_softmax_ce         l = -s_y + log( exp(s_y) + sum_{k: c_k != y} exp(s_{c_k}) )
                              (uniform negatives; the label is one of the K+1 candidates)
   label_in_denominator_ce    l = -s_y + log( exp(s_y) + (V - 1) / K' sum_{k: c_k != y} exp(s_{c_k}) )
@@ -51,6 +52,9 @@ class LossConfig(Config):
     n_inbatch: int = Field(256, ge=0)  # logq only: candidates drawn from the batch's own targets
     learn_temperature: bool = True  # logq only
     init_temperature: float = Field(1.0, ge=TAU_MIN, le=TAU_MAX)
+    # full only: target mass spread uniformly over the V classes (Szegedy et al. 2016); keeps an
+    # overfitting model from growing ever more confident on small catalogues.
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -59,17 +63,26 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(values * mask) / jnp.maximum(1.0, jnp.sum(mask))
 
 
-def full_softmax_ce(logits: jax.Array, targets: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+def full_softmax_ce(
+    logits: jax.Array, targets: jax.Array, valid: jax.Array | None = None, label_smoothing: float = 0.0
+) -> jax.Array:
     """l_n = -s_{n,y_n} + logsumexp_c s_{n,c}. logits [N, C], targets [N] -> [N].
 
     `valid` [C] bool marks the classes that take part (special tokens that can never be targets are
-    excluded from the partition function).
+    excluded from the partition function). With label_smoothing eps the target distribution is
+    (1 - eps) one-hot(y) + eps uniform over the valid classes:
+    l_n = (1 - eps)(lse_n - s_{n,y_n}) + eps (lse_n - mean_{c valid} s_{n,c}).
     """
-    if valid is not None:
-        logits = jnp.where(valid[None, :], logits, -jnp.inf)
-    lse = jax.nn.logsumexp(logits, axis=-1)
+    masked = logits if valid is None else jnp.where(valid[None, :], logits, -jnp.inf)
+    lse = jax.nn.logsumexp(masked, axis=-1)
     pos = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    return lse - pos
+    if label_smoothing == 0.0:
+        return lse - pos
+    if valid is None:
+        mean = jnp.mean(logits, axis=-1)
+    else:
+        mean = jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=-1) / jnp.sum(valid)
+    return (1.0 - label_smoothing) * (lse - pos) + label_smoothing * (lse - mean)
 
 
 def _lse_with_label(pos: jax.Array, neg: jax.Array, hit: jax.Array, log_scale: jax.Array | float = 0.0) -> jax.Array:

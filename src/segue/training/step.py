@@ -124,7 +124,7 @@ def per_position_loss(
     kind = spec.loss.kind
     if kind == "full":
         logits = h @ rows.T  # [N, V]
-        return L.full_softmax_ce(logits, local_t, spec.class_mask())
+        return L.full_softmax_ce(logits, local_t, spec.class_mask(), spec.loss.label_smoothing)
     pos = jnp.sum(h * rows[local_t], axis=-1)  # [N]
     neg = h @ rows[local_c].T  # [N, K]
     hit = cands[None, :] == targets[:, None]
