@@ -90,7 +90,7 @@ def serve(
         bool, typer.Option("--no-feature-log", help="Do not log requests")
     ] = False,
     index: Annotated[str, typer.Option(help="Stage-one retrieval: auto, exact or hnsw")] = "auto",
-    ef: Annotated[int, typer.Option(help="HNSW search expansion (recall vs speed)")] = 128,
+    ef: Annotated[int, typer.Option(help="HNSW search expansion (recall vs speed)")] = 100,
 ) -> None:
     """Serve a trained model over HTTP: /v1/recommend, /v1/continue, /v1/explain, the web page at /.
 

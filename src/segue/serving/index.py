@@ -18,10 +18,10 @@ Indexes are cached on disk under a folder keyed by a checksum of the embeddings 
 config, so a server restart or reload loads instead of rebuilding.
 
 Measured (bench/serve_latency.py data: 2,000,000 x 128 clustered vectors, log-normal norms, sigma
-0.3; top-100 of 100 history queries): one transform for all items, recall@100 0.45-0.70; norm
-ranges with norm_ratio 1.3 (9 ranges, 7 graphs), recall 0.994-0.997 at ef 128-256, 2.3-2.5 ms per
-query against 61 ms exact (2 idle cores); build 154 s on 2 idle cores, 22 s on 16. ratio 1.45:
-recall 0.973-0.987, 1.7-2.1 ms.
+0.3; top-100 of 200 history queries; 2 cores, 2026-11-23): one transform for all items, recall@100
+0.45-0.70; norm ranges with norm_ratio 1.3 (9 ranges, 7 graphs), ef 100 and no oversampling:
+recall 0.987, 2.2 ms per query against 50 ms exact (23x); ef 128-256 with 1.5x oversampling:
+recall 0.993-0.997, 2.8 ms. Build 154 s on 2 idle cores, 22 s on 16.
 """
 
 from __future__ import annotations
@@ -58,11 +58,13 @@ class IndexConfig(Config):
     exact_bucket_below: int = 4096  # ranges smaller than this are searched exactly, without a graph
     connectivity: int = 16  # HNSW graph degree (M)
     expansion_add: int = 64  # efConstruction
-    expansion_search: int = 128  # ef at query time (raised to the number of candidates asked)
+    expansion_search: int = 100  # ef at query time (usearch raises it to the candidates asked)
     dtype: Literal["f32", "f16", "i8"] = "f16"  # storage of the graph's vectors (rescoring is f32)
-    oversample: float = 1.5  # candidates fetched per bucket = ceil(k * oversample)
+    oversample: float = 1.0  # candidates fetched per range = ceil(k * oversample) (ef grows with it)
     threads: int = 0  # build threads (0 = all cores)
-    search_threads: int = 0  # norm ranges searched at once by one query (0 = the cores, at most 4)
+    # Norm ranges one query searches at once (0 = the cores, at most 4). 1 by default: on 2 cores
+    # the thread hand-offs cost more than they save (2M items: request p99 7.7 ms with 2, 5.0 with 1).
+    search_threads: int = 1
     block_rows: int = 131_072  # exact search: item rows per matmul block (bounds memory)
 
 
