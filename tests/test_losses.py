@@ -40,6 +40,12 @@ def test_label_smoothing_by_hand() -> None:
     assert float(plain[0]) == pytest.approx(-1 + log_z, rel=1e-6)
 
 
+def test_label_smoothing_is_refused_for_sampled_losses() -> None:
+    with pytest.raises(ValueError, match="label_smoothing applies to kind 'full' only"):
+        L.LossConfig(kind="logq", label_smoothing=0.1)
+    assert L.LossConfig(kind="full", label_smoothing=0.1).label_smoothing == 0.1
+
+
 def test_sampled_softmax_by_hand_removes_accidental_hit() -> None:
     got = L.sampled_softmax_ce(POS, NEG, HIT)
     assert float(got[0]) == pytest.approx(-1 + math.log(e + 1 + e**2), rel=1e-6)

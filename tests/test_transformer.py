@@ -108,7 +108,7 @@ def test_unfitted_and_broken_folders(tmp_path: Path) -> None:
 
 
 def test_scaled_input_embeddings_enter_as_sqrt_d_times_the_table() -> None:
-    """scale_embeddings multiplies the input rows by sqrt(D); the output table stays unscaled."""
+    """scale_embeddings multiplies the input rows by sqrt(D), and only them (positions unscaled)."""
     cfg = TINY.model_copy(update={"scale_embeddings": True, "n_layers": 1})
     scaled, plain = SequenceTransformer(cfg, V, nnx.Rngs(0)), SequenceTransformer(TINY.model_copy(update={"n_layers": 1}), V, nnx.Rngs(0))
     x = jnp.array([[1, 5, 6, 7]])

@@ -29,7 +29,7 @@ from segue.config import Config
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
-from segue.models.base import NEG_INF, BaseRecommender, write_model_header
+from segue.models.base import NEG_INF, BaseRecommender
 from segue.training.config import TrainerConfig
 from segue.training.losses import LossConfig
 from segue.training.optim import OptimConfig
@@ -296,6 +296,5 @@ __all__ = [
     "TransformerRecommender",
     "count_flops_per_token",
     "save_weights",
-    "write_model_header",
     "load_weights",
 ]

@@ -29,6 +29,7 @@ from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
+from threadpoolctl import threadpool_limits
 
 from segue import __version__
 from segue.data.vocab import N_SPECIAL
@@ -333,17 +334,6 @@ class _Envelope:
 # ---------------------------------------------------------------------------------------------
 
 
-def _limit_blas(threads: int | None) -> Any:
-    if threads is None:
-        return None
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover (a dependency of segue)
-        log.warning("threadpoolctl is missing: BLAS threads are not capped for serving")
-        return None
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
 def create_app(
     model_folder: str | Path | None = None,
     *,
@@ -381,7 +371,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        limits = _limit_blas(blas_threads)
+        limits = None if blas_threads is None else threadpool_limits(limits=blas_threads, user_api="blas")
         try:
             yield
         finally:

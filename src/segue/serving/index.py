@@ -31,20 +31,19 @@ import hashlib
 import json
 import math
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from segue.config import Config
 from segue.errors import SegueError
 from segue.io import atomic_path
 
 INDEX_VERSION = 1
-_POOL_LOCK = threading.Lock()
 
 
 class IndexConfig(Config):
@@ -64,7 +63,7 @@ class IndexConfig(Config):
     threads: int = 0  # build threads (0 = all cores)
     # Norm ranges one query searches at once (0 = the cores, at most 4). 1 by default: on 2 cores
     # the thread hand-offs cost more than they save (2M items: request p99 7.7 ms with 2, 5.0 with 1).
-    search_threads: int = 1
+    search_threads: int = Field(1, ge=0)
     block_rows: int = 131_072  # exact search: item rows per matmul block (bounds memory)
 
 
@@ -155,7 +154,12 @@ class HNSWIndex:
         self.exact_vectors = [
             np.ascontiguousarray(vectors[r]) if g is None else None for g, r in zip(graphs, bucket_rows, strict=True)
         ]
-        self._pool: ThreadPoolExecutor | None = None
+        # Norm ranges one query searches at once, and the threads for that (none when 1). They exit
+        # when the index is garbage-collected (an old engine after a reload).
+        self.wave_width = max(1, config.search_threads or min(os.cpu_count() or 1, 4))
+        self._pool = (
+            ThreadPoolExecutor(self.wave_width, thread_name_prefix="segue-ann") if self.wave_width > 1 else None
+        )
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -248,22 +252,6 @@ class HNSWIndex:
         return index
 
     # --- search ------------------------------------------------------------------------------
-    @property
-    def _wave_width(self) -> int:
-        n = self.config.search_threads or min(os.cpu_count() or 1, 4)
-        return max(1, n)
-
-    def _executor(self) -> ThreadPoolExecutor | None:
-        """Threads shared by this index's searches (None when searching one range at a time).
-
-        They exit when the index is garbage-collected (an old engine after a reload)."""
-        if self._wave_width == 1:
-            return None
-        with _POOL_LOCK:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._wave_width, thread_name_prefix="segue-ann")
-        return self._pool
-
     def _search_range(
         self, q: np.ndarray, qa: np.ndarray, bi: int, active: np.ndarray, need: int, ef: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -306,13 +294,12 @@ class HNSWIndex:
         cand_rows: list[list[np.ndarray]] = [[] for _ in range(b)]
         cand_scores: list[list[np.ndarray]] = [[] for _ in range(b)]
         kth = np.full(b, -np.inf, dtype=np.float32)  # k-th best exact score so far
-        pool = self._executor()
         start, n_ranges = 0, len(self.bucket_rows)
         while start < n_ranges:
             # A wave: the next `width` ranges that can still beat some query's k-th best, searched
             # concurrently (usearch releases the GIL); pruning is re-checked between waves.
             wave: list[tuple[int, np.ndarray]] = []
-            while start < n_ranges and len(wave) < self._wave_width:
+            while start < n_ranges and len(wave) < self.wave_width:
                 active = np.flatnonzero(q_norm * self.max_norms[start] > kth)
                 if len(active) == 0:
                     break
@@ -321,10 +308,10 @@ class HNSWIndex:
             if not wave:
                 break  # ranges are in descending max-norm order: no later range can do better
             args = [(bi, active, k + max(extra[i] for i in active)) for bi, active in wave]
-            if pool is None or len(wave) == 1:
+            if self._pool is None or len(wave) == 1:
                 found = [self._search_range(q, qa, *a, ef) for a in args]
             else:
-                found = list(pool.map(lambda a: self._search_range(q, qa, *a, ef), args))
+                found = list(self._pool.map(lambda a: self._search_range(q, qa, *a, ef), args))
             for (_, active, _), (found_keys, found_counts) in zip(args, found, strict=True):
                 for j, i in enumerate(active):
                     new = found_keys[j, : found_counts[j]].astype(np.int64)

@@ -36,7 +36,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from segue.config import Config
 
@@ -55,6 +55,12 @@ class LossConfig(Config):
     # full only: target mass spread uniformly over the V classes (Szegedy et al. 2016); keeps an
     # overfitting model from growing ever more confident on small catalogues.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _smoothing_needs_full(self) -> LossConfig:
+        if self.label_smoothing and self.kind != "full":
+            raise ValueError(f"label_smoothing applies to kind 'full' only, not '{self.kind}'")
+        return self
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

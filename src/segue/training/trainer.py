@@ -38,13 +38,13 @@ from segue.data.loader import LoaderConfig, make_train_loader
 from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
 from segue.io import atomic_write_text
+from segue.models.base import write_model_header
 from segue.models.transformer import (
     ModelConfig,
     SequenceTransformer,
     TransformerConfig,
     TransformerRecommender,
     save_weights,
-    write_model_header,
 )
 from segue.training.config import TrainerConfig
 from segue.training.evaluate import ValidationSet, evaluate
