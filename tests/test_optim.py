@@ -120,3 +120,42 @@ def test_sparse_step_equals_dense_step(kind: str) -> None:
     np.testing.assert_allclose(out["on"][0], out["off"][0], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out["on"][2], out["off"][2], rtol=1e-5, atol=1e-9)
     assert np.any(out["on"][2] != 0)  # the step did update something
+
+
+def test_moving_average_of_weights() -> None:
+    """With ema_decay the step keeps a_t = d_t a_{t-1} + (1 - d_t) x_t, d_t = min(decay, (1+t)/(10+t)),
+    over the dense parameters and the item table, and validation uses it."""
+    spec = StepSpec(TINY, LossConfig(kind="full"), O.OptimConfig(ema_decay=0.9, warmup_steps=0), vocab_size=24, total_steps=10)
+    graphdef, state = init_state(spec, 0)
+    step = make_train_step(spec, graphdef)
+    avg = jax.tree_util.tree_map(np.array, (state["ema_rest"], state["ema_items"]))
+    for t in (1, 2, 3):
+        state, _ = step(state, *_batch(), jnp.float32(1.0))
+        d = min(0.9, (1 + t) / (10 + t))
+        now = jax.tree_util.tree_map(np.array, (state["rest"], state["items"]))
+        avg = jax.tree_util.tree_map(lambda a, x, d=d: d * a + (1 - d) * x, avg, now)
+        got = jax.tree_util.tree_map(np.array, (state["ema_rest"], state["ema_items"]))
+        for a, g in zip(jax.tree_util.tree_leaves(avg), jax.tree_util.tree_leaves(got), strict=True):
+            np.testing.assert_allclose(g, a, rtol=1e-5, atol=1e-7)
+    # the average lags the weights, and the averaged network is the one built from it
+    from segue.training.step import network_of
+
+    x = np.asarray(table_of(state["items"]))
+    a = np.asarray(table_of(state["ema_items"]))
+    assert not np.allclose(x, a)
+    np.testing.assert_array_equal(np.asarray(network_of(graphdef, state, average=True).item_emb[...]), a)
+    np.testing.assert_array_equal(np.asarray(network_of(graphdef, state).item_emb[...]), x)
+
+
+def test_moving_average_is_refused_with_row_sparse_tables() -> None:
+    from segue.models.transformer import TransformerConfig
+
+    with pytest.raises(ValueError, match="ema_decay"):
+        TransformerConfig(loss=LossConfig(kind="logq"), optim=O.OptimConfig(ema_decay=0.99))
+    TransformerConfig(loss=LossConfig(kind="logq"), optim=O.OptimConfig(ema_decay=0.99, sparse_items="off"))
+    # a train config file is refused at load, before a run folder is made
+    from segue.errors import ConfigError
+    from segue.training.trainer import TrainConfig
+
+    with pytest.raises((ConfigError, ValueError), match="ema_decay"):
+        TrainConfig.from_dict({"data": {"store": "s.duckdb"}, "loss": {"kind": "logq"}, "optim": {"ema_decay": 0.99}})

@@ -162,6 +162,21 @@ class TransformerConfig(Config):
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TransformerConfig:
+        check_sections(self.loss, self.optim)
+        return self
+
+
+def check_sections(loss: LossConfig, optim: OptimConfig) -> None:
+    """Constraints across config sections (ValueError naming the field)."""
+    sparse = loss.kind != "full" and optim.sparse_items != "off"
+    if optim.ema_decay is not None and sparse:
+        raise ValueError(
+            f"optim.ema_decay needs dense item updates: loss kind '{loss.kind}' updates the item "
+            "table row-sparsely (set optim.sparse_items = 'off' or loss.kind = 'full')"
+        )
+
 
 @partial(jax.jit, static_argnums=(0,))
 def _score_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array) -> jax.Array:

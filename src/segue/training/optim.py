@@ -47,6 +47,11 @@ class OptimConfig(Config):
     plateau_patience: int | None = Field(None, ge=1)  # evaluations without improvement
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     min_plateau_scale: float = Field(1e-2, gt=0)
+    # Polyak averaging: validation, the kept best weights and serving use the moving average
+    #   a_t = d_t a_{t-1} + (1 - d_t) x_t,  d_t = min(ema_decay, (1 + t) / (10 + t))
+    # (the ramp keeps early averages from being dominated by the random init). Dense item updates
+    # only: averaging a 2M-row table every step would undo the lazy row-sparse Adam.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
 
 def lr_at(config: OptimConfig, step: jax.Array, total_steps: int) -> jax.Array:
@@ -78,6 +83,17 @@ def dense_transform(config: OptimConfig, params: object) -> optax.GradientTransf
         optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
         optax.add_decayed_weights(config.weight_decay, mask=decay_mask(params)),
     )
+
+
+def ema_decay_at(decay: float, applied: jax.Array) -> jax.Array:
+    """d_t = min(decay, (1 + t) / (10 + t)) for t applied steps."""
+    t = jnp.asarray(applied, jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def ema_update(average: object, params: object, d: jax.Array) -> object:
+    """a <- d a + (1 - d) x, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda a, x: d * a + (1.0 - d) * x, average, params)
 
 
 class RowAdamState(NamedTuple):

@@ -8,6 +8,7 @@ Train state (a pytree; every leaf is checkpointed):
     applied   int32       steps applied so far (Adam's t for the table)
     step      int32       steps taken (applied + skipped); the schedule and the RNG use it
     key       uint32 [2]  raw base PRNG key; step t uses fold_in(key, t)
+    ema_rest, ema_items   moving averages of rest and items (only with optim.ema_decay)
 
 Sparse mode (sampled losses): the step gathers the unique ids U of the batch's inputs, targets and
 candidates (padded to a static size), runs the network on E[U] with ids remapped into U,
@@ -91,10 +92,16 @@ def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
         "step": jnp.zeros((), jnp.int32),
         "key": jax.random.key_data(jax.random.key(seed + 1)),
     }
+    if spec.optim.ema_decay is not None:
+        state["ema_rest"] = jax.tree_util.tree_map(jnp.copy, rest)
+        state["ema_items"] = jax.tree_util.tree_map(jnp.copy, items)
     return graphdef, state
 
 
-def network_of(graphdef: Any, state: dict[str, Any]) -> SequenceTransformer:
+def network_of(graphdef: Any, state: dict[str, Any], average: bool = False) -> SequenceTransformer:
+    """The network of a train state; with `average`, its moving-average weights when it keeps them."""
+    if average and "ema_rest" in state:
+        return nnx.merge(graphdef, state["ema_items"], state["ema_rest"])
     return nnx.merge(graphdef, state["items"], state["rest"])
 
 
@@ -209,6 +216,10 @@ def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[s
             "step": t + 1,
             "key": state["key"],
         }
+        if ocfg.ema_decay is not None:
+            d = jnp.where(ok, O.ema_decay_at(ocfg.ema_decay, count), 1.0)  # a skipped step moves nothing
+            new["ema_rest"] = O.ema_update(state["ema_rest"], rest, d)
+            new["ema_items"] = O.ema_update(state["ema_items"], new["items"], d)
         tau = L.clip_temperature(rest_log_tau(rest))
         metrics = {"loss": loss, "grad_norm": norm, "skipped": ~ok, "lr": lr, "tokens": jnp.sum(mask), "temperature": tau}
         return new, metrics

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from segue.config import Config
 from segue.data.arrays import SplitData
@@ -44,6 +44,7 @@ from segue.models.transformer import (
     SequenceTransformer,
     TransformerConfig,
     TransformerRecommender,
+    check_sections,
     save_weights,
 )
 from segue.training.config import TrainerConfig
@@ -69,6 +70,11 @@ class TrainConfig(Config):
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
     base_dir: str | None = Field(None, exclude=True)  # the config file's folder (not saved)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        check_sections(self.loss, self.optim)
+        return self
 
     def transformer_config(self) -> TransformerConfig:
         return TransformerConfig(model=self.model, loss=self.loss, optim=self.optim, trainer=self.trainer)
@@ -202,7 +208,7 @@ class Trainer:
     def validate(self) -> dict[str, float] | None:
         if self.vset is None:
             return None
-        net = network_of(self.graphdef, self.state)
+        net = network_of(self.graphdef, self.state, average=True)
         graphdef, state = nnx.split(net)
         tc = self.config.trainer
         res = evaluate(
@@ -220,7 +226,7 @@ class Trainer:
 
     def best_network(self) -> SequenceTransformer:
         """The network with the best validation parameters (the current ones if never validated)."""
-        net = network_of(self.graphdef, self.state)
+        net = network_of(self.graphdef, self.state, average=True)
         if self._best_params is not None:
             nnx.update(net, self._best_params)
         return net
@@ -328,7 +334,7 @@ class Trainer:
         return self.summary()
 
     def _keep_best(self) -> None:
-        net = network_of(self.graphdef, self.state)
+        net = network_of(self.graphdef, self.state, average=True)
         self._best_params = jax.tree_util.tree_map(lambda x: np.array(x), nnx.state(net, nnx.Param))
         if self.run_dir is not None:
             save_weights(net, self.run_dir / "weights.npz")
