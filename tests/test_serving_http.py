@@ -69,6 +69,10 @@ def test_recommend_continue_explain_carry_model_and_names(dot_server, folders) -
     assert r.headers["x-segue-model-version"] == body["model"]["version"]
     assert len(body["items"]) == 5 and not set(i["id"] for i in body["items"]) & set(ids)
     assert all(i["name"].startswith("Song ") for i in body["items"])  # names from the store
+    # The route encodes its own bytes: they must still follow the documented schema, None left out.
+    from segue.serving.app import RecommendResponse
+
+    assert RecommendResponse.model_validate(body).model_dump(exclude_none=True) == body
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
 

@@ -29,10 +29,13 @@ def brute(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
 
 
-def test_exact_index_matches_a_full_sort_across_blocks_and_exclusions() -> None:
+@pytest.mark.parametrize(("block_rows", "threads"), [(700, 1), (700, 3), (10**6, 4)])
+def test_exact_index_matches_a_full_sort_across_blocks_and_exclusions(block_rows: int, threads: int) -> None:
+    """Several blocks, scanned on one thread or concurrently, and row chunks cut for threads."""
     x, q = clustered(3000, 8)
     keys = np.arange(len(x)) + 4
-    index = ExactIndex(x, keys, block_rows=700)  # several blocks
+    index = ExactIndex(x, keys, block_rows=block_rows, threads=threads)
+    assert len(index.chunks) == (5 if block_rows == 700 else 2) and (index.pool is None) == (threads == 1)
     got, scores = index.search(q, 20)
     assert np.array_equal(got, brute(x, q, 20) + 4)
     assert np.allclose(scores, np.take_along_axis(q @ x.T, got - 4, axis=1), rtol=1e-5)

@@ -65,6 +65,7 @@ class IndexConfig(Config):
     # the thread hand-offs cost more than they save (2M items: request p99 7.7 ms with 2, 5.0 with 1).
     search_threads: int = Field(1, ge=0)
     block_rows: int = 131_072  # exact search: item rows per matmul block (bounds memory)
+    exact_threads: int = Field(0, ge=0)  # exact search: row chunks scanned at once (0 = the cores)
 
 
 # Config fields that shape the norm ranges (checked when a cached index is loaded).
@@ -84,12 +85,24 @@ def embeddings_checksum(vectors: np.ndarray, config: IndexConfig | None = None) 
 
 
 class ExactIndex:
-    """Blocked brute force: scores [B, block] at a time, keeping a running top-k (bounded memory)."""
+    """Blocked brute force: scores [B, block] at a time, keeping a running top-k (bounded memory).
+
+    With `threads` > 1 the rows are cut into at least that many chunks, scanned concurrently by a
+    pool made once per index (NumPy's matmul and partition release the GIL), and the chunks'
+    top-k are merged. Measured on this 2-core machine with one BLAS thread per call: 50k x 128,
+    one query, 2.3 ms on one thread against 1.0-1.2 ms on two; 2M items 88 ms against 58-61 ms
+    (memory-bound), the same as letting OpenBLAS use both cores, which the server cannot do
+    (concurrent OpenBLAS calls with 2 threads each fight: 7.6 req/s against 160 at 16 clients).
+    """
 
     kind = "exact"
 
     def __init__(
-        self, vectors: np.ndarray, keys: np.ndarray | None = None, block_rows: int = 131_072
+        self,
+        vectors: np.ndarray,
+        keys: np.ndarray | None = None,
+        block_rows: int = 131_072,
+        threads: int = 1,
     ) -> None:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # [N, d]
         self.keys = (
@@ -98,9 +111,23 @@ class ExactIndex:
             else np.asarray(keys, dtype=np.int64)
         )
         self.block_rows = block_rows
+        n = len(self.vectors)
+        threads = max(1, threads or _cores())
+        n_chunks = max(math.ceil(n / max(1, block_rows)), min(threads, max(1, n // 1024)))
+        bounds = np.linspace(0, n, n_chunks + 1).astype(np.int64)
+        self.chunks = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
+        self.pool = ThreadPoolExecutor(min(threads, len(self.chunks))) if threads > 1 and len(self.chunks) > 1 else None
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    def _chunk_top(self, q: np.ndarray, lo: int, hi: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k scores and row numbers [B, <=k] of rows lo:hi (unordered)."""
+        s = q @ self.vectors[lo:hi].T  # [B, hi - lo]
+        if k >= s.shape[1]:
+            return s, np.broadcast_to(np.arange(lo, hi), s.shape)
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(s, part, axis=1), part + lo
 
     def search(
         self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
@@ -109,23 +136,27 @@ class ExactIndex:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         b = len(q)
         k_eff = min(k + max((len(e) for e in exclude), default=0) if exclude else k, len(self))
-        best_s = np.full((b, 0), -np.inf, dtype=np.float32)
-        best_i = np.zeros((b, 0), dtype=np.int64)
-        for lo in range(0, len(self), self.block_rows):
-            s = q @ self.vectors[lo : lo + self.block_rows].T  # [B, block]
-            kk = min(k_eff, s.shape[1])
-            part = (
-                np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-                if kk < s.shape[1]
-                else np.broadcast_to(np.arange(s.shape[1]), s.shape)
-            )
-            best_s = np.concatenate([best_s, np.take_along_axis(s, part, axis=1)], axis=1)
-            best_i = np.concatenate([best_i, part + lo], axis=1)
-            if best_s.shape[1] > k_eff:
-                keep = np.argpartition(-best_s, k_eff - 1, axis=1)[:, :k_eff]
-                best_s = np.take_along_axis(best_s, keep, axis=1)
-                best_i = np.take_along_axis(best_i, keep, axis=1)
+        if k_eff == 0 or not self.chunks:
+            return _finish(self.keys[np.zeros((b, 0), np.int64)], np.zeros((b, 0), np.float32), k, exclude)
+        if self.pool is None:
+            parts = [self._chunk_top(q, lo, hi, k_eff) for lo, hi in self.chunks]
+        else:
+            futures = [self.pool.submit(self._chunk_top, q, lo, hi, k_eff) for lo, hi in self.chunks[1:]]
+            parts = [self._chunk_top(q, *self.chunks[0], k_eff)] + [f.result() for f in futures]
+        best_s = np.concatenate([p[0] for p in parts], axis=1)
+        best_i = np.concatenate([p[1] for p in parts], axis=1)
+        if best_s.shape[1] > k_eff:
+            keep = np.argpartition(-best_s, k_eff - 1, axis=1)[:, :k_eff]
+            best_s = np.take_along_axis(best_s, keep, axis=1)
+            best_i = np.take_along_axis(best_i, keep, axis=1)
         return _finish(self.keys[best_i], best_s, k, exclude)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class HNSWIndex:
@@ -414,7 +445,7 @@ def build_index(
     if kind == "auto":
         kind = "exact" if len(vectors) < config.exact_below else "hnsw"
     if kind == "exact" or len(vectors) == 0:
-        return ExactIndex(vectors, keys, config.block_rows)
+        return ExactIndex(vectors, keys, config.block_rows, config.exact_threads)
     if cache_dir is None:
         return HNSWIndex.build(vectors, keys, config)
     folder = Path(cache_dir) / f"index-{embeddings_checksum(vectors, config)}"
