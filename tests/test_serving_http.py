@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx
@@ -263,8 +264,12 @@ def test_admin_key_required_and_reload_swaps(folders) -> None:
         assert c.post("/admin/reload").status_code == 401
         assert c.post("/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 403
         assert c.get("/healthz").json()["model"]["family"] == "popularity"
+        old = weakref.ref(app.state.segue["engine"])
         r = c.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY}, json={"model": str(folders["dot"])})
         assert r.status_code == 200 and r.json()["model"]["family"] == "dot"
+        # The server freezes live objects out of the collector after a reload; the replaced model
+        # must still be freed (by reference counting), not kept for good.
+        assert old() is None
         assert c.get("/healthz").json()["model"]["family"] == "dot"
         bad = c.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, json={"model": str(folders["root"] / "nothing")})
         assert bad.status_code == 422 and c.get("/healthz").json()["model"]["family"] == "dot"

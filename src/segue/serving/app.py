@@ -378,6 +378,7 @@ def create_app(
         # The loaded model (vocabulary, names: up to millions of objects) never becomes garbage
         # while it serves; moving it out of the collector's generations spares every full
         # collection a walk over it (a pause inside whichever request triggers the collection).
+        gc.collect()
         gc.freeze()
         try:
             yield
@@ -694,7 +695,10 @@ def create_app(
                     raise HTTPException(422, detail=f"could not load {folder}: {e}") from None
                 state["engine"] = new  # one reference swap: in-flight requests keep `old`
                 state["metrics"].reloaded()
-                gc.freeze()  # as at start-up (the old engine is freed by reference counting)
+                # As at start-up. Garbage cycles left by the load are collected first, or they would
+                # be frozen for good; the old engine itself is freed by reference counting.
+                gc.collect()
+                gc.freeze()
             log.info("reloaded %s -> %s", old.info.version, new.info.version)
             return {
                 "previous": old.info.public(),
