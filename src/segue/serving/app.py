@@ -456,13 +456,12 @@ def create_app(
 
     def items_out(engine: Engine, ranked: Ranked) -> list[dict[str, Any]]:
         # None fields are left out, as response_model_exclude_none does for the other routes.
-        out = []
-        for t, s in zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True):
-            if t >= 0:
-                item = {k: v for k, v in engine.catalogue.describe(t).items() if v is not None}
-                item["score"] = s
-                out.append(item)
-        return out
+        describe = engine.catalogue.describe_known
+        return [
+            describe(t, s)
+            for t, s in zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True)
+            if t >= N_SPECIAL
+        ]
 
     v1 = APIRouter(prefix="/v1")
 

@@ -81,6 +81,19 @@ class Catalogue:
             "album": self._albums[i],
         }
 
+    def describe_known(self, token: int, score: float) -> dict[str, str | float]:
+        """describe() of an item token without its None fields, plus "score" (the hot path of
+        /v1/recommend: 100 of these per answer)."""
+        i = token - N_SPECIAL
+        ext = self.vocab.external_ids[token]
+        out: dict[str, str | float] = {"id": ext, "name": self._names[i] or ext}
+        if (creator := self._creators[i]) is not None:
+            out["creator"] = creator
+        if (album := self._albums[i]) is not None:
+            out["album"] = album
+        out["score"] = score
+        return out
+
     def search(self, query: str, limit: int = 20) -> list[int]:
         """Tokens whose name, creator, album or id contains every word of `query` (case-insensitive),
         most popular first."""
