@@ -188,3 +188,31 @@ def test_missing_store_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> No
     with pytest.raises(StoreError, match="no store here"):
         train(cfg, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_refit_on_train_and_valid_trains_on_the_validation_items(store: Path) -> None:
+    """fit_on train+valid: each training sequence gains its validation item at the end (leave-last-
+    out), and nothing is validated (no history, no early stopping); the last step is kept."""
+    from segue.data.arrays import SplitData
+    from segue.data.splits import Part
+    from segue.data.store import Store
+    from segue.training.trainer import Trainer, training_arrays
+
+    d = _config(store).model_dump(mode="json")
+    d["trainer"].update(fit_on="train+valid", max_steps=4, eval_every=2)
+    cfg = TrainConfig.from_dict(d)
+    st = Store.open(store)
+    try:
+        data = SplitData.load(st, "loo")
+        both, valid = training_arrays(data, "train+valid"), data.targets(Part.VALID)
+        rows = valid.nonempty()
+        assert len(rows) > 10
+        for r in rows:
+            assert list(both.row(r)) == list(data.train.row(r)) + list(valid.row(r))
+        assert training_arrays(data, "train") is data.train
+        trainer = Trainer(cfg.transformer_config(), data, run_dir=None)
+        assert trainer.vset is None
+        summary = trainer.fit()
+    finally:
+        st.close()
+    assert summary["steps"] == 4 and summary["history"] == [] and summary["best_step"] == -1

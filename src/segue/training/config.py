@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from segue.config import Config
@@ -25,3 +27,7 @@ class TrainerConfig(Config):
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(50, ge=1)  # tensorboard scalars
     progress: bool = True  # rich progress bar
+    # "train+valid": refit once settings and step count are chosen on a train-only run. The
+    # validation part joins the training sequences (the most recent interaction of each history
+    # under leave-last-out), so nothing is validated: no early stopping, the last step is kept.
+    fit_on: Literal["train", "train+valid"] = "train"

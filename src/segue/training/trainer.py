@@ -33,8 +33,9 @@ from flax import nnx
 from pydantic import Field, model_validator
 
 from segue.config import Config
-from segue.data.arrays import SplitData
+from segue.data.arrays import SequenceArrays, SplitData, compile_split
 from segue.data.loader import LoaderConfig, make_train_loader
+from segue.data.splits import Part
 from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
 from segue.io import atomic_write_text
@@ -91,8 +92,17 @@ class TrainConfig(Config):
 # ---------------------------------------------------------------------------------------------
 
 
+def training_arrays(data: SplitData, fit_on: str) -> SequenceArrays:
+    """The sequences trained on: the split's TRAIN part, or TRAIN with the validation users'
+    inputs and VALID targets joined in (each sequence in its time order)."""
+    if fit_on == "train":
+        return data.train
+    parts = (Part.TRAIN, Part.VALID_INPUT, Part.VALID)
+    return compile_split(data.store, data.split, parts, vocab=data.vocab)
+
+
 class Trainer:
-    """Trains a SequenceTransformer on `data.train`, validating on the split's VALID part."""
+    """Trains a SequenceTransformer on `data.train` (or train+valid), validating on VALID."""
 
     def __init__(
         self,
@@ -111,7 +121,7 @@ class Trainer:
         self.on_step = on_step
         tc = config.trainer
         lc = tc.loader.model_copy(update={"context_length": config.model.context_length})
-        self.loader = make_train_loader(data.train, lc, seed=tc.seed)
+        self.loader = make_train_loader(training_arrays(data, tc.fit_on), lc, seed=tc.seed)
         steps = tc.max_steps
         if tc.max_epochs is not None:
             steps = min(steps, max(1, math.ceil(tc.max_epochs * self.loader.batches_per_epoch)))
@@ -126,7 +136,8 @@ class Trainer:
         )
         self.graphdef, self.state = init_state(self.spec, tc.seed)
         self.step_fn = make_train_step(self.spec, self.graphdef)
-        self.vset = ValidationSet.from_split(data, tc.eval_max_users, seed=tc.seed)
+        # Refitting on train+valid leaves nothing to validate on.
+        self.vset = ValidationSet.from_split(data, tc.eval_max_users, seed=tc.seed) if tc.fit_on == "train" else None
         self.history: list[dict[str, float]] = []  # validation results
         self.train_log: list[dict[str, float]] = []  # training scalars every log_every steps
         self.best: float = -math.inf
