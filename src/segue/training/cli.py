@@ -35,11 +35,15 @@ def train(
 
     m = json.loads((run / "metrics.json").read_text())
     best = m.get("best_valid") or {}
+    chosen = (
+        f"best {m['metric']} {m['best_metric']:.4f} at step {m['best_step']}"
+        + (f" (valid exact CE {best['exact_ce']:.3f})" if best else "")
+        if m["best_metric"] is not None
+        else "not validated: the last step is kept"
+    )
     console.print(
         f"run folder [bold]{run}[/]: {m['steps']} steps ({m['stop_reason']}), "
-        f"{m['train_seconds']:.0f} s, {m['tokens_per_s'] or 0:,.0f} tokens/s; best {m['metric']} "
-        f"{(m['best_metric'] or 0):.4f} at step {m['best_step']}"
-        + (f" (valid exact CE {best['exact_ce']:.3f})" if best else "")
+        f"{m['train_seconds']:.0f} s, {m['tokens_per_s'] or 0:,.0f} tokens/s; {chosen}"
     )
 
 
