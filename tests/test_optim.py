@@ -124,7 +124,7 @@ def test_sparse_step_equals_dense_step(kind: str) -> None:
 
 def test_moving_average_of_weights() -> None:
     """With ema_decay the step keeps a_t = d_t a_{t-1} + (1 - d_t) x_t, d_t = min(decay, (1+t)/(10+t)),
-    over the dense parameters and the item table, and validation uses it."""
+    over the dense parameters and the item table, and the averaged network is built from it."""
     spec = StepSpec(TINY, LossConfig(kind="full"), O.OptimConfig(ema_decay=0.9, warmup_steps=0), vocab_size=24, total_steps=10)
     graphdef, state = init_state(spec, 0)
     step = make_train_step(spec, graphdef)

@@ -480,14 +480,14 @@ def create_app(
         # The answer is encoded here: FastAPI would validate the 100-item body against
         # RecommendResponse again and encode it with json.dumps (0.3 ms). The schema still
         # documents the answer; a test checks answers against it.
-        if isinstance(current().index, ExactIndex):
-            body = recommend_body(req)
+        engine = current()  # one engine for the whole request, even if a reload lands meanwhile
+        if isinstance(engine.index, ExactIndex):
+            body = recommend_body(engine, req)
         else:
-            body = await run_in_threadpool(recommend_body, req)
+            body = await run_in_threadpool(recommend_body, engine, req)
         return Response(_JSON.encode(body), media_type="application/json")
 
-    def recommend_body(req: RecommendRequest) -> dict[str, Any]:
-        engine = current()
+    def recommend_body(engine: Engine, req: RecommendRequest) -> dict[str, Any]:
         rid = uuid.uuid4().hex
         warnings: list[str] = []
         history = encode_ids(engine, req.history, "history", warnings).all_tokens

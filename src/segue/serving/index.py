@@ -110,7 +110,6 @@ class ExactIndex:
             if keys is None
             else np.asarray(keys, dtype=np.int64)
         )
-        self.block_rows = block_rows
         n = len(self.vectors)
         threads = max(1, threads or _cores())
         n_chunks = max(math.ceil(n / max(1, block_rows)), min(threads, max(1, n // 1024)))
@@ -187,7 +186,7 @@ class HNSWIndex:
         ]
         # Norm ranges one query searches at once, and the threads for that (none when 1). They exit
         # when the index is garbage-collected (an old engine after a reload).
-        self.wave_width = max(1, config.search_threads or min(os.cpu_count() or 1, 4))
+        self.wave_width = max(1, config.search_threads or min(_cores(), 4))
         self._pool = (
             ThreadPoolExecutor(self.wave_width, thread_name_prefix="segue-ann") if self.wave_width > 1 else None
         )
