@@ -321,6 +321,28 @@ def test_reload_under_concurrent_load_drops_nothing(folders) -> None:
     assert counts[0] > 20 and families == {"popularity", "dot"}
 
 
+def test_model_version_changes_with_the_weights_not_with_a_reload(folders, tmp_path) -> None:
+    from segue.serving.engine import Engine
+
+    first = Engine.load(folders["dot"]).info.version
+    assert Engine.load(folders["dot"]).info.version == first  # the same folder, loaded again
+    # A retrained model: same config and file sizes, other weights.
+    model = load_model(folders["dot"])
+    model.embeddings = model.embeddings[::-1].copy()
+    retrained = Engine.load(model.save(tmp_path / "retrained")).info
+    assert retrained.version != first and retrained.family == "dot"
+
+
+def test_only_exact_search_behind_a_cheap_query_runs_on_the_event_loop(folders) -> None:
+    from segue.serving.engine import Engine
+
+    # The dot model's query takes ~20 us, under CHEAP_QUERY_S (0.3 ms) by more than 10x.
+    assert Engine.load(folders["dot"], index_config=IndexConfig(kind="exact")).cheap_on_loop
+    graph = IndexConfig(kind="hnsw", exact_bucket_below=1)
+    assert not Engine.load(folders["dot"], index_config=graph).cheap_on_loop
+    assert not Engine.load(folders["pop"]).cheap_on_loop  # scored by the model, no index
+
+
 # --- the feature log --------------------------------------------------------------------------
 
 

@@ -65,14 +65,14 @@ def test_flops_per_token_formula() -> None:
     assert count_flops_per_token(cfg, 10) == 3 * (96 + 32 + 128 + 32 + 80)
 
 
-def _rec() -> TransformerRecommender:
+def _rec(model: ModelConfig = TINY) -> TransformerRecommender:
     vocab = Vocabulary(
         item_ids=np.array([-1, -1, -1, -1, *range(V - N_SPECIAL)]),
         counts=np.zeros(V, np.int64),
         external_ids=[None] * N_SPECIAL + [f"item{i}" for i in range(V - N_SPECIAL)],
         split="s",
     )
-    rec = TransformerRecommender(TransformerConfig(model=TINY), vocab)
+    rec = TransformerRecommender(TransformerConfig(model=model), vocab)
     rec.network = rec.build(V, seed=0)
     return rec
 
@@ -95,6 +95,30 @@ def test_score_recommend_and_reload(tmp_path: Path) -> None:
     back = load_model(folder)
     assert isinstance(back, TransformerRecommender) and back.config == rec.config
     np.testing.assert_array_equal(back.score(hist), s)
+
+
+def test_scoring_runs_short_inputs_narrow_and_sees_new_weights() -> None:
+    from segue.data.loader import pad_histories
+
+    rec = _rec(TINY.model_copy(update={"context_length": 24}))
+    lists = [[5, 6], [7, 8, 9, 10, 11, 12, 13, 14, 15], [9] * 30]  # widths 8, 16 and the context 24
+    hist = SequenceArrays.from_lists(lists)
+
+    def direct(net: SequenceTransformer) -> np.ndarray:  # every row padded to the full context
+        ev = pad_histories(hist, context_length=24, pad_to=24)
+        h = net.hidden(jnp.asarray(ev.inputs), positions=jnp.asarray(ev.positions))
+        return np.asarray(h[np.arange(3), ev.last])
+
+    want = direct(rec.network)
+    np.testing.assert_allclose(rec.query_embeddings(hist), want, rtol=1e-5, atol=1e-6)
+    for i in range(3):  # one at a time: each row at its own width
+        np.testing.assert_allclose(rec.query_embeddings(hist, np.array([i]))[0], want[i], rtol=1e-5, atol=1e-6)
+    # The compiled scorer keeps the network's state: in-place updates and a new network are seen.
+    rec.network.pos_emb[...] = rec.network.pos_emb[...] * 3.0
+    np.testing.assert_allclose(rec.query_embeddings(hist), direct(rec.network), rtol=1e-5, atol=1e-6)
+    rec.network = rec.build(V, seed=1)
+    np.testing.assert_allclose(rec.query_embeddings(hist), direct(rec.network), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(direct(rec.network), want, atol=1e-3)
 
 
 def test_unfitted_and_broken_folders(tmp_path: Path) -> None:

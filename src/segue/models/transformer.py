@@ -178,7 +178,6 @@ def check_sections(loss: LossConfig, optim: OptimConfig) -> None:
         )
 
 
-@partial(jax.jit, static_argnums=(0,))
 def _score_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array) -> jax.Array:
     model = nnx.merge(graphdef, state)
     h = model.hidden(inputs, positions=positions)  # [B, T, D]
@@ -186,7 +185,6 @@ def _score_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array
     return q @ model.item_emb[...].T
 
 
-@partial(jax.jit, static_argnums=(0,))
 def _query_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array) -> jax.Array:
     model = nnx.merge(graphdef, state)
     h = model.hidden(inputs, positions=positions)
@@ -204,6 +202,12 @@ class TransformerRecommender(BaseRecommender):
     def __init__(self, config: TransformerConfig | None = None, vocab: Any = None) -> None:
         super().__init__(config, vocab)
         self.network: SequenceTransformer | None = None
+        # (network, state, {fn: jitted fn with the graphdef bound}) of the last network scored.
+        # Splitting the network took 2.7 ms and hashing the graphdef as a static jit argument
+        # 0.6 ms per call, against 0.8 ms for the forward pass of one history. The state holds
+        # the network's own Variables, so in-place parameter updates are seen; assigning another
+        # network re-splits.
+        self._compiled: tuple[SequenceTransformer, Any, dict[Any, Any]] | None = None
 
     # --- training ----------------------------------------------------------------------------
     def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
@@ -233,22 +237,33 @@ class TransformerRecommender(BaseRecommender):
         from segue.data.loader import pad_histories
 
         net = self._net()
-        graphdef, state = nnx.split(net)
+        if self._compiled is None or self._compiled[0] is not net:
+            graphdef, state = nnx.split(net)
+            jitted = {f: jax.jit(partial(f, graphdef)) for f in (_score_fn, _query_fn)}
+            self._compiled = (net, state, jitted)
+        _, state, jitted = self._compiled
+        fn = jitted[fn]
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         ctx = self.config.model.context_length
         outs = []
-        # One compiled shape per power of two up to score_batch (a single history: batch 1).
+        # One compiled shape per power of two up to score_batch (a single history: batch 1)...
         bs = min(self.score_batch, 1 << max(0, int(len(rows) - 1).bit_length()))
+        offsets = np.asarray(histories.offsets, dtype=np.int64)
         for s in range(0, len(rows), bs):
             sel = rows[s : s + bs]
-            ev = pad_histories(histories, sel, context_length=ctx, pad_to=ctx)
+            # ...and per power of two of the longest input up to the context (at least 8). Inputs
+            # are left-aligned and attention is causal, so columns past `last` change nothing:
+            # a 10-item history runs 16 columns, not 50 (serving forward 6.7 -> 2.9 ms).
+            longest = int(np.minimum(offsets[sel + 1] - offsets[sel] + 1, ctx).max()) if len(sel) else 1
+            width = min(ctx, max(8, 1 << (longest - 1).bit_length()))
+            ev = pad_histories(histories, sel, context_length=ctx, pad_to=width)
             n = len(sel)
             inputs, positions, last = ev.inputs, ev.positions, ev.last
             if n < bs:  # pad to the compiled batch size
                 inputs = np.concatenate([inputs, np.repeat(inputs[:1], bs - n, 0)])
                 positions = np.concatenate([positions, np.repeat(positions[:1], bs - n, 0)])
                 last = np.concatenate([last, np.repeat(last[:1], bs - n)])
-            outs.append(np.asarray(fn(graphdef, state, inputs, positions, last))[:n])
+            outs.append(np.asarray(fn(state, inputs, positions, last))[:n])
         if not outs:
             return np.zeros((0, 0), np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False)

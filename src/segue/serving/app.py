@@ -41,7 +41,7 @@ from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
 from segue.serving.explain import explain_items
 from segue.serving.feature_log import FeatureLog
-from segue.serving.index import ExactIndex, IndexConfig
+from segue.serving.index import IndexConfig
 
 log = logging.getLogger("segue.serving")
 _JSON = msgspec.json.Encoder()
@@ -473,15 +473,17 @@ def create_app(
         summary="Rank the catalogue after a history",
     )
     async def recommend(req: RecommendRequest) -> Response:
-        # Exact search spreads over the cores by itself, so it runs right here on the event loop,
-        # which is cheaper than the hop to the thread pool and back (measured at 50k items: p50
-        # 3.1 -> 2.8 ms, and 16 clients 228 -> 380-490 req/s). A graph search uses one core: it
-        # goes to the pool so that concurrent requests overlap on the other cores.
+        # Exact search spreads over the cores by itself, so behind a cheap query (the dot model)
+        # it runs right here on the event loop, which is cheaper than the hop to the thread pool
+        # and back (measured at 50k items: p50 3.1 -> 2.8 ms, and 16 clients 228 -> 380-490
+        # req/s). A graph search or a transformer's forward pass uses one core: those go to the
+        # pool so that concurrent requests overlap on the other cores (transformer, 50k, 16
+        # clients: 171 req/s, p99 283 ms on the loop; 227 req/s, p99 127 ms in the pool).
         # The answer is encoded here: FastAPI would validate the 100-item body against
         # RecommendResponse again and encode it with json.dumps (0.3 ms). The schema still
         # documents the answer; a test checks answers against it.
         engine = current()  # one engine for the whole request, even if a reload lands meanwhile
-        if isinstance(engine.index, ExactIndex):
+        if engine.cheap_on_loop:
             body = recommend_body(engine, req)
         else:
             body = await run_in_threadpool(recommend_body, engine, req)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
 
 log = logging.getLogger("segue.serving")
 SPECIALS = np.array([PAD, START, EOP, UNK], dtype=np.int64)
+CHEAP_QUERY_S = 0.3e-3  # a query embedding this fast runs on the event loop (see the app)
 POPULARITY_WARNING = (
     "empty history: fell back to popularity (most frequent items of the training split)"
 )
@@ -87,6 +89,7 @@ class Engine:
                     emb.shape,
                     len(self.vocab),
                 )
+        self._warm_up()
         retrieval = "score" if self.index is None else self.index.kind
         self.info = ModelInfo(
             run_id=str(model.meta.get("run_id") or folder.name),
@@ -130,6 +133,28 @@ class Engine:
                 self.folder,
             )
         return ok
+
+    def _warm_up(self) -> None:
+        """Single-history queries before serving: jitted models (the transformer) compile per
+        batch shape, which took ~1 s inside the first request after a start or a reload. The
+        timed repeats decide `cheap_on_loop`."""
+        self.cheap_on_loop = False
+        if len(self.vocab) <= N_SPECIAL:
+            return
+        arrays = SequenceArrays.from_lists([self.encoder.truncate(np.array([N_SPECIAL]))])
+        query = (
+            self.model.query_embeddings  # type: ignore[attr-defined]
+            if self.index is not None
+            else self.model.score
+        )
+        times = []
+        for _ in range(4):  # the first call compiles
+            t = time.perf_counter()
+            query(arrays)
+            times.append(time.perf_counter() - t)
+        # Exact search already runs on every core; a query under CHEAP_QUERY_S is not worth the
+        # ~0.3 ms thread-pool hop, a longer one (one core) is worth overlapping with others.
+        self.cheap_on_loop = isinstance(self.index, ExactIndex) and min(times[1:]) < CHEAP_QUERY_S
 
     def arrays(
         self, histories: list[np.ndarray], context: list[dict[str, str] | None] | None = None
@@ -318,7 +343,10 @@ def _offers_embeddings(model: object) -> bool:
 
 
 def _folder_version(folder: Path, family: str) -> str:
-    """A short digest of the model folder's config, vocabulary and state file names and sizes."""
+    """A short digest of the model folder's config, vocabulary and state files' names, sizes and
+    modification times: a retrained model with the same config (same file sizes) gets a new
+    version, while reloading an unchanged folder keeps it. Hashing the state's bytes instead would
+    add ~1 s per GB to every load."""
     h = hashlib.blake2b(digest_size=8)
     h.update(__version__.encode())
     for name in ("model.toml", "vocab.json"):
@@ -329,5 +357,6 @@ def _folder_version(folder: Path, family: str) -> str:
         rel = p.relative_to(folder)
         if rel.parts[0] in ("serving", "items.parquet") or not p.is_file():
             continue
-        h.update(f"{rel}:{p.stat().st_size};".encode())
+        st = p.stat()
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
     return f"{family}-{h.hexdigest()}"
