@@ -129,3 +129,20 @@ def test_concurrent_range_waves_only_add_candidates() -> None:
     for i in range(0, len(q), 7):
         ki, _ = waves.search(q[i], 30)
         assert np.array_equal(ki[0], k3[i])
+
+
+def test_ef_is_per_search_and_leaves_the_shared_graphs_alone() -> None:
+    """A larger ef finds at least as good a top-k, and no search writes the graphs' setting
+    (concurrent requests share them)."""
+    from segue.serving.index import EF_FLOOR
+
+    x, q = clustered(6000, 16, spread=0.6)
+    index = build_index(x, None, IndexConfig(kind="hnsw", min_bucket=500, exact_bucket_below=1000, threads=2))
+    assert isinstance(index, HNSWIndex)
+    graphs = [g for g in index.graphs if g is not None]
+    k_low, _ = index.search(q, 10, ef=10)
+    k_high, _ = index.search(q, 10, ef=400)
+    assert all(g.expansion_search == EF_FLOOR for g in graphs)
+    truth = brute(x, q, 10)
+    assert recall_at_k(k_high, truth) >= recall_at_k(k_low, truth)
+    assert recall_at_k(k_high, truth) > 0.95

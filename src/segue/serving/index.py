@@ -57,8 +57,8 @@ class IndexConfig(Config):
     exact_bucket_below: int = 4096  # ranges smaller than this are searched exactly, without a graph
     connectivity: int = 16  # HNSW graph degree (M)
     expansion_add: int = 64  # efConstruction
-    expansion_search: int = 100  # ef at query time (usearch raises it to the candidates asked)
-    dtype: Literal["f32", "f16", "i8"] = "f16"  # storage of the graph's vectors (rescoring is f32)
+    expansion_search: int = 100  # ef at query time (at least the candidates asked)
+    dtype: Literal["f32", "f16", "bf16", "i8"] = "f16"  # storage of the graph's vectors (rescoring is f32)
     oversample: float = 1.0  # candidates fetched per range = ceil(k * oversample) (ef grows with it)
     threads: int = 0  # build threads (0 = all cores)
     # Norm ranges one query searches at once (0 = the cores, at most 4). 1 by default: on 2 cores
@@ -67,6 +67,11 @@ class IndexConfig(Config):
     block_rows: int = 131_072  # exact search: item rows per matmul block (bounds memory)
     exact_threads: int = Field(0, ge=0)  # exact search: row chunks scanned at once (0 = the cores)
 
+
+# usearch searches with ef = max(the graph's expansion_search, the candidates asked). Graphs keep
+# this floor and each search asks for max(candidates, ef) results: an ef per call, without writing
+# the graphs' shared setting while concurrent requests search them.
+EF_FLOOR = 1
 
 # Config fields that shape the norm ranges (checked when a cached index is loaded).
 RANGE_FIELDS = ("norm_ratio", "min_bucket", "exact_bucket_below")
@@ -220,7 +225,7 @@ class HNSWIndex:
                 dtype=config.dtype,
                 connectivity=config.connectivity,
                 expansion_add=config.expansion_add,
-                expansion_search=config.expansion_search,
+                expansion_search=EF_FLOOR,
             )
             # usearch keys are row numbers (uint64); the augmented vectors are dropped after add.
             graph.add(rows.astype(np.uint64), _augment(vectors[rows]), threads=config.threads)
@@ -266,7 +271,7 @@ class HNSWIndex:
                 graph = Index.restore(str(path))
                 if graph is None:
                     raise SegueError(f"{path}: not a usearch index")
-                graph.expansion_search = config.expansion_search
+                graph.expansion_search = EF_FLOOR
             graphs.append(graph)
             rows.append(np.load(folder / f"rows-{i}.npy"))
         index = cls(
@@ -295,9 +300,10 @@ class HNSWIndex:
             else:
                 part = np.broadcast_to(np.arange(len(rows)), s_b.shape)
             return rows[part], np.full(len(active), kk)
-        count = min(len(rows), max(1, math.ceil(need * self.config.oversample)))
-        if ef is not None:  # usearch raises ef to `count` itself; only an explicit ef is set
-            graph.expansion_search = ef
+        # Asking for ef results searches with that ef; the extra candidates are re-scored exactly
+        # like the rest, and can only help.
+        ef = self.config.expansion_search if ef is None else ef
+        count = min(len(rows), max(1, math.ceil(need * self.config.oversample), ef))
         found = graph.search(qa[active], count, threads=1)
         if hasattr(found, "counts"):  # BatchMatches
             return found.keys, np.asarray(found.counts)
