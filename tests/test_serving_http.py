@@ -361,6 +361,30 @@ def test_requests_land_in_the_feature_log(dot_server, folders) -> None:
     assert mine.column("item_key").to_pylist() == ids
 
 
+def test_a_loaded_transformer_compiles_nothing_inside_requests(tmp_path, folders) -> None:
+    from segue.models.transformer import (
+        ModelConfig,
+        TransformerConfig,
+        TransformerRecommender,
+        _query_fn,
+    )
+    from segue.serving.engine import Engine
+
+    vocab = load_model(folders["pop"]).vocab
+    config = TransformerConfig(model=ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, context_length=20))
+    model = TransformerRecommender(config, vocab)
+    model.network = model.build(len(vocab))
+    engine = Engine.load(model.save(tmp_path / "transformer"))
+    jitted = engine.model._compiled[2][_query_fn]
+    compiled = jitted._cache_size()
+    assert compiled >= 3  # widths 8, 16 and the context 20, for one history
+    items = np.arange(N_SPECIAL, len(vocab))
+    for n in range(1, 30):  # every history length, past the context
+        ranked = engine.rank([items[:n]], 5)[0]
+        assert (ranked.tokens >= N_SPECIAL).sum() == 5
+    assert jitted._cache_size() == compiled
+
+
 def test_a_transformer_folder_serves_through_ann_with_offline_scores(tmp_path, folders) -> None:
     # An untrained tiny transformer: serving needs only the folder and the protocol.
     from segue.data.arrays import SequenceArrays

@@ -122,8 +122,14 @@ class Engine:
         items = np.arange(N_SPECIAL, v)
         rows = [items[:1], items[: min(5, len(items))][::-1], np.array([UNK, items[-1]])]
         arrays = SequenceArrays.from_lists([self.encoder.truncate(r) for r in rows])
-        full = np.asarray(self.model.score(arrays), dtype=np.float32)[:, N_SPECIAL:]
-        q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
+        # One history per call: the shapes serving uses, so a jitted model compiles nothing extra
+        # (a reload of a transformer under load took ~10 s, mostly compiling).
+        one = [np.array([i]) for i in range(len(rows))]
+        full = np.concatenate([np.asarray(self.model.score(arrays, r), dtype=np.float32) for r in one])
+        full = full[:, N_SPECIAL:]
+        q = np.concatenate(
+            [np.asarray(self.model.query_embeddings(arrays, r), dtype=np.float32) for r in one]  # type: ignore[attr-defined]
+        )
         dot = q @ self.embeddings[N_SPECIAL:].T  # type: ignore[index]
         scale = float(np.abs(full[np.isfinite(full)]).max(initial=1.0))
         ok = bool(np.allclose(full, dot, rtol=1e-4, atol=1e-4 * scale))
@@ -135,26 +141,31 @@ class Engine:
         return ok
 
     def _warm_up(self) -> None:
-        """Single-history queries before serving: jitted models (the transformer) compile per
-        batch shape, which took ~1 s inside the first request after a start or a reload. The
-        timed repeats decide `cheap_on_loop`."""
+        """Single-history queries of lengths 1, 3, 7, 15, ... up to the context before serving:
+        jitted models (the transformer) compile per input shape, which took ~1 s inside the first
+        request after a start or a reload. Timed repeats at 10 items decide `cheap_on_loop`."""
         self.cheap_on_loop = False
         if len(self.vocab) <= N_SPECIAL:
             return
-        arrays = SequenceArrays.from_lists([self.encoder.truncate(np.array([N_SPECIAL]))])
         query = (
             self.model.query_embeddings  # type: ignore[attr-defined]
             if self.index is not None
             else self.model.score
         )
+        ctx = self.encoder.context_length or 64
+        lengths = sorted({min(ctx, (1 << j) - 1) for j in range(1, max(2, ctx.bit_length() + 1))})
+        for n in lengths:
+            query(SequenceArrays.from_lists([np.full(n, N_SPECIAL, np.int32)]))
+        arrays = SequenceArrays.from_lists([np.full(min(10, ctx), N_SPECIAL, np.int32)])
+        query(arrays)
         times = []
-        for _ in range(4):  # the first call compiles
+        for _ in range(3):
             t = time.perf_counter()
             query(arrays)
             times.append(time.perf_counter() - t)
         # Exact search already runs on every core; a query under CHEAP_QUERY_S is not worth the
         # ~0.3 ms thread-pool hop, a longer one (one core) is worth overlapping with others.
-        self.cheap_on_loop = isinstance(self.index, ExactIndex) and min(times[1:]) < CHEAP_QUERY_S
+        self.cheap_on_loop = isinstance(self.index, ExactIndex) and min(times) < CHEAP_QUERY_S
 
     def arrays(
         self, histories: list[np.ndarray], context: list[dict[str, str] | None] | None = None

@@ -83,7 +83,7 @@ def embeddings_checksum(vectors: np.ndarray, config: IndexConfig | None = None) 
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     h.update(f"{v.shape}|v{INDEX_VERSION}|".encode())
     if config is not None:
-        keys = ("buckets", "connectivity", "expansion_add", "dtype")
+        keys = ("buckets", "connectivity", "expansion_add", "dtype", *RANGE_FIELDS)
         h.update(json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True).encode())
     h.update(memoryview(v).cast("B"))
     return h.hexdigest()
