@@ -122,8 +122,8 @@ class Engine:
         items = np.arange(N_SPECIAL, v)
         rows = [items[:1], items[: min(5, len(items))][::-1], np.array([UNK, items[-1]])]
         arrays = SequenceArrays.from_lists([self.encoder.truncate(r) for r in rows])
-        # One history per call: the shapes serving uses, so a jitted model compiles nothing extra
-        # (a reload of a transformer under load took ~10 s, mostly compiling).
+        # One history per call: the batch shape serving uses, so a jitted model compiles no
+        # shape for this check alone.
         one = [np.array([i]) for i in range(len(rows))]
         full = np.concatenate([np.asarray(self.model.score(arrays, r), dtype=np.float32) for r in one])
         full = full[:, N_SPECIAL:]
