@@ -4,7 +4,7 @@ For each catalogue size (default 50,000 and 2,000,000 items, width 128) a model 
 random item embeddings (log-normal norms) is served on a loopback port: by default (--model
 transformer) the trecs-default transformer (6 layers, 8 heads, width 128, FFN 256, context 50) with
 untrained blocks, the model segue trains and serves; with --model dot, the fixed-embedding
-dot-product stand-in of the serving tests, whose forward pass is a weighted mean (~10 us), so its
+dot-product stand-in of the serving tests, whose forward pass is a weighted mean (~30 us), so its
 bound is almost all retrieval. This run measures:
   - the bare forward pass (the model's query embedding of one history, the call the server makes)
     and exact brute-force top-100 search (blocked matmul over every item), the reference the
@@ -397,7 +397,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[50_000, 2_000_000])
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--model", choices=["transformer", "dot"], default="transformer", help="served model: the trecs-default transformer, or the dot-product stand-in (forward ~10 us)")
+    ap.add_argument("--model", choices=["transformer", "dot"], default="transformer", help="served model: the trecs-default transformer, or the dot-product stand-in (forward ~30 us)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--requests", type=int, default=800, help="requests per client setting")
     ap.add_argument("--queries", type=int, default=200, help="histories for recall and timings")

@@ -336,7 +336,7 @@ def test_model_version_changes_with_the_weights_not_with_a_reload(folders, tmp_p
 def test_only_exact_search_behind_a_cheap_query_runs_on_the_event_loop(folders) -> None:
     from segue.serving.engine import Engine
 
-    # The dot model's query takes ~20 us, under CHEAP_QUERY_S (0.3 ms) by more than 10x.
+    # The dot model's query takes ~30 us, under CHEAP_QUERY_S (0.3 ms) by about 10x.
     assert Engine.load(folders["dot"], index_config=IndexConfig(kind="exact")).cheap_on_loop
     graph = IndexConfig(kind="hnsw", exact_bucket_below=1)
     assert not Engine.load(folders["dot"], index_config=graph).cheap_on_loop
