@@ -192,8 +192,14 @@ def load(url: str, bodies: list[dict], clients: int, per_client: int = 0, second
     p.start()
     res = q.get()
     p.join()
+    res["summary"] = summarize(res, clients, client)
+    return res
+
+
+def summarize(res: dict, clients: int, client: str) -> dict:
+    """p50/p99 latency and requests/s of one load result (latencies, errors, wall seconds)."""
     lat = res["latencies"]
-    res["summary"] = {
+    return {
         "clients": clients,
         "client": client,
         "requests": len(lat),
@@ -202,7 +208,6 @@ def load(url: str, bodies: list[dict], clients: int, per_client: int = 0, second
         "p99_ms": pct(lat, 99) * 1e3,
         "req_per_s": len(lat) / res["wall"],
     }
-    return res
 
 
 # --- one catalogue size ------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
             block = range(r * len(hs) // rounds, (r + 1) * len(hs) // rounds)
             queries = []
             with threadpool_limits(limits=1, user_api="blas"):
-                model.query_embeddings(arrays, np.array([block[0]]))  # compiled by the engine
+                model.query_embeddings(arrays, np.array([block[0]]))  # untimed, after the HTTP block
                 for i in block:
                     t = time.perf_counter()
                     queries.append(model.query_embeddings(arrays, np.array([i])))
@@ -303,17 +308,7 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
                     one[key] += res[key]
                 one["wall"] += res["wall"]
         if 1 in args.clients:
-            lat = one["latencies"]
-            one["summary"] = {
-                "clients": 1,
-                "client": args.client,
-                "requests": len(lat),
-                "errors": len(one["errors"]),
-                "p50_ms": pct(lat, 50) * 1e3,
-                "p99_ms": pct(lat, 99) * 1e3,
-                "req_per_s": len(lat) / one["wall"],
-                "rounds": rounds,
-            }
+            one["summary"] = summarize(one, 1, args.client) | {"rounds": rounds}
             out["http"]["1_clients"] = one["summary"]
             print(f"[{n_items}] {one['summary']}", flush=True)
             if one["errors"]:
@@ -402,7 +397,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=800, help="requests per client setting")
     ap.add_argument("--queries", type=int, default=200, help="histories for recall and timings")
     ap.add_argument("--rounds", type=int, default=4, help="alternating blocks of reference timings and 1-client requests")
-    ap.add_argument("--ef", type=int, default=IndexConfig().expansion_search, help="HNSW ef (usearch raises it to the 100 candidates asked, so below 100 it changes nothing)")
+    ap.add_argument("--ef", type=int, default=IndexConfig().expansion_search, help="HNSW ef per norm range (at least the candidates asked: 100 plus the history, so below that it changes nothing)")
     ap.add_argument("--search-threads", type=int, default=IndexConfig().search_threads, help="norm ranges one query searches at once (0: the cores, at most 4)")
     ap.add_argument("--client", choices=["stdlib", "httpx"], default="stdlib", help="HTTP client of the load generator")
     ap.add_argument("--kind", choices=["auto", "exact", "hnsw"], default="auto", help="served retrieval (auto: exact below 100k items)")

@@ -242,7 +242,7 @@ class TransformerRecommender(BaseRecommender):
             jitted = {f: jax.jit(partial(f, graphdef)) for f in (_score_fn, _query_fn)}
             self._compiled = (net, state, jitted)
         _, state, jitted = self._compiled
-        fn = jitted[fn]
+        run = jitted[fn]
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         ctx = self.config.model.context_length
         outs = []
@@ -254,7 +254,7 @@ class TransformerRecommender(BaseRecommender):
             # ...and per power of two of the longest input up to the context (at least 8). Inputs
             # are left-aligned and attention is causal, so columns past `last` change nothing:
             # a 10-item history runs 16 columns, not 50 (one history: 2.7 -> 1.4 ms measured).
-            longest = int(np.minimum(offsets[sel + 1] - offsets[sel] + 1, ctx).max()) if len(sel) else 1
+            longest = int(np.minimum(offsets[sel + 1] - offsets[sel] + 1, ctx).max())
             width = min(ctx, max(8, 1 << (longest - 1).bit_length()))
             ev = pad_histories(histories, sel, context_length=ctx, pad_to=width)
             n = len(sel)
@@ -263,7 +263,7 @@ class TransformerRecommender(BaseRecommender):
                 inputs = np.concatenate([inputs, np.repeat(inputs[:1], bs - n, 0)])
                 positions = np.concatenate([positions, np.repeat(positions[:1], bs - n, 0)])
                 last = np.concatenate([last, np.repeat(last[:1], bs - n)])
-            outs.append(np.asarray(fn(state, inputs, positions, last))[:n])
+            outs.append(np.asarray(run(state, inputs, positions, last))[:n])
         if not outs:
             return np.zeros((0, 0), np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False)

@@ -89,7 +89,7 @@ class Engine:
                     emb.shape,
                     len(self.vocab),
                 )
-        self._warm_up()
+        self.cheap_on_loop = self._warm_up()
         retrieval = "score" if self.index is None else self.index.kind
         self.info = ModelInfo(
             run_id=str(model.meta.get("run_id") or folder.name),
@@ -140,32 +140,33 @@ class Engine:
             )
         return ok
 
-    def _warm_up(self) -> None:
+    def _warm_up(self) -> bool:
         """Single-history queries of lengths 1, 3, 7, 15, ... up to the context before serving:
         jitted models (the transformer) compile per input shape, which took ~1 s inside the first
-        request after a start or a reload. Timed repeats at 10 items decide `cheap_on_loop`."""
-        self.cheap_on_loop = False
+        request after a start or a reload. Returns whether requests may run on the event loop:
+        exact search (which spreads over the cores itself) behind a query under CHEAP_QUERY_S,
+        timed here at 10 items. A longer query uses one core and is worth overlapping with others
+        in the thread pool; a ~0.3 ms hop to the pool is not worth it for a cheaper one."""
         if len(self.vocab) <= N_SPECIAL:
-            return
+            return False
         query = (
             self.model.query_embeddings  # type: ignore[attr-defined]
             if self.index is not None
             else self.model.score
         )
         ctx = self.encoder.context_length or 64
-        lengths = sorted({min(ctx, (1 << j) - 1) for j in range(1, max(2, ctx.bit_length() + 1))})
+        lengths = sorted({min(ctx, (1 << j) - 1) for j in range(1, ctx.bit_length() + 1)})
         for n in lengths:
             query(SequenceArrays.from_lists([np.full(n, N_SPECIAL, np.int32)]))
+        if not isinstance(self.index, ExactIndex):
+            return False
         arrays = SequenceArrays.from_lists([np.full(min(10, ctx), N_SPECIAL, np.int32)])
-        query(arrays)
         times = []
         for _ in range(3):
             t = time.perf_counter()
             query(arrays)
             times.append(time.perf_counter() - t)
-        # Exact search already runs on every core; a query under CHEAP_QUERY_S is not worth the
-        # ~0.3 ms thread-pool hop, a longer one (one core) is worth overlapping with others.
-        self.cheap_on_loop = isinstance(self.index, ExactIndex) and min(times) < CHEAP_QUERY_S
+        return min(times) < CHEAP_QUERY_S
 
     def arrays(
         self, histories: list[np.ndarray], context: list[dict[str, str] | None] | None = None
