@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -139,3 +140,47 @@ def test_bias_correction_reduces_the_bias_of_the_sampled_estimate() -> None:
     bias_corr = corrected.mean() - true
     assert bias_plain < 0  # Jensen: log of an unbiased estimate underestimates on average
     assert abs(bias_corr) < 0.7 * abs(bias_plain)  # first order: a partial correction
+
+
+def test_mask_seen_logits_by_hand() -> None:
+    # inputs [0, 4, 5] -> targets [4, 5, 4]: position t sees inputs[0..t]; a seen item that is the
+    # position's own target (4 at t = 2) stays in.
+    logits = jnp.arange(18, dtype=jnp.float32).reshape(1, 3, 6) / 10.0
+    inputs = jnp.array([[0, 4, 5]])
+    targets = jnp.array([[4, 5, 4]])
+    out = L.mask_seen_logits(logits, inputs, targets)
+    masked = np.isneginf(np.asarray(out[0]))
+    expect = np.zeros((3, 6), bool)
+    expect[0, [0]] = True
+    expect[1, [0, 4]] = True
+    expect[2, [0, 5]] = True
+    np.testing.assert_array_equal(masked, expect)
+    np.testing.assert_array_equal(np.asarray(out)[~np.isneginf(np.asarray(out))], np.asarray(logits)[~expect[None]])
+    # The loss at t = 2 by hand: log sum over c in {1, 2, 3, 4} of exp(s_c), minus s_4.
+    s = np.asarray(logits[0, 2], dtype=np.float64)
+    by_hand = np.log(np.exp(s[[1, 2, 3, 4]]).sum()) - s[4]
+    got = L.full_softmax_ce(out[0], targets[0])[2]
+    np.testing.assert_allclose(float(got), by_hand, rtol=1e-6)
+
+
+def test_mask_seen_gradient_skips_masked_items() -> None:
+    logits = jax.random.normal(jax.random.key(0), (2, 4, 7))
+    inputs = jnp.array([[0, 3, 3, 6], [2, 5, 1, 1]])
+    targets = jnp.array([[3, 4, 6, 2], [5, 1, 6, 3]])
+
+    def loss(x: jax.Array) -> jax.Array:
+        return jnp.mean(L.full_softmax_ce(L.mask_seen_logits(x, inputs, targets).reshape(8, 7), targets.reshape(8)))
+
+    g = np.asarray(jax.grad(loss)(logits))
+    assert np.isfinite(g).all()
+    masked = np.isneginf(np.asarray(L.mask_seen_logits(logits, inputs, targets)))
+    assert masked.sum() > 0
+    assert (g[masked] == 0).all() and (g[~masked] != 0).all()
+
+
+def test_mask_seen_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="mask_seen applies to kind 'full' only"):
+        L.LossConfig(kind="sampled", mask_seen=True)
+    with pytest.raises(ValueError, match="do not combine"):
+        L.LossConfig(kind="full", mask_seen=True, label_smoothing=0.1)
+    assert L.LossConfig(kind="full", mask_seen=True).mask_seen

@@ -159,3 +159,35 @@ def test_moving_average_is_refused_with_row_sparse_tables() -> None:
 
     with pytest.raises((ConfigError, ValueError), match="ema_decay"):
         TrainConfig.from_dict({"data": {"store": "s.duckdb"}, "loss": {"kind": "logq"}, "optim": {"ema_decay": 0.99}})
+
+
+def test_step_with_mask_seen_leaves_earlier_inputs_out_of_the_softmax() -> None:
+    """The step's loss with mask_seen equals the full softmax computed here with each position's
+    earlier inputs (but not its target) removed from the partition function, and differs from the
+    plain full softmax."""
+    from segue.training.step import network_of
+
+    inputs, targets, mask = _batch()
+    inputs[0, 3] = targets[0, 4]  # a repeat: an earlier input that is a later target stays in
+    losses = {}
+    for seen in (False, True):
+        spec = StepSpec(TINY, LossConfig(kind="full", mask_seen=seen), O.OptimConfig(warmup_steps=0), vocab_size=24, total_steps=10)
+        graphdef, state = init_state(spec, 0)
+        net = network_of(graphdef, state)
+        h = np.asarray(net.hidden(jnp.asarray(inputs)), dtype=np.float64)  # [B, T, D]
+        logits = h @ np.asarray(table_of(state["items"]), dtype=np.float64).T  # [B, T, V]
+        valid = np.asarray(spec.class_mask())
+        per = []
+        for b in range(inputs.shape[0]):
+            for t in range(inputs.shape[1]):
+                keep = valid.copy()
+                if seen:
+                    keep[[int(x) for x in inputs[b, : t + 1] if x != targets[b, t]]] = False
+                s = logits[b, t]
+                per.append(np.log(np.exp(s[keep]).sum()) - s[targets[b, t]])
+        expect = float(np.sum(np.array(per) * mask.reshape(-1)) / mask.sum())
+        step = make_train_step(spec, graphdef)
+        _, met = step(state, inputs, targets, mask, jnp.float32(1.0))
+        assert float(met["loss"]) == pytest.approx(expect, rel=1e-5)
+        losses[seen] = expect
+    assert losses[True] < losses[False]

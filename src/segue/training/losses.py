@@ -12,6 +12,9 @@ an accidental hit of the label is removed from the negatives, never counted twic
 Losses
   full_softmax_ce            l = -s_y + log sum_{c in V} exp(s_c); with label smoothing eps,
                              l = (1 - eps)(-s_y + log Z) + eps mean_{c in V}(-s_c + log Z)
+  mask_seen_logits           s'_{t,c} = -inf for c in {x_1..x_t} (the inputs up to position t) unless
+                             c = y_t: an option of the full softmax, since evaluation never
+                             recommends a history item (a training-time mirror of that exclusion)
   sampled_softmax_ce         l = -s_y + log( exp(s_y) + sum_{k: c_k != y} exp(s_{c_k}) )
                              (uniform negatives; the label is one of the K+1 candidates)
   label_in_denominator_ce    l = -s_y + log( exp(s_y) + (V - 1) / K' sum_{k: c_k != y} exp(s_{c_k}) )
@@ -55,11 +58,17 @@ class LossConfig(Config):
     # full only: target mass spread uniformly over the V classes (Szegedy et al. 2016); keeps an
     # overfitting model from growing ever more confident on small catalogues.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # full only: each position's earlier input items leave its partition function (unless one is
+    # its target), as they leave the ranking at evaluation and serving (exclude_seen).
+    mask_seen: bool = False
 
     @model_validator(mode="after")
     def _smoothing_needs_full(self) -> LossConfig:
-        if self.label_smoothing and self.kind != "full":
-            raise ValueError(f"label_smoothing applies to kind 'full' only, not '{self.kind}'")
+        for name in ("label_smoothing", "mask_seen"):
+            if getattr(self, name) and self.kind != "full":
+                raise ValueError(f"{name} applies to kind 'full' only, not '{self.kind}'")
+        if self.label_smoothing and self.mask_seen:
+            raise ValueError("label_smoothing and mask_seen do not combine (smoothing mass would fall on masked items)")
         return self
 
 
@@ -89,6 +98,23 @@ def full_softmax_ce(
     else:
         mean = jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=-1) / jnp.sum(valid)
     return (1.0 - label_smoothing) * (lse - pos) + label_smoothing * (lse - mean)
+
+
+def mask_seen_logits(logits: jax.Array, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """s'_{b,t,c} = -inf if c = inputs[b, s] for some s <= t and c != targets[b, t], else s_{b,t,c}.
+
+    logits [B, T, C], inputs / targets [B, T] (token ids indexing C) -> [B, T, C]. The mask is
+    built by a scatter of B x T x T entries, not from the logits, so no gradient flows through it.
+    """
+    b, t, c = logits.shape
+    tok = jnp.broadcast_to(inputs[:, None, :], (b, t, t))  # [b, t, s] = inputs[b, s]
+    earlier = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]  # [t, s]: s <= t
+    drop = earlier[None] & (tok != targets[:, :, None])
+    col = jnp.where(drop, tok, c)  # kept entries point past the end and are dropped by the scatter
+    seen = jnp.zeros((b, t, c), jnp.bool_).at[jnp.arange(b)[:, None, None], jnp.arange(t)[None, :, None], col].set(
+        True, mode="drop"
+    )
+    return jnp.where(seen, -jnp.inf, logits)
 
 
 def _lse_with_label(pos: jax.Array, neg: jax.Array, hit: jax.Array, log_scale: jax.Array | float = 0.0) -> jax.Array:

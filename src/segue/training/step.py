@@ -126,11 +126,19 @@ def per_position_loss(
     cands: jax.Array | None,
     local_c: jax.Array | None,
     log_tau: jax.Array,
+    inputs: jax.Array | None = None,
 ) -> jax.Array:
-    """Losses [N] for hidden states h [N, D]; `rows` is the table (dense) or E[U] (sparse)."""
+    """Losses [N] for hidden states h [N, D]; `rows` is the table (dense) or E[U] (sparse).
+
+    `inputs` [B, T] (row indices, N = B T) is needed by the full softmax with mask_seen."""
     kind = spec.loss.kind
     if kind == "full":
         logits = h @ rows.T  # [N, V]
+        if spec.loss.mask_seen:
+            if inputs is None:
+                raise ValueError("mask_seen needs the inputs")
+            b, t = inputs.shape
+            logits = L.mask_seen_logits(logits.reshape(b, t, -1), inputs, local_t.reshape(b, t)).reshape(b * t, -1)
         return L.full_softmax_ce(logits, local_t, spec.class_mask(), spec.loss.label_smoothing)
     pos = jnp.sum(h * rows[local_t], axis=-1)  # [N]
     neg = h @ rows[local_c].T  # [N, K]
@@ -175,7 +183,7 @@ def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[s
         def loss_fn(rest: nnx.State, rows: jax.Array) -> jax.Array:
             net = nnx.merge(graphdef, state["items"], rest)
             h = net.hidden(l_in, emb=rows, key=k_drop).reshape(b * T, -1)
-            per = per_position_loss(spec, h, rows, l_t, tgt, msk, cands, l_c, net.log_temperature[...])
+            per = per_position_loss(spec, h, rows, l_t, tgt, msk, cands, l_c, net.log_temperature[...], l_in)
             return L.masked_mean(per, msk)
 
         loss, (g_rest, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state["rest"], rows0)
