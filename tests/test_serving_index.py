@@ -114,21 +114,48 @@ def test_fewer_items_than_k_pads(k: int) -> None:
     assert np.all(got[0, 2:] == -1) and np.all(np.isneginf(scores[0, 2:]))
 
 
-def test_concurrent_range_waves_only_add_candidates() -> None:
-    """Searching ranges in concurrent waves prunes later, so it can only find better top-k items."""
+def test_range_waves_and_concurrent_searches_give_the_lone_sequential_results() -> None:
+    """Ranges searched in waves on threads are merged as one range at a time would be, so a lone
+    query (waves) and queries searched concurrently (one range at a time) find exactly the rows
+    of the sequential search, with the same scores."""
+    from concurrent.futures import ThreadPoolExecutor
+
     x, q = clustered(6000, 16, spread=0.6)
     base = IndexConfig(kind="hnsw", min_bucket=500, exact_bucket_below=1000, norm_ratio=1.2, threads=2)
     one = build_index(x, None, base.model_copy(update={"search_threads": 1}))
-    assert isinstance(one, HNSWIndex) and len(one.bucket_rows) >= 4
+    assert isinstance(one, HNSWIndex) and len(one.bucket_rows) >= 4 and one._pool is None
     waves = HNSWIndex(one.vectors, one.keys, base.model_copy(update={"search_threads": 3}), one.graphs, one.bucket_rows, one.max_norms)
+    assert waves.wave_width == 3 and waves._pool is not None
+    widths: list[int] = []
+    real = waves._search_one
+
+    def recording(q_: np.ndarray, need: int, ef: int | None, width: int) -> tuple[np.ndarray, np.ndarray]:
+        widths.append(width)
+        return real(q_, need, ef, width)
+
+    waves._search_one = recording  # type: ignore[method-assign]
     k1, s1 = one.search(q, 30)
     k3, s3 = waves.search(q, 30)
-    assert np.all(s3 >= s1 - 1e-6)  # element-wise: the i-th best is never worse
-    assert recall_at_k(k3, brute(x, q, 30)) >= recall_at_k(k1, brute(x, q, 30))
-    # One query at a time (usearch answers a single query differently) gives the same rows.
-    for i in range(0, len(q), 7):
-        ki, _ = waves.search(q[i], 30)
-        assert np.array_equal(ki[0], k3[i])
+    assert set(widths) == {3}  # alone: whole waves
+    np.testing.assert_array_equal(k3, k1)
+    np.testing.assert_array_equal(s3, s1)
+    assert recall_at_k(k1, brute(x, q, 30)) > 0.9
+    # With another search in flight, one range at a time; the same answers.
+    widths.clear()
+    waves._in_flight += 1
+    k_busy, s_busy = waves.search(q, 30)
+    waves._in_flight -= 1
+    assert set(widths) == {1}
+    np.testing.assert_array_equal(k_busy, k1)
+    np.testing.assert_array_equal(s_busy, s1)
+    # Queries on many threads at once: each search sees others in flight and takes one range at
+    # a time; the answers are the lone ones.
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: waves.search(q[i], 30), range(len(q))))
+    for i, (ki, si) in enumerate(got):
+        np.testing.assert_array_equal(ki[0], k1[i])
+        np.testing.assert_array_equal(si[0], s1[i])
+    assert waves._in_flight == 0
 
 
 def test_ef_is_per_search_and_leaves_the_shared_graphs_alone() -> None:
