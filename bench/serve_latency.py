@@ -398,7 +398,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200, help="histories for recall and timings")
     ap.add_argument("--rounds", type=int, default=4, help="alternating blocks of reference timings and 1-client requests")
     ap.add_argument("--ef", type=int, default=IndexConfig().expansion_search, help="HNSW ef per norm range (at least the candidates asked: 100 plus the history, so below that it changes nothing)")
-    ap.add_argument("--search-threads", type=int, default=IndexConfig().search_threads, help="norm ranges one query searches at once (0: the cores, at most 4)")
+    ap.add_argument("--search-threads", type=int, default=IndexConfig().search_threads, help="norm ranges a lone query searches at once, one thread each (0: the cores, at most 4; concurrent queries take one at a time)")
     ap.add_argument("--client", choices=["stdlib", "httpx"], default="stdlib", help="HTTP client of the load generator")
     ap.add_argument("--kind", choices=["auto", "exact", "hnsw"], default="auto", help="served retrieval (auto: exact below 100k items)")
     ap.add_argument("--exact-threads", type=int, default=IndexConfig().exact_threads, help="exact search: row chunks scanned at once (0: the cores)")
