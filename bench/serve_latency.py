@@ -14,8 +14,9 @@ bound is almost all retrieval. This run measures:
   - p50/p99 latency and requests/s of POST /v1/recommend (n=100) at 1 and 16 concurrent clients;
     the 1-client requests alternate with the reference timings in --rounds blocks.
 The service runs with the default index config (--kind auto: exact search below 100,000 items,
-HNSW above), and the 1-client p99 bound, 3 x (forward + retrieval), counts the retrieval it serves
-with. Where it serves exactly, the ANN figures come from a graph built only to report them.
+HNSW above). The 1-client p99 bound is 3 x the bare forward pass plus the retrieval it serves with,
+timed as the engine runs them for one history (Engine.rank, no HTTP); the separately timed p50s
+are reported beside it. Where it serves exactly, the ANN figures come from a graph built only to report them.
 With --load-seconds S it also runs an S-second load test at 16 clients and reloads the model
 (POST /admin/reload, alternating two model folders) under that load; every failed request is
 counted. Clients run in a separate process so they do not share the server's interpreter.
@@ -278,7 +279,7 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
     ext = model.vocab.external_ids
     bodies = [{"history": [ext[t] for t in h], "n": 100} for h in hs]
     seen = [[np.array(h)] for h in hs]
-    fwd, score_t, ex_t, ann_t, ex_keys, ann_keys = [], [], [], [], [], []
+    fwd, score_t, ex_t, ann_t, ex_keys, ann_keys, pipe = [], [], [], [], [], [], []
     one: dict = {"latencies": [], "errors": [], "wall": 0.0}
     out["http"] = {}
     with serve_in_thread(app) as server:
@@ -297,6 +298,12 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
                     t_, k_ = timed_top100(ix, queries, [seen[i] for i in block])
                     times += t_
                     keys += k_
+                # The bare pipeline a request runs, without HTTP: the engine's forward pass, then
+                # its retrieval, one history after another (caches as a request finds them).
+                for i in block:
+                    t = time.perf_counter()
+                    engine.rank([np.array(hs[i])], 100)
+                    pipe.append(time.perf_counter() - t)
                 if r == 0:
                     for i in range(min(20, len(hs))):  # the model's own full scoring (scores [1, V])
                         t = time.perf_counter()
@@ -327,13 +334,23 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
     out["recall_at_100"] = recall_at_k(np.array(ann_keys), np.array(ex_keys))
     out["ann_speedup_vs_exact_p50"] = out["exact_top100_ms"]["p50"] / out["ann_top100_ms"]["p50"]
     print(f"[{n_items}] forward {out['forward_ms']}, exact {out['exact_top100_ms']}, ann {out['ann_top100_ms']}, recall@100 {out['recall_at_100']:.4f}, ANN speed-up {out['ann_speedup_vs_exact_p50']:.1f}x", flush=True)
-    # The bound counts the retrieval the service does at this size.
+    # The bound: 3 x the bare forward pass plus retrieval, timed as the engine runs them for one
+    # history (forward, then the retrieval the service does at this size), without HTTP. The sum
+    # of the separately timed p50s is printed beside it: each of those runs back to back with
+    # itself (the graph search with warm caches), which a request interleaving both never sees.
     retrieval = out["ann_top100_ms" if served.kind == "hnsw" else "exact_top100_ms"]["p50"]
-    bound = 3 * (out["forward_ms"]["p50"] + retrieval)
+    out["bare_forward_plus_retrieval_ms"] = {"p50": pct(pipe, 50) * 1e3, "p99": pct(pipe, 99) * 1e3}
+    out["sum_of_separate_p50s_ms"] = out["forward_ms"]["p50"] + retrieval
+    bound = 3 * out["bare_forward_plus_retrieval_ms"]["p50"]
     out["target_p99_1_client_ms"] = bound
     p99 = out["http"].get("1_clients", {}).get("p99_ms")
     if p99 is not None:
-        print(f"[{n_items}] 1-client p99 {p99:.2f} ms against 3 x (forward + {served.kind} retrieval) = {bound:.2f} ms: {'met' if p99 <= bound else 'MISSED'}", flush=True)
+        print(
+            f"[{n_items}] 1-client p99 {p99:.2f} ms against 3 x bare forward + {served.kind} retrieval "
+            f"(p50 {out['bare_forward_plus_retrieval_ms']['p50']:.2f} ms; separately timed p50s sum to "
+            f"{out['sum_of_separate_p50s_ms']:.2f}) = {bound:.2f} ms: {'met' if p99 <= bound else 'MISSED'}",
+            flush=True,
+        )
     return out
 
 
