@@ -302,7 +302,7 @@ def bench_size(n_items: int, args: argparse.Namespace, cache_root: Path) -> dict
                 # its retrieval, one history after another (caches as a request finds them).
                 for i in block:
                     t = time.perf_counter()
-                    engine.rank([np.array(hs[i])], 100)
+                    engine.rank(seen[i], 100)
                     pipe.append(time.perf_counter() - t)
                 if r == 0:
                     for i in range(min(20, len(hs))):  # the model's own full scoring (scores [1, V])

