@@ -196,7 +196,8 @@ def test_refit_on_train_and_valid_trains_on_the_validation_items(store: Path) ->
     from segue.data.arrays import SplitData
     from segue.data.splits import Part
     from segue.data.store import Store
-    from segue.training.trainer import Trainer, training_arrays
+    from segue.training.trainer import Trainer
+    from segue.training.transformer_task import TransformerTask, training_arrays
 
     d = _config(store).model_dump(mode="json")
     d["trainer"].update(fit_on="train+valid", max_steps=4, eval_every=2)
@@ -210,8 +211,9 @@ def test_refit_on_train_and_valid_trains_on_the_validation_items(store: Path) ->
         for r in rows:
             assert list(both.row(r)) == list(data.train.row(r)) + list(valid.row(r))
         assert training_arrays(data, "train") is data.train
-        trainer = Trainer(cfg.transformer_config(), data, run_dir=None)
-        assert trainer.vset is None
+        task = TransformerTask(cfg.transformer_config(), data)
+        assert task.vset is None
+        trainer = Trainer(task, run_dir=None)
         summary = trainer.fit()
     finally:
         st.close()

@@ -14,10 +14,9 @@ rows a batch touches only (see segue.training.step); the module still owns it as
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +25,12 @@ from flax import nnx
 from pydantic import Field, model_validator
 
 from segue.config import Config
-from segue.data.arrays import SequenceArrays, SplitData
+from segue.data.arrays import SequenceArrays
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
-from segue.models.base import NEG_INF, BaseRecommender
-from segue.training.config import TrainerConfig
-from segue.training.losses import LossConfig
-from segue.training.optim import OptimConfig
+from segue.models.base import NEG_INF
+from segue.models.neural import NeuralRecommender
+from segue.models.train_config import LossConfig, OptimConfig, TrainerConfig
 
 
 class ModelConfig(Config):
@@ -191,7 +189,7 @@ def _query_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array
     return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
 
 
-class TransformerRecommender(BaseRecommender):
+class TransformerRecommender(NeuralRecommender):
     """Next-item scores from the transformer: score(c | history) = <h_last, E[c]>."""
 
     family = "transformer"
@@ -208,18 +206,6 @@ class TransformerRecommender(BaseRecommender):
         # the network's own Variables, so in-place parameter updates are seen; assigning another
         # network re-splits.
         self._compiled: tuple[SequenceTransformer, Any, dict[Any, Any]] | None = None
-
-    # --- training ----------------------------------------------------------------------------
-    def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
-        """Train with the loop of segue.training.trainer (no run folder; best weights kept)."""
-        from segue.training.trainer import Trainer
-
-        trainer = Trainer(self.config, data, run_dir=None, progress_callback=progress)
-        trainer.fit()
-        self.vocab = data.vocab
-        self.network = trainer.best_network()
-        self.meta = {"train": trainer.summary()}
-        return self
 
     def build(self, vocab_size: int, seed: int = 0) -> SequenceTransformer:
         return SequenceTransformer(

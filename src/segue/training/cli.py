@@ -11,39 +11,57 @@ from rich.console import Console
 
 
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="A TrainConfig TOML file (see configs/).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="A train config TOML file (see configs/).")],
     run_dir: Annotated[Path | None, typer.Option("--run", help="Run folder (default: runs_dir/name from the config).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore existing checkpoints and start over.")] = False,
-    max_steps: Annotated[int | None, typer.Option(help="Override trainer.max_steps.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Override trainer.max_steps (lifts max_epochs when that would stop the run sooner).")
+    ] = None,
+    max_epochs: Annotated[float | None, typer.Option(help="Override trainer.max_epochs.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Override trainer.max_minutes.")] = None,
 ) -> None:
-    """Train the transformer; resumes from the run folder's newest checkpoint when there is one."""
-    from segue.training.trainer import load_train_config
+    """Train a neural model (transformer, autoencoder); resumes from the run folder's newest checkpoint."""
+    import json
+
+    from segue.training.trainer import _stop_text, load_train_config
     from segue.training.trainer import train as train_fn
 
     cfg = load_train_config(config)
-    upd = {}
+    console = Console()
+    upd: dict[str, object] = {}
     if max_steps is not None:
         upd["max_steps"] = max_steps
+        if max_epochs is None and cfg.trainer.max_epochs is not None:  # type: ignore[attr-defined]
+            # The command line asked for N steps: a max_epochs that would stop earlier must not
+            # silently win (it is the limit that binds).
+            upd["max_epochs"] = None
+            console.print(
+                f"--max-steps {max_steps}: trainer.max_epochs = {cfg.trainer.max_epochs} is lifted "  # type: ignore[attr-defined]
+                "(pass --max-epochs too to keep an epoch limit)",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if max_epochs is not None:
+        upd["max_epochs"] = max_epochs
     if max_minutes is not None:
         upd["max_minutes"] = max_minutes
     if upd:
-        cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update=upd)})
-    console = Console()
+        cfg = cfg.with_trainer(**upd)
     run = train_fn(cfg, run_dir=run_dir, resume=not fresh, console=console)
-    import json
-
     m = json.loads((run / "metrics.json").read_text())
     best = m.get("best_valid") or {}
     chosen = (
         f"best {m['metric']} {m['best_metric']:.4f} at step {m['best_step']}"
-        + (f" (valid exact CE {best['exact_ce']:.3f})" if best else "")
+        + (f" (valid exact CE {best['exact_ce']:.3f})" if "exact_ce" in best else "")
         if m["best_metric"] is not None
         else "not validated: the last step is kept"
     )
+    unit = m.get("unit", "tokens")
+    rate = m.get(f"{unit}_per_s") or 0
     console.print(
-        f"run folder [bold]{run}[/]: {m['steps']} steps ({m['stop_reason']}), "
-        f"{m['train_seconds']:.0f} s, {m['tokens_per_s'] or 0:,.0f} tokens/s; {chosen}"
+        f"run folder [bold]{run}[/]: {m['steps']} steps, stopped by {_stop_text(m, cfg)}; "
+        f"{m['train_seconds']:.0f} s, {rate:,.0f} {unit}/s; {chosen}",
+        soft_wrap=True,
     )
 
 

@@ -35,41 +35,10 @@ Losses
 
 from __future__ import annotations
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
-from pydantic import Field, model_validator
 
-from segue.config import Config
-
-LossKind = Literal["full", "sampled", "label_in_denominator", "logq"]
-TAU_MIN, TAU_MAX = 0.01, 100.0
-
-
-class LossConfig(Config):
-    """Which loss trains the model and how candidates are drawn."""
-
-    kind: LossKind = "label_in_denominator"  # trecs' default
-    n_negatives: int = Field(256, ge=1)  # uniform negatives shared by the batch
-    n_inbatch: int = Field(256, ge=0)  # logq only: candidates drawn from the batch's own targets
-    learn_temperature: bool = True  # logq only
-    init_temperature: float = Field(1.0, ge=TAU_MIN, le=TAU_MAX)
-    # full only: target mass spread uniformly over the V classes (Szegedy et al. 2016); keeps an
-    # overfitting model from growing ever more confident on small catalogues.
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    # full only: each position's earlier input items leave its partition function (unless one is
-    # its target), as they leave the ranking at evaluation and serving (exclude_seen).
-    mask_seen: bool = False
-
-    @model_validator(mode="after")
-    def _full_only_options(self) -> LossConfig:
-        for name in ("label_smoothing", "mask_seen"):
-            if getattr(self, name) and self.kind != "full":
-                raise ValueError(f"{name} applies to kind 'full' only, not '{self.kind}'")
-        if self.label_smoothing and self.mask_seen:
-            raise ValueError("label_smoothing and mask_seen do not combine (smoothing mass would fall on masked items)")
-        return self
+from segue.models.train_config import TAU_MAX, TAU_MIN, LossConfig, LossKind  # noqa: F401  (re-exported)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

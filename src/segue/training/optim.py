@@ -23,35 +23,13 @@ untouched rows simply do not decay. Embedding tables are not weight-decayed.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from pydantic import Field
 
-from segue.config import Config
-
-
-class OptimConfig(Config):
-    lr: float = Field(1e-3, gt=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(200, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine: final lr / base lr
-    b1: float = 0.9
-    b2: float = 0.98
-    eps: float = 1e-8
-    weight_decay: float = Field(0.01, ge=0)  # dense weight matrices only (not norms, biases, tables)
-    clip_norm: float | None = Field(1.0, gt=0)
-    sparse_items: Literal["auto", "on", "off"] = "auto"  # auto: on for sampled losses
-    plateau_patience: int | None = Field(None, ge=1)  # evaluations without improvement
-    plateau_factor: float = Field(0.5, gt=0, lt=1)
-    min_plateau_scale: float = Field(1e-2, gt=0)
-    # Polyak averaging: validation, the kept best weights and serving use the moving average
-    #   a_t = d_t a_{t-1} + (1 - d_t) x_t,  d_t = min(ema_decay, (1 + t) / (10 + t))
-    # (the ramp keeps early averages from being dominated by the random init). Dense item updates
-    # only: averaging a 2M-row table every step would undo the lazy row-sparse Adam.
-    ema_decay: float | None = Field(None, gt=0, lt=1)
+from segue.models.train_config import OptimConfig  # noqa: F401  (re-exported)
 
 
 def lr_at(config: OptimConfig, step: jax.Array, total_steps: int) -> jax.Array:

@@ -229,7 +229,7 @@ def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[s
             new["ema_rest"] = O.ema_update(state["ema_rest"], rest, d)
             new["ema_items"] = O.ema_update(state["ema_items"], new["items"], d)
         tau = L.clip_temperature(rest_log_tau(rest))
-        metrics = {"loss": loss, "grad_norm": norm, "skipped": ~ok, "lr": lr, "tokens": jnp.sum(mask), "temperature": tau}
+        metrics = {"loss": loss, "grad_norm": norm, "skipped": ~ok, "lr": lr, "count": jnp.sum(mask), "temperature": tau}
         return new, metrics
 
     return jax.jit(step, donate_argnums=(0,))

@@ -1,13 +1,17 @@
 """The training loop: steps, validation, early stopping, checkpoints, logging, exact resume.
 
+One loop for every neural family: `Trainer` runs a `TrainTask` (segue.training.task), which holds
+the family's state, step, batches and validation (segue.training.transformer_task,
+segue.training.autoencoder_task).
+
 A run folder (`train()` writes it; `segue.models.base.load_model(run)` reads it as a model):
     config.toml          the full TrainConfig (reproduces the run)
-    model.toml           family "transformer" + its TransformerConfig (the model-folder header)
+    model.toml           the family + its typed config (the model-folder header)
     vocab.json           the vocabulary of the split
     item_names.json      [name, creator] of each token (for printing continuations)
     weights.npz          the best parameters so far (by the validation metric; the last if none)
     store_checksum.txt   content checksum of the store trained on
-    checkpoints/<step>/  Orbax: train state (params, optimiser, item moments, RNG, step) and the
+    checkpoints/<step>/  Orbax: train state (params, optimiser, moments, RNG, step) and the
                          loader's iterator state + loop state (best metric, patience, plateau)
     tensorboard/         tensorboardX scalars
     metrics.json         summary: best step/metric, validation history, time, throughput
@@ -19,40 +23,31 @@ exactly: N steps, kill -9, resume, N more steps gives bit-identical parameters t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from segue.config import Config
-from segue.data.arrays import SequenceArrays, SplitData, compile_split
-from segue.data.loader import LoaderConfig, make_train_loader
-from segue.data.splits import Part
+from segue.data.arrays import SplitData
+from segue.data.loader import LoaderConfig
 from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
 from segue.io import atomic_write_text
-from segue.models.base import write_model_header
-from segue.models.transformer import (
-    ModelConfig,
-    SequenceTransformer,
-    TransformerConfig,
-    TransformerRecommender,
-    check_sections,
-    save_weights,
-)
-from segue.training.config import TrainerConfig
-from segue.training.evaluate import ValidationSet, evaluate
-from segue.training.losses import LossConfig
-from segue.training.optim import OptimConfig, PlateauState, plateau_update
-from segue.training.step import StepSpec, init_state, make_train_step, network_of
+from segue.models.base import BaseRecommender, model_class, write_model_header
+from segue.models.transformer import TransformerConfig
+from segue.training.optim import PlateauState, plateau_update
+from segue.training.task import TASKS, TrainTask, task_factory
+from segue.training.transformer_task import training_arrays  # noqa: F401  (re-exported)
 
 
 class DataConfig(Config):
@@ -60,25 +55,19 @@ class DataConfig(Config):
     split: str = "random"
 
 
-class TrainConfig(Config):
-    """A `segue train --config` file: data, run folder, and the model's TransformerConfig sections."""
+class RunConfig(Config):
+    """The run's own fields of a `segue train --config` file; the family's sections sit beside them."""
 
     name: str = "transformer"
     runs_dir: str = "runs"  # run folder = runs_dir / name (relative: to the config file's folder)
+    family: str = "transformer"
     data: DataConfig
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig()
-    trainer: TrainerConfig = TrainerConfig()
     base_dir: str | None = Field(None, exclude=True)  # the config file's folder (not saved)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> TrainConfig:
-        check_sections(self.loss, self.optim)
-        return self
-
-    def transformer_config(self) -> TransformerConfig:
-        return TransformerConfig(model=self.model, loss=self.loss, optim=self.optim, trainer=self.trainer)
+    def family_config(self) -> Config:
+        """The model's typed config (the sections of the family's config class)."""
+        cls = model_class(self.family).config_class
+        return cls.model_validate({k: getattr(self, k) for k in cls.model_fields})
 
     def resolve(self, path: str) -> Path:
         p = Path(path)
@@ -88,56 +77,61 @@ class TrainConfig(Config):
     def run_dir(self) -> Path:
         return self.resolve(self.runs_dir) / self.name
 
+    def with_trainer(self, **update: Any) -> RunConfig:
+        """A copy with trainer fields replaced (validated)."""
+        trainer = self.trainer.model_copy(update=update)  # type: ignore[attr-defined]
+        type(trainer).model_validate(trainer.model_dump())
+        return self.model_copy(update={"trainer": trainer})
 
-# ---------------------------------------------------------------------------------------------
+
+class TrainConfig(RunConfig, TransformerConfig):
+    """A transformer's `segue train --config` file: data, run folder, and its TransformerConfig sections."""
+
+    def transformer_config(self) -> TransformerConfig:
+        return TransformerConfig.model_validate({k: getattr(self, k) for k in TransformerConfig.model_fields})
 
 
-def training_arrays(data: SplitData, fit_on: str) -> SequenceArrays:
-    """The sequences trained on: the split's TRAIN part, or TRAIN with the validation users'
-    inputs and VALID targets joined in (each sequence in its time order)."""
-    if fit_on == "train":
-        return data.train
-    parts = (Part.TRAIN, Part.VALID_INPUT, Part.VALID)
-    return compile_split(data.store, data.split, parts, vocab=data.vocab)
+@functools.cache
+def train_config_class(family: str) -> type[RunConfig]:
+    """The TrainConfig class of a trainable family: RunConfig fields plus the family's sections."""
+    if family == "transformer":
+        return TrainConfig
+    if family not in TASKS:
+        raise ConfigError(f"field 'family': '{family}' cannot be trained (trainable: {', '.join(sorted(TASKS))})")
+    base = model_class(family).config_class
+    return type(f"{base.__name__}TrainConfig", (RunConfig, base), {"__doc__": f"A {family} run's config file."})
+
+
+def parse_train_config(data: dict[str, Any], *, source: str = "<dict>") -> RunConfig:
+    """A TrainConfig of the family the data names (`family`, default transformer)."""
+    family = data.get("family", "transformer")
+    if not isinstance(family, str):
+        raise ConfigError(f"{source}: field 'family': expected a family name, got {family!r}")
+    cls = train_config_class(family)
+    data = data if "name" in data else {**data, "name": family}
+    return cls.from_dict(data, source=source)
 
 
 class Trainer:
-    """Trains a SequenceTransformer on `data.train` (or train+valid), validating on VALID."""
+    """Runs a family's `TrainTask`: the loop, validation, early stopping, checkpoints, resume."""
 
     def __init__(
         self,
-        config: TransformerConfig,
-        data: SplitData,
+        task: TrainTask,
         run_dir: Path | None = None,
         *,
         progress_callback: Callable[[str, int, int], None] | None = None,
         on_step: Callable[[int], None] | None = None,
         console: Any = None,
     ) -> None:
-        self.config = config
-        self.data = data
+        self.task = task
+        self.config = task.trainer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress_callback = progress_callback
         self.on_step = on_step
-        tc = config.trainer
-        lc = tc.loader.model_copy(update={"context_length": config.model.context_length})
-        self.loader = make_train_loader(training_arrays(data, tc.fit_on), lc, seed=tc.seed)
-        steps = tc.max_steps
-        if tc.max_epochs is not None:
-            steps = min(steps, max(1, math.ceil(tc.max_epochs * self.loader.batches_per_epoch)))
-        self.total_steps = steps
-        self.spec = StepSpec(
-            model=config.model,
-            loss=config.loss,
-            optim=config.optim,
-            vocab_size=len(data.vocab),
-            total_steps=steps,
-            eop_target=lc.eop_target,
-        )
-        self.graphdef, self.state = init_state(self.spec, tc.seed)
-        self.step_fn = make_train_step(self.spec, self.graphdef)
-        # Refitting on train+valid leaves nothing to validate on.
-        self.vset = ValidationSet.from_split(data, tc.eval_max_users, seed=tc.seed) if tc.fit_on == "train" else None
+        self.loader = task.loader
+        self.total_steps = task.total_steps
+        self.state = task.init_state()
         self.history: list[dict[str, float]] = []  # validation results
         self.train_log: list[dict[str, float]] = []  # training scalars every log_every steps
         self.best: float = -math.inf
@@ -146,17 +140,24 @@ class Trainer:
         self.plateau = PlateauState(-math.inf, 0, 1.0)
         self.skipped = 0
         self.elapsed = 0.0
-        self.tokens = 0
+        self.units = 0
         self._best_params: Any = None
         self.console = console
+        self.stop_reason: str | None = None
+        self.resumed_from = 0
         self.manager = None
         if self.run_dir is not None:
             import orbax.checkpoint as ocp
 
             self.manager = ocp.CheckpointManager(
                 (self.run_dir / "checkpoints").absolute(),
-                options=ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints, create=True),
+                options=ocp.CheckpointManagerOptions(max_to_keep=self.config.keep_checkpoints, create=True),
             )
+
+    @property
+    def limit(self) -> str:
+        """The setting that sets the step limit: max_steps or max_epochs."""
+        return getattr(self.task, "limit", "max_steps")
 
     # --- checkpoints --------------------------------------------------------------------------
     def _loop_state(self) -> dict[str, Any]:
@@ -170,7 +171,8 @@ class Trainer:
             "plateau": list(self.plateau) if math.isfinite(self.plateau.best) else [None, *self.plateau[1:]],
             "skipped": self.skipped,
             "elapsed": self.elapsed,
-            "tokens": self.tokens,
+            "tokens": self.units,
+            "stop_reason": self.stop_reason,
         }
 
     def save_checkpoint(self) -> None:
@@ -212,62 +214,57 @@ class Trainer:
         self.plateau = PlateauState(-math.inf if pb is None else pb, pbad, pscale)
         self.skipped = loop["skipped"]
         self.elapsed = loop["elapsed"]
-        self.tokens = loop["tokens"]
+        self.units = loop["tokens"]
+        self.stop_reason = loop.get("stop_reason")
         return step
 
     # --- validation ---------------------------------------------------------------------------
     def validate(self) -> dict[str, float] | None:
-        if self.vset is None:
-            return None
-        net = network_of(self.graphdef, self.state, average=True)
-        graphdef, state = nnx.split(net)
-        tc = self.config.trainer
-        res = evaluate(
-            graphdef,
-            state,
-            self.vset,
-            context_length=self.config.model.context_length,
-            batch_size=tc.eval_batch_size,
-            n_negatives=self.config.loss.n_negatives,
-            eop_class=self.spec.eop_target,
-            seed=tc.seed,
-        )
-        res["step"] = int(self.state["step"])
+        res = self.task.validate(self.state)
+        if res is not None:
+            res["step"] = int(self.state["step"])
         return res
 
-    def best_network(self) -> SequenceTransformer:
+    def best_network(self) -> Any:
         """The network with the best validation parameters (the current ones if never validated)."""
-        net = network_of(self.graphdef, self.state, average=True)
+        net = self.task.network(self.state, average=True)
         if self._best_params is not None:
             nnx.update(net, self._best_params)
         return net
 
     # --- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> dict[str, Any]:
-        tc = self.config.trainer
+        tc = self.config
         start = (self.restore_latest() if resume else None) or 0
         if start and self.run_dir is not None and (self.run_dir / "weights.npz").exists():
-            from segue.models.transformer import load_weights
-
-            self._best_params = nnx.state(load_weights(network_of(self.graphdef, self.state), self.run_dir / "weights.npz"), nnx.Param)
+            net = self.task.load_weights(self.task.network(self.state), self.run_dir / "weights.npz")
+            self._best_params = nnx.state(net, nnx.Param)
         self.resumed_from = start
+        early_stopped = self.stop_reason == "early_stopping" and tc.patience is not None and self.bad_evals >= tc.patience
+        if start >= self.total_steps or early_stopped:
+            # Nothing left to do: say which limit holds, instead of running zero steps.
+            self.stop_reason = "early_stopping" if early_stopped else self.limit
+            if self._best_params is None:
+                self._keep_best()
+            return self.summary()
         writer = None
         if self.run_dir is not None:
             from tensorboardX import SummaryWriter
 
             writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        progress = _Progress(tc.progress, self.total_steps, start, self.console)
+        progress = Progress(
+            tc.progress, self.total_steps, start, self.console, unit=self.task.unit, max_minutes=tc.max_minutes, elapsed=self.elapsed
+        )
         step = start
         pending: list[dict[str, jax.Array]] = []
         t_last = time.perf_counter()
         t_start = time.perf_counter() - self.elapsed
-        stop_reason = "max_steps"
+        stop_reason = self.limit
+        last_rec: dict[str, float] = {}
         try:
             while step < self.total_steps:
                 batch = next(self.loader)
-                self.state, met = self.step_fn(
-                    self.state, batch["inputs"], batch["targets"], batch["mask"], jnp.float32(self.plateau.scale)
-                )
+                self.state, met = self.task.train_step(self.state, batch, self.plateau.scale)
                 step += 1
                 pending.append(met)
                 if self.on_step is not None:
@@ -276,29 +273,27 @@ class Trainer:
                     got = jax.device_get(pending)
                     pending = []
                     now = time.perf_counter()
-                    toks = int(sum(int(m["tokens"]) for m in got))
-                    self.tokens += toks
+                    units = int(sum(int(m["count"]) for m in got))
+                    self.units += units
                     skipped = [m for m in got if bool(m["skipped"])]
                     if skipped:
                         self.skipped += len(skipped)
                         progress.warn(f"skipped {len(skipped)} step(s) with a non-finite loss or gradient (up to step {step})")
                     finite = [float(m["loss"]) for m in got if not bool(m["skipped"])]
-                    rate = toks / max(1e-9, now - t_last)
-                    rec = {
-                        "step": step,
-                        "loss": float(np.mean(finite)) if finite else float("nan"),
-                        "lr": float(got[-1]["lr"]),
-                        "grad_norm": float(got[-1]["grad_norm"]),
-                        "tokens_per_s": rate,
-                        "temperature": float(got[-1]["temperature"]),
-                    }
+                    rate = units / max(1e-9, now - t_last)
+                    rec = {"step": step, "loss": float(np.mean(finite)) if finite else float("nan")}
+                    for k, v in got[-1].items():
+                        if k not in ("loss", "skipped", "count") and np.ndim(v) == 0:
+                            rec[k] = float(v)
+                    rec[f"{self.task.unit}_per_s"] = rate
                     self.train_log.append(rec)
+                    last_rec = rec
                     t_last = now
                     if writer is not None:
                         for k, v in rec.items():
                             if k != "step":
                                 writer.add_scalar(f"train/{k}", v, step)
-                    progress.update(step, rec["loss"], rate)
+                    progress.update(step, rec["loss"], rate, time.perf_counter() - t_start)
                     if self.progress_callback is not None:
                         self.progress_callback("train", step, self.total_steps)
                 self.elapsed = time.perf_counter() - t_start
@@ -307,7 +302,9 @@ class Trainer:
                     stop_reason, last = "max_minutes", True  # validate and checkpoint, then stop
                 if step % tc.eval_every == 0 or last:
                     res = self.validate()
-                    if res is not None:
+                    if res is None:
+                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, None, self.best, None, self.elapsed)
+                    else:
                         self.history.append(res)
                         if writer is not None:
                             for k, v in res.items():
@@ -315,20 +312,21 @@ class Trainer:
                                     writer.add_scalar(f"valid/{k.replace('@', '_at_')}", v, step)
                         metric = res.get(tc.metric)
                         if metric is None:
-                            raise ConfigError(f"trainer: field 'metric' is '{tc.metric}' (expected hr@10 or ndcg@10)")
-                        progress.print(
-                            f"step {step}: valid {tc.metric} {metric:.4f}  exact CE {res['exact_ce']:.3f}  "
-                            f"sampled CE {res['sampled_ce']:.3f}  corrected CE {res['corrected_ce']:.3f}"
-                        )
-                        if metric > self.best:
+                            known = ", ".join(k for k in res if "@" in k)
+                            raise ConfigError(f"trainer: field 'metric' is '{tc.metric}' (this family validates: {known})")
+                        improved = metric > self.best
+                        if improved:
                             self.best, self.best_step, self.bad_evals = metric, step, 0
                             self._keep_best()
                         else:
                             self.bad_evals += 1
-                        self.plateau = plateau_update(self.plateau, metric, self.config.optim)
+                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.best, res, self.elapsed)
+                        self.plateau = plateau_update(self.plateau, metric, self.task.optim)
                         if tc.patience is not None and self.bad_evals >= tc.patience:
                             stop_reason = "early_stopping"
                             last = True
+                if last:
+                    self.stop_reason = stop_reason
                 if self.manager is not None and (step % tc.checkpoint_every == 0 or last):
                     self.save_checkpoint()
                 if last:
@@ -345,79 +343,156 @@ class Trainer:
         return self.summary()
 
     def _keep_best(self) -> None:
-        net = network_of(self.graphdef, self.state, average=True)
+        net = self.task.network(self.state, average=True)
         self._best_params = jax.tree_util.tree_map(lambda x: np.array(x), nnx.state(net, nnx.Param))
         if self.run_dir is not None:
-            save_weights(net, self.run_dir / "weights.npz")
+            self.task.save_weights(net, self.run_dir / "weights.npz")
 
     def summary(self) -> dict[str, Any]:
         log = self.train_log
-        rates = [r["tokens_per_s"] for r in log[1:]] or [r["tokens_per_s"] for r in log]
+        key = f"{self.task.unit}_per_s"
+        rates = [r[key] for r in log[1:] if key in r] or [r[key] for r in log if key in r]
         return {
             "steps": int(self.state["step"]),
             "total_steps": self.total_steps,
-            "stop_reason": getattr(self, "stop_reason", None),
-            "resumed_from": getattr(self, "resumed_from", 0),
+            "limit": self.limit,
+            "stop_reason": self.stop_reason,
+            "resumed_from": self.resumed_from,
             "best_step": self.best_step,
             "best_metric": self.best if math.isfinite(self.best) else None,
-            "metric": self.config.trainer.metric,
+            "metric": self.config.metric,
             "best_valid": next((h for h in self.history if h["step"] == self.best_step), None),
             "skipped_steps": self.skipped,
             "train_seconds": self.elapsed,
-            "tokens": self.tokens,
-            "tokens_per_s": float(np.median(rates)) if rates else None,
+            "unit": self.task.unit,
+            self.task.unit: self.units,
+            key: float(np.median(rates)) if rates else None,
             "final_train_loss": log[-1]["loss"] if log else None,
             "epochs": int(self.state["step"]) / self.loader.batches_per_epoch,
             "history": self.history,
         }
 
 
-class _Progress:
-    """A rich progress bar showing loss and tokens/s (or nothing when disabled)."""
+def fit_network(model: BaseRecommender, data: SplitData, progress: Callable[[str, int, int], None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train `model`'s network on `data` without a run folder: (best network, summary).
 
-    def __init__(self, enabled: bool, total: int, start: int, console: Any = None) -> None:
+    segue.models.neural.NeuralRecommender.fit() reaches this by name."""
+    task = task_factory(model.family)(model.config, data)
+    trainer = Trainer(task, run_dir=None, progress_callback=progress)
+    trainer.fit()
+    return trainer.best_network(), trainer.summary()
+
+
+class Progress:
+    """Training progress for people: a rich bar on a terminal, plain lines elsewhere.
+
+    The bar's total is the step limit, or the steps that fit in `max_minutes` at the measured
+    rate when that comes first. Every validation prints one line (step, loss, validation metric,
+    throughput, ETA), unwrapped, so a log file shows progress too.
+    """
+
+    def __init__(
+        self,
+        enabled: bool,
+        total: int,
+        start: int,
+        console: Any = None,
+        *,
+        unit: str = "tokens",
+        max_minutes: float | None = None,
+        elapsed: float = 0.0,
+        tty: bool | None = None,
+    ) -> None:
+        from rich.console import Console
+
+        self.console = console if console is not None else Console()
+        self.tty = self.console.is_terminal if tty is None else tty
+        self.total, self.start, self.unit = total, start, unit
+        self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
+        self.t0, self.step0 = time.perf_counter() - elapsed, start
+        self.elapsed0 = elapsed
+        self.rate = 0.0  # units per second
         self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+        if enabled and self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+            from rich.progress import Progress as RichProgress
 
-            self.bar = Progress(
+            self.bar = RichProgress(
                 TextColumn("train"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.3f}  {task.fields[rate]:,.0f} tok/s"),
-                TimeRemainingColumn(),
-                console=console,
+                TextColumn("loss {task.fields[loss]:.3f}  {task.fields[rate]:,.0f} " + unit + "/s  ETA {task.fields[eta]}"),
+                console=self.console,
                 transient=False,
             )
-            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), rate=0.0)
+            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), rate=0.0, eta="?")
             self.bar.start()
 
-    def update(self, step: int, loss: float, rate: float) -> None:
+    def eta_seconds(self, step: int, elapsed: float) -> float | None:
+        """Seconds left: by the step rate so far in this session, capped by max_minutes."""
+        steps_done = step - self.step0
+        spent = elapsed - self.elapsed0
+        left: float | None = None
+        if steps_done > 0 and spent > 0:
+            left = (self.total - step) * spent / steps_done
+        if self.max_seconds is not None:
+            by_time = max(0.0, self.max_seconds - elapsed)
+            left = by_time if left is None else min(left, by_time)
+        return left
+
+    def expected_total(self, step: int, elapsed: float) -> int:
+        """The step the run will stop at: the limit, or where max_minutes ends it at this rate."""
+        left = self.eta_seconds(step, elapsed)
+        steps_done, spent = step - self.step0, elapsed - self.elapsed0
+        if self.max_seconds is None or left is None or steps_done <= 0 or spent <= 0:
+            return self.total
+        return min(self.total, step + int(left * steps_done / spent))
+
+    def update(self, step: int, loss: float, rate: float, elapsed: float) -> None:
+        self.rate = rate
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
+            total = self.expected_total(step, elapsed)
+            self.bar.update(self.task, completed=step, total=total, loss=loss, rate=rate, eta=_clock(self.eta_seconds(step, elapsed)))
+
+    def validation(
+        self, step: int, loss: float, metric: str, value: float | None, best: float, res: dict[str, Any] | None, elapsed: float
+    ) -> None:
+        """One line per validation (or per eval_every steps when nothing is validated)."""
+        total = self.expected_total(step, elapsed)
+        parts = [f"step {step}/{total}", f"loss {loss:.4f}"]
+        if value is not None:
+            parts.append(f"valid {metric} {value:.4f} (best {best:.4f})")
+            if res is not None and "exact_ce" in res:
+                parts.append(f"exact CE {res['exact_ce']:.3f}")
+        else:
+            parts.append("not validated")
+        parts += [f"{self.rate:,.0f} {self.unit}/s", f"elapsed {_clock(elapsed)}", f"ETA {_clock(self.eta_seconds(step, elapsed))}"]
+        self.print("  ".join(parts))
 
     def print(self, text: str) -> None:
         if self.bar is not None:
-            self.bar.console.print(text)
+            self.bar.console.print(text, highlight=False, soft_wrap=True)
+        else:
+            # Plain text, never wrapped: log files and CI read one line per event.
+            print(text, file=self.console.file, flush=True)
 
     def warn(self, text: str) -> None:
         """Always shown (on stderr when the bar is off)."""
         if self.bar is not None:
-            self.bar.console.print(f"[yellow]{text}")
+            self.bar.console.print(f"[yellow]{text}", soft_wrap=True)
         else:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[yellow]warning:[/] {text}", highlight=False)
+            print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,69 +523,160 @@ def quick_config(store: str | Path, split: str, *, name: str = "transformer", ru
     )
 
 
-def load_train_config(config: str | Path | TrainConfig) -> TrainConfig:
-    if isinstance(config, TrainConfig):
+def load_train_config(config: str | Path | RunConfig) -> RunConfig:
+    if isinstance(config, RunConfig):
         return config
+    import tomllib
+
     path = Path(config)
-    cfg = TrainConfig.load(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    cfg = parse_train_config(data, source=str(path))
     return cfg.model_copy(update={"base_dir": str(path.parent.resolve())})
 
 
+def open_split(store: Store, split: str, *, source: str = "data.split") -> SplitData:
+    """SplitData of `split`, or an error that lists the store's splits with their kinds."""
+    names = store.split_names()
+    if split not in names:
+        listed = ", ".join(f"'{n}' ({store.split_info(n)['kind']})" for n in names) or "none"
+        raise ConfigError(f"{source}: the store {store.path} has no split '{split}'; its splits are: {listed}")
+    return SplitData.load(store, split)
+
+
+def data_warnings(cfg: RunConfig, task: TrainTask, data: SplitData) -> list[str]:
+    """Where the data contradicts a setting's stated assumption (the run still goes ahead)."""
+    out: list[str] = []
+    tc = cfg.trainer  # type: ignore[attr-defined]
+    n_rows = int(len(data.train.nonempty()))
+    batch = tc.loader.batch_size
+    if n_rows < batch:
+        out.append(
+            f"trainer.loader.batch_size is {batch} but the training part has {n_rows} sequences: every batch is "
+            "mostly padding (lower batch_size)"
+        )
+    loss = getattr(cfg, "loss", None)
+    if getattr(loss, "mask_seen", False):
+        # mask_seen assumes an item does not come back later in a sequence (each film rated once).
+        # Repeats are still targets, but each repeat leaves the partition function of the rest.
+        share = repeat_share(data.train)
+        if share > 0.05:
+            out.append(
+                f"loss.mask_seen assumes items rarely repeat within a sequence, but {share:.0%} of training "
+                "events repeat an earlier item of their sequence (consider mask_seen = false)"
+            )
+    if task.total_steps < tc.eval_every and getattr(task, "vset", None) is not None:
+        out.append(
+            f"trainer.eval_every is {tc.eval_every} but the run stops at step {task.total_steps} "
+            f"({task.limit}): it is validated only at its last step"  # type: ignore[attr-defined]
+        )
+    return out
+
+
+def repeat_share(arrays: Any) -> float:
+    """Share of events whose item already occurred earlier in the same sequence."""
+    tokens = np.asarray(arrays.tokens, dtype=np.int64)
+    if len(tokens) == 0:
+        return 0.0
+    rows = np.repeat(np.arange(len(arrays)), np.diff(np.asarray(arrays.offsets)))
+    pairs = rows * (int(tokens.max()) + 1) + tokens
+    _, first = np.unique(pairs, return_index=True)
+    return 1.0 - len(first) / len(tokens)
+
+
 def train(
-    config: str | Path | TrainConfig,
+    config: str | Path | RunConfig,
     *,
     run_dir: str | Path | None = None,
     resume: bool = True,
     on_step: Callable[[int], None] | None = None,
     console: Any = None,
 ) -> Path:
-    """Train the transformer described by a TrainConfig (or its TOML file); return the run folder.
+    """Train the model a TrainConfig (or its TOML file) describes; return the run folder.
 
     The run folder is `run_dir` if given, else runs_dir/name. With resume (default) a run folder
-    holding checkpoints continues from the newest one; its config.toml must match.
+    holding checkpoints continues from the newest one; its config.toml must match. Every check
+    of the config against the store runs before anything is written.
     """
+    from rich.console import Console
+
+    console = console if console is not None else Console()
     cfg = load_train_config(config)
     run = Path(run_dir) if run_dir is not None else cfg.run_dir
     store_path = cfg.resolve(cfg.data.store)
     saved = run / "config.toml"
     if saved.exists() and resume:
-        old = TrainConfig.load(saved)
-        if _comparable(old) != _comparable(cfg):
+        try:
+            old = load_train_config(saved)
+        except ConfigError:
+            old = None
+        if old is None or _comparable(old) != _comparable(cfg):
             raise ConfigError(
-                f"{run}: holds a run with another config; choose another name or runs_dir, or delete it"
+                f"{run}: holds a run with another config; choose another name or runs_dir, delete it, or "
+                "start over with --fresh"
             )
-    Store.open(store_path).close()  # a missing or unreadable store fails before anything is written
-    run.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a fresh start: nothing of an earlier run may be mistaken for this one
-        import shutil
-
-        for name in ("checkpoints", "tensorboard"):
-            shutil.rmtree(run / name, ignore_errors=True)
-        for name in ("weights.npz", "metrics.json", "curves.png", "model.toml"):
-            (run / name).unlink(missing_ok=True)
-    cfg.save(saved)
-    store = Store.open(store_path)
+    store = Store.open(store_path)  # a missing or unreadable store fails before anything is written
     try:
-        data = SplitData.load(store, cfg.data.split)
+        data = open_split(store, cfg.data.split)
+        family_config = cfg.family_config()
+        task = task_factory(cfg.family)(family_config, data)
+        for text in data_warnings(cfg, task, data):
+            console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+        run.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a fresh start: nothing of an earlier run may be mistaken for this one
+            import shutil
+
+            for name in ("checkpoints", "tensorboard"):
+                shutil.rmtree(run / name, ignore_errors=True)
+            for name in ("weights.npz", "metrics.json", "curves.png", "model.toml"):
+                (run / name).unlink(missing_ok=True)
+        cfg.save(saved)
         data.vocab.save(run / "vocab.json")
         from segue.training.continuation import ITEM_NAMES_FILE, save_item_names
 
         save_item_names(store, data.vocab, run / ITEM_NAMES_FILE)
         atomic_write_text(run / "store_checksum.txt", store.checksum + "\n")
-        tcfg = cfg.transformer_config()
-        trainer = Trainer(tcfg, data, run, on_step=on_step, console=console)
+        trainer = Trainer(task, run, on_step=on_step, console=console)
         summary = trainer.fit(resume=resume)
-        rec = TransformerRecommender(tcfg, data.vocab)
+        if summary["steps"] == trainer.resumed_from and trainer.resumed_from:
+            console.print(
+                f"[yellow]nothing to train:[/] the run already stopped at step {summary['steps']} by "
+                f"{_stop_text(summary, cfg)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        rec = model_class(cfg.family)(family_config, data.vocab)
         rec.meta = {"run": str(run), "best_step": summary["best_step"], "store_checksum": store.checksum}
         write_model_header(rec, run)
         atomic_write_text(run / "metrics.json", json.dumps(summary | {"store_checksum": store.checksum}, indent=2, default=float))
-        plot_curves(trainer.train_log, trainer.history, run / "curves.png", metric=tcfg.trainer.metric)
+        plot_curves(trainer.train_log, trainer.history, run / "curves.png", metric=cfg.trainer.metric)  # type: ignore[attr-defined]
     finally:
         store.close()
     return run
 
 
-def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+def _stop_text(summary: dict[str, Any], cfg: RunConfig) -> str:
+    """Which limit stopped a run, and how to raise it."""
+    tc = cfg.trainer  # type: ignore[attr-defined]
+    reason = summary.get("stop_reason")
+    if reason == "max_epochs":
+        return (
+            f"max_epochs = {tc.max_epochs} (= {summary['total_steps']} steps; max_steps is {tc.max_steps}): "
+            "raise it with --max-epochs, or pass --max-steps, which lifts max_epochs"
+        )
+    if reason == "max_steps":
+        return f"max_steps = {tc.max_steps}: raise it with --max-steps"
+    if reason == "early_stopping":
+        return f"early stopping (patience {tc.patience} validations without improvement): raise trainer.patience"
+    if reason == "max_minutes":
+        return f"max_minutes = {tc.max_minutes}: raise it with --max-minutes"
+    return str(reason)
+
+def _comparable(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.model_dump(mode="json", exclude={"base_dir"})
     # A longer or shorter budget is a legitimate change on resume.
     for k in ("max_steps", "max_epochs", "max_minutes", "progress", "patience"):

@@ -1,0 +1,46 @@
+"""Neural families (transformer, autoencoder): a Recommender whose `fit()` runs the shared loop.
+
+The loop lives in the training layer (segue.training.trainer). The models layer must not import
+it, so `fit()` reaches it by name, the way `load_model` reaches a family's class: `TRAINER` names
+the function, which is imported when a model is first fitted. A caller may also hand in its own
+`trainer` (any function with that signature), e.g. to fit with a run folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Self
+
+from segue.data.arrays import SplitData
+from segue.models.base import BaseRecommender
+
+# fit_network(model, data, progress) -> (best network, training summary)
+FitFn = Callable[[BaseRecommender, SplitData, Callable[[str, int, int], None] | None], tuple[Any, dict[str, Any]]]
+TRAINER = "segue.training.trainer:fit_network"
+
+
+def default_trainer() -> FitFn:
+    module, name = TRAINER.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class NeuralRecommender(BaseRecommender):
+    """A family trained by segue's loop; `network` holds its nnx module once fitted or loaded."""
+
+    network: Any = None
+
+    def fit(
+        self,
+        data: SplitData,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+        trainer: FitFn | None = None,
+    ) -> Self:
+        """Train on the split with the loop (no run folder; the best validated weights are kept)."""
+        fit = trainer if trainer is not None else default_trainer()
+        self.vocab = data.vocab
+        network, summary = fit(self, data, progress)
+        self.network = network
+        self.meta = {"train": summary}
+        return self
