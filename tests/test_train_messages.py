@@ -1,0 +1,157 @@
+"""`segue train` for a person: config mistakes caught before anything is written, the limit that
+stops a run named, data that contradicts a setting warned about, and readable progress lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from datahelp import make_store
+from segue.cli import app
+from segue.errors import ConfigError
+from segue.training.trainer import TrainConfig, train
+
+runner = CliRunner()
+
+
+def _cfg(store: Path, **trainer: object) -> dict:
+    return {
+        "name": "t",
+        "data": {"store": str(store), "split": "loo"},
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "dropout": 0.0, "context_length": 6},
+        "loss": {"kind": "logq", "n_negatives": 6, "n_inbatch": 4},
+        "optim": {"warmup_steps": 2},
+        "trainer": {
+            "max_steps": 8,
+            "eval_every": 4,
+            "checkpoint_every": 4,
+            "log_every": 2,
+            "patience": None,
+            "loader": {"batch_size": 8, "bucketing": False, "prefetch_threads": 0},
+        }
+        | trainer,
+    }
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    TrainConfig.from_dict(cfg).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    seqs = [[int(x) for x in (rng.integers(0, 10) + np.arange(rng.integers(4, 10))) % 24] for _ in range(40)]
+    path = tmp_path_factory.mktemp("store") / "s.duckdb"
+    return make_store(path, seqs, [{"kind": "leave_last_out", "name": "loo"}, {"kind": "random_sequence", "name": "rs"}])
+
+
+@pytest.fixture(scope="module")
+def repeats_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # every sequence plays its first two items again and again: most training events repeat
+    seqs = [[i % 9, (i + 1) % 9] * 3 + [(i + 2) % 9, (i + 3) % 9] for i in range(12)]
+    path = tmp_path_factory.mktemp("rep") / "r.duckdb"
+    return make_store(path, seqs, [{"kind": "leave_last_out", "name": "loo"}])
+
+
+def test_wrong_split_name_lists_the_splits_and_writes_nothing(store: Path, tmp_path: Path) -> None:
+    cfg = _cfg(store)
+    cfg["data"]["split"] = "leave_last_out"
+    cfg_path = _write(tmp_path / "c.toml", cfg | {"runs_dir": str(tmp_path / "runs")})
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert "no split 'leave_last_out'" in out and "'loo' (leave_last_out)" in out and "'rs' (random_sequence)" in out
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists()  # no run folder to hide the mistake on the next try
+    # fixing the name then trains (no "holds a run with another config")
+    cfg["data"]["split"] = "loo"
+    _write(cfg_path, cfg | {"runs_dir": str(tmp_path / "runs")})
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "runs" / "t" / "metrics.json").read_text())["steps"] == 8
+
+
+def test_other_config_mistakes_write_nothing(store: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig.from_dict(_cfg(store) | {"trainer": _cfg(store)["trainer"] | {"metric": "ndcg@7"}})
+    with pytest.raises(ConfigError, match="metric"):
+        train(cfg, run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="family"):
+        from segue.training.trainer import parse_train_config
+
+        parse_train_config(_cfg(store) | {"family": "ease"})
+
+
+def test_resume_names_the_binding_limit_and_max_steps_raises_it(store: Path, tmp_path: Path) -> None:
+    # 39 training rows at batch 8: 5 batches an epoch, so max_epochs 1 binds before max_steps 50
+    cfg_path = _write(tmp_path / "c.toml", _cfg(store, max_steps=50, max_epochs=1.0) | {"runs_dir": str(tmp_path)})
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    steps = m["steps"]
+    assert m["stop_reason"] == "max_epochs" and m["limit"] == "max_epochs" and steps < 50
+    assert "stopped by max_epochs = 1.0" in " ".join(res.output.split())
+
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])  # resume: nothing left to do
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert f"nothing to train: the run already stopped at step {steps} by max_epochs = 1.0 (= {steps} steps" in out
+    assert "nan" not in out
+
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), "--max-steps", str(steps + 4)])
+    assert res.exit_code == 0, res.output
+    assert "trainer.max_epochs = 1.0 is lifted" in " ".join(res.output.split())
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert m["resumed_from"] == steps and m["steps"] == steps + 4 and m["stop_reason"] == "max_steps"
+
+
+def test_data_that_contradicts_a_setting_is_warned_about(store: Path, repeats_store: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    cfg = _cfg(store, max_steps=2)
+    cfg["trainer"]["loader"]["batch_size"] = 64  # 40 sequences
+    f = io.StringIO()
+    train(TrainConfig.from_dict(cfg), run_dir=tmp_path / "a", console=Console(file=f, width=60))
+    text = " ".join(f.getvalue().split())
+    assert "batch_size is 64 but the training part has 40 sequences" in text
+    assert "validated only at its last step" in text  # eval_every 4 > 2 steps
+
+    cfg = _cfg(repeats_store, max_steps=2, eval_every=2)
+    cfg["loss"] = {"kind": "full", "mask_seen": True}
+    f2 = io.StringIO()
+    train(TrainConfig.from_dict(cfg), run_dir=tmp_path / "b", console=Console(file=f2, width=60))
+    text = " ".join(f2.getvalue().split())
+    share = re.search(r"but (\d+)% of training events repeat", text)
+    assert share is not None and int(share.group(1)) >= 25, text
+
+
+def test_progress_lines_in_a_log_are_one_line_per_validation(store: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    f = io.StringIO()
+    # not a terminal, and narrow: a rich console would wrap in the middle of a figure
+    train(TrainConfig.from_dict(_cfg(store, progress=True)), run_dir=tmp_path / "r", console=Console(file=f, width=40))
+    lines = [ln for ln in f.getvalue().splitlines() if ln.startswith("step ")]
+    assert len(lines) == 2, f.getvalue()  # steps 4 and 8
+    for ln, step in zip(lines, (4, 8), strict=True):
+        assert ln.startswith(f"step {step}/8  loss ")
+        assert re.search(r"valid ndcg@10 \d\.\d{4} \(best \d\.\d{4}\)", ln)
+        assert re.search(r"[\d,]+ tokens/s", ln) and "ETA " in ln and "elapsed " in ln
+    assert lines[-1].endswith("ETA 0:00")
+
+
+def test_bar_total_and_eta_follow_the_limit_that_binds() -> None:
+    from segue.training.trainer import Progress
+
+    p = Progress(False, total=100_000, start=0, max_minutes=2.0, tty=False)
+    # 400 steps in 60 s: the time limit ends the run near step 800, in 60 s, not 100,000 steps from now
+    assert p.expected_total(400, 60.0) == 800
+    assert p.eta_seconds(400, 60.0) == pytest.approx(60.0)
+    q = Progress(False, total=1000, start=0, tty=False)
+    assert q.expected_total(400, 60.0) == 1000 and q.eta_seconds(400, 60.0) == pytest.approx(90.0)
