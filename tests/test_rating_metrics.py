@@ -107,6 +107,10 @@ def test_build_pairs_cap_is_a_seeded_subset(data: SplitData) -> None:
     again = build_pairs(data, "test", max_pairs_per_user=2, seed=5)
     np.testing.assert_array_equal(again.tokens_a, capped.tokens_a)
     assert any("seeded sample" in n for n in capped.notes)
+    # users with a shorter history are left out: all three have 3 events before the cut
+    assert len(build_pairs(data, "test", min_history=3)) == len(full)
+    short = build_pairs(data, "test", min_history=4)
+    assert len(short) == 0 and any("3 users with fewer than 4" in n for n in short.notes)
     with pytest.raises(ConfigError, match="max_pairs_per_user"):
         build_pairs(data, "test", max_pairs_per_user=0)
     with pytest.raises(ConfigError, match="not train"):

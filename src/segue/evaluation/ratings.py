@@ -155,19 +155,24 @@ def build_pairs(
     *,
     max_pairs_per_user: int = 200,
     seed: int = 0,
+    min_history: int = 0,
 ) -> RatingPairs:
     """All pairs of one user's held-out rated items whose ratings differ, better item first.
 
     Items outside the training vocabulary are left out (no model can order them), as are pairs of
     the same item. A user with more than `max_pairs_per_user` pairs keeps a sample of that many,
     drawn without replacement by a generator seeded with (seed, user row): the same pairs
-    whatever the other users are.
+    whatever the other users are. Users whose history has fewer than `min_history` events are
+    left out (1 matches the ranking protocols' default; 0 keeps cold-start users, whom a rating
+    model can only order by item effects).
     """
     if max_pairs_per_user < 1:
         raise ConfigError(f"max_pairs_per_user must be >= 1, got {max_pairs_per_user}")
     t = rated_targets(data, part)
     known = t.tokens >= N_SPECIAL
-    rows, tokens, ratings = t.rows[known], t.tokens[known], t.ratings[known]
+    enough = t.histories.lengths[t.rows] >= min_history
+    keep = known & enough
+    rows, tokens, ratings = t.rows[keep], t.tokens[keep], t.ratings[keep]
     bounds = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1], True]) if len(rows) else np.zeros(1, np.int64)
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("rows", "a", "b")}
     n_capped = 0
@@ -196,6 +201,9 @@ def build_pairs(
         notes.append(f"{n_capped} users had more pairs and kept a seeded sample")
     if (~known).any():
         notes.append(f"{int((~known).sum())} held-out ratings of items outside the vocabulary left out of pairs")
+    if (~enough).any():
+        short = len(np.unique(t.rows[~enough]))
+        notes.append(f"{short} users with fewer than {min_history} history event(s) left out")
     return RatingPairs(t.histories, pair_rows, tokens[a], tokens[b], ratings[a], ratings[b], notes)
 
 
