@@ -14,8 +14,8 @@ by alternating closed-form ridge solves: with x_i = [b_i, q_i] and features a_u 
 x_i = (A^T A + D)^-1 A^T (r - mu - b_u) over the users who rated i (D = diag(bias_reg, reg, ...)),
 then the same for every x_u = [b_u, p_u] with features [1, q_i]. Each iteration ends with the
 user step, so a training user's factors are exactly what fold-in gives for its training history.
-Deterministic (seeded initial factors, exact solves), and fast in NumPy: one Gram matrix and one
-batched solve per user and item and iteration.
+Deterministic (seeded initial factors, exact solves), and fast in NumPy/SciPy: per half-step all
+Gram matrices come from one sparse product and all ridge systems from one batched solve.
 
 Fold-in: any history h (a training user's, a new user's) is scored from its own rated events by the
 user step alone, item parameters fixed. The evaluator passes each user's visible history (e.g.
@@ -29,8 +29,9 @@ predicted rating. `predict()` (segue.models.rating.RatingPredictor) returns r_ha
 not know get mu + b_u.
 
 Defaults (ml-100k, validation part of the random_holdout split; RMSE 0.925 against 0.951 for
-scikit-surprise's SVD, bench/biasedmf_surprise.py): factors 32, reg 15, bias_reg 5, 15 iterations
-(reg 10: 0.938, reg 20: 0.933, reg 30: 0.952 as the factors collapse; 16 or 64 factors: 0.925).
+scikit-surprise's SVD, bench/biasedmf_surprise.py): factors 32, reg 15, bias_reg 5, 10 iterations
+(reg 10: 0.938, reg 20: 0.933, reg 30: 0.952 as the factors collapse; 16 or 64 factors: 0.925;
+5, 8, 15 or 30 iterations: 0.924-0.925).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field
 
 from segue.config import Config
@@ -55,7 +57,7 @@ class BiasedMFConfig(Config):
     factors: int = Field(32, ge=1)
     reg: float = Field(15.0, gt=0)  # ridge weight on the factors p_u, q_i (absolute, not per rating)
     bias_reg: float = Field(5.0, gt=0)  # ridge weight on the biases b_u, b_i
-    iterations: int = Field(15, ge=1)
+    iterations: int = Field(10, ge=1)
     seed: int = 0
     init_std: float = Field(0.1, gt=0)  # std of the seeded initial factors
     clip: bool = True  # predict() clips to the training ratings' [min, max]
@@ -83,23 +85,35 @@ def rated_events(
 
 
 def ridge_by_group(
-    features: np.ndarray, targets: np.ndarray, group: np.ndarray, n_groups: int, penalty: np.ndarray
+    group: np.ndarray,
+    other: np.ndarray,
+    targets: np.ndarray,
+    features: np.ndarray,
+    n_groups: int,
+    penalty: np.ndarray,
 ) -> np.ndarray:
-    """Per group g: x_g = argmin_x sum_{e in g} (targets[e] - features[e] . x)^2 + sum_k penalty[k] x_k^2,
-    i.e. x_g = (A_g^T A_g + diag(penalty))^-1 A_g^T y_g. `group` [E] must be sorted (grouped).
-    A group without events gets x = 0. Returns float64 [n_groups, k].
+    """Per group g: x_g = argmin_x sum_{e in g} (targets[e] - features[other[e]] . x)^2
+    + sum_k penalty[k] x_k^2, i.e. x_g = (A_g^T A_g + diag(penalty))^-1 A_g^T y_g where the rows of
+    A_g are the features of the `other` entities of the group's events. A group without events
+    gets x = 0. Returns float64 [n_groups, k].
 
-    One BLAS A_g^T A_g per group (measured: 5x faster than segment sums of per-event outer
-    products, which move E * k^2 floats), then all groups are solved in one batched call.
+    The Gram matrices are one sparse product: A_g^T A_g = sum_{e in g} f_o f_o^T, so with S the
+    [groups x others] event-count matrix and O [others, k^2] the flattened outer products f_o f_o^T,
+    all Grams are S @ O (and all right-hand sides Y @ F, Y holding the summed targets); then one
+    batched solve. Measured on ml-100k-sized data (bench figures in the same run): a Python loop
+    of per-group BLAS products 264 ms per half-step, this product 111 ms (float64), 43 ms (float32).
     """
-    k = features.shape[1]
-    gram = np.zeros((n_groups, k, k))
-    rhs = np.zeros((n_groups, k))
-    bounds = np.searchsorted(group, np.arange(n_groups + 1))
-    for g in np.flatnonzero(np.diff(bounds)):
-        a = features[bounds[g] : bounds[g + 1]]
-        gram[g] = a.T @ a
-        rhs[g] = targets[bounds[g] : bounds[g + 1]] @ a
+    used, o = np.unique(other, return_inverse=True)
+    f = np.asarray(features[used], np.float64)  # [m, k], only the entities that occur
+    k = f.shape[1]
+    # float32 Grams: 2.6x faster than float64 (memory-bound), relative error ~1e-7, and the ridge
+    # systems are well conditioned (penalty > 0); right-hand sides and solves stay float64.
+    f32 = f.astype(np.float32)
+    outer = (f32[:, :, None] * f32[:, None, :]).reshape(len(f), k * k)
+    shape = (n_groups, len(used))
+    counts = sp.csr_matrix((np.ones(len(group), np.float32), (group, o)), shape=shape)  # duplicates summed
+    gram = np.asarray(counts @ outer, dtype=np.float64).reshape(n_groups, k, k)
+    rhs = np.asarray(sp.csr_matrix((np.asarray(targets, np.float64), (group, o)), shape=shape) @ f)
     gram[:, np.arange(k), np.arange(k)] += penalty
     return np.linalg.solve(gram, rhs[..., None])[..., 0]
 
@@ -113,13 +127,13 @@ def solve_side(
     config: BiasedMFConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One ALS half-step: biases [n_groups] and factors [n_groups, d] of one side (users or items)
-    given the other side's factors, on events sorted by `group`; `residual` = r - mu - b_other."""
-    feats = np.empty((len(group), other_factors.shape[1] + 1))
+    given the other side's factors; `residual` = r - mu - b_other per event."""
+    feats = np.empty((other_factors.shape[0], other_factors.shape[1] + 1))
     feats[:, 0] = 1.0
-    feats[:, 1:] = other_factors[other]
+    feats[:, 1:] = other_factors
     penalty = np.full(feats.shape[1], config.reg)
     penalty[0] = config.bias_reg
-    x = ridge_by_group(feats, residual, group, n_groups, penalty)
+    x = ridge_by_group(group, other, residual, feats, n_groups, penalty)
     return x[:, 0], x[:, 1:]
 
 
@@ -153,10 +167,8 @@ class BiasedMF(BaseRecommender):
         p = rng.normal(0.0, c.init_std, (n_users, c.factors))
         q = rng.normal(0.0, c.init_std, (n_items, c.factors))
         bu = np.zeros(n_users)
-        by_item = np.argsort(item, kind="stable")  # events are already grouped by user
-        iu, ii, ir = u[by_item], item[by_item], r[by_item]
         for it in range(c.iterations):
-            bi, q = solve_side(ii, iu, ir - mu - bu[iu], p, n_items, c)
+            bi, q = solve_side(item, u, r - mu - bu[u], p, n_items, c)
             bu, p = solve_side(u, item, r - mu - bi[item], q, n_users, c)
             if progress is not None:
                 progress("biasedmf", it + 1, c.iterations)
