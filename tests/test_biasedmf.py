@@ -133,6 +133,28 @@ def test_score_is_the_predicted_rating_and_recommend_ranks_by_it(model: BiasedMF
         assert np.all(np.diff(top_s[b]) <= 0)
 
 
+def test_embeddings_dot_product_is_the_score(model: BiasedMF, data: SplitData) -> None:
+    hist = data.history(Part.TEST)
+    rows = hist.nonempty()[:3]
+    dot = model.query_embeddings(hist, rows) @ model.item_embeddings().T
+    s = model.score(hist, rows)
+    np.testing.assert_allclose(dot[:, N_SPECIAL:], s[:, N_SPECIAL:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.item_embeddings()[:N_SPECIAL], 0.0)
+
+
+def test_served_by_the_engine_with_exact_dot_scores(model: BiasedMF, tmp_path: Path) -> None:
+    from segue.serving.engine import Engine
+
+    engine = Engine.load(model.save(tmp_path / "m"))
+    assert engine.info.family == "biasedmf" and engine.dot_exact
+    history = np.array([N_SPECIAL, N_SPECIAL + 1])
+    ranked = engine.rank([history], 3)[0]
+    # a request carries no ratings: the history is unrated, so items rank by mu + b_i
+    unseen = np.setdiff1d(np.arange(len(model.item_bias)), history - N_SPECIAL)
+    best = unseen[np.argsort(-model.item_bias[unseen], kind="stable")[:3]] + N_SPECIAL
+    assert [int(t) for t in ranked.tokens] == best.tolist()
+
+
 def test_unrated_history_and_unknown_items(model: BiasedMF, data: SplitData) -> None:
     hist = SequenceArrays.from_lists([[N_SPECIAL, N_SPECIAL + 1], []])  # no rating column: unrated
     pred = model.predict(hist, np.array([0, 1, 0]), np.array([N_SPECIAL + 2, N_SPECIAL + 2, UNK]))

@@ -26,7 +26,8 @@ i.e. r_hat = mu + b_i.
 `score()` returns r_hat over the whole vocabulary (special tokens -inf): items are ranked by
 predicted rating. `predict()` (segue.models.rating.RatingPredictor) returns r_hat for given
 (row, item) pairs, clipped to the training ratings' range when `clip` is set; items the model does
-not know get mu + b_u.
+not know get mu + b_u. For serving, `item_embeddings()` [q_i, b_i, 1] and `query_embeddings()`
+[p_u, 1, mu + b_u] have exactly r_hat as their dot product.
 
 Defaults (ml-100k, validation part of the random_holdout split; RMSE 0.925 against 0.951 for
 scikit-surprise's SVD, bench/biasedmf_surprise.py): factors 32, reg 15, bias_reg 5, 10 iterations
@@ -48,7 +49,7 @@ from segue.config import Config
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
-from segue.models._interactions import pad_scores, select_rows
+from segue.models._interactions import pad_rows, pad_scores, select_rows
 from segue.models.base import BaseRecommender
 from segue.models.rating import check_pairs, history_ratings
 
@@ -201,6 +202,18 @@ class BiasedMF(BaseRecommender):
         residual = r - self.meta["mu"] - self.item_bias[item].astype(np.float64)
         q = self.item_factors.astype(np.float64)
         return solve_side(b, item, residual, q, len(rows), self.config)
+
+    def item_embeddings(self) -> np.ndarray:
+        """[V, d + 2] float32 rows [q_i, b_i, 1] (zero rows for special tokens): with
+        `query_embeddings` rows [p_u, 1, mu + b_u] their dot product is r_hat, for an ANN index."""
+        self._check_fitted()
+        n = len(self.item_bias)
+        return pad_rows(np.concatenate([self.item_factors, self.item_bias[:, None], np.ones((n, 1), np.float32)], axis=1))
+
+    def query_embeddings(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        """[B, d + 2] float32 rows [p_u, 1, mu + b_u] of the folded-in histories."""
+        bu, p = self.fold_in(histories, rows)
+        return np.concatenate([p, np.ones((len(bu), 1)), (self.meta["mu"] + bu)[:, None]], axis=1).astype(np.float32)
 
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
         """Predicted ratings [B, V] (unclipped, so the order stays strict), special tokens -inf."""
