@@ -195,6 +195,8 @@ def test_evaluate_errors_paired_difference(data: SplitData) -> None:
             return np.full(len(rows), self.v, np.float32)
 
     rep = evaluate_errors({"three": Const(3.0), "same": Const(3.0), "one": Const(1.0)}, t, n_boot=200)
+    with pytest.raises(SegueError, match="returned NaN for 12 held-out ratings"):
+        evaluate_errors({"nan": Const(np.nan)}, t)
     assert rep.rmse_diff["same"].diff == 0.0 and rep.rmse_diff["same"].p_value == 1.0
     d = rep.rmse_diff["one"]
     assert d.diff == pytest.approx(rmse(np.ones(12), t.ratings) - rmse(np.full(12, 3.0), t.ratings))

@@ -245,9 +245,14 @@ def pair_scores(model: Any, pairs: RatingPairs, *, via: Via | None = None, batch
 
 def rating_predictions(model: Any, targets: RatedTargets) -> np.ndarray:
     """predict() of every held-out rating, float64 [N]."""
-    via = resolve_via(model, "predict")
-    assert via == "predict"
-    return np.asarray(model.predict(targets.histories, targets.rows, targets.tokens), np.float64)
+    resolve_via(model, "predict")
+    pred = np.asarray(model.predict(targets.histories, targets.rows, targets.tokens), np.float64)
+    name = getattr(model, "family", type(model).__name__)
+    if pred.shape != targets.ratings.shape:
+        raise SegueError(f"{name}: predict() returned shape {pred.shape}, expected {targets.ratings.shape}")
+    if np.isnan(pred).any():
+        raise SegueError(f"{name}: predict() returned NaN for {int(np.isnan(pred).sum())} held-out ratings")
+    return pred
 
 
 # ---------------------------------------------------------------------------------------------
