@@ -180,7 +180,7 @@ class BiasedMF(BaseRecommender):
         self.user_bias = bu.astype(np.float32)
         self.user_factors = p.astype(np.float32)
         train_rmse = float(np.sqrt(np.mean((r - (mu + bu[u] + bi[item] + np.einsum("ed,ed->e", p[u], q[item]))) ** 2)))
-        self.meta = {
+        self.meta |= {
             "mu": mu,
             "rating_min": float(r.min()),
             "rating_max": float(r.max()),
