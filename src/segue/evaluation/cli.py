@@ -17,7 +17,7 @@ from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
 from segue.models.base import BaseRecommender, families, load_model, model_class, read_model_header
 
-BASELINES = ("popularity", "itemknn", "ease", "item2vec", "als")
+BASELINES = ("popularity", "itemknn", "ease", "item2vec", "als", "biasedmf")
 
 
 def parse_ks(text: str | None) -> list[int] | None:
@@ -186,7 +186,7 @@ def run_evaluation(
 def evaluate(
     models: Annotated[
         list[str],
-        typer.Argument(help="Model folders or baseline names (popularity, itemknn, ease, item2vec, als); label=... to rename."),
+        typer.Argument(help="Model folders or baseline names (popularity, itemknn, ease, item2vec, als, biasedmf); label=... to rename."),
     ],
     store: Annotated[Path, typer.Option("--store", help="Store file.")],
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the store's split of the protocol's kind).")] = None,

@@ -249,5 +249,6 @@ BUILTIN_FAMILIES: Sequence[tuple[str, str, str]] = (
     ("ease", "segue.models.ease", "EASE"),
     ("item2vec", "segue.models.item2vec", "Item2Vec"),
     ("als", "segue.models.als", "ALS"),
+    ("biasedmf", "segue.models.biasedmf", "BiasedMF"),
     ("transformer", "segue.models.transformer", "TransformerRecommender"),
 )
