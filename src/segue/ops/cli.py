@@ -1,0 +1,56 @@
+"""`segue validate`: the command function (registered on the main app by segue.commands)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from segue.ops.eventset import SPEC_HELP
+
+console = Console()
+
+
+def validate(
+    reference: Annotated[str, typer.Argument(help=f"Reference event set: {SPEC_HELP}.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate event set, same forms as the reference.")],
+    thresholds: Annotated[
+        Path | None, typer.Option("--thresholds", "-t", help="Thresholds TOML (default: built-in, as configs/validation.toml).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for validation.json and validation.html.")] = Path(
+        "validation"
+    ),
+    webhook: Annotated[
+        str | None, typer.Option(help="POST the JSON result here (a failure is reported, not fatal).")
+    ] = None,
+) -> None:
+    """Compare two event sets (schema, drift per feature); exit 1 when a check fails."""
+    from segue.ops.alerts import post_webhook
+    from segue.ops.eventset import parse_spec
+    from segue.ops.thresholds import load_thresholds
+    from segue.ops.validation import validate as run_validation
+    from segue.ops.validation import write_result
+
+    limits = load_thresholds(thresholds)
+    ref_spec, cand_spec = parse_spec(reference), parse_spec(candidate)  # bad specs fail before any reading
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    result = run_validation(ref_spec, cand_spec, limits)
+    if webhook:
+        result.webhook = post_webhook(webhook, result.to_dict())
+        if not result.webhook["ok"]:
+            logging.getLogger("segue.validate").warning(
+                "webhook %s failed: %s (the result is still written)", webhook, result.webhook["error"]
+            )
+    write_result(result, out / "validation.json", out / "validation.html")
+    for f in result.features:
+        status = "skipped" if f.skipped else ("pass" if f.passed else "[red]FAIL[/]")
+        extra = f" ({f.skipped})" if f.skipped else f"  distance {f.distance:.4f}  limit {f.limit:.4f}"
+        console.print(f"  {f.name:<24} {status}{extra}", highlight=False)
+    for x in result.schema:
+        console.print(f"  schema {x.severity}: {x.message()}", highlight=False)
+    console.print(f"[{'green' if result.passed else 'red'}]{'PASS' if result.passed else 'FAIL'}[/] written: {out}/validation.json, {out}/validation.html")
+    if not result.passed:
+        raise typer.Exit(1)
