@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from segue.ops.eventset import SPEC_HELP
 
@@ -47,10 +48,10 @@ def validate(
     write_result(result, out / "validation.json", out / "validation.html")
     for f in result.features:
         status = "skipped" if f.skipped else ("pass" if f.passed else "[red]FAIL[/]")
-        extra = f" ({f.skipped})" if f.skipped else f"  distance {f.distance:.4f}  limit {f.limit:.4f}"
-        console.print(f"  {f.name:<24} {status}{extra}", highlight=False)
+        extra = f" ({escape(f.skipped)})" if f.skipped else f"  distance {f.distance:.4f}  limit {f.limit:.4f}"
+        console.print(f"  {escape(f.name):<24} {status}{extra}", highlight=False)
     for x in result.schema:
-        console.print(f"  schema {x.severity}: {x.message()}", highlight=False)
+        console.print(f"  schema {x.severity}: {escape(x.message())}", highlight=False)
     console.print(f"[{'green' if result.passed else 'red'}]{'PASS' if result.passed else 'FAIL'}[/] written: {out}/validation.json, {out}/validation.html")
     if not result.passed:
         raise typer.Exit(1)

@@ -215,7 +215,7 @@ def from_store(path: str | Path, split: str | None = None, part: str | int | Non
         select = f"SELECT e.seq_id, e.item_id, e.ts, e.rating{extras} FROM events e"
         if split is None:
             label = f"store {path}"
-            table = store.con.execute(select + " ORDER BY e.seq_id, e.position").fetch_arrow_table()
+            table = store.con.execute(select + " ORDER BY e.seq_id, e.position").to_arrow_table()
         else:
             store.require_split(split)
             p = parse_part("train" if part is None else part)
@@ -224,7 +224,7 @@ def from_store(path: str | Path, split: str | None = None, part: str | int | Non
                 select + " JOIN split_events s USING (seq_id, position)"
                 " WHERE s.split = ? AND s.part = ? ORDER BY e.seq_id, e.position",
                 [split, int(p)],
-            ).fetch_arrow_table()
+            ).to_arrow_table()
         ids = np.array(
             [r[0] for r in store.con.execute("SELECT external_id FROM items ORDER BY item_id").fetchall()],
             dtype=object,
@@ -290,10 +290,11 @@ def from_feature_log(folder: str | Path) -> EventSet:
 # --- specs -------------------------------------------------------------------------------------
 
 SPEC_HELP = (
-    "store:PATH (whole store), store:PATH#SPLIT[/PART] (one split part, default train), "
-    "log:FOLDER (serving feature log), KIND:PATH[?key=value&...] (a source, as for segue data build: "
-    "mpd, movielens, seqtext, csv, tsv, parquet, tabular, synthetic); a bare PATH ending in .duckdb "
-    "is a store, a bare folder holding features.jsonl is a feature log"
+    "store:PATH (a whole store), store:PATH#SPLIT/PART (one part of a split; #SPLIT alone means "
+    "its train part), log:FOLDER (a serving feature log), KIND:PATH?key=value&key=value (a source "
+    "file as `segue data build` reads it, KIND one of mpd, movielens, seqtext, csv, tsv, parquet, "
+    "tabular, synthetic; options optional); a bare PATH ending in .duckdb is a store, a bare folder "
+    "holding features.jsonl a feature log"
 )
 
 

@@ -24,12 +24,12 @@ class DriftThresholds(Config):
     """Largest tolerated Chebyshev distance per feature (see segue.ops.drift.chebyshev)."""
 
     popularity: float = Field(0.03, ge=0, le=1)
-    history_length: float = Field(0.05, ge=0, le=1)
-    rating: float = Field(0.03, ge=0, le=1)
-    context: float = Field(0.05, ge=0, le=1)  # each context column, unless named in context_columns
+    history_length: float = Field(0.08, ge=0, le=1)
+    rating: float = Field(0.05, ge=0, le=1)
+    context: float = Field(0.07, ge=0, le=1)  # each context column, unless named in context_columns
     unknown_items: float = Field(0.02, ge=0, le=1)
-    new_items: float = Field(0.1, ge=0, le=1)
-    events_per_day: float = Field(0.05, ge=0, le=1)
+    new_items: float = Field(0.2, ge=0, le=1)
+    events_per_day: float = Field(0.1, ge=0, le=1)
     context_columns: dict[str, float] = {}  # ctx column name (e.g. ctx_device) -> threshold
 
     def for_feature(self, name: str) -> float:
