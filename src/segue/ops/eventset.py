@@ -248,7 +248,8 @@ def read_source(kind: str, path: str | Path | None, options: dict[str, Any] | No
     finally:
         if hasattr(chunks, "close"):
             chunks.close()
-    label = f"source {source.name} {path}" if path is not None else f"source {source.name}"
+    opts = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
+    label = " ".join(x for x in (f"source {source.name}", str(path) if path is not None else "", f"({opts})" if opts else "") if x)
     if not tables:
         raise InputError("no events were found", record=label, expected="at least one interaction")
     return pa.concat_tables(tables, promote_options="default"), label

@@ -7,21 +7,39 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
+from segue.ops.drift import OTHER
+
 if TYPE_CHECKING:
     from segue.ops.validation import FeatureCheck, Result
 
 _W, _H = 460, 230  # one panel
-_PAD_L, _PAD_B, _PAD_T = 44, 70, 24
+_PAD_L, _PAD_B, _PAD_T = 70, 80, 24
 _MAX_LABELS = 25  # more bins than this: x labels thinned so they stay readable
 
 
 def feature_svg(check: FeatureCheck) -> str:
-    """Reference and candidate distributions of one feature as two bar charts on one y scale."""
+    """Reference and candidate distributions of one feature as two bar charts on one y scale.
+    An <other> bin that would flatten every other bar (popularity: the long tail) is left out of
+    the bars and its two shares are written in the panel titles instead."""
     labels = list(check.reference)
-    top = max([*check.reference.values(), *check.candidate.values(), 1e-12])
+    rest = [k for k in labels if k != OTHER]
+    notes = {"reference": "", "candidate": ""}
+    if OTHER in labels and rest:
+        biggest = max(max(check.reference.get(k, 0.0), check.candidate.get(k, 0.0)) for k in rest)
+        if max(check.reference.get(OTHER, 0.0), check.candidate.get(OTHER, 0.0)) > 3 * biggest:
+            labels = rest
+            notes = {
+                "reference": f", {OTHER} {check.reference.get(OTHER, 0.0):.3f}",
+                "candidate": f", {OTHER} {check.candidate.get(OTHER, 0.0):.3f}",
+            }
+    top = max([*(check.reference.get(k, 0.0) for k in labels), *(check.candidate.get(k, 0.0) for k in labels), 1e-12])
     panels = [
-        _panel(f"reference (n = {check.n_reference:,.0f})", labels, check.reference, top, "#4c72b0", 0),
-        _panel(f"candidate (n = {check.n_candidate:,.0f})", labels, check.candidate, top, "#dd8452", _W),
+        _panel(
+            f"reference (n = {check.n_reference:,.0f}{notes['reference']})", labels, check.reference, top, "#4c72b0", 0
+        ),
+        _panel(
+            f"candidate (n = {check.n_candidate:,.0f}{notes['candidate']})", labels, check.candidate, top, "#dd8452", _W
+        ),
     ]
     title = html.escape(f"{check.name}: Chebyshev distance {check.distance:.4f} > limit {check.limit:.4f}")
     return (
@@ -73,8 +91,9 @@ def render_html(result: Result) -> str:
         status = "skipped" if f.skipped else ("pass" if f.passed else "FAIL")
         detail = e(f.skipped) if f.skipped else f"{f.n_reference:,.0f} / {f.n_candidate:,.0f}"
         rows.append(
-            f"<tr class='{status.lower()}'><td>{e(f.name)}</td><td>{f.distance:.4f}</td><td>{f.threshold:.4f}</td>"
-            f"<td>{f.allowance:.4f}</td><td>{status}</td><td>{detail}</td></tr>"
+            f"<tr class='{status.lower()}'><td>{e(f.name)}</td><td>{'-' if f.skipped else f'{f.distance:.4f}'}</td>"
+            f"<td>{f.threshold:.4f}</td><td>{'-' if f.skipped else f'{f.allowance:.4f}'}</td><td>{status}</td>"
+            f"<td>{detail}</td></tr>"
         )
     findings = "".join(
         f"<tr class='{'fail' if x.severity == 'error' else 'note'}'><td>{e(x.column)}</td><td>{e(x.check)}</td>"

@@ -29,7 +29,7 @@ class DriftThresholds(Config):
     context: float = Field(0.07, ge=0, le=1)  # each context column, unless named in context_columns
     unknown_items: float = Field(0.02, ge=0, le=1)
     new_items: float = Field(0.2, ge=0, le=1)
-    events_per_day: float = Field(0.1, ge=0, le=1)
+    events_per_day: float = Field(0.12, ge=0, le=1)
     context_columns: dict[str, float] = {}  # ctx column name (e.g. ctx_device) -> threshold
 
     def for_feature(self, name: str) -> float:
