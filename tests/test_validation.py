@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from datahelp import make_store
 from segue.cli import friendly_errors
-from segue.errors import ConfigError
+from segue.errors import ConfigError, InputError
 from segue.ops import (
     Thresholds,
     chebyshev,
@@ -311,6 +311,13 @@ def test_feature_log_round_trip(tmp_path: Path) -> None:
         extra={"ctx_device": [[d] * len(s) for s, d in zip(seqs, device, strict=True)]},
     )
     train = f"store:{store}#random/train"
+    rated = make_store(
+        tmp_path / "rated.duckdb",
+        seqs,
+        [{"kind": "random_sequence"}],
+        rating=[[4.0] * len(s) for s in seqs],
+        extra={"ctx_device": [[d] * len(s) for s, d in zip(seqs, device, strict=True)]},
+    )
     # Served requests replay sequences of the same corpus: the same distribution as training.
     picks = rng.choice(len(seqs), 120, replace=False)
     log = _log(tmp_path / "log", [seqs[i] for i in picks], [str(device[i]) for i in picks])
@@ -326,6 +333,19 @@ def test_feature_log_round_trip(tmp_path: Path) -> None:
         [[x.rsplit(":", 1)[1] for x in seqs[i]] for i in picks],
         [str(device[i]).capitalize() for i in picks],
     )
+    # A log without the context the model was trained with is a skew; ratings it cannot hold.
+    plain = FeatureLog(tmp_path / "plain")
+    for i in picks[:30]:
+        plain.append({"ts": 1_700_000_000, "request_id": f"p{i}", "inputs": {"history": seqs[i]}})
+    plain.close()
+    r = validate_feature_log(f"store:{rated}#random/train", tmp_path / "plain")
+    findings = {(f.column, f.check): f for f in r.schema}
+    assert findings[("ctx_device", "column")].severity == "error"
+    assert findings[("rating", "column")].severity == "note"
+    assert findings[("rating", "column")].found == "absent (this kind of data cannot hold it)"
+    with pytest.raises(InputError, match="no feature log here"):
+        validate_feature_log(train, tmp_path / "absent")
+
     r = validate_feature_log(train, bad, Thresholds())
     assert not r.passed
     assert {"unknown_items", "context:ctx_device"} <= {f.name for f in r.failures()}

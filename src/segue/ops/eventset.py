@@ -46,8 +46,9 @@ class EventSet:
     context: ctx column name -> string observations (None = null): per event for stores and
     sources, per request for a feature log (where context belongs to the request).
     columns: every column the set has, with type and null count (ITEM for the item id).
-    carries: the columns this kind of set can hold at all (None: any); a reference column the
-    candidate cannot carry is noted, not flagged (a feature log holds no ratings).
+    carries: the columns this kind of set can hold at all, names or prefixes ending in '_'
+    (None: any); a reference column the candidate cannot carry is noted, not flagged (a feature
+    log holds no ratings, but may hold any ctx_ column).
     event_times: whether ts is a per-event time (a feature log stamps a whole history at once).
     context_per_event: whether context observations align with events (else one per request).
     """
@@ -63,6 +64,11 @@ class EventSet:
     carries: frozenset[str] | None = None
     event_times: bool = True
     context_per_event: bool = True
+
+    def can_carry(self, column: str) -> bool:
+        if self.carries is None:
+            return True
+        return any(column == c or (c.endswith("_") and column.startswith(c)) for c in self.carries)
 
     @property
     def n_events(self) -> int:
@@ -282,7 +288,7 @@ def from_feature_log(folder: str | Path) -> EventSet:
         f"ctx_{k}": pa.array([None if c.get(k) is None else str(c[k]) for c in contexts], pa.string())
         for k in keys
     }
-    carries = {ITEM, "ts", *context}
+    carries = {ITEM, "ts", "ctx_"}
     return from_table(
         pa.concat_tables(events), label, context=context, carries=carries, event_times=False
     )

@@ -83,7 +83,7 @@ def check_schema(
     for name, info in ref.columns.items():
         c = cand.columns.get(name)
         if c is None:
-            carried = cand.carries is None or name in cand.carries
+            carried = cand.can_carry(name)
             out.append(
                 Finding(
                     name,
