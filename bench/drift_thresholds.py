@@ -18,6 +18,16 @@ It prints, per feature: the halves' distance (mean, max over seeds), the samplin
 shift's distance (mean), the default threshold, and the share of seeds where the defaults raise an
 alarm on same-distribution data (false alarms) or fail to on the shifted copy aimed at that feature
 (misses). Defaults belong above every halves maximum and below every targeted shift.
+
+Measured here (20 seeds; configs/validation.toml defaults, noise_z 4):
+  halves max / targeted shift mean:  popularity 0.016 ml-100k / 0.091-0.299;
+  history_length 0.065 ml-100k / 0.148-0.509; rating 0.031 / 0.211 (ml-100k);
+  context 0.052 / 0.121 (synthetic); unknown_items 0.008 beauty / 0.100-0.106;
+  new_items 0.117 ml-100k / 0.459-0.777; events_per_day 0.053 ml-100k (0.106 on 200-sequence
+  samples; lengths halved 0.123).
+  False alarms on same-distribution halves: 0/20 on synthetic, ml-100k and beauty; on 200-sequence
+  candidates 0/20 each (noise_z 3 instead of 4: 2/20 on ml-100k). Every targeted shift detected
+  20/20 on every dataset.
 """
 
 from __future__ import annotations

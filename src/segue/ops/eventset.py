@@ -8,6 +8,7 @@ Items are compared across sets by their external ids.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -74,9 +75,14 @@ class EventSet:
     def n_events(self) -> int:
         return len(self.item)
 
+    @functools.cached_property
+    def item_count_array(self) -> np.ndarray:
+        """Events per item code (a bincount: hash-based np.unique is ~10x slower on millions)."""
+        return np.bincount(self.item, minlength=len(self.item_ids))
+
     def item_counts(self) -> dict[str, int]:
         """External item id -> events, for items with at least one event."""
-        counts = np.bincount(self.item, minlength=len(self.item_ids))
+        counts = self.item_count_array
         nz = np.flatnonzero(counts)
         return dict(zip(self.item_ids[nz].tolist(), counts[nz].tolist(), strict=True))
 
@@ -117,7 +123,7 @@ class EventSet:
 
     def item_id_sample(self, limit: int = 100_000, seed: int = 0) -> list[str]:
         """External ids of the items with events (a seeded sample of `limit` when there are more)."""
-        ids = self.item_ids[np.unique(self.item)]
+        ids = self.item_ids[self.item_count_array > 0]
         if len(ids) > limit:
             ids = np.random.default_rng(seed).choice(ids, limit, replace=False)
         return [str(x) for x in ids.tolist()]
