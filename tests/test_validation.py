@@ -229,6 +229,11 @@ def test_exit_codes(tmp_path: Path) -> None:
     bad = runner.invoke(_app(), ["validate", f"store:{a}", f"store:{c}", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 1 and "FAIL" in bad.output
     assert "unknown_items" in bad.output
+    # Thresholds from a file: tolerating a fully new catalogue turns the verdict.
+    (tmp_path / "lax.toml").write_text("[drift]\npopularity = 1.0\nunknown_items = 1.0\nnew_items = 1.0\n")
+    lax = runner.invoke(_app(), ["validate", str(a), str(c), "-t", str(tmp_path / "lax.toml"), "-o", str(tmp_path / "lax")])
+    assert lax.exit_code == 0, lax.output
+    assert json.loads((tmp_path / "lax" / "validation.json").read_text())["thresholds"]["drift"]["popularity"] == 1.0
     wrong = runner.invoke(_app(), ["validate", f"store:{a}", "nonsense.txt", "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "nonsense.txt" in wrong.output
     assert not (tmp_path / "x").exists()

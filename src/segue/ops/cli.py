@@ -28,7 +28,14 @@ def validate(
         str | None, typer.Option(help="POST the JSON result here (a failure is reported, not fatal).")
     ] = None,
 ) -> None:
-    """Compare two event sets (schema, drift per feature); exit 1 when a check fails."""
+    """Compare two event sets (schema, drift per feature); exit 1 when a check fails.
+
+    Training against serving: segue validate store:s.duckdb#random/train log:serving/features
+
+    Last week's import against this week's: segue validate last.duckdb this.duckdb
+
+    A new file against the store it will join: segue validate s.duckdb 'csv:new.csv?user=u&item=i'
+    """
     from segue.ops.alerts import post_webhook
     from segue.ops.eventset import parse_spec
     from segue.ops.thresholds import load_thresholds
