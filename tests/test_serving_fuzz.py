@@ -7,6 +7,7 @@ without and once with the API key. No answer may be a 5xx: bad input is the clie
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,10 +55,9 @@ def fuzz(op, mode: GenerationMode, url: str, session: requests.Session, headers:
         r = case.call(base_url=url, session=session, headers=headers, timeout=60)
         out.append((r.status_code, case, r.text if r.status_code >= 500 else ""))
 
-    try:
+    # Nothing to break (GET /healthz has no parameters): no negative request exists.
+    with contextlib.suppress(Unsatisfiable):
         run()
-    except Unsatisfiable:
-        pass  # nothing to break (GET /healthz has no parameters): no negative request exists
     return out
 
 

@@ -269,6 +269,10 @@ def test_values_json_cannot_carry_back_are_4xx(dot_server) -> None:
         r = c.post(path, content=body, headers=headers)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["detail"][0]["loc"] == loc, r.json()
+    # A body that is not UTF-8 is malformed JSON like any other, and says where.
+    r = c.post("/v1/recommend", content=b'{"history": ["caf\xe9"]}', headers=headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", 17], r.text
+    assert "0xe9" in r.json()["detail"][0]["msg"]
     # An integer past Python's 4300-digit parsing limit is no JSON the server can read: a 400.
     r = c.post("/v1/recommend", content=b'{"n": ' + b"9" * 5000 + b"}", headers=headers)
     assert r.status_code == 400

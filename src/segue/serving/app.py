@@ -327,34 +327,28 @@ class _Envelope:
             "method": scope.get("method", "GET"),
         }
 
-        async def too_large() -> None:
-            detail = {
-                "detail": [
-                    {
-                        "loc": ["body"],
-                        "msg": f"request body is larger than {MAX_BODY_BYTES} bytes",
-                        "type": "too_large",
-                    }
-                ]
-            }
-            data = json.dumps(detail).encode()
+        async def refuse(code: int, loc: list, msg: str, kind: str) -> None:
+            data = json.dumps({"detail": [{"loc": loc, "msg": msg, "type": kind}]}).encode()
             await send_wrapped(
                 {
                     "type": "http.response.start",
-                    "status": 413,
+                    "status": code,
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(data)).encode()),
-                        (b"connection", b"close"),  # the unread rest of the body is not awaited
+                        # A refused body may be partly unread: the connection is not reused.
+                        (b"connection", b"close"),
                     ],
                 }
             )
             await send_wrapped({"type": "http.response.body", "body": data})
             self._observe(where, status["code"], t0)
 
-        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+        too_large = (413, ["body"], f"request body is larger than {MAX_BODY_BYTES} bytes", "too_large")
+        request_headers = dict(scope.get("headers", ()))
+        declared = request_headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            await too_large()  # refused before reading a byte of it
+            await refuse(*too_large)  # refused before reading a byte of it
             return
         body = b""
         more = True
@@ -365,7 +359,16 @@ class _Envelope:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > MAX_BODY_BYTES:  # chunked bodies declare no length
-                await too_large()
+                await refuse(*too_large)
+                return
+        if body and b"json" in request_headers.get(b"content-type", b""):
+            # FastAPI answers a JSON body that is not UTF-8 with a bare 400 "error parsing the
+            # body"; like other malformed JSON it is a 422 saying where.
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = f"JSON must be UTF-8 text: byte {body[e.start]:#04x} at offset {e.start} is not"
+                await refuse(422, ["body", e.start], msg, "json_invalid")
                 return
         sent = False
 
