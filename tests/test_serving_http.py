@@ -210,6 +210,13 @@ def test_bad_input_is_422_naming_the_field(dot_server) -> None:
     assert r.status_code == 422
     r = c.get("/v1/items/search", params={"q": ""})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "q"]
+    # Unknown query parameters are refused as unknown body fields are, not silently ignored.
+    r = c.get("/v1/items/search", params={"q": "basalt", "limt": 5})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "limt"]
+    r = c.get("/v1/items/track:1/similar", params={"m": 5})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "m"]
+    r = c.get("/v1/items/search", params={"q": "basalt", "limit": "1e400"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "limit"]
 
 
 def test_non_finite_numbers_are_422_naming_the_field(dot_server) -> None:

@@ -132,6 +132,17 @@ class ExplainRequest(_Request):
     top: int = Field(5, ge=1, le=100, description="History items listed per explained item")
 
 
+class SearchQuery(_Request):
+    """Query parameters are a model too, so a misspelt one (`?limt=5`) is a 422, not ignored."""
+
+    q: str = Field(min_length=1, max_length=200, description="Words to find in name, artist, album or id")
+    limit: int = Field(20, ge=1, le=100)
+
+
+class SimilarQuery(_Request):
+    n: int = Field(10, ge=1, le=MAX_N)
+
+
 class ReloadRequest(_Request):
     model: Text | None = Field(
         None, max_length=4096, description="Model folder (default: the current one)"
@@ -721,19 +732,9 @@ def create_app(
         response_model_exclude_none=True,
         summary="Search the catalogue by name, artist or album",
     )
-    def search(
-        q: Annotated[
-            str,
-            Query(
-                min_length=1,
-                max_length=200,
-                description="Words to find in name, artist, album or id",
-            ),
-        ],
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> dict[str, Any]:
+    def search(query: Annotated[SearchQuery, Query()]) -> dict[str, Any]:
         engine = current()
-        tokens = engine.catalogue.search(q, limit)
+        tokens = engine.catalogue.search(query.q, query.limit)
         return envelope(
             engine,
             uuid.uuid4().hex,
@@ -749,8 +750,9 @@ def create_app(
     )
     def similar(
         item_id: Annotated[str, PathParam(min_length=1, max_length=512)],
-        n: Annotated[int, Query(ge=1, le=MAX_N)] = 10,
+        query: Annotated[SimilarQuery, Query()],
     ) -> dict[str, Any]:
+        n = query.n
         engine = current()
         token = engine.encoder.encode_one(item_id)
         if token is None:
