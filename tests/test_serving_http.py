@@ -519,3 +519,17 @@ def test_a_transformer_folder_serves_through_ann_with_offline_scores(tmp_path, f
     top, scores = offline.recommend(SequenceArrays.from_lists([tokens]), 5)
     assert [i["id"] for i in body["items"]] == [vocab.external_ids[t] for t in top[0]]
     assert np.allclose([i["score"] for i in body["items"]], scores[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_near_zero_temperature_samples_the_greedy_continuation(folders) -> None:
+    import warnings
+
+    from segue.serving.engine import Engine
+
+    engine = Engine.load(folders["dot"])
+    seed = np.array([N_SPECIAL, N_SPECIAL + 1])
+    greedy, _, _ = engine.continue_(seed, 5, greedy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the gaps / 5e-324 overflowed (a RuntimeWarning per step)
+        cold, probs, _ = engine.continue_(seed, 5, temperature=5e-324, rng=np.random.default_rng(0))
+    assert cold == greedy and probs == [1.0] * 5
