@@ -315,8 +315,12 @@ def test_metrics_label_docs_and_openapi_by_route(dot_server) -> None:
     assert c.get("/static-offline-docs/swagger-ui.css").status_code == 200
     assert c.get("/redoc").status_code == 404  # not exposed (see create_app)
     c.post("/healthz")  # a known path with the wrong method
+    # Refused by the envelope before routing: still counted under their route.
+    c.post("/v1/explain", content=b"[" * ((1 << 20) + 1), headers={"content-type": "application/json"})
+    c.post("/v1/continue", content=b'{"history": ["\xff"]}', headers={"content-type": "application/json"})
     text = c.get("/metrics").text
-    for route, status in [("/docs", 200), ("/openapi.json", 200), ("/static-offline-docs", 200), ("/healthz", 405)]:
+    for route, status in [("/docs", 200), ("/openapi.json", 200), ("/static-offline-docs", 200), ("/healthz", 405),
+                          ("/v1/explain", 413), ("/v1/continue", 422)]:
         assert f'route="{route}",status="{status}"' in text, route
     assert 'route="<unmatched>",status="404"' in text  # /redoc
 

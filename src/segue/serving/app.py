@@ -32,7 +32,7 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -581,10 +581,12 @@ def create_app(
             if t >= N_SPECIAL
         ]
 
-    v1 = APIRouter(prefix="/v1")
+    # Routes go on the app itself, not through included APIRouters: FastAPI (0.165) wraps an
+    # included router in one routing entry without a path, so a request the envelope refuses
+    # before routing (413) could not be labelled with its route in /metrics.
 
-    @v1.post(
-        "/recommend",
+    @app.post(
+        "/v1/recommend",
         response_model=RecommendResponse,
         response_model_exclude_none=True,
         summary="Rank the catalogue after a history",
@@ -646,8 +648,8 @@ def create_app(
             retrieval="popularity" if ranked.fallback else engine.info.retrieval,
         )
 
-    @v1.post(
-        "/continue",
+    @app.post(
+        "/v1/continue",
         response_model=ContinueResponse,
         response_model_exclude_none=True,
         summary="Continue a playlist from seed items",
@@ -695,8 +697,8 @@ def create_app(
             engine, rid, history=history_out, seed=history_out, items=items, warnings=warnings
         )
 
-    @v1.post(
-        "/explain",
+    @app.post(
+        "/v1/explain",
         response_model=ExplainResponse,
         response_model_exclude_none=True,
         summary="Leave-one-out explanation of recommendations",
@@ -726,8 +728,8 @@ def create_app(
         )
         return envelope(engine, rid, items=out, warnings=warnings)
 
-    @v1.get(
-        "/items/search",
+    @app.get(
+        "/v1/items/search",
         response_model=ItemsResponse,
         response_model_exclude_none=True,
         summary="Search the catalogue by name, artist or album",
@@ -742,8 +744,8 @@ def create_app(
             warnings=[],
         )
 
-    @v1.get(
-        "/items/{item_id:path}/similar",
+    @app.get(
+        "/v1/items/{item_id:path}/similar",
         response_model=ItemsResponse,
         response_model_exclude_none=True,
         summary="Items the model ranks highest after this one",
@@ -761,8 +763,6 @@ def create_app(
             )
         ranked = engine.rank([np.array([token])], n)[0]
         return envelope(engine, uuid.uuid4().hex, items=items_out(engine, ranked), warnings=[])
-
-    app.include_router(v1)
 
     @app.get("/healthz", summary="Liveness and the model being served")
     def healthz() -> dict[str, Any]:
@@ -786,9 +786,7 @@ def create_app(
         return (WEB_DIR / "index.html").read_text(encoding="utf-8")
 
     if admin_key:
-        admin = APIRouter(prefix="/admin")
-
-        @admin.post("/reload", summary="Swap to another model folder without dropping requests")
+        @app.post("/admin/reload", summary="Swap to another model folder without dropping requests")
         def reload(
             req: ReloadRequest | None = None,
             x_api_key: Annotated[str | None, Header()] = None,
@@ -824,7 +822,6 @@ def create_app(
                 "folder": str(folder),
             }
 
-        app.include_router(admin)
     else:
         log.warning("%s is not set: admin routes (/admin/reload) are not mounted", ADMIN_KEY_ENV)
 
