@@ -77,16 +77,17 @@ def test_recommend_continue_explain_carry_model_and_names(dot_server, folders) -
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
 
-    r = c.post("/v1/continue", json={"seed": ids[:2], "n": 6, "temperature": 0.7, "random_seed": 3})
+    r = c.post("/v1/continue", json={"history": ids[:2], "n": 6, "temperature": 0.7, "random_seed": 3})
     cont = r.json()
     assert r.status_code == 200 and len(cont["items"]) == 6
+    assert "deprecation" not in r.headers and cont["warnings"] == []
     got = [i["id"] for i in cont["items"]]
     assert len(set(got)) == 6 and not set(got) & set(ids[:2])
-    assert [s["id"] for s in cont["seed"]] == ids[:2]
+    assert [s["id"] for s in cont["history"]] == ids[:2] and cont["seed"] == cont["history"]
     # The same random seed gives the same continuation; greedy follows the ranking.
-    again = c.post("/v1/continue", json={"seed": ids[:2], "n": 6, "temperature": 0.7, "random_seed": 3}).json()
+    again = c.post("/v1/continue", json={"history": ids[:2], "n": 6, "temperature": 0.7, "random_seed": 3}).json()
     assert [i["id"] for i in again["items"]] == got
-    greedy = c.post("/v1/continue", json={"seed": ids[:2], "n": 1, "greedy": True}).json()
+    greedy = c.post("/v1/continue", json={"history": ids[:2], "n": 1, "greedy": True}).json()
     top = c.post("/v1/recommend", json={"history": ids[:2], "n": 1}).json()
     assert greedy["items"][0]["id"] == top["items"][0]["id"]
 
@@ -203,15 +204,125 @@ def test_bad_input_is_422_naming_the_field(dot_server) -> None:
         r = c.post("/v1/recommend", json=body)
         assert r.status_code == 422, body
         assert any(d["loc"][-1] == field for d in r.json()["detail"]), r.json()
-    r = c.post("/v1/continue", json={"seed": ["a"], "temperature": 0})
+    r = c.post("/v1/continue", json={"history": ["a"], "temperature": 0})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "temperature"]
     r = c.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
-    big = b'{"history": ["' + b"a" * (2 << 20) + b'"]}'
-    r = c.post("/v1/recommend", content=big, headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
     r = c.get("/v1/items/search", params={"q": ""})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "q"]
+    # Unknown query parameters are refused as unknown body fields are, not silently ignored.
+    r = c.get("/v1/items/search", params={"q": "basalt", "limt": 5})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "limt"]
+    r = c.get("/v1/items/track:1/similar", params={"m": 5})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "m"]
+    r = c.get("/v1/items/search", params={"q": "basalt", "limit": "1e400"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_non_finite_numbers_are_422_naming_the_field(dot_server) -> None:
+    # JSON 1e400 parses to inf and NaN to nan: the 422 used to fail to serialise them (a 500).
+    c = client(dot_server)
+    cases = [
+        ("/v1/recommend", b'{"history": ["a"], "n": 1e400}', "n", "inf"),
+        ("/v1/recommend", b'{"history": ["a"], "n": NaN}', "n", "nan"),
+        ("/v1/recommend", b'{"history": ["a"], "n": -Infinity}', "n", "-inf"),
+        ("/v1/continue", b'{"seed": ["a"], "temperature": 1e400}', "temperature", "inf"),
+        ("/v1/continue", b'{"history": ["a"], "temperature": NaN}', "temperature", "nan"),
+        ("/v1/continue", b'{"history": ["a"], "top_k": 1e400}', "top_k", "inf"),
+        ("/v1/continue", b'{"history": ["a"], "random_seed": NaN}', "random_seed", "nan"),
+        ("/v1/explain", b'{"history": ["a"], "top": -1e400}', "top", "-inf"),
+    ]
+    for path, body, field, shown in cases:
+        r = c.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (body, r.text)
+        detail = r.json()["detail"]
+        assert [d["loc"] for d in detail] == [["body", field]], detail
+        assert detail[0]["input"] == shown  # rendered as a string, valid JSON
+        assert detail[0]["type"] == "finite_number", detail
+
+
+def test_oversized_body_is_413(dot_server) -> None:
+    c = client(dot_server)
+    big = b'{"history": ["' + b"a" * (2 << 20) + b'"]}'
+    r = c.post("/v1/recommend", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
+    # A chunked body declares no length: the limit still holds while it is read.
+    chunks = (b"a" * 65536 for _ in range(40))
+    r = client(dot_server).post("/v1/recommend", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"][0]["msg"]
+    # Just under the limit is read and validated as usual (a 422 for the over-long id).
+    near = b'{"history": ["' + b"a" * ((1 << 20) - 100) + b'"]}'
+    r = client(dot_server).post("/v1/recommend", content=near, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "history", 0]
+    assert len(r.content) < 2000  # the 1 MB id is not echoed back whole
+
+
+def test_values_json_cannot_carry_back_are_4xx(dot_server) -> None:
+    c = client(dot_server)
+    headers = {"content-type": "application/json", "X-API-Key": ADMIN_KEY}
+    cases = [
+        # Lone surrogates are valid JSON escapes but not UTF-8: ids are echoed and logged.
+        ("/v1/recommend", b'{"history": ["\\ud800"]}', ["body", "history", 0]),
+        ("/v1/continue", b'{"history": ["a", "x\\udfff"]}', ["body", "history", 1]),
+        ("/v1/explain", b'{"history": ["a"], "items": ["\\ud800"]}', ["body", "items", 0]),
+        ("/v1/recommend", b'{"context": {"k": "\\ud800"}}', ["body", "context", "k"]),
+        ("/admin/reload", b'{"model": "\\ud800"}', ["body", "model"]),
+        # Huge ints, empty and non-object bodies.
+        ("/v1/continue", b'{"random_seed": 1' + b"0" * 40 + b"}", ["body", "random_seed"]),
+        ("/v1/recommend", b"[]", ["body"]),
+        ("/v1/recommend", b"null", ["body"]),
+    ]
+    for path, body, loc in cases:
+        r = c.post(path, content=body, headers=headers)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["detail"][0]["loc"] == loc, r.json()
+    # A body that is not UTF-8 is malformed JSON like any other, and says where.
+    r = c.post("/v1/recommend", content=b'{"history": ["caf\xe9"]}', headers=headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", 17], r.text
+    assert "0xe9" in r.json()["detail"][0]["msg"]
+    # An integer past Python's 4300-digit parsing limit is no JSON the server can read: a 400.
+    r = c.post("/v1/recommend", content=b'{"n": ' + b"9" * 5000 + b"}", headers=headers)
+    assert r.status_code == 400
+    # A long list over its limit is echoed cut short, not whole.
+    r = c.post("/v1/recommend", json={"history": ["x"] * 5001})
+    assert r.status_code == 422 and len(r.content) < 3000
+    assert r.json()["detail"][0]["input"][-1] == "... 4981 more items"
+
+
+def test_continue_takes_history_and_seed_is_a_deprecated_alias(dot_server, folders) -> None:
+    c = client(dot_server)
+    ids = known_ids(folders["dot"], 3)
+    new = c.post("/v1/continue", json={"history": ids[:2], "n": 4, "random_seed": 1})
+    old = c.post("/v1/continue", json={"seed": ids[:2], "n": 4, "random_seed": 1})
+    assert new.status_code == old.status_code == 200
+    assert [i["id"] for i in old.json()["items"]] == [i["id"] for i in new.json()["items"]]
+    assert old.headers["deprecation"].startswith("@") and "history" in old.headers["warning"]
+    assert any("deprecated" in w for w in old.json()["warnings"])
+    assert "deprecation" not in new.headers and "warning" not in new.headers
+    both = c.post("/v1/continue", json={"history": ids[:1], "seed": ids[1:2]})
+    assert both.status_code == 422 and both.json()["detail"][0]["loc"] == ["body", "seed"]
+    # The schema documents `seed` (request and answer) as deprecated, `history` as the name.
+    schemas = c.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["ContinueRequest"]["properties"]["seed"]["deprecated"] is True
+    assert "deprecated" not in schemas["ContinueRequest"]["properties"]["history"]
+    assert schemas["ContinueResponse"]["properties"]["seed"]["deprecated"] is True
+    assert {"history", "n"} <= set(schemas["RecommendRequest"]["properties"])
+
+
+def test_metrics_label_docs_and_openapi_by_route(dot_server) -> None:
+    c = client(dot_server)
+    assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+    assert c.get("/static-offline-docs/swagger-ui.css").status_code == 200
+    assert c.get("/redoc").status_code == 404  # not exposed (see create_app)
+    c.post("/healthz")  # a known path with the wrong method
+    # Refused by the envelope before routing: still counted under their route.
+    c.post("/v1/explain", content=b"[" * ((1 << 20) + 1), headers={"content-type": "application/json"})
+    c.post("/v1/continue", content=b'{"history": ["\xff"]}', headers={"content-type": "application/json"})
+    text = c.get("/metrics").text
+    for route, status in [("/docs", 200), ("/openapi.json", 200), ("/static-offline-docs", 200), ("/healthz", 405),
+                          ("/v1/explain", 413), ("/v1/continue", 422)]:
+        assert f'route="{route}",status="{status}"' in text, route
+    assert 'route="<unmatched>",status="404"' in text  # /redoc
 
 
 def test_unknown_ids_are_warnings_and_empty_history_falls_back(dot_server, folders) -> None:
@@ -221,7 +332,7 @@ def test_unknown_ids_are_warnings_and_empty_history_falls_back(dot_server, folde
     assert r.status_code == 200
     w = " ".join(r.json()["warnings"])
     assert "track:unknown-1" in w and "zzz" in w and "<unk>" in w and "nope" in w
-    r = c.post("/v1/continue", json={"seed": ["only-unknown"], "n": 2})
+    r = c.post("/v1/continue", json={"history": ["only-unknown"], "n": 2})
     assert r.status_code == 200 and len(r.json()["items"]) == 2 and "only-unknown" in " ".join(r.json()["warnings"])
     r = c.post("/v1/recommend", json={"history": [], "n": 4})
     body = r.json()
@@ -404,7 +515,7 @@ def test_a_transformer_folder_serves_through_ann_with_offline_scores(tmp_path, f
         assert health["retrieval"] == "hnsw" and health["context_length"] == 6
         body = c.post("/v1/recommend", json={"history": ids, "n": 5}).json()
         assert any("kept the last 6" in w for w in body["warnings"])
-        cont = c.post("/v1/continue", json={"seed": ids[:2], "n": 3, "random_seed": 0}).json()
+        cont = c.post("/v1/continue", json={"history": ids[:2], "n": 3, "random_seed": 0}).json()
         assert len(cont["items"]) == 3 and not {i["id"] for i in cont["items"]} & set(ids[:2])
     tokens, _ = vocab.encode_external(ids)
     offline = load_model(folder)
@@ -412,3 +523,17 @@ def test_a_transformer_folder_serves_through_ann_with_offline_scores(tmp_path, f
     top, scores = offline.recommend(SequenceArrays.from_lists([tokens]), 5)
     assert [i["id"] for i in body["items"]] == [vocab.external_ids[t] for t in top[0]]
     assert np.allclose([i["score"] for i in body["items"]], scores[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_near_zero_temperature_samples_the_greedy_continuation(folders) -> None:
+    import warnings
+
+    from segue.serving.engine import Engine
+
+    engine = Engine.load(folders["dot"])
+    seed = np.array([N_SPECIAL, N_SPECIAL + 1])
+    greedy, _, _ = engine.continue_(seed, 5, greedy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the gaps / 5e-324 overflowed (a RuntimeWarning per step)
+        cold, probs, _ = engine.continue_(seed, 5, temperature=5e-324, rng=np.random.default_rng(0))
+    assert cold == greedy and probs == [1.0] * 5

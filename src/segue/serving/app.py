@@ -5,6 +5,11 @@ Every response carries the model's run id and version (in the body of /v1 answer
 pydantic models with limits, so a malformed body is answered with 422 naming the field and never
 reaches the model. Unknown item ids become `<unk>` and are listed in `warnings`.
 
+Bad input never reaches a 5xx: validation errors echo the offending value made JSON-safe
+(segue.serving.validation), floats must be finite, item ids valid UTF-8, and a body over
+MAX_BODY_BYTES is answered 413. `/docs` loads Swagger UI from this server (the fastapi-offline
+package ships Swagger UI 5), so it works without internet; there is no /redoc.
+
 Reload: `POST /admin/reload` loads the new folder completely, then replaces the engine reference in
 one assignment; requests already running keep the engine they started with, so none fails. Admin
 routes exist only when an API key is configured (SEGUE_ADMIN_KEY); without one they are not mounted.
@@ -27,11 +32,14 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi_offline import FastAPIOffline
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Match
 from threadpoolctl import threadpool_limits
 
 from segue import __version__
@@ -42,6 +50,7 @@ from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
 from segue.serving.explain import explain_items
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
+from segue.serving.validation import error_details
 
 log = logging.getLogger("segue.serving")
 _JSON = msgspec.json.Encoder()
@@ -59,10 +68,24 @@ MAX_N = 1_000
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and +-inf (JSON's 1e400, or Python's NaN literal) are no temperature or count.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-ItemIds = list[Annotated[str, Field(min_length=1, max_length=512)]]
+def _utf8(s: str) -> str:
+    """JSON strings may hold lone surrogates ("\\ud800"); ids are echoed and logged as UTF-8."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid UTF-8 text (it holds a lone surrogate such as \\ud800)") from None
+    return s
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+ItemIds = list[Annotated[Text, Field(min_length=1, max_length=512)]]
+# Deprecated request field names -> their current name (accepted, announced in a header).
+DEPRECATED_FIELDS = {"seed": "history"}
+DEPRECATION_DATE = 1795910400  # 2026-11-29T00:00:00Z, when /v1/continue's `seed` became `history`
 
 
 class RecommendRequest(_Request):
@@ -70,7 +93,9 @@ class RecommendRequest(_Request):
         default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first"
     )
     n: int = Field(10, ge=1, le=MAX_N, description="Number of items to return")
-    context: dict[str, Annotated[str, Field(max_length=256)]] | None = Field(None, max_length=32)
+    context: dict[Annotated[Text, Field(max_length=256)], Annotated[Text, Field(max_length=256)]] | None = Field(
+        None, max_length=32
+    )
     exclude_seen: bool = True
     exclude: ItemIds = Field(default_factory=list, max_length=MAX_LIST)
     allow: ItemIds | None = Field(
@@ -80,8 +105,16 @@ class RecommendRequest(_Request):
 
 
 class ContinueRequest(_Request):
-    seed: ItemIds = Field(
-        default_factory=list, max_length=MAX_HISTORY, description="Seed item ids, in order"
+    history: ItemIds = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description="The playlist so far (seed item ids), oldest first",
+    )
+    seed: ItemIds | None = Field(
+        None,
+        max_length=MAX_HISTORY,
+        description="Deprecated: the old name of `history` (still accepted; not with `history`)",
+        json_schema_extra={"deprecated": True},
     )
     n: int = Field(20, ge=1, le=500)
     temperature: float = Field(1.0, gt=0, le=100)
@@ -99,11 +132,22 @@ class ExplainRequest(_Request):
     top: int = Field(5, ge=1, le=100, description="History items listed per explained item")
 
 
+class SearchQuery(_Request):
+    """Query parameters are a model too, so a misspelt one (`?limt=5`) is a 422, not ignored."""
+
+    q: str = Field(min_length=1, max_length=200, description="Words to find in name, artist, album or id")
+    limit: int = Field(20, ge=1, le=100)
+
+
+class SimilarQuery(_Request):
+    n: int = Field(10, ge=1, le=MAX_N)
+
+
 class ReloadRequest(_Request):
-    model: str | None = Field(
+    model: Text | None = Field(
         None, max_length=4096, description="Model folder (default: the current one)"
     )
-    store: str | None = Field(None, max_length=4096)
+    store: Text | None = Field(None, max_length=4096)
 
 
 class ModelOut(BaseModel):
@@ -132,7 +176,10 @@ class RecommendResponse(BaseModel):
 class ContinueResponse(BaseModel):
     request_id: str
     model: ModelOut
-    seed: list[ItemOut]
+    history: list[ItemOut]
+    seed: list[ItemOut] = Field(
+        description="Deprecated: the same as `history`", json_schema_extra={"deprecated": True}
+    )
     items: list[ItemOut]
     warnings: list[str]
 
@@ -257,11 +304,12 @@ def _esc(s: str) -> str:
 
 
 class _Envelope:
-    """Pure ASGI middleware: body size limit (422 naming `body`), metrics, model headers."""
+    """Pure ASGI middleware: body size limit (413 naming `body`), metrics, model headers."""
 
-    def __init__(self, app: Any, state: dict[str, Any]) -> None:
+    def __init__(self, app: Any, state: dict[str, Any], routes: list[BaseRoute]) -> None:
         self.app = app
         self.state = state
+        self.routes = routes  # the app's routes, to label those FastAPI does not put in the scope
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -281,6 +329,38 @@ class _Envelope:
                 message = {**message, "headers": list(message.get("headers", [])) + headers}
             await send(message)
 
+        # Routing rewrites the scope (a mount moves `path` into `root_path`): keep what matching
+        # needs to label the request afterwards.
+        where = {
+            "type": "http",
+            "path": scope.get("path", ""),
+            "root_path": scope.get("root_path", ""),
+            "method": scope.get("method", "GET"),
+        }
+
+        async def refuse(code: int, loc: list, msg: str, kind: str) -> None:
+            data = json.dumps({"detail": [{"loc": loc, "msg": msg, "type": kind}]}).encode()
+            await send_wrapped(
+                {
+                    "type": "http.response.start",
+                    "status": code,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(data)).encode()),
+                        # A refused body may be partly unread: the connection is not reused.
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send_wrapped({"type": "http.response.body", "body": data})
+            self._observe(where, status["code"], t0)
+
+        too_large = (413, ["body"], f"request body is larger than {MAX_BODY_BYTES} bytes", "too_large")
+        request_headers = dict(scope.get("headers", ()))
+        declared = request_headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            await refuse(*too_large)  # refused before reading a byte of it
+            return
         body = b""
         more = True
         while more:
@@ -289,29 +369,17 @@ class _Envelope:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > MAX_BODY_BYTES:
-                detail = {
-                    "detail": [
-                        {
-                            "loc": ["body"],
-                            "msg": f"request body is larger than {MAX_BODY_BYTES} bytes",
-                            "type": "value_error",
-                        }
-                    ]
-                }
-                data = json.dumps(detail).encode()
-                await send_wrapped(
-                    {
-                        "type": "http.response.start",
-                        "status": 422,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode()),
-                        ],
-                    }
-                )
-                await send_wrapped({"type": "http.response.body", "body": data})
-                self._observe(scope, status["code"], t0)
+            if len(body) > MAX_BODY_BYTES:  # chunked bodies declare no length
+                await refuse(*too_large)
+                return
+        if body and b"json" in request_headers.get(b"content-type", b""):
+            # FastAPI answers a JSON body that is not UTF-8 with a bare 400 "error parsing the
+            # body"; like other malformed JSON it is a 422 saying where.
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = f"JSON must be UTF-8 text: byte {body[e.start]:#04x} at offset {e.start} is not"
+                await refuse(422, ["body", e.start], msg, "json_invalid")
                 return
         sent = False
 
@@ -325,14 +393,24 @@ class _Envelope:
         try:
             await self.app(scope, replay, send_wrapped)
         finally:
-            self._observe(scope, status["code"], t0)
+            route = scope.get("route")
+            self._observe(where, status["code"], t0, getattr(route, "path", None))
 
-    def _observe(self, scope: dict, status: int, t0: float) -> None:
-        route = scope.get("route")
-        name = getattr(route, "path", None) or "<unmatched>"
-        self.state["metrics"].observe(
-            scope.get("method", "?"), name, status, time.perf_counter() - t0
-        )
+    def _observe(self, where: dict, status: int, t0: float, path: str | None = None) -> None:
+        # FastAPI records its own API routes in the scope; Starlette routes it adds itself
+        # (/openapi.json) and mounts (the docs' static files) are found by matching again.
+        name = path or self._route_path(where)
+        self.state["metrics"].observe(where["method"], name, status, time.perf_counter() - t0)
+
+    def _route_path(self, where: dict) -> str:
+        partial = None
+        for route in self.routes:
+            match, _ = route.matches(where)
+            if match is Match.FULL:
+                return getattr(route, "path", None) or "<unmatched>"
+            if match is Match.PARTIAL and partial is None:
+                partial = route  # the path matches, the method does not (a 405)
+        return getattr(partial, "path", None) or "<unmatched>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +465,12 @@ def create_app(
             if limits is not None:
                 limits.restore_original_limits()
 
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with a /docs page whose script, style and favicon come from its
+    # package (mounted at /static-offline-docs), not from a CDN. No /redoc: ReDoc 2's side menu
+    # always fetches its vendor's logo from cdn.redoc.ly (seen in the browser test), and /docs
+    # renders the same schema.
+    app = FastAPIOffline(
+        redoc_url=None,
         lifespan=lifespan,
         title="segue",
         version=__version__,
@@ -395,6 +478,12 @@ def create_app(
         "Item ids are the external ids of the training data.",
     )
     app.state.segue = state
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each error's input as is: 1e400 or NaN made that 422 fail
+        # to serialise (a 500). These details are JSON-safe and bounded.
+        return JSONResponse({"detail": error_details(exc.errors())}, status_code=422)
 
     @app.exception_handler(SegueError)
     async def _segue_error(request: Request, exc: SegueError) -> JSONResponse:
@@ -455,6 +544,34 @@ def create_app(
             )
         return tokens[tokens >= N_SPECIAL].astype(np.int64)
 
+    def deprecated_alias(
+        req: BaseModel, old: str, response: Response, warnings: list[str]
+    ) -> list[str]:
+        """The value of `old`'s current name, taken from `old` if the request used that instead.
+
+        A request using the old name is answered as before, with a `Deprecation` header (RFC 9745),
+        a `Warning` header and a warning in the body; giving both names is a 422 naming `old`."""
+        new = DEPRECATED_FIELDS[old]
+        value = req.__dict__[old]  # not getattr: pydantic warns on access to deprecated fields
+        if value is None:
+            return req.__dict__[new]
+        if new in req.model_fields_set:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("body", old),
+                        "msg": f"give `{new}` only: `{old}` is its deprecated old name",
+                        "input": value,
+                    }
+                ]
+            )
+        note = f"`{old}` is deprecated: send the same list as `{new}`"
+        response.headers["Deprecation"] = f"@{DEPRECATION_DATE}"
+        response.headers["Warning"] = f'299 - "{note}"'
+        warnings.append(note)
+        return value
+
     def items_out(engine: Engine, ranked: Ranked) -> list[dict[str, Any]]:
         # None fields are left out, as response_model_exclude_none does for the other routes.
         describe = engine.catalogue.describe_known
@@ -464,10 +581,12 @@ def create_app(
             if t >= N_SPECIAL
         ]
 
-    v1 = APIRouter(prefix="/v1")
+    # Routes go on the app itself, not through included APIRouters: FastAPI (0.165) wraps an
+    # included router in one routing entry without a path, so a request the envelope refuses
+    # before routing (413) could not be labelled with its route in /metrics.
 
-    @v1.post(
-        "/recommend",
+    @app.post(
+        "/v1/recommend",
         response_model=RecommendResponse,
         response_model_exclude_none=True,
         summary="Rank the catalogue after a history",
@@ -529,19 +648,20 @@ def create_app(
             retrieval="popularity" if ranked.fallback else engine.info.retrieval,
         )
 
-    @v1.post(
-        "/continue",
+    @app.post(
+        "/v1/continue",
         response_model=ContinueResponse,
         response_model_exclude_none=True,
         summary="Continue a playlist from seed items",
     )
-    def continue_(req: ContinueRequest) -> dict[str, Any]:
+    def continue_(req: ContinueRequest, response: Response) -> dict[str, Any]:
         engine = current()
         rid = uuid.uuid4().hex
         warnings: list[str] = []
+        history = deprecated_alias(req, "seed", response, warnings)
         # Generation masks every seed item, even those older than the model's context, so the
         # context cut is no loss worth a warning here.
-        enc = encode_ids(engine, req.seed, "seed", warnings, truncation=False)
+        enc = encode_ids(engine, history, "history", warnings, truncation=False)
         full = enc.all_tokens
         rng = np.random.default_rng(req.random_seed)
         picks, probs, fell_back = engine.continue_(
@@ -561,22 +681,24 @@ def create_app(
             {**engine.catalogue.describe(t), "probability": p}
             for t, p in zip(picks, probs, strict=True)
         ]
-        seed_out = [
+        history_out = [
             engine.catalogue.describe(int(t)) if t >= N_SPECIAL else {"id": s, "name": s}
-            for s, t in zip(req.seed, full, strict=True)
+            for s, t in zip(history, full, strict=True)
         ]
         log_request(
             engine,
             "/v1/continue",
             rid,
-            req.model_dump(exclude_none=True),
+            {**req.model_dump(exclude_none=True, exclude={"seed"}), "history": history},
             {"items": [i["id"] for i in items]},
             warnings,
         )
-        return envelope(engine, rid, seed=seed_out, items=items, warnings=warnings)
+        return envelope(
+            engine, rid, history=history_out, seed=history_out, items=items, warnings=warnings
+        )
 
-    @v1.post(
-        "/explain",
+    @app.post(
+        "/v1/explain",
         response_model=ExplainResponse,
         response_model_exclude_none=True,
         summary="Leave-one-out explanation of recommendations",
@@ -606,25 +728,15 @@ def create_app(
         )
         return envelope(engine, rid, items=out, warnings=warnings)
 
-    @v1.get(
-        "/items/search",
+    @app.get(
+        "/v1/items/search",
         response_model=ItemsResponse,
         response_model_exclude_none=True,
         summary="Search the catalogue by name, artist or album",
     )
-    def search(
-        q: Annotated[
-            str,
-            Query(
-                min_length=1,
-                max_length=200,
-                description="Words to find in name, artist, album or id",
-            ),
-        ],
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> dict[str, Any]:
+    def search(query: Annotated[SearchQuery, Query()]) -> dict[str, Any]:
         engine = current()
-        tokens = engine.catalogue.search(q, limit)
+        tokens = engine.catalogue.search(query.q, query.limit)
         return envelope(
             engine,
             uuid.uuid4().hex,
@@ -632,16 +744,17 @@ def create_app(
             warnings=[],
         )
 
-    @v1.get(
-        "/items/{item_id:path}/similar",
+    @app.get(
+        "/v1/items/{item_id:path}/similar",
         response_model=ItemsResponse,
         response_model_exclude_none=True,
         summary="Items the model ranks highest after this one",
     )
     def similar(
         item_id: Annotated[str, PathParam(min_length=1, max_length=512)],
-        n: Annotated[int, Query(ge=1, le=MAX_N)] = 10,
+        query: Annotated[SimilarQuery, Query()],
     ) -> dict[str, Any]:
+        n = query.n
         engine = current()
         token = engine.encoder.encode_one(item_id)
         if token is None:
@@ -650,8 +763,6 @@ def create_app(
             )
         ranked = engine.rank([np.array([token])], n)[0]
         return envelope(engine, uuid.uuid4().hex, items=items_out(engine, ranked), warnings=[])
-
-    app.include_router(v1)
 
     @app.get("/healthz", summary="Liveness and the model being served")
     def healthz() -> dict[str, Any]:
@@ -675,9 +786,7 @@ def create_app(
         return (WEB_DIR / "index.html").read_text(encoding="utf-8")
 
     if admin_key:
-        admin = APIRouter(prefix="/admin")
-
-        @admin.post("/reload", summary="Swap to another model folder without dropping requests")
+        @app.post("/admin/reload", summary="Swap to another model folder without dropping requests")
         def reload(
             req: ReloadRequest | None = None,
             x_api_key: Annotated[str | None, Header()] = None,
@@ -713,9 +822,8 @@ def create_app(
                 "folder": str(folder),
             }
 
-        app.include_router(admin)
     else:
         log.warning("%s is not set: admin routes (/admin/reload) are not mounted", ADMIN_KEY_ENV)
 
-    app.add_middleware(_Envelope, state=state)
+    app.add_middleware(_Envelope, state=state, routes=app.router.routes)
     return app

@@ -313,7 +313,10 @@ class Engine:
             if greedy:
                 j, p = 0, 1.0
             else:
-                z = (scores - scores.max()) / temperature
+                # A temperature near 0 (any positive float is allowed, down to 5e-324) overflows
+                # the gaps to -inf: weight 0 for all but the best, the greedy limit it should be.
+                with np.errstate(over="ignore"):
+                    z = (scores - scores.max()) / temperature
                 w = np.exp(z)
                 w /= w.sum()
                 j = int(rng.choice(len(toks), p=w))
