@@ -174,6 +174,8 @@ def test_clip_keeps_predictions_in_the_training_range(data: SplitData) -> None:
     hist, rows, tokens, _ = held_out(data)
     pred = m.predict(hist, rows, tokens)
     assert pred.min() >= m.meta["rating_min"] and pred.max() <= m.meta["rating_max"]
+    low, high = m.rating_range()
+    assert (low, high) == (m.meta["rating_min"], m.meta["rating_max"]) and low < high
 
 
 def test_protocols_and_evaluator(model: BiasedMF, store: Store) -> None:

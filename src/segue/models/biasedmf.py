@@ -242,6 +242,11 @@ class BiasedMF(BaseRecommender):
             pred = np.clip(pred, self.meta["rating_min"], self.meta["rating_max"])
         return pred.astype(np.float32)
 
+    def rating_range(self) -> tuple[float, float]:
+        """The training ratings' (min, max)."""
+        self._check_fitted()
+        return float(self.meta["rating_min"]), float(self.meta["rating_max"])
+
     def _save_state(self, folder: Path) -> None:
         for name in ("item_bias", "item_factors", "user_rows", "user_bias", "user_factors"):
             np.save(folder / f"{name}.npy", getattr(self, name))

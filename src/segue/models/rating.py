@@ -35,6 +35,11 @@ class RatingPredictor(Protocol):
         """
         ...
 
+    def rating_range(self) -> tuple[float, float]:
+        """(low, high): the rating scale the model was trained on. Ratings given to it as history
+        feedback outside this range are rejected by callers (the server answers 422)."""
+        ...
+
 
 def history_ratings(histories: SequenceArrays, ratings: np.ndarray | None) -> np.ndarray:
     """The feedback of every history event, float32 [n_events]: `ratings` if given, else the
