@@ -194,11 +194,12 @@ def split_params_text(kind: str, indent: str = "  ") -> str:
 
 
 def split_help() -> str:
-    """The whole split reference (kinds, parameters, examples), for --help and README.md."""
+    """Markdown on every split kind (parameters, an example), for --help and README.md."""
     out = []
-    for kind, (summary, _, example) in SPLIT_DOCS.items():
-        out.append(f"{kind}: {summary}\n{split_params_text(kind, '    ')}\n  example: {example}")
-    return "\n".join(out)
+    for kind, (summary, params, example) in SPLIT_DOCS.items():
+        lines = [f"**{kind}**: {summary}", ""] + [f"- `{k}`: {v}" for k, v in params.items()]
+        out.append("\n".join([*lines, "", f"Example: `{example}`"]))
+    return "\n\n".join(out)
 
 
 def parse_spec(spec: dict[str, Any] | Config) -> Any:

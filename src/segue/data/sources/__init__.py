@@ -35,7 +35,8 @@ SOURCE_KINDS = tuple(_MODULES)
 # Friendlier names for the generic table reader.
 ALIASES = {"csv": "tabular", "tsv": "tabular", "parquet": "tabular", "sequences": "seqtext"}
 # The names shown to users, in the order of the help text (tabular is shown as csv/tsv/parquet).
-SHOWN_KINDS = ("csv", "parquet", "movielens", "seqtext", "mpd", "synthetic")
+SHOWN_KINDS = ("csv", "tsv", "parquet", "movielens", "seqtext", "mpd", "synthetic")
+HELP_ORDER = ("tabular", "movielens", "seqtext", "mpd", "synthetic")
 
 
 def canonical_kind(kind: str) -> str:
@@ -73,9 +74,19 @@ def options_text(kind: str, indent: str = "  ") -> str:
 
 
 def source_help(kind: str) -> str:
-    """A paragraph on source `kind`: what it reads, its options, an example command."""
+    """Markdown on source `kind`: what it reads, each option, an example command."""
     mod = source_module(kind)
-    return f"{kind}: {mod.SUMMARY}\n{options_text(kind, '    ')}\n  example: {mod.EXAMPLE}"
+    canonical = canonical_kind(kind)
+    names = [k for k in SHOWN_KINDS if canonical_kind(k) == canonical] or [kind]
+    lines = [f"**{' / '.join(names)}**: {mod.SUMMARY}", ""]
+    lines += [f"- `{k}`: {v}" for k, v in mod.OPTIONS.items()]
+    lines += ["", f"Example: `{mod.EXAMPLE}`"]
+    return "\n".join(lines)
+
+
+def sources_help() -> str:
+    """Markdown on every source kind (the reference in `segue data build --help` and README.md)."""
+    return "\n\n".join(source_help(kind) for kind in HELP_ORDER)
 
 
 def check_options(kind: str, options: dict[str, Any]) -> None:
@@ -116,4 +127,4 @@ def open_source(kind: str, path: str | Path | None = None, **options: Any) -> So
         raise ConfigError(f"source '{kind}': {e}. Valid options (--option key=value):\n{options_text(kind)}") from None
 
 
-__all__ = ["SOURCE_KINDS", "SHOWN_KINDS", "check_options", "open_source", "options_text", "source_help", "source_options"]
+__all__ = ["SOURCE_KINDS", "SHOWN_KINDS", "check_options", "open_source", "options_text", "source_help", "source_options", "sources_help"]

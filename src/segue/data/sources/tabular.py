@@ -38,7 +38,7 @@ from segue.errors import InputError
 Columns = Sequence[str] | Mapping[str, str]
 _UNITS = {"s": 1, "ms": 1000, "us": 1_000_000}  # numeric timestamps: units per second
 
-SUMMARY = "an interaction table, CSV/TSV (any one-character delimiter, or '::') or Parquet, one event a row."
+SUMMARY = "an interaction table, CSV/TSV (any one-character delimiter, or `::`) or Parquet, one event a row."
 EXAMPLE = "segue data build csv ratings.csv --option user=userId --option item=movieId --option timestamp_unit=ms"
 # Column names mapped without an option, in order of preference (matched case-insensitively).
 CONVENTIONS: dict[str, tuple[str, ...]] = {
@@ -53,12 +53,12 @@ OPTIONS: dict[str, str] = {
     "user": "column of the user/session id, one sequence per value (found by name: user, user_id, userId, session_id)",
     "item": "column of the item id (found by name: item, item_id, itemId, track_uri)",
     "timestamp": "column of event times: unix time or ISO-8601 text, UTC unless it says; orders each user's events "
-    "(found by name: timestamp, time, ts, datetime; timestamp= maps none)",
+    "(found by name: timestamp, time, ts, datetime; `timestamp=` maps none)",
     "rating": "column of numeric ratings (found by name: rating, score)",
     "position": "column of whole numbers giving the order inside a sequence (before timestamp)",
-    "feedback": "comma-separated numeric columns, stored as event columns fb_<name>",
-    "context": "comma-separated text columns, stored as event columns ctx_<name>",
-    "delimiter": "field separator (default: sniffed from the first line: tab, '::', ',', ';', '|', else spaces)",
+    "feedback": "comma-separated numeric columns, stored as event columns `fb_<name>`",
+    "context": "comma-separated text columns, stored as event columns `ctx_<name>`",
+    "delimiter": "field separator (default: sniffed from the first line: tab, `::`, `,`, `;`, `|`, else spaces)",
     "header": "false when the first line is data (then give column_names); default true",
     "column_names": "comma-separated names for the columns (replaces the header, or names a headerless file)",
     "encoding": "text encoding of a CSV file (default utf-8)",
