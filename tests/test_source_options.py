@@ -38,7 +38,22 @@ def test_every_accepted_key_is_documented(kind: str) -> None:
     assert set(documented) == accepted
     assert all(len(doc) > 10 and "\n" not in doc for doc in documented.values())
     text = source_help(kind)
-    assert all(key in text for key in accepted) and "example: segue data build" in text
+    assert all(f"- `{key}`:" in text for key in accepted) and "Example: `segue data build" in text
+
+
+@pytest.mark.parametrize("kind", SOURCE_KINDS)
+def test_documented_examples_pass_the_option_checks(kind: str) -> None:
+    import shlex
+
+    from segue.data.cli import parse_kv
+    from segue.data.sources import check_options, check_values, source_module
+
+    words = shlex.split(source_module(kind).EXAMPLE)
+    assert words[:3] == ["segue", "data", "build"]
+    pairs = [words[i + 1] for i, w in enumerate(words) if w == "--option"]
+    options = parse_kv(pairs, "option")
+    check_options(words[3], options)
+    check_values(words[3], options)
 
 
 def test_every_split_parameter_is_documented() -> None:
@@ -177,3 +192,28 @@ def test_bad_rows_name_file_line_and_field(tmp_path: Path, content: str, words: 
     for w in words:
         assert w in str(e.value), (w, str(e.value))
     assert sorted(x.name for x in tmp_path.iterdir()) == ["log.csv"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "words"),
+    [
+        ("csv", {"header": "no"}, ["option 'header' is 'no' (expected true or false)", "first line is data"]),
+        ("mpd", {"workers": "two"}, ["option 'workers' is 'two' (expected a whole number)"]),
+        ("movielens", {"with_items": 1}, ["option 'with_items' is 1 (expected true or false)"]),
+        ("seqtext", {"chunk_events": 1.5}, ["option 'chunk_events' is 1.5 (expected a whole number)"]),
+    ],
+)
+def test_option_values_of_the_wrong_type_are_named(tmp_path: Path, kind: str, options: dict, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        open_source(kind, tmp_path / "x", **options)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_opening_a_non_store_file_says_so(tmp_path: Path) -> None:
+    from segue.errors import StoreError
+
+    p = tmp_path / "log.csv"
+    p.write_text(ISO)
+    with pytest.raises(StoreError, match=r"log\.csv: not a segue store \(expected the \.duckdb file"):
+        Store.open(p)

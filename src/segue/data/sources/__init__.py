@@ -106,11 +106,35 @@ def check_options(kind: str, options: dict[str, Any]) -> None:
         )
 
 
+def check_values(kind: str, options: dict[str, Any]) -> None:
+    """ConfigError for an option value of the wrong type (true/false for a bool, a whole number for
+    an int), as a command line gives text for whatever does not parse as JSON."""
+    module, cls_name = _MODULES[canonical_kind(kind)]
+    if cls_name == "SyntheticSource":
+        return  # SyntheticConfig checks its own fields
+    params = inspect.signature(getattr(importlib.import_module(module), cls_name).__init__).parameters
+    for key, value in options.items():
+        annotation = str(params[key].annotation).replace(" ", "")  # a string: `from __future__ import annotations`
+        if value is None and "None" in annotation.split("|"):
+            continue
+        first = annotation.split("|")[0]
+        if first == "bool" and not isinstance(value, bool):
+            expected = "true or false"
+        elif first == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            expected = "a whole number"
+        else:
+            continue
+        raise ConfigError(
+            f"source '{kind}': option '{key}' is {value!r} (expected {expected}): {source_options(kind)[key]}"
+        )
+
+
 def open_source(kind: str, path: str | Path | None = None, **options: Any) -> Source:
     """The source of `kind` reading `path`; `options` are the keys of the module's OPTIONS table
     (for "synthetic": the fields of SyntheticConfig, and `path` is ignored)."""
     canonical = canonical_kind(kind)
     check_options(kind, options)
+    check_values(kind, options)
     if canonical == "synthetic":
         from segue.data.sources.synthetic import SyntheticConfig, SyntheticSource
 

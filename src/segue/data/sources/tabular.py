@@ -105,7 +105,7 @@ class TabularSource:
         self.column_names = list(column_names) if column_names else None
         self.encoding = encoding
         if timestamp_unit not in _UNITS:
-            raise InputError(f"unknown timestamp unit '{timestamp_unit}'", expected=" or ".join(_UNITS))
+            raise InputError(f"unknown timestamp unit '{timestamp_unit}'", field="timestamp_unit", expected=", ".join(_UNITS))
         self.timestamp_unit = timestamp_unit
         self.format = format or ("parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "csv")
         if self.format not in ("csv", "parquet"):
@@ -121,7 +121,12 @@ class TabularSource:
         if self.available is not None:
             return self.mapping
         require_file(self.path, "an interaction table")
-        self.available = self._parquet_columns() if self.format == "parquet" else self._csv_columns()[0]
+        how = ""
+        if self.format == "parquet":
+            self.available = self._parquet_columns()
+        else:
+            self.available, delimiter = self._csv_columns()
+            how = f" (read with delimiter {delimiter!r})" if len(self.available) < 3 else ""
         used = {v for v in self.wanted().values()}
         by_lower = {}
         for c in self.available:
@@ -139,7 +144,7 @@ class TabularSource:
         for target in ("user", "item"):
             if self.mapping[target] is None:
                 raise InputError(
-                    f"no {target} column found; the file has: {', '.join(self.available)}",
+                    f"no {target} column found; the file has: {', '.join(self.available)}{how}",
                     path=self.path,
                     expected=f"a column named {' / '.join(CONVENTIONS[target])}, or --option {target}=<column>",
                 )
