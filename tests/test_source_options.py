@@ -217,3 +217,8 @@ def test_opening_a_non_store_file_says_so(tmp_path: Path) -> None:
     p.write_text(ISO)
     with pytest.raises(StoreError, match=r"log\.csv: not a segue store \(expected the \.duckdb file"):
         Store.open(p)
+
+
+def test_synthetic_given_a_path_suggests_out(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"source 'synthetic' reads no input, but was given '.*out\.duckdb' \(for the store, use -o"):
+        open_source("synthetic", tmp_path / "out.duckdb", n_playlists=5)

@@ -131,11 +131,13 @@ def check_values(kind: str, options: dict[str, Any]) -> None:
 
 def open_source(kind: str, path: str | Path | None = None, **options: Any) -> Source:
     """The source of `kind` reading `path`; `options` are the keys of the module's OPTIONS table
-    (for "synthetic": the fields of SyntheticConfig, and `path` is ignored)."""
+    (for "synthetic": the fields of SyntheticConfig, and no `path`)."""
     canonical = canonical_kind(kind)
     check_options(kind, options)
     check_values(kind, options)
     if canonical == "synthetic":
+        if path is not None:  # `segue data build synthetic out.duckdb` would otherwise write segue.duckdb
+            raise ConfigError(f"source 'synthetic' reads no input, but was given '{path}' (for the store, use -o {path})")
         from segue.data.sources.synthetic import SyntheticConfig, SyntheticSource
 
         return SyntheticSource(SyntheticConfig.from_dict(options, source="synthetic source options"))
