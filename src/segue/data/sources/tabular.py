@@ -54,7 +54,7 @@ OPTIONS: dict[str, str] = {
     "item": "column of the item id (found by name: item, item_id, itemId, track_uri)",
     "timestamp": "column of event times: unix time or ISO-8601 text, UTC unless it says; orders each user's events "
     "(found by name: timestamp, time, ts, datetime; `timestamp=` maps none)",
-    "rating": "column of numeric ratings (found by name: rating, score)",
+    "rating": "column of numeric ratings (found by name: rating, score; `rating=` maps none)",
     "position": "column of whole numbers giving the order inside a sequence (before timestamp)",
     "feedback": "comma-separated numeric columns, stored as event columns `fb_<name>`",
     "context": "comma-separated text columns, stored as event columns `ctx_<name>`",
