@@ -238,7 +238,10 @@ def apply_split(con: duckdb.DuckDBPyConnection, spec: dict[str, Any] | Config, s
     spec = parse_spec(spec)
     exists = con.execute("SELECT count(*) FROM splits WHERE split = ?", [spec.name]).fetchone()[0]
     if exists:
-        raise ConfigError(f"split '{spec.name}' is defined twice (give each split its own name)")
+        raise ConfigError(
+            f"split '{spec.name}' is defined twice: the store already has a split of that name "
+            f"(give this one its own, e.g. {spec.kind}:name={spec.name}2)"
+        )
     # Each split draws from its own stream so adding a split never changes another.
     rng = np.random.default_rng([seed, _stable_id(spec.name)])
     fn = {
