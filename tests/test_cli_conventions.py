@@ -222,3 +222,12 @@ def test_evaluate_says_it_replaced_a_report(tmp_path: Path, monkeypatch: pytest.
     assert "replaced the previous report in reports/leave_last_out-loo" in second.output
     results = json.loads(Path("reports/leave_last_out-loo/results.json").read_text())
     assert "popularity" in json.dumps(results)
+
+
+def test_error_quoting_markup_like_input_is_printed_verbatim(tmp_path: Path) -> None:
+    src = tmp_path / "log.csv"
+    src.write_text("user,item,rating\nu1,[b]i1,x[/i]\n")
+    res = runner.invoke(app, ["data", "build", "csv", str(src), "-o", str(tmp_path / "s.duckdb")], terminal_width=200)
+    assert res.exit_code == 2
+    assert "log.csv:2, field 'rating': got 'x[/i]' (expected a number)" in res.output
+    assert "MarkupError" not in res.output

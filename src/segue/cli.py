@@ -22,8 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def print_error(e: SegueError) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
+    # escaped: a message may quote input such as "[x]" or "[/b]", which is not markup
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
 
 
 def friendly_errors(fn: F) -> F:
