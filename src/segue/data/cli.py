@@ -3,7 +3,7 @@
 The help of `data build` and `data add-split` is generated from the option tables kept beside
 each source (`OPTIONS` in segue/data/sources/*.py) and split kind (`SPLIT_DOCS` in splits.py), the
 same tables that check the keys, so what is documented is what is accepted. README.md carries the
-same text (`python -m segue.data.cli --markdown` prints it; a test keeps the two equal).
+same text (`python -m segue.data.cli` prints it; a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from segue.data.sources import SHOWN_KINDS, sources_help
-from segue.data.splits import split_help
+from segue.data.sources import SHOWN_KINDS, open_source, sources_help
+from segue.data.splits import parse_spec, split_help
 from segue.errors import ConfigError, SegueError
 
 # Markdown: the generated option lists wrap with a hanging indent.
@@ -90,8 +90,6 @@ def data_build(
     min_count: Annotated[int, typer.Option(help="Minimum training count for the vocabulary.")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Replace the store if --out exists.")] = False,
 ) -> None:
-    from segue.data.sources import open_source
-    from segue.data.splits import parse_spec
     from segue.data.store import BuildConfig, build_store
 
     if out.exists() and not force:
@@ -109,7 +107,7 @@ def data_build(
     existed = out.exists()
     with build_progress() as progress:
         build_store(source, out, config, progress=progress)
-    console.print(f"[green]{'replaced the existing store' if existed else 'built'}[/] {out}")
+    console.print(f"[green]{'replaced the existing store' if existed else 'built'}[/] {escape(str(out))}")
     print_stats(out)
 
 
@@ -133,7 +131,7 @@ def data_add_split(
     if not store.exists():
         raise SegueError(f"{store}: no store here (build one with `segue data build`)")
     name = add_split(str(store), parse_split(split))
-    _console().print(f"[green]added split[/] {name} to {store}")
+    _console().print(f"[green]added split[/] {escape(name)} to {escape(str(store))}")
     print_split(store, name)
 
 
@@ -173,7 +171,7 @@ def print_stats(store_path: Path, *, plot: Path | None = None, as_json: bool = F
         return stats
     console = _console()
     c = stats["counts"]
-    console.print(f"[bold]{store_path}[/]  content checksum {stats['checksum']}")
+    console.print(f"[bold]{escape(str(store_path))}[/]  content checksum {stats['checksum']}")
     t = Table()
     for col in ("sequences", "items", "events", "rated events"):
         t.add_column(col, justify="right")
@@ -188,7 +186,7 @@ def print_stats(store_path: Path, *, plot: Path | None = None, as_json: bool = F
     )
     for name, s in stats["splits"].items():
         _print_split_table(name, s)
-    console.print(f"plot: {plot}")
+    console.print(f"plot: {escape(str(plot))}")
     return stats
 
 
