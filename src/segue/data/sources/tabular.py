@@ -127,7 +127,7 @@ class TabularSource:
         else:
             self.available, delimiter = self._csv_columns()
             how = f" (read with delimiter {delimiter!r})" if len(self.available) < 3 else ""
-        used = {v for v in self.wanted().values()}
+        used = set(self.wanted().values())
         by_lower = {}
         for c in self.available:
             by_lower.setdefault(c.lower(), c)
@@ -152,7 +152,8 @@ class TabularSource:
         return self.mapping
 
     def notes(self) -> list[str]:
-        """What was mapped (and how), and warnings about columns that look unused by mistake."""
+        """What was mapped (and whether found by name), the columns left out, and a warning when no
+        timestamp (nor position) is mapped although a column looks like a time."""
         self.resolve()
         assert self.available is not None
         parts = [
