@@ -16,6 +16,7 @@ every option, flags included (`--fresh <bool>`, `--help <bool>`), although a fla
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ class LazyCommand:
     def summary(self) -> str:
         """The first paragraph of the command's help, read from its module's source (not imported):
         the function's docstring, or the help= given to the typer.Typer of a sub-group."""
-        tree = ast.parse(self.path.read_text(encoding="utf-8"))
+        tree = _parse(self.path)
         text = None
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name == self.attr:
@@ -53,6 +54,11 @@ class LazyCommand:
         if not text:
             return f"(see segue {self.name} --help)"
         return text.split("\n\n")[0].replace("\n", " ").strip()
+
+
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))  # train and continue share a module
 
 
 COMMANDS: tuple[LazyCommand, ...] = (
