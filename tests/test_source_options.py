@@ -222,3 +222,17 @@ def test_opening_a_non_store_file_says_so(tmp_path: Path) -> None:
 def test_synthetic_given_a_path_suggests_out(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"source 'synthetic' reads no input, but was given '.*out\.duckdb' \(for the store, use -o"):
         open_source("synthetic", tmp_path / "out.duckdb", n_playlists=5)
+
+
+def test_parquet_columns_found_by_name(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": [7, 7, 8], "itemId": ["b", "a", "a"], "ts": [20, 10, 5], "extra": [1, 2, 3]}), p)
+    src = open_source("parquet", p)
+    assert src.notes() == [
+        "columns: user <- user_id (found by name), item <- itemId (found by name), timestamp <- ts (found by name)",
+        "not imported: extra",
+    ]
+    assert _seqs(build_store(src, tmp_path / "s.duckdb")) == {"7": [("a", 10), ("b", 20)], "8": [("a", 5)]}
