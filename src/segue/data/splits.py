@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import duckdb
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, field_validator
 
 from segue.config import Config
 from segue.errors import ConfigError, InputError, StoreError
@@ -80,6 +80,20 @@ class TemporalSplit(Config):
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
 
+    @field_validator("valid_cut", "test_cut", mode="before")
+    @classmethod
+    def _iso_cut(cls, v: Any) -> Any:
+        """A cut may be given as ISO-8601 text (UTC unless it says), as the importers read times."""
+        if isinstance(v, str) and not v.strip().lstrip("-").isdigit():
+            import datetime as dt
+
+            try:
+                d = dt.datetime.fromisoformat(v.strip())
+            except ValueError:
+                raise ValueError("expected unix seconds or an ISO-8601 date/time") from None
+            return int((d if d.tzinfo else d.replace(tzinfo=dt.UTC)).timestamp())
+        return v
+
 
 class LeaveLastOutSplit(Config):
     kind: Literal["leave_last_out"] = "leave_last_out"
@@ -111,16 +125,109 @@ SplitSpec = Annotated[
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(SplitSpec)
 SPLIT_KINDS = ("random_sequence", "temporal", "leave_last_out", "strong", "random_holdout")
 
+# kind -> (what it does, parameter -> one line, example spec). The help of `--split` and
+# `segue data add-split` and README.md come from here; tests check it against the classes' fields.
+SPLIT_DOCS: dict[str, tuple[str, dict[str, str], str]] = {
+    "random_sequence": (
+        "whole sequences go to train/valid/test at random (seeded)",
+        {
+            "name": "split name in the store (default random)",
+            "valid_fraction": "share of sequences for validation (default 0.1)",
+            "test_fraction": "share of sequences for test (default 0.1)",
+        },
+        "random_sequence:test_fraction=0.2",
+    ),
+    "temporal": (
+        "one cut time for everybody: events before the valid cut train, then valid, then test",
+        {
+            "name": "split name in the store (default temporal)",
+            "valid_cut": "start of validation: unix seconds or ISO date (default: from valid_fraction)",
+            "test_cut": "start of test: unix seconds or ISO date (default: from test_fraction)",
+            "valid_fraction": "share of events (by time) for validation when valid_cut is not given (default 0.1)",
+            "test_fraction": "share of events (by time) for test when test_cut is not given (default 0.1)",
+        },
+        "temporal:valid_cut=2024-03-01,test_cut=2024-04-01",
+    ),
+    "leave_last_out": (
+        "per sequence the last event is test, the one before valid, the rest train",
+        {
+            "name": "split name in the store (default loo)",
+            "min_length": "shorter sequences stay wholly in train (default 3)",
+        },
+        "leave_last_out:min_length=5",
+    ),
+    "strong": (
+        "held-out users: part of each held-out user's events is fold-in history, the rest is scored",
+        {
+            "name": "split name in the store (default strong)",
+            "valid_users": "held-out validation users: a fraction (<1) or a count (default 0.1)",
+            "test_users": "held-out test users: a fraction (<1) or a count (default 0.1)",
+            "foldin_fraction": "share of a held-out user's events given as history (default 0.8)",
+            "foldin": "which events are history: random or time (the earliest) (default random)",
+            "min_length": "users with fewer events are never held out (default 5)",
+        },
+        "strong:test_users=100,foldin=time",
+    ),
+    "random_holdout": (
+        "each user's events split at random into train/valid/test",
+        {
+            "name": "split name in the store (default holdout)",
+            "valid_fraction": "share of each user's events for validation (default 0.1)",
+            "test_fraction": "share of each user's events for test (default 0.1)",
+        },
+        "random_holdout:test_fraction=0.2",
+    ),
+}
+
+
+def split_kinds_text(indent: str = "  ") -> str:
+    """Every split kind with what it does, one line each."""
+    width = max(map(len, SPLIT_DOCS))
+    return "\n".join(f"{indent}{k.ljust(width)}  {doc[0]}" for k, doc in SPLIT_DOCS.items())
+
+
+def split_params_text(kind: str, indent: str = "  ") -> str:
+    """The parameters of split `kind`, one line each."""
+    params = SPLIT_DOCS[kind][1]
+    width = max(map(len, params))
+    return "\n".join(f"{indent}{k.ljust(width)}  {v}" for k, v in params.items())
+
+
+def split_help() -> str:
+    """Markdown on every split kind (parameters, an example), for --help and README.md."""
+    out = []
+    for kind, (summary, params, example) in SPLIT_DOCS.items():
+        lines = [f"**{kind}**: {summary}", ""] + [f"- `{k}`: {v}" for k, v in params.items()]
+        out.append("\n".join([*lines, "", f"Example: `{example}`"]))
+    return "\n\n".join(out)
+
 
 def parse_spec(spec: dict[str, Any] | Config) -> Any:
+    """A split config from a spec dict; ConfigError naming the bad kind, parameter or value and
+    listing what is valid."""
     if isinstance(spec, Config):
         return spec
-    if spec.get("kind") not in SPLIT_KINDS:
-        raise ConfigError(f"split: field 'kind' is {spec.get('kind')!r} (expected one of {', '.join(SPLIT_KINDS)})")
+    kind = spec.get("kind")
+    if kind not in SPLIT_KINDS:
+        raise ConfigError(
+            f"unknown split kind {str(kind)!r}. Split kinds (kind[:key=value,...]):\n{split_kinds_text()}"
+        )
     try:
         return _ADAPTER.validate_python(spec)
     except Exception as e:  # pydantic.ValidationError
-        raise ConfigError(f"split {spec.get('name', spec.get('kind'))}: {e}") from None
+        problems = []
+        for err in getattr(e, "errors", lambda: [])():
+            loc = [str(x) for x in err["loc"] if x != kind]
+            key = loc[0] if loc else "?"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown parameter '{key}'")
+            else:
+                problems.append(f"parameter '{key}' is {spec.get(key)!r}: {err['msg']}")
+        text = "; ".join(problems) or str(e)
+        label = f"split '{spec['name']}' ({kind})" if "name" in spec else f"split {kind}"
+        raise ConfigError(
+            f"{label}: {text}. Parameters of {kind}:\n{split_params_text(kind)}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +238,10 @@ def apply_split(con: duckdb.DuckDBPyConnection, spec: dict[str, Any] | Config, s
     spec = parse_spec(spec)
     exists = con.execute("SELECT count(*) FROM splits WHERE split = ?", [spec.name]).fetchone()[0]
     if exists:
-        raise ConfigError(f"split '{spec.name}' is defined twice (give each split its own name)")
+        raise ConfigError(
+            f"split '{spec.name}' is defined twice: the store already has a split of that name "
+            f"(give this one its own, e.g. {spec.kind}:name={spec.name}2)"
+        )
     # Each split draws from its own stream so adding a split never changes another.
     rng = np.random.default_rng([seed, _stable_id(spec.name)])
     fn = {

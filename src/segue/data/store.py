@@ -606,6 +606,11 @@ def content_checksum(con: duckdb.DuckDBPyConnection) -> str:
 # reading
 
 
+def _is_duckdb_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(12)[8:12] == b"DUCK"  # DuckDB's magic bytes, after the 8-byte checksum
+
+
 class Store:
     """Read access to a built store. Open with `Store.open(path)`; use as a context manager."""
 
@@ -619,6 +624,8 @@ class Store:
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{path}: no store here (build one with `segue data build`)")
+        if path.is_dir() or not _is_duckdb_file(path):  # e.g. the CSV itself given as the store
+            raise StoreError(f"{path}: not a segue store (expected the .duckdb file written by `segue data build`)")
         try:
             con = duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as e:

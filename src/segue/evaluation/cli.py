@@ -7,15 +7,17 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-from segue.data.arrays import SplitData
-from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
-from segue.models.base import BaseRecommender, families, load_model, model_class, read_model_header
+
+if TYPE_CHECKING:  # imported inside the functions: `segue --help` must not pay for them
+    from rich.console import Console
+
+    from segue.data.store import Store
+    from segue.models.base import BaseRecommender
 
 BASELINES = ("popularity", "itemknn", "ease", "item2vec", "als", "biasedmf")
 
@@ -51,6 +53,9 @@ def resolve_models(
     A folder is loaded with its saved config; a baseline name is fitted on `split` with its
     default config. Anything else is an error naming the spec and what would do.
     """
+    from segue.data.arrays import SplitData
+    from segue.models.base import families, load_model, model_class, read_model_header
+
     models: dict[str, BaseRecommender] = {}
     infos: dict[str, dict[str, Any]] = {}
     data: SplitData | None = None
@@ -148,6 +153,9 @@ def run_evaluation(
     """The whole `segue evaluate` pipeline as a function: returns (EvalResult, Stats, report folder).
 
     With `report` and no `out`, the folder is reports/<protocol>-<split>."""
+    from rich.console import Console
+
+    from segue.data.store import Store
     from segue.evaluation.evaluator import evaluate as run
     from segue.evaluation.protocols import ProtocolConfig, protocol_spec, resolve_split
     from segue.evaluation.report import EvaluateConfig, compute_stats, print_table, write_report
@@ -178,7 +186,10 @@ def run_evaluation(
             seed=seed,
             reference=reference,
         )
+        replaced = out.exists()
         write_report(result, out, stats, config)
+        if replaced:  # re-running the same protocol and split lands in the same folder
+            console.print(f"[yellow]replaced the previous report in[/] {out} (pass --out to keep both)")
         console.print(f"[green]report written to[/] {out}/report.html")
     return result, stats, (out if report else None)
 
@@ -208,6 +219,8 @@ def evaluate(
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the table only.")] = False,
 ) -> None:
     """Evaluate models (or baselines fitted on the fly) under a protocol: a table and a report folder."""
+    from rich.console import Console
+
     console = Console()
     try:
         k_list = parse_ks(ks)
@@ -229,5 +242,7 @@ def evaluate(
             console=console,
         )
     except SegueError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

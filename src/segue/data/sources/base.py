@@ -78,7 +78,11 @@ class SourceFile:
 
 @runtime_checkable
 class Source(Protocol):
-    """An input format. `chunks()` may be called once; `files()` is valid after it has run."""
+    """An input format. `chunks()` may be called once; `files()` is valid after it has run.
+
+    A source may also offer `notes() -> list[str]`: what it inferred from the input (e.g. which
+    columns it mapped), lines starting with "warning:" for what looks wrong; `segue data build`
+    prints them before importing."""
 
     name: str
 

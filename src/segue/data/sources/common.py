@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -210,14 +211,42 @@ def iter_text_batches(
     read = pv.ReadOptions(
         column_names=raw_names, skip_rows=skip_lines, encoding=encoding, block_size=block_size, use_threads=True
     )
-    parse = pv.ParseOptions(delimiter=delimiter[0], quote_char='"' if delimiter[0] == "," else False)
+    bad_rows: list[Any] = []
+
+    def on_bad_row(row: Any) -> str:
+        bad_rows.append(row)  # pyarrow then raises; the row's line is looked up below
+        return "error"
+
+    parse = pv.ParseOptions(
+        delimiter=delimiter[0], quote_char='"' if delimiter[0] == "," else False, invalid_row_handler=on_bad_row
+    )
     convert = pv.ConvertOptions(column_types={n: pa.string() for n in raw_names}, strings_can_be_null=False)
     try:
         reader = pv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
         for batch in reader:
             yield batch.select(names) if double else batch
     except pa.ArrowInvalid as e:
+        if bad_rows:
+            row = bad_rows[0]
+            got = (row.actual_columns + 1) // 2 if double else row.actual_columns
+            line = row.number or line_of_text(path, row.text, skip_lines, encoding)
+            raise InputError(
+                f"{got} field{'s' if got != 1 else ''} ({row.text!r})",
+                path=path,
+                line=line,
+                expected=f"{len(names)} fields: {delimiter.join(names)}",
+            ) from None
         raise InputError(f"cannot parse the file: {_arrow_message(e)}", path=path) from None
+
+
+def line_of_text(path: Path, text: str, skip_lines: int, encoding: str = "utf-8") -> int | None:
+    """1-based number of the first line after `skip_lines` that reads `text` (error path only:
+    pyarrow's multi-threaded reader does not report line numbers)."""
+    with open(path, encoding=encoding, errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if n > skip_lines and line.rstrip("\r\n") == text:
+                return n
+    return None
 
 
 def _arrow_message(e: Exception) -> str:

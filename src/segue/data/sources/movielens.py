@@ -35,6 +35,13 @@ VARIANTS = {
     "csv": ("ratings.csv", "movies.csv", ",", 1),
 }
 
+SUMMARY = "a MovieLens folder (100K u.data, 1M/10M ratings.dat, 20M+ ratings.csv), with movie titles and genres."
+EXAMPLE = "segue data build movielens ml-100k -s leave_last_out"
+OPTIONS: dict[str, str] = {
+    "variant": "layout: 100k, dat (1M/10M) or csv (20M and later); default: detected from the files",
+    "with_items": "read movie titles and genres from u.item/movies.dat/movies.csv (true/false, default true)",
+}
+
 
 def detect_variant(folder: Path) -> str:
     """Which MovieLens layout `folder` holds: '100k', 'dat' (1M/10M) or 'csv' (20M and later)."""

@@ -66,6 +66,13 @@ class Slice(msgspec.Struct, gc=False):
     playlists: list[Playlist]
 
 
+
+SUMMARY = "the Spotify Million Playlist Dataset: the official zip, a folder of mpd.slice.*.json, or one slice."
+EXAMPLE = "segue data build mpd spotify_million_playlist_dataset.zip --option workers=2"
+OPTIONS: dict[str, str] = {
+    "workers": "processes that parse slices in parallel (0: parse in the main process; default: 2 for 4+ slices)",
+    "verify_md5": "check each slice against the md5sums file when there is one (true/false, default true)",
+}
 _DECODER = msgspec.json.Decoder(Slice)
 _SLICE_RE = re.compile(r"mpd\.slice\.(\d+)-(\d+)\.json$")
 

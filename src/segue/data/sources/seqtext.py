@@ -25,6 +25,15 @@ from segue.errors import InputError
 
 FORMATS = ("auto", "sequences", "pairs")
 
+SUMMARY = "sequence text: 'user item item ...' lines (Amazon Beauty style) or 'user item' lines in time order."
+EXAMPLE = "segue data build seqtext Beauty.txt --option format=sequences -s leave_last_out"
+OPTIONS: dict[str, str] = {
+    "format": "sequences (one user a line), pairs ('user item' lines) or auto (default: sequences if a line has 3+ fields)",
+    "delimiter": "field separator (default: any whitespace)",
+    "encoding": "text encoding (default utf-8)",
+    "chunk_events": "events per chunk handed to the store (memory bound; default 524288)",
+}
+
 
 class SeqTextSource:
     name = "seqtext"

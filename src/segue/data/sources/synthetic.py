@@ -75,6 +75,26 @@ class SyntheticConfig(Config):
         return self
 
 
+SUMMARY = "a synthetic playlist corpus, deterministic by seed (no input path); the demo's data."
+EXAMPLE = "segue data build synthetic -o synth.duckdb --option n_playlists=1000 --option seed=3"
+# The fields of SyntheticConfig (tests check that the two agree).
+OPTIONS: dict[str, str] = {
+    "n_playlists": "number of playlists (default 3000)",
+    "n_items": "number of tracks in the catalogue (default 5000)",
+    "n_genres": "number of genres (default 12)",
+    "tracks_per_album": "mean tracks per album (default 10)",
+    "albums_per_artist": "mean albums per artist (default 2)",
+    "mean_length": "mean playlist length (default 66, as the MPD)",
+    "length_sigma": "log-normal shape of playlist lengths (default 0.8)",
+    "min_length": "shortest playlist (default 5)",
+    "max_length": "longest playlist (default 250)",
+    "zipf_exponent": "popularity skew: rank r is drawn with weight 1/(r+1)^exponent (default 1)",
+    "p_album": "probability that the album's next track follows (default 0.3)",
+    "p_artist": "else probability of another track of the same artist (default 0.2)",
+    "seed": "random seed (default 0)",
+}
+
+
 @dataclass
 class Catalogue:
     """The synthetic items; arrays are indexed by track number (0..n_items-1)."""

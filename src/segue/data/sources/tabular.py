@@ -10,10 +10,15 @@ Each `feedback` column becomes a float event column `fb_<name>`, each `context` 
 column `ctx_<name>` (a dict maps new names to source columns). Events of one user are ordered by
 position, then timestamp, then file order. CSV is streamed in blocks by pyarrow, Parquet by row
 group; a bad value is reported with file, line (CSV) or row (Parquet), and column.
+
+Columns named by convention are mapped without options (`CONVENTIONS`, matched case-insensitively;
+an explicit option wins, and an empty one, e.g. timestamp=, maps nothing). `notes()` says what was
+mapped and warns when a time-like column is left unmapped (events would follow file order).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +38,34 @@ from segue.errors import InputError
 Columns = Sequence[str] | Mapping[str, str]
 _UNITS = {"s": 1, "ms": 1000, "us": 1_000_000}  # numeric timestamps: units per second
 
+SUMMARY = "an interaction table, CSV/TSV (any one-character delimiter, or `::`) or Parquet, one event a row."
+EXAMPLE = "segue data build csv ratings.csv --option user=userId --option item=movieId --option timestamp_unit=ms"
+# Column names mapped without an option, in order of preference (matched case-insensitively).
+CONVENTIONS: dict[str, tuple[str, ...]] = {
+    "user": ("user", "user_id", "userId", "session_id"),
+    "item": ("item", "item_id", "itemId", "track_uri"),
+    "timestamp": ("timestamp", "time", "ts", "datetime"),
+    "rating": ("rating", "score"),
+}
+# Columns that look like times: left unmapped, they deserve a warning (order would be file order).
+_TIME_LIKE = re.compile(r"(time|date|when|epoch|^ts$|_ts$|^ts_|_at$)", re.IGNORECASE)
+OPTIONS: dict[str, str] = {
+    "user": "column of the user/session id, one sequence per value (found by name: user, user_id, userId, session_id)",
+    "item": "column of the item id (found by name: item, item_id, itemId, track_uri)",
+    "timestamp": "column of event times: unix time or ISO-8601 text, UTC unless it says; orders each user's events "
+    "(found by name: timestamp, time, ts, datetime; `timestamp=` maps none)",
+    "rating": "column of numeric ratings (found by name: rating, score; `rating=` maps none)",
+    "position": "column of whole numbers giving the order inside a sequence (before timestamp)",
+    "feedback": "comma-separated numeric columns, stored as event columns `fb_<name>`",
+    "context": "comma-separated text columns, stored as event columns `ctx_<name>`",
+    "delimiter": "field separator (default: sniffed from the first line: tab, `::`, `,`, `;`, `|`, else spaces)",
+    "header": "false when the first line is data (then give column_names); default true",
+    "column_names": "comma-separated names for the columns (replaces the header, or names a headerless file)",
+    "encoding": "text encoding of a CSV file (default utf-8)",
+    "format": "csv or parquet (default: parquet for .parquet/.pq files, else csv)",
+    "timestamp_unit": "unit of numeric timestamps: s (default), ms or us",
+}
+
 
 class TabularSource:
     name = "tabular"
@@ -41,8 +74,8 @@ class TabularSource:
         self,
         path: str | Path,
         *,
-        user: str,
-        item: str,
+        user: str | None = None,
+        item: str | None = None,
         timestamp: str | None = None,
         rating: str | None = None,
         position: str | None = None,
@@ -57,16 +90,22 @@ class TabularSource:
     ) -> None:
         self.path = Path(path)
         given = {"user": user, "item": item, "timestamp": timestamp, "rating": rating, "position": position}
-        # Column names may arrive as numbers from a command line (user=0 for a headerless file).
-        self.mapping = {k: None if v is None else str(v) for k, v in given.items()}
+        # Column names may arrive as numbers from a command line (user=0 for a headerless file);
+        # "" says "map nothing" (no detection for that target).
+        self.given = {k: str(v).strip() for k, v in given.items() if v is not None}
+        self.mapping: dict[str, str | None] = {k: self.given.get(k) or None for k in given}
+        self.detected: list[str] = []  # targets mapped by CONVENTIONS
+        self.available: list[str] | None = None  # the file's columns, once read
         self.feedback = _named(feedback, "fb_")
         self.context = _named(context, "ctx_")
         self.delimiter = delimiter
         self.header = header
+        if isinstance(column_names, str):  # "a,b,c" (as from a command line)
+            column_names = [c.strip() for c in column_names.split(",")]
         self.column_names = list(column_names) if column_names else None
         self.encoding = encoding
         if timestamp_unit not in _UNITS:
-            raise InputError(f"unknown timestamp unit '{timestamp_unit}'", expected=" or ".join(_UNITS))
+            raise InputError(f"unknown timestamp unit '{timestamp_unit}'", field="timestamp_unit", expected=", ".join(_UNITS))
         self.timestamp_unit = timestamp_unit
         self.format = format or ("parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "csv")
         if self.format not in ("csv", "parquet"):
@@ -77,8 +116,68 @@ class TabularSource:
         out = {k: v for k, v in self.mapping.items() if v is not None}
         return out | self.feedback | self.context
 
-    def chunks(self) -> Iterator[Chunk]:
+    def resolve(self) -> dict[str, str | None]:
+        """Read the column names and complete the mapping by CONVENTIONS (once); target -> column."""
+        if self.available is not None:
+            return self.mapping
         require_file(self.path, "an interaction table")
+        how = ""
+        if self.format == "parquet":
+            self.available = self._parquet_columns()
+        else:
+            self.available, delimiter = self._csv_columns()
+            how = f" (read with delimiter {delimiter!r})" if len(self.available) < 3 else ""
+        used = set(self.wanted().values())
+        by_lower = {}
+        for c in self.available:
+            by_lower.setdefault(c.lower(), c)
+        for target, names in CONVENTIONS.items():
+            if target in self.given:
+                continue
+            for name in names:
+                column = by_lower.get(name.lower())
+                if column is not None and column not in used:
+                    self.mapping[target] = column
+                    self.detected.append(target)
+                    used.add(column)
+                    break
+        for target in ("user", "item"):
+            if self.mapping[target] is None:
+                raise InputError(
+                    f"no {target} column found; the file has: {', '.join(self.available)}{how}",
+                    path=self.path,
+                    expected=f"a column named {' / '.join(CONVENTIONS[target])}, or --option {target}=<column>",
+                )
+        self._check_columns(self.available, str(self.path))
+        return self.mapping
+
+    def notes(self) -> list[str]:
+        """What was mapped (and whether found by name), the columns left out, and a warning when no
+        timestamp (nor position) is mapped although a column looks like a time."""
+        self.resolve()
+        assert self.available is not None
+        parts = [
+            f"{target} <- {column}" + (" (found by name)" if target in self.detected else "")
+            for target, column in self.wanted().items()
+        ]
+        out = ["columns: " + ", ".join(parts)]
+        used = set(self.wanted().values())
+        unused = [c for c in self.available if c not in used]
+        if unused:
+            out.append("not imported: " + ", ".join(unused))
+        if self.mapping["timestamp"] is None and self.mapping["position"] is None:
+            timelike = [c for c in unused if _TIME_LIKE.search(c)]
+            if timelike:
+                out.append(
+                    f"warning: column '{timelike[0]}' looks like a time but is not mapped, so each user's events "
+                    f"keep file order and have no timestamp (map it with --option timestamp={timelike[0]})"
+                )
+            else:
+                out.append("note: no timestamp column, so each user's events keep file order")
+        return out
+
+    def chunks(self) -> Iterator[Chunk]:
+        self.resolve()
         if self.format == "parquet":
             yield from self._parquet()
         else:
@@ -94,7 +193,8 @@ class TabularSource:
                     expected="an existing column name",
                 )
 
-    def _csv(self) -> Iterator[Chunk]:
+    def _csv_columns(self) -> tuple[list[str], str]:
+        """The CSV's column names and delimiter."""
         first = read_header(self.path, self.encoding)
         delimiter = self.delimiter or sniff_delimiter(first)
         if self.column_names:
@@ -102,15 +202,26 @@ class TabularSource:
         elif self.header:
             names = [n.strip().strip('"') for n in (first.split(delimiter) if delimiter != " " else first.split())]
         else:
-            raise InputError("a file without header needs column_names", path=self.path, expected="column_names=[...]")
+            raise InputError("a file without header needs column_names", path=self.path, expected="column_names=a,b,c")
         if len(set(names)) != len(names):
             raise InputError(f"repeated column names: {names}", path=self.path, line=1, expected="distinct names")
-        self._check_columns(names, str(self.path))
+        return names, delimiter
+
+    def _csv(self) -> Iterator[Chunk]:
+        names, delimiter = self._csv_columns()
         skip = 1 if self.header else 0
         reader = ColumnReader(self.path, skip_lines=skip, encoding=self.encoding)
         for batch in iter_text_batches(self.path, delimiter=delimiter, names=names, skip_lines=skip, encoding=self.encoding):
             yield Chunk(events=self._events(batch, reader))
             reader.row_offset += batch.num_rows
+
+    def _parquet_columns(self) -> list[str]:
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.ParquetFile(self.path).schema_arrow.names)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"not a readable Parquet file ({e})", path=self.path) from None
 
     def _parquet(self) -> Iterator[Chunk]:
         import pyarrow.parquet as pq
@@ -119,7 +230,6 @@ class TabularSource:
             pf = pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(f"not a readable Parquet file ({e})", path=self.path) from None
-        self._check_columns(pf.schema_arrow.names, str(self.path))
         reader = ColumnReader(self.path, lines=False)
         columns = sorted(set(self.wanted().values()))
         for batch in pf.iter_batches(columns=columns, batch_size=1 << 20):
@@ -131,6 +241,7 @@ class TabularSource:
 
     def _events(self, batch: pa.RecordBatch, reader: ColumnReader) -> pa.Table:
         m = self.mapping
+        assert m["user"] is not None and m["item"] is not None  # resolve() ran
         user = pc.utf8_trim_whitespace(_text(batch.column(m["user"])))
         item = pc.utf8_trim_whitespace(_text(batch.column(m["item"])))
         reader.missing(user, m["user"], "a user/sequence id")
