@@ -67,6 +67,7 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("train", "segue.training.cli", "train"),
     LazyCommand("continue", "segue.training.cli", "continue_"),
     LazyCommand("serve", "segue.serving.cli", "serve"),
+    LazyCommand("validate", "segue.ops.cli", "validate"),
 )
 
 

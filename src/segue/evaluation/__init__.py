@@ -1,9 +1,6 @@
 """Evaluation: protocols (which histories, which targets), per-user metrics, bootstrap
 significance, and reports. Models are only reached through `segue.models.base.Recommender`."""
 
-from segue.evaluation.evaluator import EvalResult, ModelResult, evaluate, evaluate_task
-from segue.evaluation.protocols import PROTOCOLS, ProtocolConfig, Task, build_task, resolve_split
-
 __all__ = [
     "PROTOCOLS",
     "EvalResult",
@@ -15,3 +12,16 @@ __all__ = [
     "evaluate_task",
     "resolve_split",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Loaded on first use, so `segue evaluate --help` imports none of the harness.
+    if name in ("EvalResult", "ModelResult", "evaluate", "evaluate_task"):
+        from segue.evaluation import evaluator
+
+        return getattr(evaluator, name)
+    if name in __all__:
+        from segue.evaluation import protocols
+
+        return getattr(protocols, name)
+    raise AttributeError(name)

@@ -1,11 +1,6 @@
 """Operations: data validation between training and serving (and between imports), with drift
 alerts. `validate_feature_log` is the entry point for the server's scheduled check."""
 
-from segue.ops.drift import chebyshev
-from segue.ops.eventset import EventSet, load, parse_spec
-from segue.ops.thresholds import Thresholds, load_thresholds
-from segue.ops.validation import FeatureCheck, Result, validate, validate_feature_log, write_result
-
 __all__ = [
     "EventSet",
     "FeatureCheck",
@@ -19,3 +14,21 @@ __all__ = [
     "validate_feature_log",
     "write_result",
 ]
+
+_HOMES = {
+    "chebyshev": "drift",
+    "EventSet": "eventset",
+    "load": "eventset",
+    "parse_spec": "eventset",
+    "Thresholds": "thresholds",
+    "load_thresholds": "thresholds",
+}
+
+
+def __getattr__(name: str) -> object:
+    # Loaded on first use: `segue validate --help` needs none of numpy, pyarrow or pydantic.
+    if name not in __all__:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(f"segue.ops.{_HOMES.get(name, 'validation')}"), name)

@@ -8,13 +8,15 @@ Public API:
   FeatureLog, FeatureLogSource                          request log and its import as a Source
 """
 
-from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
-
 __all__ = ["ExactIndex", "HNSWIndex", "IndexConfig", "build_index"]
 
 
 def __getattr__(name: str) -> object:
-    # FastAPI and uvicorn load only when the server is used.
+    # Everything loads on first use: `segue serve --help` needs none of numpy, FastAPI or uvicorn.
+    if name in __all__:
+        from segue.serving import index
+
+        return getattr(index, name)
     if name == "create_app":
         from segue.serving.app import create_app
 

@@ -12,8 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from segue.serving.index import IndexConfig
-
 
 @dataclass
 class RunningServer:
@@ -101,6 +99,7 @@ def serve(
 
     from segue.errors import SegueError
     from segue.serving.app import create_app
+    from segue.serving.index import IndexConfig
 
     console = Console(stderr=True)
     if index not in ("auto", "exact", "hnsw"):
