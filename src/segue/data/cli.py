@@ -182,7 +182,8 @@ def print_stats(store_path: Path, *, plot: Path | None = None, as_json: bool = F
     console.print(
         f"length: min {q['min']:.0f}, median {q['median']:.0f}, mean {q['mean']:.1f}, p95 {q['p95']:.0f}, "
         f"max {q['max']:.0f}   popularity: top 1% of items hold {p['top_1pct_share']:.1%} of events, "
-        f"gini {p['gini']:.3f}, {p['singletons']:,} items seen once"
+        f"gini {p['gini']:.3f}, {p['singletons']:,} items seen once",
+        soft_wrap=True,  # one line in a log, never cut inside a figure
     )
     for name, s in stats["splits"].items():
         _print_split_table(name, s)

@@ -258,6 +258,7 @@ class Trainer:
         step = start
         pending: list[dict[str, jax.Array]] = []
         t_last = time.perf_counter()
+        compile_units = 0
         t_start = time.perf_counter() - self.elapsed
         stop_reason = self.limit
         last_rec: dict[str, float] = {}
@@ -267,9 +268,16 @@ class Trainer:
                 self.state, met = self.task.train_step(self.state, batch, self.plateau.scale)
                 step += 1
                 pending.append(met)
+                if step == start + 1:
+                    # The first step of a session compiles: keep it out of the throughput window.
+                    jax.block_until_ready(self.state)
+                    t_last = time.perf_counter()
+                    compile_units = int(met["count"])
                 if self.on_step is not None:
                     self.on_step(step)
-                if step % tc.log_every == 0 or step == self.total_steps:
+                # Validation points are log points too, so each progress line carries a fresh loss.
+                at_eval = step % tc.eval_every == 0
+                if pending and (step % tc.log_every == 0 or step == self.total_steps or at_eval):
                     got = jax.device_get(pending)
                     pending = []
                     now = time.perf_counter()
@@ -280,7 +288,8 @@ class Trainer:
                         self.skipped += len(skipped)
                         progress.warn(f"skipped {len(skipped)} step(s) with a non-finite loss or gradient (up to step {step})")
                     finite = [float(m["loss"]) for m in got if not bool(m["skipped"])]
-                    rate = units / max(1e-9, now - t_last)
+                    rate = (units - compile_units) / max(1e-9, now - t_last)
+                    compile_units = 0
                     rec = {"step": step, "loss": float(np.mean(finite)) if finite else float("nan")}
                     for k, v in got[-1].items():
                         if k not in ("loss", "skipped", "count") and np.ndim(v) == 0:
