@@ -11,6 +11,7 @@ import pytest
 from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
 from servinghelp import dot_folder, named_store
+from test_serving_profiles import fit_biasedmf, rated_store
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
 LAUNCH_ARGS = [
@@ -63,6 +64,55 @@ def test_search_add_two_seeds_continue_shows_new_items(tmp_path) -> None:
             again = [shown.nth(i).get_attribute("data-id") for i in range(5)]
             assert not set(again) & set(seeds)
             assert page.locator("#warnings").inner_text() == ""
+        finally:
+            browser.close()
+
+
+def test_profile_mode_rated_items_recommendations_explanations_and_scale(tmp_path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    store = rated_store(tmp_path / "store.duckdb")
+    app = create_app(fit_biasedmf(store, tmp_path / "bmf"), store=store, use_env_admin_key=False)
+    with serve_in_thread(app) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            expect(page.locator("#model")).to_contain_text("biasedmf model")
+            page.select_option("#mode", "profile")
+            expect(page.locator("#scale")).to_have_text(re.compile(r"from 1 to 5 \(the model's scale\)"))
+            expect(page.locator("#continue-btn")).to_be_hidden()
+            page.fill("#q", "Mecha")
+            page.click("#search-btn")
+            results = page.locator("#results li")
+            expect(results.first).to_contain_text("Mecha Saga")
+            results.nth(0).locator("button.add").click()
+            results.nth(1).locator("button.add").click()
+            seeds = page.locator("#seeds li")
+            expect(seeds).to_have_count(2)
+            seeds.nth(0).locator("input.rating").fill("5")
+            seeds.nth(1).locator("input.rating").fill("4")
+            page.fill("#rec-n", "5")
+            page.click("#recommend-btn")
+            shown = page.locator("#recommendations li")
+            expect(shown).to_have_count(5)
+            # A Mecha fan gets Mecha titles, each with the profile item that raised it.
+            expect(shown.first).to_contain_text("Mecha Saga")
+            expect(shown.first.locator(".why")).to_contain_text("because of Mecha Saga")
+            expect(shown.first).to_contain_text("predicted")
+            surprising = page.locator("#surprising li")
+            expect(surprising).to_have_count(2)  # both rated items, largest surprise first
+            expect(surprising.first).to_contain_text(re.compile(r"you gave [45], the model expected \d\.\d"))
+            assert page.locator("#warnings").inner_text() == ""
+            # A rating above the scale: the input is marked and the server's refusal is shown.
+            first_id = seeds.nth(0).get_attribute("data-id")
+            box = seeds.nth(0).locator("input.rating")
+            box.fill("9")
+            assert box.evaluate("el => el.validity.rangeOverflow")
+            page.click("#recommend-btn")
+            expect(page.locator("#warnings")).to_have_text(
+                f"error: rating 9 of item '{first_id}' (history[0]) is outside the model's rating scale [1, 5]"
+            )
         finally:
             browser.close()
 

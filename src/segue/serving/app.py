@@ -13,6 +13,13 @@ package ships Swagger UI 5), so it works without internet; there is no /redoc.
 Reload: `POST /admin/reload` loads the new folder completely, then replaces the engine reference in
 one assignment; requests already running keep the engine they started with, so none fails. Admin
 routes exist only when an API key is configured (SEGUE_ADMIN_KEY); without one they are not mounted.
+
+Profiles: /v1/recommend and /v1/explain take `ratings`, a list aligned with `history` (null =
+unrated). Aligned lists rather than `{"id", "rating"}` objects keep `history: list[str]` exactly as
+before, so old clients and the feature log's schema are untouched, and the OpenAPI schema shows two
+plain arrays. Ratings outside the model's scale (`/healthz` rating_scale) are a 422 naming the item;
+a family that does not use ratings accepts them with a warning. `niche_boost` (b >= 0) ranks by
+s - b log(training count + 1) on every retrieval path (segue.models.filters).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 from threadpoolctl import threadpool_limits
@@ -47,7 +54,7 @@ from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
 from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
-from segue.serving.explain import explain_items
+from segue.serving.explain import explain_items, surprising_items
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
 from segue.serving.validation import error_details
@@ -88,10 +95,32 @@ DEPRECATED_FIELDS = {"seed": "history"}
 DEPRECATION_DATE = 1795910400  # 2026-11-29T00:00:00Z, when /v1/continue's `seed` became `history`
 
 
+def _aligned_ratings(ratings: list[float | None] | None, info: ValidationInfo) -> list[float | None] | None:
+    """`ratings` must give one value (or null) per history item."""
+    history = info.data.get("history")
+    if ratings is not None and history is not None and len(ratings) != len(history):
+        raise ValueError(
+            f"ratings has {len(ratings)} values but history has {len(history)} items: "
+            "give one rating per history item, null for an unrated one"
+        )
+    return ratings
+
+
+RATINGS_DESCRIPTION = (
+    "Ratings of the history items, aligned with `history` (null = unrated), on the model's scale "
+    "(`rating_scale` in /healthz). Families that do not use ratings ignore them (with a warning)."
+)
+NICHE_BOOST_DESCRIPTION = (
+    "Niche boost b >= 0: rank by score - b log(training count + 1), pushing rarer items up "
+    "(0 = off; returned scores are the boosted ones)"
+)
+
+
 class RecommendRequest(_Request):
     history: ItemIds = Field(
         default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first"
     )
+    ratings: list[float | None] | None = Field(None, max_length=MAX_HISTORY, description=RATINGS_DESCRIPTION)
     n: int = Field(10, ge=1, le=MAX_N, description="Number of items to return")
     context: dict[Annotated[Text, Field(max_length=256)], Annotated[Text, Field(max_length=256)]] | None = Field(
         None, max_length=32
@@ -102,6 +131,9 @@ class RecommendRequest(_Request):
         None, max_length=100_000, description="Only these items may be returned"
     )
     deny: ItemIds = Field(default_factory=list, max_length=MAX_LIST)
+    niche_boost: float = Field(0.0, ge=0, le=1_000, description=NICHE_BOOST_DESCRIPTION)
+
+    _check_ratings = field_validator("ratings")(_aligned_ratings)
 
 
 class ContinueRequest(_Request):
@@ -125,11 +157,19 @@ class ContinueRequest(_Request):
 
 class ExplainRequest(_Request):
     history: ItemIds = Field(default_factory=list, max_length=1_000)
+    ratings: list[float | None] | None = Field(None, max_length=1_000, description=RATINGS_DESCRIPTION)
     items: ItemIds | None = Field(
         None, max_length=100, description="Items to explain (default: the top n)"
     )
     n: int = Field(10, ge=1, le=100)
-    top: int = Field(5, ge=1, le=100, description="History items listed per explained item")
+    top: int = Field(
+        5, ge=1, le=100, description="History items listed per explained item, and surprising items listed"
+    )
+    niche_boost: float = Field(
+        0.0, ge=0, le=1_000, description="As in /v1/recommend, for the default top n items"
+    )
+
+    _check_ratings = field_validator("ratings")(_aligned_ratings)
 
 
 class SearchQuery(_Request):
@@ -200,10 +240,22 @@ class ExplainedItem(ItemOut):
     contributions: list[ContributionOut]
 
 
+class SurpriseOut(ItemOut):
+    position: int = Field(description="Index in the request's history")
+    given: float = Field(description="The rating the request gave the item")
+    predicted: float = Field(description="The model's rating for it, given the whole profile")
+    difference: float = Field(description="given - predicted")
+
+
 class ExplainResponse(BaseModel):
     request_id: str
     model: ModelOut
     items: list[ExplainedItem]
+    surprising: list[SurpriseOut] | None = Field(
+        None,
+        description="Rated profile items whose rating differs most from the model's prediction "
+        "(largest |given - predicted| first); absent for families that predict no ratings",
+    )
     warnings: list[str]
 
 
@@ -524,16 +576,52 @@ def create_app(
         )
 
     def encode_ids(
-        engine: Engine, ids: list[str], what: str, warnings: list[str], *, truncation: bool = True
+        engine: Engine,
+        ids: list[str],
+        what: str,
+        warnings: list[str],
+        *,
+        truncation: bool = True,
+        ratings: list[float | None] | None = None,
     ) -> EncodedHistory:
         """The shared training/serving encoding of request ids; counts unknown ids for /metrics.
 
         Callers use `.all_tokens` (the whole history): the model sees its last context_length
-        items (Engine.arrays crops), and every item of it counts as seen, as in evaluation."""
-        enc = engine.encoder.encode(ids)
+        items (Engine.arrays crops), and every item of it counts as seen, as in evaluation.
+        `ratings` (aligned) are checked against the model's scale and kept for rating-aware
+        families (`.all_ratings`); other families get none, with a warning."""
+        ratings = profile_ratings(engine, ids, ratings, warnings)
+        enc = engine.encoder.encode(ids, ratings)
         warnings += enc.warnings(what, truncation=truncation)
         state["metrics"].items(len(ids), len(enc.unknown))
         return enc
+
+    def profile_ratings(
+        engine: Engine, ids: list[str], ratings: list[float | None] | None, warnings: list[str]
+    ) -> list[float | None] | None:
+        """The request's ratings if the model uses them (422 naming each out-of-scale one)."""
+        if ratings is None or all(r is None for r in ratings):
+            return None
+        if engine.rating_range is None:
+            warnings.append(
+                f"ratings: the {engine.info.family} model does not use ratings; they were ignored"
+            )
+            return None
+        low, high = engine.rating_range
+        bad = [
+            {
+                "type": "value_error",
+                "loc": ("body", "ratings", i),
+                "msg": f"rating {r:g} of item '{ids[i]}' (history[{i}]) is outside the model's "
+                f"rating scale [{low:g}, {high:g}]",
+                "input": r,
+            }
+            for i, r in enumerate(ratings)
+            if r is not None and not low <= r <= high
+        ]
+        if bad:
+            raise RequestValidationError(bad[:20])
+        return ratings
 
     def known(engine: Engine, ids: list[str], what: str, warnings: list[str]) -> np.ndarray:
         """Tokens of the known ids in an exclusion/allow list (unknown ones are only reported)."""
@@ -611,7 +699,8 @@ def create_app(
     def recommend_body(engine: Engine, req: RecommendRequest) -> dict[str, Any]:
         rid = uuid.uuid4().hex
         warnings: list[str] = []
-        history = encode_ids(engine, req.history, "history", warnings).all_tokens
+        enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings)
+        history = enc.all_tokens
         exclude = known(engine, req.exclude, "exclude", warnings)
         deny = known(engine, req.deny, "deny", warnings)
         allow = known(engine, req.allow, "allow", warnings) if req.allow is not None else None
@@ -623,6 +712,8 @@ def create_app(
             allow=allow,
             deny=deny,
             context=[req.context],
+            ratings=[enc.all_ratings],
+            niche_boost=req.niche_boost,
         )[0]
         if ranked.fallback:
             warnings.append(POPULARITY_WARNING)
@@ -707,9 +798,11 @@ def create_app(
         engine = current()
         rid = uuid.uuid4().hex
         warnings: list[str] = []
-        enc = encode_ids(engine, req.history, "history", warnings)
+        enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings)
         if req.items is None:
-            ranked = engine.rank([enc.all_tokens], req.n)[0]
+            ranked = engine.rank(
+                [enc.all_tokens], req.n, ratings=[enc.all_ratings], niche_boost=req.niche_boost
+            )[0]
             if ranked.fallback:
                 warnings.append(POPULARITY_WARNING)
             targets = ranked.tokens[ranked.tokens >= 0]
@@ -717,7 +810,14 @@ def create_app(
             targets = known(engine, req.items, "items", warnings)
         if len(enc.tokens) == 0:
             warnings.append("empty history: nothing to explain")
-        out = explain_items(engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids)
+        out = explain_items(
+            engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings
+        )
+        body: dict[str, Any] = {"items": out, "warnings": warnings}
+        if engine.rating_range is not None:
+            body["surprising"] = surprising_items(
+                engine, enc.tokens, enc.ratings, top=req.top, history_ids=enc.external_ids, offset=enc.truncated
+            )
         log_request(
             engine,
             "/v1/explain",
@@ -726,7 +826,7 @@ def create_app(
             {"items": [i["id"] for i in out]},
             warnings,
         )
-        return envelope(engine, rid, items=out, warnings=warnings)
+        return envelope(engine, rid, **body)
 
     @app.get(
         "/v1/items/search",
@@ -774,6 +874,8 @@ def create_app(
             "retrieval": engine.info.retrieval,
             "context_length": engine.encoder.context_length,
             "has_names": engine.catalogue.has_names,
+            # [low, high] of the ratings the model takes with a profile; null: it uses none.
+            "rating_scale": None if engine.rating_range is None else list(engine.rating_range),
             "admin": admin_key is not None,
         }
 

@@ -7,6 +7,14 @@ the model's own scores on the candidates: for embedding models the load-time che
 score(h)[t] == <query(h), E[t]>, so the exact float32 inner products of the candidates are the
 model's scores; if a model breaks that identity the candidates are re-scored with `score()`.
 Exclusions (seen items, explicit exclusions, deny lists) and allow lists apply in both stages.
+
+Profiles: a history may carry ratings (raw, NaN = unrated); they travel in the SequenceArrays'
+`rating` column to every model call (score, query embeddings, predict), so rating-aware families
+fold them in with their own training code and the others ignore them.
+
+Niche boost (segue.models.filters.niche_boost, b >= 0) applies on every path: on score() and
+allow-list scores directly; on an index, the pool of candidates is widened until the boosted top k
+is provably the boosted top k of everything the index would return (see `_boosted_search`).
 """
 
 from __future__ import annotations
@@ -22,7 +30,11 @@ import numpy as np
 from segue import __version__
 from segue.data.arrays import SequenceArrays
 from segue.data.vocab import EOP, N_SPECIAL, PAD, START, UNK
+from segue.errors import SegueError
 from segue.models.base import NEG_INF, BaseRecommender, load_model, top_k
+from segue.models.filters import niche_boost as niche_boost_scores
+from segue.models.filters import niche_boost_tokens
+from segue.models.rating import RatingPredictor
 from segue.serving.catalogue import Catalogue, load_catalogue
 from segue.serving.encoding import RequestEncoder, context_length_of
 from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
@@ -30,6 +42,7 @@ from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
 log = logging.getLogger("segue.serving")
 SPECIALS = np.array([PAD, START, EOP, UNK], dtype=np.int64)
 CHEAP_QUERY_S = 0.3e-3  # a query embedding this fast runs on the event loop (see the app)
+BOOST_POOL_MIN = 200  # first candidate pool of a boosted index search: max(4 k, this)
 POPULARITY_WARNING = (
     "empty history: fell back to popularity (most frequent items of the training split)"
 )
@@ -70,6 +83,8 @@ class Engine:
         self.catalogue = catalogue
         self.popularity = self.vocab.counts.astype(np.float32)
         self.popularity[:N_SPECIAL] = NEG_INF
+        self.counts = np.asarray(self.vocab.counts, dtype=np.float64)  # training events per token
+        self.rating_range = rating_scale_of(model)  # None: the family does not use ratings
         self.index: ExactIndex | HNSWIndex | None = None
         self.embeddings: np.ndarray | None = None
         self.dot_exact = False
@@ -169,17 +184,30 @@ class Engine:
         return min(times) < CHEAP_QUERY_S
 
     def arrays(
-        self, histories: list[np.ndarray], context: list[dict[str, str] | None] | None = None
+        self,
+        histories: list[np.ndarray],
+        context: list[dict[str, str] | None] | None = None,
+        ratings: list[np.ndarray | None] | None = None,
     ) -> SequenceArrays:
-        return self.encoder.arrays(
-            [self.encoder.truncate(np.asarray(h, dtype=np.int32)) for h in histories], context
-        )
+        """The model's input: histories cut to its context, their ratings (aligned, NaN = unrated,
+        None = an unrated history) cut with them into the `rating` column."""
+        cut = [self.encoder.truncate(np.asarray(h, dtype=np.int32)) for h in histories]
+        if ratings is not None:
+            ratings = [
+                None if r is None else np.asarray(r, np.float32)[len(r) - len(t) :]
+                for t, r in zip(cut, ratings, strict=True)
+            ]
+        return self.encoder.arrays(cut, context, ratings)
 
     def score_tokens(
-        self, histories: list[np.ndarray], tokens: np.ndarray, context: list | None = None
+        self,
+        histories: list[np.ndarray],
+        tokens: np.ndarray,
+        context: list | None = None,
+        ratings: list[np.ndarray | None] | None = None,
     ) -> np.ndarray:
         """The model's scores [B, C] of `tokens` [B, C] after each history, in one model call."""
-        arrays = self.arrays(histories, context)
+        arrays = self.arrays(histories, context, ratings)
         tokens = np.asarray(tokens, dtype=np.int64)
         if self.dot_exact:
             q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
@@ -197,8 +225,13 @@ class Engine:
         allow: np.ndarray | None = None,
         deny: np.ndarray | None = None,
         context: list[dict[str, str] | None] | None = None,
+        ratings: list[np.ndarray | None] | None = None,
+        niche_boost: float = 0.0,
     ) -> list[Ranked]:
-        """Top-k tokens and the model's scores after each history (popularity for empty ones)."""
+        """Top-k tokens and the model's scores after each history (popularity for empty ones).
+
+        `ratings` (per history, aligned, NaN = unrated) reach the model with the histories;
+        `niche_boost` > 0 ranks by the boosted scores s - b log(count + 1), which are returned."""
         b = len(histories)
         histories = [np.asarray(h, dtype=np.int64) for h in histories]
         excl = []
@@ -212,23 +245,30 @@ class Engine:
         out: list[Ranked | None] = [None] * b
         empty = [i for i, h in enumerate(histories) if len(h) == 0]
         for i in empty:
-            out[i] = self._rank_scores(self.popularity[None, :].copy(), k, [excl[i]], allow)[0]
+            pop = self._boost(self.popularity[None, :].copy(), niche_boost)
+            out[i] = self._rank_scores(pop, k, [excl[i]], allow)[0]
             out[i].fallback = True
         live = [i for i in range(b) if len(histories[i])]
         if live:
             hs = [histories[i] for i in live]
             ctx = [context[i] for i in live] if context else None
+            rs = [ratings[i] for i in live] if ratings is not None else None
             ex = [excl[i] for i in live]
             if allow is not None:
-                ranked = self._rank_allowed(hs, k, ex, np.asarray(allow, dtype=np.int64), ctx)
+                allow = np.asarray(allow, dtype=np.int64)
+                ranked = self._rank_allowed(hs, k, ex, allow, ctx, rs, niche_boost)
             elif self.index is not None:
-                ranked = self._rank_index(hs, k, ex, ctx)
+                ranked = self._rank_index(hs, k, ex, ctx, rs, niche_boost)
             else:
-                scores = np.asarray(self.model.score(self.arrays(hs, ctx)), dtype=np.float32)
-                ranked = self._rank_scores(scores, k, ex, None)
+                scores = np.asarray(self.model.score(self.arrays(hs, ctx, rs)), dtype=np.float32)
+                ranked = self._rank_scores(self._boost(scores, niche_boost), k, ex, None)
             for i, r in zip(live, ranked, strict=True):
                 out[i] = r
         return out  # type: ignore[return-value]
+
+    def _boost(self, scores: np.ndarray, b: float) -> np.ndarray:
+        """Token-space scores [B, V] after the niche boost (unchanged for b = 0)."""
+        return scores if b == 0 else niche_boost_tokens(scores, self.counts, b)
 
     def _rank_scores(
         self, scores: np.ndarray, k: int, excl: list[np.ndarray], allow: np.ndarray | None
@@ -247,11 +287,15 @@ class Engine:
         excl: list[np.ndarray],
         allow: np.ndarray,
         ctx: list | None,
+        ratings: list[np.ndarray | None] | None = None,
+        boost: float = 0.0,
     ) -> list[Ranked]:
         allow = np.unique(allow[(allow >= N_SPECIAL) & (allow < len(self.vocab))])
         if len(allow) == 0:
             return [_ranked(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in hs]
-        scores = self.score_tokens(hs, np.tile(allow, (len(hs), 1)), ctx)
+        scores = self.score_tokens(hs, np.tile(allow, (len(hs), 1)), ctx, ratings)
+        if boost:
+            scores = niche_boost_scores(scores, self.counts[allow], boost)
         out = []
         for i, s in enumerate(scores):
             s = s.copy()
@@ -261,17 +305,29 @@ class Engine:
         return out
 
     def _rank_index(
-        self, hs: list[np.ndarray], k: int, excl: list[np.ndarray], ctx: list | None
+        self,
+        hs: list[np.ndarray],
+        k: int,
+        excl: list[np.ndarray],
+        ctx: list | None,
+        ratings: list[np.ndarray | None] | None = None,
+        boost: float = 0.0,
     ) -> list[Ranked]:
-        arrays = self.arrays(hs, ctx)
+        arrays = self.arrays(hs, ctx, ratings)
         q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
         if self.dot_exact:
+            if boost:
+                return [self._boosted_search(q[i : i + 1], k, excl[i], boost) for i in range(len(hs))]
             keys, scores = self.index.search(q, k, excl)  # type: ignore[union-attr]
             return [_ranked(t, s) for t, s in zip(keys, scores, strict=True)]
+        full = np.asarray(self.model.score(arrays), dtype=np.float32)
+        if boost:
+            # score() has already scored every item: the boosted ranking over all of them is
+            # exact at no extra model cost (no candidate pool whose width could matter).
+            return self._rank_scores(self._boost(full, boost), k, excl, None)
         # Stage two with the full model: candidates re-scored by score().
         n_cand = max(4 * k, 200)
         keys, _ = self.index.search(q, n_cand, excl)  # type: ignore[union-attr]
-        full = np.asarray(self.model.score(arrays), dtype=np.float32)
         out = []
         for i in range(len(hs)):
             c = keys[i][keys[i] >= 0]
@@ -279,6 +335,30 @@ class Engine:
             order = np.argsort(-s, kind="stable")[:k]
             out.append(_ranked(c[order], s[order]))
         return out
+
+    def _boosted_search(self, q: np.ndarray, k: int, excl: np.ndarray, b: float) -> Ranked:
+        """The top k of one query q [1, d] by boosted inner product s - b log(count + 1).
+
+        The index ranks by the raw s, so the boosted top k may sit below its raw top k. The pool
+        starts at max(4 k, BOOST_POOL_MIN) raw candidates and grows 4x until it is provably wide
+        enough: every item outside the pool has raw s <= the pool's lowest raw s, and the boost
+        only subtracts, so once the k-th best boosted score in the pool reaches that bound no
+        outside item can enter the top k. Typical b (<= 1) and popularity spreads stop at the
+        first pool; a huge b degrades to scoring the whole catalogue, never to a wrong answer
+        (with HNSW: relative to the candidates the graph returns)."""
+        assert self.index is not None
+        n = len(self.index)
+        width = min(max(4 * k, BOOST_POOL_MIN), n)
+        while True:
+            keys, raw = self.index.search(q, width, [excl])
+            ok = keys[0] >= 0
+            keys, raw = keys[0][ok], raw[0][ok]
+            boosted = niche_boost_scores(raw, self.counts[keys], b)
+            order = np.argsort(-boosted, kind="stable")[:k]
+            exhausted = len(keys) < width or width >= n
+            if exhausted or (len(order) == k and boosted[order[-1]] >= raw.min()):
+                return _ranked(keys[order], boosted[order])
+            width = min(4 * width, n)
 
     # --- generation and explanation -------------------------------------------------------------
     def continue_(
@@ -328,20 +408,53 @@ class Engine:
             present.add(t)
         return picks, probs, fell_back
 
-    def explain(self, history: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def explain(
+        self, history: np.ndarray, items: np.ndarray, ratings: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Leave-one-out impact of each history item on each item's score, in one model call.
 
-        rows = [h, h without h_0, ..., h without h_{L-1}] (h truncated to the model's context);
-        impact[i, j] = score(h)[items_i] - score(h without h_j)[items_i]. Returns the scores
-        [len(items)] after the full history and impact [len(items), L].
+        rows = [h, h without h_0, ..., h without h_{L-1}] (h truncated to the model's context;
+        a removed item's rating leaves with it); impact[i, j] = score(h)[items_i] -
+        score(h without h_j)[items_i]. Returns the scores [len(items)] after the full history and
+        impact [len(items), L].
         """
         h = self.encoder.truncate(np.asarray(history, dtype=np.int64))
         items = np.asarray(items, dtype=np.int64)
         rows = [h] + [np.delete(h, j) for j in range(len(h))]
-        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)))  # [L + 1, m]
+        rs = None
+        if ratings is not None:
+            r = np.asarray(ratings, np.float32)[len(ratings) - len(h) :]
+            rs = [r] + [np.delete(r, j) for j in range(len(h))]
+        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ratings=rs)  # [L + 1, m]
         with np.errstate(invalid="ignore"):
             impact = (s[0][None, :] - s[1:]).T  # [m, L]
         return s[0], np.nan_to_num(impact, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+    def predict_ratings(
+        self, history: np.ndarray, ratings: np.ndarray | None, tokens: np.ndarray
+    ) -> np.ndarray:
+        """The model's predicted ratings [m] (original scale) of `tokens` after one profile."""
+        if self.rating_range is None:
+            raise SegueError(f"{self.info.family}: the family predicts no ratings")
+        arrays = self.arrays([history], None, None if ratings is None else [ratings])
+        tokens = np.asarray(tokens, dtype=np.int64)
+        rows = np.zeros(len(tokens), dtype=np.int64)
+        return np.asarray(self.model.predict(arrays, rows, tokens), dtype=np.float32).reshape(-1)  # type: ignore[attr-defined]
+
+
+def rating_scale_of(model: object) -> tuple[float, float] | None:
+    """(low, high) of a model that takes ratings (segue.models.rating.RatingPredictor), else None.
+
+    A rating-aware family configured without ratings (rating_range raising SegueError) counts as
+    not using them."""
+    if not isinstance(model, RatingPredictor):
+        return None
+    try:
+        low, high = model.rating_range()
+    except SegueError:
+        return None
+    return float(low), float(high)
 
 
 def _ranked(tokens: np.ndarray, scores: np.ndarray) -> Ranked:

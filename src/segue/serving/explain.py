@@ -1,4 +1,5 @@
-"""Explanations: which history items raised each recommended item most (Sprout's "most impactful").
+"""Explanations: which history items raised each recommended item most (Sprout's "most impactful"),
+and which rated profile items the model did not expect (Sprout's "most surprising").
 
 Leave-one-out re-scoring: with h the history (as the model sees it) and s(h, t) the model's score
 of item t after h, the impact of history item h_j on t is
@@ -6,7 +7,15 @@ of item t after h, the impact of history item h_j on t is
     impact(j, t) = s(h, t) - s(h without h_j, t)
 
 Positive impact: h_j pushed t up. All L + 1 histories go through the model in one batched call
-(`Engine.explain`).
+(`Engine.explain`); a removed item's rating leaves with it.
+
+Surprise, for families that predict ratings: with r_j the rating the profile gives item h_j and
+r_hat(h, h_j) the model's predicted rating of h_j given the whole profile h (ratings included),
+
+    surprise(j) = r_j - r_hat(h, h_j)
+
+and the items with the largest |surprise(j)| are listed. A rated item repeated in the profile
+counts once, by its last rating.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from segue.data.vocab import N_SPECIAL
 from segue.serving.engine import Engine
 
 
@@ -24,15 +34,19 @@ def explain_items(
     items: np.ndarray,
     top: int = 5,
     history_ids: list[str] | None = None,
+    ratings: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """For each item: its score and the `top` history items by impact (largest first).
 
-    `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as the caller did.
+    `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as the caller did;
+    `ratings` (aligned, NaN = unrated) go to the model with the history.
     """
     history = np.asarray(history, dtype=np.int64)
     kept = len(engine.encoder.truncate(history))
     if history_ids is not None:
         history_ids = history_ids[len(history_ids) - kept :]
+    if ratings is not None:
+        ratings = np.asarray(ratings, np.float32)[len(ratings) - kept :]
     history = history[len(history) - kept :]
     items = np.asarray(items, dtype=np.int64)
     if len(items) == 0:
@@ -41,7 +55,7 @@ def explain_items(
         return [
             {**engine.catalogue.describe(int(t)), "score": None, "contributions": []} for t in items
         ]
-    scores, impact = engine.explain(history, items)
+    scores, impact = engine.explain(history, items, ratings)
     out = []
     for i, t in enumerate(items):
         order = np.argsort(-impact[i], kind="stable")[:top]
@@ -56,6 +70,54 @@ def explain_items(
                 **engine.catalogue.describe(int(t)),
                 "score": _finite(scores[i]),
                 "contributions": contributions,
+            }
+        )
+    return out
+
+
+def surprising_items(
+    engine: Engine,
+    history: np.ndarray,
+    ratings: np.ndarray | None,
+    top: int = 5,
+    history_ids: list[str] | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """The `top` rated, known profile items by |given - predicted| (largest first), each with its
+    position (in the request, `offset` = items cut before `history`), given, predicted and their
+    difference. Empty without ratings."""
+    if ratings is None:
+        return []
+    history = np.asarray(history, dtype=np.int64)
+    kept = len(engine.encoder.truncate(history))
+    given = np.asarray(ratings, np.float64)[len(ratings) - kept :]
+    offset += len(history) - kept
+    history = history[len(history) - kept :]
+    if history_ids is not None:
+        history_ids = history_ids[len(history_ids) - kept :]
+    # The last occurrence of each token: reversed, np.unique's first index is the last one.
+    _, last_rev = np.unique(history[::-1], return_index=True)
+    sel = np.sort(len(history) - 1 - last_rev)
+    sel = sel[(history[sel] >= N_SPECIAL) & np.isfinite(given[sel])]
+    if len(sel) == 0:
+        return []
+    pred = engine.predict_ratings(history, given.astype(np.float32), history[sel]).astype(np.float64)
+    ok = np.isfinite(pred)
+    sel, pred = sel[ok], pred[ok]
+    order = np.argsort(-np.abs(given[sel] - pred), kind="stable")[:top]
+    out = []
+    for i in order:
+        j = int(sel[i])
+        about = engine.catalogue.describe(int(history[j]))
+        if about["id"] is None and history_ids is not None:
+            about = {**about, "id": history_ids[j]}
+        out.append(
+            {
+                **about,
+                "position": offset + j,
+                "given": float(given[j]),
+                "predicted": float(pred[i]),
+                "difference": float(given[j] - pred[i]),
             }
         )
     return out
