@@ -27,9 +27,12 @@ def test_serve_help_lists_model_and_store() -> None:
 
 
 def test_serve_a_missing_model_folder_is_a_clear_error(tmp_path) -> None:
-    result = CliRunner().invoke(cli(), ["serve", "--model", str(tmp_path / "absent"), "--no-feature-log"])
-    assert result.exit_code == 1
-    assert "no such model folder" in " ".join(result.output.split())
+    from segue.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "absent"), "--no-feature-log"])
+    assert result.exit_code == 2  # the CLI's one-line error, as for every command
+    out = " ".join(result.output.split())
+    assert "no such model folder" in out and "Traceback" not in result.output
 
 
 def test_serve_rejects_an_unknown_index_kind(tmp_path) -> None:

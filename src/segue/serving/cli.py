@@ -97,27 +97,25 @@ def serve(
     import uvicorn
     from rich.console import Console
 
-    from segue.errors import SegueError
     from segue.serving.app import create_app
     from segue.serving.index import IndexConfig
 
     console = Console(stderr=True)
     if index not in ("auto", "exact", "hnsw"):
         raise typer.BadParameter("expected auto, exact or hnsw", param_hint="--index")
-    try:
-        app = create_app(
-            model,
-            store=store,
-            index_config=IndexConfig(kind=index, expansion_search=ef),  # type: ignore[arg-type]
-            feature_log=None if no_feature_log else feature_log,
-        )
-    except SegueError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    # A SegueError (no such folder, bad model) reaches the CLI's handler: one escaped line, exit 2.
+    app = create_app(
+        model,
+        store=store,
+        index_config=IndexConfig(kind=index, expansion_search=ef),  # type: ignore[arg-type]
+        feature_log=None if no_feature_log else feature_log,
+    )
     info = app.state.segue["engine"].info
 
     console.print(
-        f"serving {info.family} model {info.run_id} ({info.version}, {info.n_items} items, retrieval {info.retrieval})"
+        f"serving {info.family} model {info.run_id} ({info.version}, {info.n_items} items, retrieval {info.retrieval})",
+        highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"page: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
+    console.print(f"page: http://{host}:{port}/   API docs (offline): http://{host}:{port}/docs", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
