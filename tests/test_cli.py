@@ -76,11 +76,16 @@ def test_unknown_split_kind_and_missing_store(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_pipeline_without_training(tmp_path: Path) -> None:
-    """build -> stats -> evaluate (baselines only, as no transformer was trained) on a small corpus."""
+    """build -> stats -> validate -> evaluate (baselines only, as no transformer was trained) on a
+    small corpus."""
     state = run_demo(
-        DemoOptions(workdir=tmp_path, steps=["build", "stats", "evaluate"], serve=False, n_playlists=300, n_items=400)
+        DemoOptions(workdir=tmp_path, steps=["build", "stats", "validate", "evaluate"], serve=False, n_playlists=300, n_items=400)
     )
     assert state.results["stats"]["counts"]["sequences"] == 300
+    # the training and test parts of one random split come from the same distribution
+    assert state.results["validation"] == "pass"
+    checks = json.loads((tmp_path / "validation" / "validation.json").read_text())
+    assert checks["passed"] is True and any(f["name"] == "popularity" for f in checks["features"])
     report = state.results["report"]
     assert (report / "report.html").exists()
     results = json.loads((report / "results.json").read_text())
