@@ -35,6 +35,11 @@ class RatingPredictor(Protocol):
         """
         ...
 
+
+@runtime_checkable
+class ScaledRatingPredictor(RatingPredictor, Protocol):
+    """A rating predictor that also reads ratings as history feedback, on a known scale."""
+
     def rating_range(self) -> tuple[float, float]:
         """(low, high): the rating scale the model was trained on. Ratings given to it as history
         feedback outside this range are rejected by callers (the server answers 422)."""

@@ -34,7 +34,7 @@ from segue.errors import SegueError
 from segue.models.base import NEG_INF, BaseRecommender, load_model, top_k
 from segue.models.filters import niche_boost as niche_boost_scores
 from segue.models.filters import niche_boost_tokens
-from segue.models.rating import RatingPredictor
+from segue.models.rating import ScaledRatingPredictor
 from segue.serving.catalogue import Catalogue, load_catalogue
 from segue.serving.encoding import RequestEncoder, context_length_of
 from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
@@ -444,11 +444,11 @@ class Engine:
 
 
 def rating_scale_of(model: object) -> tuple[float, float] | None:
-    """(low, high) of a model that takes ratings (segue.models.rating.RatingPredictor), else None.
+    """(low, high) of a model that takes ratings (segue.models.rating.ScaledRatingPredictor), else None.
 
     A rating-aware family configured without ratings (rating_range raising SegueError) counts as
     not using them."""
-    if not isinstance(model, RatingPredictor):
+    if not isinstance(model, ScaledRatingPredictor):
         return None
     try:
         low, high = model.rating_range()
