@@ -190,6 +190,13 @@ def test_a_network_with_events_needs_them() -> None:
     net = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=FULL_EVENTS)
     with pytest.raises(ValueError, match="pass `events`"):
         net.hidden(jnp.ones((1, 4), jnp.int32))
+    # a head-only config (predict ratings without reading them) adds nothing to the inputs
+    head_only = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=EventsConfig(predict={"rating": 1.0}))
+    plain = SequenceTransformer(TINY, 20, nnx.Rngs(0))
+    x = jnp.array([[1, 5, 6, 7]])
+    h = head_only.hidden(x, events={})
+    np.testing.assert_array_equal(np.asarray(h), np.asarray(plain.hidden(x)))
+    assert head_only.predict_feedback(h, h).shape == (1, 4, 1)
 
 
 def test_rating_encoding_and_per_row_normalisation() -> None:

@@ -150,6 +150,8 @@ class EventEncoder(nnx.Module):
             parts.append(self.fb_proj(jnp.concatenate([events["fb"], events["fb_missing"]], axis=-1)))
         if self.ctx_emb is not None:
             parts.append(self.context(events["ctx"]))
+        if not parts:  # a head-only config (e.g. predict ratings without reading them)
+            return jnp.zeros((), jnp.float32)
         return sum(parts[1:], parts[0])
 
 
