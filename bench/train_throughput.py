@@ -125,10 +125,10 @@ def random_events(rng: np.random.Generator, ev: EventsConfig, b: int, t: int) ->
         f = len(ev.feedback)
         out["fb"] = rng.random((b, t, f)).astype(np.float32)
         out["fb_missing"] = (rng.random((b, t, f)) < 0.1).astype(np.float32)
-    if ev.context:
-        c = len(ev.context)
-        out["ctx"] = rng.integers(0, ev.max_categories + 1, (b, t, c)).astype(np.int32)
-        out["next_ctx"] = rng.integers(0, ev.max_categories + 1, (b, t, c)).astype(np.int32)
+    if ev.n_context:
+        c = ev.n_context
+        out["ctx"] = rng.integers(0, ev.context_rows, (b, t, c)).astype(np.int32)
+        out["next_ctx"] = rng.integers(0, ev.context_rows, (b, t, c)).astype(np.int32)
     if ev.predict:
         k = len(ev.predict)
         out["fb_target"] = rng.random((b, t, k)).astype(np.float32)

@@ -32,6 +32,7 @@ FULL_EVENTS = EventsConfig(
     context=["platform"],
     predict={"rating": 1.0, "skip": 0.5, "listened": 0.5},
 )
+TRAIN_EVENTS = FULL_EVENTS.model_copy(update={"time": True})  # + gap / hour / day of week
 PLATFORMS = ["mobile", "web", "tv"]
 
 
@@ -214,6 +215,19 @@ def test_rating_encoding_and_per_row_normalisation() -> None:
     np.testing.assert_allclose(EV.to_scale(cfg, "rating", np.array([[1.0, 9.0]]), np.array([3.0]), np.array([0.5])), [[3.5, 5.0]])
 
 
+def test_time_slots_by_hand() -> None:
+    monday_9h = 1_700_438_400 + 9 * 3600  # 2023-11-20 was a Monday
+    ts = np.array([[0, monday_9h, monday_9h, monday_9h + 5, monday_9h + 86400 * 5 + 3600 * 14]])
+    prev = np.array([[0, 0, monday_9h, monday_9h, monday_9h + 5]])
+    ok = np.array([[False, True, True, True, True]])
+    prev_ok = np.array([[False, False, True, True, True]])
+    got = EV.time_slots(ts, prev, ok, prev_ok)
+    # gap: none (no event / no earlier event), same second -> 1, 5 s -> 2 + 2, 5 days 14 h -> 2 + 18
+    np.testing.assert_array_equal(got[0, :, 0], [0, 0, 1, 4, 2 + int(np.log2(5 * 86400 + 14 * 3600 - 5))])
+    np.testing.assert_array_equal(got[0, :, 1], [0, 10, 10, 10, 24])  # 1 + hour (UTC)
+    np.testing.assert_array_equal(got[0, :, 2], [0, 1, 1, 1, 6])  # Monday = 1, Saturday = 6
+
+
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="predict: 'plays'"):
         EventsConfig(predict={"plays": 1.0})
@@ -227,26 +241,27 @@ def test_config_errors_name_the_field() -> None:
 
 def _corpus(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    seqs, rating, skip, listened, platform = [], [], [], [], []
+    seqs, rating, skip, listened, platform, ts = [], [], [], [], [], []
     for _ in range(60):
         n = int(rng.integers(4, 10))
+        ts.append([int(x) for x in 1_700_000_000 + np.cumsum(rng.integers(0, 200_000, n))])
         start = int(rng.integers(0, 10))
         seqs.append([(start + i) % 24 for i in range(n)])
         rating.append([float(x) for x in rng.integers(1, 6, n)])
         skip.append([float(x) for x in rng.integers(0, 2, n)])
         listened.append([None if rng.random() < 0.2 else float(x) for x in rng.random(n)])
         platform.append([PLATFORMS[int(x)] for x in rng.integers(0, 3, n)])
-    return {"seqs": seqs, "rating": rating, "extra": {"fb_skip": skip, "fb_listened": listened, "ctx_platform": platform}}
+    return {"seqs": seqs, "rating": rating, "ts": ts, "extra": {"fb_skip": skip, "fb_listened": listened, "ctx_platform": platform}}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     c = _corpus()
     path = tmp_path_factory.mktemp("fbstore") / "s.duckdb"
-    return make_store(path, c["seqs"], [{"kind": "leave_last_out", "name": "loo"}], rating=c["rating"], extra=c["extra"])
+    return make_store(path, c["seqs"], [{"kind": "leave_last_out", "name": "loo"}], rating=c["rating"], ts=c["ts"], extra=c["extra"])
 
 
-def _config(store: Path, loss: dict, events: EventsConfig = FULL_EVENTS, steps: int = 4) -> dict:
+def _config(store: Path, loss: dict, events: EventsConfig = TRAIN_EVENTS, steps: int = 4) -> dict:
     return {
         "name": "fb",
         "data": {"store": str(store), "split": "loo"},
@@ -330,7 +345,7 @@ def test_fit_score_by_category_name_predict_and_reload(store: Path, tmp_path: Pa
     cats = list(sub.context_categories["platform"])
     perm = cats[::-1]
     recoded = SequenceArrays(
-        offsets=sub.offsets, tokens=sub.tokens, item_ids=sub.item_ids, rating=sub.rating, feedback=sub.feedback,
+        offsets=sub.offsets, tokens=sub.tokens, item_ids=sub.item_ids, ts=sub.ts, rating=sub.rating, feedback=sub.feedback,
         context={"platform": np.array([perm.index(cats[c]) for c in sub.context["platform"]], np.int32)},
         context_categories={"platform": perm},
     )  # fmt: skip

@@ -17,6 +17,13 @@ SequenceArrays, from a split or from a serving request):
                                   known at request time (platform, hour of the request)
     fb_target, fb_mask [B, T, K]  what the feedback head is trained on (see `head_targets`)
 
+With `time`, three more context columns come from the events' unix timestamps (`ts`; UTC):
+    gap   0 = unknown (no timestamp, or no earlier event in the window), 1 = same second,
+          2 + floor(log2(seconds since the previous event)) up to 33
+    hour  1 + hour of day (0 = unknown);   day  1 + day of week, Monday = 1 (0 = unknown)
+For the next event (next_ctx) they are its own time and its gap to the last input event; a
+scored history without the next event's timestamp leaves them unknown.
+
 Categories are matched by *name*: a SequenceArrays compiled from another part of a split, or built
 from a request, codes its categories in its own order (`context_categories`), so codes are
 remapped through the model's saved training lists (`context_lut`).
@@ -52,6 +59,7 @@ class EventsConfig(Config):
     feedback: dict[str, FeedbackKind] = {}
     context: list[str] = []  # ctx_<name> categorical columns: input events and the next-item head
     max_categories: int = Field(64, ge=1)  # categories kept per context column (table rows - 1)
+    time: bool = False  # gap to the previous event, hour of day, day of week (needs timestamps)
     # feedback head: "rating" or a name of `feedback` -> loss weight (Huber on ratings normalised
     # per row, BCE on flags, cross-entropy on [0, 1] for fractions, Huber on counts / numerics)
     predict: dict[str, float] = {}
@@ -78,7 +86,17 @@ class EventsConfig(Config):
 
     @property
     def enabled(self) -> bool:
-        return bool(self.rating or self.feedback or self.context or self.predict)
+        return bool(self.rating or self.feedback or self.context or self.predict or self.time)
+
+    @property
+    def n_context(self) -> int:
+        """Context columns the network embeds: the categorical ones, then gap / hour / day."""
+        return len(self.context) + (N_TIME if self.time else 0)
+
+    @property
+    def context_rows(self) -> int:
+        """Rows of each context embedding table (slot 0 + categories, or the time slots)."""
+        return max(self.max_categories, GAP_SLOTS - 1 if self.time else 0) + 1
 
     @property
     def feedback_names(self) -> list[str]:
@@ -90,6 +108,32 @@ class EventsConfig(Config):
 
 
 Categories = dict[str, list[str]]
+N_TIME = 3  # gap, hour, day
+GAP_SLOTS = 34  # 0 unknown, 1 same second, 2 + floor(log2(gap)) for gaps up to 2^32 s
+
+
+def time_slots(ts: np.ndarray, prev_ts: np.ndarray, ok: np.ndarray, prev_ok: np.ndarray) -> np.ndarray:
+    """[..., 3] int32 (gap, hour, day) slots of events at `ts` after events at `prev_ts` (unix
+    seconds; `ok` / `prev_ok`: the event exists; ts <= 0 counts as unknown)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    prev_ts = np.asarray(prev_ts, dtype=np.int64)
+    known = ok & (ts > 0)
+    gap = ts - prev_ts
+    has_gap = known & prev_ok & (prev_ts > 0) & (gap >= 0)
+    log_gap = np.floor(np.log2(np.maximum(gap, 1))).astype(np.int64)
+    g = np.where(gap == 0, 1, np.minimum(2 + log_gap, GAP_SLOTS - 1))
+    hour = (ts // 3600) % 24 + 1
+    day = (ts // 86400 + 3) % 7 + 1  # 1970-01-01 was a Thursday: Monday = 1
+    out = np.stack([np.where(has_gap, g, 0), np.where(known, hour, 0), np.where(known, day, 0)], axis=-1)
+    return out.astype(np.int32)
+
+
+def _prev(a: np.ndarray, fill: object = 0) -> np.ndarray:
+    """a shifted one column to the right along axis 1 (column 0 gets `fill`)."""
+    out = np.empty_like(a)
+    out[:, 0] = fill
+    out[:, 1:] = a[:, :-1]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,10 +218,11 @@ def encode_events(
     rating: np.ndarray | None,
     feedback: dict[str, np.ndarray],
     ctx: dict[str, np.ndarray],
+    ts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Network inputs for events [B, T] (`present`: the column holds a real event; values elsewhere
-    are ignored). `feedback` maps names to raw values, `ctx` names to model slots; a column the data
-    lacks is simply missing (NaN / slot 0)."""
+    are ignored). `feedback` maps names to raw values, `ctx` names to model slots, `ts` holds unix
+    seconds; a column the data lacks is simply missing (NaN / slot 0)."""
     out: dict[str, np.ndarray] = {}
     shape = present.shape
     if cfg.rating:
@@ -192,9 +237,13 @@ def encode_events(
             miss.append((~ok).astype(np.float32))
         out["fb"] = np.stack(vals, axis=-1).astype(np.float32)
         out["fb_missing"] = np.stack(miss, axis=-1)
-    if cfg.context:
+    if cfg.n_context:
         zeros = np.zeros(shape, np.int32)
-        out["ctx"] = np.stack([np.where(present, ctx.get(n, zeros), 0) for n in cfg.context], axis=-1).astype(np.int32)
+        cols = [np.where(present, ctx.get(n, zeros), 0)[..., None] for n in cfg.context]
+        if cfg.time:
+            t = ts if ts is not None else np.zeros(shape, np.int64)
+            cols.append(time_slots(t, _prev(t), present, _prev(present, False)))
+        out["ctx"] = np.concatenate(cols, axis=-1).astype(np.int32)
     return out
 
 
@@ -240,9 +289,14 @@ def batch_events(cfg: EventsConfig, batch: dict[str, np.ndarray], luts: dict[str
     fb_in = {n: batch[f"fb_{n}"] for n in cfg.feedback if f"fb_{n}" in batch}
     ctx_in = {n: slots(luts[n], batch[f"ctx_{n}"]) for n in cfg.context}
     rating = batch.get("rating")
-    out = encode_events(cfg, present, rating, fb_in, ctx_in)
-    if cfg.context:
-        out["next_ctx"] = np.stack([slots(luts[n], batch[f"target_ctx_{n}"]) for n in cfg.context], axis=-1)
+    out = encode_events(cfg, present, rating, fb_in, ctx_in, batch.get("ts"))
+    if cfg.n_context:
+        cols = [slots(luts[n], batch[f"target_ctx_{n}"])[..., None] for n in cfg.context]
+        if cfg.time:
+            ts = batch.get("ts", np.zeros(inputs.shape, np.int64))
+            nts = batch.get("target_ts", np.zeros(inputs.shape, np.int64))
+            cols.append(time_slots(nts, ts, is_event(targets), present))
+        out["next_ctx"] = np.concatenate(cols, axis=-1).astype(np.int32)
     if cfg.predict:
         mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(inputs.shape, np.nan), present)
         fb_t = {n: batch[f"target_fb_{n}"] for n in cfg.feedback if f"target_fb_{n}" in batch}
@@ -295,15 +349,18 @@ def history_events(
         if n in arrays.context and len(arrays.tokens):
             lut = context_lut(categories.get(n, []), list(arrays.context_categories.get(n, [])))
             ctx[n] = slots(lut, take(arrays.context[n]))
-    out = encode_events(cfg, item, rating, fb, ctx)
-    if cfg.context:
+    ts = take(arrays.ts) if cfg.time and arrays.ts is not None and len(arrays.tokens) else None
+    out = encode_events(cfg, item, rating, fb, ctx, ts)
+    if cfg.n_context:
         c = out["ctx"]
         nxt = np.zeros_like(c)
         nxt[:, :-1] = c[:, 1:]
         off = np.asarray(arrays.offsets, dtype=np.int64)
         last = np.minimum(off[rows + 1] - off[rows] + 1, context_length) - 1  # the last real column
         r = np.arange(len(rows))
-        nxt[r, last] = c[r, last]  # default: the last event's context
+        nxt[r, last] = c[r, last]  # default: the last event's context (its time is unknown)
+        if cfg.time:
+            nxt[r, last, len(cfg.context) :] = 0
         if next_events is not None:
             off = np.asarray(next_events.offsets, dtype=np.int64)
             has = off[rows + 1] > off[rows]
@@ -313,6 +370,10 @@ def history_events(
                     lut = context_lut(categories.get(n, []), list(next_events.context_categories.get(n, [])))
                     s_ = slots(lut, np.asarray(next_events.context[n])[first])
                     nxt[r, last, j] = np.where(has, s_, nxt[r, last, j])
+            if cfg.time and next_events.ts is not None and len(next_events.tokens):
+                last_ts = ts[r, last] if ts is not None else np.zeros(len(rows), np.int64)
+                nts = np.asarray(next_events.ts)[first]
+                nxt[r, last, len(cfg.context) :] = time_slots(nts, last_ts, has, item[r, last])
         out["next_ctx"] = nxt.astype(np.int32)
     mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(idx.shape, np.nan), item)
     return out, mu, s

@@ -12,7 +12,7 @@ The item table is passed to `hidden()` explicitly so a training step can run the
 rows a batch touches only (see segue.training.step); the module still owns it as a Param.
 
 Feedback and context (ARGUS; TransformerConfig.events, segue.models.events; all off by default,
-and then none of the following parameters exist):
+and then none of the following parameters exist; time features are three more context columns):
     x_0 += R[rating bucket] + W_f [f(x); missing] + sum_c C_c[slot_c]     per input event
     q_t  = h_t + MLP_q([h_t; ctx_{t+1}])      next-item head (ctx_{t+1}: the target event's
                                               context, known at request time; MLP_q's output
@@ -133,8 +133,8 @@ class EventEncoder(nnx.Module):
         self.rating_emb = nnx.Param(init(rngs.params(), (ev.rating_buckets + 1, d))) if ev.rating else None
         f = len(ev.feedback)
         self.fb_proj = nnx.Linear(2 * f, d, kernel_init=init, rngs=rngs) if f else None
-        c = len(ev.context)
-        self.ctx_emb = nnx.Param(init(rngs.params(), (c, ev.max_categories + 1, d))) if c else None
+        c = ev.n_context
+        self.ctx_emb = nnx.Param(init(rngs.params(), (c, ev.context_rows, d))) if c else None
 
     def context(self, slots: jax.Array) -> jax.Array:
         """sum_c C_c[slots[..., c]]: slots [..., C] -> [..., D]."""
@@ -182,8 +182,8 @@ class SequenceTransformer(nnx.Module):
         if events is not None and events.enabled:
             d, width = cfg.d_model, events.head_width or cfg.d_ff
             self.encoder = EventEncoder(events, d, std, rngs)
-            c = d if events.context else 0
-            self.next_head = MLP(d + c, width, d, std, rngs, zero_out=True) if events.context else None
+            c = d if events.n_context else 0
+            self.next_head = MLP(d + c, width, d, std, rngs, zero_out=True) if c else None
             k = len(events.predict)
             self.feedback_head = MLP(2 * d + c, width, k, std, rngs) if k else None
             # The training category lists (name-matched at scoring), as JSON: a plain hashable value.

@@ -121,6 +121,8 @@ def check_event_columns(ev: EV.EventsConfig, arrays: SequenceArrays) -> EV.Categ
     if (ev.rating or "rating" in ev.predict) and arrays.rating is None:
         field = "events.rating" if ev.rating else "events.predict"
         raise ConfigError(f"{field}: the training data has no ratings")
+    if ev.time and arrays.ts is None:
+        raise ConfigError("events.time: the training data has no timestamps")
     for name in ev.feedback:
         if name not in arrays.feedback:
             have = ", ".join(sorted(arrays.feedback)) or "none"
