@@ -306,6 +306,8 @@ def test_train_steps_with_feedback_and_context(store: Path, loss: dict) -> None:
             assert all(moved), part
         res = task.validate(state)
         assert res is not None and np.isfinite(res["exact_ce"]) and 0 <= res["ndcg@10"] <= 1
+        # the feedback head is validated on the target events, on each column's scale
+        assert 0 < res["rating_rmse"] < 4 and 0 < res["skip_rmse"] < 1 and 0 < res["listened_rmse"] < 1
 
 
 def test_missing_columns_are_config_errors(store: Path) -> None:

@@ -140,10 +140,17 @@ def _eval_batch(
     net = nnx.merge(graphdef, state)
     table = net.item_emb[...]
     v = table.shape[0]
+    fb_pred = None
     if events is None:
         h = net.hidden(inputs, positions=positions)
     else:  # the next-item head joins the target event's context
-        h = net.next_query(net.hidden(inputs, positions=positions, events=events), events.get("next_ctx"))
+        hid = net.hidden(inputs, positions=positions, events=events)
+        nxt = events.get("next_ctx")
+        h = net.next_query(hid, nxt)
+        if net.feedback_head is not None:  # the feedback head on the target item
+            at = last[:, None, None]
+            nxt_last = None if nxt is None else jnp.take_along_axis(nxt, at, axis=1)[:, 0]
+            fb_pred = net.predict_feedback(jnp.take_along_axis(hid, at, axis=1)[:, 0], table[targets], nxt_last)
     q = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [B, D]
     s = q @ table.T  # [B, V]
     tokens = jnp.arange(v)
@@ -165,7 +172,10 @@ def _eval_batch(
     valid = targets != UNK
     hit_k = (rank < k) & valid & ~seen
     ndcg = jnp.where(hit_k, 1.0 / jnp.log2(rank + 2.0), 0.0)
-    return {"exact_ce": exact, "sampled_ce": sampled, "corrected_ce": corrected, "hr": hit_k, "ndcg": ndcg, "valid": valid}
+    out = {"exact_ce": exact, "sampled_ce": sampled, "corrected_ce": corrected, "hr": hit_k, "ndcg": ndcg, "valid": valid}
+    if fb_pred is not None:
+        out["fb_pred"] = fb_pred
+    return out
 
 
 def evaluate(
@@ -184,10 +194,14 @@ def evaluate(
     """Mean metrics over the validation set (keys: exact_ce, sampled_ce, corrected_ce, hr@k, ndcg@k).
 
     `events` (the model's events config and training categories) validates a network that reads
-    feedback and context; `vset` must then come from `from_split(..., with_events=True)`."""
+    feedback and context; `vset` must then come from `from_split(..., with_events=True)`. A
+    feedback head adds <name>_rmse per predicted column: the root mean squared error, on the
+    column's own scale (segue.models.events.to_scale), over the target events that carry it."""
     sums: dict[str, float] = {"exact_ce": 0.0, "sampled_ce": 0.0, "corrected_ce": 0.0, "hr": 0.0, "ndcg": 0.0}
     n_valid = 0
     n = len(vset)
+    fb_sq: dict[str, float] = {}
+    fb_n: dict[str, int] = {}
     key = jax.random.key(seed)
     for s in range(0, n, batch_size):
         sel = np.arange(s, min(n, s + batch_size))
@@ -203,7 +217,7 @@ def evaluate(
             tg = np.concatenate([tg, np.repeat(tg[:1], pad)])
         ev = None
         if events is not None:
-            ev, _, _ = EV.history_events(
+            ev, mu, sd = EV.history_events(
                 events[0], events[1], vset.histories, sel, context_length, context_length, next_events=vset.next_events
             )
             if pad:
@@ -217,7 +231,19 @@ def evaluate(
             sums[name] += float(np.where(valid, out[name][:m], 0.0).sum())
         sums["hr"] += float(out["hr"][:m].sum())
         sums["ndcg"] += float(out["ndcg"][:m].sum())
+        if "fb_pred" in out and events is not None and vset.next_events is not None:
+            for i, (name, kind, _) in enumerate(events[0].targets()):
+                pred = EV.to_scale(events[0], kind, out["fb_pred"][:m, i : i + 1], mu, sd)[:, 0]
+                col = vset.next_events.rating if name == "rating" else vset.next_events.feedback.get(name)
+                if col is None:
+                    continue
+                truth = np.asarray(col, dtype=np.float64)[sel]
+                ok = np.isfinite(truth)
+                fb_sq[name] = fb_sq.get(name, 0.0) + float(((pred[ok] - truth[ok]) ** 2).sum())
+                fb_n[name] = fb_n.get(name, 0) + int(ok.sum())
     res = {name: sums[name] / max(1, n_valid) for name in ("exact_ce", "sampled_ce", "corrected_ce")}
     res[f"hr@{k}"] = sums["hr"] / max(1, n)
     res[f"ndcg@{k}"] = sums["ndcg"] / max(1, n)
+    for name, sq in fb_sq.items():
+        res[f"{name}_rmse"] = float(np.sqrt(sq / max(1, fb_n[name])))
     return res
