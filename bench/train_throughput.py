@@ -8,6 +8,12 @@ of the 50k one (the lazy row-sparse Adam makes the step independent of the catal
 
     .venv/bin/python bench/train_throughput.py                     # trecs defaults
     .venv/bin/python bench/train_throughput.py --items 50000 --batches 128 --steps 10
+    .venv/bin/python bench/train_throughput.py --items 50000 --batches 128 --feedback
+
+--feedback also times the model with feedback and context (ARGUS' two heads: rating, two
+feedback columns and two context columns as inputs, the next-item head joined with the next
+event's context, a feedback head on three outputs) at the same batch, interleaved with the plain
+model, and prints its step time against the plain one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segue.data.vocab import N_SPECIAL
+from segue.models.events import EventsConfig
 from segue.models.transformer import ModelConfig, count_flops_per_token
 from segue.training.losses import LossConfig
 from segue.training.optim import OptimConfig
@@ -53,9 +60,14 @@ def numpy_peak(n: int = 1024, reps: int = 10) -> float:
 class Setting:
     """One compiled step over a catalogue at a batch size, with its state and a few batches."""
 
-    def __init__(self, model: ModelConfig, loss: LossConfig, optim: OptimConfig, n_items: int, batch: int) -> None:
+    def __init__(
+        self, model: ModelConfig, loss: LossConfig, optim: OptimConfig, n_items: int, batch: int, events: EventsConfig | None = None
+    ) -> None:
         self.model, self.loss, self.n_items, self.batch = model, loss, n_items, batch
-        self.spec = StepSpec(model, loss, optim, vocab_size=n_items + N_SPECIAL, total_steps=10_000, eop_target=True)
+        self.events = events
+        self.spec = StepSpec(
+            model, loss, optim, vocab_size=n_items + N_SPECIAL, total_steps=10_000, eop_target=True, events=events or EventsConfig()
+        )
         graphdef, self.state = init_state(self.spec, 0)
         self.step = make_train_step(self.spec, graphdef)
         rng = np.random.default_rng(0)
@@ -63,7 +75,10 @@ class Setting:
         self.batches = []
         for _ in range(4):
             seq = rng.integers(N_SPECIAL, n_items + N_SPECIAL, (batch, t + 1)).astype(np.int32)
-            self.batches.append((seq[:, :-1], seq[:, 1:], np.ones((batch, t), bool)))
+            b: tuple = (seq[:, :-1], seq[:, 1:], np.ones((batch, t), bool))
+            if events is not None:
+                b = (*b, random_events(rng, events, batch, t))
+            self.batches.append(b)
         self.scale = jnp.float32(1.0)
         self.times: list[float] = []
         self.i = 0
@@ -74,7 +89,8 @@ class Setting:
 
     def run(self) -> float:
         t0 = time.perf_counter()
-        self.state, m = self.step(self.state, *self.batches[self.i % 4], self.scale)
+        b = self.batches[self.i % 4]
+        self.state, m = self.step(self.state, *b[:3], self.scale, *b[3:])
         jax.block_until_ready(m["loss"])
         self.i += 1
         self.loss_value = float(m["loss"])
@@ -100,14 +116,53 @@ class Setting:
         }
 
 
-def bench_batch(model: ModelConfig, loss: LossConfig, optim: OptimConfig, items: list[int], batch: int, steps: int) -> list[dict]:
+def random_events(rng: np.random.Generator, ev: EventsConfig, b: int, t: int) -> dict[str, np.ndarray]:
+    """Event arrays of the shapes segue.models.events.batch_events makes, with random values."""
+    out: dict[str, np.ndarray] = {}
+    if ev.rating:
+        out["rating_bucket"] = rng.integers(0, ev.rating_buckets + 1, (b, t)).astype(np.int32)
+    if ev.feedback:
+        f = len(ev.feedback)
+        out["fb"] = rng.random((b, t, f)).astype(np.float32)
+        out["fb_missing"] = (rng.random((b, t, f)) < 0.1).astype(np.float32)
+    if ev.n_context:
+        c = ev.n_context
+        out["ctx"] = rng.integers(0, ev.context_rows, (b, t, c)).astype(np.int32)
+        out["next_ctx"] = rng.integers(0, ev.context_rows, (b, t, c)).astype(np.int32)
+    if ev.predict:
+        k = len(ev.predict)
+        out["fb_target"] = rng.random((b, t, k)).astype(np.float32)
+        out["fb_mask"] = rng.random((b, t, k)) < 0.9
+    return out
+
+
+FEEDBACK_EVENTS = EventsConfig(
+    rating=True,
+    feedback={"skip": "flag", "listened": "fraction"},
+    context=["platform", "hour"],
+    predict={"rating": 1.0, "skip": 0.5, "listened": 0.5},
+)
+
+
+def bench_batch(
+    model: ModelConfig,
+    loss: LossConfig,
+    optim: OptimConfig,
+    items: list[int],
+    batch: int,
+    steps: int,
+    events: EventsConfig | None = None,
+) -> list[dict]:
     """Time the catalogues of one batch size in interleaved rounds, so that a change in machine load
-    hits all of them alike (the 2M / 50k ratio is what matters)."""
+    hits all of them alike (the 2M / 50k ratio is what matters). With `events`, the model with
+    feedback and context runs in the same rounds (its results follow, marked "events": True)."""
     settings = [Setting(model, loss, optim, n, batch) for n in items]
+    if events is not None:
+        settings += [Setting(model, loss, optim, n, batch, events) for n in items]
     for _ in range(steps):
         for s in settings:
             s.times.append(s.run())
-    out = [s.result() for s in settings]
+    out = [s.result() | {"events": s.events is not None} for s in settings]
     del settings
     return out
 
@@ -126,6 +181,7 @@ def main() -> None:
     ap.add_argument("--sparse", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--feedback", action="store_true", help="also time the feedback/context heads against the plain model")
     args = ap.parse_args()
 
     model = ModelConfig(n_layers=args.layers, d_model=args.width, d_ff=2 * args.width)
@@ -138,9 +194,13 @@ def main() -> None:
     print(f"model: {model.n_layers} layers, width {model.d_model}, FFN {model.d_ff}, context {model.context_length}; loss {loss.kind} with {loss.n_negatives} shared negatives")
     hdr = f"{'items':>10} {'batch':>6} {'step ms':>9} {'tokens/s':>10} {'MFLOP/tok':>10} {'GFLOP/s':>8} {'% peak':>7} {'compile s':>9}"
     print(hdr)
-    results = []
+    results, with_events = [], []
+    events = FEEDBACK_EVENTS if args.feedback else None
     for b in args.batches:
-        for r in bench_batch(model, loss, optim, args.items, b, args.steps):
+        for r in bench_batch(model, loss, optim, args.items, b, args.steps, events):
+            if r["events"]:
+                with_events.append(r)
+                continue
             results.append(r)
             n = r["items"]
             print(
@@ -153,6 +213,12 @@ def main() -> None:
         if (50_000, b) in by and (2_000_000, b) in by:
             ratio = by[(2_000_000, b)]["step_s"] / by[(50_000, b)]["step_s"]
             print(f"batch {b}: step time 2M / 50k = {ratio:.2f}x (target <= 1.25x)")
+    for r in with_events:
+        plain = by[(r["items"], r["batch"])]
+        print(
+            f"feedback + context heads, {r['items']:,} items, batch {r['batch']}: step {1e3 * r['step_s']:.1f} ms against "
+            f"{1e3 * plain['step_s']:.1f} ms plain = {r['step_s'] / plain['step_s']:.2f}x (same rounds; compile {r['compile_s']:.1f} s)"
+        )
     # The peak again, after the steps: the fraction uses the higher reading (the conservative one).
     peak2 = matmul_peak()
     print(f"float32 matmul peak again at the end: jax {peak2:.1f} GFLOP/s")

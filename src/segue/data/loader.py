@@ -256,6 +256,8 @@ class _Assemble:
         self.tokens = arrays.tokens
         self.extras: dict[str, tuple[np.ndarray, Any]] = {}
         if config.extras:
+            if arrays.ts is not None:  # unix seconds, 0 on special tokens (time features)
+                self.extras["ts"] = (arrays.ts, np.int64(0))
             if arrays.rating is not None:
                 self.extras["rating"] = (arrays.rating, np.float32(0))
             for k, v in arrays.feedback.items():

@@ -10,10 +10,21 @@ Dropout (rate p) is applied to the embedding sum and to both residual branches.
 
 The item table is passed to `hidden()` explicitly so a training step can run the network on the
 rows a batch touches only (see segue.training.step); the module still owns it as a Param.
+
+Feedback and context (ARGUS; TransformerConfig.events, segue.models.events; all off by default,
+and then none of the following parameters exist; time features are three more context columns):
+    x_0 += R[rating bucket] + W_f [f(x); missing] + sum_c C_c[slot_c]     per input event
+    q_t  = h_t + MLP_q([h_t; ctx_{t+1}])      next-item head (ctx_{t+1}: the target event's
+                                              context, known at request time; MLP_q's output
+                                              layer starts at zero, so q = h at init)
+    y_t  = MLP_f([h_t; E[x_{t+1}]; ctx_{t+1}]) feedback head: that event's feedback
+ctx = sum_c C_c[slot_c] (one table per context column, slot 0 = null or unseen category).
+Without context the next-item head is the identity (today's model).
 """
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +39,9 @@ from segue.config import Config
 from segue.data.arrays import SequenceArrays
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
+from segue.models import events as EV
 from segue.models.base import NEG_INF
+from segue.models.events import EventsConfig
 from segue.models.neural import NeuralRecommender
 from segue.models.train_config import LossConfig, OptimConfig, TrainerConfig
 
@@ -100,10 +113,61 @@ class Block(nnx.Module):
         return x + dropout(self.ff2(self.act(self.ff1(self.ln2(x)))), self.rate, k2)
 
 
-class SequenceTransformer(nnx.Module):
-    """The network: tokens [B, T] -> hidden states [B, T, D]; logits are <h, E[c]>."""
+class MLP(nnx.Module):
+    """Linear -> ReLU -> Linear; `zero_out` starts the output layer at zero."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs, *, init_temperature: float = 1.0) -> None:
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, std: float, rngs: nnx.Rngs, *, zero_out: bool = False) -> None:
+        self.fc1 = nnx.Linear(d_in, d_hidden, kernel_init=nnx.initializers.normal(std), rngs=rngs)
+        out_init = nnx.initializers.zeros if zero_out else nnx.initializers.normal(std)
+        self.fc2 = nnx.Linear(d_hidden, d_out, kernel_init=out_init, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.relu(self.fc1(x)))
+
+
+class EventEncoder(nnx.Module):
+    """Feedback and context embeddings of events (see the module docstring and segue.models.events)."""
+
+    def __init__(self, ev: EventsConfig, d: int, std: float, rngs: nnx.Rngs) -> None:
+        init = nnx.initializers.normal(std)
+        self.rating_emb = nnx.Param(init(rngs.params(), (ev.rating_buckets + 1, d))) if ev.rating else None
+        f = len(ev.feedback)
+        self.fb_proj = nnx.Linear(2 * f, d, kernel_init=init, rngs=rngs) if f else None
+        c = ev.n_context
+        self.ctx_emb = nnx.Param(init(rngs.params(), (c, ev.context_rows, d))) if c else None
+
+    def context(self, slots: jax.Array) -> jax.Array:
+        """sum_c C_c[slots[..., c]]: slots [..., C] -> [..., D]."""
+        table = self.ctx_emb[...]
+        return sum(table[c][slots[..., c]] for c in range(table.shape[0]))
+
+    def __call__(self, events: dict[str, jax.Array]) -> jax.Array:
+        """The events' additive input vectors [B, T, D]."""
+        parts = []
+        if self.rating_emb is not None:
+            parts.append(self.rating_emb[...][events["rating_bucket"]])
+        if self.fb_proj is not None:
+            parts.append(self.fb_proj(jnp.concatenate([events["fb"], events["fb_missing"]], axis=-1)))
+        if self.ctx_emb is not None:
+            parts.append(self.context(events["ctx"]))
+        if not parts:  # a head-only config (e.g. predict ratings without reading them)
+            return jnp.zeros((), jnp.float32)
+        return sum(parts[1:], parts[0])
+
+
+class SequenceTransformer(nnx.Module):
+    """The network: tokens [B, T] -> hidden states [B, T, D]; logits are <q, E[c]> (q = h without context)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        rngs: nnx.Rngs,
+        *,
+        init_temperature: float = 1.0,
+        events: EventsConfig | None = None,
+        categories: EV.Categories | None = None,
+    ) -> None:
         self.rate = cfg.dropout  # plain values only: the graphdef must stay hashable
         self.emb_scale = float(cfg.d_model) ** 0.5 if cfg.scale_embeddings else 1.0
         std = cfg.init_std
@@ -113,6 +177,21 @@ class SequenceTransformer(nnx.Module):
         self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)
         # log of the softmax temperature (used by the logq loss only; clipped to [0.01, 100]).
         self.log_temperature = nnx.Param(jnp.log(jnp.asarray(init_temperature, jnp.float32)))
+        # Event parts exist only when configured, and are made after the plain ones, so the plain
+        # parameters (and their random init under a seed) are today's either way.
+        if events is not None and events.enabled:
+            d, width = cfg.d_model, events.head_width or cfg.d_ff
+            self.encoder = EventEncoder(events, d, std, rngs)
+            c = d if events.n_context else 0
+            self.next_head = MLP(d + c, width, d, std, rngs, zero_out=True) if c else None
+            k = len(events.predict)
+            self.feedback_head = MLP(2 * d + c, width, k, std, rngs) if k else None
+            # The training category lists (name-matched at scoring), as JSON: a plain hashable value.
+            self.categories_json = json.dumps(categories or {}, sort_keys=True)
+
+    @property
+    def has_events(self) -> bool:
+        return hasattr(self, "encoder")
 
     def hidden(
         self,
@@ -120,12 +199,19 @@ class SequenceTransformer(nnx.Module):
         emb: jax.Array | None = None,
         positions: jax.Array | None = None,
         key: jax.Array | None = None,
+        events: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
-        """tokens [B, T] index `emb` (default: the item table); key=None disables dropout."""
+        """tokens [B, T] index `emb` (default: the item table); key=None disables dropout.
+
+        `events` (segue.models.events arrays) is required by a network built with events."""
         emb = self.item_emb[...] if emb is None else emb
         b, t = tokens.shape
         pos = self.pos_emb[...]
         x = emb[tokens] * self.emb_scale + (pos[:t][None] if positions is None else pos[positions])
+        if self.has_events:
+            if events is None:
+                raise ValueError("this network reads event feedback/context: pass `events`")
+            x = x + self.encoder(events)
         # Causal mask as an additive bias: query q sees keys k <= q.
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         bias = jnp.where(causal, 0.0, -1e9).astype(x.dtype)[None, None]
@@ -134,6 +220,28 @@ class SequenceTransformer(nnx.Module):
         for blk, k in zip(self.blocks, keys[:-1], strict=True):
             x = blk(x, bias, k)
         return self.ln_f(x)
+
+    def next_query(self, h: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
+        """q_t = h_t + MLP_q([h_t; ctx_{t+1}]) (the identity without context). h [..., D]."""
+        if not self.has_events or self.next_head is None:
+            return h
+        if next_ctx is None:
+            raise ValueError("this network's next-item head reads the next event's context: pass next_ctx")
+        return h + self.next_head(jnp.concatenate([h, self.encoder.context(next_ctx)], axis=-1))
+
+    def predict_feedback(self, h: jax.Array, item_vecs: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
+        """Raw head outputs [..., K] (order: EventsConfig.targets()) for hidden states h [..., D]
+        and the item vectors E[x_{t+1}] [..., D] of the events whose feedback is predicted."""
+        if not self.has_events or self.feedback_head is None:
+            raise ValueError("this network has no feedback head (events.predict is empty)")
+        parts = [h, item_vecs]
+        if self.next_head is not None:
+            parts.append(self.encoder.context(next_ctx))
+        return self.feedback_head(jnp.concatenate(parts, axis=-1))
+
+    @property
+    def categories(self) -> EV.Categories:
+        return json.loads(getattr(self, "categories_json", "{}"))
 
 
 def count_flops_per_token(cfg: ModelConfig, n_candidates: int, seq_len: int | None = None) -> float:
@@ -159,6 +267,7 @@ class TransformerConfig(Config):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
+    events: EventsConfig = EventsConfig()  # feedback / context per event (off: the plain model)
 
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
@@ -176,21 +285,45 @@ def check_sections(loss: LossConfig, optim: OptimConfig) -> None:
         )
 
 
-def _score_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array) -> jax.Array:
-    model = nnx.merge(graphdef, state)
-    h = model.hidden(inputs, positions=positions)  # [B, T, D]
-    q = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [B, D]
-    return q @ model.item_emb[...].T
-
-
-def _query_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array) -> jax.Array:
-    model = nnx.merge(graphdef, state)
-    h = model.hidden(inputs, positions=positions)
+def _query(model: SequenceTransformer, inputs: jax.Array, positions: jax.Array, last: jax.Array, events: Any) -> jax.Array:
+    """[B, D] query at column `last`: h, or the next-item head's q with events."""
+    if events is None:
+        h = model.hidden(inputs, positions=positions)  # [B, T, D]
+    else:
+        h = model.next_query(model.hidden(inputs, positions=positions, events=events), events.get("next_ctx"))
     return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
 
 
+def _score_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array, events: Any = None) -> jax.Array:
+    model = nnx.merge(graphdef, state)
+    return _query(model, inputs, positions, last, events) @ model.item_emb[...].T
+
+
+def _query_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array, events: Any = None) -> jax.Array:
+    return _query(nnx.merge(graphdef, state), inputs, positions, last, events)
+
+
+def _feedback_fn(
+    graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array, events: Any, cands: jax.Array
+) -> jax.Array:
+    """[B, M, K] raw feedback-head outputs for candidate tokens cands [B, M] after each history."""
+    model = nnx.merge(graphdef, state)
+    h = model.hidden(inputs, positions=positions, events=events)
+    h = jnp.take_along_axis(h, last[:, None, None], axis=1)  # [B, 1, D]
+    e = model.item_emb[...][cands]  # [B, M, D]
+    nxt = events.get("next_ctx")
+    if nxt is not None:
+        nxt = jnp.broadcast_to(jnp.take_along_axis(nxt, last[:, None, None], axis=1), (*cands.shape, nxt.shape[-1]))
+    return model.predict_feedback(jnp.broadcast_to(h, e.shape), e, nxt)
+
+
 class TransformerRecommender(NeuralRecommender):
-    """Next-item scores from the transformer: score(c | history) = <h_last, E[c]>."""
+    """Next-item scores from the transformer: score(c | history) = <q_last, E[c]>.
+
+    A model trained with feedback / context (config.events) reads the histories' per-event columns
+    (by name: ratings, fb_*, ctx_* matched to its training categories); the next event's context is
+    the first event of `next_events` when given, else the history's last event's (see
+    segue.models.events.history_events). `predict_feedback` reads its feedback head."""
 
     family = "transformer"
     config_class = TransformerConfig
@@ -207,9 +340,14 @@ class TransformerRecommender(NeuralRecommender):
         # network re-splits.
         self._compiled: tuple[SequenceTransformer, Any, dict[Any, Any]] | None = None
 
-    def build(self, vocab_size: int, seed: int = 0) -> SequenceTransformer:
+    def build(self, vocab_size: int, seed: int = 0, categories: EV.Categories | None = None) -> SequenceTransformer:
         return SequenceTransformer(
-            self.config.model, vocab_size, nnx.Rngs(seed), init_temperature=self.config.loss.init_temperature
+            self.config.model,
+            vocab_size,
+            nnx.Rngs(seed),
+            init_temperature=self.config.loss.init_temperature,
+            events=self.config.events,
+            categories=categories,
         )
 
     # --- scoring -----------------------------------------------------------------------------
@@ -219,19 +357,30 @@ class TransformerRecommender(NeuralRecommender):
             raise SegueError("transformer: no network weights (fit() or load() first)")
         return self.network
 
-    def _batched(self, fn: Any, histories: SequenceArrays, rows: np.ndarray | None) -> np.ndarray:
+    def _batched(
+        self,
+        fn: Any,
+        histories: SequenceArrays,
+        rows: np.ndarray | None,
+        *,
+        next_events: SequenceArrays | None = None,
+        cands: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fn's outputs for `rows`, rating mu [n], s [n]) in compiled batches (mu, s: events only)."""
         from segue.data.loader import pad_histories
 
         net = self._net()
         if self._compiled is None or self._compiled[0] is not net:
             graphdef, state = nnx.split(net)
-            jitted = {f: jax.jit(partial(f, graphdef)) for f in (_score_fn, _query_fn)}
+            jitted = {f: jax.jit(partial(f, graphdef)) for f in (_score_fn, _query_fn, _feedback_fn)}
             self._compiled = (net, state, jitted)
         _, state, jitted = self._compiled
         run = jitted[fn]
+        ev_cfg = self.config.events if net.has_events else None
+        categories = net.categories
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         ctx = self.config.model.context_length
-        outs = []
+        outs, mus, ss = [], [], []
         # One compiled shape per power of two up to score_batch (a single history: batch 1)...
         bs = min(self.score_batch, 1 << max(0, int(len(rows) - 1).bit_length()))
         offsets = np.asarray(histories.offsets, dtype=np.int64)
@@ -244,48 +393,108 @@ class TransformerRecommender(NeuralRecommender):
             width = min(ctx, max(8, 1 << (longest - 1).bit_length()))
             ev = pad_histories(histories, sel, context_length=ctx, pad_to=width)
             n = len(sel)
-            inputs, positions, last = ev.inputs, ev.positions, ev.last
+            arrays: list[Any] = [ev.inputs, ev.positions, ev.last]
+            if ev_cfg is not None:
+                feats, mu, sd = EV.history_events(ev_cfg, categories, histories, sel, ctx, width, next_events)
+                arrays.append(feats)
+                mus.append(mu)
+                ss.append(sd)
+            if cands is not None:
+                arrays.append(np.asarray(cands[s : s + bs], dtype=np.int32))
             if n < bs:  # pad to the compiled batch size
-                inputs = np.concatenate([inputs, np.repeat(inputs[:1], bs - n, 0)])
-                positions = np.concatenate([positions, np.repeat(positions[:1], bs - n, 0)])
-                last = np.concatenate([last, np.repeat(last[:1], bs - n)])
-            outs.append(np.asarray(run(state, inputs, positions, last))[:n])
+                arrays = jax.tree_util.tree_map(lambda a, p=bs - n: np.concatenate([a, np.repeat(a[:1], p, 0)]), arrays)
+            outs.append(np.asarray(run(state, *arrays))[:n])
         if not outs:
-            return np.zeros((0, 0), np.float32)
-        return np.concatenate(outs).astype(np.float32, copy=False)
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        mu = np.concatenate(mus) if mus else np.zeros(0, np.float32)
+        sd = np.concatenate(ss) if ss else np.zeros(0, np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False), mu, sd
 
-    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
-        """[B, V] inner products of the last hidden state with every item; specials -inf."""
-        scores = self._batched(_score_fn, histories, rows)
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, *, next_events: SequenceArrays | None = None) -> np.ndarray:
+        """[B, V] inner products of the last query with every item; specials -inf."""
+        scores = self._batched(_score_fn, histories, rows, next_events=next_events)[0]
         if scores.size:
             scores[:, :N_SPECIAL] = NEG_INF
         else:
             scores = np.zeros((0, len(self._check_fitted())), np.float32)
         return scores
 
-    def query_embeddings(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+    def query_embeddings(
+        self, histories: SequenceArrays, rows: np.ndarray | None = None, *, next_events: SequenceArrays | None = None
+    ) -> np.ndarray:
         """[B, D] query vectors; score(c) = query . item_embeddings()[c] (for ANN serving)."""
-        return self._batched(_query_fn, histories, rows)
+        return self._batched(_query_fn, histories, rows, next_events=next_events)[0]
 
     def item_embeddings(self) -> np.ndarray:
         """[V, D] output vectors of every token (rows 0..3 are special tokens: skip them)."""
         return np.asarray(self._net().item_emb[...])
+
+    @property
+    def feedback_targets(self) -> list[str]:
+        """The columns the feedback head predicts ('rating' and/or feedback names), [] if none."""
+        return [n for n, _, _ in self.config.events.targets()]
+
+    def predict_feedback(
+        self,
+        histories: SequenceArrays,
+        rows: np.ndarray | None,
+        tokens: np.ndarray,
+        *,
+        next_events: SequenceArrays | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Predicted feedback [B, M] per head column for candidate `tokens` [B, M] after each
+        history, on the column's own scale (segue.models.events.to_scale: ratings on the rating
+        scale, flags as probabilities, fractions in [0, 1], counts)."""
+        net = self._net()
+        if not net.has_events or net.feedback_head is None:
+            raise SegueError("transformer: this model has no feedback head (events.predict is empty)")
+        rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or len(tokens) != len(rows):
+            raise SegueError(f"predict_feedback: tokens must be [rows, candidates] = [{len(rows)}, M], got {tokens.shape}")
+        raw, mu, sd = self._batched(_feedback_fn, histories, rows, next_events=next_events, cands=tokens)
+        if not raw.size:
+            return {n: np.zeros(tokens.shape, np.float32) for n in self.feedback_targets}
+        ev = self.config.events
+        return {name: EV.to_scale(ev, kind, raw[..., i], mu, sd) for i, (name, kind, _) in enumerate(ev.targets())}
+
+    def predict(self, histories: SequenceArrays, rows: np.ndarray | None, tokens: np.ndarray) -> np.ndarray:
+        """Predicted ratings [B, M] of candidate `tokens` [B, M] on the rating scale (a rating
+        predictor's interface, for pair accuracy); needs a head trained on ratings."""
+        if "rating" not in self.feedback_targets:
+            raise SegueError("transformer: this model does not predict ratings (add 'rating' to events.predict)")
+        return self.predict_feedback(histories, rows, tokens)["rating"]
 
     # --- persistence --------------------------------------------------------------------------
     def _save_state(self, folder: Path) -> None:
         save_weights(self._net(), folder / "weights.npz")
 
     def _load_state(self, folder: Path) -> None:
-        self.network = load_weights(self.build(len(self.vocab)), folder / "weights.npz")
+        path = folder / "weights.npz"
+        self.network = load_weights(self.build(len(self.vocab), categories=saved_categories(path)), path)
+
+
+CATEGORIES_KEY = "__context_categories__"  # weights.npz entry: the training categories as JSON
 
 
 def save_weights(net: SequenceTransformer, path: Path) -> None:
-    """Parameters as a flat .npz keyed by their path ('blocks/0/qkv/kernel', ...)."""
+    """Parameters as a flat .npz keyed by their path ('blocks/0/qkv/kernel', ...); a network with
+    events also stores its training context categories (JSON text under CATEGORIES_KEY)."""
     from segue.io import atomic_path
 
     flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(net, nnx.Param))}
+    if net.has_events:
+        flat[CATEGORIES_KEY] = np.asarray(net.categories_json)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **flat)
+
+
+def saved_categories(path: Path) -> EV.Categories | None:
+    """The context categories a weights file holds (None when it has none, or is missing)."""
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return json.loads(str(data[CATEGORIES_KEY])) if CATEGORIES_KEY in data else None
 
 
 def load_weights(net: SequenceTransformer, path: Path) -> SequenceTransformer:
@@ -302,6 +511,8 @@ def load_weights(net: SequenceTransformer, path: Path) -> SequenceTransformer:
             raise SegueError(f"{path}: '{name}' has shape {arr.shape}, the config expects {v[...].shape}")
         v[...] = jnp.asarray(arr)
     nnx.update(net, state)
+    if net.has_events and CATEGORIES_KEY in data:
+        net.categories_json = str(data[CATEGORIES_KEY])
     return net
 
 

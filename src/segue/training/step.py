@@ -15,12 +15,19 @@ candidates (padded to a static size), runs the network on E[U] with ids remapped
 differentiates with respect to E[U], and scatters the lazily-updated rows back, so neither the
 gradient nor the update ever touches all V rows. Dense mode (full softmax, or sparse_items="off"):
 the same code with U = all rows, which is exactly dense Adam on the table.
+
+With feedback / context (StepSpec.events enabled; segue.models.events) the step also takes the
+batch's event arrays: the network reads the events' feedback and context, the next-item loss
+scores q_t = next_query(h_t, ctx_{t+1}) instead of h_t, and the feedback head adds
+sum_k w_k masked_mean(l_k) (segue.training.feedback_losses) on the target events' feedback. The
+head reads E[x_{t+1}] from the same rows (E[U] in sparse mode), so the row-sparse update holds.
+Without events the step is today's, operation for operation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -29,7 +36,9 @@ import optax
 from flax import nnx
 
 from segue.data.vocab import EOP, N_SPECIAL
+from segue.models.events import Categories, EventsConfig
 from segue.models.transformer import ModelConfig, SequenceTransformer
+from segue.training import feedback_losses as FL
 from segue.training import losses as L
 from segue.training import optim as O
 
@@ -44,6 +53,14 @@ class StepSpec:
     vocab_size: int
     total_steps: int
     eop_target: bool = True
+    events: EventsConfig = field(default_factory=EventsConfig)
+    categories_json: str = "{}"  # the training context categories (JSON), saved with the network
+
+    @property
+    def categories(self) -> Categories:
+        import json
+
+        return json.loads(self.categories_json)
 
     @property
     def sparse(self) -> bool:
@@ -78,7 +95,14 @@ def with_table(items: nnx.State, table: jax.Array) -> nnx.State:
 
 
 def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
-    net = SequenceTransformer(spec.model, spec.vocab_size, nnx.Rngs(seed), init_temperature=spec.loss.init_temperature)
+    net = SequenceTransformer(
+        spec.model,
+        spec.vocab_size,
+        nnx.Rngs(seed),
+        init_temperature=spec.loss.init_temperature,
+        events=spec.events,
+        categories=spec.categories,
+    )
     graphdef, items, rest = split_network(net)
     table = table_of(items)
     tx = O.dense_transform(spec.optim, rest)
@@ -154,10 +178,25 @@ def per_position_loss(
 
 
 def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
-    """step(state, inputs [B, T], targets [B, T], mask [B, T], lr_scale) -> (state, metrics)."""
-    ocfg = spec.optim
+    """step(state, inputs [B, T], targets [B, T], mask [B, T], lr_scale[, events]) -> (state, metrics).
 
-    def step(state: dict[str, Any], inputs: jax.Array, targets: jax.Array, mask: jax.Array, lr_scale: jax.Array):
+    `events` (the arrays of segue.models.events.batch_events) is required when spec.events is
+    enabled and must be None otherwise."""
+    ocfg = spec.optim
+    ev_cfg = spec.events
+    heads = ev_cfg.targets()
+    kinds, weights = [k for _, k, _ in heads], [w for _, _, w in heads]
+
+    def step(
+        state: dict[str, Any],
+        inputs: jax.Array,
+        targets: jax.Array,
+        mask: jax.Array,
+        lr_scale: jax.Array,
+        events: dict[str, jax.Array] | None = None,
+    ):
+        if (events is None) == ev_cfg.enabled:
+            raise ValueError("events must be given exactly when the spec's events section is enabled")
         tx = O.dense_transform(ocfg, state["rest"])
         t = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)
@@ -180,13 +219,26 @@ def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[s
             rows0 = table
             l_in, l_t, l_c = inputs, tgt, cands
 
-        def loss_fn(rest: nnx.State, rows: jax.Array) -> jax.Array:
+        def loss_fn(rest: nnx.State, rows: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
             net = nnx.merge(graphdef, state["items"], rest)
-            h = net.hidden(l_in, emb=rows, key=k_drop).reshape(b * T, -1)
-            per = per_position_loss(spec, h, rows, l_t, tgt, msk, cands, l_c, net.log_temperature[...], l_in)
-            return L.masked_mean(per, msk)
+            if events is None:
+                h = net.hidden(l_in, emb=rows, key=k_drop).reshape(b * T, -1)
+                per = per_position_loss(spec, h, rows, l_t, tgt, msk, cands, l_c, net.log_temperature[...], l_in)
+                return L.masked_mean(per, msk), {}
+            hs = net.hidden(l_in, emb=rows, key=k_drop, events=events)  # [B, T, D]
+            nxt = events.get("next_ctx")
+            q = net.next_query(hs, nxt).reshape(b * T, -1)
+            per = per_position_loss(spec, q, rows, l_t, tgt, msk, cands, l_c, net.log_temperature[...], l_in)
+            item_loss = L.masked_mean(per, msk)
+            if not heads:
+                return item_loss, {"item_loss": item_loss}
+            pred = net.predict_feedback(hs, rows[l_t].reshape(b, T, -1), nxt)
+            fb, cols = FL.feedback_loss(pred, events["fb_target"], events["fb_mask"], kinds, weights, ev_cfg.huber_delta)
+            aux = {"item_loss": item_loss, "feedback_loss": fb}
+            aux |= {f"fb_loss_{name}": cols[i] for i, (name, _, _) in enumerate(heads)}
+            return item_loss + fb, aux
 
-        loss, (g_rest, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state["rest"], rows0)
+        (loss, aux), (g_rest, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(state["rest"], rows0)
         norm = O.global_norm(g_rest, g_rows)
         ok = jnp.isfinite(loss) & jnp.isfinite(norm)
         scale = O.clip_scale(norm, ocfg.clip_norm)
@@ -230,7 +282,7 @@ def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[s
             new["ema_items"] = O.ema_update(state["ema_items"], new["items"], d)
         tau = L.clip_temperature(rest_log_tau(rest))
         metrics = {"loss": loss, "grad_norm": norm, "skipped": ~ok, "lr": lr, "count": jnp.sum(mask), "temperature": tau}
-        return new, metrics
+        return new, metrics | aux
 
     return jax.jit(step, donate_argnums=(0,))
 

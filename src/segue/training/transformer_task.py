@@ -1,18 +1,26 @@
 """The transformer's training program (a `TrainTask`): sequence batches, the row-sparse step of
-segue.training.step, and next-item validation (segue.training.evaluate)."""
+segue.training.step, and next-item validation (segue.training.evaluate).
+
+With an `events` section the task checks that the training data has the configured columns, takes
+the training context categories as the model's (saved with its weights), and turns each batch's
+rating / fb_* / ctx_* columns into the network's event arrays (segue.models.events) on the host."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from segue.data.arrays import SequenceArrays, SplitData, compile_split
 from segue.data.loader import make_train_loader
 from segue.data.splits import Part
+from segue.errors import ConfigError
+from segue.models import events as EV
 from segue.models.transformer import (
     SequenceTransformer,
     TransformerConfig,
@@ -43,7 +51,16 @@ class TransformerTask:
         self.trainer = tc = config.trainer
         self.optim = config.optim
         lc = tc.loader.model_copy(update={"context_length": config.model.context_length})
-        self.loader = make_train_loader(training_arrays(data, tc.fit_on), lc, seed=tc.seed)
+        arrays = training_arrays(data, tc.fit_on)
+        self.events = ev = config.events
+        self.categories: EV.Categories = {}
+        self.luts: dict[str, np.ndarray] = {}
+        if ev.enabled:
+            self.categories = check_event_columns(ev, arrays)
+            self.luts = {n: EV.context_lut(self.categories[n], list(arrays.context_categories.get(n, []))) for n in ev.context}
+            if not lc.extras:
+                raise ConfigError("trainer.loader.extras is false, but the events section reads the batches' extra columns")
+        self.loader = make_train_loader(arrays, lc, seed=tc.seed)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
         self.spec = StepSpec(
             model=config.model,
@@ -52,11 +69,13 @@ class TransformerTask:
             vocab_size=len(data.vocab),
             total_steps=self.total_steps,
             eop_target=lc.eop_target,
+            events=ev,
+            categories_json=json.dumps(self.categories, sort_keys=True),
         )
         self.graphdef: Any = None
         self._step_fn: Any = None
         # Refitting on train+valid leaves nothing to validate on.
-        self.vset = ValidationSet.from_split(data, tc.eval_max_users, seed=tc.seed) if tc.fit_on == "train" else None
+        self.vset = ValidationSet.from_split(data, tc.eval_max_users, seed=tc.seed, with_events=self.events.enabled) if tc.fit_on == "train" else None
 
     def init_state(self) -> dict[str, Any]:
         self.graphdef, state = init_state(self.spec, self.trainer.seed)
@@ -64,7 +83,10 @@ class TransformerTask:
         return state
 
     def train_step(self, state: dict[str, Any], batch: dict[str, Any], lr_scale: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-        return self._step_fn(state, batch["inputs"], batch["targets"], batch["mask"], jnp.float32(lr_scale))
+        args = (state, batch["inputs"], batch["targets"], batch["mask"], jnp.float32(lr_scale))
+        if not self.events.enabled:
+            return self._step_fn(*args)
+        return self._step_fn(*args, EV.batch_events(self.events, batch, self.luts))
 
     def validate(self, state: dict[str, Any]) -> dict[str, float] | None:
         if self.vset is None:
@@ -80,6 +102,7 @@ class TransformerTask:
             n_negatives=self.config.loss.n_negatives,
             eop_class=self.spec.eop_target,
             seed=tc.seed,
+            events=(self.events, self.categories) if self.events.enabled else None,
         )
 
     def network(self, state: dict[str, Any], average: bool = False) -> SequenceTransformer:
@@ -90,3 +113,21 @@ class TransformerTask:
 
     def load_weights(self, network: SequenceTransformer, path: Path) -> SequenceTransformer:
         return load_weights(network, path)
+
+
+def check_event_columns(ev: EV.EventsConfig, arrays: SequenceArrays) -> EV.Categories:
+    """The model's context categories; ConfigError naming the field when the training data lacks a
+    configured column (or has too many categories)."""
+    if (ev.rating or "rating" in ev.predict) and arrays.rating is None:
+        field = "events.rating" if ev.rating else "events.predict"
+        raise ConfigError(f"{field}: the training data has no ratings")
+    if ev.time and arrays.ts is None:
+        raise ConfigError("events.time: the training data has no timestamps")
+    for name in ev.feedback:
+        if name not in arrays.feedback:
+            have = ", ".join(sorted(arrays.feedback)) or "none"
+            raise ConfigError(f"events.feedback: the training data has no feedback column '{name}' (it has: {have})")
+    try:
+        return EV.model_categories(ev, arrays)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -11,6 +11,17 @@ structure to learn: after a track, with probability `p_album` the next track of 
 follows, otherwise with probability `p_artist` another track of the same artist, otherwise a fresh
 draw from the playlist's genre mix by popularity. Repeats inside a playlist are avoided.
 
+With `feedback = true` (off by default; the tracks are the same either way) every event also
+carries feedback and context, drawn after the tracks (segue.models.events reads them):
+  fb_listened  fraction of the track played: clip(fit + N(0, 0.15), 0, 1), where a track's fit to
+               its playlist is 0.5 [its genre is the playlist's dominant one] + 0.5 (1 - |e_track -
+               e_playlist|) with a hidden energy e in [0, 1] per track and per playlist
+  fb_skip      1 when fb_listened < 0.35, else 0
+  ctx_platform mobile / desktop / tv: the track's genre g prefers platform g mod 3 (p = 0.8)
+  ctx_hour     "0".."23": the track's artist a prefers the hours 6 (a mod 4) .. 6 (a mod 4) + 5
+               (p = 0.8), else any hour
+so the context of the next event says something about its genre and artist.
+
 `SyntheticSource` yields store chunks directly; `write_mpd_slices` writes the same playlists in the
 Spotify MPD slice JSON format (1,000 playlists a file, optional md5sums), for the ingest benchmark
 and the MPD importer's tests.
@@ -67,6 +78,7 @@ class SyntheticConfig(Config):
     p_album: float = Field(0.3, ge=0, le=1)  # continue with the album's next track
     p_artist: float = Field(0.2, ge=0, le=1)  # else another track of the same artist
     seed: int = 0
+    feedback: bool = False  # add fb_listened, fb_skip, ctx_platform, ctx_hour to every event
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticConfig:
@@ -308,14 +320,15 @@ class SyntheticSource:
             lengths = np.diff(pb.offsets)
             seq_keys = np.array([str(p) for p in pb.pids], dtype=object)
             positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]) if len(pb.tracks) else []
-            events = pa.table(
-                {
-                    "seq_key": pa.array(np.repeat(seq_keys, lengths), pa.string()),
-                    "item_key": pa.array(uris[pb.tracks], pa.string()),
-                    "position": pa.array(positions, pa.int32()),
-                    "ts": pa.array(np.repeat(pb.modified_at, lengths), pa.int64()),
-                }
-            )
+            columns = {
+                "seq_key": pa.array(np.repeat(seq_keys, lengths), pa.string()),
+                "item_key": pa.array(uris[pb.tracks], pa.string()),
+                "position": pa.array(positions, pa.int32()),
+                "ts": pa.array(np.repeat(pb.modified_at, lengths), pa.int64()),
+            }
+            if self.config.feedback:
+                columns |= event_feedback(self.config, cat, pb)
+            events = pa.table(columns)
             sequences = pa.table(
                 {
                     "seq_key": pa.array(seq_keys, pa.string()),
@@ -337,6 +350,35 @@ class SyntheticSource:
 
     def params(self) -> dict[str, object]:
         return self.config.model_dump()
+
+
+PLATFORMS = ("mobile", "desktop", "tv")
+
+
+def event_feedback(cfg: SyntheticConfig, cat: Catalogue, pb: PlaylistBatch) -> dict[str, pa.Array]:
+    """fb_listened, fb_skip, ctx_platform, ctx_hour of a batch's events (see the module docstring);
+    drawn from their own generator, so the tracks do not depend on them."""
+    rng = np.random.default_rng([cfg.seed, 3, int(pb.pids[0]) if len(pb.pids) else 0])
+    energy = np.random.default_rng([cfg.seed, 4]).random(cat.n_items)
+    lengths = np.diff(pb.offsets)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    tracks = pb.tracks.astype(np.int64)
+    dominant = np.array([cat.genre_names.index(g[0]) for g in pb.genres], dtype=np.int64)
+    playlist_energy = rng.random(len(lengths))
+    genre = cat.track_genre[tracks]
+    fit = 0.5 * (genre == dominant[owner]) + 0.5 * (1.0 - np.abs(energy[tracks] - playlist_energy[owner]))
+    listened = np.clip(fit + rng.normal(0.0, 0.15, len(tracks)), 0.0, 1.0)
+    skip = (listened < 0.35).astype(np.float64)
+    n = len(tracks)
+    platform = np.where(rng.random(n) < 0.8, genre % 3, rng.integers(0, 3, n))
+    block = cat.track_artist[tracks] % 4
+    hour = np.where(rng.random(n) < 0.8, 6 * block + rng.integers(0, 6, n), rng.integers(0, 24, n))
+    return {
+        "fb_listened": pa.array(listened, pa.float64()),
+        "fb_skip": pa.array(skip, pa.float64()),
+        "ctx_platform": pa.array(np.array(PLATFORMS, dtype=object)[platform], pa.string()),
+        "ctx_hour": pa.array(hour.astype(str).astype(object), pa.string()),
+    }
 
 
 def _items_table(cat: Catalogue, tracks: np.ndarray) -> pa.Table:

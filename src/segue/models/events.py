@@ -1,0 +1,393 @@
+"""What the transformer reads and predicts about each event besides its item (ARGUS' two heads).
+
+`EventsConfig` (the `events` section of TransformerConfig; everything off by default) names the
+columns. The functions here turn a store's per-event columns into the fixed-shape arrays the
+network takes, on the host, in numpy, the same way for training batches (segue.data.loader keys
+rating / fb_<name> / ctx_<name> and their target_* twins) and for scored histories (a
+SequenceArrays, from a split or from a serving request):
+
+    rating_bucket [B, T] int32    0 = no rating; 1 + round((r - lo) / (hi - lo) (n - 1)) clipped
+                                  to 1..n over the configured scale [lo, hi] with n buckets
+    fb, fb_missing [B, T, F]      f(x) per feedback column (flag: x > 0.5; fraction: clip(x, 0, 1);
+                                  count: log(1 + max(x, 0)); numeric: x), 0 and missing = 1 where
+                                  the event has no value
+    ctx, next_ctx [B, T, C] int32 category slots: 0 = null or a category the model never saw,
+                                  1 + i for the model's i-th training category of that column.
+                                  next_ctx[:, t] is the context of event t + 1 (the target's),
+                                  known at request time (platform, hour of the request)
+    fb_target, fb_mask [B, T, K]  what the feedback head is trained on (see `head_targets`)
+
+With `time`, three more context columns come from the events' unix timestamps (`ts`; UTC):
+    gap   0 = unknown (no timestamp, or no earlier event in the window), 1 = same second,
+          2 + floor(log2(seconds since the previous event)) up to 33
+    hour  1 + hour of day (0 = unknown);   day  1 + day of week, Monday = 1 (0 = unknown)
+For the next event (next_ctx) they are its own time and its gap to the last input event; a
+scored history without the next event's timestamp leaves them unknown.
+
+Categories are matched by *name*: a SequenceArrays compiled from another part of a split, or built
+from a request, codes its categories in its own order (`context_categories`), so codes are
+remapped through the model's saved training lists (`context_lut`).
+
+Ratings as a head target are normalised per row: z = (r - mu) / s with mu and sd the mean and
+standard deviation of the row's rated *input* events in the window (the history the model sees)
+and s = max(sd, rating_std_floor); a row without rated inputs takes mu = the scale's midpoint.
+A prediction goes back to the scale as clip(mu + s z, lo, hi) with mu and s of the history.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from segue.config import Config
+from segue.data.arrays import SequenceArrays
+from segue.data.vocab import N_SPECIAL, UNK
+
+FeedbackKind = Literal["flag", "fraction", "count", "numeric"]
+HeadKind = Literal["rating", "flag", "fraction", "count", "numeric"]
+
+
+class EventsConfig(Config):
+    """Feedback and context per event (all off: the plain next-item transformer)."""
+
+    rating: bool = False  # embed each input event's rating (buckets over rating_scale)
+    rating_scale: tuple[float, float] = (1.0, 5.0)
+    rating_buckets: int = Field(5, ge=2)
+    # fb_<name> columns embedded by a learned projection (with a missing-value indicator each)
+    feedback: dict[str, FeedbackKind] = {}
+    context: list[str] = []  # ctx_<name> categorical columns: input events and the next-item head
+    max_categories: int = Field(64, ge=1)  # categories kept per context column (table rows - 1)
+    time: bool = False  # gap to the previous event, hour of day, day of week (needs timestamps)
+    # feedback head: "rating" or a name of `feedback` -> loss weight (Huber on ratings normalised
+    # per row, BCE on flags, cross-entropy on [0, 1] for fractions, Huber on counts / numerics)
+    predict: dict[str, float] = {}
+    rating_std_floor: float = Field(0.5, gt=0)  # s = max(sd of the row's ratings, this)
+    huber_delta: float = Field(1.0, gt=0)
+    head_width: int | None = Field(None, ge=1)  # hidden width of both heads' MLPs (default d_ff)
+
+    @model_validator(mode="after")
+    def _check(self) -> EventsConfig:
+        lo, hi = self.rating_scale
+        if not hi > lo:
+            raise ValueError(f"rating_scale must be (low, high) with high > low, got {self.rating_scale}")
+        for name, w in self.predict.items():
+            if name != "rating" and name not in self.feedback:
+                raise ValueError(
+                    f"predict: '{name}' is neither 'rating' nor a column of events.feedback "
+                    f"({', '.join(sorted(self.feedback)) or 'none'}), so its kind is unknown"
+                )
+            if w < 0:
+                raise ValueError(f"predict: the weight of '{name}' is negative ({w})")
+        if len(set(self.context)) != len(self.context):
+            raise ValueError(f"context lists a column twice: {self.context}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rating or self.feedback or self.context or self.predict or self.time)
+
+    @property
+    def n_context(self) -> int:
+        """Context columns the network embeds: the categorical ones, then gap / hour / day."""
+        return len(self.context) + (N_TIME if self.time else 0)
+
+    @property
+    def context_rows(self) -> int:
+        """Rows of each context embedding table (slot 0 + categories, or the time slots)."""
+        return max(self.max_categories, GAP_SLOTS - 1 if self.time else 0) + 1
+
+    @property
+    def feedback_names(self) -> list[str]:
+        return sorted(self.feedback)
+
+    def targets(self) -> list[tuple[str, HeadKind, float]]:
+        """(name, kind, weight) of each head output, in output order (sorted by name)."""
+        return [(n, "rating" if n == "rating" else self.feedback[n], self.predict[n]) for n in sorted(self.predict)]
+
+
+Categories = dict[str, list[str]]
+N_TIME = 3  # gap, hour, day
+GAP_SLOTS = 34  # 0 unknown, 1 same second, 2 + floor(log2(gap)) for gaps up to 2^32 s
+
+
+def time_slots(ts: np.ndarray, prev_ts: np.ndarray, ok: np.ndarray, prev_ok: np.ndarray) -> np.ndarray:
+    """[..., 3] int32 (gap, hour, day) slots of events at `ts` after events at `prev_ts` (unix
+    seconds; `ok` / `prev_ok`: the event exists; ts <= 0 counts as unknown)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    prev_ts = np.asarray(prev_ts, dtype=np.int64)
+    known = ok & (ts > 0)
+    gap = ts - prev_ts
+    has_gap = known & prev_ok & (prev_ts > 0) & (gap >= 0)
+    log_gap = np.floor(np.log2(np.maximum(gap, 1))).astype(np.int64)
+    g = np.where(gap == 0, 1, np.minimum(2 + log_gap, GAP_SLOTS - 1))
+    hour = (ts // 3600) % 24 + 1
+    day = (ts // 86400 + 3) % 7 + 1  # 1970-01-01 was a Thursday: Monday = 1
+    out = np.stack([np.where(has_gap, g, 0), np.where(known, hour, 0), np.where(known, day, 0)], axis=-1)
+    return out.astype(np.int32)
+
+
+def _prev(a: np.ndarray, fill: object = 0) -> np.ndarray:
+    """a shifted one column to the right along axis 1 (column 0 gets `fill`)."""
+    out = np.empty_like(a)
+    out[:, 0] = fill
+    out[:, 1:] = a[:, :-1]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# categories
+
+
+def model_categories(cfg: EventsConfig, arrays: SequenceArrays, source: str = "training data") -> Categories:
+    """The training category lists of the configured context columns (saved with the model).
+
+    Raises ValueError naming the column when the data lacks it or has too many categories."""
+    out: Categories = {}
+    for name in cfg.context:
+        if name not in arrays.context:
+            have = ", ".join(sorted(arrays.context)) or "none"
+            raise ValueError(f"events.context: {source} has no context column '{name}' (it has: {have})")
+        cats = list(arrays.context_categories.get(name, []))
+        if len(cats) > cfg.max_categories:
+            raise ValueError(
+                f"events.context: column '{name}' has {len(cats)} categories in the {source}, above "
+                f"events.max_categories = {cfg.max_categories} (raise it)"
+            )
+        out[name] = cats
+    return out
+
+
+def context_lut(model_cats: list[str], arrays_cats: list[str]) -> np.ndarray:
+    """int32 [len(arrays_cats) + 1]: code c of the arrays -> model slot (1 + index by name, 0 if
+    the model never saw it); the last entry serves code -1 (null)."""
+    index = {c: i for i, c in enumerate(model_cats)}
+    return np.array([index.get(c, -1) + 1 for c in arrays_cats] + [0], dtype=np.int32)
+
+
+def slots(lut: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Model slots of codes (-1 = null, and codes past the lut, are slot 0)."""
+    codes = np.asarray(codes)
+    ok = (codes >= 0) & (codes < len(lut) - 1)
+    return np.where(ok, lut[np.where(ok, codes, len(lut) - 1)], 0).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-event encodings
+
+
+def rating_buckets(cfg: EventsConfig, rating: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """0 where absent or NaN, else 1 + round((r - lo) / (hi - lo) (n - 1)) clipped to 1..n."""
+    lo, hi = cfg.rating_scale
+    n = cfg.rating_buckets
+    r = np.asarray(rating, dtype=np.float32)
+    ok = present & np.isfinite(r)
+    b = np.clip(np.rint((np.where(ok, r, lo) - lo) / (hi - lo) * (n - 1)), 0, n - 1).astype(np.int32) + 1
+    return np.where(ok, b, 0).astype(np.int32)
+
+
+def feedback_value(kind: str, x: np.ndarray) -> np.ndarray:
+    """The input/target transform of a feedback column (NaN stays NaN)."""
+    x = np.asarray(x, dtype=np.float32)
+    if kind == "flag":
+        return np.where(np.isfinite(x), (x > 0.5).astype(np.float32), np.nan)
+    if kind == "fraction":
+        return np.clip(x, 0.0, 1.0)
+    if kind == "count":
+        return np.log1p(np.maximum(x, 0.0))
+    return x
+
+
+def row_rating_stats(cfg: EventsConfig, rating: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [B], s [B]) of each row's rated present events (see the module docstring)."""
+    r = np.asarray(rating, dtype=np.float64)
+    ok = present & np.isfinite(r)
+    n = ok.sum(axis=-1)
+    v = np.where(ok, r, 0.0)
+    mid = 0.5 * (cfg.rating_scale[0] + cfg.rating_scale[1])
+    mu = np.where(n > 0, v.sum(axis=-1) / np.maximum(n, 1), mid)
+    var = np.where(ok, (r - mu[:, None]) ** 2, 0.0).sum(axis=-1) / np.maximum(n, 1)
+    s = np.maximum(np.sqrt(var), cfg.rating_std_floor)
+    return mu.astype(np.float32), s.astype(np.float32)
+
+
+def encode_events(
+    cfg: EventsConfig,
+    present: np.ndarray,
+    rating: np.ndarray | None,
+    feedback: dict[str, np.ndarray],
+    ctx: dict[str, np.ndarray],
+    ts: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Network inputs for events [B, T] (`present`: the column holds a real event; values elsewhere
+    are ignored). `feedback` maps names to raw values, `ctx` names to model slots, `ts` holds unix
+    seconds; a column the data lacks is simply missing (NaN / slot 0)."""
+    out: dict[str, np.ndarray] = {}
+    shape = present.shape
+    if cfg.rating:
+        out["rating_bucket"] = rating_buckets(cfg, rating if rating is not None else np.full(shape, np.nan), present)
+    if cfg.feedback:
+        vals, miss = [], []
+        for name in cfg.feedback_names:
+            x = feedback.get(name)
+            x = feedback_value(cfg.feedback[name], x) if x is not None else np.full(shape, np.nan, np.float32)
+            ok = present & np.isfinite(x)
+            vals.append(np.where(ok, x, 0.0))
+            miss.append((~ok).astype(np.float32))
+        out["fb"] = np.stack(vals, axis=-1).astype(np.float32)
+        out["fb_missing"] = np.stack(miss, axis=-1)
+    if cfg.n_context:
+        zeros = np.zeros(shape, np.int32)
+        cols = [np.where(present, ctx.get(n, zeros), 0)[..., None] for n in cfg.context]
+        if cfg.time:
+            t = ts if ts is not None else np.zeros(shape, np.int64)
+            cols.append(time_slots(t, _prev(t), present, _prev(present, False)))
+        out["ctx"] = np.concatenate(cols, axis=-1).astype(np.int32)
+    return out
+
+
+def head_targets(
+    cfg: EventsConfig,
+    valid: np.ndarray,
+    rating: np.ndarray | None,
+    feedback: dict[str, np.ndarray],
+    mu: np.ndarray,
+    s: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """fb_target, fb_mask [B, T, K] for the head outputs of `cfg.targets()`: the target event's
+    value (rating: z = (r - mu) / s per row; others: `feedback_value`); mask = valid and present."""
+    tg, mk = [], []
+    shape = valid.shape
+    for name, kind, _ in cfg.targets():
+        if kind == "rating":
+            r = rating if rating is not None else np.full(shape, np.nan, np.float32)
+            x = (np.asarray(r, np.float32) - mu[:, None]) / s[:, None]
+        else:
+            raw = feedback.get(name)
+            x = feedback_value(kind, raw) if raw is not None else np.full(shape, np.nan, np.float32)
+        ok = valid & np.isfinite(x)
+        tg.append(np.where(ok, x, 0.0))
+        mk.append(ok)
+    return np.stack(tg, axis=-1).astype(np.float32), np.stack(mk, axis=-1)
+
+
+def is_event(tokens: np.ndarray) -> np.ndarray:
+    """Columns holding a real event: an item token, or <unk> (an item outside the vocabulary)."""
+    return (tokens >= N_SPECIAL) | (tokens == UNK)
+
+
+# ---------------------------------------------------------------------------------------------
+# training batches
+
+
+def batch_events(cfg: EventsConfig, batch: dict[str, np.ndarray], luts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The network's event arrays for a training batch of segue.data.loader (`luts`: the training
+    arrays' context codes -> model slots, per column)."""
+    inputs, targets, mask = batch["inputs"], batch["targets"], batch["mask"]
+    present = is_event(inputs)
+    fb_in = {n: batch[f"fb_{n}"] for n in cfg.feedback if f"fb_{n}" in batch}
+    ctx_in = {n: slots(luts[n], batch[f"ctx_{n}"]) for n in cfg.context}
+    rating = batch.get("rating")
+    out = encode_events(cfg, present, rating, fb_in, ctx_in, batch.get("ts"))
+    if cfg.n_context:
+        cols = [slots(luts[n], batch[f"target_ctx_{n}"])[..., None] for n in cfg.context]
+        if cfg.time:
+            ts = batch.get("ts", np.zeros(inputs.shape, np.int64))
+            nts = batch.get("target_ts", np.zeros(inputs.shape, np.int64))
+            cols.append(time_slots(nts, ts, is_event(targets), present))
+        out["next_ctx"] = np.concatenate(cols, axis=-1).astype(np.int32)
+    if cfg.predict:
+        mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(inputs.shape, np.nan), present)
+        fb_t = {n: batch[f"target_fb_{n}"] for n in cfg.feedback if f"target_fb_{n}" in batch}
+        valid = mask & is_event(targets)
+        out["fb_target"], out["fb_mask"] = head_targets(cfg, valid, batch.get("target_rating"), fb_t, mu, s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# scored histories
+
+
+def history_index(arrays: SequenceArrays, rows: np.ndarray, context_length: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(event index [n, T], is_item [n, T]) of the left-aligned inputs [<start>, h_1..h_n] that
+    segue.data.loader.pad_histories builds (same cropping), T = width."""
+    offsets = np.asarray(arrays.offsets, dtype=np.int64)
+    start, n = offsets[rows], offsets[rows + 1] - offsets[rows]
+    eff = np.minimum(n + 1, context_length)
+    col = np.arange(width, dtype=np.int64)[None, :]
+    real = col < eff[:, None]
+    k = col + (n + 1 - eff)[:, None]
+    item = real & (k >= 1)
+    return np.where(item, start[:, None] + k - 1, 0), item
+
+
+def history_events(
+    cfg: EventsConfig,
+    categories: Categories,
+    arrays: SequenceArrays,
+    rows: np.ndarray,
+    context_length: int,
+    width: int,
+    next_events: SequenceArrays | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(network event arrays, mu [n], s [n]) for scoring histories `rows` of `arrays`.
+
+    next_ctx at the last input column is the context of the event to predict: the first event of
+    the same row of `next_events` when given, else the history's last event's context (a serving
+    request's arrays carry the request context on every event), else unknown (slot 0)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    idx, item = history_index(arrays, rows, context_length, width)
+
+    def take(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values[idx.ravel()]).reshape(idx.shape)
+
+    rating = take(arrays.rating) if arrays.rating is not None and len(arrays.tokens) else None
+    fb = {n: take(arrays.feedback[n]) for n in cfg.feedback if n in arrays.feedback and len(arrays.tokens)}
+    ctx: dict[str, np.ndarray] = {}
+    for n in cfg.context:
+        if n in arrays.context and len(arrays.tokens):
+            lut = context_lut(categories.get(n, []), list(arrays.context_categories.get(n, [])))
+            ctx[n] = slots(lut, take(arrays.context[n]))
+    ts = take(arrays.ts) if cfg.time and arrays.ts is not None and len(arrays.tokens) else None
+    out = encode_events(cfg, item, rating, fb, ctx, ts)
+    if cfg.n_context:
+        c = out["ctx"]
+        nxt = np.zeros_like(c)
+        nxt[:, :-1] = c[:, 1:]
+        off = np.asarray(arrays.offsets, dtype=np.int64)
+        last = np.minimum(off[rows + 1] - off[rows] + 1, context_length) - 1  # the last real column
+        r = np.arange(len(rows))
+        nxt[r, last] = c[r, last]  # default: the last event's context (its time is unknown)
+        if cfg.time:
+            nxt[r, last, len(cfg.context) :] = 0
+        if next_events is not None:
+            off = np.asarray(next_events.offsets, dtype=np.int64)
+            has = off[rows + 1] > off[rows]
+            first = np.where(has, off[rows], 0)
+            for j, n in enumerate(cfg.context):
+                if n in next_events.context and len(next_events.tokens):
+                    lut = context_lut(categories.get(n, []), list(next_events.context_categories.get(n, [])))
+                    s_ = slots(lut, np.asarray(next_events.context[n])[first])
+                    nxt[r, last, j] = np.where(has, s_, nxt[r, last, j])
+            if cfg.time and next_events.ts is not None and len(next_events.tokens):
+                last_ts = ts[r, last] if ts is not None else np.zeros(len(rows), np.int64)
+                nts = np.asarray(next_events.ts)[first]
+                nxt[r, last, len(cfg.context) :] = time_slots(nts, last_ts, has, item[r, last])
+        out["next_ctx"] = nxt.astype(np.int32)
+    mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(idx.shape, np.nan), item)
+    return out, mu, s
+
+
+def to_scale(cfg: EventsConfig, kind: str, pred: np.ndarray, mu: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """A head output back on the column's own scale: ratings clip(mu + s z, lo, hi); flags and
+    fractions sigmoid (a probability / an expected fraction); counts exp(y) - 1; numerics as is."""
+    pred = np.asarray(pred, dtype=np.float32)
+    if kind == "rating":
+        lo, hi = cfg.rating_scale
+        return np.clip(mu[:, None] + s[:, None] * pred, lo, hi)
+    if kind in ("flag", "fraction"):
+        return 1.0 / (1.0 + np.exp(-pred))
+    if kind == "count":
+        return np.expm1(np.maximum(pred, 0.0))
+    return pred
