@@ -250,4 +250,5 @@ BUILTIN_FAMILIES: Sequence[tuple[str, str, str]] = (
     ("item2vec", "segue.models.item2vec", "Item2Vec"),
     ("als", "segue.models.als", "ALS"),
     ("transformer", "segue.models.transformer", "TransformerRecommender"),
+    ("autoencoder", "segue.models.autoencoder", "AutoencoderRecommender"),
 )
