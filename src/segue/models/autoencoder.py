@@ -37,7 +37,14 @@ from pydantic import Field, model_validator
 
 from segue.config import Config
 from segue.data.arrays import SequenceArrays
-from segue.data.ratings import NormMode, RatingScale, UserNorm, check_ratings, denormalise, normalise
+from segue.data.ratings import (
+    NormMode,
+    RatingScale,
+    UserNorm,
+    check_ratings,
+    denormalise,
+    normalise,
+)
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
 from segue.models.base import NEG_INF

@@ -294,7 +294,8 @@ def validation_metrics(rec: AutoencoderRecommender, hist: SequenceArrays, tgt: S
         ranked, _ = top_k(scores, k_max, hist, sel)
         for i, r in enumerate(sel):
             targets = np.unique(np.asarray(tgt.row(r)))
-            hits = np.isin(ranked[i], targets[targets >= N_SPECIAL])
+            hits = np.zeros(k_max, bool)  # a catalogue smaller than k_max leaves misses at the end
+            hits[: ranked.shape[1]] = np.isin(ranked[i], targets[targets >= N_SPECIAL]) & (ranked[i] >= 0)
             n_rel = len(targets)
             for k in EVAL_KS:
                 sums[f"ndcg@{k}"] += float(hits[:k] @ disc[:k]) / float(disc[: min(k, n_rel)].sum())
