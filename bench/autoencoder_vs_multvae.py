@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'      # cornac, and torch as a CPU wheel (never a CUDA one)
     python bench/autoencoder_vs_multvae.py RUN_FOLDER [RUN_FOLDER ...] --store STORE [--split strong]
-        [--part test] [--epochs 100]
+        [--part test] [--epochs 100] [--cache vaecf.npz]
 
 Both see the same data: VAECF is fitted on the split's TRAIN profiles (binarised, as it does
 itself); each held-out user's fold-in profile is encoded by VAECF's own encoder (the mean of
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--part", default="test", choices=["valid", "test"])
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", help="an .npz keeping VAECF's per-user metrics, reused when it exists")
     args = ap.parse_args()
     part = Part.VALID if args.part == "valid" else Part.TEST
     with Store.open(args.store) as store:
@@ -114,8 +116,17 @@ def main() -> None:
         hist, tgt = data.history(part), data.targets(part)
         rows = np.intersect1d(tgt.nonempty(), hist.nonempty())
         results: dict[str, dict[str, np.ndarray]] = {}
-        vae_score, fit_s = vaecf_scores(data, args.epochs, args.seed)
-        results[f"cornac VAECF (Mult-VAE, {args.epochs} epochs)"] = evaluate(lambda sel: vae_score(hist, sel), hist, tgt, rows)
+        name = f"cornac VAECF (Mult-VAE, {args.epochs} epochs)"
+        cache = Path(args.cache) if args.cache else None
+        if cache is not None and cache.exists():  # VAECF's per-user metrics of an earlier run of this bench
+            got = np.load(cache)
+            results[name] = {k: got[k] for k in got.files if k != "fit_s"}
+            fit_s = float(got["fit_s"])
+        else:
+            vae_score, fit_s = vaecf_scores(data, args.epochs, args.seed)
+            results[name] = evaluate(lambda sel: vae_score(hist, sel), hist, tgt, rows)
+            if cache is not None:
+                np.savez(cache, fit_s=fit_s, **results[name])
         print(f"VAECF fitted in {fit_s:.0f} s (this shared machine)")
         for run in args.runs:
             model = load_model(run)

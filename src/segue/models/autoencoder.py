@@ -4,7 +4,7 @@ For users whose data has no useful order, only a profile (an anime list, a film 
 Sprout. A profile over the n catalogue items is two vectors: presence x (1 = in the profile) and
 hybrid-normalised ratings y (segue.data.ratings; 0 where unrated). The network
 
-    e = [x / ||x||_2, y]                             (x only when the rating head is off)
+    e = [x / ||x||_2, y / ||x||_2]                   (x only when the rating head is off)
     z = encoder(e)   MLP, swish between layers, linear bottleneck
     z <- z + N(0, noise^2)                           training only
     presence logits  l = head_p(z) [n]               multinomial likelihood (Mult-DAE)
@@ -132,10 +132,12 @@ class ProfileAutoencoder(nnx.Module):
         self.counts = Buffer(jnp.zeros((n_items,), jnp.float32))
 
     def encode(self, presence: jax.Array, ratings: jax.Array) -> jax.Array:
-        norm = jnp.sqrt(jnp.sum(presence * presence, axis=-1, keepdims=True))
-        x = presence / jnp.maximum(norm, 1e-6)
+        norm = jnp.maximum(jnp.sqrt(jnp.sum(presence * presence, axis=-1, keepdims=True)), 1e-6)
+        x = presence / norm
         if self.with_ratings:
-            x = jnp.concatenate([x, ratings], axis=-1)
+            # the same scale as the presence half: unscaled O(1) ratings of an 80-item profile would
+            # outweigh its presence entries (1 / sqrt(80) each) tenfold in the first layer
+            x = jnp.concatenate([x, ratings / norm], axis=-1)
         return _run(self.encoder, x)
 
     def decode(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
