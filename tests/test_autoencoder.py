@@ -183,3 +183,19 @@ def test_training_ratings_outside_a_configured_scale_are_named(store: Path) -> N
     cfg.model = cfg.model.model_copy(update={"rating_scale": [1.0, 9.0]})
     with Store.open(store) as s, pytest.raises(InputError, match=r"rating 10 of item \d+ is outside the rating scale \[1, 9\]"):
         AutoencoderRecommender(cfg).fit(SplitData.load(s, "strong"))
+
+
+def test_uncertainty_weighting_starts_at_the_log_losses(store: Path) -> None:
+    from segue.training.autoencoder_task import AutoencoderTask
+
+    cfg = _config(max_steps=1)
+    cfg.loss = cfg.loss.model_copy(update={"weighting": "uncertainty"})
+    with Store.open(store) as s:
+        task = AutoencoderTask(cfg, SplitData.load(s, "strong"))
+        state = task.init_state()
+    net = task.network(state)
+    batch = task.loader.batch(np.arange(min(task.loader.n, task.loader.batch_size)))
+    logits, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
+    w = jnp.asarray(batch["weights"])
+    want = [float(AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w)), float(AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), w))]
+    np.testing.assert_allclose(np.exp(np.asarray(net.log_vars[...])), want, rtol=1e-5)

@@ -51,6 +51,7 @@ def _config(store: Path) -> dict:
         "name": "ae",
         "data": {"store": str(store), "split": "strong"},
         "model": {"hidden": [16], "bottleneck": 8, "input_dropout": 0.3, "bottleneck_noise": 0.2},
+        "loss": {"weighting": "uncertainty"},  # the learnable log-variances resume too
         # patience 1: the plateau scale changes the learning rate, so loop state must resume too
         "optim": {"lr": 1e-2, "warmup_steps": 0, "schedule": "constant", "plateau_patience": 1, "plateau_factor": 0.5},
         "trainer": {
