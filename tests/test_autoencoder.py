@@ -199,3 +199,20 @@ def test_uncertainty_weighting_starts_at_the_log_losses(store: Path) -> None:
     w = jnp.asarray(batch["weights"])
     want = [float(AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w)), float(AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), w))]
     np.testing.assert_allclose(np.exp(np.asarray(net.log_vars[...])), want, rtol=1e-5)
+
+
+def test_niche_boost_divides_the_positive_transform_by_popularity() -> None:
+    from segue.models.filters import niche_boost, niche_boost_tokens
+
+    s = np.array([[2.0, 1.5, -np.inf, -3.0]], np.float32)
+    counts = np.array([100.0, 1.0, 5.0, 0.0])
+    np.testing.assert_array_equal(niche_boost(s, counts, 0.0), s)
+    got = niche_boost(s, counts, 0.5)
+    # exp(s') = exp(s) / (count + 1)^b, so s' = s - b log(count + 1); -inf stays -inf
+    np.testing.assert_allclose(np.exp(got[0, [0, 1, 3]]), np.exp(s[0, [0, 1, 3]]) / (counts[[0, 1, 3]] + 1) ** 0.5, rtol=1e-6)
+    assert np.isneginf(got[0, 2])
+    assert np.argmax(got[0]) == 1  # the rarely seen item overtakes the popular one
+    tok = niche_boost_tokens(np.concatenate([np.full((1, N_SPECIAL), -np.inf, np.float32), s], axis=1), np.concatenate([np.zeros(N_SPECIAL), counts]), 0.5)
+    np.testing.assert_allclose(tok[0, N_SPECIAL:], got[0])
+    with pytest.raises(ValueError, match=">= 0"):
+        niche_boost(s, counts, -1.0)
