@@ -251,4 +251,5 @@ BUILTIN_FAMILIES: Sequence[tuple[str, str, str]] = (
     ("als", "segue.models.als", "ALS"),
     ("biasedmf", "segue.models.biasedmf", "BiasedMF"),
     ("transformer", "segue.models.transformer", "TransformerRecommender"),
+    ("autoencoder", "segue.models.autoencoder", "AutoencoderRecommender"),
 )

@@ -708,8 +708,11 @@ def plot_curves(train_log: list[dict], history: list[dict], path: Path, metric: 
         ax.plot([r["step"] for r in train_log], [r["loss"] for r in train_log], label="train loss")
     if history:
         s = [h["step"] for h in history]
-        ax.plot(s, [h["exact_ce"] for h in history], "o-", label="valid exact CE")
-        ax.plot(s, [h["corrected_ce"] for h in history], "x--", label="valid corrected sampled CE")
+        # Families validate different losses (the autoencoder has no cross-entropy): plot those present.
+        if "exact_ce" in history[0]:
+            ax.plot(s, [h["exact_ce"] for h in history], "o-", label="valid exact CE")
+        if "corrected_ce" in history[0]:
+            ax.plot(s, [h["corrected_ce"] for h in history], "x--", label="valid corrected sampled CE")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats)")
     ax.legend()

@@ -1,0 +1,149 @@
+"""The profile autoencoder against an established Mult-VAE (Cornac's VAECF) on the same split.
+
+    pip install -e '.[bench]'      # cornac, and torch as a CPU wheel (never a CUDA one)
+    python bench/autoencoder_vs_multvae.py RUN_FOLDER [RUN_FOLDER ...] --store STORE [--split strong]
+        [--part test] [--epochs 100] [--cache vaecf.npz]
+
+Both see the same data: VAECF is fitted on the split's TRAIN profiles (binarised, as it does
+itself); each held-out user's fold-in profile is encoded by VAECF's own encoder (the mean of
+q(z|x)) and decoded, which is the fold-in of Liang et al. 2018, and each run folder's model scores
+the same users through `score()`. Ranking over the whole catalogue with the fold-in items
+excluded; NDCG@100, Recall@20, Recall@50 (recall normalised by min(k, |held-out|)) per user, with
+95% bootstrap CIs, and the paired difference of each model against VAECF. Nothing here is
+imported by the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from segue.data.arrays import SplitData
+from segue.data.splits import Part
+from segue.data.store import Store
+from segue.data.vocab import N_SPECIAL, UNK
+from segue.evaluation.metrics import per_user_metrics
+from segue.models.base import load_model, top_k
+
+KS = (20, 50, 100)
+METRICS = ("ndcg@100", "recall@20", "recall@50")
+
+
+def relevance(tgt, rows):  # noqa: ANN001, ANN201
+    lists = []
+    for r in rows:
+        t = np.unique(np.asarray(tgt.row(r), dtype=np.int64))
+        lists.append(np.where(t == UNK, -1 - np.arange(len(t)), t))  # <unk> counts but never hits
+    offsets = np.zeros(len(lists) + 1, np.int64)
+    np.cumsum([len(x) for x in lists], out=offsets[1:])
+    return offsets, np.concatenate(lists)
+
+
+def evaluate(score_fn, hist, tgt, rows) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Per-user metrics of token scores score_fn(rows) [B, V]."""
+    ranked = []
+    for s in range(0, len(rows), 256):
+        sel = rows[s : s + 256]
+        scores = score_fn(sel)
+        ranked.append(top_k(scores, max(KS), hist, sel)[0])
+    offsets, keys = relevance(tgt, rows)
+    return per_user_metrics(np.concatenate(ranked), offsets, keys, KS)
+
+
+def ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def vaecf_scores(data: SplitData, epochs: int, seed: int):  # noqa: ANN201
+    import cornac
+    import torch
+
+    torch.set_num_threads(2)
+    n_items = len(data.vocab) - N_SPECIAL
+    train = data.train
+    rows = train.nonempty()
+    triples = []
+    for r in rows:
+        for t in np.unique(np.asarray(train.row(r))):
+            if t >= N_SPECIAL:
+                triples.append((str(r), str(int(t) - N_SPECIAL), 1.0))
+    ds = cornac.data.Dataset.from_uir(triples, seed=seed)
+    model = cornac.models.VAECF(k=200, autoencoder_structure=[600], act_fn="tanh", likelihood="mult", n_epochs=epochs, batch_size=500, learning_rate=1e-3, beta=0.2, seed=seed, verbose=False)
+    t0 = time.perf_counter()
+    model.fit(ds)
+    fit_s = time.perf_counter() - t0
+    # column of each of our item columns in cornac's item index (-1: never in training)
+    cmap = np.full(n_items, -1, np.int64)
+    for iid, idx in ds.iid_map.items():
+        cmap[int(iid)] = idx
+
+    def score(hist, sel):  # noqa: ANN001, ANN202
+        x = np.zeros((len(sel), ds.num_items), np.float32)
+        for i, r in enumerate(sel):
+            cols = np.asarray(hist.row(r), dtype=np.int64) - N_SPECIAL
+            cols = cols[(cols >= 0) & (cols < n_items)]
+            c = cmap[cols]
+            x[i, c[c >= 0]] = 1.0
+        with torch.no_grad():
+            mu, _ = model.vae.encode(torch.from_numpy(x))
+            out = model.vae.decode(mu).numpy()
+        scores = np.full((len(sel), N_SPECIAL + n_items), -np.inf, np.float32)
+        known = cmap >= 0
+        scores[:, N_SPECIAL + np.flatnonzero(known)] = out[:, cmap[known]]
+        return scores
+
+    return score, fit_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--split", default="strong")
+    ap.add_argument("--part", default="test", choices=["valid", "test"])
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", help="an .npz keeping VAECF's per-user metrics, reused when it exists")
+    args = ap.parse_args()
+    part = Part.VALID if args.part == "valid" else Part.TEST
+    with Store.open(args.store) as store:
+        data = SplitData.load(store, args.split)
+        hist, tgt = data.history(part), data.targets(part)
+        rows = np.intersect1d(tgt.nonempty(), hist.nonempty())
+        results: dict[str, dict[str, np.ndarray]] = {}
+        name = f"cornac VAECF (Mult-VAE, {args.epochs} epochs)"
+        cache = Path(args.cache) if args.cache else None
+        if cache is not None and cache.exists():  # VAECF's per-user metrics of an earlier run of this bench
+            got = np.load(cache)
+            results[name] = {k: got[k] for k in got.files if k != "fit_s"}
+            fit_s = float(got["fit_s"])
+        else:
+            vae_score, fit_s = vaecf_scores(data, args.epochs, args.seed)
+            results[name] = evaluate(lambda sel: vae_score(hist, sel), hist, tgt, rows)
+            if cache is not None:
+                np.savez(cache, fit_s=fit_s, **results[name])
+        print(f"VAECF fitted in {fit_s:.0f} s (this shared machine)")
+        for run in args.runs:
+            model = load_model(run)
+            results[run] = evaluate(lambda sel, m=model: m.score(hist, sel), hist, tgt, rows)
+    print(f"{len(rows)} {args.part} users of split '{args.split}' (strong generalisation: profiles folded in)")
+    ref = next(iter(results))
+    for name, res in results.items():
+        parts = []
+        for m in METRICS:
+            lo, hi = ci(res[m])
+            parts.append(f"{m} {res[m].mean():.4f} [{lo:.4f}, {hi:.4f}]")
+        print(f"{name}: " + "  ".join(parts))
+        if name != ref:
+            d = res["ndcg@100"] - results[ref]["ndcg@100"]
+            lo, hi = ci(d)
+            print(f"    paired ndcg@100 difference vs VAECF: {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Profile autoencoder: a denoising autoencoder over a user's set of items and their ratings.
+
+For users whose data has no useful order, only a profile (an anime list, a film diary), as in
+Sprout. A profile over the n catalogue items is two vectors: presence x (1 = in the profile) and
+hybrid-normalised ratings y (segue.data.ratings; 0 where unrated). The network
+
+    e = [x / ||x||_2, y / ||x||_2]                   (x only when the rating head is off)
+    z = encoder(e)   MLP, swish between layers, linear bottleneck
+    z <- z + N(0, noise^2)                           training only
+    presence logits  l = head_p(z) [n]               multinomial likelihood (Mult-DAE)
+    rating           p = head_r(z) [n]               hybrid-normalised rating of every item
+
+is trained (segue.training.autoencoder_task) to rebuild the whole profile from an input with a
+random fraction of its entries dropped. With the rating head off it is Mult-DAE (Liang et al.
+2018): presence in, presence out.
+
+Scores (`score_mode`), per item i of a profile u, on the log scale (the ranking of a geometric
+mean is that of its log, and log scores take the niche boost as a subtraction):
+    presence  log softmax(l)_i
+    rating    log q_i,  q_i = (r_i - lo + 1/2) / (hi - lo + 1) in (0, 1), r_i = p_i on the original
+              scale of u (segue.data.ratings.denormalise with u's own mean, sd and weight)
+    unified   alpha log softmax(l)_i + (1 - alpha) log q_i   (log of the weighted geometric mean)
+`score(histories)` is fold-in: a new profile is encoded by one forward pass, no retraining.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from pydantic import Field, model_validator
+
+from segue.config import Config
+from segue.data.arrays import SequenceArrays
+from segue.data.ratings import (
+    NormMode,
+    RatingScale,
+    UserNorm,
+    check_ratings,
+    denormalise,
+    normalise,
+)
+from segue.data.vocab import N_SPECIAL
+from segue.errors import SegueError
+from segue.models.base import NEG_INF
+from segue.models.filters import niche_boost
+from segue.models.neural import NeuralRecommender
+from segue.models.train_config import OptimConfig, TrainerConfig
+
+ScoreMode = Literal["unified", "presence", "rating"]
+
+
+class AutoencoderModelConfig(Config):
+    hidden: list[int] = [600]  # encoder widths before the bottleneck
+    bottleneck: int = Field(200, ge=1)
+    decoder_hidden: list[int] = []  # each head's widths between the bottleneck and the output
+    input_dropout: float = Field(0.5, ge=0, lt=1)  # share of profile entries hidden from the input in training
+    bottleneck_noise: float = Field(0.1, ge=0)  # sd of the Gaussian noise added to z in training
+    rating_head: bool = True  # false: presence only (Mult-DAE)
+    normalisation: NormMode = "hybrid"
+    tau: float = Field(1.0, gt=0)  # hybrid: w_u = var_u / (var_u + tau), tau in squared rating units
+    rating_scale: list[float] | None = None  # [low, high]; None: the training ratings' min and max
+    score: ScoreMode = "unified"
+    alpha: float = Field(0.5, ge=0, le=1)  # unified: exponent of the presence probability
+    niche_boost: float = Field(0.0, ge=0)  # b of segue.models.filters.niche_boost (0 = off)
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoencoderModelConfig:
+        if self.rating_scale is not None and (len(self.rating_scale) != 2 or not self.rating_scale[1] > self.rating_scale[0]):
+            raise ValueError(f"rating_scale must be [low, high] with low < high, got {self.rating_scale}")
+        if not self.rating_head and self.score != "presence":
+            raise ValueError(f"score '{self.score}' needs the rating head (rating_head = true) or score = 'presence'")
+        return self
+
+
+class AutoencoderLossConfig(Config):
+    """How the presence and rating losses combine (segue.training.autoencoder_losses).
+
+    Default "fixed" (1, 1): measured on anime and ml-100k (configs/*autoencoder*.toml), uncertainty
+    weighting ranks worse. Its weights settle at exp(-s_t) = 1 / L_t, so the rating loss (~0.3)
+    outweighs the presence NLL (~600 nats) about 2000-fold in the shared encoder; with (1, 1) the
+    encoder follows presence while Adam, being per-parameter scale-free, still trains the rating
+    head at full speed."""
+
+    weighting: Literal["uncertainty", "fixed"] = "fixed"
+    presence_weight: float = Field(1.0, ge=0)  # fixed only
+    rating_weight: float = Field(1.0, ge=0)  # fixed only
+    huber_delta: float = Field(1.0, gt=0)
+
+
+def _default_trainer() -> TrainerConfig:
+    return TrainerConfig(max_steps=20_000, max_epochs=200, eval_every=50, metric="ndcg@100", patience=10, checkpoint_every=500)
+
+
+class AutoencoderConfig(Config):
+    """The autoencoder family's settings. Training batches are whole profiles drawn by the task's
+    own loader: of `trainer.loader` only batch_size is read (the seed is `trainer.seed`)."""
+
+    model: AutoencoderModelConfig = AutoencoderModelConfig()
+    loss: AutoencoderLossConfig = AutoencoderLossConfig()
+    # A partial [optim] table in a file takes OptimConfig's defaults for the rest (warmup 200, cosine):
+    # config files here spell out every field.
+    optim: OptimConfig = OptimConfig(lr=3e-3, warmup_steps=0, schedule="constant", weight_decay=0.0, clip_norm=5.0, plateau_patience=2)
+    trainer: TrainerConfig = Field(default_factory=_default_trainer)
+
+
+class Buffer(nnx.Variable):
+    """Network state that is not trained (the rating scale, training item counts)."""
+
+
+SAVED = nnx.Any(nnx.Param, Buffer)  # what a weights file holds
+
+
+def _mlp(dims: list[int], rngs: nnx.Rngs) -> nnx.List:
+    return nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)])
+
+
+def _run(layers: nnx.List, x: jax.Array) -> jax.Array:
+    """Linear layers with swish between them (none after the last)."""
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i < len(layers) - 1:
+            x = nnx.swish(x)
+    return x
+
+
+class ProfileAutoencoder(nnx.Module):
+    def __init__(self, config: AutoencoderModelConfig, n_items: int, rngs: nnx.Rngs, scale: tuple[float, float] = (0.0, 1.0)) -> None:
+        self.n_items = n_items
+        self.with_ratings = config.rating_head
+        n_in = n_items * (2 if config.rating_head else 1)
+        self.encoder = _mlp([n_in, *config.hidden, config.bottleneck], rngs)
+        self.presence_head = _mlp([config.bottleneck, *config.decoder_hidden, n_items], rngs)
+        self.rating_head = _mlp([config.bottleneck, *config.decoder_hidden, n_items], rngs) if config.rating_head else None
+        self.log_vars = nnx.Param(jnp.zeros((2,), jnp.float32))  # s_presence, s_rating (uncertainty weighting)
+        self.scale = Buffer(jnp.asarray(scale, jnp.float32))
+        self.counts = Buffer(jnp.zeros((n_items,), jnp.float32))
+
+    def encode(self, presence: jax.Array, ratings: jax.Array) -> jax.Array:
+        norm = jnp.maximum(jnp.sqrt(jnp.sum(presence * presence, axis=-1, keepdims=True)), 1e-6)
+        x = presence / norm
+        if self.with_ratings:
+            # the same scale as the presence half: unscaled O(1) ratings of an 80-item profile would
+            # outweigh its presence entries (1 / sqrt(80) each) tenfold in the first layer
+            x = jnp.concatenate([x, ratings / norm], axis=-1)
+        return _run(self.encoder, x)
+
+    def decode(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = _run(self.presence_head, z)
+        rating = _run(self.rating_head, z) if self.rating_head is not None else jnp.zeros_like(logits)
+        return logits, rating
+
+    def __call__(self, presence: jax.Array, ratings: jax.Array, noise_key: jax.Array | None = None, noise: float = 0.0) -> tuple[jax.Array, jax.Array]:
+        z = self.encode(presence, ratings)
+        if noise_key is not None and noise > 0:
+            z = z + noise * jax.random.normal(noise_key, z.shape, z.dtype)
+        return self.decode(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles
+
+
+def profile_entries(histories: SequenceArrays, rows: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct items of each profile: (batch row b, item column j, rating (NaN = unrated),
+    item id), one entry per (b, j); a repeated item keeps its last rating. Tokens outside the
+    catalogue (special tokens, <unk>) are dropped."""
+    rows = np.asarray(rows, dtype=np.int64)
+    offsets = np.asarray(histories.offsets, dtype=np.int64)
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    total = int(lengths.sum())
+    out_starts = np.cumsum(lengths) - lengths
+    idx = np.arange(total, dtype=np.int64) - np.repeat(out_starts - starts, lengths)
+    b = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    col = np.asarray(histories.tokens[idx], dtype=np.int64) - N_SPECIAL
+    rating = np.asarray(histories.rating[idx], dtype=np.float64) if histories.rating is not None else np.full(total, np.nan)
+    item = np.asarray(histories.item_ids[idx], dtype=np.int64)
+    keep = (col >= 0) & (col < n_items)
+    b, col, rating, item = b[keep], col[keep], rating[keep], item[keep]
+    # last occurrence of each (b, col): unique over the reversed order
+    code = (b * n_items + col)[::-1]
+    _, first = np.unique(code, return_index=True)
+    sel = np.sort(len(code) - 1 - first)
+    return b[sel], col[sel], rating[sel], item[sel]
+
+
+class Profiles:
+    """Dense model inputs of a batch of profiles, and each profile's rating normalisation."""
+
+    def __init__(self, histories: SequenceArrays, rows: np.ndarray, n_items: int, scale: RatingScale, config: AutoencoderModelConfig) -> None:
+        b, col, rating, item = profile_entries(histories, rows, n_items)
+        check_ratings(rating, scale, np.where(item >= 0, item, col + N_SPECIAL), source="profile ratings")
+        n = len(rows)
+        offsets = np.searchsorted(b, np.arange(n + 1))
+        h, self.norm = normalise(offsets, rating, scale, mode=config.normalisation, tau=config.tau)
+        self.presence = np.zeros((n, n_items), np.float32)
+        self.ratings = np.zeros((n, n_items), np.float32)
+        self.presence[b, col] = 1.0
+        rated = ~np.isnan(rating)
+        self.ratings[b[rated], col[rated]] = h[rated]
+        self.scale = scale
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _forward(graphdef: Any, state: Any, presence: jax.Array, ratings: jax.Array) -> tuple[jax.Array, jax.Array]:
+    net = nnx.merge(graphdef, state)
+    logits, rating = net(presence, ratings)
+    return jax.nn.log_softmax(logits, axis=-1), rating
+
+
+def rating_unit(r: np.ndarray, scale: RatingScale) -> np.ndarray:
+    """q = (r - lo + 1/2) / (hi - lo + 1): a rating on the scale mapped into (0, 1)."""
+    return (np.asarray(r) - scale.low + 0.5) / (scale.high - scale.low + 1.0)
+
+
+class AutoencoderRecommender(NeuralRecommender):
+    family = "autoencoder"
+    config_class = AutoencoderConfig
+    config: AutoencoderConfig
+    score_batch = 256
+
+    def __init__(self, config: AutoencoderConfig | None = None, vocab: Any = None) -> None:
+        super().__init__(config, vocab)
+        self.network: ProfileAutoencoder | None = None
+        self._compiled: tuple[ProfileAutoencoder, Any, Any] | None = None
+
+    def build(self, n_items: int, seed: int = 0, scale: tuple[float, float] = (0.0, 1.0)) -> ProfileAutoencoder:
+        return ProfileAutoencoder(self.config.model, n_items, nnx.Rngs(seed), scale=scale)
+
+    def _net(self) -> ProfileAutoencoder:
+        self._check_fitted()
+        if self.network is None:
+            raise SegueError("autoencoder: no network weights (fit() or load() first)")
+        return self.network
+
+    @property
+    def scale(self) -> RatingScale:
+        lo, hi = (float(x) for x in np.asarray(self._net().scale[...]))
+        return RatingScale(lo, hi)
+
+    def item_counts(self) -> np.ndarray:
+        """Training events per item column [n_items] (for the niche boost)."""
+        return np.asarray(self._net().counts[...], dtype=np.float64)
+
+    def forward(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, UserNorm]:
+        """(log presence probabilities [B, n], predicted hybrid ratings [B, n], each profile's UserNorm)."""
+        net = self._net()
+        if self._compiled is None or self._compiled[0] is not net:
+            graphdef, state = nnx.split(net)
+            self._compiled = (net, state, jax.jit(partial(_forward, graphdef)))
+        _, state, run = self._compiled
+        rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
+        prof = Profiles(histories, rows, net.n_items, self.scale, self.config.model)
+        # one compiled shape per power of two up to score_batch
+        bs = min(self.score_batch, 1 << max(0, int(len(rows) - 1).bit_length()))
+        logp, rating = [], []
+        for s in range(0, len(rows), bs):
+            p, r = prof.presence[s : s + bs], prof.ratings[s : s + bs]
+            n = len(p)
+            if n < bs:
+                p = np.concatenate([p, np.zeros((bs - n, p.shape[1]), np.float32)])
+                r = np.concatenate([r, np.zeros((bs - n, r.shape[1]), np.float32)])
+            a, b = run(state, p, r)
+            logp.append(np.asarray(a)[:n])
+            rating.append(np.asarray(b)[:n])
+        if not logp:
+            empty = np.zeros((0, net.n_items), np.float32)
+            return empty, empty, prof.norm
+        return np.concatenate(logp), np.concatenate(rating), prof.norm
+
+    def item_scores(self, logp: np.ndarray, rating: np.ndarray, norm: UserNorm, mode: ScoreMode | None = None) -> np.ndarray:
+        """Item-space log scores [B, n] of the forward pass (see the module docstring)."""
+        mode = mode or self.config.model.score
+        alpha = self.config.model.alpha
+        if mode == "presence" or (mode == "unified" and alpha == 1.0):
+            s = logp
+        else:
+            scale = self.scale
+            log_q = np.log(rating_unit(denormalise(rating, norm, scale), scale)).astype(np.float32)
+            s = log_q if mode == "rating" else alpha * logp + (1.0 - alpha) * log_q
+        if self.config.model.niche_boost > 0:
+            s = niche_boost(s, self.item_counts(), self.config.model.niche_boost)
+        return np.asarray(s, dtype=np.float32)
+
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, mode: ScoreMode | None = None) -> np.ndarray:
+        """[B, V] log scores (fold-in: one forward pass per profile); special tokens -inf."""
+        logp, rating, norm = self.forward(histories, rows)
+        out = np.empty((logp.shape[0], logp.shape[1] + N_SPECIAL), np.float32)
+        out[:, :N_SPECIAL] = NEG_INF
+        out[:, N_SPECIAL:] = self.item_scores(logp, rating, norm, mode)
+        return out
+
+    def predict(self, histories: SequenceArrays, rows: np.ndarray | None, tokens: np.ndarray) -> np.ndarray:
+        """Predicted ratings [B, k] float32 on the original scale of the items `tokens` [B, k]
+        (NaN for tokens outside the catalogue)."""
+        if not self.config.model.rating_head:
+            raise SegueError("autoencoder: this model has no rating head (model.rating_head = false): it cannot predict ratings")
+        _, rating, norm = self.forward(histories, rows)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        col = tokens - N_SPECIAL
+        ok = (col >= 0) & (col < rating.shape[1])
+        h = np.take_along_axis(rating, np.where(ok, col, 0), axis=1)
+        r = denormalise(h, norm, self.scale)
+        return np.where(ok, r, np.nan).astype(np.float32)
+
+    # --- persistence --------------------------------------------------------------------------
+    def _save_state(self, folder: Path) -> None:
+        save_weights(self._net(), folder / "weights.npz")
+
+    def _load_state(self, folder: Path) -> None:
+        self.network = load_weights(self.build(len(self.vocab) - N_SPECIAL), folder / "weights.npz")
+
+
+def save_weights(net: ProfileAutoencoder, path: Path) -> None:
+    """Parameters and buffers as a flat .npz keyed by their path ('encoder/0/kernel', 'scale', ...)."""
+    from segue.io import atomic_path
+
+    flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(net, SAVED))}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **flat)
+
+
+def load_weights(net: ProfileAutoencoder, path: Path) -> ProfileAutoencoder:
+    if not path.exists():
+        raise SegueError(f"{path}: no weights file")
+    data = np.load(path)
+    state = nnx.state(net, SAVED)
+    for k, v in nnx.to_flat_state(state):
+        name = "/".join(map(str, k))
+        if name not in data:
+            raise SegueError(f"{path}: weights lack '{name}' (saved by another model config?)")
+        arr = data[name]
+        if arr.shape != v[...].shape:
+            raise SegueError(f"{path}: '{name}' has shape {arr.shape}, the config expects {v[...].shape}")
+        v[...] = jnp.asarray(arr)
+    nnx.update(net, state)
+    return net
+
+
+__all__ = [
+    "AutoencoderConfig",
+    "AutoencoderLossConfig",
+    "AutoencoderModelConfig",
+    "AutoencoderRecommender",
+    "ProfileAutoencoder",
+    "Profiles",
+    "save_weights",
+    "load_weights",
+]

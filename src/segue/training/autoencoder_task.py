@@ -1,0 +1,320 @@
+"""The profile autoencoder's training program (a `TrainTask`): profile batches, a dense jitted
+denoising step, and full-ranking validation on the split's VALID part.
+
+Batching: the task's own `ProfileLoader`, not the sequence loader. Each training row with at
+least one item is a profile; every epoch is a seeded permutation of them (seed = trainer.seed,
+epoch e uses seed + e), cut into batches of trainer.loader.batch_size profiles; the last batch is
+padded with zero-weight rows, so one shape is compiled. Its state (epoch, batch index) is
+checkpointed, so a resumed run sees the same batches. Of `trainer.loader` only batch_size is read.
+
+Step t (key_t = fold_in(key, t)):
+    keep ~ Bernoulli(1 - input_dropout) per entry;  input = (x * keep, y * keep)
+    logits, p = network(input, noise on z)
+    L_pres = multinomial_nll(logits, x);  L_rate = masked_huber(p, y, rated)   (whole profile)
+    L = sum_t exp(-s_t) L_t + s_t  (uncertainty)  or  w_p L_pres + w_r L_rate  (fixed)
+AdamW (segue.training.optim: Adam + decoupled decay of kernels, lr schedule, global-norm clip);
+a non-finite step leaves the state unchanged. Validation: each VALID user's history (TRAIN and
+VALID_INPUT parts) is folded in and scored; items of the history are excluded; NDCG@100 and
+Recall@20/50 (recall normalised by min(k, |targets|)) against the VALID items, and the RMSE of
+the predicted ratings of the rated VALID items on the original scale.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from segue.data.arrays import SequenceArrays, SplitData, compile_split
+from segue.data.ratings import RatingScale, check_ratings, normalise
+from segue.data.splits import Part
+from segue.data.vocab import N_SPECIAL
+from segue.errors import ConfigError
+from segue.models.autoencoder import (
+    AutoencoderConfig,
+    AutoencoderRecommender,
+    Buffer,
+    ProfileAutoencoder,
+    load_weights,
+    profile_entries,
+    save_weights,
+)
+from segue.models.base import top_k
+from segue.training import autoencoder_losses as AL
+from segue.training import optim as O
+from segue.training.task import total_steps
+
+EVAL_KS = (10, 20, 50, 100)  # NDCG and Recall at each (config files choose ndcg@100)
+
+
+def training_profiles(data: SplitData, fit_on: str) -> SequenceArrays:
+    """The profiles trained on: the TRAIN part, or TRAIN with the validation users' whole profiles."""
+    if fit_on == "train":
+        return data.train
+    return compile_split(data.store, data.split, (Part.TRAIN, Part.VALID_INPUT, Part.VALID), vocab=data.vocab)
+
+
+def resolve_scale(config: AutoencoderConfig, arrays: SequenceArrays) -> RatingScale:
+    """The configured rating scale, else the training ratings' min and max; (0, 1) without ratings."""
+    ratings = arrays.rating
+    has = ratings is not None and bool(np.isfinite(np.asarray(ratings)).any())
+    if config.model.rating_scale is not None:
+        scale = RatingScale(*config.model.rating_scale)
+    elif has:
+        r = np.asarray(ratings)
+        scale = RatingScale(float(np.nanmin(r)), float(np.nanmax(r)))
+        if not scale.high > scale.low:
+            raise ConfigError(f"model.rating_scale: every training rating is {scale.low:g}; set the scale, e.g. rating_scale = [1, 10]")
+    else:
+        scale = RatingScale(0.0, 1.0)
+    if config.model.rating_head and not has:
+        raise ConfigError("model.rating_head is on but the split's training part has no ratings (set rating_head = false: Mult-DAE)")
+    return scale
+
+
+class ProfileLoader:
+    """Endless, checkpointable batches of whole profiles (see the module docstring)."""
+
+    def __init__(self, offsets: np.ndarray, cols: np.ndarray, values: np.ndarray, n_items: int, batch_size: int, seed: int) -> None:
+        self.offsets, self.cols, self.values = offsets, cols, values  # values: hybrid scores, NaN = unrated
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.n = len(offsets) - 1
+        self.epoch, self.index = 0, 0
+        self._perm: np.ndarray | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n / self.batch_size))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.epoch, self.index, self._perm = int(state["epoch"]), int(state["index"]), None
+
+    def __iter__(self) -> ProfileLoader:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.index >= self.batches_per_epoch:
+            self.epoch, self.index, self._perm = self.epoch + 1, 0, None
+        if self._perm is None:
+            self._perm = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+        sel = self._perm[self.index * self.batch_size : (self.index + 1) * self.batch_size]
+        self.index += 1
+        return self.batch(sel)
+
+    def batch(self, sel: np.ndarray) -> dict[str, np.ndarray]:
+        bs, n = self.batch_size, self.n_items
+        starts, stops = self.offsets[sel], self.offsets[sel + 1]
+        lengths = stops - starts
+        idx = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+        b = np.repeat(np.arange(len(sel)), lengths)
+        cols, vals = self.cols[idx], self.values[idx]
+        presence = np.zeros((bs, n), np.float32)
+        ratings = np.zeros((bs, n), np.float32)
+        rated = np.zeros((bs, n), np.float32)
+        presence[b, cols] = 1.0
+        ok = ~np.isnan(vals)
+        ratings[b[ok], cols[ok]] = vals[ok]
+        rated[b[ok], cols[ok]] = 1.0
+        weights = np.zeros(bs, np.float32)
+        weights[: len(sel)] = 1.0
+        return {"presence": presence, "ratings": ratings, "rated": rated, "weights": weights}
+
+
+class AutoencoderTask:
+    """Trains a ProfileAutoencoder on the split's training profiles, validating on VALID."""
+
+    unit = "profiles"
+
+    def __init__(self, config: AutoencoderConfig, data: SplitData) -> None:
+        self.config = config
+        self.trainer = tc = config.trainer
+        self.optim = config.optim
+        self.vocab = data.vocab
+        self.n_items = len(data.vocab) - N_SPECIAL
+        arrays = training_profiles(data, tc.fit_on)
+        self.scale = resolve_scale(config, arrays)
+        rows = arrays.nonempty()
+        b, cols, rating, item = profile_entries(arrays, rows, self.n_items)
+        check_ratings(rating, self.scale, item, source=f"split '{data.split}' training ratings")
+        offsets = np.searchsorted(b, np.arange(len(rows) + 1))
+        values, _ = normalise(offsets, rating, self.scale, mode=config.model.normalisation, tau=config.model.tau)
+        self.counts = np.bincount(cols, minlength=self.n_items).astype(np.float32)
+        self.loader = ProfileLoader(offsets, cols, values, self.n_items, tc.loader.batch_size, tc.seed)
+        self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
+        self.graphdef: Any = None
+        self._step_fn: Any = None
+        self.vset = self._validation_set(data) if tc.fit_on == "train" else None
+
+    def _validation_set(self, data: SplitData) -> tuple[SequenceArrays, SequenceArrays, np.ndarray] | None:
+        try:
+            hist, tgt = data.history(Part.VALID), data.targets(Part.VALID)
+        except Exception:  # a split without a validation part: nothing to validate on
+            return None
+        rows = np.intersect1d(tgt.nonempty(), hist.nonempty())
+        if len(rows) == 0:
+            return None
+        if len(rows) > self.trainer.eval_max_users:
+            rows = np.sort(np.random.default_rng(self.trainer.seed).choice(rows, self.trainer.eval_max_users, replace=False))
+        return hist, tgt, rows
+
+    # --- state and step -----------------------------------------------------------------------
+    def init_state(self) -> dict[str, Any]:
+        net = ProfileAutoencoder(self.config.model, self.n_items, nnx.Rngs(self.trainer.seed), scale=(self.scale.low, self.scale.high))
+        net.counts[...] = jnp.asarray(self.counts)
+        init_log_vars(net, self.loader.batch(np.arange(min(self.loader.n, self.loader.batch_size))), self.config)
+        self.graphdef, params, buffers = nnx.split(net, nnx.Param, Buffer)
+        tx = O.dense_transform(self.optim, params)
+        self._step_fn = make_train_step(self.config, self.graphdef, self.total_steps)
+        return {
+            "params": params,
+            "buffers": buffers,
+            "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "key": jax.random.key_data(jax.random.key(self.trainer.seed + 1)),
+        }
+
+    def train_step(self, state: dict[str, Any], batch: dict[str, Any], lr_scale: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        return self._step_fn(state, batch["presence"], batch["ratings"], batch["rated"], batch["weights"], jnp.float32(lr_scale))
+
+    # --- validation ---------------------------------------------------------------------------
+    def recommender(self, network: ProfileAutoencoder) -> AutoencoderRecommender:
+        rec = AutoencoderRecommender(self.config, self.vocab)
+        rec.network = network
+        return rec
+
+    def validate(self, state: dict[str, Any]) -> dict[str, float] | None:
+        if self.vset is None:
+            return None
+        hist, tgt, rows = self.vset
+        return validation_metrics(self.recommender(self.network(state)), hist, tgt, rows, self.trainer.eval_batch_size)
+
+    def network(self, state: dict[str, Any], average: bool = False) -> ProfileAutoencoder:
+        """The network of a state (no moving average is kept: `average` changes nothing)."""
+        return nnx.merge(self.graphdef, state["params"], state["buffers"])
+
+    def save_weights(self, network: ProfileAutoencoder, path: Path) -> None:
+        save_weights(network, path)
+
+    def load_weights(self, network: ProfileAutoencoder, path: Path) -> ProfileAutoencoder:
+        return load_weights(network, path)
+
+
+def init_log_vars(net: ProfileAutoencoder, batch: dict[str, np.ndarray], config: AutoencoderConfig) -> None:
+    """s_t <- log L_t of the untrained network on one batch (no dropout or noise): the minimiser of
+    exp(-s) L + s for that L. From s = 0 Adam would walk s for thousands of steps (the presence
+    NLL starts near |profile| log n, ~600 nats on anime) before the weighting is balanced."""
+    if config.loss.weighting != "uncertainty":
+        return
+    w = jnp.asarray(batch["weights"])
+    logits, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
+    l_pres = AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w)
+    l_rate = AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), w, config.loss.huber_delta) if config.model.rating_head else 1.0
+    net.log_vars[...] = jnp.log(jnp.maximum(jnp.stack([l_pres, jnp.asarray(l_rate, jnp.float32)]), 1e-3))
+
+
+def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> Any:
+    """step(state, presence, ratings, rated, weights, lr_scale) -> (state, metrics); see the module docstring."""
+    mc, lc, oc = config.model, config.loss, config.optim
+
+    def step(state: dict[str, Any], presence: jax.Array, ratings: jax.Array, rated: jax.Array, weights: jax.Array, lr_scale: jax.Array):
+        params, buffers = state["params"], state["buffers"]
+        tx = O.dense_transform(oc, params)
+        t = state["step"]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)
+        k_drop, k_noise = jax.random.split(key)
+        keep = jax.random.bernoulli(k_drop, 1.0 - mc.input_dropout, presence.shape).astype(presence.dtype)
+        x_in, y_in = presence * keep, ratings * keep
+
+        def loss_fn(p: nnx.State) -> tuple[jax.Array, jax.Array]:
+            net = nnx.merge(graphdef, p, buffers)
+            logits, pred = net(x_in, y_in, k_noise, mc.bottleneck_noise)
+            l_pres = AL.multinomial_nll(logits, presence, weights)
+            if mc.rating_head:
+                losses = jnp.stack([l_pres, AL.masked_huber(pred, ratings, rated, weights, lc.huber_delta)])
+            else:
+                losses = l_pres[None]
+            s = net.log_vars[...][: losses.shape[0]]
+            if lc.weighting == "uncertainty":
+                total = AL.uncertainty_weighted(losses, s)
+            else:
+                w = jnp.asarray([lc.presence_weight, lc.rating_weight][: losses.shape[0]], jnp.float32)
+                total = AL.fixed_weighted(losses, w)
+            return total, losses
+
+        (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        norm = O.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(norm)
+        scale = O.clip_scale(norm, oc.clip_norm)
+        grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
+        lr = O.lr_at(oc, t, n_total) * lr_scale
+        updates, opt = tx.update(grads, state["opt"], params)
+        new_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
+
+        def keep_if_ok(new: Any, old: Any) -> Any:
+            return jax.tree_util.tree_map(lambda a, c: jnp.where(ok, a, c), new, old)
+
+        new = {
+            "params": keep_if_ok(new_params, params),
+            "buffers": buffers,
+            "opt": keep_if_ok(opt, state["opt"]),
+            "step": t + 1,
+            "key": state["key"],
+        }
+        metrics = {"loss": loss, "grad_norm": norm, "skipped": ~ok, "lr": lr, "count": jnp.sum(weights), "loss_presence": losses[0]}
+        if mc.rating_head:
+            metrics["loss_rating"] = losses[1]
+        return new, metrics
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def validation_metrics(rec: AutoencoderRecommender, hist: SequenceArrays, tgt: SequenceArrays, rows: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+    """NDCG and Recall at EVAL_KS (recall normalised by min(k, |targets|)) and rating RMSE on `rows`.
+
+    Ranking: full catalogue, history items excluded; targets are the row's distinct VALID items
+    (an <unk> target counts in |targets| but cannot be hit)."""
+    k_max = max(EVAL_KS)
+    sums = {f"{m}@{k}": 0.0 for k in EVAL_KS for m in ("ndcg", "recall")}
+    sq, n_rated = 0.0, 0
+    disc = 1.0 / np.log2(np.arange(2, k_max + 2))
+    for s in range(0, len(rows), batch_size):
+        sel = rows[s : s + batch_size]
+        logp, rating, norm = rec.forward(hist, sel)
+        scores = np.empty((len(sel), logp.shape[1] + N_SPECIAL), np.float32)
+        scores[:, N_SPECIAL:] = rec.item_scores(logp, rating, norm)
+        ranked, _ = top_k(scores, k_max, hist, sel)
+        for i, r in enumerate(sel):
+            targets = np.unique(np.asarray(tgt.row(r)))
+            hits = np.zeros(k_max, bool)  # a catalogue smaller than k_max leaves misses at the end
+            hits[: ranked.shape[1]] = np.isin(ranked[i], targets[targets >= N_SPECIAL]) & (ranked[i] >= 0)
+            n_rel = len(targets)
+            for k in EVAL_KS:
+                sums[f"ndcg@{k}"] += float(hits[:k] @ disc[:k]) / float(disc[: min(k, n_rel)].sum())
+                sums[f"recall@{k}"] += float(hits[:k].sum()) / min(k, n_rel)
+        if rec.config.model.rating_head and tgt.rating is not None:
+            from segue.data.ratings import denormalise
+
+            offsets = np.asarray(tgt.offsets)
+            for i, r in enumerate(sel):
+                lo, hi = offsets[r], offsets[r + 1]
+                tok = np.asarray(tgt.tokens[lo:hi], dtype=np.int64) - N_SPECIAL
+                given = np.asarray(tgt.rating[lo:hi], dtype=np.float64)
+                ok = (tok >= 0) & (tok < logp.shape[1]) & ~np.isnan(given)
+                if ok.any():
+                    rows_i = np.full(int(ok.sum()), i)
+                    pred = denormalise(rating[i, tok[ok]], norm, rec.scale, rows_i)
+                    sq += float(np.sum((pred - given[ok]) ** 2))
+                    n_rated += int(ok.sum())
+    out = {k: v / max(1, len(rows)) for k, v in sums.items()}
+    if n_rated:
+        out["rmse"] = math.sqrt(sq / n_rated)
+    return out

@@ -1,0 +1,218 @@
+"""Profile autoencoder: losses against hand computations, fold-in, predictions, bad ratings,
+save/load, and training through the shared loop."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from datahelp import make_store
+from segue.data.arrays import SequenceArrays, SplitData
+from segue.data.ratings import RatingScale, denormalise, normalise
+from segue.data.store import Store
+from segue.data.vocab import N_SPECIAL
+from segue.errors import ConfigError, InputError, SegueError
+from segue.models.autoencoder import (
+    AutoencoderConfig,
+    AutoencoderRecommender,
+    Profiles,
+    rating_unit,
+)
+from segue.models.base import load_model
+from segue.training import autoencoder_losses as AL
+
+# --- losses -----------------------------------------------------------------------------------
+
+
+def test_multinomial_nll_by_hand() -> None:
+    logits = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    x = np.array([[1, 1, 0], [0, 0, 1]], np.float32)
+    w = np.array([1.0, 1.0], np.float32)
+    z0 = math.log(math.e + math.e**2 + 1)
+    row0 = -((1 - z0) + (2 - z0))
+    row1 = math.log(3)
+    assert float(AL.multinomial_nll(jnp.asarray(logits), jnp.asarray(x), jnp.asarray(w))) == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # a zero-weight (padding) row does not count
+    w2 = np.array([1.0, 0.0], np.float32)
+    assert float(AL.multinomial_nll(jnp.asarray(logits), jnp.asarray(x), jnp.asarray(w2))) == pytest.approx(row0, rel=1e-5)
+
+
+def test_huber_by_hand() -> None:
+    e = jnp.asarray([0.5, -1.0, 3.0, -2.5])
+    np.testing.assert_allclose(np.asarray(AL.huber(e, 1.0)), [0.125, 0.5, 2.5, 2.0], rtol=1e-6)
+    pred = jnp.asarray([[1.0, 2.0, 9.0], [0.0, 0.0, 0.0]])
+    target = jnp.asarray([[0.5, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    rated = jnp.asarray([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # the 9 is unrated: ignored
+    w = jnp.asarray([1.0, 1.0])
+    want = (0.125 + 1.5 + 2.5) / 3
+    assert float(AL.masked_huber(pred, target, rated, w, 1.0)) == pytest.approx(want, rel=1e-6)
+
+
+def test_uncertainty_weighting_against_a_direct_computation() -> None:
+    losses = np.array([600.0, 0.3])
+    s = np.array([6.0, -1.2])
+    direct = sum(math.exp(-si) * li + si for li, si in zip(losses, s, strict=True))
+    assert float(AL.uncertainty_weighted(jnp.asarray(losses), jnp.asarray(s))) == pytest.approx(direct, rel=1e-6)
+    # its minimum over s is at s = log L
+    grid = np.linspace(5.0, 8.0, 3001)
+    best = grid[np.argmin(np.exp(-grid) * 600.0 + grid)]
+    assert best == pytest.approx(math.log(600.0), abs=2e-3)
+    assert float(AL.fixed_weighted(jnp.asarray(losses), jnp.asarray([1.0, 10.0]))) == pytest.approx(603.0)
+
+
+# --- a tiny rated store -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    seqs, ratings = [], []
+    for u in range(80):
+        group = u % 2  # two tastes: items 0-11 or 12-23, rated high within the taste
+        items = rng.choice(np.arange(12) + 12 * group, size=int(rng.integers(5, 10)), replace=False)
+        seqs.append([int(i) for i in items])
+        ratings.append([float(rng.integers(6, 11)) for _ in items])
+    path = tmp_path_factory.mktemp("ae") / "s.duckdb"
+    return make_store(path, seqs, [{"kind": "strong", "name": "strong", "valid_users": 10, "test_users": 10}], rating=ratings)
+
+
+def _config(**trainer: object) -> AutoencoderConfig:
+    return AutoencoderConfig.from_dict(
+        {
+            "model": {"hidden": [16], "bottleneck": 8, "input_dropout": 0.3, "bottleneck_noise": 0.1},
+            "optim": {"lr": 1e-2, "warmup_steps": 0, "schedule": "constant", "plateau_patience": 1},
+            "trainer": {"max_steps": 150, "eval_every": 75, "metric": "ndcg@100", "progress": False, "patience": None, "loader": {"batch_size": 16}}
+            | trainer,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(store: Path) -> AutoencoderRecommender:
+    with Store.open(store) as s:
+        data = SplitData.load(s, "strong")
+        model = AutoencoderRecommender(_config()).fit(data)
+    return model
+
+
+def test_fit_trains_and_validates(fitted: AutoencoderRecommender) -> None:
+    summary = fitted.meta["train"]
+    assert summary["steps"] == 150 and summary["best_step"] in (75, 150)
+    first, last = summary["history"][0], summary["history"][-1]
+    assert 0 < last["ndcg@100"] <= 1 and "rmse" in first and "recall@20" in first
+    assert fitted.scale == RatingScale(6.0, 10.0)  # inferred from the training ratings
+
+
+def test_fold_in_equals_score_and_the_network(fitted: AutoencoderRecommender) -> None:
+    rng = np.random.default_rng(1)
+    rows = [list(rng.choice(np.arange(12) + N_SPECIAL, 6, replace=False)) for _ in range(3)]
+    hist = SequenceArrays.from_lists(rows)
+    hist.rating = np.array([7, 9, 10, 6, 8, 8, 10, 10, 9, 6, 6, 7, 8, 9, 10, 7, 6, 8], np.float32)
+    all_scores = fitted.score(hist)
+    one = fitted.score(hist, np.array([1]))
+    np.testing.assert_allclose(one[0], all_scores[1], rtol=1e-5, atol=1e-5)
+    assert np.isneginf(all_scores[:, :N_SPECIAL]).all()
+    # the same numbers straight from the network, outside the jitted batch path
+    net = fitted.network
+    prof = Profiles(hist, np.arange(3), net.n_items, fitted.scale, fitted.config.model)
+    logits, pred = net(jnp.asarray(prof.presence), jnp.asarray(prof.ratings))
+    logp = np.asarray(logits) - np.log(np.exp(np.asarray(logits, np.float64)).sum(axis=1, keepdims=True))
+    q = rating_unit(denormalise(np.asarray(pred), prof.norm, fitted.scale), fitted.scale)
+    a = fitted.config.model.alpha
+    np.testing.assert_allclose(all_scores[:, N_SPECIAL:], a * logp + (1 - a) * np.log(q), rtol=1e-4, atol=1e-4)
+    # the profile's own normalisation was used: h of its ratings matches normalise()
+    h, _ = normalise(hist.offsets, hist.rating, fitted.scale)
+    assert prof.ratings[0, rows[0][0] - N_SPECIAL] == pytest.approx(h[0])
+
+
+def test_score_modes_and_a_learned_taste(fitted: AutoencoderRecommender) -> None:
+    tokens, _ = fitted.vocab.encode_external([f"i{i}" for i in range(24)])
+    hist = SequenceArrays.from_lists([tokens[:6]])  # taste 0, unrated
+    for mode in ("presence", "rating", "unified"):
+        s = fitted.score(hist, mode=mode)[0]
+        assert np.isfinite(s[N_SPECIAL:]).all()
+    presence = fitted.score(hist, mode="presence")[0]
+    # the unseen items of the same taste outrank the other taste's items
+    assert presence[tokens[6:12]].min() > presence[tokens[12:24]].max()
+
+
+def test_predict_is_on_the_original_scale(fitted: AutoencoderRecommender) -> None:
+    hist = SequenceArrays.from_lists([[N_SPECIAL + 0, N_SPECIAL + 1, N_SPECIAL + 2]])
+    hist.rating = np.array([10, 9, 8], np.float32)
+    tokens = np.array([[N_SPECIAL + 3, N_SPECIAL + 20, 1]])
+    got = fitted.predict(hist, None, tokens)
+    assert got.shape == (1, 3) and got.dtype == np.float32
+    assert 6.0 <= got[0, 0] <= 10.0 and 6.0 <= got[0, 1] <= 10.0 and np.isnan(got[0, 2])
+    _, rating, norm = fitted.forward(hist)
+    assert got[0, 0] == pytest.approx(denormalise(rating[:, [3]], norm, fitted.scale)[0, 0])
+
+
+def test_rating_outside_the_scale_is_an_input_error(fitted: AutoencoderRecommender) -> None:
+    hist = SequenceArrays.from_lists([[N_SPECIAL + 0, N_SPECIAL + 5]])
+    hist.rating = np.array([8, 42], np.float32)
+    with pytest.raises(InputError, match=rf"rating 42 of item {N_SPECIAL + 5} is outside the rating scale \[6, 10\]"):
+        fitted.score(hist)
+
+
+def test_save_and_load_score_the_same(fitted: AutoencoderRecommender, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    hist = SequenceArrays.from_lists([[N_SPECIAL + 1, N_SPECIAL + 4]])
+    np.testing.assert_array_equal(again.score(hist), fitted.score(hist))
+    np.testing.assert_array_equal(again.item_counts(), fitted.item_counts())
+
+
+def test_presence_only_is_mult_dae(store: Path) -> None:
+    cfg = _config(max_steps=10, eval_every=10)
+    cfg.model = cfg.model.model_copy(update={"rating_head": False, "score": "presence"})
+    with Store.open(store) as s:
+        model = AutoencoderRecommender(cfg).fit(SplitData.load(s, "strong"))
+    assert model.network.rating_head is None and model.network.encoder[0].in_features == model.network.n_items
+    with pytest.raises(SegueError, match="no rating head"):
+        model.predict(SequenceArrays.from_lists([[N_SPECIAL]]), None, np.array([[N_SPECIAL + 1]]))
+    with pytest.raises(ConfigError, match="needs the rating head"):
+        AutoencoderConfig.from_dict({"model": {"rating_head": False}})
+
+
+def test_training_ratings_outside_a_configured_scale_are_named(store: Path) -> None:
+    cfg = _config(max_steps=1)
+    cfg.model = cfg.model.model_copy(update={"rating_scale": [1.0, 9.0]})
+    with Store.open(store) as s, pytest.raises(InputError, match=r"rating 10 of item \d+ is outside the rating scale \[1, 9\]"):
+        AutoencoderRecommender(cfg).fit(SplitData.load(s, "strong"))
+
+
+def test_uncertainty_weighting_starts_at_the_log_losses(store: Path) -> None:
+    from segue.training.autoencoder_task import AutoencoderTask
+
+    cfg = _config(max_steps=1)
+    cfg.loss = cfg.loss.model_copy(update={"weighting": "uncertainty"})
+    with Store.open(store) as s:
+        task = AutoencoderTask(cfg, SplitData.load(s, "strong"))
+        state = task.init_state()
+    net = task.network(state)
+    batch = task.loader.batch(np.arange(min(task.loader.n, task.loader.batch_size)))
+    logits, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
+    w = jnp.asarray(batch["weights"])
+    want = [float(AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w)), float(AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), w))]
+    np.testing.assert_allclose(np.exp(np.asarray(net.log_vars[...])), want, rtol=1e-5)
+
+
+def test_niche_boost_divides_the_positive_transform_by_popularity() -> None:
+    from segue.models.filters import niche_boost, niche_boost_tokens
+
+    s = np.array([[2.0, 1.5, -np.inf, -3.0]], np.float32)
+    counts = np.array([100.0, 1.0, 5.0, 0.0])
+    np.testing.assert_array_equal(niche_boost(s, counts, 0.0), s)
+    got = niche_boost(s, counts, 0.5)
+    # exp(s') = exp(s) / (count + 1)^b, so s' = s - b log(count + 1); -inf stays -inf
+    np.testing.assert_allclose(np.exp(got[0, [0, 1, 3]]), np.exp(s[0, [0, 1, 3]]) / (counts[[0, 1, 3]] + 1) ** 0.5, rtol=1e-6)
+    assert np.isneginf(got[0, 2])
+    assert np.argmax(got[0]) == 1  # the rarely seen item overtakes the popular one
+    tok = niche_boost_tokens(np.concatenate([np.full((1, N_SPECIAL), -np.inf, np.float32), s], axis=1), np.concatenate([np.zeros(N_SPECIAL), counts]), 0.5)
+    np.testing.assert_allclose(tok[0, N_SPECIAL:], got[0])
+    with pytest.raises(ValueError, match=">= 0"):
+        niche_boost(s, counts, -1.0)
