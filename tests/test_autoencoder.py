@@ -151,6 +151,22 @@ def test_predict_is_on_the_original_scale(fitted: AutoencoderRecommender) -> Non
     assert got[0, 0] == pytest.approx(denormalise(rating[:, [3]], norm, fitted.scale)[0, 0])
 
 
+def test_pairs_predict_and_scale_meet_the_rating_protocol(fitted: AutoencoderRecommender) -> None:
+    """RatingPredictor's pair form gives the grid's values; the server reads the scale from it."""
+    from segue.models.rating import ScaledRatingPredictor
+
+    assert isinstance(fitted, ScaledRatingPredictor)
+    assert fitted.rating_range() == (6.0, 10.0)
+    hist = SequenceArrays.from_lists([[N_SPECIAL + 0, N_SPECIAL + 1], [N_SPECIAL + 12, N_SPECIAL + 13]])
+    hist.rating = np.array([10, 9, 6, 7], np.float32)
+    grid = fitted.predict(hist, None, np.array([[N_SPECIAL + 3, N_SPECIAL + 14], [N_SPECIAL + 3, N_SPECIAL + 14]]))
+    pairs = fitted.predict(hist, np.array([1, 0, 1]), np.array([N_SPECIAL + 14, N_SPECIAL + 3, N_SPECIAL + 3]))
+    np.testing.assert_array_equal(pairs, [grid[1, 1], grid[0, 0], grid[1, 0]])
+    # ratings= replaces the history's own: flipping them moves the prediction
+    flipped = fitted.predict(hist, np.array([0]), np.array([N_SPECIAL + 3]), ratings=np.array([6, 6, 6, 7], np.float32))
+    assert flipped[0] != pairs[1]
+
+
 def test_rating_outside_the_scale_is_an_input_error(fitted: AutoencoderRecommender) -> None:
     hist = SequenceArrays.from_lists([[N_SPECIAL + 0, N_SPECIAL + 5]])
     hist.rating = np.array([8, 42], np.float32)

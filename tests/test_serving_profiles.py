@@ -268,3 +268,42 @@ def test_most_surprising_names_the_rating_the_model_did_not_expect(http: httpx.C
     arrays.rating = np.array([np.nan if x is None else x for x in ratings], np.float32)
     want = model.predict(arrays, np.zeros(1, np.int64), tokens[3:4])[0]
     assert first["predicted"] == pytest.approx(float(want), rel=1e-5)
+
+
+# --- the profile autoencoder behind the same server ------------------------------------------------
+
+
+def test_autoencoder_reads_served_ratings_and_refuses_out_of_scale(folders: dict[str, Path], tmp_path: Path) -> None:
+    """Sprout's model through HTTP: the served scores are its fold-in of the rated profile, the
+    ratings change them, and a rating outside its scale is a 422 naming item and scale."""
+    from segue.models.autoencoder import AutoencoderConfig, AutoencoderRecommender
+
+    cfg = AutoencoderConfig.from_dict(
+        {
+            "model": {"hidden": [16], "bottleneck": 8, "input_dropout": 0.3},
+            "optim": {"lr": 1e-2, "warmup_steps": 0, "schedule": "constant"},
+            "trainer": {"max_steps": 60, "eval_every": 60, "metric": "ndcg@100", "progress": False, "loader": {"batch_size": 16}},
+        }
+    )
+    with Store.open(folders["store"]) as store:
+        folder = AutoencoderRecommender(cfg).fit(SplitData.load(store, "holdout")).save(tmp_path / "ae")
+    app = create_app(folder, store=folders["store"], use_env_admin_key=False)
+    with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        assert c.get("/healthz").json()["rating_scale"] == [1.0, 5.0]
+        history = ["a0", "a1", "a2", "a3"]
+        high = recommend(c, history=history, ratings=[5, 1, 5, 1], n=8)
+        low = recommend(c, history=history, ratings=[1, 5, 1, 5], n=8)
+        assert high["warnings"] == [] and [i["score"] for i in high["items"]] != [i["score"] for i in low["items"]]
+        engine = Engine.load(folder, store=folders["store"])
+        tokens, _ = engine.vocab.encode_external(history)
+        arrays = SequenceArrays.from_lists([tokens])
+        arrays.rating = np.array([5, 1, 5, 1], np.float32)
+        scores = engine.model.score(arrays)[0]
+        for item in high["items"]:
+            assert item["score"] == pytest.approx(float(scores[engine.encoder.encode_one(item["id"])]), rel=1e-4, abs=1e-4)
+        r = c.post("/v1/recommend", json={"history": history, "ratings": [5, 9, None, 1]})
+        assert r.status_code == 422
+        (err,) = r.json()["detail"]
+        assert err["loc"] == ["body", "ratings", 1] and "'a1'" in err["msg"] and "[1, 5]" in err["msg"]
+        explained = c.post("/v1/explain", json={"history": history, "ratings": [5, 1, 5, 1], "n": 2})
+        assert explained.status_code == 200 and "surprising" in explained.json()

@@ -25,6 +25,7 @@ mean is that of its log, and log scores take the niche boost as a subtraction):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,7 @@ from segue.errors import SegueError
 from segue.models.base import NEG_INF
 from segue.models.filters import niche_boost
 from segue.models.neural import NeuralRecommender
+from segue.models.rating import check_pairs, history_ratings
 from segue.models.train_config import OptimConfig, TrainerConfig
 
 ScoreMode = Literal["unified", "presence", "rating"]
@@ -297,18 +299,45 @@ class AutoencoderRecommender(NeuralRecommender):
         out[:, N_SPECIAL:] = self.item_scores(logp, rating, norm, mode)
         return out
 
-    def predict(self, histories: SequenceArrays, rows: np.ndarray | None, tokens: np.ndarray) -> np.ndarray:
-        """Predicted ratings [B, k] float32 on the original scale of the items `tokens` [B, k]
-        (NaN for tokens outside the catalogue)."""
+    def predict(
+        self,
+        histories: SequenceArrays,
+        rows: np.ndarray | None,
+        tokens: np.ndarray,
+        ratings: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Predicted ratings float32 on the original scale (NaN for tokens outside the catalogue).
+
+        Pairs, as segue.models.rating.RatingPredictor: rows [P] and tokens [P] give [P].
+        A grid: tokens [B, k] for the histories `rows` [B] (all rows if None) give [B, k].
+        `ratings` [n_events], if given, replaces the histories' rating column."""
         if not self.config.model.rating_head:
             raise SegueError("autoencoder: this model has no rating head (model.rating_head = false): it cannot predict ratings")
-        _, rating, norm = self.forward(histories, rows)
+        if ratings is not None:
+            histories = replace(histories, rating=history_ratings(histories, ratings))
         tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim == 1:
+            pair_rows, pair_tokens = check_pairs(histories, np.asarray(rows), tokens)
+            uniq, inv = np.unique(pair_rows, return_inverse=True)
+            _, rating, norm = self.forward(histories, uniq)
+            return self._ratings_of(rating, norm, inv, pair_tokens)
+        _, rating, norm = self.forward(histories, rows)
+        b = np.repeat(np.arange(len(tokens)), tokens.shape[1])
+        return self._ratings_of(rating, norm, b, tokens.reshape(-1)).reshape(tokens.shape)
+
+    def _ratings_of(self, rating: np.ndarray, norm: UserNorm, b: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Original-scale ratings of (profile b[p], token tokens[p]) from the rating head's output."""
         col = tokens - N_SPECIAL
         ok = (col >= 0) & (col < rating.shape[1])
-        h = np.take_along_axis(rating, np.where(ok, col, 0), axis=1)
-        r = denormalise(h, norm, self.scale)
+        h = rating[b, np.where(ok, col, 0)]
+        r = denormalise(h, norm, self.scale, rows=b)
         return np.where(ok, r, np.nan).astype(np.float32)
+
+    def rating_range(self) -> tuple[float, float]:
+        """The rating scale (low, high) read from training (or set by model.rating_scale)."""
+        if not self.config.model.rating_head:
+            raise SegueError("autoencoder: this model has no rating head: it reads no ratings")
+        return self.scale.low, self.scale.high
 
     # --- persistence --------------------------------------------------------------------------
     def _save_state(self, folder: Path) -> None:
