@@ -50,7 +50,7 @@ from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
 from segue.models.base import NEG_INF
 from segue.models.filters import niche_boost
-from segue.models.neural import NeuralRecommender
+from segue.models.neural import NeuralRecommender, flat_weights, read_weights, write_weights
 from segue.models.rating import check_pairs, history_ratings
 from segue.models.train_config import OptimConfig, TrainerConfig
 
@@ -349,27 +349,11 @@ class AutoencoderRecommender(NeuralRecommender):
 
 def save_weights(net: ProfileAutoencoder, path: Path) -> None:
     """Parameters and buffers as a flat .npz keyed by their path ('encoder/0/kernel', 'scale', ...)."""
-    from segue.io import atomic_path
-
-    flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(net, SAVED))}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **flat)
+    write_weights(flat_weights(net, SAVED), path)
 
 
 def load_weights(net: ProfileAutoencoder, path: Path) -> ProfileAutoencoder:
-    if not path.exists():
-        raise SegueError(f"{path}: no weights file")
-    data = np.load(path)
-    state = nnx.state(net, SAVED)
-    for k, v in nnx.to_flat_state(state):
-        name = "/".join(map(str, k))
-        if name not in data:
-            raise SegueError(f"{path}: weights lack '{name}' (saved by another model config?)")
-        arr = data[name]
-        if arr.shape != v[...].shape:
-            raise SegueError(f"{path}: '{name}' has shape {arr.shape}, the config expects {v[...].shape}")
-        v[...] = jnp.asarray(arr)
-    nnx.update(net, state)
+    read_weights(net, SAVED, path)
     return net
 
 

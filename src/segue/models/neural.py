@@ -44,3 +44,46 @@ class NeuralRecommender(BaseRecommender):
         self.network = network
         self.meta = {"train": summary}
         return self
+
+
+def flat_weights(net: Any, which: Any) -> dict[str, Any]:
+    """The network's `which` variables (an nnx filter) as {path 'blocks/0/qkv/kernel': array}."""
+    import numpy as np
+    from flax import nnx
+
+    return {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(net, which))}
+
+
+def write_weights(flat: dict[str, Any], path: Any) -> None:
+    """A flat .npz of `flat`, written atomically."""
+    import numpy as np
+
+    from segue.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **flat)
+
+
+def read_weights(net: Any, which: Any, path: Any) -> Any:
+    """Fill the network's `which` variables from the .npz at `path` (every one must be there, with
+    its shape); returns the opened file for the family's extra keys."""
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from segue.errors import SegueError
+
+    if not path.exists():
+        raise SegueError(f"{path}: no weights file")
+    data = np.load(path)
+    state = nnx.state(net, which)
+    for k, v in nnx.to_flat_state(state):
+        name = "/".join(map(str, k))
+        if name not in data:
+            raise SegueError(f"{path}: weights lack '{name}' (saved by another model config?)")
+        arr = data[name]
+        if arr.shape != v[...].shape:
+            raise SegueError(f"{path}: '{name}' has shape {arr.shape}, the config expects {v[...].shape}")
+        v[...] = jnp.asarray(arr)
+    nnx.update(net, state)
+    return data

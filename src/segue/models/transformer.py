@@ -42,7 +42,7 @@ from segue.errors import SegueError
 from segue.models import events as EV
 from segue.models.base import NEG_INF
 from segue.models.events import EventsConfig
-from segue.models.neural import NeuralRecommender
+from segue.models.neural import NeuralRecommender, flat_weights, read_weights, write_weights
 from segue.models.train_config import LossConfig, OptimConfig, TrainerConfig
 
 
@@ -480,13 +480,10 @@ CATEGORIES_KEY = "__context_categories__"  # weights.npz entry: the training cat
 def save_weights(net: SequenceTransformer, path: Path) -> None:
     """Parameters as a flat .npz keyed by their path ('blocks/0/qkv/kernel', ...); a network with
     events also stores its training context categories (JSON text under CATEGORIES_KEY)."""
-    from segue.io import atomic_path
-
-    flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(net, nnx.Param))}
+    flat = flat_weights(net, nnx.Param)
     if net.has_events:
         flat[CATEGORIES_KEY] = np.asarray(net.categories_json)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **flat)
+    write_weights(flat, path)
 
 
 def saved_categories(path: Path) -> EV.Categories | None:
@@ -498,19 +495,7 @@ def saved_categories(path: Path) -> EV.Categories | None:
 
 
 def load_weights(net: SequenceTransformer, path: Path) -> SequenceTransformer:
-    if not path.exists():
-        raise SegueError(f"{path}: no weights file")
-    data = np.load(path)
-    state = nnx.state(net, nnx.Param)
-    for k, v in nnx.to_flat_state(state):
-        name = "/".join(map(str, k))
-        if name not in data:
-            raise SegueError(f"{path}: weights lack '{name}' (saved by another model config?)")
-        arr = data[name]
-        if arr.shape != v[...].shape:
-            raise SegueError(f"{path}: '{name}' has shape {arr.shape}, the config expects {v[...].shape}")
-        v[...] = jnp.asarray(arr)
-    nnx.update(net, state)
+    data = read_weights(net, nnx.Param, path)
     if net.has_events and CATEGORIES_KEY in data:
         net.categories_json = str(data[CATEGORIES_KEY])
     return net
