@@ -37,14 +37,18 @@ class Config(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_toml(path), source=str(path))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's table, or a ConfigError naming the file (missing, or not valid TOML)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
 def _drop_none(obj: Any) -> Any:

@@ -85,9 +85,13 @@ class SequenceArrays:
         lengths = np.asarray(lengths, dtype=np.int64)
         if starts is not None:
             begin = begin + np.asarray(starts, dtype=np.int64)
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        return self.gather(_gather_index(begin, lengths), lengths, {"rows": "subset"})
+
+    def gather(self, idx: np.ndarray, lengths: np.ndarray, meta: dict | None = None) -> SequenceArrays:
+        """A new in-memory SequenceArrays of the events `idx` (every column), cut into rows of
+        `lengths` (sum(lengths) == len(idx))."""
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        idx = _gather_index(begin, lengths)
 
         def g(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else np.asarray(a[idx])
@@ -102,7 +106,7 @@ class SequenceArrays:
             feedback={k: np.asarray(v[idx]) for k, v in self.feedback.items()},
             context={k: np.asarray(v[idx]) for k, v in self.context.items()},
             context_categories=self.context_categories,
-            meta=dict(self.meta) | {"rows": "subset"},
+            meta=dict(self.meta) | (meta or {}),
         )
 
     @classmethod

@@ -47,25 +47,7 @@ def leave_one_out(histories: SequenceArrays, row: int) -> tuple[SequenceArrays, 
     distinct = np.unique(tokens)
     keep = tokens[None, :] != distinct[:, None]  # [L, n]
     idx = lo + np.nonzero(keep)[1]  # events kept, row after row
-    lengths = keep.sum(axis=1)
-    offsets = np.zeros(len(distinct) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-
-    def g(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.asarray(a[idx])
-
-    out = SequenceArrays(
-        offsets=offsets,
-        tokens=np.asarray(histories.tokens[idx]),
-        item_ids=np.asarray(histories.item_ids[idx]),
-        positions=g(histories.positions),
-        ts=g(histories.ts),
-        rating=g(histories.rating),
-        feedback={k: np.asarray(v[idx]) for k, v in histories.feedback.items()},
-        context={k: np.asarray(v[idx]) for k, v in histories.context.items()},
-        context_categories=histories.context_categories,
-        meta={"rows": "leave-one-out"},
-    )
+    out = histories.gather(idx, keep.sum(axis=1), {"rows": "leave-one-out"})
     return out, distinct.astype(np.int32)
 
 

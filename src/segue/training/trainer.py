@@ -535,16 +535,10 @@ def quick_config(store: str | Path, split: str, *, name: str = "transformer", ru
 def load_train_config(config: str | Path | RunConfig) -> RunConfig:
     if isinstance(config, RunConfig):
         return config
-    import tomllib
+    from segue.config import read_toml
 
     path = Path(config)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    cfg = parse_train_config(data, source=str(path))
+    cfg = parse_train_config(read_toml(path), source=str(path))
     return cfg.model_copy(update={"base_dir": str(path.parent.resolve())})
 
 
