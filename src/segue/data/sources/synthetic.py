@@ -104,6 +104,7 @@ OPTIONS: dict[str, str] = {
     "p_album": "probability that the album's next track follows (default 0.3)",
     "p_artist": "else probability of another track of the same artist (default 0.2)",
     "seed": "random seed (default 0)",
+    "feedback": "add listening feedback (fb_listened, fb_skip) and context (ctx_platform, ctx_hour) to every event (true/false, default false)",
 }
 
 
