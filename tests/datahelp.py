@@ -80,3 +80,23 @@ def read_ml100k(path: Path) -> pa.Table:
 def build_from_table(path: Path, events: pa.Table, splits: list[dict[str, Any]], seed: int = 0) -> Path:
     config = BuildConfig(seed=seed, splits=splits)
     return build_store(ListSource([Chunk(events=events)]), path, config)
+
+
+def kill_after_checkpoint(proc: Any, run: Path, step: int, timeout: float = 600.0) -> None:
+    """Wait until `proc` (a training child stalled after `step`) has written checkpoint `step`
+    completely, then kill -9 it; assert it really died mid-run (no metrics.json)."""
+    import os
+    import signal
+    import time
+
+    ckpt = run / "checkpoints" / str(step)
+    deadline = time.time() + timeout
+    while not (ckpt.is_dir() and (ckpt / "_CHECKPOINT_METADATA").exists()):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "the child exited"
+        assert time.time() < deadline, f"checkpoint {step} never appeared"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "metrics.json").exists()

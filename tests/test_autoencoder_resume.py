@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tomli_w
 
-from datahelp import make_store
+from datahelp import kill_after_checkpoint, make_store
 from segue.data.arrays import SequenceArrays
 from segue.models.base import load_model
 
@@ -95,17 +93,7 @@ def test_kill_and_resume_is_bit_identical(store: Path, tmp_path: Path) -> None:
     assert a.returncode == 0, out
 
     b = _child(tmp_path, cfg_path, "stall", run_b)
-    ckpt = run_b / "checkpoints" / str(N)
-    deadline = time.time() + 600
-    while not (ckpt.is_dir() and (ckpt / "_CHECKPOINT_METADATA").exists()):
-        assert b.poll() is None, b.stdout.read()
-        assert time.time() < deadline, "checkpoint N never appeared"
-        time.sleep(0.2)
-    time.sleep(0.5)
-    os.kill(b.pid, signal.SIGKILL)
-    b.wait(timeout=60)
-    assert b.returncode == -signal.SIGKILL
-    assert not (run_b / "metrics.json").exists()
+    kill_after_checkpoint(b, run_b, N)
 
     c = _child(tmp_path, cfg_path, "run", run_b)  # resume from checkpoint N, N more steps
     out, _ = c.communicate(timeout=600)

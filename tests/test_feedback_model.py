@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from datahelp import make_store
+from datahelp import kill_after_checkpoint, make_store
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
@@ -393,25 +393,13 @@ def test_kill_and_resume_is_bit_identical_with_the_heads(store: Path, tmp_path: 
 def run_kill_and_resume(tt: Any, tmp: Path, cfg_path: Path) -> None:
     """test_trainer's kill -9 protocol with another config: run 2N steps; run, kill after
     checkpoint N, resume; the final states are bit-identical."""
-    import os
-    import signal
-    import time
 
     run_a, run_b = tmp / "a", tmp / "b"
     a = tt._child(tmp, cfg_path, "run", run_a)
     out, _ = a.communicate(timeout=600)
     assert a.returncode == 0, out
     b = tt._child(tmp, cfg_path, "stall", run_b)
-    ckpt = run_b / "checkpoints" / str(tt.N)
-    deadline = time.time() + 600
-    while not (ckpt.is_dir() and (ckpt / "_CHECKPOINT_METADATA").exists()):
-        assert b.poll() is None, b.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.2)
-    time.sleep(0.5)
-    os.kill(b.pid, signal.SIGKILL)
-    b.wait(timeout=60)
-    assert not (run_b / "metrics.json").exists()
+    kill_after_checkpoint(b, run_b, tt.N)
     c = tt._child(tmp, cfg_path, "run", run_b)
     out, _ = c.communicate(timeout=600)
     assert c.returncode == 0, out

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from datahelp import make_store
+from datahelp import kill_after_checkpoint, make_store
 from segue.errors import ConfigError
 from segue.models.base import load_model
 from segue.training.trainer import TrainConfig, train
@@ -104,17 +102,7 @@ def test_kill_and_resume_is_bit_identical(store: Path, tmp_path: Path) -> None:
     assert a.returncode == 0, out
 
     b = _child(tmp_path, cfg_path, "stall", run_b)
-    ckpt = run_b / "checkpoints" / str(N)
-    deadline = time.time() + 600
-    while not (ckpt.is_dir() and (ckpt / "_CHECKPOINT_METADATA").exists()):
-        assert b.poll() is None, b.stdout.read()
-        assert time.time() < deadline, "checkpoint N never appeared"
-        time.sleep(0.2)
-    time.sleep(0.5)
-    os.kill(b.pid, signal.SIGKILL)
-    b.wait(timeout=60)
-    assert b.returncode == -signal.SIGKILL
-    assert not (run_b / "metrics.json").exists()  # it really died mid-run
+    kill_after_checkpoint(b, run_b, N)
     assert not (run_b / "checkpoints" / str(2 * N)).exists()
 
     c = _child(tmp_path, cfg_path, "run", run_b)  # resume from checkpoint N, N more steps
