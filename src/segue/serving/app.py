@@ -32,7 +32,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,11 +51,14 @@ from threadpoolctl import threadpool_limits
 from segue import __version__
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
+from segue.serving.access_log import AccessLog, current_request_id
+from segue.serving.drift_watch import DriftWatch
 from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
 from segue.serving.explain import explain_items, surprising_items
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
+from segue.serving.lifecycle import readiness, warm_up
 from segue.serving.validation import error_details
 
 log = logging.getLogger("segue.serving")
@@ -478,6 +480,8 @@ def create_app(
     admin_key: str | None = None,
     use_env_admin_key: bool = True,
     blas_threads: int | None = 1,
+    access_log: bool = False,
+    drift_watch: DriftWatch | None = None,
 ) -> FastAPI:
     """The service for `model_folder` (or a loaded `engine`).
 
@@ -487,6 +491,9 @@ def create_app(
     runs (restored on shutdown): requests already run in parallel, and OpenBLAS threads inside
     concurrent requests fight each other (measured: 16 clients on a 50k catalogue, 7.6 req/s with
     the default 2 BLAS threads per call against 160 req/s with 1). None leaves BLAS alone.
+    `access_log` adds JSON access lines and X-Request-ID (segue.serving.access_log); a
+    `drift_watch` runs on its schedule while the app is up, its figures on /metrics.
+    /readyz is 503 until start-up has sent a warm-up request through the engine (lifecycle).
     """
     if engine is None:
         if model_folder is None:
@@ -500,6 +507,8 @@ def create_app(
         "metrics": Metrics(),
         "feature_log": flog,
         "index_config": index_config,
+        "ready": False,
+        "drift_watch": drift_watch,
     }
     reload_lock = threading.Lock()
 
@@ -511,9 +520,16 @@ def create_app(
         # collection a walk over it (a pause inside whichever request triggers the collection).
         gc.collect()
         gc.freeze()
+        log.info("warm-up request through the engine: %.3f s", warm_up(state["engine"]))
+        state["ready"] = True
+        if drift_watch is not None:
+            drift_watch.start()
         try:
             yield
         finally:
+            state["ready"] = False
+            if drift_watch is not None:
+                drift_watch.stop()
             if limits is not None:
                 limits.restore_original_limits()
 
@@ -697,7 +713,7 @@ def create_app(
         return Response(_JSON.encode(body), media_type="application/json")
 
     def recommend_body(engine: Engine, req: RecommendRequest) -> dict[str, Any]:
-        rid = uuid.uuid4().hex
+        rid = current_request_id()
         warnings: list[str] = []
         enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings)
         history = enc.all_tokens
@@ -747,7 +763,7 @@ def create_app(
     )
     def continue_(req: ContinueRequest, response: Response) -> dict[str, Any]:
         engine = current()
-        rid = uuid.uuid4().hex
+        rid = current_request_id()
         warnings: list[str] = []
         history = deprecated_alias(req, "seed", response, warnings)
         # Generation masks every seed item, even those older than the model's context, so the
@@ -796,7 +812,7 @@ def create_app(
     )
     def explain(req: ExplainRequest) -> dict[str, Any]:
         engine = current()
-        rid = uuid.uuid4().hex
+        rid = current_request_id()
         warnings: list[str] = []
         enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings)
         if req.items is None:
@@ -839,7 +855,7 @@ def create_app(
         tokens = engine.catalogue.search(query.q, query.limit)
         return envelope(
             engine,
-            uuid.uuid4().hex,
+            current_request_id(),
             items=[engine.catalogue.describe(t) for t in tokens],
             warnings=[],
         )
@@ -862,7 +878,7 @@ def create_app(
                 404, detail=f"unknown item id '{item_id}' (not in the model's vocabulary)"
             )
         ranked = engine.rank([np.array([token])], n)[0]
-        return envelope(engine, uuid.uuid4().hex, items=items_out(engine, ranked), warnings=[])
+        return envelope(engine, current_request_id(), items=items_out(engine, ranked), warnings=[])
 
     @app.get("/healthz", summary="Liveness and the model being served")
     def healthz() -> dict[str, Any]:
@@ -879,9 +895,15 @@ def create_app(
             "admin": admin_key is not None,
         }
 
+    @app.get("/readyz", summary="Readiness: 200 once the model is loaded and warmed up, else 503")
+    def readyz() -> JSONResponse:
+        code, body = readiness(state["ready"], current())
+        return JSONResponse(body, status_code=code)
+
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> str:
-        return state["metrics"].render(current())
+        text = state["metrics"].render(current())
+        return text + (drift_watch.render() if drift_watch is not None else "")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -911,6 +933,7 @@ def create_app(
                     new = Engine.load(folder, store=req.store, index_config=state["index_config"])
                 except Exception as e:  # noqa: BLE001 (any failure leaves the old model serving)
                     raise HTTPException(422, detail=f"could not load {folder}: {e}") from None
+                warm_up(new)  # warmed before the swap: readiness never drops during a reload
                 state["engine"] = new  # one reference swap: in-flight requests keep `old`
                 state["metrics"].reloaded()
                 # As at start-up. Garbage cycles left by the load are collected first, or they would
@@ -928,4 +951,6 @@ def create_app(
         log.warning("%s is not set: admin routes (/admin/reload) are not mounted", ADMIN_KEY_ENV)
 
     app.add_middleware(_Envelope, state=state, routes=app.router.routes)
+    if access_log:
+        app.add_middleware(AccessLog)  # outermost: its latency and status cover everything
     return app

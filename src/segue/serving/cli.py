@@ -89,33 +89,63 @@ def serve(
     ] = False,
     index: Annotated[str, typer.Option(help="Stage-one retrieval: auto, exact or hnsw")] = "auto",
     ef: Annotated[int, typer.Option(help="HNSW search expansion (recall vs speed)")] = 100,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes sharing the port (the model's .npy arrays memory-mapped)")
+    ] = 1,
+    graceful_timeout: Annotated[
+        float, typer.Option(min=0, help="On SIGTERM, seconds to let requests in flight finish")
+    ] = 30.0,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="JSON access lines on stdout")
+    ] = True,
+    drift_reference: Annotated[
+        str | None,
+        typer.Option(help="Check the feature log for drift against this event set (segue validate's REFERENCE)"),
+    ] = None,
+    drift_interval: Annotated[float, typer.Option(min=0.001, help="Seconds between drift checks")] = 3600.0,
+    drift_thresholds: Annotated[
+        Path | None, typer.Option(help="Drift thresholds TOML (default: segue validate's)")
+    ] = None,
+    drift_webhook: Annotated[str | None, typer.Option(help="POST a failing drift check's JSON here")] = None,
 ) -> None:
     """Serve a trained model over HTTP: /v1/recommend, /v1/continue, /v1/explain, the web page at /.
 
-    Admin routes (/admin/reload) are mounted only when SEGUE_ADMIN_KEY is set.
+    Admin routes (/admin/reload) are mounted only when SEGUE_ADMIN_KEY is set (and one worker runs).
+    /healthz answers once the port is open; /readyz only once the model is loaded and warmed up.
+    SIGTERM drains requests in flight, then exits. With --drift-reference the feature log is
+    checked every --drift-interval seconds; the latest distances are on /metrics.
     """
-    import uvicorn
     from rich.console import Console
 
-    from segue.serving.app import create_app
+    from segue.models.base import read_model_header
+    from segue.serving.drift_watch import DriftWatchConfig, check_drift_config
     from segue.serving.index import IndexConfig
+    from segue.serving.workers import ServeSettings, run
 
     console = Console(stderr=True)
     if index not in ("auto", "exact", "hnsw"):
         raise typer.BadParameter("expected auto, exact or hnsw", param_hint="--index")
     # A SegueError (no such folder, bad model) reaches the CLI's handler: one escaped line, exit 2.
-    app = create_app(
-        model,
+    # The header is checked before the port opens; the model itself loads behind it (/readyz).
+    header = read_model_header(model)
+    drift = None
+    if drift_reference is not None:
+        drift = DriftWatchConfig(
+            reference=drift_reference, interval_s=drift_interval, thresholds=drift_thresholds, webhook=drift_webhook
+        )
+        check_drift_config(drift)  # a bad spec or thresholds file is refused before the port opens
+    settings = ServeSettings(
+        model=model,
         store=store,
-        index_config=IndexConfig(kind=index, expansion_search=ef),  # type: ignore[arg-type]
+        index=IndexConfig(kind=index, expansion_search=ef),  # type: ignore[arg-type]
         feature_log=None if no_feature_log else feature_log,
+        access_log=access_log,
+        drift=drift,
     )
-    info = app.state.segue["engine"].info
-
     console.print(
-        f"serving {info.family} model {info.run_id} ({info.version}, {info.n_items} items, retrieval {info.retrieval})",
+        f"serving {header['family']} model {model} with {workers} worker(s); ready when /readyz says so",
         highlight=False,
         soft_wrap=True,
     )
     console.print(f"page: http://{host}:{port}/   API docs (offline): http://{host}:{port}/docs", soft_wrap=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    run(settings, host=host, port=port, workers=workers, graceful_timeout=graceful_timeout)

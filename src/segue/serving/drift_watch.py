@@ -1,0 +1,191 @@
+"""The server's scheduled drift check: `segue validate` of its own feature log against training data.
+
+Every `interval_s` seconds a background thread compares the feature log (every logged request's
+history, segue.ops.eventset.from_feature_log) against `reference` (an event-set spec, typically
+`store:PATH#SPLIT/train`, the data the served model was trained on) with the same checks and
+thresholds as `segue validate` (segue.ops.validation). The latest result is exposed on /metrics:
+
+    segue_drift_distance{feature="popularity"} 0.0123      Chebyshev distance, per checked feature
+    segue_drift_limit{feature="popularity"} 0.03           max(threshold, sampling allowance)
+    segue_drift_feature_passed{feature="popularity"} 1
+    segue_drift_passed 1                                   every feature and the schema passed
+    segue_drift_checks_total{outcome="pass|fail|skipped|error"}
+
+A failing check logs a warning (the validation's one-line summary, on `segue.drift`), optionally
+POSTs the JSON result to `webhook`, and, with `out`, writes drift.json and drift.html there.
+A log with fewer than `min_requests` histories is skipped (nothing to judge yet). The reference is
+read once and kept. The thread runs at a lower CPU priority (Linux nice +10 for that thread) so a
+check does not compete with requests on a busy host. With several workers each runs its own check
+of the shared log; every worker's /metrics then shows the same figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from segue.config import Config
+from segue.errors import SegueError
+
+log = logging.getLogger("segue.drift")
+
+
+class DriftWatchConfig(Config):
+    reference: str  # event-set spec (segue validate's REFERENCE), e.g. store:s.duckdb#random/train
+    interval_s: float = Field(3600.0, gt=0)
+    thresholds: Path | None = None  # thresholds TOML (default: segue validate's built-in)
+    webhook: str | None = None  # POST the JSON result here when the check fails
+    out: Path | None = None  # folder for the latest drift.json / drift.html
+    min_requests: int = Field(20, ge=1)  # fewer logged histories than this: skipped
+
+
+def check_drift_config(config: DriftWatchConfig) -> None:
+    """Parse the reference spec and read the thresholds file: a ConfigError names what is wrong."""
+    from segue.ops.eventset import parse_spec
+    from segue.ops.thresholds import load_thresholds
+
+    parse_spec(config.reference)
+    load_thresholds(config.thresholds)
+
+
+class DriftWatch:
+    """Runs the check on a schedule in a daemon thread; `render()` gives the /metrics lines."""
+
+    def __init__(self, config: DriftWatchConfig, log_folder: str | Path) -> None:
+        from segue.ops.eventset import parse_spec
+        from segue.ops.thresholds import load_thresholds
+
+        self.config = config
+        self.log_folder = Path(log_folder)
+        self.spec = parse_spec(config.reference)  # a bad spec or thresholds file fails at start-up
+        self.thresholds = load_thresholds(config.thresholds)
+        self._reference: Any = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.result: Any = None  # the latest segue.ops.validation.Result
+        self.last_check: float | None = None
+        self.last_seconds: float | None = None
+        self.last_outcome: str | None = None
+        self.last_error: str | None = None
+        self.outcomes = {"pass": 0, "fail": 0, "skipped": 0, "error": 0}
+
+    # --- the check -------------------------------------------------------------------------
+    def check(self) -> str:
+        """Run one check now; returns its outcome (pass, fail, skipped or error)."""
+        from segue.ops.eventset import from_feature_log, load
+        from segue.ops.validation import validate, write_result
+
+        started, t = time.time(), time.perf_counter()
+        result = None
+        error = None
+        try:
+            if self._reference is None:
+                self._reference = load(self.spec)
+            candidate = from_feature_log(self.log_folder)
+            n = len(set(candidate.seq.tolist()))
+            if n < self.config.min_requests:
+                outcome = "skipped"
+                error = f"{n} logged histories, fewer than min_requests={self.config.min_requests}"
+            else:
+                result = validate(self._reference, candidate, self.thresholds)
+                outcome = "pass" if result.passed else "fail"
+        except SegueError as e:  # an empty or absent log is no error of the server's
+            outcome, error = ("skipped" if "no logged request" in str(e) or "no feature log" in str(e) else "error"), str(e)
+        except Exception as e:  # noqa: BLE001 (a failing check must never stop the server)
+            log.exception("drift check failed")
+            outcome, error = "error", f"{type(e).__name__}: {e}"
+        seconds = time.perf_counter() - t
+        with self._lock:
+            self.outcomes[outcome] += 1
+            self.last_check, self.last_seconds, self.last_outcome, self.last_error = started, seconds, outcome, error
+            if result is not None:
+                self.result = result
+        if outcome == "fail":
+            log.warning("drift alert: %s", result.summary())  # type: ignore[union-attr]
+            if self.config.webhook:
+                from segue.ops.alerts import post_webhook
+
+                result.webhook = post_webhook(self.config.webhook, result.to_dict())  # type: ignore[union-attr]
+                if not result.webhook["ok"]:  # type: ignore[union-attr]
+                    log.warning("drift webhook %s failed: %s", self.config.webhook, result.webhook["error"])  # type: ignore[union-attr]
+        elif outcome == "error":
+            log.error("drift check error: %s", error)
+        else:
+            log.info("drift check %s in %.2f s%s", outcome, seconds, f" ({error})" if error else "")
+        if result is not None and self.config.out is not None:
+            write_result(result, self.config.out / "drift.json", self.config.out / "drift.html")
+        return outcome
+
+    # --- the schedule ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="segue-drift-watch")
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: nice one thread, not the server
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        while not self._stop.wait(self.config.interval_s):
+            self.check()
+
+    # --- /metrics --------------------------------------------------------------------------
+    def render(self) -> str:
+        """Prometheus text lines for the latest check (none of the gauges before the first one)."""
+        with self._lock:
+            result, outcomes = self.result, dict(self.outcomes)
+            last, seconds = self.last_check, self.last_seconds
+        lines = [
+            "# HELP segue_drift_checks_total Scheduled drift checks of the feature log, by outcome.",
+            "# TYPE segue_drift_checks_total counter",
+            *(f'segue_drift_checks_total{{outcome="{k}"}} {v}' for k, v in outcomes.items()),
+        ]
+        if last is not None:
+            lines += [
+                "# HELP segue_drift_last_check_timestamp_seconds When the latest check began reading the log (Unix time).",
+                "# TYPE segue_drift_last_check_timestamp_seconds gauge",
+                f"segue_drift_last_check_timestamp_seconds {last:.3f}",
+                "# HELP segue_drift_check_seconds How long the latest check took.",
+                "# TYPE segue_drift_check_seconds gauge",
+                f"segue_drift_check_seconds {seconds:.6f}",
+            ]
+        if result is None:
+            return "\n".join(lines) + "\n"
+        checked = [f for f in result.features if f.skipped is None]
+        lines += [
+            "# HELP segue_drift_distance Chebyshev distance per feature, feature log against the reference (latest completed check).",
+            "# TYPE segue_drift_distance gauge",
+            *(f'segue_drift_distance{{feature="{_esc(f.name)}"}} {f.distance:.6f}' for f in checked),
+            "# HELP segue_drift_limit Largest distance each feature may have: max(threshold, sampling allowance).",
+            "# TYPE segue_drift_limit gauge",
+            *(f'segue_drift_limit{{feature="{_esc(f.name)}"}} {f.limit:.6f}' for f in checked),
+            "# HELP segue_drift_feature_passed 1 if the feature's distance is within its limit.",
+            "# TYPE segue_drift_feature_passed gauge",
+            *(f'segue_drift_feature_passed{{feature="{_esc(f.name)}"}} {int(f.passed)}' for f in checked),
+            "# HELP segue_drift_schema_errors Schema errors found by the latest completed check.",
+            "# TYPE segue_drift_schema_errors gauge",
+            f"segue_drift_schema_errors {len(result.schema_errors)}",
+            "# HELP segue_drift_passed 1 if the latest completed check passed (every feature and the schema).",
+            "# TYPE segue_drift_passed gauge",
+            f"segue_drift_passed {int(result.passed)}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

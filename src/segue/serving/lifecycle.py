@@ -1,0 +1,149 @@
+"""The server's life: warm-up, readiness, loading the model after the port opens, graceful exit.
+
+Liveness and readiness are two questions. `/healthz` answers "is the process alive?" as soon as
+the port is open; `/readyz` answers "may traffic come here?": 503 until the model is loaded and a
+warm-up request has gone through the engine (`warm_up`), 200 after. A reload keeps answering 200:
+the new model is loaded and warmed beside the old one, which serves until the one-reference swap.
+
+`DeferredApp` opens the port first and builds the real app (loading the model) in a thread, so an
+orchestrator's liveness probe passes during a long load while its readiness probe holds traffic
+back. Until the app is built it answers /healthz 200 (`"loading": true`), /readyz 503 and every
+other path 503 with Retry-After. Several workers sharing one socket must not do this (a loading
+worker would answer 503 to requests its sibling could serve): they load before accepting.
+
+Graceful shutdown is uvicorn's, with one step added (`DrainingServer`): on SIGTERM (or SIGINT)
+it closes the listening socket (new connections are refused; with several workers the socket stays
+open in the siblings, which take them), then waits `DRAIN_S` before uvicorn's own shutdown: lets
+every request already received finish (answered with `Connection: close`), waits up to
+`timeout_graceful_shutdown` seconds for them, runs the app's lifespan shutdown and exits. Without
+the pause, uvicorn closes every connection whose request it has not parsed yet, and a connection
+accepted in the same event-loop turn as the signal has sent its request but not had it read: its
+client saw the connection drop (the failed requests of a rolling restart under load). An idle
+keep-alive connection is still closed after the pause: a client that sends on it at that very
+moment sees the connection drop, the race every HTTP server has; clients retry such requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from segue.data.vocab import N_SPECIAL
+from segue.serving.engine import Engine
+
+log = logging.getLogger("segue.serving")
+GRACEFUL_TIMEOUT_S = 30.0  # as Kubernetes' default terminationGracePeriodSeconds
+DRAIN_S = 0.5  # after closing the listener, for accepted connections' requests to be read
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose shutdown stops accepting `drain_s` seconds before it closes the
+    connections that have no request in progress (see the module docstring)."""
+
+    drain_s = DRAIN_S
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await asyncio.sleep(self.drain_s)
+        await super().shutdown(sockets)
+
+
+def warm_up(engine: Engine) -> float:
+    """Send one request through the engine as /v1/recommend would (the most popular item as the
+    history, top 10), plus an empty-history fallback; returns the seconds it took. Engine.load
+    already compiled the model's shapes; this also touches the index, the catalogue and the
+    exclusion path, so the first real request pays no first-use cost."""
+    t = time.perf_counter()
+    if engine.info.n_items > 0:
+        top = int(np.argmax(engine.counts[N_SPECIAL:])) + N_SPECIAL
+        for ranked in engine.rank([np.array([top], np.int64), np.zeros(0, np.int64)], 10):
+            [engine.catalogue.describe(int(x)) for x in ranked.tokens if x >= N_SPECIAL]
+    return time.perf_counter() - t
+
+
+def readiness(ready: bool, engine: Engine | None, detail: str = "") -> tuple[int, dict[str, Any]]:
+    """The /readyz status code and body."""
+    if not ready or engine is None:
+        return 503, {"status": "not ready", "detail": detail or "the model is loading"}
+    return 200, {"status": "ready", "model": engine.info.public()}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], extra: list | None = None) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": data})
+
+
+class DeferredApp:
+    """An ASGI app that opens at once and builds the real one (`build`, run in a thread) meanwhile.
+
+    Once built, the real app's lifespan is entered and every request goes to it. If `build`
+    raises, the error is kept in `.error` and `on_failure(error)` is called (the CLI stops the
+    server and reports it as its one-line error)."""
+
+    def __init__(self, build: Callable[[], Any], on_failure: Callable[[BaseException], None] | None = None) -> None:
+        self.build = build
+        self.on_failure = on_failure
+        self.app: Any = None
+        self.error: BaseException | None = None
+        self.built = threading.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self._task: asyncio.Task | None = None
+
+    async def _load(self) -> None:
+        try:
+            app = await asyncio.to_thread(self.build)
+            await self._stack.enter_async_context(app.router.lifespan_context(app))
+        except Exception as e:  # noqa: BLE001 (reported through on_failure, never swallowed)
+            self.error = e
+            log.error("could not load the model: %s", e)
+            if self.on_failure is not None:
+                self.on_failure(e)
+            return
+        self.app = app
+        self.built.set()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self._task = asyncio.create_task(self._load())
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    if self._task is not None and not self._task.done():
+                        self._task.cancel()  # the thread finishes its load; the app is dropped
+                    await self._stack.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if self.app is not None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "")
+        if path == "/healthz":
+            await _send_json(send, 200, {"status": "ok", "model": None, "loading": True})
+        elif path == "/readyz":
+            detail = f"the model could not be loaded: {self.error}" if self.error else ""
+            await _send_json(send, *readiness(False, None, detail))
+        else:
+            await _send_json(
+                send, 503, {"detail": "the model is loading; retry shortly"}, [(b"retry-after", b"1")]
+            )
