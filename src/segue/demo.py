@@ -133,6 +133,7 @@ def step_serve(state: DemoState) -> None:
             ItemKNN().fit(SplitData.load(store, "loo")).save(model)
     app = create_app(model, store=state.store_path, feature_log=o.workdir / "feature-log")
     console.print(f"[bold green]segue is serving {model.name}: open http://127.0.0.1:{o.port}/[/]  (Ctrl-C stops)")
+    console.print("probes: /healthz (alive), /readyz (200 once the model is warmed up), /metrics; `segue serve --workers 2` for more processes")
     uvicorn.run(app, host="127.0.0.1", port=o.port, log_level="warning")
 
 
