@@ -52,6 +52,7 @@ from segue.serving.index import IndexConfig
 from segue.serving.lifecycle import GRACEFUL_TIMEOUT_S, DeferredApp
 
 log = logging.getLogger("segue.serving")
+RETRY_S = 5.0  # wait before replacing a replacement that failed to start
 
 
 class ServeSettings(Config):
@@ -163,11 +164,18 @@ def _worker_main(settings_json: str, sock: socket.socket, ready: Connection, gra
     app = build_app(ServeSettings.model_validate_json(settings_json))
     server = DrainingServer(_uvicorn_config(app, graceful_timeout))
 
+    parent = os.getppid()
+
     def announce() -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.02)
         if server.started:
             ready.send(os.getpid())
+        while not server.should_exit:  # a supervisor killed outright leaves no orphan serving
+            if os.getppid() != parent:
+                log.warning("the supervisor is gone: worker %d drains and exits", os.getpid())
+                server.should_exit = True
+            time.sleep(1.0)
 
     threading.Thread(target=announce, daemon=True).start()
     server.run(sockets=[sock])
@@ -178,6 +186,7 @@ class _Worker:
     process: Any
     ready: Connection
     is_ready: bool = False
+    retry_at: float = 0.0  # a failed replacement is replaced again from this time on
 
     def poll_ready(self) -> bool:
         if not self.is_ready and self.ready.poll():
@@ -245,8 +254,9 @@ class Supervisor:
             signal.signal(sig, lambda s, _f: self.signals.append(s))
         self.workers = [self.spawn() for _ in range(self.n)]
         failed = None
+        up = False  # every first worker has been ready once
         try:
-            while not self._exiting():
+            while not self._exiting() and failed is None:
                 time.sleep(0.1)
                 if signal.SIGHUP in self.signals:
                     self.signals.remove(signal.SIGHUP)
@@ -256,12 +266,22 @@ class Supervisor:
                     if w.process.is_alive() or self._exiting():
                         continue
                     w.process.join()
-                    if not w.is_ready:
+                    if not w.is_ready and not up:
+                        # At start-up a broken model or port fails every worker alike: stop.
                         failed = f"worker {w.process.pid} exited ({w.process.exitcode}) before it was ready"
                         log.error("%s: stopping (see its error above)", failed)
-                        return
-                    log.info("worker %d exited (%s); starting a replacement", w.process.pid, w.process.exitcode)
+                        break
+                    if w.is_ready:
+                        log.info("worker %d exited (%s); starting a replacement", w.process.pid, w.process.exitcode)
+                    elif w.retry_at == 0.0:  # a replacement failed to start: the others serve
+                        log.error("replacement worker %d failed before it was ready; retrying in %.0f s",
+                                  w.process.pid, RETRY_S)
+                        w.retry_at = time.monotonic() + RETRY_S
+                        continue
+                    elif time.monotonic() < w.retry_at:
+                        continue
                     self.workers[i] = self.spawn()
+                up = up or all(w.is_ready for w in self.workers)
         finally:
             for w in self.workers:  # SIGTERM to all first: they drain at the same time
                 if w.process.is_alive():
