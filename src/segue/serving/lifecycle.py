@@ -18,9 +18,11 @@ every request already received finish (answered with `Connection: close`), waits
 `timeout_graceful_shutdown` seconds for them, runs the app's lifespan shutdown and exits. Without
 the pause, uvicorn closes every connection whose request it has not parsed yet, and a connection
 accepted in the same event-loop turn as the signal has sent its request but not had it read: its
-client saw the connection drop (the failed requests of a rolling restart under load). An idle
-keep-alive connection is still closed after the pause: a client that sends on it at that very
-moment sees the connection drop, the race every HTTP server has; clients retry such requests.
+client saw the connection drop (the failed requests of a rolling restart under load). During the
+pause every response says `Connection: close`, so busy keep-alive clients reconnect to a sibling.
+A keep-alive connection idle through the whole pause is still closed after it: a client that
+sends on it at that very moment sees the connection drop, the race every HTTP server has;
+clients retry such requests.
 """
 
 from __future__ import annotations
@@ -47,17 +49,46 @@ DRAIN_S = 0.5  # after closing the listener, for accepted connections' requests 
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, whose shutdown stops accepting `drain_s` seconds before it closes the
-    connections that have no request in progress (see the module docstring)."""
+    connections that have no request in progress (see the module docstring). Meanwhile
+    `draining` is set: `CloseWhenDraining` then ends every keep-alive connection with its next
+    response, so the clients reconnect (to a sibling) instead of reusing a connection that is
+    about to close."""
 
     drain_s = DRAIN_S
 
+    def __init__(self, config: uvicorn.Config, draining: threading.Event | None = None) -> None:
+        super().__init__(config)
+        self.draining = draining or threading.Event()
+
     async def shutdown(self, sockets: list | None = None) -> None:
+        self.draining.set()
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
         await asyncio.sleep(self.drain_s)
         await super().shutdown(sockets)
+
+
+class CloseWhenDraining:
+    """Pure ASGI middleware: `Connection: close` on every response once `draining` is set."""
+
+    def __init__(self, app: Any, draining: threading.Event) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapped(message: dict) -> None:
+            if message["type"] == "http.response.start" and self.draining.is_set():
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapped)
 
 
 def warm_up(engine: Engine) -> float:

@@ -147,22 +147,29 @@ def configure_logging() -> None:
 # --- running ---------------------------------------------------------------------------------
 
 
-def _uvicorn_config(app: Any, graceful_timeout: float, **kw: Any) -> Any:
+def draining_server(app: Any, graceful_timeout: float, **kw: Any) -> Any:
+    """A lifecycle.DrainingServer for `app` (wrapped to close keep-alive connections while it drains)."""
     import uvicorn
 
-    return uvicorn.Config(
-        app, log_level="info", access_log=False, timeout_graceful_shutdown=graceful_timeout, **kw
-    )  # access_log False: ours are JSON (access_log.py)
+    from segue.serving.lifecycle import CloseWhenDraining, DrainingServer
+
+    draining = threading.Event()
+    config = uvicorn.Config(
+        CloseWhenDraining(app, draining),
+        log_level="info",
+        access_log=False,  # ours are JSON (access_log.py)
+        timeout_graceful_shutdown=graceful_timeout,
+        **kw,
+    )
+    return DrainingServer(config, draining)
 
 
 def _worker_main(settings_json: str, sock: socket.socket, ready: Connection, graceful_timeout: float) -> None:
     """A worker process: build the app (model loaded and warmed), then serve the shared socket."""
-    from segue.serving.lifecycle import DrainingServer
-
     os.setpgrp()  # Ctrl-C goes to the supervisor, which stops each worker once
     configure_logging()
     app = build_app(ServeSettings.model_validate_json(settings_json))
-    server = DrainingServer(_uvicorn_config(app, graceful_timeout))
+    server = draining_server(app, graceful_timeout)
 
     parent = os.getppid()
 
@@ -303,8 +310,6 @@ def run(
 ) -> None:
     """Serve until SIGTERM/SIGINT (graceful: see segue.serving.lifecycle). A model that fails to
     load stops the server and is raised here (the CLI's one-line error)."""
-    from segue.serving.lifecycle import DrainingServer
-
     configure_logging()
     if workers > 1:
         if settings.admin and os.environ.get("SEGUE_ADMIN_KEY"):
@@ -321,14 +326,14 @@ def run(
         finally:
             sock.close()
         return
-    server: DrainingServer | None = None
+    server: Any = None
 
     def stop(_: BaseException) -> None:
         if server is not None:
             server.should_exit = True
 
     deferred = DeferredApp(lambda: build_app(settings), on_failure=stop)
-    server = DrainingServer(_uvicorn_config(deferred, graceful_timeout, host=host, port=port))
+    server = draining_server(deferred, graceful_timeout, host=host, port=port)
     server.run()
     if deferred.error is not None:
         raise deferred.error
