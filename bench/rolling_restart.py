@@ -39,7 +39,7 @@ import psutil
 from serve_workers import make_model, start, stop, wait_serving
 
 
-def _clients(port: int, clients: int, keepalive: bool, stop_flag: mp.Event, out: mp.Queue) -> None:
+def _clients(port: int, clients: int, keepalive: bool, stop_flag: mp.Event, served: mp.Value, out: mp.Queue) -> None:
     body = json.dumps({"history": ["item1", "item7", "item42"], "n": 10}).encode()
     done: list[float] = []
     errors: list[str] = []
@@ -60,6 +60,8 @@ def _clients(port: int, clients: int, keepalive: bool, stop_flag: mp.Event, out:
                 r.read()
                 if r.status == 200:
                     mine.append(time.time())
+                    with served.get_lock():
+                        served.value += 1
                 else:
                     bad.append(f"HTTP {r.status}")
                 if not keepalive or r.getheader("connection", "").lower() == "close":
@@ -110,11 +112,13 @@ def main() -> None:
         log = root / "server.log"
         proc, port = start(model, 2, True, log)
         ctx = mp.get_context("spawn")
-        stop_flag, out = ctx.Event(), ctx.Queue()
+        stop_flag, out, served = ctx.Event(), ctx.Queue(), ctx.Value("i", 0)
         try:
             first = set(wait_serving(proc, port, 2, log))
-            client = ctx.Process(target=_clients, args=(port, args.clients, args.keepalive, stop_flag, out))
+            client = ctx.Process(target=_clients, args=(port, args.clients, args.keepalive, stop_flag, served, out))
             client.start()
+            while served.value < 2 * args.clients:  # every client is under way
+                time.sleep(0.05)
             time.sleep(args.settle)
             t_start = time.time()
             took = []

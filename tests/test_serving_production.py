@@ -24,7 +24,7 @@ import pytest
 
 from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
-from segue.serving.lifecycle import DeferredApp
+from segue.serving.lifecycle import CloseWhenDraining, DeferredApp
 from segue.serving.workers import load_engine, map_model_arrays
 from servinghelp import dot_folder, named_store, popularity_folder
 
@@ -159,6 +159,16 @@ def test_readyz_stays_ready_on_the_old_model_during_reloads(folders) -> None:
         v2 = c.get("/readyz").json()["model"]["version"]
     assert len(codes) >= 2 and set(codes) == {200}  # never unready across three reloads
     assert v2 != v1 and versions <= {v1, v2}
+
+
+def test_while_draining_every_response_closes_its_keep_alive_connection(folders) -> None:
+    draining = threading.Event()
+    app = CloseWhenDraining(create_app(folders["pop"], use_env_admin_key=False), draining)
+    with serve_in_thread(app) as server, httpx.Client(base_url=server.url, timeout=10) as c:
+        assert "connection" not in c.get("/healthz").headers  # keep-alive as usual
+        draining.set()
+        r = c.post("/v1/recommend", json={"history": HISTORY})
+        assert r.status_code == 200 and r.headers["connection"] == "close"
 
 
 # --- one worker: graceful shutdown and the access log -----------------------------------------
