@@ -17,6 +17,10 @@ one worker. SIGTERM/SIGINT to the main process drains every worker and exits. (u
 Workers run in their own process group, so a terminal's Ctrl-C reaches the main process only,
 which then stops each worker once (a second signal would make uvicorn skip the draining).
 
+Feature log: every worker appends whole lines to the same file (O_APPEND, one write per record);
+each rotates by its own count of the file's size, so with several workers a file may be rotated
+early. The drift check (drift_watch.py), if configured, runs in every worker on the shared log.
+
 Sharing memory: the workers are separate interpreters (spawned, not forked: a fork of a process
 that has started JAX's threads can deadlock), so each would hold its own copy of the model's
 arrays. `load_engine` memory-maps every array a model saved as `<attribute>.npy` (np.load with
@@ -335,5 +339,8 @@ def run(
     deferred = DeferredApp(lambda: build_app(settings), on_failure=stop)
     server = draining_server(deferred, graceful_timeout, host=host, port=port)
     server.run()
-    if deferred.error is not None:
+    if isinstance(deferred.error, SegueError):
         raise deferred.error
+    if deferred.error is not None:
+        e = deferred.error
+        raise SegueError(f"{settings.model}: the model could not be loaded ({type(e).__name__}: {e})") from e
