@@ -90,3 +90,17 @@ def test_a_model_without_two_towers_is_refused(trained, tmp_path: Path) -> None:
         with pytest.raises(SegueError, match="popularity model has no two towers"):
             export_vectors(pop, st, "loo", tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def test_demo_rank_step_exports_and_ranks_retrieved_candidates(trained, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from segue.demo import DemoOptions, run_demo
+
+    store, folder, _ = trained
+    shutil.copy(store, tmp_path / "store.duckdb")
+    shutil.copytree(folder, tmp_path / "runs" / "transformer")
+    run_demo(DemoOptions(workdir=tmp_path, steps=["rank"], serve=False))
+    out = capsys.readouterr().out
+    assert "20 candidates retrieved from the vectors, ranked" in out
+    assert read_export(tmp_path / "vectors").meta["part"] == "all"
