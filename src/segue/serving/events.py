@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from segue.serving.engine import Engine
 
 MAX_COLUMNS = 32
+MAX_EVENTS = 5_000  # values per column (the API's longest history)
 MAX_TS = 2**40  # unix seconds (year 36812): larger values are no time
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
 FeedbackValue = StrictBool | StrictInt | StrictFloat | None
@@ -58,9 +59,11 @@ TS_DESCRIPTION = (
 class HistoryEvents(BaseModel):
     """The per-event fields a history may carry (mixed into the request models)."""
 
-    feedback: dict[Name, list[FeedbackValue]] | None = Field(None, max_length=MAX_COLUMNS, description=FEEDBACK_DESCRIPTION)
-    timestamps: list[Timestamp | None] | None = Field(None, description=TIMESTAMPS_DESCRIPTION)
-    event_context: dict[Name, list[Annotated[str, Field(max_length=256)] | None]] | None = Field(
+    feedback: dict[Name, Annotated[list[FeedbackValue], Field(max_length=MAX_EVENTS)]] | None = Field(
+        None, max_length=MAX_COLUMNS, description=FEEDBACK_DESCRIPTION
+    )
+    timestamps: list[Timestamp | None] | None = Field(None, max_length=MAX_EVENTS, description=TIMESTAMPS_DESCRIPTION)
+    event_context: dict[Name, Annotated[list[Annotated[str, Field(max_length=256)] | None], Field(max_length=MAX_EVENTS)]] | None = Field(
         None, max_length=MAX_COLUMNS, description=EVENT_CONTEXT_DESCRIPTION
     )
     ts: Timestamp | None = Field(None, description=TS_DESCRIPTION)

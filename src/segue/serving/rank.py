@@ -31,14 +31,6 @@ class RankedCandidates:
     fallback: bool = False  # empty history: popularity
 
 
-def predicts_feedback(engine: Engine) -> list[str]:
-    """The feedback columns the served model predicts for a candidate ([] if none)."""
-    targets = list(getattr(engine.model, "feedback_targets", []) or [])
-    if targets:
-        return targets
-    return ["rating"] if engine.rating_range is not None else []
-
-
 def rank_candidates(
     engine: Engine,
     history: np.ndarray,
