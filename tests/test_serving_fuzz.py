@@ -66,7 +66,7 @@ def test_no_generated_request_gets_a_5xx(server) -> None:
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {f"{op.method.upper()} {op.path}" for op in operations}
-    assert {"POST /v1/recommend", "POST /v1/continue", "POST /v1/explain", "POST /admin/reload",
+    assert {"POST /v1/recommend", "POST /v1/rank", "POST /v1/continue", "POST /v1/explain", "POST /admin/reload",
             "GET /v1/items/search", "GET /v1/items/{item_id}/similar", "GET /healthz",
             "GET /metrics"} <= labels, labels
     session = requests.Session()

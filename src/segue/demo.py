@@ -1,4 +1,4 @@
-"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> serve.
+"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -115,6 +115,41 @@ def step_evaluate(state: DemoState) -> None:
     state.results["report"] = folder
 
 
+def step_rank(state: DemoState) -> None:
+    """Export the transformer's two towers (item and user vectors) and rank a candidate list for one
+    user, as a caller with its own candidates does through POST /v1/rank."""
+    import numpy as np
+
+    from segue.data.store import Store
+    from segue.serving.engine import Engine
+    from segue.serving.export import export_vectors, read_export
+    from segue.serving.rank import rank_candidates
+
+    run = state.runs / "transformer"
+    if not (run / "model.toml").exists():
+        console.print("[yellow]no trained transformer in the work folder: nothing to export or rank")
+        return
+    engine = Engine.load(run, store=state.store_path)
+    with Store.open(state.store_path) as store:
+        meta = export_vectors(engine.model, store, "loo", state.options.workdir / "vectors", run=str(run))
+    tt = read_export(state.options.workdir / "vectors")
+    console.print(f"exported {meta['n_items']} item and {meta['n_users']} user vectors (dim {meta['dim']}) to {state.options.workdir / 'vectors'}")
+    with Store.open(state.store_path) as store:
+        history = np.asarray(
+            store.con.execute(
+                "SELECT i.external_id FROM events e JOIN items i USING (item_id) WHERE seq_id = ? ORDER BY position",
+                [int(tt.user_seq_ids[0])],
+            ).fetchall()
+        )[:, 0].tolist()
+    tokens = engine.encoder.encode(history).all_tokens
+    # Stage one from the exported vectors alone (ANN over the item vectors), stage two the model.
+    keys, _ = tt.index().search(tt.users[:1], 20, [tokens.astype(np.int64)])
+    ranked = rank_candidates(engine, tokens, keys[0][keys[0] >= 0])
+    console.print(f"user {tt.user_ids[0]} ({len(history)} plays): 20 candidates retrieved from the vectors, ranked:")
+    for t, score in list(zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True))[:5]:
+        console.print(f"  {score:7.3f}  {engine.catalogue.describe(t)['name']}")
+
+
 def step_serve(state: DemoState) -> None:
     """Serve the demo transformer (or the best baseline) with its web page until Ctrl-C."""
     import uvicorn
@@ -143,6 +178,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "validate": step_validate,
     "train": step_train,
     "evaluate": step_evaluate,
+    "rank": step_rank,
     "serve": step_serve,
 }
 

@@ -20,6 +20,10 @@ before, so old clients and the feature log's schema are untouched, and the OpenA
 plain arrays. Ratings outside the model's scale (`/healthz` rating_scale) are a 422 naming the item;
 a family that does not use ratings accepts them with a warning. `niche_boost` (b >= 0) ranks by
 s - b log(training count + 1) on every retrieval path (segue.models.filters).
+
+Events: /v1/recommend and /v1/rank also take per-event `feedback`, `timestamps` and `event_context`
+(aligned with `history`) and the next event's `ts` (segue.serving.events); /v1/rank scores a given
+candidate list and returns each candidate's predicted feedback (segue.serving.rank).
 """
 
 from __future__ import annotations
@@ -55,10 +59,13 @@ from segue.serving.access_log import AccessLog, current_request_id
 from segue.serving.drift_watch import DriftWatch
 from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
+from segue.serving.events import HistoryEvents, input_rating_scale, request_events
+from segue.serving.events import describe as describe_events
 from segue.serving.explain import explain_items, surprising_items
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
 from segue.serving.lifecycle import readiness, warm_up
+from segue.serving.rank import rank_candidates
 from segue.serving.validation import error_details
 
 log = logging.getLogger("segue.serving")
@@ -118,7 +125,7 @@ NICHE_BOOST_DESCRIPTION = (
 )
 
 
-class RecommendRequest(_Request):
+class RecommendRequest(_Request, HistoryEvents):
     history: ItemIds = Field(
         default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first"
     )
@@ -174,6 +181,17 @@ class ExplainRequest(_Request):
     _check_ratings = field_validator("ratings")(_aligned_ratings)
 
 
+class RankRequest(_Request, HistoryEvents):
+    history: ItemIds = Field(default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first")
+    ratings: list[float | None] | None = Field(None, max_length=MAX_HISTORY, description=RATINGS_DESCRIPTION)
+    items: ItemIds = Field(min_length=1, max_length=MAX_N, description="Candidate item ids to score and rank")
+    context: dict[Annotated[Text, Field(max_length=256)], Annotated[Text, Field(max_length=256)]] | None = Field(
+        None, max_length=32, description="Context of the event to predict (e.g. the platform of the request)"
+    )
+
+    _check_ratings = field_validator("ratings")(_aligned_ratings)
+
+
 class SearchQuery(_Request):
     """Query parameters are a model too, so a misspelt one (`?limt=5`) is a 422, not ignored."""
 
@@ -205,6 +223,19 @@ class ItemOut(BaseModel):
     album: str | None = None
     score: float | None = None
     probability: float | None = None
+
+
+class RankedItemOut(ItemOut):
+    feedback: dict[str, float] | None = Field(
+        None, description="Predicted feedback if this item came next, per column on its own scale (absent: none predicted)"
+    )
+
+
+class RankResponse(BaseModel):
+    request_id: str
+    model: ModelOut
+    items: list[RankedItemOut] = Field(description="The known candidates, best score first")
+    warnings: list[str]
 
 
 class RecommendResponse(BaseModel):
@@ -599,6 +630,8 @@ def create_app(
         *,
         truncation: bool = True,
         ratings: list[float | None] | None = None,
+        events: HistoryEvents | None = None,
+        context: dict[str, str] | None = None,
     ) -> EncodedHistory:
         """The shared training/serving encoding of request ids; counts unknown ids for /metrics.
 
@@ -607,7 +640,8 @@ def create_app(
         `ratings` (aligned) are checked against the model's scale and kept for rating-aware
         families (`.all_ratings`); other families get none, with a warning."""
         ratings = profile_ratings(engine, ids, ratings, warnings)
-        enc = engine.encoder.encode(ids, ratings)
+        ev = request_events(engine, events, ids, context, warnings) if events is not None else None
+        enc = engine.encoder.encode(ids, ratings, ev)
         warnings += enc.warnings(what, truncation=truncation)
         state["metrics"].items(len(ids), len(enc.unknown))
         return enc
@@ -618,12 +652,13 @@ def create_app(
         """The request's ratings if the model uses them (422 naming each out-of-scale one)."""
         if ratings is None or all(r is None for r in ratings):
             return None
-        if engine.rating_range is None:
+        scale = input_rating_scale(engine)
+        if scale is None:
             warnings.append(
                 f"ratings: the {engine.info.family} model does not use ratings; they were ignored"
             )
             return None
-        low, high = engine.rating_range
+        low, high = scale
         bad = [
             {
                 "type": "value_error",
@@ -715,7 +750,7 @@ def create_app(
     def recommend_body(engine: Engine, req: RecommendRequest) -> dict[str, Any]:
         rid = current_request_id()
         warnings: list[str] = []
-        enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings)
+        enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings, events=req, context=req.context)
         history = enc.all_tokens
         exclude = known(engine, req.exclude, "exclude", warnings)
         deny = known(engine, req.deny, "deny", warnings)
@@ -730,6 +765,7 @@ def create_app(
             context=[req.context],
             ratings=[enc.all_ratings],
             niche_boost=req.niche_boost,
+            events=[enc.all_events],
         )[0]
         if ranked.fallback:
             warnings.append(POPULARITY_WARNING)
@@ -754,6 +790,40 @@ def create_app(
             warnings=warnings,
             retrieval="popularity" if ranked.fallback else engine.info.retrieval,
         )
+
+    @app.post(
+        "/v1/rank",
+        response_model=RankResponse,
+        response_model_exclude_none=True,
+        summary="Score and rank given candidates after a history, with predicted feedback",
+    )
+    def rank(req: RankRequest) -> dict[str, Any]:
+        engine = current()
+        rid = current_request_id()
+        warnings: list[str] = []
+        enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings, events=req, context=req.context)
+        cands = known(engine, req.items, "items", warnings)
+        uniq, first = np.unique(cands, return_index=True)
+        if len(uniq) < len(cands):
+            warnings.append(f"items: {len(cands) - len(uniq)} repeated candidate(s) scored once")
+        cands = cands[np.sort(first)]
+        if len(cands):
+            ranked = rank_candidates(
+                engine, enc.all_tokens, cands, context=req.context, ratings=enc.all_ratings, events=enc.all_events
+            )
+        else:
+            ranked = None
+        items: list[dict[str, Any]] = []
+        if ranked is not None:
+            if ranked.fallback:
+                warnings.append(POPULARITY_WARNING)
+            for j, (t, s) in enumerate(zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True)):
+                item = engine.catalogue.describe_known(t, s if np.isfinite(s) else None)  # type: ignore[arg-type]
+                if ranked.feedback:
+                    item["feedback"] = {k: float(v[j]) for k, v in ranked.feedback.items()}
+                items.append(item)
+        log_request(engine, "/v1/rank", rid, req.model_dump(exclude_none=True), {"items": [i["id"] for i in items]}, warnings)
+        return envelope(engine, rid, items=items, warnings=warnings)
 
     @app.post(
         "/v1/continue",
@@ -891,7 +961,9 @@ def create_app(
             "context_length": engine.encoder.context_length,
             "has_names": engine.catalogue.has_names,
             # [low, high] of the ratings the model takes with a profile; null: it uses none.
-            "rating_scale": None if engine.rating_range is None else list(engine.rating_range),
+            "rating_scale": None if input_rating_scale(engine) is None else list(input_rating_scale(engine)),
+            # what the model reads per history event (feedback kinds, context names, time); null: none
+            "events": describe_events(engine),
             "admin": admin_key is not None,
         }
 

@@ -36,7 +36,7 @@ from segue.models.filters import niche_boost as niche_boost_scores
 from segue.models.filters import niche_boost_tokens
 from segue.models.rating import ScaledRatingPredictor
 from segue.serving.catalogue import Catalogue, load_catalogue
-from segue.serving.encoding import RequestEncoder, context_length_of
+from segue.serving.encoding import EventColumns, RequestEncoder, context_length_of, model_kwargs
 from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
 
 log = logging.getLogger("segue.serving")
@@ -188,16 +188,29 @@ class Engine:
         histories: list[np.ndarray],
         context: list[dict[str, str] | None] | None = None,
         ratings: list[np.ndarray | None] | None = None,
+        events: list[EventColumns | None] | None = None,
     ) -> SequenceArrays:
         """The model's input: histories cut to its context, their ratings (aligned, NaN = unrated,
-        None = an unrated history) cut with them into the `rating` column."""
+        None = an unrated history) cut with them into the `rating` column, and their per-event
+        feedback, times and context (`events`, aligned) likewise (segue.serving.encoding)."""
         cut = [self.encoder.truncate(np.asarray(h, dtype=np.int32)) for h in histories]
         if ratings is not None:
             ratings = [
                 None if r is None else np.asarray(r, np.float32)[len(r) - len(t) :]
                 for t, r in zip(cut, ratings, strict=True)
             ]
-        return self.encoder.arrays(cut, context, ratings)
+        if events is not None:
+            events = [None if e is None else e.tail(len(t)) for t, e in zip(cut, events, strict=True)]
+        return self.encoder.arrays(cut, context, ratings, events)
+
+    def query(self, arrays: SequenceArrays) -> np.ndarray:
+        """Query embeddings [B, d], conditioned on the event to predict where the model reads it."""
+        fn = self.model.query_embeddings  # type: ignore[attr-defined]
+        return np.asarray(fn(arrays, **model_kwargs(fn, arrays)), dtype=np.float32)
+
+    def scores(self, arrays: SequenceArrays) -> np.ndarray:
+        """The model's scores [B, V], conditioned on the event to predict where the model reads it."""
+        return np.asarray(self.model.score(arrays, **model_kwargs(self.model.score, arrays)), dtype=np.float32)
 
     def score_tokens(
         self,
@@ -205,14 +218,15 @@ class Engine:
         tokens: np.ndarray,
         context: list | None = None,
         ratings: list[np.ndarray | None] | None = None,
+        events: list[EventColumns | None] | None = None,
     ) -> np.ndarray:
         """The model's scores [B, C] of `tokens` [B, C] after each history, in one model call."""
-        arrays = self.arrays(histories, context, ratings)
+        arrays = self.arrays(histories, context, ratings, events)
         tokens = np.asarray(tokens, dtype=np.int64)
         if self.dot_exact:
-            q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
+            q = self.query(arrays)
             return np.einsum("bd,bcd->bc", q, self.embeddings[tokens])  # type: ignore[index]
-        scores = np.asarray(self.model.score(arrays), dtype=np.float32)
+        scores = self.scores(arrays)
         return np.take_along_axis(scores, tokens, axis=1)
 
     def rank(
@@ -227,6 +241,7 @@ class Engine:
         context: list[dict[str, str] | None] | None = None,
         ratings: list[np.ndarray | None] | None = None,
         niche_boost: float = 0.0,
+        events: list[EventColumns | None] | None = None,
     ) -> list[Ranked]:
         """Top-k tokens and the model's scores after each history (popularity for empty ones).
 
@@ -253,14 +268,15 @@ class Engine:
             hs = [histories[i] for i in live]
             ctx = [context[i] for i in live] if context else None
             rs = [ratings[i] for i in live] if ratings is not None else None
+            ev = [events[i] for i in live] if events is not None else None
             ex = [excl[i] for i in live]
             if allow is not None:
                 allow = np.asarray(allow, dtype=np.int64)
-                ranked = self._rank_allowed(hs, k, ex, allow, ctx, rs, niche_boost)
+                ranked = self._rank_allowed(hs, k, ex, allow, ctx, rs, niche_boost, ev)
             elif self.index is not None:
-                ranked = self._rank_index(hs, k, ex, ctx, rs, niche_boost)
+                ranked = self._rank_index(hs, k, ex, ctx, rs, niche_boost, ev)
             else:
-                scores = np.asarray(self.model.score(self.arrays(hs, ctx, rs)), dtype=np.float32)
+                scores = self.scores(self.arrays(hs, ctx, rs, ev))
                 ranked = self._rank_scores(self._boost(scores, niche_boost), k, ex, None)
             for i, r in zip(live, ranked, strict=True):
                 out[i] = r
@@ -289,11 +305,12 @@ class Engine:
         ctx: list | None,
         ratings: list[np.ndarray | None] | None = None,
         boost: float = 0.0,
+        events: list[EventColumns | None] | None = None,
     ) -> list[Ranked]:
         allow = np.unique(allow[(allow >= N_SPECIAL) & (allow < len(self.vocab))])
         if len(allow) == 0:
             return [_ranked(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in hs]
-        scores = self.score_tokens(hs, np.tile(allow, (len(hs), 1)), ctx, ratings)
+        scores = self.score_tokens(hs, np.tile(allow, (len(hs), 1)), ctx, ratings, events)
         if boost:
             scores = niche_boost_scores(scores, self.counts[allow], boost)
         out = []
@@ -312,15 +329,16 @@ class Engine:
         ctx: list | None,
         ratings: list[np.ndarray | None] | None = None,
         boost: float = 0.0,
+        events: list[EventColumns | None] | None = None,
     ) -> list[Ranked]:
-        arrays = self.arrays(hs, ctx, ratings)
-        q = np.asarray(self.model.query_embeddings(arrays), dtype=np.float32)  # type: ignore[attr-defined]
+        arrays = self.arrays(hs, ctx, ratings, events)
+        q = self.query(arrays)
         if self.dot_exact:
             if boost:
                 return [self._boosted_search(q[i : i + 1], k, excl[i], boost) for i in range(len(hs))]
             keys, scores = self.index.search(q, k, excl)  # type: ignore[union-attr]
             return [_ranked(t, s) for t, s in zip(keys, scores, strict=True)]
-        full = np.asarray(self.model.score(arrays), dtype=np.float32)
+        full = self.scores(arrays)
         if boost:
             # score() has already scored every item: the boosted ranking over all of them is
             # exact at no extra model cost (no candidate pool whose width could matter).

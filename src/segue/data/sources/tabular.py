@@ -7,7 +7,10 @@ column mapping.
 `user` (the sequence) and `item` are required; `timestamp` (unix seconds, or milliseconds with
 timestamp_unit="ms", or ISO-8601 text, UTC unless it says otherwise), `rating` and `position` (order inside the sequence) are optional.
 Each `feedback` column becomes a float event column `fb_<name>`, each `context` column a text
-column `ctx_<name>` (a dict maps new names to source columns). Events of one user are ordered by
+column `ctx_<name>` (a dict maps new names to source columns). A feedback column may hold
+true/false (yes/no; any case), stored as 1/0 (a skipped flag), and a feedback source may be the
+ratio of two columns, `listened=ms_played/duration` (null where the denominator is 0 or missing),
+so a listening log keeps its fraction listened. Events of one user are ordered by
 position, then timestamp, then file order. CSV is streamed in blocks by pyarrow, Parquet by row
 group; a bad value is reported with file, line (CSV) or row (Parquet), and column.
 
@@ -56,7 +59,8 @@ OPTIONS: dict[str, str] = {
     "(found by name: timestamp, time, ts, datetime; `timestamp=` maps none)",
     "rating": "column of numeric ratings (found by name: rating, score; `rating=` maps none)",
     "position": "column of whole numbers giving the order inside a sequence (before timestamp)",
-    "feedback": "comma-separated numeric columns, stored as event columns `fb_<name>`",
+    "feedback": "comma-separated numeric or true/false columns, stored as event columns `fb_<name>`; "
+    "`name=a/b` stores the ratio of columns a and b (e.g. listened=ms_played/duration)",
     "context": "comma-separated text columns, stored as event columns `ctx_<name>`",
     "delimiter": "field separator (default: sniffed from the first line: tab, `::`, `,`, `;`, `|`, else spaces)",
     "header": "false when the first line is data (then give column_names); default true",
@@ -127,7 +131,7 @@ class TabularSource:
         else:
             self.available, delimiter = self._csv_columns()
             how = f" (read with delimiter {delimiter!r})" if len(self.available) < 3 else ""
-        used = set(self.wanted().values())
+        used = set(self.source_columns())
         by_lower = {}
         for c in self.available:
             by_lower.setdefault(c.lower(), c)
@@ -151,6 +155,10 @@ class TabularSource:
         self._check_columns(self.available, str(self.path))
         return self.mapping
 
+    def source_columns(self) -> list[str]:
+        """The file's columns the mapping reads (both columns of a ratio `a/b`)."""
+        return [c for column in self.wanted().values() for c in column.split("/")]
+
     def notes(self) -> list[str]:
         """What was mapped (and whether found by name), the columns left out, and a warning when no
         timestamp (nor position) is mapped although a column looks like a time."""
@@ -161,7 +169,7 @@ class TabularSource:
             for target, column in self.wanted().items()
         ]
         out = ["columns: " + ", ".join(parts)]
-        used = set(self.wanted().values())
+        used = set(self.source_columns())
         unused = [c for c in self.available if c not in used]
         if unused:
             out.append("not imported: " + ", ".join(unused))
@@ -184,8 +192,10 @@ class TabularSource:
             yield from self._csv()
 
     def _check_columns(self, available: list[str], where: str) -> None:
-        for target, column in self.wanted().items():
-            if column not in available:
+        for target, spec in self.wanted().items():
+            for column in spec.split("/"):
+                if column in available:
+                    continue
                 raise InputError(
                     f"no column '{column}' (mapped to {target}); the file has: {', '.join(available)}",
                     path=where,
@@ -231,7 +241,7 @@ class TabularSource:
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(f"not a readable Parquet file ({e})", path=self.path) from None
         reader = ColumnReader(self.path, lines=False)
-        columns = sorted(set(self.wanted().values()))
+        columns = sorted(set(self.source_columns()))
         for batch in pf.iter_batches(columns=columns, batch_size=1 << 20):
             text = pa.record_batch(
                 [c if pa.types.is_string(c.type) else pc.cast(c, pa.string()) for c in batch.columns], names=batch.schema.names
@@ -254,7 +264,12 @@ class TabularSource:
         if m["rating"]:
             cols["rating"] = reader.number(_text(batch.column(m["rating"])), m["rating"])
         for target, column in self.feedback.items():
-            cols[target] = reader.number(_text(batch.column(column)), column)
+            parts = [reader.number(_flags(_text(batch.column(c))), c) for c in column.split("/")]
+            if len(parts) == 2:  # a ratio a/b: null where b is 0 or missing
+                num, den = parts
+                cols[target] = pc.if_else(pc.equal(den, 0.0), None, pc.divide(num, den))
+            else:
+                cols[target] = parts[0]
         for target, column in self.context.items():
             cols[target] = _text(batch.column(column))
         return pa.table(cols)
@@ -271,6 +286,14 @@ class TabularSource:
         }
 
 
+def _flags(col: pa.Array) -> pa.Array:
+    """true/false and yes/no (any case) as 1/0, other text unchanged (a feedback flag)."""
+    low = pc.utf8_lower(pc.utf8_trim_whitespace(col))
+    one = pc.or_(pc.equal(low, "true"), pc.equal(low, "yes"))
+    zero = pc.or_(pc.equal(low, "false"), pc.equal(low, "no"))
+    return pc.if_else(one, "1", pc.if_else(zero, "0", col))
+
+
 def _text(col: pa.Array) -> pa.Array:
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
@@ -281,6 +304,10 @@ def _named(cols: Columns | str, prefix: str) -> dict[str, str]:
     items = list(cols.items()) if isinstance(cols, Mapping) else [(c, c) for c in cols]
     out = {}
     for name, column in items:
+        if "=" in name and isinstance(cols, str | list | tuple):  # "listened=ms_played/duration"
+            name, column = (x.strip() for x in name.split("=", 1))
+        if "/" in column and (prefix != "fb_" or column.count("/") != 1 or not all(column.split("/"))):
+            raise InputError(f"column '{column}' cannot be used", field=name, expected="a column, or a ratio a/b of two feedback columns")
         target = name if name.startswith(prefix) else prefix + name
         if not target[len(prefix) :].replace("_", "").isalnum():
             raise InputError(f"column name '{name}' cannot be used", field=name, expected="letters, digits and _")
