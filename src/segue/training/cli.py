@@ -26,7 +26,9 @@ def train(
     from segue.training.trainer import _stop_text, load_train_config
     from segue.training.trainer import train as train_fn
 
-    cfg = load_train_config(config)
+    from segue.training.pairwise import resolve_init_from
+
+    cfg = resolve_init_from(load_train_config(config))  # a fine-tuning's init_from: from the config's folder
     console = Console()
     upd: dict[str, object] = {}
     if max_steps is not None:
