@@ -1,4 +1,4 @@
-"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> serve.
+"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> pairwise -> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -115,6 +115,16 @@ def step_evaluate(state: DemoState) -> None:
     state.results["report"] = folder
 
 
+def step_pairwise(state: DemoState) -> None:
+    """Pairwise fine-tuning (ARGUS) on a small corpus with listening feedback: PairAccuracy before/after."""
+    from segue.training.pairwise_demo import pairwise_demo
+
+    res = pairwise_demo(state.options.workdir, seed=state.options.seed, console=console)
+    for label, acc in res.items():
+        console.print(f"validation PairAccuracy (pairs by listened fraction), {label}: [bold]{acc:.3f}[/]")
+    state.results["pairwise"] = res
+
+
 def step_serve(state: DemoState) -> None:
     """Serve the demo transformer (or the best baseline) with its web page until Ctrl-C."""
     import uvicorn
@@ -142,6 +152,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "validate": step_validate,
     "train": step_train,
     "evaluate": step_evaluate,
+    "pairwise": step_pairwise,
     "serve": step_serve,
 }
 

@@ -154,21 +154,28 @@ def pair_values(cfg: PairwiseConfig, batch: dict[str, np.ndarray]) -> np.ndarray
 # validation pairs
 
 
-def validation_pairs(data: SplitData, max_pairs_per_user: int = 200, seed: int = 0) -> dict[str, np.ndarray] | None:
-    """Every two rated VALID items of a user with different ratings (a seeded sample of at most
-    `max_pairs_per_user`): rows [P] (history rows of data.history(VALID)), tok_a / tok_b [P]
-    (better first). None without a validation part or pairs."""
+def validation_pairs(
+    data: SplitData, max_pairs_per_user: int = 200, seed: int = 0, max_users: int | None = None, by: str = "rating"
+) -> dict[str, np.ndarray] | None:
+    """Every two VALID items of a user with different feedback `by` (a rating or an fb_ column) (a seeded sample of at most
+    `max_pairs_per_user`; of at most `max_users` users, a seeded sample): rows [P] (history rows
+    of data.history(VALID)), tok_a / tok_b [P] (better first). None without a validation part or
+    pairs."""
     try:
         tgt = data.targets(Part.VALID)
     except Exception:  # a split without a validation part
         return None
-    if tgt.rating is None:
+    values = tgt.rating if by == "rating" else tgt.feedback.get(by)
+    if values is None:
         return None
     off = np.asarray(tgt.offsets, np.int64)
     toks = np.asarray(tgt.tokens, np.int64)
-    rat = np.asarray(tgt.rating, np.float64)
+    rat = np.asarray(values, np.float64)
     rows, ta, tb = [], [], []
-    for u in range(len(tgt)):
+    users = tgt.nonempty()
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    for u in users:
         t, r = toks[off[u] : off[u + 1]], rat[off[u] : off[u + 1]]
         good = (t >= N_SPECIAL) & np.isfinite(r)
         t, r = t[good], r[good]
@@ -260,7 +267,7 @@ class PairwiseTask:
         self.loader = make_train_loader(arrays, lc, seed=tc.seed)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
         self.vocab = data.vocab
-        self.vpairs = validation_pairs(data, seed=tc.seed) if tc.fit_on == "train" else None
+        self.vpairs = validation_pairs(data, seed=tc.seed, max_users=tc.eval_max_users, by=pc.by) if tc.fit_on == "train" else None
         self.vhist = data.history(Part.VALID) if self.vpairs is not None else None
         self.graphdef: Any = None
         self._step: Any = None
