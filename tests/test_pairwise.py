@@ -146,11 +146,11 @@ def test_fine_tuning_from_a_pretrained_run(store: Path, tmp_path: Path) -> None:
     pre = train(TrainConfig.from_dict(_config(store, tmp_path, "pre", 6)))
     with Store.open(store) as st:
         data = SplitData.load(st, "holdout")
-    vp = validation_pairs(data)
+        vp = validation_pairs(data)
+        hist = data.history(Part.VALID)
     assert vp is not None and len(vp["rows"]) > 20
 
     def val_accuracy(model: object) -> float:
-        hist = data.history(Part.VALID)
         users, inv = np.unique(vp["rows"], return_inverse=True)
         s = model.score(hist, users)
         return mean_user_pair_accuracy(s[inv, vp["tok_a"]], s[inv, vp["tok_b"]], vp["rows"])
@@ -171,7 +171,6 @@ def test_fine_tuning_from_a_pretrained_run(store: Path, tmp_path: Path) -> None:
     # pretrained next-item logit
     assert after > before + 0.1 and after > 0.75, (before, after)
     # the saved score is the network's rank_score: a pair recomputed by hand agrees
-    hist = data.history(Part.VALID)
     u, a = int(vp["rows"][0]), int(vp["tok_a"][0])
     from segue.models.transformer import _rank_fn  # noqa: F401  (the path score() takes)
 
