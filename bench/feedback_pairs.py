@@ -13,8 +13,9 @@ For one store and split (ml-100k: the global `temporal` split; anime: the within
                  head (predict()). Fine-tuned runs are scored through score() (their rank score).
                  Printed for all users with pairs (cold-start users too: min_history 0) and for
                  users with a history (min_history 1, as `segue evaluate` defaults).
-  Rating RMSE    every held-out rating; biasedmf (the reference), the pretrained feedback head,
-                 and the user / item mean, with CIs and the paired RMSE difference.
+  Rating RMSE    every held-out rating, and those of users with a history; biasedmf (the
+                 reference), the feedback heads, and the user / item mean, with CIs and the paired
+                 RMSE difference.
 
     .venv/bin/python bench/feedback_pairs.py --store stores/ml100k.duckdb --split temporal \\
         --pretrained runs/ml100k-temporal-feedback --finetuned runs/ml100k-pairwise [--part valid]
@@ -34,7 +35,13 @@ import numpy as np
 
 from segue.data.arrays import SplitData
 from segue.data.store import Store
-from segue.evaluation.ratings import build_pairs, evaluate_errors, evaluate_pairs, rated_targets
+from segue.evaluation.ratings import (
+    RatedTargets,
+    build_pairs,
+    evaluate_errors,
+    evaluate_pairs,
+    rated_targets,
+)
 from segue.evaluation.significance import compare_many
 from segue.models.base import load_model
 from segue.models.biasedmf import BiasedMF
@@ -108,12 +115,18 @@ def main() -> None:
         raters: dict[str, Any] = {"biasedmf": bmf, "transformer rating head": pre}
         raters |= {f"{n} rating head": m for n, m in tuned.items() if "rating" in m.feedback_targets}
         raters |= {"user mean": MeanRating(data, "user"), "item mean": MeanRating(data, "item")}
-        err = evaluate_errors(raters, targets, reference="biasedmf", n_boot=args.n_boot, seed=args.seed)
-        print(f"\nRating error, {args.split} {args.part} part: {err.n_ratings} held-out ratings; RMSE and MAE [95% CI]; RMSE minus biasedmf")
-        for n in raters:
-            c = err.rmse_diff.get(n)
-            diff = "(reference)" if c is None else f"{c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
-            print(f"  {n:<34} RMSE {fmt(err.rmse[n])}  MAE {fmt(err.mae[n])}  {diff}")
+        with_history = targets.histories.lengths[targets.rows] > 0
+        subsets = {"every held-out rating": targets}
+        subsets["ratings of users with a history"] = RatedTargets(
+            targets.histories, targets.rows[with_history], targets.tokens[with_history], targets.ratings[with_history]
+        )
+        for label, sub in subsets.items():
+            err = evaluate_errors(raters, sub, reference="biasedmf", n_boot=args.n_boot, seed=args.seed)
+            print(f"\nRating error, {args.split} {args.part} part, {label}: {err.n_ratings} ratings; RMSE and MAE [95% CI]; RMSE minus biasedmf")
+            for n in raters:
+                c = err.rmse_diff.get(n)
+                diff = "(reference)" if c is None else f"{c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
+                print(f"  {n:<34} RMSE {fmt(err.rmse[n])}  MAE {fmt(err.mae[n])}  {diff}")
 
 
 if __name__ == "__main__":

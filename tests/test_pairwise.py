@@ -70,6 +70,12 @@ def test_batch_pairs_by_hand() -> None:
     # (column 0 is a real event at 100 s once the window is cropped), so they are left out
     cropped = dict(r, input_ts=np.array([[50, 100, 200, 300, 10_000]]))
     assert {(a, b) for a, b, _, _ in _pairs(cfg.model_copy(update={"lag": 60.0}), cropped)} == {(11, 14), (13, 14)}
+    # random prefixes: the same pairs, each from a column between 0 and its anchor
+    rand = batch_pairs(cfg.model_copy(update={"prefix": "random"}), r["targets"], r["mask"], r["value"], None, None, seed=3)
+    last = batch_pairs(cfg, r["targets"], r["mask"], r["value"], None, None)
+    m = rand["pair_mask"][0]
+    np.testing.assert_array_equal(rand["tok_a"][0][m], last["tok_a"][0][m])
+    assert (rand["anchor"][0][m] <= last["anchor"][0][m]).all() and (rand["anchor"][0][m] >= 0).all()
     # the cap keeps a sample of max_pairs; padding is masked
     capped = batch_pairs(cfg.model_copy(update={"max_pairs": 2}), r["targets"], r["mask"], r["value"], None, None)
     assert capped["pair_mask"].sum() == 2 and capped["anchor"].shape == (1, 2)

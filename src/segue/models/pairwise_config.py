@@ -36,6 +36,9 @@ class PairwiseConfig(Config):
     # lagged by `lag` seconds (ARGUS: user vectors recomputed once a day, lag = 86400).
     window: float | None = Field(None, gt=0)
     lag: float = Field(0.0, ge=0)
+    # "random": each pair is scored from a random earlier prefix (an anchor column drawn uniformly
+    # from 0, the empty history, up to the lagged anchor): short histories, as cold-start users have
+    prefix: Literal["last", "random"] = "last"
     max_pairs: int = Field(64, ge=1)  # pairs drawn per sequence and batch (a fixed shape)
     weight: Literal["gap", "uniform"] = "gap"  # per pair: |feedback gap| or 1
     min_gap: float = Field(0.0, ge=0)  # pairs with a gap at or below this are left out

@@ -10,7 +10,8 @@ events i < j with known feedback y_i != y_j (|y_i - y_j| > min_gap), at most `wi
 apart, form the pair (a, b) = the better against the worse. Both are scored from the same
 history: the hidden state at the anchor column c(i) = the last input column whose event is at
 least `lag` seconds before event i (lag 0: column i, the history just before the earlier event),
-so neither item, nor anything after the lagged cut, is seen. At most `max_pairs` pairs per
+so neither item, nor anything after the lagged cut, is seen (prefix "random": a column drawn
+uniformly from 0 to c(i), an earlier prefix still). At most `max_pairs` pairs per
 sequence are kept (a seeded draw from the batch's own content: resume-safe).
 
 One transformer pass per sequence scores all its pairs: h = hidden(inputs) [B, T, D] once, then
@@ -129,6 +130,8 @@ def batch_pairs(
         n = len(ci)
         if n == 0:
             continue
+        if cfg.prefix == "random":
+            anchor = np.floor(rng.random(n) * (anchor + 1)).astype(np.int64)
         if n > p:
             pick = np.sort(rng.choice(n, p, replace=False))
             ci, cj, gap, anchor = ci[pick], cj[pick], gap[pick], anchor[pick]
