@@ -176,6 +176,9 @@ def test_fine_tuning_from_a_pretrained_run(store: Path, tmp_path: Path) -> None:
     # ratings follow item quality: the fine-tuned score orders held-out pairs far better than the
     # pretrained next-item logit
     assert after > before + 0.1 and after > 0.75, (before, after)
+    # predict() takes RatingPredictor pairs (rows [P], tokens [P]) as well as a grid
+    rows, toks = vp["rows"][:6], vp["tok_a"][:6]
+    np.testing.assert_allclose(model.predict(hist, rows, toks), model.predict(hist, rows, toks[:, None])[:, 0], rtol=1e-5)
     # the saved score is the network's rank_score: a pair recomputed by hand agrees
     u, a = int(vp["rows"][0]), int(vp["tok_a"][0])
     from segue.models.transformer import _rank_fn  # noqa: F401  (the path score() takes)
