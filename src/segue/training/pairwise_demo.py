@@ -33,7 +33,7 @@ def _config(store: Path, runs: Path, name: str, steps: int, seed: int, pairwise:
             "patience": None,
             "seed": seed,
             "eval_max_users": 300,
-            "loader": {"batch_size": 32, "bucket_lengths": [16, 32], "prefetch_threads": 0},
+            "loader": {"batch_size": 32, "context_length": 32, "bucket_lengths": [16, 32], "prefetch_threads": 0},
         },
     }
     if pairwise is not None:
