@@ -211,3 +211,41 @@ def test_no_pairs_or_no_ratings(tmp_path: Path, data: SplitData) -> None:
     path = make_store(tmp_path / "implicit.duckdb", [[1, 2, 3, 4]] * 4, [{"kind": "random_holdout", "test_fraction": 0.5}])
     with Store.open(path) as s, pytest.raises(SegueError, match="test part has no ratings"):
         rated_targets(SplitData.load(s, "holdout"), "test")
+
+
+def test_segue_evaluate_reports_pair_accuracy_and_rating_error(data: SplitData, tmp_path: Path) -> None:
+    """evaluate() adds PairAccuracy (score() for all, predict() for rating predictors) and RMSE to
+    the report; both agree with a direct computation on the same pairs."""
+    from segue.evaluation.evaluator import evaluate
+    from segue.evaluation.ratings import feedback_report
+    from segue.evaluation.report import compute_stats, render_markdown, results_json
+    from segue.models.biasedmf import BiasedMF
+
+    pop = Popularity().fit(data)
+    bmf = BiasedMF().fit(data)
+    models = {"popularity": pop, "biasedmf": bmf}
+    res = evaluate(models, data.store, "temporal", "temporal", ks=[1, 5], n_boot=100)
+    fb = res.feedback
+    pairs = build_pairs(data, "test", min_history=1)
+    assert set(fb.pairs.per_user) == {"popularity", "biasedmf", "biasedmf (predicted rating)"}
+    users = np.unique(pairs.rows)
+    np.testing.assert_array_equal(fb.pairs.users, users)
+    for name, model, via in (("popularity", pop, "score"), ("biasedmf (predicted rating)", bmf, "predict")):
+        sa, sb = pair_scores(model, pairs, via=via)
+        direct = [pair_accuracy(sa[pairs.rows == u], sb[pairs.rows == u]) for u in users]
+        np.testing.assert_allclose(fb.pairs.per_user[name], direct)
+    best = max(fb.pairs.per_user, key=lambda n: fb.pairs.per_user[n].mean())
+    assert fb.pairs.reference == best and best not in fb.pairs.comparisons
+    # rating error: biasedmf only (popularity predicts no ratings), over every held-out rating
+    t = rated_targets(data, "test")
+    assert set(fb.errors.rmse) == {"biasedmf"} and fb.errors.n_ratings == len(t.rows)
+    assert fb.errors.rmse["biasedmf"].mean == pytest.approx(rmse(bmf.predict(t.histories, t.rows, t.tokens), t.ratings), rel=1e-6)
+    stats = compute_stats(res, n_boot=100)
+    md = render_markdown(res, stats)
+    assert "PairAccuracy (mean over 2 users" in md and "biasedmf (predicted rating)" in md and "Rating error on" in md
+    js = results_json(res, stats)
+    assert js["feedback"]["pair_accuracy"]["n_pairs"] == len(pairs)
+    # a part without ratings: no feedback report
+    unrated = make_store(tmp_path / "u.duckdb", SEQS, [{"kind": "temporal", "valid_cut": 50, "test_cut": 100}], ts=TS)
+    with Store.open(unrated) as st:
+        assert feedback_report({"popularity": pop}, SplitData.load(st, "temporal")) is None

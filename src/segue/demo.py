@@ -1,4 +1,4 @@
-"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> serve.
+"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -148,6 +148,14 @@ def step_rank(state: DemoState) -> None:
     console.print(f"user {tt.user_ids[0]} ({len(history)} plays): 20 candidates retrieved from the vectors, ranked:")
     for t, score in list(zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True))[:5]:
         console.print(f"  {score:7.3f}  {engine.catalogue.describe(t)['name']}")
+def step_pairwise(state: DemoState) -> None:
+    """Pairwise fine-tuning (ARGUS) on a small corpus with listening feedback: PairAccuracy before/after."""
+    from segue.training.pairwise_demo import pairwise_demo
+
+    res = pairwise_demo(state.options.workdir, seed=state.options.seed, console=console)
+    for label, acc in res.items():
+        console.print(f"validation PairAccuracy (pairs by listened fraction), {label}: [bold]{acc:.3f}[/]")
+    state.results["pairwise"] = res
 
 
 def step_serve(state: DemoState) -> None:
@@ -179,6 +187,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "train": step_train,
     "evaluate": step_evaluate,
     "rank": step_rank,
+    "pairwise": step_pairwise,
     "serve": step_serve,
 }
 

@@ -171,7 +171,7 @@ def run_evaluation(
     with Store.open(store) as opened:
         loaded, infos = resolve_models(models, opened, split, console=console)
         with _ranking_progress(console) as progress:
-            result = run(loaded, opened, split, pcfg, ks, batch_size, model_info=infos, progress=progress)
+            result = run(loaded, opened, split, pcfg, ks, batch_size, model_info=infos, progress=progress, n_boot=n_boot, seed=seed)
     stats = compute_stats(result, n_boot=n_boot, seed=seed, reference=reference)
     print_table(result, stats, console)
     if report and out is not None:

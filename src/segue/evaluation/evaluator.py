@@ -100,6 +100,8 @@ class EvalResult:
     models: dict[str, ModelResult]
     notes: list[str]
     n_items: int
+    # PairAccuracy and rating error where the scored part has ratings (segue.evaluation.ratings)
+    feedback: Any = None
 
     @property
     def metric_keys(self) -> list[str]:
@@ -241,6 +243,8 @@ def evaluate(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     model_info: Mapping[str, dict[str, Any]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> EvalResult:
     """Evaluate `models` (name -> fitted Recommender) on `split` of `store` under `protocol`.
 
@@ -248,6 +252,8 @@ def evaluate(
     the store's split of the protocol's kind) or an open Store. `ks` defaults to the protocol's
     (1, 5, 10, 20, 50, 100; playlist continuation 10, 100, 500). Returns per-user values of every
     metric; `EvalResult.summary()` gives the means, `segue.evaluation.report` the CIs and tables.
+    Where the scored part carries ratings, `EvalResult.feedback` holds PairAccuracy and RMSE/MAE
+    with `n_boot` bootstrap resamples (segue.evaluation.ratings.feedback_report).
     """
     if not models:
         raise SegueError("no model to evaluate")
@@ -255,10 +261,10 @@ def evaluate(
     if isinstance(store, Store):
         if split is None:
             raise SegueError("name the split to evaluate (or pass the store's path to pick one)")
-        return _evaluate_open(models, store, split, cfg, ks, batch_size, progress, model_info)
+        return _evaluate_open(models, store, split, cfg, ks, batch_size, progress, model_info, n_boot, seed)
     split = resolve_split(store, cfg.name, split)
     with Store.open(store) as opened:
-        return _evaluate_open(models, opened, split, cfg, ks, batch_size, progress, model_info)
+        return _evaluate_open(models, opened, split, cfg, ks, batch_size, progress, model_info, n_boot, seed)
 
 
 def _evaluate_open(
@@ -270,7 +276,11 @@ def _evaluate_open(
     batch_size: int | None,
     progress: Callable[[str, int, int], None] | None,
     model_info: Mapping[str, dict[str, Any]] | None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> EvalResult:
+    from segue.evaluation.ratings import feedback_report
+
     data = SplitData.load(store, split)
     task = build_task(data, cfg)
     ks = _check_ks(ks or task.default_ks, len(task.vocab))
@@ -295,4 +305,5 @@ def _evaluate_open(
         models=results,
         notes=task.notes,
         n_items=task.vocab.n_items,
+        feedback=feedback_report(models, data, task.part, min_history=cfg.min_history, n_boot=n_boot, seed=seed),
     )

@@ -369,3 +369,80 @@ def _difference(diff: float, reps: np.ndarray, level: float, n: int) -> Comparis
     tol = 1e-12 * max(1.0, abs(diff))
     extreme = int((np.abs(reps - diff) >= abs(diff) - tol).sum())
     return Comparison(float(diff), float(lo), float(hi), float(min((1 + extreme) / (1 + len(reps)), 1.0)), n)
+
+
+# ---------------------------------------------------------------------------------------------
+# inside `segue evaluate`
+
+
+def predicts_ratings(model: Any) -> bool:
+    """A RatingPredictor whose predictions are ratings (a transformer needs a rating head)."""
+    if not isinstance(model, RatingPredictor):
+        return False
+    targets = getattr(model, "feedback_targets", None)
+    return targets is None or "rating" in targets
+
+
+@dataclass
+class FeedbackReport:
+    """PairAccuracy of every model (through score(), and through predict() for rating predictors,
+    labelled '<name> (predicted rating)') and RMSE/MAE of the rating predictors, on the held-out
+    ratings of an evaluation's scored part."""
+
+    pairs: PairReport | None
+    errors: ErrorReport | None
+    notes: list[str]
+
+
+def best_reference(per_user: Mapping[str, np.ndarray]) -> str:
+    """The model with the highest mean over users (ties: the first)."""
+    return max(per_user, key=lambda n: float(np.nanmean(per_user[n])))
+
+
+def feedback_report(
+    models: Mapping[str, Any],
+    data: SplitData,
+    part: str | int | Part = "test",
+    *,
+    min_history: int = 1,
+    max_pairs_per_user: int = 200,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> FeedbackReport | None:
+    """The feedback metrics of `segue evaluate` (None when the scored part carries no ratings).
+
+    Pairs: `build_pairs` with the protocol's `min_history`; the comparisons are against the model
+    with the best PairAccuracy. Ratings: every rated held-out event, against the first rating
+    predictor."""
+    try:
+        targets = rated_targets(data, part)
+    except SegueError:
+        return None
+    notes: list[str] = []
+    raters: dict[str, Any] = {}
+    probe = RatedTargets(targets.histories, targets.rows[:1], targets.tokens[:1], targets.ratings[:1])
+    for name, model in models.items():
+        if not predicts_ratings(model) or not len(probe.rows):
+            continue
+        try:
+            rating_predictions(model, probe)
+        except SegueError as e:  # e.g. a transformer without a rating head
+            notes.append(f"{name}: no rating predictions ({e})")
+            continue
+        raters[name] = model
+    pair_rep = None
+    pairs = build_pairs(data, part, max_pairs_per_user=max_pairs_per_user, seed=seed, min_history=min_history)
+    if len(pairs):
+        entries, via = dict(models), {n: "score" for n in models}
+        for name, model in raters.items():
+            entries[f"{name} (predicted rating)"] = model
+            via[f"{name} (predicted rating)"] = "predict"
+        pair_rep = evaluate_pairs(entries, pairs, via=via, level=level, n_boot=n_boot, seed=seed)  # type: ignore[arg-type]
+        ref = best_reference(pair_rep.per_user)
+        pair_rep.reference = ref
+        pair_rep.comparisons = compare_many(pair_rep.per_user, ref, level=level, n_boot=n_boot, seed=seed)
+    else:
+        notes.append("no held-out pairs (no user of the scored part has two items rated differently): no PairAccuracy")
+    err_rep = evaluate_errors(raters, targets, level=level, n_boot=n_boot, seed=seed) if raters else None
+    return FeedbackReport(pair_rep, err_rep, notes)

@@ -188,6 +188,13 @@ def print_table(result: EvalResult, stats: Stats, console: Any = None) -> None:
             c = comp[h]
             ct.add_row(m, f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value, stats.n_boot))
         console.print(ct)
+    for title, header, rows in feedback_tables(result, stats.level, stats.n_boot):
+        ft = Table(title=title, title_justify="left")
+        for col in header:
+            ft.add_column(col, justify="left" if col == "model" else "right")
+        for r in rows:
+            ft.add_row(*r)
+        console.print(ft)
     for note in result.notes:
         console.print(f"[dim]{note}[/]")
     console.print("[dim]seconds: " + ", ".join(f"{m} {r.seconds:.1f}" for m, r in result.models.items()) + "[/]")
@@ -273,6 +280,7 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
                 rows,
             )
         )
+    out += feedback_tables(result, stats.level, stats.n_boot)
     groups = result.group_summary()
     if groups:
         gcols = headline_columns(result)
@@ -282,6 +290,47 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
             (
                 "Per group: " + ", ".join(f"{g} ({n} queries)" for g, n in n_in.items()),
                 ["group", "model", *map(column_label, gcols)],
+                rows,
+            )
+        )
+    return out
+
+
+def feedback_tables(result: EvalResult, level: float, n_boot: int) -> list[tuple[str, list[str], list[list[str]]]]:
+    """PairAccuracy and rating-error tables (segue.evaluation.ratings.FeedbackReport), if any."""
+    fb = result.feedback
+    if fb is None:
+        return []
+    pct = round(100 * level)
+    out = []
+    pr = fb.pairs
+    if pr is not None:
+        rows = []
+        for m, iv in pr.intervals.items():
+            c = pr.comparisons.get(m)
+            diff = "reference" if c is None else f"{c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
+            rows.append([m, f"{_fmt(iv.mean)} [{_fmt(iv.low)}, {_fmt(iv.high)}]", diff, "–" if c is None else _fmt_p(c.p_value, n_boot)])
+        n_users = len(pr.users)
+        out.append(
+            (
+                f"PairAccuracy (mean over {n_users} users of {pr.n_pairs} held-out pairs) [{pct}% CI]; "
+                f"minus '{pr.reference}' (paired bootstrap)",
+                ["model", "PairAccuracy", "difference", "p"],
+                rows,
+            )
+        )
+    er = fb.errors
+    if er is not None:
+        rows = []
+        for m in er.rmse:
+            c = er.rmse_diff.get(m)
+            diff = "reference" if c is None else f"{c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
+            rows.append([m, f"{_fmt(er.rmse[m].mean)} [{_fmt(er.rmse[m].low)}, {_fmt(er.rmse[m].high)}]",
+                         f"{_fmt(er.mae[m].mean)} [{_fmt(er.mae[m].low)}, {_fmt(er.mae[m].high)}]", diff])
+        out.append(
+            (
+                f"Rating error on {er.n_ratings} held-out ratings [{pct}% CI]; RMSE minus '{er.reference}'",
+                ["model", "RMSE", "MAE", "RMSE difference"],
                 rows,
             )
         )
@@ -301,6 +350,9 @@ def _header_lines(result: EvalResult, config: EvaluateConfig | None) -> list[tup
     if config is not None:
         lines.append(("bootstrap", f"{config.n_boot} resamples, seed {config.seed}, level {config.level}"))
     lines += [("note", n) for n in result.notes]
+    if result.feedback is not None:
+        fb = result.feedback
+        lines += [("note", n) for n in [*(fb.pairs.notes if fb.pairs else []), *(fb.errors.notes if fb.errors else []), *fb.notes]]
     lines.append(
         (
             "rules",
@@ -387,8 +439,36 @@ def results_json(result: EvalResult, stats: Stats) -> dict[str, Any]:
             "groups": result.group_summary(),
             "seconds": {m: r.seconds for m, r in result.models.items()},
             "models": {m: {k: v for k, v in r.info.items() if k != "model_toml"} for m, r in result.models.items()},
+            "feedback": _feedback_json(result.feedback),
         }
     )
+
+
+def _feedback_json(fb: Any) -> dict[str, Any] | None:
+    if fb is None:
+        return None
+    out: dict[str, Any] = {"notes": fb.notes}
+    if fb.pairs is not None:
+        p = fb.pairs
+        out["pair_accuracy"] = {
+            "intervals": {m: asdict(v) for m, v in p.intervals.items()},
+            "pooled": p.pooled,
+            "reference": p.reference,
+            "comparisons": {m: asdict(v) for m, v in p.comparisons.items()},
+            "n_pairs": p.n_pairs,
+            "n_users": len(p.users),
+            "notes": p.notes,
+        }
+    if fb.errors is not None:
+        e = fb.errors
+        out["rating_error"] = {
+            "rmse": {m: asdict(v) for m, v in e.rmse.items()},
+            "mae": {m: asdict(v) for m, v in e.mae.items()},
+            "reference": e.reference,
+            "rmse_diff": {m: asdict(v) for m, v in e.rmse_diff.items()},
+            "n_ratings": e.n_ratings,
+        }
+    return out
 
 
 def write_report(result: EvalResult, out: str | Path, stats: Stats, config: EvaluateConfig | None = None) -> Path:

@@ -43,6 +43,7 @@ from segue.models import events as EV
 from segue.models.base import NEG_INF
 from segue.models.events import EventsConfig
 from segue.models.neural import NeuralRecommender, flat_weights, read_weights, write_weights
+from segue.models.pairwise_config import PairwiseConfig
 from segue.models.train_config import LossConfig, OptimConfig, TrainerConfig
 
 
@@ -167,6 +168,7 @@ class SequenceTransformer(nnx.Module):
         init_temperature: float = 1.0,
         events: EventsConfig | None = None,
         categories: EV.Categories | None = None,
+        rank: tuple[str, int, float] | None = None,
     ) -> None:
         self.rate = cfg.dropout  # plain values only: the graphdef must stay hashable
         self.emb_scale = float(cfg.d_model) ** 0.5 if cfg.scale_embeddings else 1.0
@@ -188,6 +190,12 @@ class SequenceTransformer(nnx.Module):
             self.feedback_head = MLP(2 * d + c, width, k, std, rngs) if k else None
             # The training category lists (name-matched at scoring), as JSON: a plain hashable value.
             self.categories_json = json.dumps(categories or {}, sort_keys=True)
+        # A pairwise fine-tuned network ranks by (mode, feedback column, b_0) (PairwiseConfig);
+        # its mix weights (a, b) are a Param made last, so every other parameter is as before.
+        if rank is not None and rank[0] != "logit":
+            self.rank_mode, self.rank_col = rank[0], rank[1]
+            if rank[0] == "mix":
+                self.rank_mix = nnx.Param(jnp.asarray([1.0, rank[2]], jnp.float32))
 
     @property
     def has_events(self) -> bool:
@@ -239,6 +247,20 @@ class SequenceTransformer(nnx.Module):
             parts.append(self.encoder.context(next_ctx))
         return self.feedback_head(jnp.concatenate(parts, axis=-1))
 
+    def rank_score(self, h: jax.Array, item_vecs: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
+        """The ranking score [...] of items E[c] [..., D] after hidden states h [..., D] (same
+        leading shape): <q, E[c]>, the feedback head's column, or their learned mix
+        (segue.models.pairwise_config)."""
+        mode = getattr(self, "rank_mode", "logit")
+        logit = jnp.sum(self.next_query(h, next_ctx) * item_vecs, axis=-1)
+        if mode == "logit":
+            return logit
+        fb = self.predict_feedback(h, item_vecs, next_ctx)[..., self.rank_col]
+        if mode == "feedback":
+            return fb
+        a_b = self.rank_mix[...]
+        return a_b[0] * logit + a_b[1] * fb
+
     @property
     def categories(self) -> EV.Categories:
         return json.loads(getattr(self, "categories_json", "{}"))
@@ -268,11 +290,26 @@ class TransformerConfig(Config):
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
     events: EventsConfig = EventsConfig()  # feedback / context per event (off: the plain model)
+    pairwise: PairwiseConfig | None = None  # a fine-tuning on feedback pairs (segue.training.pairwise)
 
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
         check_sections(self.loss, self.optim)
+        if self.pairwise is not None and self.pairwise.score != "logit":
+            cols = [n for n, _, _ in self.events.targets()]
+            if self.pairwise.feedback not in cols:
+                raise ValueError(
+                    f"pairwise.feedback: '{self.pairwise.feedback}' is not a column of the feedback head "
+                    f"(events.predict: {', '.join(cols) or 'none'}), so score '{self.pairwise.score}' cannot read it"
+                )
         return self
+
+    def rank(self) -> tuple[str, int, float] | None:
+        """(score, feedback column index, mix_init) of a pairwise fine-tuned model, else None."""
+        p = self.pairwise
+        if p is None or p.score == "logit":
+            return None
+        return p.score, [n for n, _, _ in self.events.targets()].index(p.feedback), p.mix_init
 
 
 def check_sections(loss: LossConfig, optim: OptimConfig) -> None:
@@ -301,6 +338,31 @@ def _score_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array
 
 def _query_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array, events: Any = None) -> jax.Array:
     return _query(nnx.merge(graphdef, state), inputs, positions, last, events)
+
+
+RANK_CHUNK = 1024  # items scored per step by the feedback head (bounds the [B, chunk, width] hidden layer)
+
+
+def _rank_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array, last: jax.Array, events: Any = None) -> jax.Array:
+    """[B, V] ranking scores of every item (SequenceTransformer.rank_score), items in chunks."""
+    model = nnx.merge(graphdef, state)
+    h = model.hidden(inputs, positions=positions, events=events)
+    at = last[:, None, None]
+    h = jnp.take_along_axis(h, at, axis=1)[:, 0]  # [B, D]
+    nxt = events.get("next_ctx") if events is not None else None
+    nxt = None if nxt is None else jnp.take_along_axis(nxt, at, axis=1)[:, 0]
+    table = model.item_emb[...]
+    v, b = table.shape[0], h.shape[0]
+    n = -(-v // RANK_CHUNK)
+    padded = jnp.concatenate([table, jnp.zeros((n * RANK_CHUNK - v, table.shape[1]), table.dtype)])
+
+    def chunk(e: jax.Array) -> jax.Array:  # e [C, D] -> [B, C]
+        shape = (b, e.shape[0])
+        c = None if nxt is None else jnp.broadcast_to(nxt[:, None], (*shape, nxt.shape[-1]))
+        return model.rank_score(jnp.broadcast_to(h[:, None], (*shape, h.shape[-1])), jnp.broadcast_to(e[None], (*shape, e.shape[-1])), c)
+
+    out = jax.lax.map(chunk, padded.reshape(n, RANK_CHUNK, -1))  # [n, B, C]
+    return jnp.moveaxis(out, 0, 1).reshape(b, -1)[:, :v]
 
 
 def _feedback_fn(
@@ -348,6 +410,7 @@ class TransformerRecommender(NeuralRecommender):
             init_temperature=self.config.loss.init_temperature,
             events=self.config.events,
             categories=categories,
+            rank=self.config.rank(),
         )
 
     # --- scoring -----------------------------------------------------------------------------
@@ -372,7 +435,7 @@ class TransformerRecommender(NeuralRecommender):
         net = self._net()
         if self._compiled is None or self._compiled[0] is not net:
             graphdef, state = nnx.split(net)
-            jitted = {f: jax.jit(partial(f, graphdef)) for f in (_score_fn, _query_fn, _feedback_fn)}
+            jitted = {f: jax.jit(partial(f, graphdef)) for f in (_score_fn, _query_fn, _feedback_fn, _rank_fn)}
             self._compiled = (net, state, jitted)
         _, state, jitted = self._compiled
         run = jitted[fn]
@@ -411,8 +474,10 @@ class TransformerRecommender(NeuralRecommender):
         return np.concatenate(outs).astype(np.float32, copy=False), mu, sd
 
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, *, next_events: SequenceArrays | None = None) -> np.ndarray:
-        """[B, V] inner products of the last query with every item; specials -inf."""
-        scores = self._batched(_score_fn, histories, rows, next_events=next_events)[0]
+        """[B, V] inner products of the last query with every item (a pairwise fine-tuned model:
+        its ranking score, SequenceTransformer.rank_score); specials -inf."""
+        fn = _rank_fn if self.config.rank() is not None else _score_fn
+        scores = self._batched(fn, histories, rows, next_events=next_events)[0]
         if scores.size:
             scores[:, :N_SPECIAL] = NEG_INF
         else:
@@ -458,12 +523,31 @@ class TransformerRecommender(NeuralRecommender):
         ev = self.config.events
         return {name: EV.to_scale(ev, kind, raw[..., i], mu, sd) for i, (name, kind, _) in enumerate(ev.targets())}
 
-    def predict(self, histories: SequenceArrays, rows: np.ndarray | None, tokens: np.ndarray) -> np.ndarray:
-        """Predicted ratings [B, M] of candidate `tokens` [B, M] on the rating scale (a rating
-        predictor's interface, for pair accuracy); needs a head trained on ratings."""
+    def predict(self, histories: SequenceArrays, rows: np.ndarray | None, tokens: np.ndarray, ratings: Any = None) -> np.ndarray:
+        """Predicted ratings on the rating scale: [B, M] for candidate `tokens` [B, M], or [P] for
+        pairs (rows [P], tokens [P], the RatingPredictor interface: each history runs once for all
+        its items); needs a head trained on ratings. `ratings` is not supported (the history's own)."""
         if "rating" not in self.feedback_targets:
             raise SegueError("transformer: this model does not predict ratings (add 'rating' to events.predict)")
-        return self.predict_feedback(histories, rows, tokens)["rating"]
+        if ratings is not None:
+            raise SegueError("transformer: predict() reads the histories' own ratings (ratings= is not supported)")
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 2:
+            return self.predict_feedback(histories, rows, tokens)["rating"]
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        tokens = tokens.astype(np.int64).reshape(-1)
+        if rows.shape != tokens.shape:
+            raise SegueError(f"predict: rows and tokens must align, got {rows.shape} and {tokens.shape}")
+        users, inv = np.unique(rows, return_inverse=True)
+        # each pair's column among its user's items: its rank within the user's group
+        order = np.argsort(inv, kind="stable")
+        starts = np.searchsorted(inv[order], np.arange(len(users)))
+        col = np.empty(len(rows), np.int64)
+        col[order] = np.arange(len(rows)) - starts[inv[order]]
+        grid = np.full((len(users), int(col.max()) + 1 if len(rows) else 1), tokens[0] if len(rows) else 0, np.int64)
+        grid[inv, col] = tokens
+        out = self.predict_feedback(histories, users, grid)["rating"]
+        return out[inv, col] if len(rows) else np.zeros(0, np.float32)
 
     # --- persistence --------------------------------------------------------------------------
     def _save_state(self, folder: Path) -> None:

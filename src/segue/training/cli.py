@@ -23,10 +23,11 @@ def train(
     """Train a neural model (transformer, autoencoder); resumes from the run folder's newest checkpoint."""
     import json
 
+    from segue.training.pairwise import resolve_init_from
     from segue.training.trainer import _stop_text, load_train_config
     from segue.training.trainer import train as train_fn
 
-    cfg = load_train_config(config)
+    cfg = resolve_init_from(load_train_config(config))  # a fine-tuning's init_from: from the config's folder
     console = Console()
     upd: dict[str, object] = {}
     if max_steps is not None:

@@ -83,7 +83,8 @@ def total_steps(trainer: TrainerConfig, batches_per_epoch: int) -> tuple[int, st
 
 # family -> "module:function" making its task: fn(config, data) -> TrainTask
 TASKS: dict[str, str] = {
-    "transformer": "segue.training.transformer_task:TransformerTask",
+    # next-item training, or pairwise fine-tuning when the config has a [pairwise] section
+    "transformer": "segue.training.pairwise:transformer_task",
     "autoencoder": "segue.training.autoencoder_task:AutoencoderTask",
 }
 
