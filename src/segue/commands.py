@@ -68,6 +68,9 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("continue", "segue.training.cli", "continue_"),
     LazyCommand("serve", "segue.serving.cli", "serve"),
     LazyCommand("validate", "segue.ops.cli", "validate"),
+    LazyCommand("registry", "segue.ops.registry_cli", "registry_app"),
+    LazyCommand("retrain", "segue.ops.retrain_cli", "retrain"),
+    LazyCommand("rollback", "segue.ops.registry_cli", "rollback"),
 )
 
 

@@ -302,14 +302,19 @@ class Registry:
         self.client.set_registered_model_alias(name, PRODUCTION, target.version)
         return previous
 
-    def rollback(self, name: str) -> tuple[str, str]:
-        """Point `production` back at the version it replaced; returns (from, to)."""
+    def rollback_target(self, name: str) -> tuple[str, str]:
+        """(current production, the version it replaced): what a rollback would do."""
         current = self.alias(name, PRODUCTION)
         if current is None:
             raise SegueError(f"registry {self.location}: model '{name}' has no production version to roll back")
         previous = self.version(name, current).tags.get("previous_production") or ""
         if not previous:
             raise SegueError(f"model '{name}': production version {current} replaced no earlier version; nothing to roll back to")
+        return current, previous
+
+    def rollback(self, name: str) -> tuple[str, str]:
+        """Point `production` back at the version it replaced; returns (from, to)."""
+        current, previous = self.rollback_target(name)
         self.client.set_registered_model_alias(name, PRODUCTION, previous)
         self.client.set_model_version_tag(name, current, "rolled_back", "true")
         return current, previous
@@ -361,3 +366,34 @@ def notify_reload(server: str, key: str | None, folder: str | Path, timeout: flo
     if r.status_code != 200:
         raise SegueError(f"{url}: reload refused ({r.status_code}: {r.text[:300]})")
     return dict(r.json())
+
+
+def switch_production(
+    registry: Registry,
+    name: str,
+    version: str | None,
+    *,
+    server: str | None = None,
+    admin_key: str | None = None,
+    reason: str = "manual",
+    cache: str | Path | None = None,
+) -> dict[str, Any]:
+    """Promote `version` (None: roll back) and make a running server serve it.
+
+    The server is told first: its reload loads the new folder completely before swapping, and a
+    refusal (wrong key, bad folder) raises here with the registry unchanged; the alias moves once
+    the server serves the version, so the registry's production is what is served.
+    Returns {"from", "to", "served" (the server's model or None)}."""
+    if version is None:
+        old, new = registry.rollback_target(name)
+    else:
+        new, old = registry.version(name, version).version, registry.alias(name, PRODUCTION)
+    served = None
+    if server:
+        folder = registry.download(name, new, cache or default_cache(registry))
+        served = notify_reload(server, admin_key, folder)["model"]
+    if version is None:
+        registry.rollback(name)
+    else:
+        registry.promote(name, new, reason=reason)
+    return {"from": old, "to": new, "served": served}

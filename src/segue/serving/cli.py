@@ -71,9 +71,24 @@ def serve_in_thread(
     return RunningServer(server, thread, host, port)
 
 
+def resolve_model(model: str, registry: str | None = None) -> Path:
+    """A model folder, or a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) downloaded to
+    the registry's local cache (segue.ops.registry)."""
+    if not model.startswith("models:/"):
+        return Path(model)
+    from segue.ops.registry import Registry, default_cache
+
+    reg = Registry(registry)
+    folder, _ = reg.resolve(model, default_cache(reg))
+    return folder
+
+
 def serve(
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Trained model folder (a run's model)")
+        str,
+        typer.Option(
+            "--model", "-m", help="Trained model folder (a run's model), or models:/NAME@production from the registry"
+        ),
     ],
     store: Annotated[
         Path | None,
@@ -89,6 +104,9 @@ def serve(
     ] = False,
     index: Annotated[str, typer.Option(help="Stage-one retrieval: auto, exact or hnsw")] = "auto",
     ef: Annotated[int, typer.Option(help="HNSW search expansion (recall vs speed)")] = 100,
+    registry: Annotated[
+        str | None, typer.Option(help="Model registry folder or MLflow URI for models:/ (default: $SEGUE_REGISTRY)")
+    ] = None,
 ) -> None:
     """Serve a trained model over HTTP: /v1/recommend, /v1/continue, /v1/explain, the web page at /.
 
@@ -105,7 +123,7 @@ def serve(
         raise typer.BadParameter("expected auto, exact or hnsw", param_hint="--index")
     # A SegueError (no such folder, bad model) reaches the CLI's handler: one escaped line, exit 2.
     app = create_app(
-        model,
+        resolve_model(model, registry),
         store=store,
         index_config=IndexConfig(kind=index, expansion_search=ef),  # type: ignore[arg-type]
         feature_log=None if no_feature_log else feature_log,
