@@ -290,12 +290,14 @@ class Retrain:
         store.parent.mkdir(parents=True, exist_ok=True)
         build_store(sources, store, BuildConfig(splits=[]))
         with Store.open(store) as s:
-            max_ts = s.con.execute("SELECT max(ts) FROM events").fetchone()[0]
+            min_ts, max_ts = s.con.execute("SELECT min(ts), max(ts) FROM events").fetchone()
         if max_ts is None:
             raise SegueError("the gathered data has no timestamps: a temporal split needs them")
-        # The newest test_days, cut at the midnight (UTC) before: weekly batches split at their start.
-        test_cut = int(math.ceil((max_ts - cfg.test_days * DAY) / DAY) * DAY)
-        valid_cut = int(test_cut - cfg.valid_days * DAY)
+        # The newest test_days, cut at the midnight (UTC) before: weekly batches split at their
+        # start. At most the newer half of the data (a first version has a single batch).
+        start = max(max_ts - cfg.test_days * DAY, (min_ts + max_ts) / 2)
+        test_cut = int(math.ceil(start / DAY) * DAY)
+        valid_cut = int(max(test_cut - cfg.valid_days * DAY, min_ts + 1))
         if self.drill == "shuffle_items":
             _shuffle_training_items(store, test_cut)
         add_split(str(store), TemporalSplit(name="temporal", test_cut=test_cut, valid_cut=valid_cut))
@@ -309,10 +311,19 @@ class Retrain:
         )
 
     def step_train(self) -> None:
+        cfg, st = self.cfg, self.state
+        if cfg.family is not None:
+            t = time.perf_counter()
+            st["run"] = str(_fit_baseline(cfg.family, cfg.family_config, st["store"], st["split"], self.attempt / "run"))
+            st["train_seconds"] = round(time.perf_counter() - t, 2)
+            st["warm"] = {"warm_start": False, "why": f"family {cfg.family} is fitted from scratch"}
+            st["train_config"] = {"family": cfg.family, "config": cfg.family_config}
+            self.say(f"train: {cfg.family} fitted in {st['train_seconds']:.1f} s")
+            return
         from segue.ops.retrain_train import train_candidate
         from segue.training.trainer import DataConfig, load_train_config
 
-        cfg, st = self.cfg, self.state
+        assert cfg.train_config is not None
         base = load_train_config(cfg.resolve(cfg.train_config))
         tc = base.model_copy(
             update={"name": "candidate", "runs_dir": str(self.attempt), "data": DataConfig(store=st["store"], split=st["split"])}

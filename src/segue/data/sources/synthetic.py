@@ -504,8 +504,8 @@ def weekly_batches(
 ) -> Iterator[pa.Table]:
     """The corpus cut into `n_weeks` weekly batches (tables of user, item, ts), for retraining.
 
-    Each playlist is a user whose tracks are split in time order into n_weeks contiguous parts;
-    week w holds every user's part w, with times spread over that week (from `start`), so a user's
+    Each playlist is a user whose tracks are split in time order into n_weeks + 1 contiguous parts;
+    the first is left out (the user's past, before the window) and week w holds every user's part w + 1, with times spread over that week (from `start`), so a user's
     earlier weeks are the history of the later ones. Drift, from week 1 on:
       popularity shift  a share min(1, shift * w) of week w's events is moved to another track of
                         the same genre (popularity rank r -> r + n/3): popular tracks lose plays,
@@ -526,7 +526,9 @@ def weekly_batches(
         keys: list[str] = []
         parts: list[np.ndarray] = []
         for u, tracks in enumerate(users):
-            a, b = len(tracks) * w // n_weeks, len(tracks) * (w + 1) // n_weeks
+            # n_weeks + 1 parts: the first is before the window (the user's past), so week 0 is
+            # not made of playlist starts (drawn differently: no album or artist to follow).
+            a, b = len(tracks) * (w + 1) // (n_weeks + 1), len(tracks) * (w + 2) // (n_weeks + 1)
             if b > a:
                 parts.append(tracks[a:b])
                 keys += [f"user{u}"] * (b - a)
