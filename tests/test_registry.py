@@ -128,3 +128,29 @@ def test_promotion_reloads_a_running_server(setup: dict) -> None:
     assert r.exit_code == 0, r.output
     listed = {v["version"]: v["aliases"] for v in json.loads(r.output)["m"]}
     assert "production" in listed[reg.alias("m", "production")] and len(listed) == 2
+
+
+def test_training_run_logged_with_curves(tmp_path: Path) -> None:
+    """segue train --mlflow: params, summary metrics and the TensorBoard curves step by step."""
+    from tensorboardX import SummaryWriter
+
+    from segue.ops.registry import log_training_run, tensorboard_scalars
+
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    with SummaryWriter(str(run / "tensorboard")) as w:
+        for step in (10, 20, 30):
+            w.add_scalar("train/loss", 5.0 - step / 10, step)
+        w.add_scalar("valid/ndcg_at_10", 0.25, 30)
+    (run / "metrics.json").write_text(json.dumps({"best_metric": 0.25, "steps": 30, "stop_reason": "max_steps"}))
+    assert tensorboard_scalars(run / "tensorboard") == [
+        ("train/loss", 10, 4.0), ("train/loss", 20, 3.0), ("train/loss", 30, 2.0), ("valid/ndcg_at_10", 30, 0.25)
+    ]
+    rid = log_training_run(tmp_path / "reg", run, {"model": {"d_model": 64}, "name": "x"})
+    client = Registry(tmp_path / "reg").client
+    data = client.get_run(rid).data
+    assert data.params == {"model.d_model": "64", "name": "x"}
+    assert data.metrics["best_metric"] == 0.25 and data.metrics["steps"] == 30
+    curve = client.get_metric_history(rid, "train/loss")
+    assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [(10, 4.0), (20, 3.0), (30, 2.0)]
+    assert [a.path for a in client.list_artifacts(rid)] == ["metrics.json"]

@@ -397,3 +397,63 @@ def switch_production(
     else:
         registry.promote(name, new, reason=reason)
     return {"from": old, "to": new, "served": served}
+
+
+def tensorboard_scalars(folder: Path) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every scalar in a TensorBoard folder's event files (TFRecord: length,
+    crc, an Event proto, crc), read with tensorboardX's protos (no TensorFlow needed)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    out.append((v.tag, int(ev.step), float(v.simple_value)))
+    return out
+
+
+def log_training_run(location: str | Path | None, run: str | Path, config: dict[str, Any], experiment: str = "segue-train") -> str:
+    """Log a finished `segue train` run folder to MLflow: the config as params, the summary in
+    metrics.json as metrics, the TensorBoard curves (train/*, valid/*) step by step, and
+    curves.png, metrics.json and config.toml as artifacts. Returns the MLflow run id."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    run = Path(run)
+    reg = Registry(location)
+    client = reg.client
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+        experiment, artifact_location=Path(reg.artifact_root).as_uri() if reg.artifact_root else None
+    )
+    mrun = client.create_run(exp_id, run_name=run.name, tags={"segue.run_folder": str(run.resolve())})
+    rid = mrun.info.run_id
+    params = [Param(k[:250], v[:6000]) for k, v in flatten(config).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(rid, params=params[i : i + 100])
+    now = int(time.time() * 1000)
+    metrics = []
+    summary = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    for k, v in summary.items():
+        if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
+            metrics.append(Metric(metric_key(k), float(v), now, 0))
+    if (run / "tensorboard").is_dir():
+        for tag, step, value in tensorboard_scalars(run / "tensorboard"):
+            metrics.append(Metric(metric_key(tag), value, now, step))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i : i + 1000])
+    for name in ("curves.png", "metrics.json", "config.toml"):
+        if (run / name).exists():
+            client.log_artifact(rid, str(run / name))
+    client.set_terminated(rid)
+    return str(rid)
