@@ -175,13 +175,16 @@ floor = 0.02
 url = "{url}"
 '''
     )
+    # Week 0 has no server to reload yet: the same config without [server].
+    bootstrap = wd / "retrain-week0.toml"
+    bootstrap.write_text(cfg.read_text().split("[server]")[0])
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), SEGUE_ADMIN_KEY=KEY, SEGUE_REGISTRY=str(wd / "registry"))
     rows: list[dict] = []
 
     sizes = [len(w.read_text().splitlines()) - 1 for w in weeks]
     print(f"corpus: {args.users} users, {args.items} items, 6 weekly batches of {sizes} events", flush=True)
     shutil.copy(weeks[0], wd / "incoming")
-    code, st = retrain(cfg, env, wd / "week-0.json")
+    code, st = retrain(bootstrap, env, wd / "week-0.json")
     if code != 0 or not st.get("promoted"):
         raise SystemExit(f"week 0 failed:\n{st.get('log_tail')}")
     rows.append(st | {"week": 0})
