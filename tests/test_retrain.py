@@ -229,3 +229,22 @@ def test_crash_at_each_step_leaves_production_untouched(crash_setup: Path, step:
     else:  # the candidate was registered (complete, with its decision), production untouched
         new = set(after) - set(before)
         assert len(new) == 1 and "decision" in reg.version("m", new.pop()).tags
+
+
+def test_weekly_batches_continue_users_with_drift() -> None:
+    from segue.data.sources.synthetic import WEEK, WEEKS_START, SyntheticConfig, weekly_batches
+
+    cfg = SyntheticConfig(n_playlists=200, n_items=300, mean_length=24, n_genres=3)
+    plain = [t.to_pydict() for t in weekly_batches(cfg, 3)]
+    again = [t.to_pydict() for t in weekly_batches(cfg, 3)]
+    assert plain == again  # deterministic by seed
+    for w, t in enumerate(plain):
+        assert all(WEEKS_START + w * WEEK <= x < WEEKS_START + (w + 1) * WEEK for x in t["ts"])
+        for u in set(t["user"][:50]):  # each user's events are in time order
+            ts = [x for x, v in zip(t["ts"], t["user"], strict=True) if v == u]
+            assert ts == sorted(ts)
+    assert len(set(plain[0]["user"]) & set(plain[2]["user"])) > 150  # the same users, week after week
+    ids = [{int(i.rsplit(":", 1)[1]) for i in t["item"]} for t in plain]
+    assert max(ids[0]) < 300 and max(ids[1]) >= 300 and max(ids[2]) >= 306  # new items from week 1 on
+    rev = [t.to_pydict() for t in weekly_batches(cfg, 3, reverse_week=2)]
+    assert rev[:2] == plain[:2] and rev[2]["user"] == plain[2]["user"] and rev[2]["item"] != plain[2]["item"]
