@@ -121,6 +121,8 @@ def test_promotion_reloads_a_running_server(setup: dict) -> None:
         # a wrong key is refused, and production stays as it is
         r = CliRunner().invoke(app, ["rollback", "m", "--registry", str(reg.location), "--server", server.url, "--admin-key", "bad"])
         assert r.exit_code == 2 and "reload refused (403" in r.output
+        assert reg.alias("m", "production") == other  # the server refused: the registry is unchanged
+        assert httpx.get(server.url + "/healthz").json()["model"]["run_id"] == f"m-v{other}"
     r = CliRunner().invoke(app, ["registry", "show", "m", "production", "--registry", str(reg.location), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["version"] == reg.alias("m", "production")
