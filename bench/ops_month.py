@@ -64,12 +64,13 @@ class Load:
         self.stop = threading.Event()
         self.pending = threading.Semaphore(0)
         self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(clients)]
-        self.background = ["synthetic:track:1", "synthetic:track:2"]
+        self.sent: list[list[str]] = []  # the current week's histories
         for t in self.threads:
             t.start()
 
     def send(self, histories: list[list[str]]) -> None:
         with self.lock:
+            self.sent = []
             self.queue.extend(histories)
 
     def drain(self) -> None:
@@ -84,8 +85,14 @@ class Load:
             while not self.stop.is_set():
                 with self.lock:
                     history = self.queue.pop() if self.queue else None
-                if history is None:  # keep traffic up between weeks (reloads happen then)
-                    history = self.background
+                    if history is not None:
+                        self.sent.append(history)
+                if history is None:  # keep traffic up between weeks (reloads happen then): the
+                    # week's histories again, so the feature log keeps the served distribution
+                    if not self.sent:
+                        time.sleep(0.05)
+                        continue
+                    history = self.sent[int(time.monotonic() * 1e6) % len(self.sent)]
                     time.sleep(0.05)
                 try:
                     r = c.post(self.url + "/v1/recommend", json={"history": history, "n": 10})
