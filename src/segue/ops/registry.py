@@ -350,7 +350,7 @@ def default_cache(registry: Registry) -> Path:
     return Path.home() / ".cache" / "segue" / "models"
 
 
-def notify_reload(server: str, key: str | None, folder: str | Path, timeout: float = 120.0) -> dict[str, Any]:
+def notify_reload(server: str, key: str | None, folder: str | Path, timeout: float = 600.0) -> dict[str, Any]:
     """POST /admin/reload {"model": folder} to a running server with its admin key; returns the
     server's answer (previous and new model) or raises SegueError with the server's reason."""
     import httpx
@@ -377,6 +377,7 @@ def switch_production(
     admin_key: str | None = None,
     reason: str = "manual",
     cache: str | Path | None = None,
+    timeout: float = 600.0,
 ) -> dict[str, Any]:
     """Promote `version` (None: roll back) and make a running server serve it.
 
@@ -391,7 +392,7 @@ def switch_production(
     served = None
     if server:
         folder = registry.download(name, new, cache or default_cache(registry))
-        served = notify_reload(server, admin_key, folder)["model"]
+        served = notify_reload(server, admin_key, folder, timeout=timeout)["model"]
     if version is None:
         registry.rollback(name)
     else:

@@ -49,6 +49,9 @@ DAY = 86400
 class ServerConfig(Config):
     url: str | None = None  # a running server to reload after a promotion
     admin_key_env: str = "SEGUE_ADMIN_KEY"  # the environment variable holding its admin key
+    # The reload loads and warms the model before answering; on a busy 2-core machine it took
+    # over 120 s (the month benchmark under load): a timeout leaves production as it was.
+    reload_timeout: float = Field(600.0, gt=0)
 
 
 class RetrainConfig(Config):
@@ -417,6 +420,7 @@ class Retrain:
             server=server.url,
             admin_key=os.environ.get(server.admin_key_env),
             reason=reason[:4000],
+            timeout=server.reload_timeout,
         )
         st["promoted"], st["served"] = True, out["served"]
         self.say(f"promote: production {st['production'] or '-'} -> {st['version']}")
