@@ -69,6 +69,9 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("serve", "segue.serving.cli", "serve"),
     LazyCommand("validate", "segue.ops.cli", "validate"),
     LazyCommand("export", "segue.serving.export", "export"),
+    LazyCommand("registry", "segue.ops.registry_cli", "registry_app"),
+    LazyCommand("retrain", "segue.ops.retrain_cli", "retrain"),
+    LazyCommand("rollback", "segue.ops.registry_cli", "rollback"),
 )
 
 

@@ -1,4 +1,5 @@
-"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> serve.
+"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> register
+-> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -156,6 +157,34 @@ def step_pairwise(state: DemoState) -> None:
     for label, acc in res.items():
         console.print(f"validation PairAccuracy (pairs by listened fraction), {label}: [bold]{acc:.3f}[/]")
     state.results["pairwise"] = res
+def step_register(state: DemoState) -> None:
+    """Register the demo transformer (evaluated, with CIs) in an embedded MLflow registry in the
+    work folder, and promote it: `segue serve --model models:/demo@production` then serves it."""
+    from segue.data.store import Store
+    from segue.models.base import load_model
+    from segue.ops.registry import Registry
+    from segue.ops.retrain import registry_config
+    from segue.ops.retrain_eval import evaluate_models
+
+    run = state.runs / "transformer"
+    if not (run / "model.toml").exists():
+        console.print("[yellow]no trained transformer in the work folder: nothing to register")
+        return
+    reg = Registry(state.options.workdir / "registry")
+    with Store.open(state.store_path) as s:
+        checksum = s.checksum
+    figures = evaluate_models({"transformer": load_model(run)}, state.store_path, "loo", protocol="leave_last_out")
+    info = reg.register(
+        "demo", run, store_checksum=checksum, split="loo", config=registry_config(run),
+        evaluation=figures["transformer"], eval_split="loo/test", parent=reg.alias("demo", "production"),
+    )
+    reg.promote("demo", info.version, reason="demo")
+    m = figures["transformer"]["ndcg@10"]
+    console.print(
+        f"[green]registered[/] demo version {info.version} (NDCG@10 {m[0]:.4f} [{m[1]:.4f}, {m[2]:.4f}]) as production in "
+        f"{reg.location}; segue registry list --registry {reg.location}"
+    )
+    state.results["registered"] = info.version
 
 
 def step_serve(state: DemoState) -> None:
@@ -188,6 +217,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "evaluate": step_evaluate,
     "rank": step_rank,
     "pairwise": step_pairwise,
+    "register": step_register,
     "serve": step_serve,
 }
 

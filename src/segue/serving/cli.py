@@ -71,9 +71,24 @@ def serve_in_thread(
     return RunningServer(server, thread, host, port)
 
 
+def resolve_model(model: str, registry: str | None = None) -> Path:
+    """A model folder, or a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) downloaded to
+    the registry's local cache (segue.ops.registry)."""
+    if not model.startswith("models:/"):
+        return Path(model)
+    from segue.ops.registry import Registry, default_cache
+
+    reg = Registry(registry)
+    folder, _ = reg.resolve(model, default_cache(reg))
+    return folder
+
+
 def serve(
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Trained model folder (a run's model)")
+        str,
+        typer.Option(
+            "--model", "-m", help="Trained model folder (a run's model), or models:/NAME@production from the registry"
+        ),
     ],
     store: Annotated[
         Path | None,
@@ -107,6 +122,9 @@ def serve(
         Path | None, typer.Option(help="Drift thresholds TOML (default: segue validate's)")
     ] = None,
     drift_webhook: Annotated[str | None, typer.Option(help="POST a failing drift check's JSON here")] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="Model registry folder or MLflow URI for models:/ (default: $SEGUE_REGISTRY)")
+    ] = None,
 ) -> None:
     """Serve a trained model over HTTP: /v1/recommend, /v1/continue, /v1/explain, the web page at /.
 
@@ -126,6 +144,7 @@ def serve(
     if index not in ("auto", "exact", "hnsw"):
         raise typer.BadParameter("expected auto, exact or hnsw", param_hint="--index")
     # A SegueError (no such folder, bad model) reaches the CLI's handler: one escaped line, exit 2.
+    model = resolve_model(model, registry)  # models:/NAME@ALIAS -> a local cached folder
     # The header is checked before the port opens; the model itself loads behind it (/readyz).
     header = read_model_header(model)
     drift = None

@@ -19,6 +19,10 @@ def train(
     ] = None,
     max_epochs: Annotated[float | None, typer.Option(help="Override trainer.max_epochs.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Override trainer.max_minutes.")] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option("--mlflow", help="Also log params, metrics and curves to MLflow: a registry folder or a tracking URI."),
+    ] = None,
 ) -> None:
     """Train a neural model (transformer, autoencoder); resumes from the run folder's newest checkpoint."""
     import json
@@ -59,6 +63,11 @@ def train(
     )
     unit = m.get("unit", "tokens")
     rate = m.get(f"{unit}_per_s") or 0
+    if mlflow:
+        from segue.ops.registry import log_training_run
+
+        rid = log_training_run(mlflow, run, cfg.model_dump(mode="json"))
+        console.print(f"logged to MLflow ({mlflow}): run {rid}", highlight=False)
     console.print(
         f"run folder [bold]{run}[/]: {m['steps']} steps, stopped by {_stop_text(m, cfg)}; "
         f"{m['train_seconds']:.0f} s, {rate:,.0f} {unit}/s; {chosen}",

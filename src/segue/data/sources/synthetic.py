@@ -42,7 +42,7 @@ from pydantic import Field, model_validator
 
 from segue.config import Config
 from segue.data.sources.base import Chunk, SourceFile
-from segue.io import atomic_write_bytes, atomic_write_text
+from segue.io import atomic_path, atomic_write_bytes, atomic_write_text
 
 GENRES = (
     "rock", "pop", "hip hop", "jazz", "country", "electronic", "indie", "r&b", "metal", "folk",
@@ -472,4 +472,110 @@ def write_mpd_slices(
     return paths
 
 
-__all__ = ["SyntheticConfig", "SyntheticSource", "make_catalogue", "iter_playlists", "write_mpd_slices"]
+# ---------------------------------------------------------------------------------------------
+# as weekly batches (the operations benchmark: retraining on drifting data)
+
+WEEK = 7 * 86400
+WEEKS_START = 1_767_571_200  # 2026-01-05 00:00 UTC, a Monday
+
+
+def popularity_map(cat: Catalogue, kind: str) -> np.ndarray:
+    """A track -> track map inside each genre by popularity rank: 'reverse' sends rank r to rank
+    n - 1 - r (the head becomes the tail), 'rotate' sends rank r to rank (r + n // 3) mod n."""
+    out = np.arange(cat.n_items, dtype=np.int64)
+    for tracks in cat.genre_tracks:
+        n = len(tracks)
+        if n == 0:
+            continue
+        ranks = np.arange(n)
+        target = n - 1 - ranks if kind == "reverse" else (ranks + n // 3) % n
+        out[tracks] = tracks[target]
+    return out
+
+
+def weekly_batches(
+    cfg: SyntheticConfig,
+    n_weeks: int = 5,
+    *,
+    shift: float = 0.05,
+    new_items: float = 0.02,
+    reverse_week: int | None = None,
+    start: int = WEEKS_START,
+) -> Iterator[pa.Table]:
+    """The corpus cut into `n_weeks` weekly batches (tables of user, item, ts), for retraining.
+
+    Each playlist is a user whose tracks are split in time order into n_weeks + 1 contiguous parts;
+    the first is left out (the user's past, before the window) and week w holds every user's part w + 1, with times spread over that week (from `start`), so a user's
+    earlier weeks are the history of the later ones. Drift, from week 1 on:
+      popularity shift  a share min(1, shift * w) of week w's events is moved to another track of
+                        the same genre (popularity rank r -> r + n/3): popular tracks lose plays,
+                        others gain them, gradually
+      new items         a share `new_items` of week w's events goes to tracks first seen that week
+                        (ids n_items + ..., 2% of the catalogue per week)
+      reverse_week      every event of that week is moved to the track of reversed popularity rank
+                        in its genre (a deliberate drift injection)
+    """
+    cat = make_catalogue(cfg)
+    rotate, reverse = popularity_map(cat, "rotate"), popularity_map(cat, "reverse")
+    users: list[np.ndarray] = []
+    for pb in iter_playlists(cfg, cat):
+        users += [pb.tracks[pb.offsets[i] : pb.offsets[i + 1]].astype(np.int64) for i in range(len(pb.pids))]
+    per_week = max(1, int(round(cfg.n_items * 0.02)))
+    for w in range(n_weeks):
+        rng = np.random.default_rng([cfg.seed, 7, w])
+        keys: list[str] = []
+        parts: list[np.ndarray] = []
+        for u, tracks in enumerate(users):
+            # n_weeks + 1 parts: the first is before the window (the user's past), so week 0 is
+            # not made of playlist starts (drawn differently: no album or artist to follow).
+            a, b = len(tracks) * (w + 1) // (n_weeks + 1), len(tracks) * (w + 2) // (n_weeks + 1)
+            if b > a:
+                parts.append(tracks[a:b])
+                keys += [f"user{u}"] * (b - a)
+        items = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if w > 0:
+            moved = rng.random(len(items)) < min(1.0, shift * w)
+            items = np.where(moved, rotate[items], items)
+            fresh = rng.random(len(items)) < new_items
+            first_new = cat.n_items + (w - 1) * per_week
+            items = np.where(fresh, first_new + rng.integers(0, per_week, len(items)), items)
+        if reverse_week is not None and w == reverse_week:
+            known = items < cat.n_items
+            items = np.where(known, reverse[np.minimum(items, cat.n_items - 1)], items)
+        # Times: random within the week, increasing along each user's part.
+        uidx = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+        ts = start + w * WEEK + rng.integers(0, WEEK, len(items))
+        ts_sorted = ts[np.lexsort((ts, uidx))]  # events are grouped by user already
+        yield pa.table(
+            {
+                "user": pa.array(keys, pa.string()),
+                "item": pa.array([f"synthetic:track:{t}" for t in items.tolist()], pa.string()),
+                "ts": pa.array(ts_sorted, pa.int64()),
+            }
+        )
+
+
+def write_weekly_batches(cfg: SyntheticConfig, folder: str | Path, n_weeks: int = 5, **options: object) -> list[Path]:
+    """Write `weekly_batches` as CSV files week-00.csv, week-01.csv, ... (columns user, item, ts)."""
+    import pyarrow.csv as pacsv
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for w, table in enumerate(weekly_batches(cfg, n_weeks, **options)):  # type: ignore[arg-type]
+        path = folder / f"week-{w:02d}.csv"
+        with atomic_path(path) as tmp:
+            pacsv.write_csv(table, tmp)
+        paths.append(path)
+    return paths
+
+
+__all__ = [
+    "SyntheticConfig",
+    "SyntheticSource",
+    "iter_playlists",
+    "make_catalogue",
+    "weekly_batches",
+    "write_mpd_slices",
+    "write_weekly_batches",
+]

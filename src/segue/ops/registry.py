@@ -1,0 +1,460 @@
+"""The model registry: MLflow's Model Registry over segue's model folders.
+
+Where it lives: `--registry DIR` (or $SEGUE_REGISTRY) names a folder, which holds an embedded
+SQLite backend (DIR/registry.db) and the artifacts (DIR/artifacts): nothing to start. A value with
+a scheme (http://host:5000, sqlite:///x.db, databricks, ...) is used as the MLflow tracking and
+registry URI as is, for teams that share a server.
+
+What a version records (one MLflow run per version, the version points at the run's `model`
+artifact folder):
+  artifact `model/`      the model folder (checkpoints, TensorBoard files and index caches left out)
+  run params             the config, flattened ("model.d_model" = 64)
+  run metrics            evaluation means and 95% CI bounds ("ndcg_at_10", "ndcg_at_10_ci_low", ...)
+  version tags           store_checksum, split, eval_split, parent (the production version it
+                         was trained from), previous_production (set when it is promoted),
+                         evaluation (JSON: metric -> [mean, low, high]), decision (JSON), and any
+                         extra tags the caller gives (retrain: files, data_until)
+Aliases: `production` (served) and `candidate` (the last one registered).
+
+Crash safety: a version is created by one `create_model_version` call carrying all its tags (the run
+and its artifacts are written first; a crash before leaves an orphan run, never a half-recorded
+version), and a promotion or rollback is one alias update.
+
+`import mlflow` is deferred to first use: `segue --help` must not pay its ~2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segue.errors import ConfigError, SegueError
+
+REGISTRY_ENV = "SEGUE_REGISTRY"
+PRODUCTION = "production"
+CANDIDATE = "candidate"
+EXPERIMENT = "segue"
+# Parts of a run folder that are not the model: resumable state and caches rebuilt on load.
+SKIP_IN_ARTIFACT = ("checkpoints", "tensorboard", "serving")
+
+
+@dataclass
+class VersionInfo:
+    """One registered version, as `segue registry list/show` print it."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    created_ms: int
+    aliases: list[str]
+    tags: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def parent(self) -> str | None:
+        return self.tags.get("parent") or None
+
+    def evaluation(self) -> dict[str, list[float]]:
+        """metric -> [mean, CI low, CI high] on `eval_split` (empty if none was recorded)."""
+        return json.loads(self.tags.get("evaluation", "{}"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "source": self.source,
+            "created_ms": self.created_ms,
+            "aliases": self.aliases,
+            "tags": self.tags,
+            "metrics": self.metrics,
+        }
+
+
+def tracking_uri(location: str | Path | None) -> tuple[str, str | None]:
+    """(MLflow URI, artifact folder or None) for a registry location: a folder becomes an embedded
+    SQLite backend; a value with a scheme is a URI used as is. None reads $SEGUE_REGISTRY."""
+    loc = str(location) if location is not None else os.environ.get(REGISTRY_ENV, "")
+    if not loc:
+        raise ConfigError(f"no model registry given: pass --registry DIR (or a tracking URI), or set {REGISTRY_ENV}")
+    if "://" in loc or loc.startswith("databricks"):
+        return loc, None
+    folder = Path(loc).expanduser().resolve()
+    return f"sqlite:///{folder / 'registry.db'}", str(folder / "artifacts")
+
+
+def metric_key(key: str) -> str:
+    """An MLflow-safe metric name: 'ndcg@10' -> 'ndcg_at_10' (MLflow refuses '@')."""
+    return key.replace("@", "_at_")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b": "value"} (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flatten(v, key + ".")
+        elif v is not None:
+            out[key] = json.dumps(v) if isinstance(v, list | bool) else str(v)
+    return out
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """'models:/NAME@alias' -> (NAME, None, alias); 'models:/NAME/3' -> (NAME, '3', None)."""
+    if not uri.startswith("models:/"):
+        raise ConfigError(f"'{uri}': not a registry model URI (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, _, alias = rest.partition("@")
+        if name and alias:
+            return name, None, alias
+    else:
+        name, _, version = rest.partition("/")
+        if name and version.isdigit():
+            return name, version, None
+    raise ConfigError(f"'{uri}': expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+class Registry:
+    """segue's view of an MLflow Model Registry (see the module docstring)."""
+
+    def __init__(self, location: str | Path | None = None) -> None:
+        self.uri, self.artifact_root = tracking_uri(location)
+        self.location = str(location) if location is not None else os.environ.get(REGISTRY_ENV, "")
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            import logging
+
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # schema set-up chatter
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+            from mlflow import MlflowClient
+
+            if self.artifact_root is not None:
+                Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = None
+        if self.artifact_root is not None:
+            location = Path(self.artifact_root).as_uri()
+        return str(self.client.create_experiment(name, artifact_location=location))
+
+    # --- reading -------------------------------------------------------------------------------
+    def _exists(self, name: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+            return True
+        except MlflowException:
+            return False
+
+    def names(self) -> list[str]:
+        return sorted(m.name for m in self.client.search_registered_models())
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of `name`, newest first."""
+        if not self._exists(name):
+            raise SegueError(f"registry {self.location}: no model named '{name}' (models: {', '.join(self.names()) or 'none'})")
+        aliases = self._aliases(name)
+        out = [self._info(mv, aliases) for mv in self.client.search_model_versions(f"name='{name}'")]
+        return sorted(out, key=lambda v: -int(v.version))
+
+    def _aliases(self, name: str) -> dict[str, list[str]]:
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self.client.get_registered_model(name).aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
+        return by_version
+
+    def _info(self, mv: Any, aliases: dict[str, list[str]] | None = None, *, with_run: bool = False) -> VersionInfo:
+        aliases = aliases if aliases is not None else self._aliases(mv.name)
+        metrics: dict[str, float] = {}
+        params: dict[str, str] = {}
+        if with_run and mv.run_id:
+            run = self.client.get_run(mv.run_id)
+            metrics, params = dict(run.data.metrics), dict(run.data.params)
+        return VersionInfo(
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id or "",
+            source=mv.source,
+            created_ms=int(mv.creation_timestamp or 0),
+            aliases=sorted(aliases.get(str(mv.version), [])),
+            tags=dict(mv.tags or {}),
+            metrics=metrics,
+            params=params,
+        )
+
+    def version(self, name: str, ref: str, *, with_run: bool = False) -> VersionInfo:
+        """A version by number ('3') or alias ('production')."""
+        from mlflow.exceptions import MlflowException
+
+        if not self._exists(name):
+            raise SegueError(f"registry {self.location}: no model named '{name}' (models: {', '.join(self.names()) or 'none'})")
+        try:
+            mv = self.client.get_model_version(name, ref) if str(ref).isdigit() else self.client.get_model_version_by_alias(name, ref)
+        except MlflowException:
+            what = f"version {ref}" if str(ref).isdigit() else f"alias '{ref}'"
+            raise SegueError(f"registry {self.location}: model '{name}' has no {what}") from None
+        return self._info(mv, with_run=with_run)
+
+    def alias(self, name: str, alias: str) -> str | None:
+        """The version an alias points at, or None (also when the model does not exist yet)."""
+        if not self._exists(name):
+            return None
+        return self._aliases_map(name).get(alias)
+
+    def _aliases_map(self, name: str) -> dict[str, str]:
+        return {a: str(v) for a, v in self.client.get_registered_model(name).aliases.items()}
+
+    # --- writing -------------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        model_folder: str | Path,
+        *,
+        store_checksum: str,
+        split: str,
+        config: dict[str, Any] | None = None,
+        evaluation: dict[str, list[float]] | None = None,
+        eval_split: str | None = None,
+        parent: str | None = None,
+        tags: dict[str, str] | None = None,
+        description: str = "",
+        set_candidate: bool = True,
+    ) -> VersionInfo:
+        """Record `model_folder` as a new version of `name` (see the module docstring for what is
+        kept); `evaluation` is metric -> [mean, CI low, CI high] on `eval_split`."""
+        folder = Path(model_folder)
+        if not (folder / "model.toml").exists():
+            raise SegueError(f"{folder}: not a model folder (no model.toml)")
+        client = self.client
+        run = client.create_run(self.experiment_id(), run_name=f"{name}-{folder.name}", tags={"segue.model": name})
+        rid = run.info.run_id
+        from mlflow.entities import Metric, Param
+
+        params = [Param(k[:250], v[:6000]) for k, v in flatten(config or {}).items()]
+        metrics = []
+        import time
+
+        now = int(time.time() * 1000)
+        for key, (mean, low, high) in (evaluation or {}).items():
+            base = metric_key(key)
+            metrics += [Metric(base, mean, now, 0), Metric(f"{base}_ci_low", low, now, 0), Metric(f"{base}_ci_high", high, now, 0)]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(rid, params=params[i : i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(rid, metrics=metrics[i : i + 1000])
+        with tempfile.TemporaryDirectory(prefix="segue-register-") as tmp:
+            staged = Path(tmp) / "model"
+            shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(*SKIP_IN_ARTIFACT))
+            client.log_artifacts(rid, str(staged), "model")
+        client.set_terminated(rid)
+        if not self._exists(name):
+            import contextlib
+
+            from mlflow.exceptions import MlflowException
+
+            with contextlib.suppress(MlflowException):  # created meanwhile by another process
+                client.create_registered_model(name, description="segue recommender")
+        all_tags = {
+            "store_checksum": store_checksum,
+            "split": split,
+            "eval_split": eval_split or "",
+            "parent": parent or "",
+            "evaluation": json.dumps(evaluation or {}),
+            "model_folder": str(folder.resolve()),
+        } | (tags or {})
+        mv = client.create_model_version(name, f"runs:/{rid}/model", run_id=rid, tags=all_tags, description=description)
+        if set_candidate:
+            client.set_registered_model_alias(name, CANDIDATE, mv.version)
+        return self.version(name, str(mv.version))
+
+    def set_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, version, key, value)
+
+    def promote(self, name: str, version: str, *, reason: str = "manual") -> str | None:
+        """Point `production` at `version`; returns the version it pointed at before. The previous
+        production is recorded on the promoted version first (the rollback target), so the alias
+        update that follows is the one step that changes what is served."""
+        target = self.version(name, version)
+        previous = self.alias(name, PRODUCTION)
+        if previous == target.version:
+            return previous
+        self.client.set_model_version_tag(name, target.version, "previous_production", previous or "")
+        self.client.set_model_version_tag(name, target.version, "promotion", reason)
+        self.client.set_registered_model_alias(name, PRODUCTION, target.version)
+        return previous
+
+    def rollback_target(self, name: str) -> tuple[str, str]:
+        """(current production, the version it replaced): what a rollback would do."""
+        current = self.alias(name, PRODUCTION)
+        if current is None:
+            raise SegueError(f"registry {self.location}: model '{name}' has no production version to roll back")
+        previous = self.version(name, current).tags.get("previous_production") or ""
+        if not previous:
+            raise SegueError(f"model '{name}': production version {current} replaced no earlier version; nothing to roll back to")
+        return current, previous
+
+    def rollback(self, name: str) -> tuple[str, str]:
+        """Point `production` back at the version it replaced; returns (from, to)."""
+        current, previous = self.rollback_target(name)
+        self.client.set_registered_model_alias(name, PRODUCTION, previous)
+        self.client.set_model_version_tag(name, current, "rolled_back", "true")
+        return current, previous
+
+    # --- model folders -------------------------------------------------------------------------
+    def download(self, name: str, ref: str, cache: str | Path) -> Path:
+        """The model folder of a version, downloaded once into cache/NAME-vN (atomically; reused
+        after). The folder's name is what /healthz reports as the run id."""
+        info = self.version(name, ref)
+        dest = Path(cache) / f"{name}-v{info.version}"
+        if (dest / "model.toml").exists():
+            return dest
+        from segue.io import atomic_path
+
+        with atomic_path(dest, is_dir=True) as tmp:
+            got = Path(self.client.download_artifacts(info.run_id, "model", str(tmp)))
+            for p in got.iterdir():
+                p.rename(tmp / p.name)
+            got.rmdir()
+        return dest
+
+    def resolve(self, uri: str, cache: str | Path) -> tuple[Path, VersionInfo]:
+        """A models:/ URI -> (local model folder, version)."""
+        name, version, alias = parse_model_uri(uri)
+        info = self.version(name, version or alias or "")
+        return self.download(name, info.version, cache), info
+
+
+def default_cache(registry: Registry) -> Path:
+    """Where downloaded versions go: beside an embedded registry, else ~/.cache/segue/models."""
+    if registry.artifact_root is not None:
+        return Path(registry.artifact_root).parent / "cache"
+    return Path.home() / ".cache" / "segue" / "models"
+
+
+def notify_reload(server: str, key: str | None, folder: str | Path, timeout: float = 600.0) -> dict[str, Any]:
+    """POST /admin/reload {"model": folder} to a running server with its admin key; returns the
+    server's answer (previous and new model) or raises SegueError with the server's reason."""
+    import httpx
+
+    key = key or os.environ.get("SEGUE_ADMIN_KEY")
+    if not key:
+        raise ConfigError("reloading the server needs its admin key (--admin-key or SEGUE_ADMIN_KEY)")
+    url = server.rstrip("/") + "/admin/reload"
+    try:
+        r = httpx.post(url, json={"model": str(Path(folder).resolve())}, headers={"X-API-Key": key}, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise SegueError(f"{url}: could not reach the server ({e})") from None
+    if r.status_code != 200:
+        raise SegueError(f"{url}: reload refused ({r.status_code}: {r.text[:300]})")
+    return dict(r.json())
+
+
+def switch_production(
+    registry: Registry,
+    name: str,
+    version: str | None,
+    *,
+    server: str | None = None,
+    admin_key: str | None = None,
+    reason: str = "manual",
+    cache: str | Path | None = None,
+    timeout: float = 600.0,
+) -> dict[str, Any]:
+    """Promote `version` (None: roll back) and make a running server serve it.
+
+    The server is told first: its reload loads the new folder completely before swapping, and a
+    refusal (wrong key, bad folder) raises here with the registry unchanged; the alias moves once
+    the server serves the version, so the registry's production is what is served.
+    Returns {"from", "to", "served" (the server's model or None)}."""
+    if version is None:
+        old, new = registry.rollback_target(name)
+    else:
+        new, old = registry.version(name, version).version, registry.alias(name, PRODUCTION)
+    served = None
+    if server:
+        folder = registry.download(name, new, cache or default_cache(registry))
+        served = notify_reload(server, admin_key, folder, timeout=timeout)["model"]
+    if version is None:
+        registry.rollback(name)
+    else:
+        registry.promote(name, new, reason=reason)
+    return {"from": old, "to": new, "served": served}
+
+
+def tensorboard_scalars(folder: Path) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every scalar in a TensorBoard folder's event files (TFRecord: length,
+    crc, an Event proto, crc), read with tensorboardX's protos (no TensorFlow needed)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    out.append((v.tag, int(ev.step), float(v.simple_value)))
+    return out
+
+
+def log_training_run(location: str | Path | None, run: str | Path, config: dict[str, Any], experiment: str = "segue-train") -> str:
+    """Log a finished `segue train` run folder to MLflow: the config as params, the summary in
+    metrics.json as metrics, the TensorBoard curves (train/*, valid/*) step by step, and
+    curves.png, metrics.json and config.toml as artifacts. Returns the MLflow run id."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    run = Path(run)
+    reg = Registry(location)
+    client = reg.client
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+        experiment, artifact_location=Path(reg.artifact_root).as_uri() if reg.artifact_root else None
+    )
+    mrun = client.create_run(exp_id, run_name=run.name, tags={"segue.run_folder": str(run.resolve())})
+    rid = mrun.info.run_id
+    params = [Param(k[:250], v[:6000]) for k, v in flatten(config).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(rid, params=params[i : i + 100])
+    now = int(time.time() * 1000)
+    metrics = []
+    summary = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    for k, v in summary.items():
+        if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
+            metrics.append(Metric(metric_key(k), float(v), now, 0))
+    if (run / "tensorboard").is_dir():
+        for tag, step, value in tensorboard_scalars(run / "tensorboard"):
+            metrics.append(Metric(metric_key(tag), value, now, step))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i : i + 1000])
+    for name in ("curves.png", "metrics.json", "config.toml"):
+        if (run / name).exists():
+            client.log_artifact(rid, str(run / name))
+    client.set_terminated(rid)
+    return str(rid)

@@ -1,0 +1,496 @@
+"""`segue retrain`: gather new data, validate it, build a store, train a candidate, evaluate it
+against production on the newest window, gate, register, promote, reload the server.
+
+Steps (STEPS; the Metaflow flow in segue.flows.retrain runs the same methods, one per step):
+  gather    the production version's data files and the incoming files it lacks (by name), and
+            the serving feature log's records newer than production's `data_until`
+  validate  each new file and the feature log against the last file production was trained on
+            (its store's training part for a first retrain): schema and drift checks of
+            segue.ops.validation; a failure aborts unless --force (reports in the attempt folder)
+  build     a new store from all the files (and the log, with train_on_feature_log) with a
+            temporal split whose test window is the newest `test_days` (cut at a midnight)
+  train     the candidate: the base train config on that split, warm-started from production
+            (segue.ops.retrain_train) unless warm_start = false or --from-scratch
+  evaluate  candidate and production on the same test window, in one evaluation run (CIs)
+  gate      promote iff candidate >= production - tolerance and >= floor (retrain_eval.gate)
+  register  a new registry version (the candidate alias) carrying the figures and the decision
+  promote   when the gate said so: a running server ([server] url) reloads the new version through
+            /admin/reload, then the production alias moves to it
+  reload    /healthz confirms what the server now serves (recorded on the version)
+
+Crash safety: nothing outside the attempt folder (work_dir/attempts/<time>) changes before
+`register`, which creates the version in one call; `promote` is one alias update. A crash at any
+step before `promote` leaves production as it was. SEGUE_RETRAIN_CRASH_AT=<step> kills the
+process (SIGKILL) as that step starts: the tests use it to check exactly this.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from segue.config import Config, read_toml
+from segue.errors import ConfigError, SegueError
+from segue.ops.retrain_eval import GateConfig
+
+STEPS = ("gather", "validate", "build", "train", "evaluate", "gate", "register", "promote", "reload")
+CRASH_ENV = "SEGUE_RETRAIN_CRASH_AT"
+DAY = 86400
+
+
+class ServerConfig(Config):
+    url: str | None = None  # a running server to reload after a promotion
+    admin_key_env: str = "SEGUE_ADMIN_KEY"  # the environment variable holding its admin key
+    # The reload loads and warms the model before answering; on a busy 2-core machine it took
+    # over 120 s (the month benchmark under load): a timeout leaves production as it was.
+    reload_timeout: float = Field(600.0, gt=0)
+
+
+class RetrainConfig(Config):
+    """configs/retrain.toml; relative paths are relative to the config file's folder."""
+
+    name: str = "segue"  # the registered model
+    registry: str = "registry"  # folder (embedded SQLite) or MLflow tracking URI
+    work_dir: str = "retrain"  # attempts: stores, runs, validation reports
+    incoming: str = "incoming"  # folder of source files, one per batch
+    pattern: str = "*.csv"
+    source_kind: str = "csv"
+    source_options: dict[str, Any] = {}
+    feature_log: str | None = None  # the server's feature log folder
+    train_on_feature_log: bool = False  # off: the log is validated only (files hold the same events)
+    thresholds: str | None = None  # validation thresholds TOML (default: built in)
+    # The candidate: a `segue train` config (its [data] section is replaced), or a baseline family
+    # fitted directly (popularity, itemknn, ease, ...; options in family_config).
+    train_config: str | None = None
+    family: str | None = None
+    family_config: dict[str, Any] = {}
+    warm_start: bool = True
+    test_days: float = Field(7.0, gt=0)
+    valid_days: float = Field(1.0, gt=0)
+    gate: GateConfig = GateConfig()
+    server: ServerConfig = ServerConfig()
+    base_dir: str | None = None  # set when loaded: the config file's folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> RetrainConfig:
+        path = Path(path)
+        cfg = cls.from_dict(read_toml(path), source=str(path))
+        return cfg.model_copy(update={"base_dir": str(path.parent.resolve())})
+
+    @model_validator(mode="after")
+    def _one_candidate(self) -> RetrainConfig:
+        if (self.train_config is None) == (self.family is None):
+            raise ValueError("give exactly one of train_config (a neural model) and family (a baseline)")
+        return self
+
+    def resolve(self, p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.base_dir or ".") / q
+
+    def registry_location(self) -> str:
+        return self.registry if "://" in self.registry else str(self.resolve(self.registry))
+
+
+class RetrainAborted(SegueError):
+    """Validation failed (drift or schema) and --force was not given."""
+
+
+def crash_point(step: str) -> None:
+    """Kill this process with SIGKILL when $SEGUE_RETRAIN_CRASH_AT names `step` (crash tests)."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def registry_config(model_folder: str | Path) -> dict[str, Any]:
+    """The config to record for a model folder: its train config.toml, else its model.toml."""
+    folder = Path(model_folder)
+    for name in ("config.toml", "model.toml"):
+        if (folder / name).exists():
+            return read_toml(folder / name)
+    return {}
+
+
+@dataclass
+class Retrain:
+    """One retrain attempt; `state` (JSON-able) carries everything between steps."""
+
+    cfg: RetrainConfig
+    force: bool = False
+    from_scratch: bool = False
+    drill: str | None = None  # "shuffle_items": a deliberately broken candidate (the gate must refuse it)
+    console: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.console is None:
+            from rich.console import Console
+
+            self.console = Console()
+        if not self.state:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            attempt = self.cfg.resolve(self.cfg.work_dir) / "attempts" / f"{stamp}-{os.getpid()}"
+            self.state = {"attempt": str(attempt.resolve()), "seconds": {}, "steps_done": []}
+        self._registry: Any = None
+
+    # --- helpers -------------------------------------------------------------------------------
+    @property
+    def attempt(self) -> Path:
+        return Path(self.state["attempt"])
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from segue.ops.registry import Registry
+
+            self._registry = Registry(self.cfg.registry_location())
+        return self._registry
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    def _source(self, path: str) -> Any:
+        from segue.data.sources import open_source
+
+        return open_source(self.cfg.source_kind, path, **self.cfg.source_options)
+
+    def _spec(self, path: str) -> Any:
+        from segue.ops.eventset import Spec
+
+        return Spec(kind=self.cfg.source_kind, path=path, options=dict(self.cfg.source_options))
+
+    def run_step(self, step: str) -> None:
+        crash_point(step)
+        t = time.perf_counter()
+        getattr(self, "step_" + step)()
+        self.state["seconds"][step] = round(time.perf_counter() - t, 2)
+        self.state["steps_done"].append(step)
+
+    def run(self) -> dict[str, Any]:
+        """Every step in order; returns the state (figures, decision, version, timings)."""
+        t = time.perf_counter()
+        for step in STEPS:
+            self.run_step(step)
+            if self.state.get("stop"):
+                self.say(f"[yellow]stopped after {step}:[/] {self.state['stop']}")
+                break
+        self.state["seconds"]["total"] = round(time.perf_counter() - t, 2)
+        self.attempt.mkdir(parents=True, exist_ok=True)
+        from segue.io import atomic_write_text
+
+        atomic_write_text(self.attempt / "retrain.json", json.dumps(self.state, indent=2, default=str))
+        return self.state
+
+    # --- steps ---------------------------------------------------------------------------------
+    def step_gather(self) -> None:
+        from segue.ops.registry import PRODUCTION, default_cache
+
+        cfg, reg, st = self.cfg, self.registry, self.state
+        prod = reg.alias(cfg.name, PRODUCTION)
+        st["production"] = prod
+        known: list[str] = []
+        since = -math.inf
+        if prod is not None:
+            info = reg.version(cfg.name, prod)
+            known = json.loads(info.tags.get("files") or "[]")
+            since = float(info.tags.get("data_until") or -math.inf)
+            st["production_folder"] = str(reg.download(cfg.name, prod, default_cache(reg)))
+            st["production_store"] = info.tags.get("store_path") or None
+            st["production_split"] = info.tags.get("split") or None
+        incoming = cfg.resolve(cfg.incoming)
+        present = sorted(str(p.resolve()) for p in incoming.glob(cfg.pattern)) if incoming.is_dir() else []
+        missing = [f for f in known if not Path(f).exists()]
+        if missing:
+            raise SegueError(f"files production was trained on are gone: {', '.join(missing)} (restore them, or register anew)")
+        new = [f for f in present if f not in known]
+        st["known_files"], st["new_files"] = known, new
+        st["files"] = known + new
+        # The feature log: records newer than what production has seen.
+        st["log_records"], st["data_until"] = 0, (since if math.isfinite(since) else None)
+        if cfg.feature_log:
+            n, until = _copy_log_since(cfg.resolve(cfg.feature_log), since, self.attempt / "feature-log")
+            st["log_records"] = n
+            if n:
+                st["log_folder"] = str(self.attempt / "feature-log")
+                st["data_until"] = until
+        self.say(
+            f"gather: production {prod or 'none'}; {len(known)} files known, {len(new)} new"
+            + (f"; {st['log_records']} feature-log records since the last version" if cfg.feature_log else "")
+        )
+        if not new and not st["log_records"]:
+            st["stop"] = "nothing new since the production version"
+        elif not new and not cfg.train_on_feature_log:
+            st["stop"] = "no new source file (the feature log is validated, not trained on)"
+
+    def step_validate(self) -> None:
+        from segue.ops.eventset import Spec
+        from segue.ops.thresholds import load_thresholds
+        from segue.ops.validation import validate, write_result
+
+        cfg, st = self.cfg, self.state
+        st["validation"] = {}
+        if st["production"] is None:
+            self.say("validate: no production version yet: nothing to compare with")
+            return
+        limits = load_thresholds(cfg.resolve(cfg.thresholds) if cfg.thresholds else None)
+        if st["known_files"]:
+            ref: Any = self._spec(st["known_files"][-1])
+            ref_label = Path(st["known_files"][-1]).name
+        elif st.get("production_store"):
+            ref = Spec(kind="store", path=st["production_store"], split=st["production_split"], part="train")
+            ref_label = "production's training data"
+        else:
+            self.say("validate: production records no data to compare with: skipped")
+            return
+        inputs: list[tuple[str, Any]] = [(Path(f).name, self._spec(f)) for f in st["new_files"]]
+        if st.get("log_folder"):
+            inputs.append(("feature-log", Spec(kind="log", path=st["log_folder"])))
+        failed = []
+        for label, spec in inputs:
+            result = validate(ref, spec, limits)
+            out = self.attempt / "validation" / label
+            write_result(result, out / "validation.json", out / "validation.html")
+            st["validation"][label] = {
+                "reference": ref_label,
+                "passed": result.passed,
+                "distances": {f.name: None if f.skipped else round(f.distance, 4) for f in result.features},
+                "failures": [f"{f.name} {f.distance:.4f} > {f.limit:.4f}" for f in result.failures()]
+                + [x.message() for x in result.schema_errors],
+                "report": str(out / "validation.html"),
+            }
+            verdict = "pass" if result.passed else "FAIL: " + "; ".join(st["validation"][label]["failures"])
+            self.say(f"validate: {label} against {ref_label}: {verdict}")
+            if not result.passed:
+                failed.append(label)
+        if failed and not self.force:
+            st["stop"] = "validation failed"
+            raise RetrainAborted(
+                f"retrain aborted: {', '.join(failed)} failed validation against {ref_label} "
+                f"({'; '.join(x for lab in failed for x in st['validation'][lab]['failures'])}); reports in "
+                f"{self.attempt / 'validation'}; pass --force to retrain anyway"
+            )
+        if failed:
+            self.say(f"[yellow]validate: {', '.join(failed)} failed; continuing (--force)[/]")
+
+    def step_build(self) -> None:
+        from segue.data.splits import TemporalSplit, add_split
+        from segue.data.store import BuildConfig, Store, build_store
+
+        cfg, st = self.cfg, self.state
+        sources = [self._source(f) for f in st["files"]]
+        if cfg.train_on_feature_log and st.get("log_folder"):
+            from segue.serving.feature_log import FeatureLogSource
+
+            sources.append(FeatureLogSource(st["log_folder"]))
+        store = self.attempt / "store.duckdb"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        build_store(sources, store, BuildConfig(splits=[]))
+        with Store.open(store) as s:
+            min_ts, max_ts = s.con.execute("SELECT min(ts), max(ts) FROM events").fetchone()
+        if max_ts is None:
+            raise SegueError("the gathered data has no timestamps: a temporal split needs them")
+        # The newest test_days, cut at the midnight (UTC) before: weekly batches split at their
+        # start. At most the newer half of the data (a first version has a single batch).
+        start = max(max_ts - cfg.test_days * DAY, (min_ts + max_ts) / 2)
+        test_cut = int(math.ceil(start / DAY) * DAY)
+        valid_cut = int(max(test_cut - cfg.valid_days * DAY, min_ts + 1))
+        if self.drill == "shuffle_items":
+            _shuffle_training_items(store, test_cut)
+        add_split(str(store), TemporalSplit(name="temporal", test_cut=test_cut, valid_cut=valid_cut))
+        with Store.open(store) as s:
+            st["store_checksum"] = s.checksum
+            counts = s.counts()
+        st["store"], st["split"], st["test_cut"], st["valid_cut"] = str(store), "temporal", test_cut, valid_cut
+        self.say(
+            f"build: {store} ({counts.get('events', 0):,} events from {len(sources)} sources); test window from "
+            f"{time.strftime('%Y-%m-%d', time.gmtime(test_cut))}"
+        )
+
+    def step_train(self) -> None:
+        cfg, st = self.cfg, self.state
+        if cfg.family is not None:
+            t = time.perf_counter()
+            st["run"] = str(_fit_baseline(cfg.family, cfg.family_config, st["store"], st["split"], self.attempt / "run"))
+            st["train_seconds"] = round(time.perf_counter() - t, 2)
+            st["warm"] = {"warm_start": False, "why": f"family {cfg.family} is fitted from scratch"}
+            st["train_config"] = {"family": cfg.family, "config": cfg.family_config}
+            self.say(f"train: {cfg.family} fitted in {st['train_seconds']:.1f} s")
+            return
+        from segue.ops.retrain_train import train_candidate
+        from segue.training.trainer import DataConfig, load_train_config
+
+        assert cfg.train_config is not None
+        base = load_train_config(cfg.resolve(cfg.train_config))
+        tc = base.model_copy(
+            update={"name": "candidate", "runs_dir": str(self.attempt), "data": DataConfig(store=st["store"], split=st["split"])}
+        )
+        warm_from = None
+        if cfg.warm_start and not self.from_scratch and st.get("production_folder"):
+            warm_from = Path(st["production_folder"])
+        t = time.perf_counter()
+        run, warm = train_candidate(tc, self.attempt / "run", warm_from=warm_from, console=self.console)
+        st["train_seconds"] = round(time.perf_counter() - t, 2)
+        st["run"], st["warm"] = str(run), warm
+        st["train_config"] = tc.model_dump(mode="json")
+        how = (
+            f"warm start ({warm['rows_copied']} item rows copied, {warm['rows_fresh']} new, {warm['rows_dropped']} dropped)"
+            if warm.get("warm_start")
+            else f"from scratch ({warm.get('why') or 'asked'})"
+        )
+        self.say(f"train: {run}, {how}, {st['train_seconds']:.0f} s")
+
+    def step_evaluate(self) -> None:
+        from segue.models.base import load_model
+        from segue.ops.retrain_eval import Revocabulary, evaluate_models
+
+        st = self.state
+        cand = load_model(st["run"])
+        models: dict[str, Any] = {"candidate": cand}
+        if st.get("production_folder"):
+            models["production"] = Revocabulary(load_model(st["production_folder"]), cand.vocab)
+        figures = evaluate_models(
+            models, st["store"], st["split"], protocol="temporal", reference="production" if "production" in models else None
+        )
+        st["figures"] = figures
+        m = self.cfg.gate.metric
+        line = ", ".join(f"{n} {v[m][0]:.4f} [{v[m][1]:.4f}, {v[m][2]:.4f}]" for n, v in figures.items() if not n.startswith("_"))
+        self.say(f"evaluate: {m} on the newest window ({figures['_queries']} queries): {line}")
+
+    def step_gate(self) -> None:
+        from segue.ops.retrain_eval import gate
+
+        st, m = self.state, self.cfg.gate.metric
+        figures = st["figures"]
+        if m not in figures["candidate"]:
+            raise ConfigError(f"gate.metric '{m}' was not measured (measured: {', '.join(figures['candidate'])})")
+        prod = figures.get("production", {}).get(m, [None])[0]
+        decision = gate(figures["candidate"][m][0], prod, self.cfg.gate)
+        st["decision"] = decision.to_dict()
+        self.say(f"gate: {decision.verdict.upper()}: " + "; ".join(decision.reasons))
+
+    def step_register(self) -> None:
+        st, cfg = self.state, self.cfg
+        decision = dict(st["decision"])
+        decision["production_figures"] = st["figures"].get("production", {}).get(cfg.gate.metric)
+        decision["comparison"] = st["figures"].get("_comparison", {}).get(cfg.gate.metric)
+        decision["drift"] = {k: v["distances"] for k, v in st.get("validation", {}).items()}
+        info = self.registry.register(
+            cfg.name,
+            st["run"],
+            store_checksum=st["store_checksum"],
+            split=st["split"],
+            config=st["train_config"],
+            evaluation=st["figures"]["candidate"],
+            eval_split=f"{st['split']}/test (from {time.strftime('%Y-%m-%d', time.gmtime(st['test_cut']))})",
+            parent=st["production"],
+            tags={
+                "files": json.dumps(st["files"]),
+                "data_until": str(st["data_until"] if st["data_until"] is not None else time.time()),
+                "store_path": st["store"],
+                "decision": json.dumps(decision, default=float),
+                "warm_start": json.dumps(st["warm"]),
+                "attempt": str(self.attempt),
+            },
+            description=f"segue retrain: {decision['verdict']}",
+        )
+        st["version"] = info.version
+        self.say(f"register: {cfg.name} version {info.version} (alias candidate)")
+
+    def step_promote(self) -> None:
+        from segue.ops.registry import switch_production
+
+        st, server = self.state, self.cfg.server
+        st["promoted"] = False
+        if not st["decision"]["promote"]:
+            self.say(f"promote: production stays at version {st['production']}")
+            return
+        reason = "retrain gate: " + "; ".join(st["decision"]["reasons"])
+        # The server (if any) reloads first; the alias moves once it serves the new version.
+        out = switch_production(
+            self.registry,
+            self.cfg.name,
+            st["version"],
+            server=server.url,
+            admin_key=os.environ.get(server.admin_key_env),
+            reason=reason[:4000],
+            timeout=server.reload_timeout,
+        )
+        st["promoted"], st["served"] = True, out["served"]
+        self.say(f"promote: production {st['production'] or '-'} -> {st['version']}")
+
+    def step_reload(self) -> None:
+        """Confirm what the server serves after the promotion (/healthz) and record it."""
+        import httpx
+
+        st, server = self.state, self.cfg.server
+        if not st.get("promoted") or not server.url:
+            return
+        health = httpx.get(server.url.rstrip("/") + "/healthz", timeout=30).json()["model"]
+        st["healthz"] = health
+        self.registry.set_tag(self.cfg.name, st["version"], "served", json.dumps(health))
+        self.say(f"reload: {server.url} now serves {health['run_id']} ({health['version']})")
+
+
+def _fit_baseline(family: str, options: dict[str, Any], store: str, split: str, run: Path) -> Path:
+    """Fit a baseline family on the split's training part and save it as a model folder."""
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.models.base import model_class
+
+    cls = model_class(family)
+    model = cls(cls.config_class.from_dict(options, source="family_config"))
+    with Store.open(store) as s:
+        model.fit(SplitData.load(s, split))
+        model.meta = dict(getattr(model, "meta", {}) or {}) | {"store_checksum": s.checksum}
+    return model.save(run)
+
+
+def _copy_log_since(folder: Path, since: float, out: Path) -> tuple[int, float | None]:
+    """Copy the feature-log records with ts > since into out/features.jsonl; (count, newest ts)."""
+    from segue.io import atomic_path
+    from segue.serving.feature_log import LOG_NAME, log_files
+
+    n, newest = 0, None
+    if not folder.exists():
+        return 0, None
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / LOG_NAME) as tmp, open(tmp, "w", encoding="utf-8") as w:
+        for path in log_files(folder):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        ts = float(json.loads(line).get("ts") or 0)
+                    except (json.JSONDecodeError, AttributeError):
+                        continue
+                    if ts > since:
+                        w.write(line if line.endswith("\n") else line + "\n")
+                        n += 1
+                        newest = ts if newest is None else max(newest, ts)
+    return n, newest
+
+
+def _shuffle_training_items(store: Path, test_cut: int) -> None:
+    """The drill: permute the item ids of every event before the test window (the candidate learns
+    a scrambled catalogue; the test window keeps the true items)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from segue.data.store import modify_store
+
+    with modify_store(store) as con:
+        ids = [r[0] for r in con.execute("SELECT item_id FROM items ORDER BY item_id").fetchall()]
+        perm = np.random.default_rng(0).permutation(ids)
+        con.register("perm", pa.table({"old": pa.array(ids, pa.int64()), "new": pa.array(perm, pa.int64())}))
+        con.execute("UPDATE events SET item_id = perm.new FROM perm WHERE events.item_id = perm.old AND events.ts < ?", [test_cut])
+        con.unregister("perm")
+
+
+def load_config(path: str | Path) -> RetrainConfig:
+    return RetrainConfig.load(path)

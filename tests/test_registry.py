@@ -1,0 +1,158 @@
+"""The model registry on a real embedded MLflow backend (SQLite in a tmp folder), real model
+folders, and a real server reloaded by a promotion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from segue.cli import app
+from segue.data.arrays import SplitData
+from segue.data.store import Store
+from segue.errors import ConfigError, SegueError
+from segue.models.base import load_model
+from segue.ops.registry import Registry, parse_model_uri, tracking_uri
+from servinghelp import dot_folder, named_store, popularity_folder
+
+
+def _scores(folder: Path, store: Path) -> np.ndarray:
+    model = load_model(folder)
+    with Store.open(store) as s:
+        data = SplitData.load(s, "random")
+        rows = data.train.nonempty()[:20]
+        return np.asarray(model.score(data.train, rows))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("registry")
+    store = named_store(tmp / "s.duckdb")
+    with Store.open(store) as s:
+        checksum = s.checksum
+    pop = popularity_folder(store, tmp / "pop")
+    dot = dot_folder(store, tmp / "dot")
+    reg = Registry(tmp / "reg")
+    ev = {"ndcg@10": [0.1, 0.08, 0.12]}
+    v1 = reg.register("m", pop, store_checksum=checksum, split="random", config={"family": "popularity", "k": {"a": 1}}, evaluation=ev, eval_split="random/test")
+    reg.promote("m", v1.version)
+    v2 = reg.register("m", dot, store_checksum=checksum, split="random", config={"family": "dot"}, evaluation=ev, eval_split="random/test", parent=v1.version)
+    return {"tmp": tmp, "store": store, "reg": reg, "v1": v1, "v2": v2, "pop": pop, "dot": dot, "checksum": checksum}
+
+
+def test_version_records_artifact_checksum_config_metrics_parent(setup: dict) -> None:
+    reg: Registry = setup["reg"]
+    info = reg.version("m", setup["v2"].version, with_run=True)
+    assert info.tags["store_checksum"] == setup["checksum"]
+    assert info.tags["split"] == "random" and info.tags["eval_split"] == "random/test"
+    assert info.parent == setup["v1"].version
+    assert info.evaluation() == {"ndcg@10": [0.1, 0.08, 0.12]}
+    assert info.metrics["ndcg_at_10"] == pytest.approx(0.1)
+    assert info.metrics["ndcg_at_10_ci_low"] == pytest.approx(0.08)
+    assert info.params["family"] == "dot"
+    assert reg.version("m", setup["v1"].version, with_run=True).params["k.a"] == "1"
+    assert "candidate" in info.aliases  # the newest registered version
+    # the artifact is the model folder, without checkpoints or caches
+    folder = reg.download("m", info.version, setup["tmp"] / "cache")
+    assert folder.name == f"m-v{info.version}"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in setup["dot"].iterdir() if p.name != "serving")
+    np.testing.assert_allclose(_scores(folder, setup["store"]), _scores(setup["dot"], setup["store"]))
+
+
+def test_promote_then_rollback_restores_previous_scores(setup: dict) -> None:
+    reg: Registry = setup["reg"]
+    v1, v2 = setup["v1"].version, setup["v2"].version
+    assert reg.alias("m", "production") == v1
+    assert reg.promote("m", v2) == v1
+    assert reg.version("m", "production").version == v2
+    assert reg.version("m", v2).tags["previous_production"] == v1
+    served_v2 = _scores(reg.download("m", "production", setup["tmp"] / "cache"), setup["store"])
+    assert (old_new := reg.rollback("m")) == (v2, v1), old_new
+    assert reg.alias("m", "production") == v1
+    restored = _scores(reg.download("m", "production", setup["tmp"] / "cache"), setup["store"])
+    np.testing.assert_array_equal(restored, _scores(setup["pop"], setup["store"]))
+    assert not np.allclose(restored, served_v2)
+    with pytest.raises(SegueError, match="nothing to roll back"):
+        reg.rollback("m")  # v1 replaced no earlier version
+
+
+def test_uris_and_errors(setup: dict, tmp_path: Path) -> None:
+    assert parse_model_uri("models:/m@production") == ("m", None, "production")
+    assert parse_model_uri("models:/m/2") == ("m", "2", None)
+    for bad in ("models:/m", "m@production", "models:/@x"):
+        with pytest.raises(ConfigError):
+            parse_model_uri(bad)
+    assert tracking_uri("http://mlflow:5000") == ("http://mlflow:5000", None)
+    uri, art = tracking_uri(tmp_path / "r")
+    assert uri == f"sqlite:///{(tmp_path / 'r').resolve()}/registry.db" and art is not None
+    reg: Registry = setup["reg"]
+    with pytest.raises(SegueError, match="no model named 'nope'"):
+        reg.versions("nope")
+    with pytest.raises(SegueError, match="has no alias 'staging'"):
+        reg.version("m", "staging")
+    with pytest.raises(SegueError, match="not a model folder"):
+        reg.register("m", tmp_path, store_checksum="x", split="random")
+
+
+def test_promotion_reloads_a_running_server(setup: dict) -> None:
+    """`segue serve --model models:/m@production` resolves through the registry; promoting another
+    version through the CLI with --server makes the running server reload it (/healthz shows it)."""
+    from segue.serving.app import create_app
+    from segue.serving.cli import resolve_model, serve_in_thread
+
+    reg: Registry = setup["reg"]
+    folder = resolve_model("models:/m@production", str(reg.location))
+    prod = reg.alias("m", "production")
+    assert folder.name == f"m-v{prod}"
+    other = setup["v2"].version if prod == setup["v1"].version else setup["v1"].version
+    with serve_in_thread(create_app(folder, admin_key="k3y", feature_log=None)) as server:
+        before = httpx.get(server.url + "/healthz").json()["model"]["run_id"]
+        assert before == f"m-v{prod}"
+        r = CliRunner().invoke(
+            app, ["registry", "promote", "m", other, "--registry", str(reg.location), "--server", server.url, "--admin-key", "k3y"]
+        )
+        assert r.exit_code == 0, r.output
+        assert httpx.get(server.url + "/healthz").json()["model"]["run_id"] == f"m-v{other}"
+        assert reg.alias("m", "production") == other
+        # a wrong key is refused, and production stays as it is
+        r = CliRunner().invoke(app, ["rollback", "m", "--registry", str(reg.location), "--server", server.url, "--admin-key", "bad"])
+        assert r.exit_code == 2 and "reload refused (403" in r.output
+        assert reg.alias("m", "production") == other  # the server refused: the registry is unchanged
+        assert httpx.get(server.url + "/healthz").json()["model"]["run_id"] == f"m-v{other}"
+    r = CliRunner().invoke(app, ["registry", "show", "m", "production", "--registry", str(reg.location), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["version"] == reg.alias("m", "production")
+    r = CliRunner().invoke(app, ["registry", "list", "m", "--registry", str(reg.location), "--json"])
+    assert r.exit_code == 0, r.output
+    listed = {v["version"]: v["aliases"] for v in json.loads(r.output)["m"]}
+    assert "production" in listed[reg.alias("m", "production")] and len(listed) == 2
+
+
+def test_training_run_logged_with_curves(tmp_path: Path) -> None:
+    """segue train --mlflow: params, summary metrics and the TensorBoard curves step by step."""
+    from tensorboardX import SummaryWriter
+
+    from segue.ops.registry import log_training_run, tensorboard_scalars
+
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    with SummaryWriter(str(run / "tensorboard")) as w:
+        for step in (10, 20, 30):
+            w.add_scalar("train/loss", 5.0 - step / 10, step)
+        w.add_scalar("valid/ndcg_at_10", 0.25, 30)
+    (run / "metrics.json").write_text(json.dumps({"best_metric": 0.25, "steps": 30, "stop_reason": "max_steps"}))
+    assert tensorboard_scalars(run / "tensorboard") == [
+        ("train/loss", 10, 4.0), ("train/loss", 20, 3.0), ("train/loss", 30, 2.0), ("valid/ndcg_at_10", 30, 0.25)
+    ]
+    rid = log_training_run(tmp_path / "reg", run, {"model": {"d_model": 64}, "name": "x"})
+    client = Registry(tmp_path / "reg").client
+    data = client.get_run(rid).data
+    assert data.params == {"model.d_model": "64", "name": "x"}
+    assert data.metrics["best_metric"] == 0.25 and data.metrics["steps"] == 30
+    curve = client.get_metric_history(rid, "train/loss")
+    assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [(10, 4.0), (20, 3.0), (30, 2.0)]
+    assert [a.path for a in client.list_artifacts(rid)] == ["metrics.json"]
