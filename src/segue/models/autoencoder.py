@@ -21,6 +21,12 @@ mean is that of its log, and log scores take the niche boost as a subtraction):
               scale of u (segue.data.ratings.denormalise with u's own mean, sd and weight)
     unified   alpha log softmax(l)_i + (1 - alpha) log q_i   (log of the weighted geometric mean)
 `score(histories)` is fold-in: a new profile is encoded by one forward pass, no retraining.
+
+Optional wide part (model.wide = "ease"; not Sprout's design): l <- l + a (x @ W) with W the EASE
+item-item weights of the training profiles (zero diagonal, L2 wide_l2), fixed, and a = exp(s_w)
+learnt; the deep presence head's last layer starts at zero, so training starts from EASE's
+ranking. Measured in configs/*autoencoder*.toml: joint training moved the ranking away from
+EASE's rather than improving it, so it is off by default.
 """
 
 from __future__ import annotations
@@ -152,6 +158,9 @@ class ProfileAutoencoder(nnx.Module):
         self.counts = Buffer(jnp.zeros((n_items,), jnp.float32))
         self.wide = Buffer(jnp.zeros((n_items, n_items), jnp.float32)) if config.wide == "ease" else None
         self.wide_log_scale = nnx.Param(jnp.zeros((), jnp.float32)) if config.wide == "ease" else None
+        if config.wide == "ease":  # the deep logits start at 0: training begins from EASE's ranking
+            last = self.presence_head[-1]
+            last.kernel[...] = jnp.zeros_like(last.kernel[...])
 
     def wide_logits(self, presence: jax.Array) -> jax.Array:
         """a * (x @ W) of full profiles x [B, n] (zeros without a wide part)."""

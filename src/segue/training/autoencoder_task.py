@@ -7,10 +7,17 @@ epoch e uses seed + e), cut into batches of trainer.loader.batch_size profiles; 
 padded with zero-weight rows, so one shape is compiled. Its state (epoch, batch index) is
 checkpointed, so a resumed run sees the same batches. Of `trainer.loader` only batch_size is read.
 
+A batch is the profiles' entries (row, column, hybrid rating), padded to a bucketed length; the
+step never builds [B, n] inputs: the first layer sums the kernel rows of the kept entries
+(ProfileAutoencoder.encode_entries) and the rating head is read at the rated entries only
+(rating_at); the presence head's [B, n] logits are needed for the softmax. Same numbers as the
+dense form (tests/test_autoencoder_sparse.py); bench/autoencoder_step.py times both.
+
 Step t (key_t = fold_in(key, t)):
     keep ~ Bernoulli(1 - input_dropout) per entry;  input = (x * keep, y * keep)
     logits, p = network(input, noise on z)
-    L_pres = multinomial_nll(logits, x);  L_rate = masked_huber(p, y, rated)   (whole profile)
+    L_pres = multinomial_nll(logits, x) (loss.presence = "mean": per profile entry)
+    L_rate = masked_huber(p, y, rated)   (whole profile)
     L = sum_t exp(-s_t) L_t + s_t  (uncertainty)  or  w_p L_pres + w_r L_rate  (fixed)
 AdamW (segue.training.optim: Adam + decoupled decay of kernels, lr schedule, global-norm clip);
 a non-finite step leaves the state unchanged. Validation: each VALID user's history (TRAIN and
