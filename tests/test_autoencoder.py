@@ -210,7 +210,7 @@ def test_uncertainty_weighting_starts_at_the_log_losses(store: Path) -> None:
         task = AutoencoderTask(cfg, SplitData.load(s, "strong"))
         state = task.init_state()
     net = task.network(state)
-    batch = task.loader.batch(np.arange(min(task.loader.n, task.loader.batch_size)))
+    batch = task.loader.dense_batch(np.arange(min(task.loader.n, task.loader.batch_size)))
     logits, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
     w = jnp.asarray(batch["weights"])
     want = [float(AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w)), float(AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), w))]

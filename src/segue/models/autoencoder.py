@@ -21,6 +21,12 @@ mean is that of its log, and log scores take the niche boost as a subtraction):
               scale of u (segue.data.ratings.denormalise with u's own mean, sd and weight)
     unified   alpha log softmax(l)_i + (1 - alpha) log q_i   (log of the weighted geometric mean)
 `score(histories)` is fold-in: a new profile is encoded by one forward pass, no retraining.
+
+Optional wide part (model.wide = "ease"; not Sprout's design): l <- l + a (x @ W) with W the EASE
+item-item weights of the training profiles (zero diagonal, L2 wide_l2), fixed, and a = exp(s_w)
+learnt; the deep presence head's last layer starts at zero, so training starts from EASE's
+ranking. Measured in configs/*autoencoder*.toml: joint training moved the ranking away from
+EASE's rather than improving it, so it is off by default.
 """
 
 from __future__ import annotations
@@ -70,6 +76,11 @@ class AutoencoderModelConfig(Config):
     score: ScoreMode = "unified"
     alpha: float = Field(0.5, ge=0, le=1)  # unified: exponent of the presence probability
     niche_boost: float = Field(0.0, ge=0)  # b of segue.models.filters.niche_boost (0 = off)
+    # Optional "wide" part (not Sprout's): presence logits += a * (x @ W), W the EASE item-item
+    # weights (zero diagonal, L2 wide_l2) of the training profiles, fixed; a = exp(wide_log_scale)
+    # is learnt jointly with the network, which so learns a correction to EASE's ranking.
+    wide: Literal["none", "ease"] = "none"
+    wide_l2: float = Field(250.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderModelConfig:
@@ -93,6 +104,9 @@ class AutoencoderLossConfig(Config):
     presence_weight: float = Field(1.0, ge=0)  # fixed only
     rating_weight: float = Field(1.0, ge=0)  # fixed only
     huber_delta: float = Field(1.0, gt=0)
+    # "sum": each profile's presence NLL summed over its items (Mult-DAE); "mean": divided by the
+    # profile size: O(log n) nats, on which uncertainty weighting settles near the rating loss
+    presence: Literal["sum", "mean"] = "sum"
 
 
 def _default_trainer() -> TrainerConfig:
@@ -142,6 +156,17 @@ class ProfileAutoencoder(nnx.Module):
         self.log_vars = nnx.Param(jnp.zeros((2,), jnp.float32))  # s_presence, s_rating (uncertainty weighting)
         self.scale = Buffer(jnp.asarray(scale, jnp.float32))
         self.counts = Buffer(jnp.zeros((n_items,), jnp.float32))
+        self.wide = Buffer(jnp.zeros((n_items, n_items), jnp.float32)) if config.wide == "ease" else None
+        self.wide_log_scale = nnx.Param(jnp.zeros((), jnp.float32)) if config.wide == "ease" else None
+        if config.wide == "ease":  # the deep logits start at 0: training begins from EASE's ranking
+            last = self.presence_head[-1]
+            last.kernel[...] = jnp.zeros_like(last.kernel[...])
+
+    def wide_logits(self, presence: jax.Array) -> jax.Array:
+        """a * (x @ W) of full profiles x [B, n] (zeros without a wide part)."""
+        if self.wide is None:
+            return jnp.zeros_like(presence)
+        return jnp.exp(self.wide_log_scale[...]) * (presence @ self.wide[...])
 
     def encode(self, presence: jax.Array, ratings: jax.Array) -> jax.Array:
         norm = jnp.maximum(jnp.sqrt(jnp.sum(presence * presence, axis=-1, keepdims=True)), 1e-6)
@@ -152,6 +177,10 @@ class ProfileAutoencoder(nnx.Module):
             x = jnp.concatenate([x, ratings / norm], axis=-1)
         return _run(self.encoder, x)
 
+    def presence_logits(self, z: jax.Array) -> jax.Array:
+        """The presence head's logits [B, n] of bottleneck codes z (without the wide part)."""
+        return _run(self.presence_head, z)
+
     def decode(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = _run(self.presence_head, z)
         rating = _run(self.rating_head, z) if self.rating_head is not None else jnp.zeros_like(logits)
@@ -161,7 +190,36 @@ class ProfileAutoencoder(nnx.Module):
         z = self.encode(presence, ratings)
         if noise_key is not None and noise > 0:
             z = z + noise * jax.random.normal(noise_key, z.shape, z.dtype)
-        return self.decode(z)
+        logits, rating = self.decode(z)
+        if self.wide is not None:
+            logits = logits + self.wide_logits(presence)
+        return logits, rating
+
+    # --- the sparse training path: a profile batch as entries (row b_e, column j_e, values) ---
+    def encode_entries(self, row: jax.Array, col: jax.Array, x: jax.Array, y: jax.Array, n_rows: int) -> jax.Array:
+        """encode() of the dense batch whose nonzero entries are (row, col) with presence x [E]
+        and rating y [E]: the first layer sums the kernel rows of the entries (E << B n gathers
+        instead of a [B, 2n] x [2n, h] product), the rest as encode()."""
+        norm = jnp.maximum(jnp.sqrt(jax.ops.segment_sum(x * x, row, n_rows)), 1e-6)
+        first, rest = self.encoder[0], list(self.encoder)[1:]
+        k = first.kernel[...]
+        e = x[:, None] * k[col]
+        if self.with_ratings:
+            e = e + y[:, None] * k[col + self.n_items]
+        h = jax.ops.segment_sum(e, row, n_rows) / norm[:, None] + first.bias[...]
+        for layer in rest:
+            h = layer(nnx.swish(h))
+        return h
+
+    def rating_at(self, z: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
+        """The rating head's output at entries (row, col) [E], without the [B, n] product."""
+        assert self.rating_head is not None
+        layers = list(self.rating_head)
+        h = z
+        for layer in layers[:-1]:
+            h = nnx.swish(layer(h))
+        last = layers[-1]
+        return jnp.sum(h[row] * last.kernel[...].T[col], axis=-1) + last.bias[...][col]
 
 
 # ---------------------------------------------------------------------------------------------

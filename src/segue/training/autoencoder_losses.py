@@ -7,6 +7,10 @@ head's predictions p [B, n], and a row weight v [B] (0 for batch padding):
                      (Liang et al. 2018, Mult-VAE/DAE: only the profile's entries contribute)
     Huber            L_rate = sum_{b,i} v_b m_bi huber(p_bi - y_bi) / sum_{b,i} v_b m_bi
                      huber(e) = e^2 / 2 if |e| <= delta else delta (|e| - delta / 2)
+    per entry        L_pres with each row's NLL divided by its profile size |x_b| (loss.presence =
+                     "mean": an O(log n) loss, which uncertainty weighting can balance against L_rate)
+The *_entries forms take the same batch as its nonzero entries e = (row b_e, column j_e) with a
+validity flag u_e (0 = padding), and give the same numbers without [B, n] targets.
     uncertainty      L = sum_t exp(-s_t) L_t + s_t   (Kendall et al. 2018, one learnable log-variance s_t per loss)
     fixed            L = sum_t w_t L_t
 """
@@ -17,11 +21,30 @@ import jax
 import jax.numpy as jnp
 
 
-def multinomial_nll(logits: jax.Array, presence: jax.Array, weights: jax.Array) -> jax.Array:
-    """L_pres: mean over weighted rows of -sum_i x_i log softmax(logits)_i."""
+def multinomial_nll(logits: jax.Array, presence: jax.Array, weights: jax.Array, per_entry: bool = False) -> jax.Array:
+    """L_pres: mean over weighted rows of -sum_i x_i log softmax(logits)_i (with `per_entry`,
+    each row's sum divided by sum_i x_i)."""
     logp = jax.nn.log_softmax(logits, axis=-1)
     per_row = -jnp.sum(presence * logp, axis=-1)
+    if per_entry:
+        per_row = per_row / jnp.maximum(jnp.sum(presence, axis=-1), 1.0)
     return jnp.sum(weights * per_row) / jnp.maximum(jnp.sum(weights), 1e-9)
+
+
+def multinomial_nll_entries(logp_at: jax.Array, row: jax.Array, valid: jax.Array, weights: jax.Array, per_entry: bool = False) -> jax.Array:
+    """multinomial_nll from log softmax(logits) at the entries [E]: row NLL_b = -sum_{e: b_e = b} u_e
+    logp_e; with `per_entry`, NLL_b / sum_{e: b_e = b} u_e (the "mean" form)."""
+    n_rows = weights.shape[0]
+    per_row = -jax.ops.segment_sum(valid * logp_at, row, n_rows)
+    if per_entry:
+        per_row = per_row / jnp.maximum(jax.ops.segment_sum(valid, row, n_rows), 1.0)
+    return jnp.sum(weights * per_row) / jnp.maximum(jnp.sum(weights), 1e-9)
+
+
+def masked_huber_entries(pred: jax.Array, target: jax.Array, rated: jax.Array, delta: float = 1.0) -> jax.Array:
+    """masked_huber at the entries [E]: mean Huber loss over the entries with rated_e = 1."""
+    err = jnp.where(rated > 0, pred - target, 0.0)
+    return jnp.sum(rated * huber(err, delta)) / jnp.maximum(jnp.sum(rated), 1e-9)
 
 
 def huber(err: jax.Array, delta: float = 1.0) -> jax.Array:

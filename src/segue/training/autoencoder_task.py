@@ -7,10 +7,17 @@ epoch e uses seed + e), cut into batches of trainer.loader.batch_size profiles; 
 padded with zero-weight rows, so one shape is compiled. Its state (epoch, batch index) is
 checkpointed, so a resumed run sees the same batches. Of `trainer.loader` only batch_size is read.
 
+A batch is the profiles' entries (row, column, hybrid rating), padded to a bucketed length; the
+step never builds [B, n] inputs: the first layer sums the kernel rows of the kept entries
+(ProfileAutoencoder.encode_entries) and the rating head is read at the rated entries only
+(rating_at); the presence head's [B, n] logits are needed for the softmax. Same numbers as the
+dense form (tests/test_autoencoder_sparse.py); bench/autoencoder_step.py times both.
+
 Step t (key_t = fold_in(key, t)):
     keep ~ Bernoulli(1 - input_dropout) per entry;  input = (x * keep, y * keep)
     logits, p = network(input, noise on z)
-    L_pres = multinomial_nll(logits, x);  L_rate = masked_huber(p, y, rated)   (whole profile)
+    L_pres = multinomial_nll(logits, x) (loss.presence = "mean": per profile entry)
+    L_rate = masked_huber(p, y, rated)   (whole profile)
     L = sum_t exp(-s_t) L_t + s_t  (uncertainty)  or  w_p L_pres + w_r L_rate  (fixed)
 AdamW (segue.training.optim: Adam + decoupled decay of kernels, lr schedule, global-norm clip);
 a non-finite step leaves the state unchanged. Validation: each VALID user's history (TRAIN and
@@ -85,6 +92,7 @@ class ProfileLoader:
         self.offsets, self.cols, self.values = offsets, cols, values  # values: hybrid scores, NaN = unrated
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
         self.n = len(offsets) - 1
+        self.wide: np.ndarray | None = None  # [n, n_items] wide scores x_u @ W of each profile, if any
         self.epoch, self.index = 0, 0
         self._perm: np.ndarray | None = None
 
@@ -110,13 +118,43 @@ class ProfileLoader:
         self.index += 1
         return self.batch(sel)
 
-    def batch(self, sel: np.ndarray) -> dict[str, np.ndarray]:
-        bs, n = self.batch_size, self.n_items
+    def _entries(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         starts, stops = self.offsets[sel], self.offsets[sel + 1]
         lengths = stops - starts
         idx = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
-        b = np.repeat(np.arange(len(sel)), lengths)
-        cols, vals = self.cols[idx], self.values[idx]
+        return np.repeat(np.arange(len(sel)), lengths), self.cols[idx], self.values[idx]
+
+    def batch(self, sel: np.ndarray) -> dict[str, np.ndarray]:
+        """The profiles `sel` as entries, padded to a bucketed capacity (few compiled shapes):
+        row, col [E] int32, value [E] (hybrid rating, 0 = unrated), rated and valid [E] (0/1),
+        weights [batch_size] (0 = padding row), and `wide` [batch_size, n] when wide scores are set."""
+        b, cols, vals = self._entries(sel)
+        nnz = len(b)
+        grain = 1 << max(8, nnz.bit_length() - 3)
+        cap = max(grain, -(-nnz // grain) * grain)
+        out = {
+            "row": np.zeros(cap, np.int32),
+            "col": np.zeros(cap, np.int32),
+            "value": np.zeros(cap, np.float32),
+            "rated": np.zeros(cap, np.float32),
+            "valid": np.zeros(cap, np.float32),
+            "weights": np.zeros(self.batch_size, np.float32),
+        }
+        ok = ~np.isnan(vals)
+        out["row"][:nnz], out["col"][:nnz], out["valid"][:nnz] = b, cols, 1.0
+        out["value"][:nnz] = np.where(ok, vals, 0.0)
+        out["rated"][:nnz] = ok
+        out["weights"][: len(sel)] = 1.0
+        if self.wide is not None:
+            w = np.zeros((self.batch_size, self.n_items), np.float32)
+            w[: len(sel)] = self.wide[sel]
+            out["wide"] = w
+        return out
+
+    def dense_batch(self, sel: np.ndarray) -> dict[str, np.ndarray]:
+        """The profiles `sel` as dense [batch_size, n] presence, ratings and rated arrays, and weights."""
+        bs, n = self.batch_size, self.n_items
+        b, cols, vals = self._entries(sel)
         presence = np.zeros((bs, n), np.float32)
         ratings = np.zeros((bs, n), np.float32)
         rated = np.zeros((bs, n), np.float32)
@@ -149,6 +187,9 @@ class AutoencoderTask:
         values, _ = normalise(offsets, rating, self.scale, mode=config.model.normalisation, tau=config.model.tau)
         self.counts = np.bincount(cols, minlength=self.n_items).astype(np.float32)
         self.loader = ProfileLoader(offsets, cols, values, self.n_items, tc.loader.batch_size, tc.seed)
+        self.wide_weights: np.ndarray | None = None
+        if config.model.wide == "ease":
+            self.wide_weights, self.loader.wide = wide_part(offsets, cols, self.n_items, config.model.wide_l2)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
         self.graphdef: Any = None
         self._step_fn: Any = None
@@ -170,7 +211,11 @@ class AutoencoderTask:
     def init_state(self) -> dict[str, Any]:
         net = ProfileAutoencoder(self.config.model, self.n_items, nnx.Rngs(self.trainer.seed), scale=(self.scale.low, self.scale.high))
         net.counts[...] = jnp.asarray(self.counts)
-        init_log_vars(net, self.loader.batch(np.arange(min(self.loader.n, self.loader.batch_size))), self.config)
+        first = np.arange(min(self.loader.n, self.loader.batch_size))
+        if self.wide_weights is not None:
+            net.wide[...] = jnp.asarray(self.wide_weights)
+            net.wide_log_scale[...] = jnp.log(initial_wide_scale(self.loader.dense_batch(first)["presence"], self.loader.wide[first]))
+        init_log_vars(net, self.loader.dense_batch(first), self.config)
         self.graphdef, params, buffers = nnx.split(net, nnx.Param, Buffer)
         tx = O.dense_transform(self.optim, params)
         self._step_fn = make_train_step(self.config, self.graphdef, self.total_steps)
@@ -183,7 +228,7 @@ class AutoencoderTask:
         }
 
     def train_step(self, state: dict[str, Any], batch: dict[str, Any], lr_scale: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-        return self._step_fn(state, batch["presence"], batch["ratings"], batch["rated"], batch["weights"], jnp.float32(lr_scale))
+        return self._step_fn(state, batch, jnp.float32(lr_scale))
 
     # --- validation ---------------------------------------------------------------------------
     def recommender(self, network: ProfileAutoencoder) -> AutoencoderRecommender:
@@ -216,30 +261,70 @@ def init_log_vars(net: ProfileAutoencoder, batch: dict[str, np.ndarray], config:
         return
     w = jnp.asarray(batch["weights"])
     logits, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
-    l_pres = AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w)
+    l_pres = AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w, config.loss.presence == "mean")
     l_rate = AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), w, config.loss.huber_delta) if config.model.rating_head else 1.0
     net.log_vars[...] = jnp.log(jnp.maximum(jnp.stack([l_pres, jnp.asarray(l_rate, jnp.float32)]), 1e-3))
 
 
-def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> Any:
-    """step(state, presence, ratings, rated, weights, lr_scale) -> (state, metrics); see the module docstring."""
-    mc, lc, oc = config.model, config.loss, config.optim
+def wide_part(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """EASE's item-item weights W [n, n] (zero diagonal, L2 `l2`) of the training profiles, and
+    each profile's wide score x_u @ W [n_profiles, n] (segue.models.ease.ease_weights)."""
+    import scipy.sparse as sp
 
-    def step(state: dict[str, Any], presence: jax.Array, ratings: jax.Array, rated: jax.Array, weights: jax.Array, lr_scale: jax.Array):
+    from segue.models.ease import ease_weights
+
+    n_rows = len(offsets) - 1
+    rows = np.repeat(np.arange(n_rows), np.diff(offsets))
+    x = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(n_rows, n_items))
+    w = ease_weights(x, l2).astype(np.float32, copy=False)
+    return w, np.asarray(x @ w, dtype=np.float32)
+
+
+def initial_wide_scale(presence: np.ndarray, wide: np.ndarray) -> float:
+    """The a in [0.5, 200] (log grid) whose softmax(a * wide) has the least multinomial NLL of the
+    batch: where the wide logits start, so the learnt log a need not walk there from 0."""
+    grid = np.geomspace(0.5, 200.0, 25)
+    w = wide.astype(np.float64)
+    nll = []
+    for a in grid:
+        lg = a * w
+        m = lg.max(axis=1, keepdims=True)
+        logp = lg - m - np.log(np.exp(lg - m).sum(axis=1, keepdims=True))
+        nll.append(-(presence * logp).sum())
+    return float(grid[int(np.argmin(nll))])
+
+
+def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> Any:
+    """step(state, batch, lr_scale) -> (state, metrics), batch as ProfileLoader.batch; see the module docstring."""
+    mc, lc, oc = config.model, config.loss, config.optim
+    per_entry = lc.presence == "mean"
+
+    def step(state: dict[str, Any], batch: dict[str, jax.Array], lr_scale: jax.Array):
         params, buffers = state["params"], state["buffers"]
         tx = O.dense_transform(oc, params)
         t = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)
         k_drop, k_noise = jax.random.split(key)
-        keep = jax.random.bernoulli(k_drop, 1.0 - mc.input_dropout, presence.shape).astype(presence.dtype)
-        x_in, y_in = presence * keep, ratings * keep
+        row, col, valid, weights = batch["row"], batch["col"], batch["valid"], batch["weights"]
+        n_rows = weights.shape[0]
+        keep = jax.random.bernoulli(k_drop, 1.0 - mc.input_dropout, valid.shape).astype(valid.dtype)
+        x_in = valid * keep
+        y_in = batch["value"] * x_in
+        rated = batch["rated"] * valid
 
         def loss_fn(p: nnx.State) -> tuple[jax.Array, jax.Array]:
             net = nnx.merge(graphdef, p, buffers)
-            logits, pred = net(x_in, y_in, k_noise, mc.bottleneck_noise)
-            l_pres = AL.multinomial_nll(logits, presence, weights)
+            z = net.encode_entries(row, col, x_in, y_in, n_rows)
+            if mc.bottleneck_noise > 0:
+                z = z + mc.bottleneck_noise * jax.random.normal(k_noise, z.shape, z.dtype)
+            logits = net.presence_logits(z)
+            if net.wide is not None:
+                logits = logits + jnp.exp(net.wide_log_scale[...]) * batch["wide"]
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            l_pres = AL.multinomial_nll_entries(logp[row, col], row, valid, weights, per_entry)
             if mc.rating_head:
-                losses = jnp.stack([l_pres, AL.masked_huber(pred, ratings, rated, weights, lc.huber_delta)])
+                pred = net.rating_at(z, row, col)
+                losses = jnp.stack([l_pres, AL.masked_huber_entries(pred, batch["value"], rated, lc.huber_delta)])
             else:
                 losses = l_pres[None]
             s = net.log_vars[...][: losses.shape[0]]
