@@ -14,6 +14,13 @@ of the 50k one (the lazy row-sparse Adam makes the step independent of the catal
 feedback columns and two context columns as inputs, the next-item head joined with the next
 event's context, a feedback head on three outputs) at the same batch, interleaved with the plain
 model, and prints its step time against the plain one.
+
+--devices 1 2 times the same step on 1 device and on a data-parallel mesh of 2 (segue.training.mesh),
+interleaved. On a CPU the devices are simulated (XLA_FLAGS=--xla_force_host_platform_device_count,
+set by re-running this script with it): they share the machine's cores, so this checks that the
+sharded step runs and what it costs, not a speed-up.
+
+    .venv/bin/python bench/train_throughput.py --items 50000 --batches 128 --devices 1 2
 """
 
 from __future__ import annotations
@@ -61,15 +68,32 @@ class Setting:
     """One compiled step over a catalogue at a batch size, with its state and a few batches."""
 
     def __init__(
-        self, model: ModelConfig, loss: LossConfig, optim: OptimConfig, n_items: int, batch: int, events: EventsConfig | None = None
+        self,
+        model: ModelConfig,
+        loss: LossConfig,
+        optim: OptimConfig,
+        n_items: int,
+        batch: int,
+        events: EventsConfig | None = None,
+        devices: int = 1,
     ) -> None:
         self.model, self.loss, self.n_items, self.batch = model, loss, n_items, batch
+        self.devices = devices
         self.events = events
         self.spec = StepSpec(
             model, loss, optim, vocab_size=n_items + N_SPECIAL, total_steps=10_000, eop_target=True, events=events or EventsConfig()
         )
         graphdef, self.state = init_state(self.spec, 0)
-        self.step = make_train_step(self.spec, graphdef)
+        self.mesh = None
+        if devices > 1:  # data-parallel mesh: batch split over the devices, parameters replicated
+            from segue.models.train_config import MeshConfig
+            from segue.training import mesh as M
+
+            self.mesh = M.make_mesh(MeshConfig(data=devices))
+            self.state = M.place_state(self.mesh, self.state)
+            self.step = make_train_step(self.spec, graphdef, M.state_shardings(self.mesh, self.state), M.replicated(self.mesh))
+        else:
+            self.step = make_train_step(self.spec, graphdef)
         rng = np.random.default_rng(0)
         t = model.context_length
         self.batches = []
@@ -90,6 +114,11 @@ class Setting:
     def run(self) -> float:
         t0 = time.perf_counter()
         b = self.batches[self.i % 4]
+        if self.mesh is not None:  # host rows -> arrays split over the devices (a copy, as on one device)
+            from segue.training.mesh import global_batch
+
+            g = global_batch(self.mesh, dict(zip(("inputs", "targets", "mask"), b[:3], strict=True)))
+            b = (g["inputs"], g["targets"], g["mask"], *b[3:])
         self.state, m = self.step(self.state, *b[:3], self.scale, *b[3:])
         jax.block_until_ready(m["loss"])
         self.i += 1
@@ -171,6 +200,26 @@ def bench_step(model: ModelConfig, loss: LossConfig, optim: OptimConfig, n_items
     return bench_batch(model, loss, optim, [n_items], batch, steps)[0]
 
 
+def bench_devices(model: ModelConfig, loss: LossConfig, optim: OptimConfig, n_items: int, batch: int, steps: int, devices: list[int]) -> list[dict]:
+    """The same step on each device count, timed in interleaved rounds."""
+    settings = [Setting(model, loss, optim, n_items, batch, devices=d) for d in devices]
+    for _ in range(steps):
+        for s in settings:
+            s.times.append(s.run())
+    return [s.result() | {"devices": s.devices} for s in settings]
+
+
+def _simulate_devices(n: int) -> None:
+    """Re-run this script with n simulated CPU devices when fewer exist (XLA reads the flag once)."""
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if jax.devices()[0].platform != "cpu" or jax.device_count() >= n or flag in os.environ.get("XLA_FLAGS", ""):
+        return
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flag).strip())
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, nargs="+", default=[50_000, 2_000_000])
@@ -182,7 +231,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--feedback", action="store_true", help="also time the feedback/context heads against the plain model")
+    ap.add_argument("--devices", type=int, nargs="+", help="time the step on these device counts (data-parallel mesh)")
     args = ap.parse_args()
+    if args.devices:
+        _simulate_devices(max(args.devices))
 
     model = ModelConfig(n_layers=args.layers, d_model=args.width, d_ff=2 * args.width)
     loss = LossConfig(kind=args.loss, n_negatives=args.negatives)
@@ -193,6 +245,19 @@ def main() -> None:
     print(f"float32 matmul peak (1024^3, best of 20): jax {peak:.1f} GFLOP/s, numpy {numpy_peak():.1f} GFLOP/s")
     print(f"model: {model.n_layers} layers, width {model.d_model}, FFN {model.d_ff}, context {model.context_length}; loss {loss.kind} with {loss.n_negatives} shared negatives")
     hdr = f"{'items':>10} {'batch':>6} {'step ms':>9} {'tokens/s':>10} {'MFLOP/tok':>10} {'GFLOP/s':>8} {'% peak':>7} {'compile s':>9}"
+    if args.devices:
+        print(f"{jax.device_count()} {jax.devices()[0].platform} devices")
+        for b in args.batches:
+            for n in args.items:
+                got = bench_devices(model, loss, optim, n, b, args.steps, args.devices)
+                for r in got:
+                    print(
+                        f"{r['devices']} device(s): {n:,} items, batch {b}: step {1e3 * r['step_s']:.1f} ms, "
+                        f"{r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_s'] / got[0]['tokens_per_s']:.2f}x of "
+                        f"{got[0]['devices']} device(s)), compile {r['compile_s']:.1f} s, loss {r['loss']:.4f}",
+                        flush=True,
+                    )
+        return
     print(hdr)
     results, with_events = [], []
     events = FEEDBACK_EVENTS if args.feedback else None

@@ -248,9 +248,10 @@ class _PlanSource:
 class _Assemble:
     """BatchPlan -> batch dict (see the module docstring)."""
 
-    def __init__(self, arrays: SequenceArrays, config: LoaderConfig, seed: int) -> None:
+    def __init__(self, arrays: SequenceArrays, config: LoaderConfig, seed: int, shard: Any = None) -> None:
         self.config = config
         self.seed = seed
+        self.shard = _shard_slice(config.batch_size, shard)
         # offsets are small (8 bytes a row) and read for every row: keep them in memory.
         self.offsets = np.asarray(arrays.offsets, dtype=np.int64)
         self.tokens = arrays.tokens
@@ -267,7 +268,9 @@ class _Assemble:
 
     def __call__(self, plan: BatchPlan) -> dict[str, np.ndarray]:
         cfg = self.config
-        rows, T = plan.rows, plan.length
+        lo, hi = self.shard
+        B = len(plan.rows)  # random draws are made for the whole batch, so every shard sees its part of them
+        rows, T = plan.rows[lo:hi], plan.length
         dummy = rows < 0
         r = np.maximum(rows, 0)
         start = self.offsets[r]
@@ -278,7 +281,7 @@ class _Assemble:
         rng = np.random.default_rng([self.seed, plan.epoch, plan.index, 0xB47]) if need_rng else None
         if cfg.crop == "random":
             # uniform over the windows that fit: offset in [0, last - eff]
-            off = (rng.random(len(rows)) * (last - eff + 1)).astype(np.int64)
+            off = (rng.random(B)[lo:hi] * (last - eff + 1)).astype(np.int64)
         else:
             off = last - eff
         # k[b, j]: index into the row's token sequence of the window's j-th token; j in [0, T].
@@ -293,7 +296,7 @@ class _Assemble:
         targets = np.where(real, tok[:, 1:], EOP).astype(np.int32)
         mask = real & (targets != UNK)
         if cfg.unk_rate > 0:
-            hit = (rng.random((len(rows), T)) < cfg.unk_rate) & real & is_item[:, :T]
+            hit = (rng.random((B, T))[lo:hi] < cfg.unk_rate) & real & is_item[:, :T]
             inputs[hit] = UNK
         batch: dict[str, np.ndarray] = {
             "inputs": inputs,
@@ -328,14 +331,14 @@ class TrainLoader:
     `loader.dataset[i]` reads any batch directly) and `loader.iterator` the Grain iterator.
     """
 
-    def __init__(self, arrays: SequenceArrays, config: LoaderConfig, seed: int) -> None:
+    def __init__(self, arrays: SequenceArrays, config: LoaderConfig, seed: int, shard: Any = None) -> None:
         self.config = config
         self.seed = seed
         row_ids = arrays.nonempty().astype(np.int64)
         lengths = np.asarray(arrays.lengths, dtype=np.int64)[row_ids]
         row_len = np.minimum(lengths + int(config.eop_target), config.context_length)
         self.source = _PlanSource(row_ids, row_len, config, seed)
-        self.dataset = grain.MapDataset.source(self.source).map(_Assemble(arrays, config, seed))
+        self.dataset = grain.MapDataset.source(self.source).map(_Assemble(arrays, config, seed, shard))
         self.fingerprint = _fingerprint(arrays, config, seed)
         self._iter_ds = self.dataset.to_iter_dataset(
             grain.ReadOptions(num_threads=config.prefetch_threads, prefetch_buffer_size=config.prefetch_buffer)
@@ -376,10 +379,27 @@ class TrainLoader:
         return int(self.iterator.get_state()["next_index"])
 
 
-def make_train_loader(arrays: SequenceArrays, config: LoaderConfig | None = None, seed: int | None = None) -> TrainLoader:
-    """Training batches over the nonempty rows of `arrays` (`seed` overrides `config.seed`)."""
+def make_train_loader(
+    arrays: SequenceArrays, config: LoaderConfig | None = None, seed: int | None = None, shard: Any = None
+) -> TrainLoader:
+    """Training batches over the nonempty rows of `arrays` (`seed` overrides `config.seed`).
+
+    `shard` (Grain `ShardOptions`, e.g. `grain.sharding.ShardByJaxProcess()` on each host of a
+    multi-host run) makes this loader yield only rows [i B / n, (i + 1) B / n) of every batch for
+    shard i of n: the global batches, their order and their random draws do not depend on n."""
     config = config or LoaderConfig()
-    return TrainLoader(arrays, config, config.seed if seed is None else seed)
+    return TrainLoader(arrays, config, config.seed if seed is None else seed, shard)
+
+
+def _shard_slice(batch_size: int, shard: Any) -> tuple[int, int]:
+    """Rows [lo, hi) of each batch read by `shard` (ShardOptions: shard_index, shard_count)."""
+    if shard is None or shard.shard_count == 1:
+        return 0, batch_size
+    n, i = shard.shard_count, shard.shard_index
+    if batch_size % n:
+        raise ConfigError(f"loader.batch_size: {batch_size} does not split over {n} processes")
+    per = batch_size // n
+    return i * per, (i + 1) * per
 
 
 def _fingerprint(arrays: SequenceArrays, config: LoaderConfig, seed: int) -> str:

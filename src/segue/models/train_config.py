@@ -66,6 +66,17 @@ class OptimConfig(Config):
 
 
 
+class MeshConfig(Config):
+    """Devices a run trains on (segue.training.mesh): a ("data", "model") mesh over every process's devices.
+
+    Batches are split over `data`; the item table, its Adam moments and its moving average are
+    split by rows over `model` (for catalogues beyond one device's memory); everything else is
+    replicated. data x model = 1 (one device) trains exactly as without a mesh."""
+
+    data: int | None = Field(None, ge=1)  # devices on the data axis; None: every device not on the model axis
+    model: int = Field(1, ge=1)  # devices the item table's rows are split over
+
+
 class TrainerConfig(Config):
     """The loop: how long, how often to validate and checkpoint, when to stop."""
 
@@ -87,3 +98,4 @@ class TrainerConfig(Config):
     # validation part joins the training sequences (the most recent interaction of each history
     # under leave-last-out), so nothing is validated: no early stopping, the last step is kept.
     fit_on: Literal["train", "train+valid"] = "train"
+    mesh: MeshConfig = MeshConfig()  # devices and hosts (segue.training.mesh)

@@ -177,11 +177,14 @@ def per_position_loss(
     return L.logq_ce(pos, neg, hit, log_q_pos, log_q_neg, tau)
 
 
-def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+def make_train_step(
+    spec: StepSpec, graphdef: Any, shardings: dict[str, Any] | None = None, metrics_sharding: Any = None
+) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
     """step(state, inputs [B, T], targets [B, T], mask [B, T], lr_scale[, events]) -> (state, metrics).
 
     `events` (the arrays of segue.models.events.batch_events) is required when spec.events is
-    enabled and must be None otherwise."""
+    enabled and must be None otherwise. `shardings` (segue.training.mesh.state_shardings) keeps
+    the state's layout on a mesh from step to step; None: one device, as before meshes."""
     ocfg = spec.optim
     ev_cfg = spec.events
     heads = ev_cfg.targets()
@@ -284,7 +287,9 @@ def make_train_step(spec: StepSpec, graphdef: Any) -> Callable[..., tuple[dict[s
         metrics = {"loss": loss, "grad_norm": norm, "skipped": ~ok, "lr": lr, "count": jnp.sum(mask), "temperature": tau}
         return new, metrics | aux
 
-    return jax.jit(step, donate_argnums=(0,))
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, metrics_sharding))
 
 
 def rest_log_tau(rest: nnx.State) -> jax.Array:

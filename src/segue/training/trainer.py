@@ -184,7 +184,7 @@ class Trainer:
             args=ocp.args.Composite(
                 # A host copy: the next step donates (overwrites) the device buffers while the
                 # asynchronous save may still be writing.
-                state=ocp.args.StandardSave(jax.tree_util.tree_map(np.array, self.state)),
+                state=ocp.args.StandardSave(jax.tree_util.tree_map(_snapshot, self.state)),
                 loop=ocp.args.JsonSave(self._loop_state()),
             ),
         )
@@ -607,6 +607,9 @@ def train(
     """
     from rich.console import Console
 
+    from segue.training.mesh import init_distributed
+
+    init_distributed()  # several processes (multi-host): JAX's runtime joins them before any computation
     console = console if console is not None else Console()
     cfg = load_train_config(config)
     run = Path(run_dir) if run_dir is not None else cfg.run_dir
@@ -679,10 +682,19 @@ def _stop_text(summary: dict[str, Any], cfg: RunConfig) -> str:
         return f"max_minutes = {tc.max_minutes}: raise it with --max-minutes"
     return str(reason)
 
+def _snapshot(x: Any) -> Any:
+    """A copy of a state leaf that the next (donating) step cannot overwrite: on the host, or, for an
+    array split over several processes (which no host holds whole), on its devices."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x.copy()
+    return np.array(x)
+
+
 def _comparable(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.model_dump(mode="json", exclude={"base_dir"})
-    # A longer or shorter budget is a legitimate change on resume.
-    for k in ("max_steps", "max_epochs", "max_minutes", "progress", "patience"):
+    # A longer or shorter budget is a legitimate change on resume, and so are the devices
+    # (a checkpoint written on N devices restores on M).
+    for k in ("max_steps", "max_epochs", "max_minutes", "progress", "patience", "mesh"):
         d["trainer"].pop(k, None)
     return d
 

@@ -27,6 +27,7 @@ from segue.models.transformer import (
     load_weights,
     save_weights,
 )
+from segue.training import mesh as M
 from segue.training.evaluate import ValidationSet, evaluate
 from segue.training.step import StepSpec, init_state, make_train_step, network_of
 from segue.training.task import total_steps
@@ -60,7 +61,12 @@ class TransformerTask:
             self.luts = {n: EV.context_lut(self.categories[n], list(arrays.context_categories.get(n, []))) for n in ev.context}
             if not lc.extras:
                 raise ConfigError("trainer.loader.extras is false, but the events section reads the batches' extra columns")
-        self.loader = make_train_loader(arrays, lc, seed=tc.seed)
+        self.mesh = M.make_mesh(tc.mesh)
+        if self.mesh is not None:
+            M.check_fit(self.mesh, lc.batch_size, len(data.vocab))
+        # Each process reads its own rows of every batch (one process: all of them).
+        shard = M.process_shard() if jax.process_count() > 1 else None
+        self.loader = make_train_loader(arrays, lc, seed=tc.seed, shard=shard)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
         self.spec = StepSpec(
             model=config.model,
@@ -79,14 +85,23 @@ class TransformerTask:
 
     def init_state(self) -> dict[str, Any]:
         self.graphdef, state = init_state(self.spec, self.trainer.seed)
-        self._step_fn = make_train_step(self.spec, self.graphdef)
+        if self.mesh is None:
+            self._step_fn = make_train_step(self.spec, self.graphdef)
+            return state
+        state = M.place_state(self.mesh, state)
+        self._step_fn = make_train_step(self.spec, self.graphdef, M.state_shardings(self.mesh, state), M.replicated(self.mesh))
         return state
 
     def train_step(self, state: dict[str, Any], batch: dict[str, Any], lr_scale: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-        args = (state, batch["inputs"], batch["targets"], batch["mask"], jnp.float32(lr_scale))
-        if not self.events.enabled:
+        arrays = {k: batch[k] for k in ("inputs", "targets", "mask")}
+        events = EV.batch_events(self.events, batch, self.luts) if self.events.enabled else None
+        if self.mesh is not None:  # this process's rows -> global arrays split over the data axis
+            arrays = M.global_batch(self.mesh, arrays)
+            events = None if events is None else M.global_batch(self.mesh, events)
+        args = (state, arrays["inputs"], arrays["targets"], arrays["mask"], jnp.float32(lr_scale))
+        if events is None:
             return self._step_fn(*args)
-        return self._step_fn(*args, EV.batch_events(self.events, batch, self.luts))
+        return self._step_fn(*args, events)
 
     def validate(self, state: dict[str, Any]) -> dict[str, float] | None:
         if self.vset is None:
