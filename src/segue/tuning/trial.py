@@ -113,9 +113,10 @@ def measured() -> Iterator[dict[str, float]]:
 
 def is_iterative(family: str) -> bool:
     """Families trained by segue's loop (validated as they train, so they can be pruned)."""
-    from segue.training.task import TASKS
+    from segue.models.base import model_class
+    from segue.models.neural import NeuralRecommender
 
-    return family in TASKS
+    return issubclass(model_class(family), NeuralRecommender)
 
 
 def fit_family(
