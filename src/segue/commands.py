@@ -68,6 +68,8 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("continue", "segue.training.cli", "continue_"),
     LazyCommand("serve", "segue.serving.cli", "serve"),
     LazyCommand("validate", "segue.ops.cli", "validate"),
+    LazyCommand("tune", "segue.tuning.cli", "tune"),
+    LazyCommand("experiment", "segue.tuning.cli", "experiment"),
 )
 
 
