@@ -41,6 +41,7 @@ class TuneFlow(FlowSpec):
     @resources(cpu=1, memory=4096)
     @step
     def start(self):
+        """Pack the split once into the datastore; propose this round's configs."""
         from segue.tuning.snapshot import snapshot_split
         from segue.tuning.space import SearchSpace, check_space
         from segue.tuning.study import propose
@@ -59,6 +60,7 @@ class TuneFlow(FlowSpec):
     @resources(cpu=1, memory=8192)
     @step
     def trial(self):
+        """Fit one config on the training part and score the validation part (errors are recorded)."""
         from segue.data.arrays import SplitData
         from segue.tuning.snapshot import opened_snapshot
         from segue.tuning.space import SearchSpace
@@ -82,6 +84,7 @@ class TuneFlow(FlowSpec):
     @resources(cpu=1, memory=2048)
     @step
     def join(self, inputs):
+        """Gather every trial's record, earlier rounds' included."""
         self.merge_artifacts(inputs, exclude=["record"])
         self.records = sorted(self.history + [i.record for i in inputs], key=lambda r: r["number"])
         self.next(self.best)
@@ -90,6 +93,7 @@ class TuneFlow(FlowSpec):
     @resources(cpu=1, memory=8192)
     @step
     def best(self):
+        """After the last round: test the best config beside the defaults, once; render the card."""
         from segue.tuning.card import card_components, render_page
         from segue.tuning.final import test_best
         from segue.tuning.snapshot import opened_snapshot
@@ -121,7 +125,7 @@ class TuneFlow(FlowSpec):
     @resources(cpu=1, memory=1024)
     @step
     def end(self):
-        pass
+        """Nothing left: every result is an artifact of `best`."""
 
 
 def previous_records(flow_name: str, run_id: str) -> list[dict]:
