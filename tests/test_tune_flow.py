@@ -220,9 +220,8 @@ def test_card_and_page_show_the_table_and_plots_in_chromium(alice: Path, tmp_pat
         assert "segue tune: ease" in body and "Test (test part, once)" in body and "tuned - defaults" in body
         assert "l2 = " in body  # the best config as TOML
         assert page.locator("table").count() >= 2
-        imgs = page.locator("img")
-        assert imgs.count() >= 3  # the Metaflow logo and one plot per parameter
-        assert page.evaluate("Array.from(document.images).filter(i => i.naturalWidth > 200).length") >= 2
+        # one rendered plot per parameter (l2, max_items)
+        assert page.evaluate("Array.from(document.images).filter(i => i.naturalWidth > 200).length") == 2
         page.screenshot(path=str(tmp_path / "card.png"), full_page=True)
         # the page's trials table sorts by the metric on a click of its header
         page.goto((alice / "tune.html").as_uri())
