@@ -88,6 +88,17 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def check_models(cfg: ExperimentConfig, source: str) -> None:
+    """A ConfigError naming the model and field of the first config its family rejects."""
+    from segue.models.base import model_class
+
+    for spec in cfg.models:
+        if spec.family is not None:
+            model_class(spec.family).config_class.from_dict(spec.config, source=f"{source}: models '{spec.name}'.config")
+        elif not cfg.resolve(spec.folder).is_dir():  # type: ignore[arg-type]
+            raise ConfigError(f"{source}: models '{spec.name}'.folder: {cfg.resolve(spec.folder)} is not a model folder")  # type: ignore[arg-type]
+
+
 def build_models(cfg: ExperimentConfig, store: Any, source: str = "experiment") -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """name -> fitted or loaded model, and name -> info (family, cost, model.toml text)."""
     from segue.data.arrays import SplitData
@@ -179,6 +190,7 @@ def run_experiment(path: Path, *, out: Path | None = None, console: Any = None) 
     store_path = cfg.resolve(cfg.store)
     if not store_path.exists():
         raise SegueError(f"{path}: field 'store': {store_path} does not exist (build it with `segue data build`)")
+    check_models(cfg, str(path))  # every config is checked before anything is fitted
     out = out or (cfg.resolve(cfg.out) if cfg.out else Path("reports") / f"experiment-{path.stem}")
     pcfg = ProtocolConfig(name=cfg.protocol, part=cfg.part)
     with Store.open(store_path) as store:
