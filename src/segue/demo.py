@@ -1,4 +1,4 @@
-"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> serve.
+"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> tune -> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -115,6 +115,34 @@ def step_evaluate(state: DemoState) -> None:
     state.results["report"] = folder
 
 
+TUNE_SPACE = """# written by `segue demo`: a tiny random search of EASE's L2 weight (see `segue tune --help`)
+family = "ease"
+store = "store.duckdb"
+split = "loo"
+strategy = "random"
+ks = [10, 20]
+[budget]
+trials = 3
+[params.l2]
+low = 10.0
+high = 1000.0
+log = true
+"""
+
+
+def step_tune(state: DemoState) -> None:
+    """A tiny `segue tune`: 3 EASE trials as a local Metaflow flow, the best tested once, a card."""
+    from segue.tuning.cli import print_summary
+    from segue.tuning.launch import tune
+
+    space = state.options.workdir / "tune_ease.toml"
+    space.write_text(TUNE_SPACE)
+    session = tune(space, state.options.workdir / "tune-runs", max_workers=2, n_boot=200, resume=True,
+                   echo=lambda s: console.print(s, highlight=False))
+    print_summary(session, console)
+    state.results["tune"] = session
+
+
 def step_serve(state: DemoState) -> None:
     """Serve the demo transformer (or the best baseline) with its web page until Ctrl-C."""
     import uvicorn
@@ -142,6 +170,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "validate": step_validate,
     "train": step_train,
     "evaluate": step_evaluate,
+    "tune": step_tune,
     "serve": step_serve,
 }
 
