@@ -48,7 +48,7 @@ split = "loo"
 strategy = "random"
 ks = [10]
 [budget]
-trials = 3
+trials = 2
 [params.l2]
 low = 1.0
 high = 300.0
@@ -152,10 +152,10 @@ def test_resume_after_kill_skips_finished_trials_and_users_do_not_collide(alice:
         tune(spaces / "random.toml", root, user="bob", echo=lambda s: None)
     session = tune(spaces / "random.toml", root, user="bob", max_workers=1, n_boot=20, resume=True, echo=lambda s: None)
     trials = json.loads((session / "trials.json").read_text())
-    assert len(trials) == 3 and all(t["status"] == "ok" for t in trials)
+    assert len(trials) == 2 and all(t["status"] == "ok" for t in trials)
     before = [t for t in trials if t["started_at"] < killed_at]
     assert len(before) == done  # the finished trial was cloned by `resume`, not rerun
-    assert len(trials) - len(before) >= 2
+    assert len(trials) - len(before) >= 1
     # alice's and bob's sessions: own folders, own namespaces, distinct run ids
     Flow, Run, namespace = metaflow_client(root)
     ids = {}

@@ -161,7 +161,8 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1300px;color:#222;padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.1rem;margin-top:2rem}
 table{border-collapse:collapse;font-size:.85rem}th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
-th{background:#f3f3f3;cursor:pointer}th.sorted{background:#dde8f7}td:last-child{text-align:left;color:#a33}
+th{background:#f3f3f3}table.sortable th{cursor:pointer}th.sorted{background:#dde8f7}
+table.trials td:last-child{text-align:left;color:#a33}
 pre{background:#f7f7f7;padding:.8rem}.plots{display:flex;flex-wrap:wrap;gap:.5rem}
 """
 
