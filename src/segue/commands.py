@@ -72,6 +72,8 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("registry", "segue.ops.registry_cli", "registry_app"),
     LazyCommand("retrain", "segue.ops.retrain_cli", "retrain"),
     LazyCommand("rollback", "segue.ops.registry_cli", "rollback"),
+    LazyCommand("tune", "segue.tuning.cli", "tune"),
+    LazyCommand("experiment", "segue.tuning.cli", "experiment"),
 )
 
 

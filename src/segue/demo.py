@@ -1,5 +1,5 @@
 """The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> register
--> serve.
+-> tune -> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -185,6 +185,32 @@ def step_register(state: DemoState) -> None:
         f"{reg.location}; segue registry list --registry {reg.location}"
     )
     state.results["registered"] = info.version
+TUNE_SPACE = """# written by `segue demo`: a tiny random search of EASE's L2 weight (see `segue tune --help`)
+family = "ease"
+store = "store.duckdb"
+split = "loo"
+strategy = "random"
+ks = [10, 20]
+[budget]
+trials = 3
+[params.l2]
+low = 10.0
+high = 1000.0
+log = true
+"""
+
+
+def step_tune(state: DemoState) -> None:
+    """A tiny `segue tune`: 3 EASE trials as a local Metaflow flow, the best tested once, a card."""
+    from segue.tuning.cli import print_summary
+    from segue.tuning.launch import tune
+
+    space = state.options.workdir / "tune_ease.toml"
+    space.write_text(TUNE_SPACE)
+    session = tune(space, state.options.workdir / "tune-runs", max_workers=2, n_boot=200, resume=True,
+                   echo=lambda s: console.print(s, highlight=False))
+    print_summary(session, console)
+    state.results["tune"] = session
 
 
 def step_serve(state: DemoState) -> None:
@@ -218,6 +244,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "rank": step_rank,
     "pairwise": step_pairwise,
     "register": step_register,
+    "tune": step_tune,
     "serve": step_serve,
 }
 
