@@ -26,8 +26,8 @@ class PipelineRunConfig(Config):
     pipeline: dict = {}  # segue.models.pipeline.PipelineConfig, checked when the run starts
 
 
-def fit_pipeline(config: Path, out: Path | None = None, console: object = None) -> Path:
-    """Fit the pipeline of `config` on its store's split and save it (atomically) to `out`."""
+def fit_pipeline(config: Path, out: Path | None = None, console: object = None, store: Path | None = None) -> Path:
+    """Fit the pipeline of `config` on its store's split (or on `store`) and save it (atomically) to `out`."""
     from segue.data.arrays import SplitData
     from segue.data.store import Store
     from segue.models.pipeline import PipelineConfig, PipelineRecommender
@@ -49,8 +49,8 @@ def fit_pipeline(config: Path, out: Path | None = None, console: object = None) 
         if console is not None and (done == total or done % 2000 < 128):
             console.print(f"  {what}: {done}/{total}", highlight=False)  # type: ignore[attr-defined]
 
-    with Store.open(base / run.data.store) as store:
-        data = SplitData.load(store, run.data.split)
+    with Store.open(store or base / run.data.store) as opened:
+        data = SplitData.load(opened, run.data.split)
         model = PipelineRecommender(cfg).fit(data, progress=progress)
     model.save(out)
     return out
@@ -59,6 +59,7 @@ def fit_pipeline(config: Path, out: Path | None = None, console: object = None) 
 def pipeline(
     config: Annotated[Path, typer.Option("--config", "-c", help="A pipeline config TOML (see configs/pipeline_*.toml).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Model folder (default: models_dir/name from the config).")] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="Store file (default: data.store from the config).")] = None,
 ) -> None:
     """Fit a two-stage pipeline: candidate generators, then a LightGBM LambdaRank ranker trained on the validation part."""
     import json
@@ -70,7 +71,7 @@ def pipeline(
 
     console = Console()
     try:
-        folder = fit_pipeline(config, out, console)
+        folder = fit_pipeline(config, out, console, store)
     except SegueError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
