@@ -235,3 +235,14 @@ def test_served_features_equal_offline_features(fitted) -> None:
     np.testing.assert_allclose([i["score"] for i in items], offline_scores[where], rtol=1e-6)
     sources = pool.sources(model.generator_names)
     assert [i["generators"] for i in items] == [sources[w] for w in where]
+
+
+@pytest.mark.slow
+def test_demo_pipeline_step(tmp_path) -> None:
+    from segue.demo import DemoOptions, run_demo
+
+    state = run_demo(DemoOptions(workdir=tmp_path, steps=["build", "pipeline"], serve=False, n_playlists=200, n_items=300))
+    results = json.loads((state.results["pipeline"] / "results.json").read_text())
+    info = results["models"]["pipeline"]
+    assert info["pool_recall@50"]["pool"] >= info["pool_recall@50"]["itemknn"]
+    assert set(results["models"]) == {"pipeline", "itemknn", "item2vec", "popularity"}
