@@ -316,7 +316,11 @@ class PipelineRecommender(BaseRecommender):
         """The ranker's features [C, F] of one pool (the one feature code path)."""
         assert self.state is not None
         name = _names_of(histories, np.array([row]))[0]
-        return self.state.query_features(np.asarray(histories.row(row)), name, pool.tokens, pool.scores, pool.ranks)
+        lo, hi = int(histories.offsets[row]), int(histories.offsets[row + 1])
+        last_ts = float(histories.ts[hi - 1]) if histories.ts is not None and hi > lo else None
+        return self.state.query_features(
+            np.asarray(histories.row(row)), name, pool.tokens, pool.scores, pool.ranks, last_ts
+        )
 
     def rank_pools(
         self, histories: SequenceArrays, rows: np.ndarray, pools: list[Pool], timings: dict[str, float] | None = None

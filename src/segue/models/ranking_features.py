@@ -15,6 +15,9 @@ Features of candidate item c after history h (last k items h_1..h_k, k = `last_k
   age_days                    (last training time - first training time of c) / 86400, NaN
                               without timestamps
   hist_len_log                log(1 + |h|)
+  pop_window_log              log(1 + training events of c in the `window_days` before the
+                              query's last event), NaN without timestamps (popularity as of then)
+  age_at_query_days           (query's last event time - first training time of c) / 86400
   knn_mean, knn_max           mean and max over h_1..h_k of the item-kNN cosine sim(h_j, c)
                               (shrunk cosine of training co-occurrence, top `knn_neighbours`)
   i2v_mean, i2v_max           mean and max cosine of the item2vec input vectors of h_j and c
@@ -68,6 +71,9 @@ class FeatureState:
     name_items: sp.csr_matrix | None = None  # [W, V] P(item | playlist name token)
     creator: np.ndarray | None = None  # int64 [V] (-1 unknown)
     album: np.ndarray | None = None  # int64 [V] (-1 unknown)
+    event_keys: np.ndarray | None = None  # int64 sorted (token << 32 | ts) of training events
+    first_ts: np.ndarray | None = None  # float64 [V] first training time (NaN: never)
+    window_days: float = 30.0
 
     # --- names ---------------------------------------------------------------------------------
     @property
@@ -76,6 +82,8 @@ class FeatureState:
         for g in self.generators:
             out += [f"{g}_score", f"{g}_rank"]
         out += ["n_generators", "pop_log", "pop_recent_log", "age_days", "hist_len_log", "knn_mean", "knn_max"]
+        if self.event_keys is not None:
+            out += ["pop_window_log", "age_at_query_days"]
         if self.i2v is not None:
             out += ["i2v_mean", "i2v_max"]
         out += [f"{k}_mean" for k in self.item_means]
@@ -98,10 +106,12 @@ class FeatureState:
         cand: np.ndarray,
         gen_scores: np.ndarray,
         gen_ranks: np.ndarray,
+        last_ts: float | None = None,
     ) -> np.ndarray:
         """Features float32 [C, F] (columns: `names`) of candidates `cand` [C] after `history`
-        (tokens, oldest first) of a query named `name`; gen_scores/gen_ranks [G, C], NaN where
-        generator g did not propose the candidate."""
+        (tokens, oldest first) of a query named `name` whose last event happened at `last_ts`
+        (unix seconds, None: unknown); gen_scores/gen_ranks [G, C], NaN where generator g did not
+        propose the candidate."""
         cand = np.asarray(cand, dtype=np.int64)
         c = len(cand)
         cols: list[np.ndarray] = []
@@ -118,6 +128,8 @@ class FeatureState:
             cols += [sim.mean(axis=0), sim.max(axis=0)]
         else:
             cols += [np.full(c, np.nan, np.float32)] * 2
+        if self.event_keys is not None:
+            cols += self._time_features(cand, last_ts)
         if self.i2v is not None:
             if len(last):
                 s = self.i2v[last] @ self.i2v[cand].T
@@ -138,6 +150,14 @@ class FeatureState:
         return np.stack([np.asarray(x, dtype=np.float32) for x in cols], axis=1) if c else np.zeros(
             (0, len(self.names)), np.float32
         )
+
+    def _time_features(self, cand: np.ndarray, last_ts: float | None) -> list[np.ndarray]:
+        if last_ts is None or not np.isfinite(last_ts):
+            return [np.full(len(cand), np.nan, np.float32)] * 2
+        t = int(last_ts)
+        lo = np.searchsorted(self.event_keys, (cand << 32) | max(t - int(self.window_days * 86400), 0), side="left")  # type: ignore[arg-type]
+        hi = np.searchsorted(self.event_keys, (cand << 32) | t, side="right")  # type: ignore[arg-type]
+        return [np.log1p(hi - lo), (t - self.first_ts[cand]) / 86400.0]  # type: ignore[index]
 
     def name_candidates(self, name: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The name generator: top-n tokens by name_score (positive scores only) and the scores."""
@@ -164,12 +184,17 @@ class FeatureState:
             arrays["creator"] = self.creator
         if self.album is not None:
             arrays["album"] = self.album
+        if self.event_keys is not None:
+            arrays["event_keys"], arrays["first_ts"] = self.event_keys, self.first_ts  # type: ignore[assignment]
         np.savez(folder / "features.npz", **arrays)
         sp.save_npz(folder / "knn.npz", self.knn, compressed=False)
         if self.name_items is not None:
             sp.save_npz(folder / "name_items.npz", self.name_items, compressed=False)
             sp.save_npz(folder / "item_words.npz", self.item_words, compressed=False)
-        meta = {"generators": self.generators, "last_k": self.last_k, "means": list(self.item_means), "words": self.words}
+        meta = {
+            "generators": self.generators, "last_k": self.last_k, "means": list(self.item_means), "words": self.words,
+            "window_days": self.window_days,
+        }
         (folder / "features.json").write_text(json.dumps(meta))
 
     @classmethod
@@ -193,6 +218,9 @@ class FeatureState:
             name_items=sp.load_npz(folder / "name_items.npz").tocsr() if named else None,
             creator=a.get("creator", None),
             album=a.get("album", None),
+            event_keys=a.get("event_keys", None),
+            first_ts=a.get("first_ts", None),
+            window_days=meta.get("window_days", 30.0),
         )
 
 
@@ -233,12 +261,15 @@ def fit_feature_state(
     recent = _recent_mask(train, recent_fraction)
     recent_counts = np.bincount(tokens[recent], minlength=v).astype(np.float64)
     age = np.full(v, np.nan, np.float32)
-    if train.ts is not None and len(tokens):
+    event_keys = first_ts = None
+    if train.ts is not None and len(tokens) and np.asarray(train.ts).max() > 0:
         ts = np.asarray(train.ts, dtype=np.int64)
         first = np.full(v, np.iinfo(np.int64).max)
         np.minimum.at(first, tokens, ts)
         seen = first < np.iinfo(np.int64).max
         age[seen] = ((ts.max() - first[seen]) / 86400.0).astype(np.float32)
+        event_keys = np.sort((tokens << 32) | np.clip(ts, 0, (1 << 32) - 1))
+        first_ts = np.where(seen, first, np.nan).astype(np.float64)
     n_items = data.vocab.n_items
     x = training_matrix(train, n_items)
     sim_items = cosine_neighbours(x, knn_neighbours, 10.0)
@@ -260,6 +291,8 @@ def fit_feature_state(
         knn=knn,
         i2v=None if i2v_vectors is None else _unit(np.asarray(i2v_vectors, np.float32)),
         item_means=means,
+        event_keys=event_keys,
+        first_ts=first_ts,
     )
     _fit_metadata(state, data, use_names)
     return state
