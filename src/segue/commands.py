@@ -66,6 +66,7 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("evaluate", "segue.evaluation.cli", "evaluate"),
     LazyCommand("train", "segue.training.cli", "train"),
     LazyCommand("continue", "segue.training.cli", "continue_"),
+    LazyCommand("pipeline", "segue.training.pipeline_cli", "pipeline"),
     LazyCommand("serve", "segue.serving.cli", "serve"),
     LazyCommand("validate", "segue.ops.cli", "validate"),
     LazyCommand("export", "segue.serving.export", "export"),

@@ -1,5 +1,5 @@
 """The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> register
--> tune -> serve.
+-> tune -> pipeline -> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -211,6 +211,32 @@ def step_tune(state: DemoState) -> None:
                    echo=lambda s: console.print(s, highlight=False))
     print_summary(session, console)
     state.results["tune"] = session
+def step_pipeline(state: DemoState) -> None:
+    """A two-stage pipeline (item-kNN + item2vec + popularity candidates, LightGBM ranker trained
+    on the validation part) against its own generators, leave-last-out, with pool recall."""
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.evaluation.cli import run_evaluation
+    from segue.models.pipeline import PipelineConfig, PipelineRecommender
+
+    folder = state.runs / "pipeline"
+    cfg = PipelineConfig.from_dict(
+        {
+            "generators": [
+                {"name": "itemknn", "family": "itemknn", "n": 100},
+                {"name": "item2vec", "family": "item2vec", "n": 50},
+                {"name": "popularity", "family": "popularity", "n": 50},
+            ]
+        }
+    )
+    with Store.open(state.store_path) as store:
+        PipelineRecommender(cfg).fit(SplitData.load(store, "loo")).save(folder)
+    models = [f"pipeline={folder}", *(f"{g}={folder / 'generators' / g}" for g in ("itemknn", "item2vec", "popularity"))]
+    out = state.options.workdir / "reports" / "pipeline"
+    result, _, report = run_evaluation(models, state.store_path, "loo", "leave_last_out", [10, 50], out, n_boot=300, console=console)
+    pool = result.models["pipeline"].info["pool_recall@50"]
+    console.print("pool recall@50: " + ", ".join(f"{k} {v:.3f}" for k, v in pool.items() if k != "pool_size"))
+    state.results["pipeline"] = report
 
 
 def step_serve(state: DemoState) -> None:
@@ -245,6 +271,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "pairwise": step_pairwise,
     "register": step_register,
     "tune": step_tune,
+    "pipeline": step_pipeline,
     "serve": step_serve,
 }
 

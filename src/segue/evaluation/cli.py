@@ -35,6 +35,19 @@ def parse_ks(text: str | None) -> list[int] | None:
     return ks
 
 
+def _parse_counts(text: str | None) -> list[int] | None:
+    """'0,1,5' -> [0, 1, 5] (seed counts may be 0); None -> None."""
+    if text is None or not text.strip():
+        return None
+    try:
+        ks = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 0:
+        raise ConfigError(f"--continuation-ks '{text}': expected comma-separated counts >= 0, e.g. 0,1,5,10,25,100")
+    return ks
+
+
 def _baseline_header(model: BaseRecommender) -> str:
     import tomli_w
 
@@ -149,6 +162,7 @@ def run_evaluation(
     reference: str | None = None,
     report: bool = True,
     console: Console | None = None,
+    continuation_ks: list[int] | None = None,
 ) -> tuple[Any, Any, Path | None]:
     """The whole `segue evaluate` pipeline as a function: returns (EvalResult, Stats, report folder).
 
@@ -168,6 +182,8 @@ def run_evaluation(
     if report and out is None:
         out = Path("reports") / f"{spec.name}-{split}"
     pcfg = ProtocolConfig(name=spec.name, part=part, exclude_seen=exclude_seen, min_history=min_history)
+    if continuation_ks is not None:
+        pcfg = pcfg.model_copy(update={"continuation_ks": continuation_ks})
     with Store.open(store) as opened:
         loaded, infos = resolve_models(models, opened, split, console=console)
         with _ranking_progress(console) as progress:
@@ -217,6 +233,10 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     reference: Annotated[str | None, typer.Option("--reference", help="Model the others are compared with (default: the best).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the table only.")] = False,
+    continuation_ks: Annotated[
+        str | None,
+        typer.Option("--continuation-ks", help="playlist_continuation: seed counts K, comma-separated (0 = title only; default 1,5,10,25,100)."),
+    ] = None,
 ) -> None:
     """Evaluate models (or baselines fitted on the fly) under a protocol: a table and a report folder."""
     from rich.console import Console
@@ -240,6 +260,7 @@ def evaluate(
             reference=reference,
             report=not no_report,
             console=console,
+            continuation_ks=_parse_counts(continuation_ks),
         )
     except SegueError as e:
         from rich.markup import escape

@@ -20,6 +20,7 @@ from segue.data.store import Store
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
 from segue.evaluation import metrics as M
+from segue.evaluation.pipeline_hooks import attach_sequence_names, pipeline_info
 from segue.evaluation.protocols import ProtocolConfig, Task, build_task, resolve_split
 from segue.models.base import NEG_INF, Recommender
 
@@ -222,6 +223,7 @@ def evaluate_task(
         t2 = time.perf_counter()
         stages["metrics"] = t2 - t1
         info = {"family": getattr(model, "family", "?"), "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()}}
+        info |= pipeline_info(model, task, batch_size)  # pool recall and importances (pipelines only)
         out[name] = ModelResult(name, per_user, cov, t2 - t0, info)
     return out
 
@@ -283,6 +285,7 @@ def _evaluate_open(
 
     data = SplitData.load(store, split)
     task = build_task(data, cfg)
+    attach_sequence_names(task, store, models)
     ks = _check_ks(ks or task.default_ks, len(task.vocab))
     results = evaluate_task(models, task, ks, batch_size=batch_size, progress=progress)
     for name, info in (model_info or {}).items():

@@ -51,7 +51,7 @@ class ProtocolConfig(Config):
     part: str = "test"  # test or valid
     exclude_seen: bool = True  # never recommend (hence never hit) a history item
     min_history: int = Field(1, ge=0)  # queries with a shorter history are left out
-    continuation_ks: list[int] = [1, 5, 10, 25, 100]  # playlist_continuation only
+    continuation_ks: list[int] = [1, 5, 10, 25, 100]  # playlist_continuation only (0 = title only)
     n_predictions: int = Field(500, ge=1)  # playlist_continuation: list length scored
 
 
@@ -158,8 +158,9 @@ def _playlist_continuation(data: SplitData, cfg: ProtocolConfig) -> Task:
     part = parse_part(cfg.part)
     if part == Part.TRAIN:
         raise ConfigError(f"protocol {cfg.name}: part must be valid or test, not train")
-    if not cfg.continuation_ks or min(cfg.continuation_ks) < 1:
-        raise ConfigError(f"protocol {cfg.name}: continuation_ks must be positive, got {cfg.continuation_ks}")
+    # K = 0 is the challenge's title-only cold start: no seed track, the whole playlist to find.
+    if not cfg.continuation_ks or min(cfg.continuation_ks) < 0:
+        raise ConfigError(f"protocol {cfg.name}: continuation_ks must be >= 0, got {cfg.continuation_ks}")
     # In a random_sequence split a held-out playlist lies wholly in its part, in position order.
     playlists = data.targets(part)
     lengths = playlists.lengths

@@ -29,6 +29,7 @@ from pydantic import Field
 from segue.config import Config
 from segue.evaluation import metrics as M
 from segue.evaluation.evaluator import EvalResult
+from segue.evaluation.pipeline_hooks import pipeline_tables
 from segue.evaluation.protocols import ProtocolConfig
 from segue.evaluation.significance import (
     Comparison,
@@ -293,6 +294,7 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
                 rows,
             )
         )
+    out += pipeline_tables(result.models)  # two-stage pipelines: pool recall, feature importance
     return out
 
 

@@ -252,4 +252,5 @@ BUILTIN_FAMILIES: Sequence[tuple[str, str, str]] = (
     ("biasedmf", "segue.models.biasedmf", "BiasedMF"),
     ("transformer", "segue.models.transformer", "TransformerRecommender"),
     ("autoencoder", "segue.models.autoencoder", "AutoencoderRecommender"),
+    ("pipeline", "segue.models.pipeline", "PipelineRecommender"),
 )

@@ -141,6 +141,9 @@ class RecommendRequest(_Request, HistoryEvents):
     )
     deny: ItemIds = Field(default_factory=list, max_length=MAX_LIST)
     niche_boost: float = Field(0.0, ge=0, le=1_000, description=NICHE_BOOST_DESCRIPTION)
+    name: Text | None = Field(
+        None, max_length=512, description="Playlist title: two-stage pipelines match it to item and playlist names"
+    )
 
     _check_ratings = field_validator("ratings")(_aligned_ratings)
 
@@ -223,6 +226,7 @@ class ItemOut(BaseModel):
     album: str | None = None
     score: float | None = None
     probability: float | None = None
+    generators: list[str] | None = Field(None, description="Two-stage pipelines: the generators that proposed the item")
 
 
 class RankedItemOut(ItemOut):
@@ -711,14 +715,28 @@ def create_app(
         warnings.append(note)
         return value
 
+    def ranker_features(engine: Engine, ranked: Ranked, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Two-stage pipelines log the ranker's features of each served item (for retraining)."""
+        if ranked.features is None:
+            return {}
+        return {
+            "feature_names": engine.model.state.names,  # type: ignore[attr-defined]
+            "features": ranked.features[: len(items)].tolist(),
+            "generators": [i.get("generators", []) for i in items],
+        }
+
     def items_out(engine: Engine, ranked: Ranked) -> list[dict[str, Any]]:
         # None fields are left out, as response_model_exclude_none does for the other routes.
         describe = engine.catalogue.describe_known
-        return [
+        out = [
             describe(t, s)
             for t, s in zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True)
             if t >= N_SPECIAL
         ]
+        if ranked.sources is not None:  # two-stage pipeline: which generators proposed each item
+            for item, src in zip(out, ranked.sources, strict=False):
+                item["generators"] = src
+        return out
 
     # Routes go on the app itself, not through included APIRouters: FastAPI (0.165) wraps an
     # included router in one routing entry without a path, so a request the envelope refuses
@@ -766,6 +784,7 @@ def create_app(
             ratings=[enc.all_ratings],
             niche_boost=req.niche_boost,
             events=[enc.all_events],
+            names=[req.name],
         )[0]
         if ranked.fallback:
             warnings.append(POPULARITY_WARNING)
@@ -780,7 +799,7 @@ def create_app(
             "/v1/recommend",
             rid,
             req.model_dump(exclude_none=True),
-            {"items": [{"id": i["id"], "score": i["score"]} for i in items]},
+            {"items": [{"id": i["id"], "score": i["score"]} for i in items]} | ranker_features(engine, ranked, items),
             warnings,
         )
         return envelope(

@@ -38,6 +38,7 @@ from segue.models.rating import ScaledRatingPredictor
 from segue.serving.catalogue import Catalogue, load_catalogue
 from segue.serving.encoding import EventColumns, RequestEncoder, context_length_of, model_kwargs
 from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
+from segue.serving.pipeline_engine import is_pipeline, rank_pipeline
 
 log = logging.getLogger("segue.serving")
 SPECIALS = np.array([PAD, START, EOP, UNK], dtype=np.int64)
@@ -68,6 +69,8 @@ class Ranked:
     tokens: np.ndarray  # int64 [k] (-1 padded)
     scores: np.ndarray  # float32 [k] (-inf padded)
     fallback: bool = False  # popularity fallback (empty history)
+    sources: list[list[str]] | None = None  # two-stage pipelines: the generators of each item
+    features: np.ndarray | None = None  # two-stage pipelines: the ranker's features [k, F]
 
 
 class Engine:
@@ -105,7 +108,8 @@ class Engine:
                     len(self.vocab),
                 )
         self.cheap_on_loop = self._warm_up()
-        retrieval = "score" if self.index is None else self.index.kind
+        self.pipeline = is_pipeline(model)  # two-stage: serving/pipeline_engine.py
+        retrieval = "pipeline" if self.pipeline else "score" if self.index is None else self.index.kind
         self.info = ModelInfo(
             run_id=str(model.meta.get("run_id") or folder.name),
             version=_folder_version(folder, model.family),
@@ -242,11 +246,13 @@ class Engine:
         ratings: list[np.ndarray | None] | None = None,
         niche_boost: float = 0.0,
         events: list[EventColumns | None] | None = None,
+        names: list[str | None] | None = None,
     ) -> list[Ranked]:
         """Top-k tokens and the model's scores after each history (popularity for empty ones).
 
         `ratings` (per history, aligned, NaN = unrated) reach the model with the histories;
-        `niche_boost` > 0 ranks by the boosted scores s - b log(count + 1), which are returned."""
+        `niche_boost` > 0 ranks by the boosted scores s - b log(count + 1), which are returned.
+        `names` (playlist titles) reach two-stage pipelines, which answer even empty histories."""
         b = len(histories)
         histories = [np.asarray(h, dtype=np.int64) for h in histories]
         excl = []
@@ -257,6 +263,8 @@ class Engine:
             if deny is not None:
                 parts.append(np.asarray(deny, dtype=np.int64))
             excl.append(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
+        if self.pipeline:
+            return self._rank_pipeline(histories, k, excl, exclude_seen, allow, names, niche_boost)
         out: list[Ranked | None] = [None] * b
         empty = [i for i, h in enumerate(histories) if len(h) == 0]
         for i in empty:
@@ -281,6 +289,29 @@ class Engine:
             for i, r in zip(live, ranked, strict=True):
                 out[i] = r
         return out  # type: ignore[return-value]
+
+    def _rank_pipeline(
+        self,
+        histories: list[np.ndarray],
+        k: int,
+        excl: list[np.ndarray],
+        exclude_seen: bool,
+        allow: np.ndarray | None,
+        names: list[str | None] | None,
+        boost: float,
+    ) -> list[Ranked]:
+        allow = None if allow is None else np.asarray(allow, dtype=np.int64)
+        res = rank_pipeline(
+            self.model, histories, k, excl, exclude_seen=exclude_seen, allow=allow, names=names,
+            counts=self.counts, niche_boost=boost,
+        )
+        out = []
+        for i, r in enumerate(res):
+            ranked = _ranked(r["tokens"], r["scores"])
+            ranked.sources, ranked.features = r["sources"], r["features"]
+            ranked.fallback = len(histories[i]) == 0 and not (names and names[i])
+            out.append(ranked)
+        return out
 
     def _boost(self, scores: np.ndarray, b: float) -> np.ndarray:
         """Token-space scores [B, V] after the niche boost (unchanged for b = 0)."""

@@ -1,0 +1,101 @@
+"""Two-stage pipeline quality against its own generators, in one `segue evaluate` run per dataset.
+
+For each dataset: build the store (once, into --work), fit the pipeline of its config
+(configs/pipeline_*.toml: generators on the train part, the ranker on the validation part), then
+evaluate the pipeline and each generator folder it holds (the very same fits) on the test part:
+  beauty, ml100k   leave_last_out, full ranking: NDCG@10 / HR@10 with paired bootstrap CIs of
+                   the pipeline minus the best single model; pool recall@50/200/500;
+  mpd, synth       playlist_continuation with K in 0,1,5,10,25,100 (K = 0: title only):
+                   R-precision, NDCG@500, clicks for the pipeline and each generator, per K.
+The equivalent commands are printed as it goes. Real data comes from ../shared/data (see
+its README); nothing of it is written outside --work.
+
+    nice .venv/bin/python bench/pipeline_quality.py --datasets ml100k beauty --work /tmp/pq
+    nice .venv/bin/python bench/pipeline_quality.py --datasets mpd synth --synth-playlists 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from pathlib import Path
+
+from segue.data.sources import open_source
+from segue.data.store import BuildConfig, build_store
+from segue.evaluation.cli import run_evaluation
+from segue.training.pipeline_cli import fit_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+
+
+def store_for(name: str, work: Path, args: argparse.Namespace) -> Path:
+    path = work / f"{name}.duckdb"
+    if path.exists():
+        return path
+    if name == "beauty":
+        src, split = open_source("seqtext", DATA / "beauty" / "Beauty.txt", format="sequences"), {"kind": "leave_last_out"}
+    elif name == "ml100k":
+        src, split = open_source("movielens", DATA / "ml-100k"), {"kind": "leave_last_out"}
+    elif name == "mpd":
+        src, split = open_source("mpd", DATA / "mpd-sample"), {"kind": "random_sequence"}
+    else:
+        src = open_source("synthetic", None, n_playlists=args.synth_playlists, n_items=args.synth_items, seed=0)
+        split = {"kind": "random_sequence"}
+    return build_store(src, path, BuildConfig(splits=[split]))
+
+
+def run(name: str, work: Path, args: argparse.Namespace) -> dict:
+    store = store_for(name, work, args)
+    config = ROOT / "configs" / f"pipeline_{'mpd' if name in ('mpd', 'synth') else name}.toml"
+    folder = work / f"{name}_pipeline"
+    t0 = time.perf_counter()
+    if not (folder / "model.toml").exists():
+        print(f"$ segue pipeline --config {config.relative_to(ROOT)} --store {store} --out {folder}", flush=True)
+        fit_pipeline(config, folder, None, store)
+    fit_s = time.perf_counter() - t0
+    gens = sorted(p.name for p in (folder / "generators").iterdir())
+    models = [f"pipeline={folder}", *(f"{g}={folder / 'generators' / g}" for g in gens)]
+    playlists = name in ("mpd", "synth")
+    protocol = "playlist_continuation" if playlists else "leave_last_out"
+    extra = ["--continuation-ks", "0,1,5,10,25,100"] if playlists else []
+    out = work / f"report_{name}"
+    print("$ segue evaluate " + " ".join(shlex.quote(m) for m in models) + f" --store {store} -p {protocol} "
+          + " ".join(extra) + f" -o {out}", flush=True)
+    result, stats, _ = run_evaluation(
+        models, store, None, protocol, None, out,
+        continuation_ks=[0, 1, 5, 10, 25, 100] if playlists else None, reference="pipeline",
+    )
+    info = result.models["pipeline"].info
+    summary = result.summary()
+    row: dict = {"fit_seconds": round(fit_s), "ranker": info.get("ranker_training")}
+    keys = ["rprec", f"ndcg@{result.headline_k}", "clicks"] if playlists else ["ndcg@10", "hr@10"]
+    row["means"] = {m: {k: round(summary[m][k], 4) for k in keys} for m in summary}
+    row["vs_pipeline"] = {
+        m: {k: [round(c.diff, 4), round(c.low, 4), round(c.high, 4)] for k, c in comp.items() if k in keys}
+        for m, comp in stats.comparisons.items()
+    }
+    row["pool_recall"] = {n: info[f"pool_recall@{n}"] for n in (50, 200, 500)}
+    if playlists:
+        row["per_group"] = {g: {m: {k: round(v[k], 4) for k in keys} for m, v in per.items()} for g, per in result.group_summary().items()}
+    row["top_features"] = dict(list(info["feature_importance"].items())[:8])
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["ml100k", "beauty", "mpd", "synth"])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pipeline-quality"))
+    ap.add_argument("--synth-playlists", type=int, default=20_000)
+    ap.add_argument("--synth-items", type=int, default=20_000)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for name in args.datasets:
+        row = run(name, args.work, args)
+        print(f"== {name}: " + json.dumps(row, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

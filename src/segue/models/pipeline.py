@@ -1,0 +1,459 @@
+"""Two-stage recommendation: blended candidate generators, then a LightGBM LambdaRank ranker.
+
+A pipeline is a recommender (family "pipeline") made of other fitted recommenders:
+  1. candidates: each generator g (any fitted segue model) proposes its top n_g items after the
+     history (seen items excluded); a built-in "names" generator proposes the items of training
+     playlists whose names share words with the query's name (when the store has names). The pool
+     is the union, and every candidate keeps each generator's score and rank as features;
+  2. ranking: `segue.models.ranking_features` computes the features of every candidate and the
+     ranker (`segue.models.ranker`) orders the pool.
+`score()` gives pool items the ranker's score and every other item -1e6 + a popularity backfill in
+[-1, 0), so full-ranking evaluation ranks the pool first, then the rest by popularity.
+
+Training never touches the test part: generators are fitted on the training part (or loaded from
+folders fitted on it); the ranker learns from the validation part's pools, whose labels are the
+validation targets (leave-last-out: the second-to-last item; random_sequence splits: held-out
+validation playlists cut as in playlist continuation, K in `continuation_ks`, K = 0 being the
+title-only cold start).
+
+Folder layout: model.toml (family "pipeline", the config with each generator's family),
+vocab.json, generators/<name>/ (each generator's own model folder), ranker.txt (LightGBM),
+features.json / features.npz / knn.npz (/ name_items.npz, item_words.npz): the feature state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from segue.config import Config
+from segue.data.arrays import SequenceArrays, SplitData
+from segue.data.splits import Part
+from segue.data.vocab import N_SPECIAL, UNK
+from segue.errors import ConfigError, SegueError
+from segue.models.base import NEG_INF, BaseRecommender, load_model, model_class, top_k
+from segue.models.ranker import Ranker, RankerConfig
+from segue.models.ranking_features import FeatureState, fit_feature_state
+
+NAMES_GENERATOR = "names"
+OUTSIDE_POOL = np.float32(-1e6)  # score offset of items no generator proposed
+
+
+class GeneratorSpec(Config):
+    """One candidate generator: a fitted model folder, or a family (+ config) fitted by the pipeline."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    folder: str | None = None
+    family: str | None = None
+    config: dict[str, Any] = {}
+    n: int = Field(200, ge=1, description="candidates this generator proposes per query")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GeneratorSpec:
+        if self.name == NAMES_GENERATOR:
+            raise ValueError(f"'{NAMES_GENERATOR}' is the built-in name generator; pick another name")
+        if (self.folder is None) == (self.family is None):
+            raise ValueError(f"generator '{self.name}': give either folder (a fitted model) or family (fitted here)")
+        return self
+
+
+class PipelineConfig(Config):
+    generators: list[GeneratorSpec] = Field(min_length=1)
+    name_candidates: int = Field(100, ge=0, description="built-in name generator (0 = off)")
+    last_k: int = Field(5, ge=1)  # history items the similarity features look at
+    recent_fraction: float = Field(0.1, gt=0, le=1)
+    knn_neighbours: int = Field(100, ge=1)
+    item2vec: str | None = None  # generator whose vectors give i2v features (default: the first item2vec)
+    continuation_ks: list[int] = [0, 1, 5, 10, 25, 100]  # random_sequence splits: seeds given
+    batch_size: int = Field(128, ge=1)
+    ranker: RankerConfig = RankerConfig()
+
+    @model_validator(mode="after")
+    def _unique(self) -> PipelineConfig:
+        names = [g.name for g in self.generators]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"generator names must be unique: {', '.join(dup)} repeated")
+        return self
+
+
+@dataclass
+class Pool:
+    """One query's merged candidates with each generator's score and rank (NaN: not proposed)."""
+
+    tokens: np.ndarray  # int64 [C]
+    scores: np.ndarray  # float32 [G, C]
+    ranks: np.ndarray  # float32 [G, C]
+
+    def sources(self, generators: list[str]) -> list[list[str]]:
+        """Per candidate, the generators that proposed it (in config order)."""
+        hit = ~np.isnan(self.ranks)
+        return [[generators[g] for g in np.flatnonzero(hit[:, c])] for c in range(len(self.tokens))]
+
+
+def sequence_names(store: Any, seq_ids: np.ndarray) -> list[str | None]:
+    """The stored names of sequences `seq_ids` (None where unnamed)."""
+    rows = dict(store.con.execute("SELECT seq_id, name FROM sequences WHERE name IS NOT NULL").fetchall())
+    return [rows.get(int(s)) for s in np.asarray(seq_ids)]
+
+
+class PipelineRecommender(BaseRecommender):
+    family = "pipeline"
+    config_class = PipelineConfig
+    config: PipelineConfig
+
+    def __init__(self, config: PipelineConfig | None = None, vocab: Any = None) -> None:
+        super().__init__(config, vocab)
+        self.generators: dict[str, BaseRecommender] = {}
+        self.state: FeatureState | None = None
+        self.ranker: Ranker | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # --- structure -----------------------------------------------------------------------------
+    @property
+    def generator_names(self) -> list[str]:
+        names = [g.name for g in self.config.generators]
+        if self.state is not None and self.state.name_items is not None and self.config.name_candidates > 0:
+            names.append(NAMES_GENERATOR)
+        return names
+
+    def _sizes(self) -> dict[str, int]:
+        return {g.name: g.n for g in self.config.generators} | {NAMES_GENERATOR: self.config.name_candidates}
+
+    # --- fitting -------------------------------------------------------------------------------
+    def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
+        self.vocab = data.vocab
+        t0 = time.perf_counter()
+        for spec in self.config.generators:
+            if spec.folder is not None:
+                model = load_generator(Path(spec.folder), spec.name)
+                _check_same_vocab(spec.name, model, data)
+            else:
+                cls = model_class(spec.family)  # type: ignore[arg-type]
+                model = cls(cls.config_class.from_dict(spec.config, source=f"generator '{spec.name}' config")).fit(data)
+            self.generators[spec.name] = model
+        # Generators are stored inside the pipeline folder: record each one's family and config.
+        self.config = self.config.model_copy(
+            update={
+                "generators": [
+                    s.model_copy(update={"folder": None, "family": m.family, "config": m.config.model_dump(mode="json")})
+                    for s, m in zip(self.config.generators, self.generators.values(), strict=True)
+                ]
+            }
+        )
+        t1 = time.perf_counter()
+        c = self.config
+        i2v = self._item2vec_vectors()
+        gens = [g.name for g in c.generators]
+        self.state = fit_feature_state(
+            data, gens, last_k=c.last_k, recent_fraction=c.recent_fraction, knn_neighbours=c.knn_neighbours, i2v_vectors=i2v
+        )
+        self.state.generators = self.generator_names
+        t2 = time.perf_counter()
+        hist, targets = self.training_queries(data)
+        x, y, groups = self.training_rows(hist, targets, progress=progress)
+        t3 = time.perf_counter()
+        self.ranker, info = Ranker.fit(x, y, groups, self.state.names, c.ranker)
+        t4 = time.perf_counter()
+        self.meta["ranker_training"] = info | {
+            "part": "valid",
+            "queries_with_target_in_pool": int(len(groups)),
+            "queries_sampled": len(targets),
+            "seconds": {"generators": round(t1 - t0, 1), "features": round(t2 - t1, 1), "pools": round(t3 - t2, 1), "ranker": round(t4 - t3, 1)},
+        }
+        return self
+
+    def _item2vec_vectors(self) -> np.ndarray | None:
+        name = self.config.item2vec
+        if name is None:
+            name = next((n for n, m in self.generators.items() if m.family == "item2vec"), None)
+        if name is None:
+            return None
+        if name not in self.generators or self.generators[name].family != "item2vec":
+            raise ConfigError(f"pipeline: item2vec = '{name}' names no item2vec generator")
+        return np.asarray(self.generators[name].input_vectors, np.float32)  # type: ignore[attr-defined]
+
+    def training_queries(self, data: SplitData) -> tuple[SequenceArrays, list[np.ndarray]]:
+        """The ranker's training queries, from the validation part only: histories (row i = query
+        i, meta["seq_names"] and meta["seq_ids"] set) and each query's target tokens."""
+        rng = np.random.default_rng(self.config.ranker.seed)
+        if data.kind == "random_sequence":
+            playlists = data.targets(Part.VALID)
+            rows = np.flatnonzero(playlists.lengths > 0)
+            ks = np.array(sorted(set(self.config.continuation_ks)), dtype=np.int64)
+            given = np.zeros(len(rows), np.int64)
+            for i, r in enumerate(rows):
+                ok = ks[ks < playlists.lengths[r]]
+                given[i] = rng.choice(ok) if len(ok) else 0
+            hist = playlists.take(rows, np.zeros(len(rows), np.int64), given)
+            targets = [np.asarray(playlists.row(r))[k:] for r, k in zip(rows, given, strict=True)]
+        else:
+            h, t = data.history(Part.VALID), data.targets(Part.VALID)
+            rows = np.flatnonzero(t.lengths > 0)
+            hist = h.take(rows)
+            targets = [np.asarray(t.row(r)) for r in rows]
+        if len(rows) > self.config.ranker.max_queries:
+            pick = np.sort(rng.choice(len(rows), self.config.ranker.max_queries, replace=False))
+            rows, hist, targets = rows[pick], hist.take(pick), [targets[i] for i in pick]
+        hist.meta = dict(hist.meta) | {"seq_ids": rows.tolist(), "seq_names": sequence_names(data.store, rows)}
+        targets = [np.unique(t[t > UNK].astype(np.int64)) for t in targets]
+        return hist, targets
+
+    def training_rows(
+        self,
+        hist: SequenceArrays,
+        targets: list[np.ndarray],
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Feature rows x [N, F], labels y [N] and group sizes of the queries with a target in
+        their pool: every target candidate and up to `negatives_per_query` sampled others."""
+        cfg = self.config.ranker
+        rng = np.random.default_rng(cfg.seed + 1)
+        xs, ys, groups = [], [], []
+        bs = self.config.batch_size
+        for lo in range(0, len(hist), bs):
+            rows = np.arange(lo, min(lo + bs, len(hist)))
+            for q, pool in zip(rows, self.pools(hist, rows), strict=True):
+                label = np.isin(pool.tokens, targets[q])
+                if not label.any():
+                    continue
+                neg = np.flatnonzero(~label)
+                if len(neg) > cfg.negatives_per_query:
+                    neg = rng.choice(neg, cfg.negatives_per_query, replace=False)
+                keep = np.sort(np.concatenate([np.flatnonzero(label), neg]))
+                sub = Pool(pool.tokens[keep], pool.scores[:, keep], pool.ranks[:, keep])
+                xs.append(self.pool_features(hist, int(q), sub))
+                ys.append(label[keep].astype(np.float32))
+                groups.append(len(keep))
+            if progress:
+                progress("pipeline pools", int(rows[-1]) + 1, len(hist))
+        n_f = len(self.state.names)  # type: ignore[union-attr]
+        x = np.concatenate(xs) if xs else np.zeros((0, n_f), np.float32)
+        y = np.concatenate(ys) if ys else np.zeros(0, np.float32)
+        return x, y, np.asarray(groups, dtype=np.int64)
+
+    # --- stage one: candidates -----------------------------------------------------------------
+    def _pool_executor(self) -> ThreadPoolExecutor:
+        # numpy/scipy scoring releases the GIL: generators run side by side.
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=max(1, min(len(self.generators), os.cpu_count() or 1)))
+        return self._executor
+
+    def pools(
+        self,
+        histories: SequenceArrays,
+        rows: np.ndarray | None = None,
+        *,
+        sizes: dict[str, int] | None = None,
+        exclude_seen: bool = True,
+        exclude: list[np.ndarray] | None = None,
+        allow: np.ndarray | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[Pool]:
+        """Merged candidate pools of histories `rows` (all if None). `sizes` overrides n per
+        generator; `exclude` (per query) and `allow` filter every generator's candidates."""
+        self._check_fitted()
+        t0 = time.perf_counter()
+        rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
+        sizes = self._sizes() | (sizes or {})
+        names = _names_of(histories, rows)
+        gens = [g.name for g in self.config.generators]
+
+        def run(name: str) -> tuple[np.ndarray, np.ndarray]:
+            s = np.array(self.generators[name].score(histories, rows), dtype=np.float32)
+            if exclude is not None:
+                for b, e in enumerate(exclude):
+                    if len(e):
+                        s[b, np.asarray(e, dtype=np.int64)] = NEG_INF
+            return top_k(s, sizes[name], histories if exclude_seen else None, rows, allow=allow)
+
+        results = list(self._pool_executor().map(run, gens)) if len(gens) > 1 else [run(g) for g in gens]
+        if NAMES_GENERATOR in self.generator_names:
+            results.append(self._name_results(histories, rows, names, sizes[NAMES_GENERATOR], exclude_seen, exclude, allow))
+        out = [_merge([(t[b], s[b]) for t, s in results]) for b in range(len(rows))]
+        if timings is not None:
+            timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t0
+        return out
+
+    def _name_results(
+        self,
+        histories: SequenceArrays,
+        rows: np.ndarray,
+        names: list[str | None],
+        n: int,
+        exclude_seen: bool,
+        exclude: list[np.ndarray] | None,
+        allow: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        state = self.state
+        assert state is not None
+        toks = np.full((len(rows), n), -1, np.int64)
+        vals = np.full((len(rows), n), NEG_INF, np.float32)
+        for b, r in enumerate(rows):
+            banned = np.concatenate(
+                [np.asarray(histories.row(int(r)), np.int64) if exclude_seen else np.zeros(0, np.int64)]
+                + ([np.asarray(exclude[b], np.int64)] if exclude is not None else [])
+            )
+            t, s = state.name_candidates(names[b], n + len(banned))
+            ok = ~np.isin(t, banned)
+            if allow is not None:
+                ok &= np.isin(t, allow)
+            t, s = t[ok][:n], s[ok][:n]
+            toks[b, : len(t)], vals[b, : len(t)] = t, s
+        return toks, vals
+
+    # --- stage two: features and ranking -------------------------------------------------------
+    def pool_features(self, histories: SequenceArrays, row: int, pool: Pool) -> np.ndarray:
+        """The ranker's features [C, F] of one pool (the one feature code path)."""
+        assert self.state is not None
+        name = _names_of(histories, np.array([row]))[0]
+        lo, hi = int(histories.offsets[row]), int(histories.offsets[row + 1])
+        last_ts = float(histories.ts[hi - 1]) if histories.ts is not None and hi > lo else None
+        return self.state.query_features(
+            np.asarray(histories.row(row)), name, pool.tokens, pool.scores, pool.ranks, last_ts
+        )
+
+    def rank_pools(
+        self, histories: SequenceArrays, rows: np.ndarray, pools: list[Pool], timings: dict[str, float] | None = None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Ranker scores [C] and features [C, F] of each pool."""
+        assert self.ranker is not None
+        t0 = time.perf_counter()
+        feats = [self.pool_features(histories, int(r), p) for r, p in zip(rows, pools, strict=True)]
+        t1 = time.perf_counter()
+        sizes = [len(f) for f in feats]
+        flat = self.ranker.predict(np.concatenate(feats)) if sum(sizes) else np.zeros(0, np.float32)
+        scores = np.split(flat, np.cumsum(sizes)[:-1]) if feats else []
+        if timings is not None:
+            timings["features"] = timings.get("features", 0.0) + t1 - t0
+            timings["ranker"] = timings.get("ranker", 0.0) + time.perf_counter() - t1
+        return scores, feats
+
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        vocab = self._check_fitted()
+        rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), len(vocab)), dtype=np.float32)
+        out[:] = OUTSIDE_POOL + self._backfill()
+        out[:, :N_SPECIAL] = NEG_INF
+        pools = self.pools(histories, rows)
+        scores, _ = self.rank_pools(histories, rows, pools)
+        for b, (p, s) in enumerate(zip(pools, scores, strict=True)):
+            out[b, p.tokens] = s
+        return out
+
+    def _backfill(self) -> np.ndarray:
+        c = np.asarray(self.vocab.counts, dtype=np.float64)  # type: ignore[union-attr]
+        return (c / (max(c.max(), 1.0) * 1.0001) - 1.0).astype(np.float32)
+
+    # --- evaluation hooks (segue.evaluation calls these when a model offers them) --------------
+    def pool_recall(
+        self,
+        histories: SequenceArrays,
+        rows: np.ndarray,
+        rel_offsets: np.ndarray,
+        rel_keys: np.ndarray,
+        ns: tuple[int, ...] = (50, 200, 500),
+        batch_size: int | None = None,
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Recall of the candidate pools, per query: for each N, every generator proposes N items;
+        "pool" is the recall of their union, each generator's name its own recall@N, "pool_size"
+        the union's size. recall = |pool ∩ relevant| / |relevant| (relevant: the query's target
+        set; <unk> targets count and are never found)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        nmax = max(ns)
+        gens = self.generator_names
+        out = {f"{n}": {k: np.zeros(len(rows)) for k in ["pool", "pool_size", *gens]} for n in ns}
+        bs = batch_size or self.config.batch_size
+        for lo in range(0, len(rows), bs):
+            batch = rows[lo : lo + bs]
+            pools = self.pools(histories, batch, sizes=dict.fromkeys(gens, nmax))
+            for i, p in enumerate(pools):
+                q = lo + i
+                rel = rel_keys[rel_offsets[q] : rel_offsets[q + 1]]
+                hit = np.isin(p.tokens, rel)
+                for n in ns:
+                    inside = ~np.isnan(p.ranks) & (p.ranks < n)  # [G, C]
+                    d = out[f"{n}"]
+                    d["pool"][q] = (hit & inside.any(axis=0)).sum() / len(rel)
+                    d["pool_size"][q] = inside.any(axis=0).sum()
+                    for g, name in enumerate(gens):
+                        d[name][q] = (hit & inside[g]).sum() / len(rel)
+        return out
+
+    def report_info(self) -> dict[str, Any]:
+        """What an evaluation report shows about the pipeline: generators, ranker, importances."""
+        assert self.ranker is not None
+        return {
+            "generators": {g.name: {"family": g.family, "n": g.n} for g in self.config.generators}
+            | ({NAMES_GENERATOR: {"family": "built-in", "n": self.config.name_candidates}} if NAMES_GENERATOR in self.generator_names else {}),
+            "ranker_training": self.meta.get("ranker_training", {}),
+            "feature_importance": self.ranker.importance(),
+        }
+
+    # --- persistence ---------------------------------------------------------------------------
+    def _save_state(self, folder: Path) -> None:
+        assert self.state is not None and self.ranker is not None
+        for name, model in self.generators.items():
+            model.save(folder / "generators" / name)
+        self.state.save(folder)
+        self.ranker.save(folder / "ranker.txt")
+
+    def _load_state(self, folder: Path) -> None:
+        for spec in self.config.generators:
+            model = load_generator(folder / "generators" / spec.name, spec.name)
+            if spec.family is not None and model.family != spec.family:
+                raise SegueError(
+                    f"{folder}: generator '{spec.name}' holds a '{model.family}' model, the pipeline expects '{spec.family}'"
+                )
+            self.generators[spec.name] = model
+        self.state = FeatureState.load(folder)
+        self.ranker = Ranker.load(folder / "ranker.txt", self.state.names)
+
+
+def load_generator(folder: Path, name: str) -> BaseRecommender:
+    """Load one generator, or a SegueError naming it and why it failed."""
+    try:
+        return load_model(folder)
+    except Exception as e:  # noqa: BLE001 (any failure, reported with the generator's name)
+        raise SegueError(f"pipeline generator '{name}' ({folder}) failed to load: {e}") from None
+
+
+def _check_same_vocab(name: str, model: BaseRecommender, data: SplitData) -> None:
+    mv = model._check_fitted()
+    if len(mv) != len(data.vocab) or not np.array_equal(np.asarray(mv.item_ids), np.asarray(data.vocab.item_ids)):
+        raise SegueError(
+            f"pipeline generator '{name}': fitted on split '{mv.split}' ({len(mv)} tokens), not on the "
+            f"pipeline's split '{data.split}' ({len(data.vocab)} tokens); refit it on '{data.split}'"
+        )
+
+
+def _names_of(histories: SequenceArrays, rows: np.ndarray) -> list[str | None]:
+    names = histories.meta.get("seq_names")
+    if names is None:
+        return [None] * len(rows)
+    return [names[int(r)] for r in rows]
+
+
+def _merge(lists: list[tuple[np.ndarray, np.ndarray]]) -> Pool:
+    """Union of the generators' (tokens, scores) lists (best first; -inf / -1 entries dropped)."""
+    kept = []
+    for t, s in lists:
+        ok = np.isfinite(s) & (t >= N_SPECIAL)
+        kept.append((np.asarray(t[ok], np.int64), np.asarray(s[ok], np.float32), np.flatnonzero(ok).astype(np.float32)))
+    tokens = np.unique(np.concatenate([k[0] for k in kept])) if kept else np.zeros(0, np.int64)
+    scores = np.full((len(kept), len(tokens)), np.nan, np.float32)
+    ranks = np.full((len(kept), len(tokens)), np.nan, np.float32)
+    for g, (t, s, r) in enumerate(kept):
+        pos = np.searchsorted(tokens, t)
+        scores[g, pos] = s
+        ranks[g, pos] = r
+    return Pool(tokens, scores, ranks)

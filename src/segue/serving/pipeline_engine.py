@@ -1,0 +1,58 @@
+"""Serving a two-stage pipeline folder (segue.models.pipeline): the Engine's path for it.
+
+Per request: every generator proposes candidates (in a thread pool: their numpy/scipy scoring
+releases the GIL), exclusions (seen items, `exclude`, deny lists) and allow lists filter each
+generator's list, the pool's features go through the same `pool_features` code as training, the
+ranker orders the pool, the niche boost s - b log(count + 1) applies to the ranker's scores.
+Each returned item carries the generators that proposed it and its feature row (for the log).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segue.data.arrays import SequenceArrays
+from segue.models.filters import niche_boost as niche_boost_scores
+
+
+def is_pipeline(model: object) -> bool:
+    return getattr(model, "family", None) == "pipeline" and callable(getattr(model, "pools", None))
+
+
+def rank_pipeline(
+    model: object,
+    histories: list[np.ndarray],
+    k: int,
+    excl: list[np.ndarray],
+    *,
+    exclude_seen: bool,
+    allow: np.ndarray | None,
+    names: list[str | None] | None,
+    counts: np.ndarray,
+    niche_boost: float = 0.0,
+    timings: dict[str, float] | None = None,
+) -> list[dict]:
+    """Per history: tokens [<=k], scores, the proposing generators and features of each item."""
+    arrays = SequenceArrays.from_lists([np.asarray(h, dtype=np.int32) for h in histories])
+    arrays.meta["seq_names"] = list(names) if names is not None else [None] * len(histories)
+    rows = np.arange(len(histories))
+    pools = model.pools(  # type: ignore[attr-defined]
+        arrays, rows, exclude_seen=exclude_seen, exclude=excl, allow=allow, timings=timings
+    )
+    scores, feats = model.rank_pools(arrays, rows, pools, timings=timings)  # type: ignore[attr-defined]
+    gens = model.generator_names  # type: ignore[attr-defined]
+    out = []
+    for pool, s, f in zip(pools, scores, feats, strict=True):
+        if niche_boost:
+            s = niche_boost_scores(s, counts[pool.tokens], niche_boost)
+        order = np.lexsort((pool.tokens, -s))[:k]
+        sources = pool.sources(gens)
+        out.append(
+            {
+                "tokens": pool.tokens[order],
+                "scores": np.asarray(s[order], np.float32),
+                "sources": [sources[i] for i in order],
+                "features": f[order],
+            }
+        )
+    return out
