@@ -68,6 +68,7 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("continue", "segue.training.cli", "continue_"),
     LazyCommand("serve", "segue.serving.cli", "serve"),
     LazyCommand("validate", "segue.ops.cli", "validate"),
+    LazyCommand("items", "segue.serving.items", "items_app"),
 )
 
 

@@ -122,6 +122,9 @@ class FeatureVocab:
     def rows(self) -> int:
         return len(self.values) + 2
 
+    def knows(self, value: str) -> bool:
+        return value in self._row
+
     def encode(self, per_item: list[list[str]]) -> np.ndarray:
         """int32 [n, width]: rows of each item's values (<unk> = 1 for unseen ones), 0-padded."""
         out = np.zeros((len(per_item), self.width), np.int32)

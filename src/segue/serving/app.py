@@ -203,6 +203,7 @@ class ItemOut(BaseModel):
     album: str | None = None
     score: float | None = None
     probability: float | None = None
+    features_only: bool | None = None  # an item added without retraining (scored by its features)
 
 
 class RecommendResponse(BaseModel):
@@ -663,11 +664,16 @@ def create_app(
     def items_out(engine: Engine, ranked: Ranked) -> list[dict[str, Any]]:
         # None fields are left out, as response_model_exclude_none does for the other routes.
         describe = engine.catalogue.describe_known
-        return [
+        out = [
             describe(t, s)
             for t, s in zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True)
             if t >= N_SPECIAL
         ]
+        if engine.features_only:  # items added without retraining say so
+            for d, t in zip(out, (t for t in ranked.tokens.tolist() if t >= N_SPECIAL), strict=True):
+                if t in engine.features_only:
+                    d["features_only"] = True
+        return out
 
     # Routes go on the app itself, not through included APIRouters: FastAPI (0.165) wraps an
     # included router in one routing entry without a path, so a request the envelope refuses
