@@ -273,6 +273,9 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
                 rows,
             )
         )
+    cold = _cold_warm_table(result, stats)
+    if cold is not None:
+        out.append(cold)
     groups = result.group_summary()
     if groups:
         gcols = headline_columns(result)
@@ -286,6 +289,30 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
             )
         )
     return out
+
+
+def _cold_warm_table(result: EvalResult, stats: Stats) -> tuple[str, list[str], list[list[str]]] | None:
+    """Temporal protocol: hit rate and NDCG on cold (outside the training vocabulary) and warm
+    targets separately, with CIs (segue.evaluation.cold)."""
+    k = result.headline_k
+    cols = [f"{p}_{m}@{k}" for p in ("cold", "warm") for m in ("hr", "ndcg")]
+    if result.cold_share is None or not all(c in result.metric_keys for c in cols):
+        return None
+    rows = []
+    for m in result.models:
+        cells = [m]
+        for c in cols:
+            iv = stats.intervals[m][c]
+            cells.append(f"{_fmt(iv.mean)} [{_fmt(iv.low)}, {_fmt(iv.high)}]")
+        rows.append(cells)
+    n_cold = int((~np.isnan(next(iter(result.models.values())).per_user[cols[0]])).sum())
+    title = (
+        f"Cold and warm targets (K = {k}): {100 * result.cold_share:.1f}% of relevant items are cold (outside the "
+        f"training vocabulary; hittable only by models that compose unseen items from features); {n_cold} queries "
+        f"have a cold target; mean [{round(100 * stats.level)}% CI] over the queries with such targets"
+    )
+    header = ["model", f"cold HitRate@{k}", f"cold NDCG@{k}", f"warm HitRate@{k}", f"warm NDCG@{k}"]
+    return title, header, rows
 
 
 def _header_lines(result: EvalResult, config: EvaluateConfig | None) -> list[tuple[str, str]]:
