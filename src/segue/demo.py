@@ -1,4 +1,4 @@
-"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> serve.
+"""The demo pipeline: generate -> build -> stats -> validate -> train -> items -> evaluate -> serve.
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -98,6 +98,15 @@ def step_train(state: DemoState) -> None:
     console.print(f"[green]run folder[/] {run}")
 
 
+def step_items(state: DemoState) -> None:
+    """Cold start: a small transformer that also reads artist, album and genre; a track it never
+    saw is added from a Parquet (`segue items add`) and recommended after its album's tracks."""
+    from segue.serving.items import demo_new_item
+
+    o = state.options
+    state.results["new_item"] = demo_new_item(state.store_path.resolve(), state.runs.resolve(), minutes=min(1.0, o.train_minutes), console=console)
+
+
 def step_evaluate(state: DemoState) -> None:
     """The transformer beside every baseline, leave-last-out full ranking, with a report."""
     from segue.evaluation.cli import run_evaluation
@@ -141,6 +150,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "stats": step_stats,
     "validate": step_validate,
     "train": step_train,
+    "items": step_items,
     "evaluate": step_evaluate,
     "serve": step_serve,
 }
