@@ -136,3 +136,41 @@ def test_config_checks() -> None:
         ItemEncoderConfig(use_id=False)
     assert ItemEncoderConfig(features=["meta.year"]).enabled
     assert title_words("Toy Story (1995)") == ["toy", "story", "1995"]
+
+
+def test_encoder_parts_content_and_projection() -> None:
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from segue.models.item_encoder import ItemEncoder
+
+    cfg = ItemEncoderConfig(features=["artist"], content="vectors.parquet", combine="project", id_min_count=2)
+    enc = ItemEncoder(cfg, (("artist", 5, 1),), 3, 8, 0.5, nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    tokens = jnp.array([4, 5, 6])
+    feats = {"f_artist": jnp.array([[2], [2], [0]]), "id_count": jnp.array([3, 1, 3]),
+             "content": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32), "has_content": jnp.array([1.0, 1.0, 0.0])}
+    ids = jnp.asarray(rng.normal(size=(3, 8)), jnp.float32)
+    out = np.asarray(enc.compose(ids, tokens, feats))
+    assert out.shape == (3, 8)
+    moved = feats | {"content": feats["content"].at[2].set(9.0)}  # item 6 has no content vector
+    np.testing.assert_allclose(np.asarray(enc.compose(ids, tokens, moved))[2], out[2])
+    other_ids = ids.at[1].set(7.0)  # item 5 is below id_min_count: its id is not used
+    np.testing.assert_allclose(np.asarray(enc.compose(other_ids, tokens, feats))[1], out[1])
+    assert not np.allclose(np.asarray(enc.compose(other_ids.at[0].set(7.0), tokens, feats))[0], out[0])
+
+
+def test_disabled_items_leave_the_plain_network_as_it_was() -> None:
+    from flax import nnx
+
+    from segue.models.neural import flat_weights
+    from segue.models.transformer import ModelConfig, SequenceTransformer
+
+    tiny = ModelConfig(n_layers=1, n_heads=2, d_model=8, d_ff=16, context_length=6)
+    plain = flat_weights(SequenceTransformer(tiny, 20, nnx.Rngs(0)), nnx.Param)
+    off = flat_weights(SequenceTransformer(tiny, 20, nnx.Rngs(0), items=ItemEncoderConfig()), nnx.Param)
+    on = flat_weights(SequenceTransformer(tiny, 20, nnx.Rngs(0), items=ItemEncoderConfig(features=["artist"]), item_shapes=(("artist", 4, 1),)), nnx.Param)
+    assert plain.keys() == off.keys() and all(np.array_equal(plain[k], off[k]) for k in plain)
+    extra = set(on) - set(plain)
+    assert extra and all(k.startswith("item_encoder/") for k in extra)
+    assert all(np.array_equal(plain[k], on[k]) for k in plain)  # made last: the plain init does not move
