@@ -283,6 +283,10 @@ def _evaluate_open(
     data = SplitData.load(store, split)
     task = build_task(data, cfg)
     C.prepare_models(dict(models), store)
+    for name, model in models.items():
+        if n := len(C.extra_item_ids(model)):
+            task.notes.append(f"{name} also ranks {n} store items outside the training vocabulary from their features "
+                              "alone: <unk> targets among them are hittable for it")
     ks = _check_ks(ks or task.default_ks, len(task.vocab))
     results = evaluate_task(models, task, ks, batch_size=batch_size, progress=progress)
     for name, info in (model_info or {}).items():

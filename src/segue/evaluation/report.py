@@ -333,7 +333,8 @@ def _header_lines(result: EvalResult, config: EvaluateConfig | None) -> list[tup
             "rules",
             "full ranking over every catalogue item; "
             + ("history items are never recommended, so never hits; " if result.protocol_config.exclude_seen else "history items may be recommended; ")
-            + "targets outside the training vocabulary stay relevant (unhittable); a repeated target counts once",
+            + "targets outside the training vocabulary stay relevant (unhittable, except by models that compose unseen "
+            "items from their features); a repeated target counts once",
         )
     )
     return lines
@@ -407,6 +408,7 @@ def results_json(result: EvalResult, stats: Stats) -> dict[str, Any]:
             "n_queries": len(result.seq_ids),
             "n_items": result.n_items,
             "notes": result.notes,
+            "cold_share": result.cold_share,
             "summary": result.summary(),
             "intervals": {m: {k: asdict(v) for k, v in d.items()} for m, d in stats.intervals.items()},
             "reference": stats.reference,
