@@ -31,6 +31,12 @@ NAME_COLUMNS = ("name", "creator", "album")
 items_app = typer.Typer(help="Add items to a trained model without retraining.", no_args_is_help=True, add_completion=False)
 
 
+@items_app.callback()
+def _items_group() -> None:
+    # A callback keeps `items` a group (`segue items add ...`) though it has one command so far.
+    pass
+
+
 def _rows(table: Any, path: Path) -> list[dict[str, Any]]:
     """Item rows for segue.data.item_features.raw_features from a new-items table."""
     cols = set(table.column_names)
