@@ -18,6 +18,11 @@ feature model scores every store item outside its vocabulary from its features a
     nice .venv/bin/python bench/cold_start.py synthetic --steps 2000
     nice .venv/bin/python bench/cold_start.py ml100k --steps 2000
     nice .venv/bin/python bench/cold_start.py anime --steps 2000
+
+On a loaded machine, one process per model (then evaluate both):
+    W=/tmp/cold; python bench/cold_start.py ml100k --workdir $W --model id-only &
+    python bench/cold_start.py ml100k --workdir $W --model features; wait
+    python bench/cold_start.py ml100k --workdir $W --model evaluate
 """
 
 from __future__ import annotations
@@ -99,51 +104,76 @@ def cell(iv) -> str:
     return f"{iv.mean:.4f} [{iv.low:.4f}, {iv.high:.4f}]"
 
 
+def report(models: dict, store: Path, split: str, protocol: str) -> None:
+    res = evaluate(models, store, split, protocol, ks=[10, 20])
+    stats = compute_stats(res, n_boot=1000, reference="id-only")
+    print("\n" + "; ".join(res.notes))
+    cold = res.cold_share is not None
+    print("\n| model | HR@10 | NDCG@10 |" + (" cold HR@10 | cold NDCG@10 | warm HR@10 | warm NDCG@10 |" if cold else ""))
+    print("|---|---|---|" + ("---|---|---|---|" if cold else ""))
+    for name in models:
+        iv = stats.intervals[name]
+        row = f"| {name} | {cell(iv['hr@10'])} | {cell(iv['ndcg@10'])} |"
+        if cold:
+            row += "".join(f" {cell(iv[k])} |" for k in ("cold_hr@10", "cold_ndcg@10", "warm_hr@10", "warm_ndcg@10"))
+        print(row)
+    if cold:
+        n_cold = int((~np.isnan(res.models["id-only"].per_user["cold_hr@10"])).sum())
+        print(f"\ncold targets: {100 * res.cold_share:.1f}% of relevant items; {n_cold} of {len(res.seq_ids)} queries have one")
+    keys = ["ndcg@10", "hr@10"] + (["warm_ndcg@10", "warm_hr@10", "cold_ndcg@10"] if cold else [])
+    for k in keys:
+        c = stats.comparisons["features"][k]
+        print(f"features minus id-only, {k}: {c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}] (paired bootstrap, p {c.p_value:.3f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("setting", choices=sorted(SETTINGS))
     ap.add_argument("--steps", type=int, default=2000, help="training steps per model (early stopping may end it sooner)")
     ap.add_argument("--minutes", type=float, default=None, help="also a wall-clock budget per model (compiles included)")
-    ap.add_argument("--store", type=Path, default=None, help="reuse a store built by an earlier run")
+    ap.add_argument("--eval-every", type=int, default=250, help="validation interval (early stopping, best weights)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the store and the fitted models here; with --model, train one model per process "
+                         "(two processes share a loaded machine better), then --model evaluate")
+    ap.add_argument("--model", choices=["both", "id-only", "features", "evaluate"], default="both")
     args = ap.parse_args()
     build, split, protocol, items = SETTINGS[args.setting]
     load = os.getloadavg()
     print(f"{args.setting}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.steps} steps / {args.minutes} min per model", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        store = args.store or build(Path(tmp))
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        store = work / f"{args.setting}.duckdb"
+        if not store.exists():
+            sub = work / f"build-{os.getpid()}"
+            sub.mkdir()
+            build(sub).rename(store)
+            sub.rmdir()
+        names = {"both": ["id-only", "features"], "evaluate": []}.get(args.model, [args.model])
         models = {}
         with Store.open(store) as st:
             data = SplitData.load(st, split)
             print(f"store {store}: {st.counts()}; vocabulary {data.vocab.n_items} items", flush=True)
-            for name, cfg_items in (("id-only", {}), ("features", items)):
+            for name in names:
                 t0 = time.perf_counter()
-                m = TransformerRecommender(model_config(args.steps, args.minutes, cfg_items, args.seed)).fit(data)
+                cfg = model_config(args.steps, args.minutes, items if name == "features" else {}, args.seed)
+                cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"eval_every": args.eval_every})})
+                m = TransformerRecommender(cfg).fit(data)
                 tr = m.meta["train"]
                 print(
                     f"{name}: {tr['steps']} steps ({tr['stop_reason']}) in {time.perf_counter() - t0:.0f} s, "
                     f"best valid ndcg@10 {tr['best_metric']}, {tr.get('tokens_per_s') or 0:,.0f} tokens/s",
                     flush=True,
                 )
+                m.save(work / f"{args.setting}-{name}")
                 models[name] = m
-        res = evaluate(models, store, split, protocol, ks=[10, 20])
-        stats = compute_stats(res, n_boot=1000, reference="id-only")
-    print("\n" + "; ".join(res.notes))
-    print("\n| model | HR@10 | NDCG@10 |" + (" cold HR@10 | cold NDCG@10 | warm HR@10 | warm NDCG@10 |" if res.cold_share is not None else ""))
-    print("|---|---|---|" + ("---|---|---|---|" if res.cold_share is not None else ""))
-    for name in models:
-        iv = stats.intervals[name]
-        row = f"| {name} | {cell(iv['hr@10'])} | {cell(iv['ndcg@10'])} |"
-        if res.cold_share is not None:
-            row += "".join(f" {cell(iv[k])} |" for k in ("cold_hr@10", "cold_ndcg@10", "warm_hr@10", "warm_ndcg@10"))
-        print(row)
-    if res.cold_share is not None:
-        n_cold = int((~np.isnan(res.models["id-only"].per_user["cold_hr@10"])).sum())
-        print(f"\ncold targets: {100 * res.cold_share:.1f}% of relevant items; {n_cold} of {len(res.seq_ids)} queries have one")
-    keys = ["ndcg@10", "hr@10"] + (["warm_ndcg@10", "warm_hr@10", "cold_ndcg@10"] if res.cold_share is not None else [])
-    for k in keys:
-        c = stats.comparisons["features"][k]
-        print(f"features minus id-only, {k}: {c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}] (paired bootstrap, p {c.p_value:.3f})")
+        if args.model in ("both", "evaluate"):
+            if args.model == "evaluate":
+                from segue.models.base import load_model
+
+                models = {n: load_model(work / f"{args.setting}-{n}") for n in ("id-only", "features")}
+            report(models, store, split, protocol)
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
