@@ -155,7 +155,7 @@ def test_items_add_on_a_served_model_without_restart(mixed: Path, tmp_path: Path
     shutil.copytree(mixed, run)
     app = create_app(run, admin_key=ADMIN, use_env_admin_key=False)
     with serve_in_thread(app) as server:
-        c = httpx.Client(base_url=server.url, timeout=30)
+        c = httpx.Client(base_url=server.url, timeout=300)  # first requests compile the scoring
         body = {"history": ["i0", "i3", "i6"], "n": 60}
         before = c.post("/v1/recommend", json=body).json()["items"]
         assert "fresh-A" not in {x["id"] for x in before}
