@@ -176,7 +176,11 @@ def with_added_names(catalogue: Any, folder: str | Path) -> Any:
     for c, alt in (("name", None), ("creator", "artist"), ("album", None)):
         src = c if c in t.column_names else alt if alt in (t.column_names if alt else []) else None
         cols[c] = t.column(src).cast(pa.string()) if src else pa.nulls(t.num_rows, pa.string())
-    return Catalogue(catalogue.vocab, pa.concat_tables([catalogue.table, pa.table(cols)]))
+    import pyarrow.compute as pc
+
+    # The base table already has (nameless) rows for the added tokens: the added rows replace them.
+    base = catalogue.table.filter(pc.invert(pc.is_in(catalogue.table.column("external_id"), value_set=cols["external_id"])))
+    return Catalogue(catalogue.vocab, pa.concat_tables([base, pa.table(cols)]))
 
 
 @items_app.command("add")
