@@ -21,6 +21,9 @@ set by re-running this script with it): they share the machine's cores, so this 
 sharded step runs and what it costs, not a speed-up.
 
     .venv/bin/python bench/train_throughput.py --items 50000 --batches 128 --devices 1 2
+--features likewise times the model with item side features (segue.models.item_encoder: artist,
+album and two genres per item from random feature vocabularies sized like a music catalogue, id
+dropout 0.2) against the id-only model in the same rounds.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 
 from segue.data.vocab import N_SPECIAL
 from segue.models.events import EventsConfig
+from segue.models.item_encoder import ItemEncoderConfig
 from segue.models.transformer import ModelConfig, count_flops_per_token
 from segue.training.losses import LossConfig
 from segue.training.optim import OptimConfig
@@ -76,13 +80,19 @@ class Setting:
         batch: int,
         events: EventsConfig | None = None,
         devices: int = 1,
+        features: bool = False,
     ) -> None:
         self.model, self.loss, self.n_items, self.batch = model, loss, n_items, batch
         self.devices = devices
         self.events = events
+        self.features = features
+        v = n_items + N_SPECIAL
+        feats, shapes = random_item_features(np.random.default_rng(1), v) if features else (None, ())
         self.spec = StepSpec(
-            model, loss, optim, vocab_size=n_items + N_SPECIAL, total_steps=10_000, eop_target=True, events=events or EventsConfig()
+            model, loss, optim, vocab_size=v, total_steps=10_000, eop_target=True, events=events or EventsConfig(),
+            items=FEATURE_ITEMS if features else ItemEncoderConfig(), item_shapes=shapes,
         )
+        self.feats = None if feats is None else {k: jnp.asarray(a) for k, a in feats.items()}
         graphdef, self.state = init_state(self.spec, 0)
         self.mesh = None
         if devices > 1:  # data-parallel mesh: batch split over the devices, parameters replicated
@@ -119,7 +129,10 @@ class Setting:
 
             g = global_batch(self.mesh, dict(zip(("inputs", "targets", "mask"), b[:3], strict=True)))
             b = (g["inputs"], g["targets"], g["mask"], *b[3:])
-        self.state, m = self.step(self.state, *b[:3], self.scale, *b[3:])
+        if self.feats is not None:
+            self.state, m = self.step(self.state, *b[:3], self.scale, None, self.feats)
+        else:
+            self.state, m = self.step(self.state, *b[:3], self.scale, *b[3:])
         jax.block_until_ready(m["loss"])
         self.i += 1
         self.loss_value = float(m["loss"])
@@ -165,6 +178,20 @@ def random_events(rng: np.random.Generator, ev: EventsConfig, b: int, t: int) ->
     return out
 
 
+FEATURE_ITEMS = ItemEncoderConfig(features=["artist", "album", "genre"], id_dropout=0.2)
+
+
+def random_item_features(rng: np.random.Generator, v: int) -> tuple[dict[str, np.ndarray], tuple]:
+    """Per-token arrays as segue.data.item_features makes them: ~10 tracks an album, ~2 albums an
+    artist, 2 of 20 genres per item; (arrays, encoder shapes)."""
+    n_album, n_artist = max(1, v // 10), max(1, v // 20)
+    album = rng.integers(2, n_album + 2, (v, 1)).astype(np.int32)
+    artist = rng.integers(2, n_artist + 2, (v, 1)).astype(np.int32)
+    genre = rng.integers(2, 22, (v, 2)).astype(np.int32)
+    feats = {"f_artist": artist, "f_album": album, "f_genre": genre, "id_count": rng.integers(1, 50, v)}
+    return feats, (("artist", n_artist + 2, 1), ("album", n_album + 2, 1), ("genre", 22, 2))
+
+
 FEEDBACK_EVENTS = EventsConfig(
     rating=True,
     feedback={"skip": "flag", "listened": "fraction"},
@@ -181,6 +208,7 @@ def bench_batch(
     batch: int,
     steps: int,
     events: EventsConfig | None = None,
+    features: bool = False,
 ) -> list[dict]:
     """Time the catalogues of one batch size in interleaved rounds, so that a change in machine load
     hits all of them alike (the 2M / 50k ratio is what matters). With `events`, the model with
@@ -188,10 +216,12 @@ def bench_batch(
     settings = [Setting(model, loss, optim, n, batch) for n in items]
     if events is not None:
         settings += [Setting(model, loss, optim, n, batch, events) for n in items]
+    if features:
+        settings += [Setting(model, loss, optim, n, batch, features=True) for n in items]
     for _ in range(steps):
         for s in settings:
             s.times.append(s.run())
-    out = [s.result() | {"events": s.events is not None} for s in settings]
+    out = [s.result() | {"events": s.events is not None, "features": s.features} for s in settings]
     del settings
     return out
 
@@ -232,6 +262,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--feedback", action="store_true", help="also time the feedback/context heads against the plain model")
     ap.add_argument("--devices", type=int, nargs="+", help="time the step on these device counts (data-parallel mesh)")
+    ap.add_argument("--features", action="store_true", help="also time item side features (artist, album, genre) against id-only")
     args = ap.parse_args()
     if args.devices:
         _simulate_devices(max(args.devices))
@@ -259,12 +290,15 @@ def main() -> None:
                     )
         return
     print(hdr)
-    results, with_events = [], []
+    results, with_events, with_features = [], [], []
     events = FEEDBACK_EVENTS if args.feedback else None
     for b in args.batches:
-        for r in bench_batch(model, loss, optim, args.items, b, args.steps, events):
+        for r in bench_batch(model, loss, optim, args.items, b, args.steps, events, args.features):
             if r["events"]:
                 with_events.append(r)
+                continue
+            if r["features"]:
+                with_features.append(r)
                 continue
             results.append(r)
             n = r["items"]
@@ -283,6 +317,13 @@ def main() -> None:
         print(
             f"feedback + context heads, {r['items']:,} items, batch {r['batch']}: step {1e3 * r['step_s']:.1f} ms against "
             f"{1e3 * plain['step_s']:.1f} ms plain = {r['step_s'] / plain['step_s']:.2f}x (same rounds; compile {r['compile_s']:.1f} s)"
+        )
+    for r in with_features:
+        plain = by[(r["items"], r["batch"])]
+        print(
+            f"item side features (artist, album, genre; id dropout 0.2), {r['items']:,} items, batch {r['batch']}: step "
+            f"{1e3 * r['step_s']:.1f} ms against {1e3 * plain['step_s']:.1f} ms id-only = {r['step_s'] / plain['step_s']:.2f}x "
+            f"(same rounds; compile {r['compile_s']:.1f} s)"
         )
     # The peak again, after the steps: the fraction uses the higher reading (the conservative one).
     peak2 = matmul_peak()

@@ -75,6 +75,7 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("rollback", "segue.ops.registry_cli", "rollback"),
     LazyCommand("tune", "segue.tuning.cli", "tune"),
     LazyCommand("experiment", "segue.tuning.cli", "experiment"),
+    LazyCommand("items", "segue.serving.items", "items_app"),
 )
 
 

@@ -1,5 +1,5 @@
 """The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> register
--> tune -> pipeline -> serve.
+-> tune -> pipeline -> serve (and items, after train).
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -97,6 +97,15 @@ def step_train(state: DemoState) -> None:
     run = train(cfg, console=console)
     state.results["run"] = run
     console.print(f"[green]run folder[/] {run}")
+
+
+def step_items(state: DemoState) -> None:
+    """Cold start: a small transformer that also reads artist, album and genre; a track it never
+    saw is added from a Parquet (`segue items add`) and recommended after its album's tracks."""
+    from segue.serving.items import demo_new_item
+
+    o = state.options
+    state.results["new_item"] = demo_new_item(state.store_path.resolve(), state.runs.resolve(), minutes=min(1.0, o.train_minutes), console=console)
 
 
 def step_evaluate(state: DemoState) -> None:
@@ -266,6 +275,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "stats": step_stats,
     "validate": step_validate,
     "train": step_train,
+    "items": step_items,
     "evaluate": step_evaluate,
     "rank": step_rank,
     "pairwise": step_pairwise,

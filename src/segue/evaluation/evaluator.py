@@ -19,6 +19,7 @@ from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.store import Store
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
+from segue.evaluation import cold as C
 from segue.evaluation import metrics as M
 from segue.evaluation.pipeline_hooks import attach_sequence_names, pipeline_info
 from segue.evaluation.protocols import ProtocolConfig, Task, build_task, resolve_split
@@ -103,6 +104,7 @@ class EvalResult:
     n_items: int
     # PairAccuracy and rating error where the scored part has ratings (segue.evaluation.ratings)
     feedback: Any = None
+    cold_share: float | None = None  # temporal: share of relevant items outside the training vocabulary
 
     @property
     def metric_keys(self) -> list[str]:
@@ -171,14 +173,16 @@ def rank_task(
     clock = time.perf_counter
     prof = profile if profile is not None else {}
     _check_vocab(name, model, task)
-    v = len(task.vocab)
+    extra = C.extra_item_ids(model)  # items a feature model scores beyond its vocabulary
+    v = len(task.vocab) + len(extra)
+    histories = C.remap_histories(task.histories, len(task.vocab), extra)
     bs = batch_size or auto_batch_size(v)
     q = len(task)
     ranked = np.full((q, length), -1, dtype=np.int32)  # stays -1 beyond a catalogue smaller than length
     for lo in range(0, q, bs):
         rows = task.rows[lo : lo + bs]
         t0 = clock()
-        scores = model.score(task.histories, rows)
+        scores = model.score(histories, rows)
         t1 = clock()
         if scores.shape != (len(rows), v):
             raise SegueError(f"model '{name}': score() returned shape {scores.shape}, expected {(len(rows), v)}")
@@ -186,7 +190,7 @@ def rank_task(
             scores = np.array(scores, dtype=np.float32)
         scores[:, :N_SPECIAL] = NEG_INF
         if task.exclude_seen:
-            mask_rows(scores, task.histories, rows)
+            mask_rows(scores, histories, rows)
         t2 = clock()
         tokens, top = top_k_rows(scores, length)
         t3 = clock()
@@ -218,8 +222,13 @@ def evaluate_task(
         stages: dict[str, float] = {}
         ranked = rank_task(name, model, task, length, batch_size=batch_size, progress=progress, profile=stages)
         t1 = time.perf_counter()
-        per_user = M.per_user_metrics(ranked, task.rel_offsets, task.rel_keys, ks, pct)
-        cov = {k: M.coverage(ranked, k, task.vocab.n_items) for k in ks}
+        extra = C.extra_item_ids(model)
+        keys = C.remap_keys(task.rel_keys, len(task.vocab), extra)
+        pct_m = np.concatenate([pct, np.zeros(len(extra))])  # unseen items: least popular
+        per_user = M.per_user_metrics(ranked, task.rel_offsets, keys, ks, pct_m)
+        if task.protocol == "temporal":
+            per_user |= C.cold_warm_metrics(ranked, task.rel_offsets, task.rel_keys, keys, ks)
+        cov = {k: M.coverage(ranked, k, task.vocab.n_items + len(extra)) for k in ks}
         t2 = time.perf_counter()
         stages["metrics"] = t2 - t1
         info = {"family": getattr(model, "family", "?"), "seconds_by_stage": {k: round(v, 3) for k, v in stages.items()}}
@@ -286,6 +295,11 @@ def _evaluate_open(
     data = SplitData.load(store, split)
     task = build_task(data, cfg)
     attach_sequence_names(task, store, models)
+    C.prepare_models(dict(models), store)
+    for name, model in models.items():
+        if n := len(C.extra_item_ids(model)):
+            task.notes.append(f"{name} also ranks {n} store items outside the training vocabulary from their features "
+                              "alone: <unk> targets among them are hittable for it")
     ks = _check_ks(ks or task.default_ks, len(task.vocab))
     results = evaluate_task(models, task, ks, batch_size=batch_size, progress=progress)
     for name, info in (model_info or {}).items():
@@ -309,4 +323,5 @@ def _evaluate_open(
         notes=task.notes,
         n_items=task.vocab.n_items,
         feedback=feedback_report(models, data, task.part, min_history=cfg.min_history, n_boot=n_boot, seed=seed),
+        cold_share=C.cold_share(task.rel_keys) if task.protocol == "temporal" else None,
     )

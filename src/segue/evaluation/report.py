@@ -282,6 +282,9 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
             )
         )
     out += feedback_tables(result, stats.level, stats.n_boot)
+    cold = _cold_warm_table(result, stats)
+    if cold is not None:
+        out.append(cold)
     groups = result.group_summary()
     if groups:
         gcols = headline_columns(result)
@@ -339,6 +342,30 @@ def feedback_tables(result: EvalResult, level: float, n_boot: int) -> list[tuple
     return out
 
 
+def _cold_warm_table(result: EvalResult, stats: Stats) -> tuple[str, list[str], list[list[str]]] | None:
+    """Temporal protocol: hit rate and NDCG on cold (outside the training vocabulary) and warm
+    targets separately, with CIs (segue.evaluation.cold)."""
+    k = result.headline_k
+    cols = [f"{p}_{m}@{k}" for p in ("cold", "warm") for m in ("hr", "ndcg")]
+    if result.cold_share is None or not all(c in result.metric_keys for c in cols):
+        return None
+    rows = []
+    for m in result.models:
+        cells = [m]
+        for c in cols:
+            iv = stats.intervals[m][c]
+            cells.append(f"{_fmt(iv.mean)} [{_fmt(iv.low)}, {_fmt(iv.high)}]")
+        rows.append(cells)
+    n_cold = int((~np.isnan(next(iter(result.models.values())).per_user[cols[0]])).sum())
+    title = (
+        f"Cold and warm targets (K = {k}): {100 * result.cold_share:.1f}% of relevant items are cold (outside the "
+        f"training vocabulary; hittable only by models that compose unseen items from features); {n_cold} queries "
+        f"have a cold target; mean [{round(100 * stats.level)}% CI] over the queries with such targets"
+    )
+    header = ["model", f"cold HitRate@{k}", f"cold NDCG@{k}", f"warm HitRate@{k}", f"warm NDCG@{k}"]
+    return title, header, rows
+
+
 def _header_lines(result: EvalResult, config: EvaluateConfig | None) -> list[tuple[str, str]]:
     info = result.split_info
     lines = [
@@ -360,7 +387,8 @@ def _header_lines(result: EvalResult, config: EvaluateConfig | None) -> list[tup
             "rules",
             "full ranking over every catalogue item; "
             + ("history items are never recommended, so never hits; " if result.protocol_config.exclude_seen else "history items may be recommended; ")
-            + "targets outside the training vocabulary stay relevant (unhittable); a repeated target counts once",
+            + "targets outside the training vocabulary stay relevant (unhittable, except by models that compose unseen "
+            "items from their features); a repeated target counts once",
         )
     )
     return lines
@@ -434,6 +462,7 @@ def results_json(result: EvalResult, stats: Stats) -> dict[str, Any]:
             "n_queries": len(result.seq_ids),
             "n_items": result.n_items,
             "notes": result.notes,
+            "cold_share": result.cold_share,
             "summary": result.summary(),
             "intervals": {m: {k: asdict(v) for k, v in d.items()} for m, d in stats.intervals.items()},
             "reference": stats.reference,

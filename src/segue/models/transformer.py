@@ -20,6 +20,13 @@ and then none of the following parameters exist; time features are three more co
     y_t  = MLP_f([h_t; E[x_{t+1}]; ctx_{t+1}]) feedback head: that event's feedback
 ctx = sum_c C_c[slot_c] (one table per context column, slot 0 = null or unseen category).
 Without context the next-item head is the identity (today's model).
+
+Item side features (TransformerConfig.items, segue.models.item_encoder; off by default, and then
+no parameter of it exists): E[t] above becomes the composed vector of item t (id embedding + feature
+embeddings + projected content vector), on the input side and in the tied output alike. For
+scoring, the composed vectors of every token (and of items added beyond the vocabulary, which are
+features-only) are baked into a copy of the network's item table (`with_composed_items`), so every
+scoring path reads them as it reads the plain table.
 """
 
 from __future__ import annotations
@@ -37,11 +44,21 @@ from pydantic import Field, model_validator
 
 from segue.config import Config
 from segue.data.arrays import SequenceArrays
+from segue.data.item_features import ItemFeatures
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
 from segue.models import events as EV
 from segue.models.base import NEG_INF
 from segue.models.events import EventsConfig
+from segue.models.item_encoder import (
+    ExtraItems,
+    ItemEncoder,
+    ItemEncoderConfig,
+    Shapes,
+    add_store_items,
+    compose_table,
+    fit_features,
+)
 from segue.models.neural import NeuralRecommender, flat_weights, read_weights, write_weights
 from segue.models.pairwise_config import PairwiseConfig
 from segue.models.train_config import LossConfig, OptimConfig, TrainerConfig
@@ -169,6 +186,9 @@ class SequenceTransformer(nnx.Module):
         events: EventsConfig | None = None,
         categories: EV.Categories | None = None,
         rank: tuple[str, int, float] | None = None,
+        items: ItemEncoderConfig | None = None,
+        item_shapes: Shapes = (),
+        content_dim: int = 0,
     ) -> None:
         self.rate = cfg.dropout  # plain values only: the graphdef must stay hashable
         self.emb_scale = float(cfg.d_model) ** 0.5 if cfg.scale_embeddings else 1.0
@@ -196,6 +216,9 @@ class SequenceTransformer(nnx.Module):
             self.rank_mode, self.rank_col = rank[0], rank[1]
             if rank[0] == "mix":
                 self.rank_mix = nnx.Param(jnp.asarray([1.0, rank[2]], jnp.float32))
+        # Made last for the same reason: the plain parameters' init does not move.
+        if items is not None and items.enabled:
+            self.item_encoder = ItemEncoder(items, item_shapes, content_dim, cfg.d_model, std, rngs)
 
     @property
     def has_events(self) -> bool:
@@ -265,6 +288,19 @@ class SequenceTransformer(nnx.Module):
     def categories(self) -> EV.Categories:
         return json.loads(getattr(self, "categories_json", "{}"))
 
+    @property
+    def has_item_encoder(self) -> bool:
+        return hasattr(self, "item_encoder")
+
+
+def with_composed_items(net: SequenceTransformer, feats: dict[str, Any]) -> SequenceTransformer:
+    """A copy of `net` whose item table holds the composed vectors (evaluation mode) of every
+    token `feats` describes (segue.data.item_features arrays; rows past the id table are
+    features-only items), for scoring; the original network is untouched."""
+    baked = nnx.clone(net)
+    baked.item_emb = nnx.Param(compose_table(net.item_encoder, net.item_emb[...], feats))
+    return baked
+
 
 def count_flops_per_token(cfg: ModelConfig, n_candidates: int, seq_len: int | None = None) -> float:
     """Training FLOPs per token (forward + backward = 3 x forward; a multiply-add = 2 FLOPs).
@@ -291,6 +327,7 @@ class TransformerConfig(Config):
     trainer: TrainerConfig = TrainerConfig()
     events: EventsConfig = EventsConfig()  # feedback / context per event (off: the plain model)
     pairwise: PairwiseConfig | None = None  # a fine-tuning on feedback pairs (segue.training.pairwise)
+    items: ItemEncoderConfig = ItemEncoderConfig()  # side features of items (off: id embeddings only)
 
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
@@ -401,8 +438,14 @@ class TransformerRecommender(NeuralRecommender):
         # the network's own Variables, so in-place parameter updates are seen; assigning another
         # network re-splits.
         self._compiled: tuple[SequenceTransformer, Any, dict[Any, Any]] | None = None
+        # With an items section: the fitted feature vocabularies and arrays, the items added
+        # beyond the vocabulary (segue.models.item_encoder.ExtraItems) and the baked network.
+        self.item_features: Any = None
+        self.extra = ExtraItems()
+        self._baked: tuple[Any, int, SequenceTransformer] | None = None
 
     def build(self, vocab_size: int, seed: int = 0, categories: EV.Categories | None = None) -> SequenceTransformer:
+        f = self.item_features
         return SequenceTransformer(
             self.config.model,
             vocab_size,
@@ -411,14 +454,52 @@ class TransformerRecommender(NeuralRecommender):
             events=self.config.events,
             categories=categories,
             rank=self.config.rank(),
+            items=self.config.items,
+            item_shapes=f.shapes() if f is not None else (),
+            content_dim=f.content_dim if f is not None else 0,
         )
+
+    # --- items beyond ids (config.items) -------------------------------------------------------
+    def fit(self, data: Any, **kw: Any) -> TransformerRecommender:
+        if self.config.items.enabled:
+            self.item_features = fit_features(data.store, data.vocab, self.config.items)
+        return super().fit(data, **kw)
+
+    @property
+    def extra_item_ids(self) -> list[int]:
+        """Store item ids of the tokens past the vocabulary (-1: added from outside the store)."""
+        return self.extra.item_ids
+
+    def add_items(self, external_ids: list[str], raw: Any, vectors: np.ndarray | None = None, item_ids: list[int] | None = None) -> np.ndarray:
+        """Add items outside the vocabulary, features-only, from their raw features
+        (segue.data.item_features.raw_features); returns their tokens (V + ...)."""
+        if self.item_features is None:
+            raise SegueError("transformer: this model has no item features (train it with an items section)")
+        first = len(self._check_fitted()) + len(self.extra)
+        self.extra.add(external_ids, self.item_features.encode_new(raw, vectors), item_ids)
+        return np.arange(first, first + len(external_ids))
+
+    def add_store_items(self, store: Any) -> None:
+        """Add every item of `store` outside the vocabulary (and not added yet), features-only."""
+        if self.item_features is None:
+            return
+        add_store_items(self, store)
+
+    def extended_vocab(self) -> Any:
+        """The vocabulary with the added items as tokens V.. (count 0), for serving."""
+        return self.extra.vocab(self._check_fitted())
 
     # --- scoring -----------------------------------------------------------------------------
     def _net(self) -> SequenceTransformer:
         self._check_fitted()
         if self.network is None:
             raise SegueError("transformer: no network weights (fit() or load() first)")
-        return self.network
+        if not self.network.has_item_encoder:
+            return self.network
+        if self._baked is None or self._baked[0] is not self.network or self._baked[1] != len(self.extra):
+            feats = self.extra.arrays(self.item_features.arrays())
+            self._baked = (self.network, len(self.extra), with_composed_items(self.network, feats))
+        return self._baked[2]
 
     def _batched(
         self,
@@ -551,10 +632,15 @@ class TransformerRecommender(NeuralRecommender):
 
     # --- persistence --------------------------------------------------------------------------
     def _save_state(self, folder: Path) -> None:
-        save_weights(self._net(), folder / "weights.npz")
+        self._net()  # checks
+        save_weights(self.network, folder / "weights.npz")
+        if self.item_features is not None:
+            self.item_features.save(folder)
 
     def _load_state(self, folder: Path) -> None:
         path = folder / "weights.npz"
+        if self.config.items.enabled:
+            self.item_features = ItemFeatures.load(folder)
         self.network = load_weights(self.build(len(self.vocab), categories=saved_categories(path)), path)
 
 

@@ -227,6 +227,7 @@ class ItemOut(BaseModel):
     score: float | None = None
     probability: float | None = None
     generators: list[str] | None = Field(None, description="Two-stage pipelines: the generators that proposed the item")
+    features_only: bool | None = None  # an item added without retraining (scored by its features)
 
 
 class RankedItemOut(ItemOut):
@@ -736,6 +737,10 @@ def create_app(
         if ranked.sources is not None:  # two-stage pipeline: which generators proposed each item
             for item, src in zip(out, ranked.sources, strict=False):
                 item["generators"] = src
+        if engine.features_only:  # items added without retraining say so
+            for d, t in zip(out, (t for t in ranked.tokens.tolist() if t >= N_SPECIAL), strict=True):
+                if t in engine.features_only:
+                    d["features_only"] = True
         return out
 
     # Routes go on the app itself, not through included APIRouters: FastAPI (0.165) wraps an

@@ -107,6 +107,7 @@ class Engine:
                     emb.shape,
                     len(self.vocab),
                 )
+        self.features_only: frozenset[int] = frozenset()  # tokens of items added without retraining
         self.cheap_on_loop = self._warm_up()
         self.pipeline = is_pipeline(model)  # two-stage: serving/pipeline_engine.py
         retrieval = "pipeline" if self.pipeline else "score" if self.index is None else self.index.kind
@@ -127,10 +128,15 @@ class Engine:
         store: str | Path | None = None,
         index_config: IndexConfig | None = None,
     ) -> Engine:
+        from segue.serving.items import apply_added_items, with_added_names
+
         folder = Path(folder)
         model = load_model(folder)
+        added = apply_added_items(model, folder)  # items added without retraining (features-only)
         catalogue = load_catalogue(folder, model._check_fitted(), store)
-        return cls(model, folder, catalogue, index_config or IndexConfig())
+        engine = cls(model, folder, with_added_names(catalogue, folder) if added else catalogue, index_config or IndexConfig())
+        engine.features_only = frozenset(added)
+        return engine
 
     # --- scoring -------------------------------------------------------------------------------
     def _check_dot_identity(self) -> bool:

@@ -22,6 +22,12 @@ scores q_t = next_query(h_t, ctx_{t+1}) instead of h_t, and the feedback head ad
 sum_k w_k masked_mean(l_k) (segue.training.feedback_losses) on the target events' feedback. The
 head reads E[x_{t+1}] from the same rows (E[U] in sparse mode), so the row-sparse update holds.
 Without events the step is today's, operation for operation.
+
+With item side features (StepSpec.items enabled; segue.models.item_encoder) the step also takes the
+per-token feature arrays: the rows E[U] (or the whole table) are composed with the feature
+embeddings of the same tokens before the network reads them, in the input and in the tied output,
+with the id dropped at items.id_dropout per token (its own random stream, so the plain streams do
+not move). The id table keeps its row-sparse update; the feature tables are dense parameters.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from flax import nnx
 
 from segue.data.vocab import EOP, N_SPECIAL
 from segue.models.events import Categories, EventsConfig
+from segue.models.item_encoder import ItemEncoderConfig, Shapes, gather_features
 from segue.models.transformer import ModelConfig, SequenceTransformer
 from segue.training import feedback_losses as FL
 from segue.training import losses as L
@@ -55,6 +62,9 @@ class StepSpec:
     eop_target: bool = True
     events: EventsConfig = field(default_factory=EventsConfig)
     categories_json: str = "{}"  # the training context categories (JSON), saved with the network
+    items: ItemEncoderConfig = field(default_factory=ItemEncoderConfig)  # side features (off)
+    item_shapes: Shapes = ()  # (feature, table rows, width) of the fitted feature vocabularies
+    content_dim: int = 0
 
     @property
     def categories(self) -> Categories:
@@ -102,6 +112,9 @@ def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
         init_temperature=spec.loss.init_temperature,
         events=spec.events,
         categories=spec.categories,
+        items=spec.items,
+        item_shapes=spec.item_shapes,
+        content_dim=spec.content_dim,
     )
     graphdef, items, rest = split_network(net)
     table = table_of(items)
@@ -180,11 +193,13 @@ def per_position_loss(
 def make_train_step(
     spec: StepSpec, graphdef: Any, shardings: dict[str, Any] | None = None, metrics_sharding: Any = None
 ) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
-    """step(state, inputs [B, T], targets [B, T], mask [B, T], lr_scale[, events]) -> (state, metrics).
+    """step(state, inputs [B, T], targets [B, T], mask [B, T], lr_scale[, events][, feats]) -> (state, metrics).
 
     `events` (the arrays of segue.models.events.batch_events) is required when spec.events is
-    enabled and must be None otherwise. `shardings` (segue.training.mesh.state_shardings) keeps
-    the state's layout on a mesh from step to step; None: one device, as before meshes."""
+    enabled and must be None otherwise; `feats` (the per-token arrays of
+    segue.data.item_features.ItemFeatures.arrays) likewise when spec.items is enabled.
+    `shardings` (segue.training.mesh.state_shardings) keeps the state's layout on a mesh from step
+    to step; None: one device, as before meshes."""
     ocfg = spec.optim
     ev_cfg = spec.events
     heads = ev_cfg.targets()
@@ -197,9 +212,12 @@ def make_train_step(
         mask: jax.Array,
         lr_scale: jax.Array,
         events: dict[str, jax.Array] | None = None,
+        feats: dict[str, jax.Array] | None = None,
     ):
         if (events is None) == ev_cfg.enabled:
             raise ValueError("events must be given exactly when the spec's events section is enabled")
+        if (feats is None) == spec.items.enabled:
+            raise ValueError("feats must be given exactly when the spec's items section is enabled")
         tx = O.dense_transform(ocfg, state["rest"])
         t = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)
@@ -221,9 +239,14 @@ def make_train_step(
             unique = None
             rows0 = table
             l_in, l_t, l_c = inputs, tgt, cands
+        if feats is not None:
+            row_tokens = unique if spec.sparse else jnp.arange(V)
+            row_feats = gather_features(feats, row_tokens)
+            k_id = jax.random.fold_in(key, 0x1D)  # the id dropout's own stream
 
-        def loss_fn(rest: nnx.State, rows: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        def loss_fn(rest: nnx.State, id_rows: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
             net = nnx.merge(graphdef, state["items"], rest)
+            rows = id_rows if feats is None else net.item_encoder.compose(id_rows, row_tokens, row_feats, k_id)
             if events is None:
                 h = net.hidden(l_in, emb=rows, key=k_drop).reshape(b * T, -1)
                 per = per_position_loss(spec, h, rows, l_t, tgt, msk, cands, l_c, net.log_temperature[...], l_in)

@@ -3,7 +3,11 @@ segue.training.step, and next-item validation (segue.training.evaluate).
 
 With an `events` section the task checks that the training data has the configured columns, takes
 the training context categories as the model's (saved with its weights), and turns each batch's
-rating / fb_* / ctx_* columns into the network's event arrays (segue.models.events) on the host."""
+rating / fb_* / ctx_* columns into the network's event arrays (segue.models.events) on the host.
+
+With an `items` section the task fits the feature vocabularies on the split's training items
+(segue.data.item_features), hands the per-token arrays to every step, validates the network with
+its composed item vectors, and saves the features beside the weights (item_features.json/.npz)."""
 
 from __future__ import annotations
 
@@ -21,11 +25,13 @@ from segue.data.loader import make_train_loader
 from segue.data.splits import Part
 from segue.errors import ConfigError
 from segue.models import events as EV
+from segue.models.item_encoder import fit_features
 from segue.models.transformer import (
     SequenceTransformer,
     TransformerConfig,
     load_weights,
     save_weights,
+    with_composed_items,
 )
 from segue.training import mesh as M
 from segue.training.evaluate import ValidationSet, evaluate
@@ -68,6 +74,11 @@ class TransformerTask:
         shard = M.process_shard() if jax.process_count() > 1 else None
         self.loader = make_train_loader(arrays, lc, seed=tc.seed, shard=shard)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
+        self.item_features: Any = None
+        self.feats: dict[str, Any] | None = None
+        if config.items.enabled:
+            self.item_features = fit_features(data.store, data.vocab, config.items)
+            self.feats = {k: jnp.asarray(v) for k, v in self.item_features.arrays().items()}
         self.spec = StepSpec(
             model=config.model,
             loss=config.loss,
@@ -77,6 +88,9 @@ class TransformerTask:
             eop_target=lc.eop_target,
             events=ev,
             categories_json=json.dumps(self.categories, sort_keys=True),
+            items=config.items,
+            item_shapes=self.item_features.shapes() if self.item_features is not None else (),
+            content_dim=self.item_features.content_dim if self.item_features is not None else 0,
         )
         self.graphdef: Any = None
         self._step_fn: Any = None
@@ -99,6 +113,8 @@ class TransformerTask:
             arrays = M.global_batch(self.mesh, arrays)
             events = None if events is None else M.global_batch(self.mesh, events)
         args = (state, arrays["inputs"], arrays["targets"], arrays["mask"], jnp.float32(lr_scale))
+        if self.feats is not None:
+            return self._step_fn(*args, events, self.feats)
         if events is None:
             return self._step_fn(*args)
         return self._step_fn(*args, events)
@@ -106,7 +122,10 @@ class TransformerTask:
     def validate(self, state: dict[str, Any]) -> dict[str, float] | None:
         if self.vset is None:
             return None
-        graphdef, params = nnx.split(self.network(state, average=True))
+        net = self.network(state, average=True)
+        if self.feats is not None:  # score with the composed item vectors
+            net = with_composed_items(net, self.feats)
+        graphdef, params = nnx.split(net)
         tc = self.trainer
         return evaluate(
             graphdef,
@@ -125,6 +144,8 @@ class TransformerTask:
 
     def save_weights(self, network: SequenceTransformer, path: Path) -> None:
         save_weights(network, path)
+        if self.item_features is not None:  # everything needed to compose new items' vectors
+            self.item_features.save(path.parent)
 
     def load_weights(self, network: SequenceTransformer, path: Path) -> SequenceTransformer:
         return load_weights(network, path)

@@ -79,6 +79,12 @@ class SyntheticConfig(Config):
     p_artist: float = Field(0.2, ge=0, le=1)  # else another track of the same artist
     seed: int = 0
     feedback: bool = False  # add fb_listened, fb_skip, ctx_platform, ctx_hour to every event
+    # Cold-start releases: this fraction of tracks is released late, uniformly over the last
+    # `release_span` of the time range, and never played before its release. Then every event
+    # has its own time (a playlist's events are spread from its start to modified_at), so a
+    # temporal cut falls inside playlists. 0 keeps the corpus as it was.
+    new_items: float = Field(0.0, ge=0, lt=1)
+    release_span: float = Field(0.15, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticConfig:
@@ -105,6 +111,9 @@ OPTIONS: dict[str, str] = {
     "p_artist": "else probability of another track of the same artist (default 0.2)",
     "seed": "random seed (default 0)",
     "feedback": "add listening feedback (fb_listened, fb_skip) and context (ctx_platform, ctx_hour) to every event (true/false, default false)",
+    "new_items": "fraction of tracks released late (never played before their release; events then carry their own times), "
+    "for cold-start tests (default 0)",
+    "release_span": "late releases fall uniformly in this last fraction of the time range (default 0.15)",
 }
 
 
@@ -124,6 +133,7 @@ class Catalogue:
     artist_names: list[str]
     album_names: list[str]
     duration_ms: np.ndarray  # int64 [n_items]
+    release: np.ndarray  # int64 [n_items] unix time of release (0: always there)
 
     @property
     def n_items(self) -> int:
@@ -175,6 +185,11 @@ def make_catalogue(cfg: SyntheticConfig) -> Catalogue:
     pick = rng.integers(0, len(words), size=n_albums).tolist()
     album_names = [f"{words[p]} Sessions Vol. {a}" for a, p in enumerate(pick)]
     duration = np.clip(rng.normal(225_000, 45_000, size=n), 60_000, 600_000).astype(np.int64)
+    # Late releases from their own generator: the rest of the catalogue does not move.
+    rel_rng = np.random.default_rng([cfg.seed, 5])
+    late = rel_rng.random(n) < cfg.new_items
+    first = _MPD_END - cfg.release_span * (_MPD_END - _MPD_START)
+    release = np.where(late, first + rel_rng.random(n) * (_MPD_END - first), 0).astype(np.int64)
     return Catalogue(
         genre_names=genre_names,
         track_genre=track_genre,
@@ -188,6 +203,7 @@ def make_catalogue(cfg: SyntheticConfig) -> Catalogue:
         artist_names=artist_names,
         album_names=album_names,
         duration_ms=duration,
+        release=release,
     )
 
 
@@ -202,6 +218,7 @@ class PlaylistBatch:
     moods: list[str]
     offsets: np.ndarray  # int64 [k+1]
     tracks: np.ndarray  # int32 [offsets[-1]]
+    ts: np.ndarray | None = None  # int64 per event (new_items > 0), else every event at modified_at
 
 
 def iter_playlists(
@@ -248,8 +265,14 @@ def iter_playlists(
         p_album, p_both = cfg.p_album, cfg.p_album + cfg.p_artist
         out: list[int] = []
         offsets = [0]
+        begin = None
+        if cfg.new_items > 0:  # event times: the playlist's events spread over [begin, modified]
+            begin = _MPD_START + (rng.random(k) * (modified - _MPD_START)).astype(np.int64)
+            release = cat.release.tolist()
         for i in range(k):
             length, seen, prev, n0 = int(lengths[i]), set(), -1, len(out)
+            if begin is not None:
+                b0, step_t = int(begin[i]), (int(modified[i]) - int(begin[i])) / max(1, length - 1)
             for j in range(int(starts[i]), int(starts[i + 1])):
                 if len(out) - n0 == length:
                     break
@@ -262,9 +285,13 @@ def iter_playlists(
                     elif u < p_both:
                         mine = artist_tracks[track_artist[prev]]
                         t = mine[int(pick_l[j] * len(mine))]
+                if begin is not None:  # a track not yet released is neither continued nor drawn
+                    now = b0 + step_t * (len(out) - n0)
+                    if t >= 0 and release[t] > now:
+                        t = -1
                 if t < 0 or t in seen:
                     t = fresh_l[j]
-                    if t in seen:
+                    if t in seen or (begin is not None and release[t] > now):
                         continue
                 seen.add(t)
                 out.append(t)
@@ -279,14 +306,22 @@ def iter_playlists(
                 ]
             )
             genres.append([cat.genre_names[g] for g in gs[i, : n_genres[i]]])
+        offsets_a = np.asarray(offsets, dtype=np.int64)
+        ts = None
+        if begin is not None:
+            n_ev = np.diff(offsets_a)
+            pos = np.arange(offsets_a[-1]) - np.repeat(offsets_a[:-1], n_ev)
+            span = (modified - begin) / np.maximum(1, lengths - 1)
+            ts = (np.repeat(begin, n_ev) + np.repeat(span, n_ev) * pos).astype(np.int64)
         yield PlaylistBatch(
             pids=np.arange(pid0, pid0 + k, dtype=np.int64),
             names=names,
             modified_at=modified.astype(np.int64),
             genres=genres,
             moods=[MOODS[m] for m in moods],
-            offsets=np.asarray(offsets, dtype=np.int64),
+            offsets=offsets_a,
             tracks=np.asarray(out, dtype=np.int32),
+            ts=ts,
         )
 
 
@@ -325,7 +360,7 @@ class SyntheticSource:
                 "seq_key": pa.array(np.repeat(seq_keys, lengths), pa.string()),
                 "item_key": pa.array(uris[pb.tracks], pa.string()),
                 "position": pa.array(positions, pa.int32()),
-                "ts": pa.array(np.repeat(pb.modified_at, lengths), pa.int64()),
+                "ts": pa.array(np.repeat(pb.modified_at, lengths) if pb.ts is None else pb.ts, pa.int64()),
             }
             if self.config.feedback:
                 columns |= event_feedback(self.config, cat, pb)

@@ -1,0 +1,245 @@
+"""Items added to a trained run without retraining: `segue items add RUN items.parquet`.
+
+A run trained with an `items` section (segue.models.item_encoder) composes the vector of an item it
+never saw from its features, with the feature vocabularies saved in the run. `add_items` checks a
+Parquet of new items and appends it to the run's `items_added.parquet` (written atomically). Every
+load of the run for serving (`Engine.load`, so also `POST /admin/reload`) composes those items'
+vectors, appends them to the vocabulary as tokens V, V + 1, ... (training count 0) and to the
+catalogue, so they are recommendable and usable in histories; answers mark them features_only.
+
+The Parquet: `item` (external id, required, not already in the run), then any of `name`,
+`creator` / `artist` (the artist feature reads creator_key / artist_key first, as the store keeps
+creator keys), `album` / `album_key`, `genre` (text, comma-separated text or a list), `type`,
+`meta` (JSON text with more keys, for meta.<key> features), and `vector` (the content vector, for
+runs trained with content vectors). A value the run never saw maps to the feature's <unk>.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from segue.errors import InputError, SegueError
+
+ADDED_FILE = "items_added.parquet"
+NAME_COLUMNS = ("name", "creator", "album")
+
+items_app = typer.Typer(help="Add items to a trained model without retraining.", no_args_is_help=True, add_completion=False)
+
+
+@items_app.callback()
+def _items_group() -> None:
+    # A callback keeps `items` a group (`segue items add ...`) though it has one command so far.
+    pass
+
+
+def _rows(table: Any, path: Path) -> list[dict[str, Any]]:
+    """Item rows for segue.data.item_features.raw_features from a new-items table."""
+    cols = set(table.column_names)
+    if "item" not in cols:
+        raise InputError(f"no column 'item' (it has: {', '.join(table.column_names)})", path=path, field="item",
+                         expected="the external id of each new item")
+    data = table.to_pylist()
+    out = []
+    for i, r in enumerate(data):
+        if r.get("item") in (None, ""):
+            raise InputError("empty item id", path=path, record=f"row {i + 1}", field="item", expected="an external id")
+        meta: dict[str, Any] = {}
+        if r.get("meta"):
+            try:
+                meta = json.loads(r["meta"]) if isinstance(r["meta"], str) else dict(r["meta"])
+            except (json.JSONDecodeError, TypeError, ValueError):
+                raise InputError("not a JSON object", path=path, record=f"row {i + 1}", field="meta", expected="JSON text") from None
+        for k in ("genre", "genres", "type"):
+            if r.get(k) is not None:
+                meta[k] = r[k]
+        for k, v in r.items():  # other columns serve meta.<key> features
+            if k not in ("item", "meta", "vector", "name", "creator", "artist", "album", "creator_key", "artist_key", "album_key") and v is not None:
+                meta.setdefault(k, v)
+        out.append(
+            {
+                "external_id": str(r["item"]),
+                "name": r.get("name"),
+                "creator": r.get("creator") or r.get("artist"),
+                "creator_key": r.get("creator_key") or r.get("artist_key"),
+                "album": r.get("album"),
+                "album_key": r.get("album_key"),
+                "meta": meta,
+            }
+        )
+    return out
+
+
+def _vectors(table: Any, dim: int, path: Path) -> np.ndarray | None:
+    """Content vectors [n, dim] (NaN rows: none) from the `vector` column, for runs that use them."""
+    if dim == 0:
+        return None
+    out = np.full((table.num_rows, dim), np.nan, np.float32)
+    if "vector" not in table.column_names:
+        return out
+    for i, v in enumerate(table.column("vector").to_pylist()):
+        if v is None:
+            continue
+        if len(v) != dim:
+            raise InputError(f"vector of length {len(v)}", path=path, record=f"row {i + 1}", field="vector", expected=f"{dim} floats, as the run's content vectors")
+        out[i] = v
+    return out
+
+
+def read_new_items(path: str | Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=path, expected="a Parquet of new items (item, name, artist, album, genre, ...)")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"not a readable Parquet file ({e})", path=path) from None
+
+
+def _apply(model: Any, table: Any, path: Path) -> list[int]:
+    """Compose and add the items of `table` to `model`; returns their tokens."""
+    from segue.data.item_features import raw_features
+
+    rows = _rows(table, path)
+    feats = model.item_features
+    raw = raw_features(feats.names, rows)
+    return model.add_items([r["external_id"] for r in rows], raw, _vectors(table, feats.content_dim, path)).tolist()
+
+
+def _check_model(model: Any, run: Path) -> None:
+    if getattr(model, "item_features", None) is None:
+        raise SegueError(f"{run}: this model cannot add items (train it with an items section: features or content vectors)")
+
+
+def add_items(run: str | Path, parquet: str | Path) -> dict[str, Any]:
+    """Check the new items of `parquet` against the run and append them to its items_added.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segue.data.item_features import raw_features
+    from segue.io import atomic_path
+    from segue.models.base import load_model
+
+    run, parquet = Path(run), Path(parquet)
+    model = load_model(run)
+    _check_model(model, run)
+    new = read_new_items(parquet)
+    old = pq.read_table(run / ADDED_FILE) if (run / ADDED_FILE).exists() else None
+    known = {e for e in model._check_fitted().external_ids if e is not None}
+    if old is not None:
+        known |= {str(x) for x in old.column("item").to_pylist()}
+    rows = _rows(new, parquet)
+    seen: set[str] = set()
+    for i, r in enumerate(rows):
+        if r["external_id"] in known or r["external_id"] in seen:
+            raise InputError(f"item '{r['external_id']}' is already in the run", path=parquet, record=f"row {i + 1}",
+                             field="item", expected="an item the run does not have")
+        seen.add(r["external_id"])
+    _apply(model, new, parquet)  # composes: a bad row fails before anything is written
+    feats = model.item_features
+    raw = raw_features(feats.names, rows)
+    unknown = {n: sum(1 for vals in raw[n] if vals and not any(feats.vocabs[n].knows(v) for v in vals)) for n in feats.names}
+    table = new if old is None else pa.concat_tables([old, new], promote_options="permissive")
+    with atomic_path(run / ADDED_FILE) as tmp:
+        pq.write_table(table, tmp)
+    return {"added": len(rows), "total_added": table.num_rows, "unknown_values": unknown}
+
+
+def apply_added_items(model: Any, folder: str | Path) -> list[int]:
+    """Add the run's items_added.parquet to a loaded model (vocabulary extended); their tokens."""
+    path = Path(folder) / ADDED_FILE
+    if not path.exists() or getattr(model, "item_features", None) is None:
+        return []
+    tokens = _apply(model, read_new_items(path), path)
+    model.vocab = model.extended_vocab()
+    return tokens
+
+
+def with_added_names(catalogue: Any, folder: str | Path) -> Any:
+    """The catalogue with the added items' names, creators and albums."""
+    import pyarrow as pa
+
+    from segue.serving.catalogue import Catalogue
+
+    path = Path(folder) / ADDED_FILE
+    if not path.exists():
+        return catalogue
+    t = read_new_items(path)
+    cols = {"external_id": pa.array([str(x) for x in t.column("item").to_pylist()], pa.string())}
+    for c, alt in (("name", None), ("creator", "artist"), ("album", None)):
+        src = c if c in t.column_names else alt if alt in (t.column_names if alt else []) else None
+        cols[c] = t.column(src).cast(pa.string()) if src else pa.nulls(t.num_rows, pa.string())
+    import pyarrow.compute as pc
+
+    # The base table already has (nameless) rows for the added tokens: the added rows replace them.
+    base = catalogue.table.filter(pc.invert(pc.is_in(catalogue.table.column("external_id"), value_set=cols["external_id"])))
+    return Catalogue(catalogue.vocab, pa.concat_tables([base, pa.table(cols)]))
+
+
+@items_app.command("add")
+def items_add(
+    run: Annotated[Path, typer.Argument(help="Run folder of a model trained with item features.")],
+    parquet: Annotated[Path, typer.Argument(help="Parquet of new items: item, name, artist, album, genre, type, meta, vector.")],
+) -> None:
+    """Add new items to a trained run: features-only vectors, served after the next (re)load."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    out = add_items(run, parquet)
+    unk = ", ".join(f"{n} {c}" for n, c in out["unknown_values"].items() if c)
+    Console().print(
+        f"[green]added[/] {out['added']} item(s) to {escape(str(run))} ({out['total_added']} added in all)"
+        + (f"; items with only unseen values: {escape(unk)}" if unk else "")
+        + "; POST /admin/reload (or restart) serves them",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def demo_new_item(store: Path, runs: Path, *, minutes: float = 1.0, console: Any = None) -> dict[str, Any]:
+    """The demo's cold-start step: train a small transformer with artist/album/genre features on
+    the leave-last-out split, add one new track on a known album, and rank after that album."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segue.data.store import Store
+    from segue.serving.engine import Engine
+    from segue.training.trainer import quick_config, train
+
+    cfg = quick_config(store, "loo", name="transformer-features", runs_dir=runs, minutes=minutes)
+    cfg = cfg.model_copy(update={"items": cfg.items.model_copy(update={"features": ["artist", "album", "genre"], "id_dropout": 0.5})})
+    run = train(cfg, console=console)
+    with Store.open(store) as st:  # the most played album: its tracks, artist and genre
+        album, artist, meta = st.con.execute(
+            """SELECT i.album_id, i.creator_id, i.meta FROM events e JOIN items i USING (item_id)
+               GROUP BY 1, 2, 3 ORDER BY count(*) DESC LIMIT 1"""
+        ).fetchone()
+        tracks = [r[0] for r in st.con.execute("SELECT external_id FROM items WHERE album_id = ? ORDER BY item_id", [album]).fetchall()]
+    new = run / "new_items.parquet"
+    pq.write_table(pa.table({"item": ["new:track:1"], "name": ["A Brand New Single"], "artist_key": [artist],
+                             "album_key": [album], "meta": [meta]}), new)
+    if (run / ADDED_FILE).exists():
+        (run / ADDED_FILE).unlink()  # a re-run of the step adds the same item again
+    add_items(run, new)
+    engine = Engine.load(run)
+    history = engine.vocab.encode_external(tracks[:3])[0]
+    tokens = [int(t) for t in engine.rank([history], 10)[0].tokens if t >= 0]
+    token = int(engine.vocab.encode_external(["new:track:1"])[0][0])
+    rank = tokens.index(token) + 1 if token in tokens else None
+    if console is not None:
+        console.print(
+            f"[green]added[/] new:track:1 (album {album}) to {run}: features-only; after 3 tracks of its album it ranks "
+            + (f"#{rank} of 10" if rank else "outside the top 10"),
+            highlight=False,
+        )
+    return {"run": str(run), "rank": rank}
+
+
+__all__ = ["ADDED_FILE", "add_items", "apply_added_items", "with_added_names"]
