@@ -55,7 +55,7 @@ from segue.models.transformer import (
 )
 from segue.training import optim as O
 from segue.training.task import total_steps
-from segue.training.transformer_task import TransformerTask, check_event_columns, training_arrays
+from segue.training.transformer_task import TransformerTask, event_lookups, training_arrays
 
 # ---------------------------------------------------------------------------------------------
 # the loss
@@ -259,11 +259,7 @@ class PairwiseTask:
         lc = tc.loader.model_copy(update={"context_length": config.model.context_length, "extras": True})
         arrays = training_arrays(data, tc.fit_on)
         self.events = ev = config.events
-        self.categories: EV.Categories = {}
-        self.luts: dict[str, np.ndarray] = {}
-        if ev.enabled:
-            self.categories = check_event_columns(ev, arrays)
-            self.luts = {n: EV.context_lut(self.categories[n], list(arrays.context_categories.get(n, []))) for n in ev.context}
+        self.categories, self.luts = event_lookups(ev, arrays)
         self.loader = make_train_loader(arrays, lc, seed=tc.seed)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
         self.vocab = data.vocab

@@ -48,6 +48,16 @@ def training_arrays(data: SplitData, fit_on: str) -> SequenceArrays:
     return compile_split(data.store, data.split, parts, vocab=data.vocab)
 
 
+def event_lookups(ev: EV.EventsConfig, arrays: SequenceArrays) -> tuple[EV.Categories, dict[str, np.ndarray]]:
+    """The training category lists of the events' context columns, and per column the lookup from
+    the arrays' own category codes to the model's (empty when the events section is off)."""
+    if not ev.enabled:
+        return {}, {}
+    categories = check_event_columns(ev, arrays)
+    luts = {n: EV.context_lut(categories[n], list(arrays.context_categories.get(n, []))) for n in ev.context}
+    return categories, luts
+
+
 class TransformerTask:
     """Trains a SequenceTransformer on `data.train` (or train+valid), validating on VALID."""
 
@@ -60,13 +70,9 @@ class TransformerTask:
         lc = tc.loader.model_copy(update={"context_length": config.model.context_length})
         arrays = training_arrays(data, tc.fit_on)
         self.events = ev = config.events
-        self.categories: EV.Categories = {}
-        self.luts: dict[str, np.ndarray] = {}
-        if ev.enabled:
-            self.categories = check_event_columns(ev, arrays)
-            self.luts = {n: EV.context_lut(self.categories[n], list(arrays.context_categories.get(n, []))) for n in ev.context}
-            if not lc.extras:
-                raise ConfigError("trainer.loader.extras is false, but the events section reads the batches' extra columns")
+        self.categories, self.luts = event_lookups(ev, arrays)
+        if ev.enabled and not lc.extras:
+            raise ConfigError("trainer.loader.extras is false, but the events section reads the batches' extra columns")
         self.mesh = M.make_mesh(tc.mesh)
         if self.mesh is not None:
             M.check_fit(self.mesh, lc.batch_size, len(data.vocab))
