@@ -215,6 +215,21 @@ def test_rating_encoding_and_per_row_normalisation() -> None:
     np.testing.assert_allclose(EV.to_scale(cfg, "rating", np.array([[1.0, 9.0]]), np.array([3.0]), np.array([0.5])), [[3.5, 5.0]])
 
 
+def test_rating_prior_shrinks_row_statistics_by_hand() -> None:
+    # k = 2 pseudo-ratings at the prior (m0 3.5, s0 1): mu = (sum r + k m0) / (n + k),
+    # sd^2 = (sum (r - mu)^2 + k s0^2) / (n + k)
+    cfg = EventsConfig(rating=True, predict={"rating": 1.0}, rating_prior_weight=2.0, rating_std_floor=0.1)
+    r = np.array([[5.0, 5.0, np.nan], [np.nan, np.nan, np.nan]])
+    present = np.array([[True, True, True], [True, False, False]])
+    mu, s = EV.row_rating_stats(cfg, r, present, (3.5, 1.0))
+    m = (10.0 + 2 * 3.5) / 4
+    assert mu[0] == pytest.approx(m) and s[0] == pytest.approx(np.sqrt((2 * (5 - m) ** 2 + 2 * 1.0) / 4))
+    assert (mu[1], s[1]) == (pytest.approx(3.5), pytest.approx(1.0))  # a new user: the prior itself
+    assert EV.fit_rating_prior(cfg, np.array([1.0, 3.0, np.nan])) == (2.0, 1.0)
+    assert EV.fit_rating_prior(cfg.model_copy(update={"rating_prior_weight": 0.0}), np.array([1.0])) is None
+    assert EV.fit_rating_prior(EventsConfig(rating=True), np.array([1.0])) is None  # no rating head
+
+
 def test_time_slots_by_hand() -> None:
     monday_9h = 1_700_438_400 + 9 * 3600  # 2023-11-20 was a Monday
     ts = np.array([[0, monday_9h, monday_9h, monday_9h + 5, monday_9h + 86400 * 5 + 3600 * 14]])
@@ -373,6 +388,10 @@ def test_fit_score_by_category_name_predict_and_reload(store: Path, tmp_path: Pa
     # save / load keeps the weights and the training categories
     back = load_model(rec.save(tmp_path / "m"))
     assert json.loads(back.network.categories_json) == net.categories
+    # ...and the rating prior: the training ratings' mean and sd
+    r = data.train.rating[np.isfinite(data.train.rating)]
+    assert net.rating_prior == pytest.approx((r.mean(), r.std()), rel=1e-5)
+    assert back.network.rating_prior == net.rating_prior
     np.testing.assert_allclose(back.score(sub), base, rtol=1e-6)
     np.testing.assert_allclose(back.predict(sub, None, tokens), fb["rating"], rtol=1e-6)
 

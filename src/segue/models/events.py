@@ -31,6 +31,12 @@ remapped through the model's saved training lists (`context_lut`).
 Ratings as a head target are normalised per row: z = (r - mu) / s with mu and sd the mean and
 standard deviation of the row's rated *input* events in the window (the history the model sees)
 and s = max(sd, rating_std_floor); a row without rated inputs takes mu = the scale's midpoint.
+With a rating prior (m0, s0) (the training ratings' mean and standard deviation, fitted with the
+model and saved with its weights; `fit_rating_prior`), the row statistics shrink towards it as if the
+row held k = rating_prior_weight more ratings drawn from it:
+    mu = (sum r + k m0) / (n + k),   sd^2 = (sum (r - mu)^2 + k s0^2) / (n + k)
+so a new user (n = 0) is normalised around the mean rating, not the scale's midpoint, and a user
+with one rating does not get sd = 0. A model saved without a prior keeps the plain statistics.
 A prediction goes back to the scale as clip(mu + s z, lo, hi) with mu and s of the history.
 """
 
@@ -64,6 +70,8 @@ class EventsConfig(Config):
     # per row, BCE on flags, cross-entropy on [0, 1] for fractions, Huber on counts / numerics)
     predict: dict[str, float] = {}
     rating_std_floor: float = Field(0.5, gt=0)  # s = max(sd of the row's ratings, this)
+    # pseudo-ratings at the training prior (mean, sd) added to every row's statistics (0: none)
+    rating_prior_weight: float = Field(2.0, ge=0)
     huber_delta: float = Field(1.0, gt=0)
     head_width: int | None = Field(None, ge=1)  # hidden width of both heads' MLPs (default d_ff)
 
@@ -199,17 +207,37 @@ def feedback_value(kind: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def row_rating_stats(cfg: EventsConfig, rating: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu [B], s [B]) of each row's rated present events (see the module docstring)."""
+def row_rating_stats(
+    cfg: EventsConfig, rating: np.ndarray, present: np.ndarray, prior: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [B], s [B]) of each row's rated present events, shrunk towards `prior` (m0, s0) by
+    cfg.rating_prior_weight pseudo-ratings when given (see the module docstring)."""
     r = np.asarray(rating, dtype=np.float64)
     ok = present & np.isfinite(r)
-    n = ok.sum(axis=-1)
+    n = ok.sum(axis=-1).astype(np.float64)
     v = np.where(ok, r, 0.0)
-    mid = 0.5 * (cfg.rating_scale[0] + cfg.rating_scale[1])
-    mu = np.where(n > 0, v.sum(axis=-1) / np.maximum(n, 1), mid)
-    var = np.where(ok, (r - mu[:, None]) ** 2, 0.0).sum(axis=-1) / np.maximum(n, 1)
+    if prior is None:
+        m0, s0, k = 0.5 * (cfg.rating_scale[0] + cfg.rating_scale[1]), 0.0, 0.0
+    else:
+        m0, s0, k = float(prior[0]), float(prior[1]), float(cfg.rating_prior_weight)
+    total = n + k
+    mu = np.where(total > 0, (v.sum(axis=-1) + k * m0) / np.maximum(total, 1e-12), m0)
+    ss = np.where(ok, (r - mu[:, None]) ** 2, 0.0).sum(axis=-1) + k * s0**2
+    var = np.where(total > 0, ss / np.maximum(total, 1e-12), s0**2)
     s = np.maximum(np.sqrt(var), cfg.rating_std_floor)
     return mu.astype(np.float32), s.astype(np.float32)
+
+
+def fit_rating_prior(cfg: EventsConfig, rating: np.ndarray | None) -> tuple[float, float] | None:
+    """(mean, sd) of the finite training ratings: the prior of `row_rating_stats`; None when the
+    head predicts no rating, the prior is off, or there are no ratings."""
+    if "rating" not in cfg.predict or cfg.rating_prior_weight <= 0 or rating is None:
+        return None
+    r = np.asarray(rating, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if not len(r):
+        return None
+    return float(r.mean()), float(r.std())
 
 
 def encode_events(
@@ -281,9 +309,11 @@ def is_event(tokens: np.ndarray) -> np.ndarray:
 # training batches
 
 
-def batch_events(cfg: EventsConfig, batch: dict[str, np.ndarray], luts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def batch_events(
+    cfg: EventsConfig, batch: dict[str, np.ndarray], luts: dict[str, np.ndarray], prior: tuple[float, float] | None = None
+) -> dict[str, np.ndarray]:
     """The network's event arrays for a training batch of segue.data.loader (`luts`: the training
-    arrays' context codes -> model slots, per column)."""
+    arrays' context codes -> model slots, per column; `prior`: the rating prior, fit_rating_prior)."""
     inputs, targets, mask = batch["inputs"], batch["targets"], batch["mask"]
     present = is_event(inputs)
     fb_in = {n: batch[f"fb_{n}"] for n in cfg.feedback if f"fb_{n}" in batch}
@@ -298,7 +328,7 @@ def batch_events(cfg: EventsConfig, batch: dict[str, np.ndarray], luts: dict[str
             cols.append(time_slots(nts, ts, is_event(targets), present))
         out["next_ctx"] = np.concatenate(cols, axis=-1).astype(np.int32)
     if cfg.predict:
-        mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(inputs.shape, np.nan), present)
+        mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(inputs.shape, np.nan), present, prior)
         fb_t = {n: batch[f"target_fb_{n}"] for n in cfg.feedback if f"target_fb_{n}" in batch}
         valid = mask & is_event(targets)
         out["fb_target"], out["fb_mask"] = head_targets(cfg, valid, batch.get("target_rating"), fb_t, mu, s)
@@ -330,6 +360,7 @@ def history_events(
     context_length: int,
     width: int,
     next_events: SequenceArrays | None = None,
+    prior: tuple[float, float] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(network event arrays, mu [n], s [n]) for scoring histories `rows` of `arrays`.
 
@@ -375,7 +406,7 @@ def history_events(
                 nts = np.asarray(next_events.ts)[first]
                 nxt[r, last, len(cfg.context) :] = time_slots(nts, last_ts, has, item[r, last])
         out["next_ctx"] = nxt.astype(np.int32)
-    mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(idx.shape, np.nan), item)
+    mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(idx.shape, np.nan), item, prior)
     return out, mu, s
 
 

@@ -185,6 +185,7 @@ class SequenceTransformer(nnx.Module):
         init_temperature: float = 1.0,
         events: EventsConfig | None = None,
         categories: EV.Categories | None = None,
+        rating_prior: tuple[float, float] | None = None,
         rank: tuple[str, int, float] | None = None,
         items: ItemEncoderConfig | None = None,
         item_shapes: Shapes = (),
@@ -210,6 +211,8 @@ class SequenceTransformer(nnx.Module):
             self.feedback_head = MLP(2 * d + c, width, k, std, rngs) if k else None
             # The training category lists (name-matched at scoring), as JSON: a plain hashable value.
             self.categories_json = json.dumps(categories or {}, sort_keys=True)
+            # The training ratings' (mean, sd), the feedback head's normalisation prior (or null).
+            self.rating_prior_json = json.dumps(list(rating_prior) if rating_prior is not None else None)
         # A pairwise fine-tuned network ranks by (mode, feedback column, b_0) (PairwiseConfig);
         # its mix weights (a, b) are a Param made last, so every other parameter is as before.
         if rank is not None and rank[0] != "logit":
@@ -287,6 +290,11 @@ class SequenceTransformer(nnx.Module):
     @property
     def categories(self) -> EV.Categories:
         return json.loads(getattr(self, "categories_json", "{}"))
+
+    @property
+    def rating_prior(self) -> tuple[float, float] | None:
+        p = json.loads(getattr(self, "rating_prior_json", "null"))
+        return (float(p[0]), float(p[1])) if p is not None else None
 
     @property
     def has_item_encoder(self) -> bool:
@@ -444,7 +452,13 @@ class TransformerRecommender(NeuralRecommender):
         self.extra = ExtraItems()
         self._baked: tuple[Any, int, SequenceTransformer] | None = None
 
-    def build(self, vocab_size: int, seed: int = 0, categories: EV.Categories | None = None) -> SequenceTransformer:
+    def build(
+        self,
+        vocab_size: int,
+        seed: int = 0,
+        categories: EV.Categories | None = None,
+        rating_prior: tuple[float, float] | None = None,
+    ) -> SequenceTransformer:
         f = self.item_features
         return SequenceTransformer(
             self.config.model,
@@ -453,6 +467,7 @@ class TransformerRecommender(NeuralRecommender):
             init_temperature=self.config.loss.init_temperature,
             events=self.config.events,
             categories=categories,
+            rating_prior=rating_prior,
             rank=self.config.rank(),
             items=self.config.items,
             item_shapes=f.shapes() if f is not None else (),
@@ -539,7 +554,7 @@ class TransformerRecommender(NeuralRecommender):
             n = len(sel)
             arrays: list[Any] = [ev.inputs, ev.positions, ev.last]
             if ev_cfg is not None:
-                feats, mu, sd = EV.history_events(ev_cfg, categories, histories, sel, ctx, width, next_events)
+                feats, mu, sd = EV.history_events(ev_cfg, categories, histories, sel, ctx, width, next_events, net.rating_prior)
                 arrays.append(feats)
                 mus.append(mu)
                 ss.append(sd)
@@ -645,14 +660,17 @@ class TransformerRecommender(NeuralRecommender):
 
 
 CATEGORIES_KEY = "__context_categories__"  # weights.npz entry: the training categories as JSON
+PRIOR_KEY = "__rating_prior__"  # weights.npz entry: the training ratings' (mean, sd) as JSON
 
 
 def save_weights(net: SequenceTransformer, path: Path) -> None:
     """Parameters as a flat .npz keyed by their path ('blocks/0/qkv/kernel', ...); a network with
-    events also stores its training context categories (JSON text under CATEGORIES_KEY)."""
+    events also stores its training context categories and rating prior (JSON text under
+    CATEGORIES_KEY and PRIOR_KEY)."""
     flat = flat_weights(net, nnx.Param)
     if net.has_events:
         flat[CATEGORIES_KEY] = np.asarray(net.categories_json)
+        flat[PRIOR_KEY] = np.asarray(net.rating_prior_json)
     write_weights(flat, path)
 
 
@@ -668,6 +686,8 @@ def load_weights(net: SequenceTransformer, path: Path) -> SequenceTransformer:
     data = read_weights(net, nnx.Param, path)
     if net.has_events and CATEGORIES_KEY in data:
         net.categories_json = str(data[CATEGORIES_KEY])
+    if net.has_events:  # a file written before the prior existed keeps the plain statistics
+        net.rating_prior_json = str(data[PRIOR_KEY]) if PRIOR_KEY in data else "null"
     return net
 
 

@@ -189,11 +189,11 @@ def evaluate(
     eop_class: bool,
     k: int = 10,
     seed: int = 0,
-    events: tuple[EV.EventsConfig, EV.Categories] | None = None,
+    events: tuple[EV.EventsConfig, EV.Categories, tuple[float, float] | None] | None = None,
 ) -> dict[str, float]:
     """Mean metrics over the validation set (keys: exact_ce, sampled_ce, corrected_ce, hr@k, ndcg@k).
 
-    `events` (the model's events config and training categories) validates a network that reads
+    `events` (the model's events config, training categories and rating prior) validates a network that reads
     feedback and context; `vset` must then come from `from_split(..., with_events=True)`. A
     feedback head adds <name>_rmse per predicted column: the root mean squared error, on the
     column's own scale (segue.models.events.to_scale), over the target events that carry it."""
@@ -218,7 +218,7 @@ def evaluate(
         ev = None
         if events is not None:
             ev, mu, sd = EV.history_events(
-                events[0], events[1], vset.histories, sel, context_length, context_length, next_events=vset.next_events
+                events[0], events[1], vset.histories, sel, context_length, context_length, next_events=vset.next_events, prior=events[2]
             )
             if pad:
                 ev = {n: np.concatenate([a, np.repeat(a[:1], pad, 0)]) for n, a in ev.items()}

@@ -279,8 +279,9 @@ class PairwiseTask:
         pre = TransformerRecommender(self.config.model_copy(update={"pairwise": None}), self.vocab)
         pre_net = load_weights(pre.build(len(self.vocab), categories=self.categories or None), self.init_from / "weights.npz")
         nnx.update(net, nnx.state(pre_net, nnx.Param))
-        if self.events.enabled:
+        if self.events.enabled:  # the pretrained run's training statistics travel with its weights
             net.categories_json = pre_net.categories_json
+            net.rating_prior_json = pre_net.rating_prior_json
         self.graphdef, params = nnx.split(net, nnx.Param)
         tx = O.dense_transform(self.optim, params)
         self._step = make_pair_step(self.graphdef, self.optim, self.total_steps)

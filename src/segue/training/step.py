@@ -62,6 +62,7 @@ class StepSpec:
     eop_target: bool = True
     events: EventsConfig = field(default_factory=EventsConfig)
     categories_json: str = "{}"  # the training context categories (JSON), saved with the network
+    rating_prior: tuple[float, float] | None = None  # the training ratings' (mean, sd), ditto
     items: ItemEncoderConfig = field(default_factory=ItemEncoderConfig)  # side features (off)
     item_shapes: Shapes = ()  # (feature, table rows, width) of the fitted feature vocabularies
     content_dim: int = 0
@@ -112,6 +113,7 @@ def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
         init_temperature=spec.loss.init_temperature,
         events=spec.events,
         categories=spec.categories,
+        rating_prior=spec.rating_prior,
         items=spec.items,
         item_shapes=spec.item_shapes,
         content_dim=spec.content_dim,
