@@ -203,6 +203,32 @@ def test_retrain_cycle_drift_abort_and_broken_candidate(tmp_path: Path, weeks: P
     assert '"verdict": "keep"' in reg.version("m", broken["version"]).tags["decision"]
 
 
+def test_each_week_is_validated_against_the_week_before_so_a_gradual_shift_does_not_add_up(
+    tmp_path: Path, weeks: Path
+) -> None:
+    """Weeks 1 and 2 arrive while production was trained on week 0 only (as after a week whose
+    candidate was not promoted): week 2 is compared with week 1, not week 0, and passes; against
+    week 0 the two weeks' gradual shift adds up past the popularity threshold."""
+    from segue.ops.eventset import Spec
+    from segue.ops.thresholds import load_thresholds
+    from segue.ops.validation import validate
+
+    cfg = RetrainConfig.load(_setup(tmp_path, weeks, 1))
+    assert Retrain(cfg, console=_quiet()).run()["promoted"]  # production: week 0
+    for w in (1, 2):
+        shutil.copy(weeks / "normal" / f"week-{w:02d}.csv", tmp_path / "incoming")
+    r = Retrain(cfg, console=_quiet())
+    r.run_step("gather")
+    r.run_step("validate")
+    v = r.state["validation"]
+    assert v["week-01.csv"]["reference"] == "week-00.csv" and v["week-01.csv"]["passed"]
+    assert v["week-02.csv"]["reference"] == "week-01.csv" and v["week-02.csv"]["passed"], v["week-02.csv"]
+    csv = {"user": "user", "item": "item", "timestamp": "ts"}
+    week0, week2 = (Spec(kind="csv", path=str(weeks / "normal" / f"week-{w:02d}.csv"), options=csv) for w in (0, 2))
+    accumulated = validate(week0, week2, load_thresholds(ROOT / "configs" / "validation-weekly.toml"))
+    assert [f.name for f in accumulated.failures()] == ["popularity"]  # what the old reference did
+
+
 @pytest.fixture(scope="module")
 def crash_setup(tmp_path_factory: pytest.TempPathFactory, weeks: Path) -> Path:
     root = tmp_path_factory.mktemp("crash")
