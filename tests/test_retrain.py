@@ -238,15 +238,19 @@ def crash_setup(tmp_path_factory: pytest.TempPathFactory, weeks: Path) -> Path:
     return cfg
 
 
-# Every step up to `register` writes only inside the attempt folder; gather (nothing done yet),
-# build (a store being written), train (a run folder) stand for them, and register and promote
-# are the two that touch the registry. (validate, evaluate and gate pass too, at ~7 s of CPU each,
-# mostly MLflow's import: left out to keep the suite's time.)
-CRASH_STEPS = ("gather", "build", "train", "register", "promote")
+# Every step, each in a real subprocess killed (SIGKILL) as the step starts. Up to `register`
+# only the attempt folder is written; `register` creates the candidate version in one call and
+# `promote` moves the alias in one call, so a crash at or before `promote` leaves production at 1.
+# `reload` comes after the promotion (it only confirms what the server serves): killed there,
+# production is the new, complete version. It runs last, as it moves this module's production.
+CRASH_STEPS = STEPS
+assert CRASH_STEPS[-1] == "reload"
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
 def test_crash_at_each_step_leaves_production_untouched(crash_setup: Path, step: str) -> None:
+    import json
+
     reg = Registry(crash_setup.parent / "registry")
     before = {v.version: v.aliases for v in reg.versions("m")}
     env = dict(os.environ, SEGUE_RETRAIN_CRASH_AT=step, PYTHONPATH=str(ROOT / "src"))
@@ -256,12 +260,18 @@ def test_crash_at_each_step_leaves_production_untouched(crash_setup: Path, step:
     )
     assert proc.returncode == -9, proc.stdout + proc.stderr  # killed by the hook
     after = {v.version: v.aliases for v in reg.versions("m")}
-    assert reg.alias("m", "production") == "1"
     if STEPS.index(step) <= STEPS.index("register"):
         assert after == before  # not even a candidate version
-    else:  # the candidate was registered (complete, with its decision), production untouched
-        new = set(after) - set(before)
-        assert len(new) == 1 and "decision" in reg.version("m", new.pop()).tags
+        assert reg.alias("m", "production") == "1"
+        return
+    new = set(after) - set(before)  # the candidate was registered, complete, with its decision
+    assert len(new) == 1
+    version = new.pop()
+    decision = json.loads(reg.version("m", version).tags["decision"])
+    if step == "promote":
+        assert reg.alias("m", "production") == "1"
+    else:  # reload: the promotion was made before the crash
+        assert reg.alias("m", "production") == (version if decision["promote"] else "1")
 
 
 def test_weekly_batches_continue_users_with_drift() -> None:
