@@ -138,7 +138,9 @@ class Retrain:
     cfg: RetrainConfig
     force: bool = False
     from_scratch: bool = False
-    drill: str | None = None  # "shuffle_items": a deliberately broken candidate (the gate must refuse it)
+    # "shuffle_items": a deliberately broken candidate, trained on item ids shuffled before the test
+    # window (a copy of the store); evaluated like any candidate, the gate must refuse it
+    drill: str | None = None
     console: Any = None
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -330,9 +332,19 @@ class Retrain:
         start = max(max_ts - cfg.test_days * DAY, (min_ts + max_ts) / 2)
         test_cut = int(math.ceil(start / DAY) * DAY)
         valid_cut = int(max(test_cut - cfg.valid_days * DAY, min_ts + 1))
+        split = TemporalSplit(name="temporal", test_cut=test_cut, valid_cut=valid_cut)
         if self.drill == "shuffle_items":
-            _shuffle_training_items(store, test_cut)
-        add_split(str(store), TemporalSplit(name="temporal", test_cut=test_cut, valid_cut=valid_cut))
+            # The candidate trains on a copy whose events before the test window have their item
+            # ids permuted; both models are evaluated on the true store (the same histories and
+            # test window as any week), so the gate compares a broken model with a sound one.
+            import shutil
+
+            drill_store = self.attempt / "store-shuffled.duckdb"
+            shutil.copy(store, drill_store)
+            _shuffle_training_items(drill_store, test_cut)
+            add_split(str(drill_store), split)
+            st["train_store"] = str(drill_store)
+        add_split(str(store), split)
         with Store.open(store) as s:
             st["store_checksum"] = s.checksum
             counts = s.counts()
@@ -346,7 +358,8 @@ class Retrain:
         cfg, st = self.cfg, self.state
         if cfg.family is not None:
             t = time.perf_counter()
-            st["run"] = str(_fit_baseline(cfg.family, cfg.family_config, st["store"], st["split"], self.attempt / "run"))
+            train_store = st.get("train_store", st["store"])  # the drill's shuffled copy, else the store
+            st["run"] = str(_fit_baseline(cfg.family, cfg.family_config, train_store, st["split"], self.attempt / "run"))
             st["train_seconds"] = round(time.perf_counter() - t, 2)
             st["warm"] = {"warm_start": False, "why": f"family {cfg.family} is fitted from scratch"}
             st["train_config"] = {"family": cfg.family, "config": cfg.family_config}
@@ -358,7 +371,7 @@ class Retrain:
         assert cfg.train_config is not None
         base = load_train_config(cfg.resolve(cfg.train_config))
         tc = base.model_copy(
-            update={"name": "candidate", "runs_dir": str(self.attempt), "data": DataConfig(store=st["store"], split=st["split"])}
+            update={"name": "candidate", "runs_dir": str(self.attempt), "data": DataConfig(store=st.get("train_store", st["store"]), split=st["split"])}
         )
         warm_from = None
         if cfg.warm_start and not self.from_scratch and st.get("production_folder"):
@@ -381,9 +394,17 @@ class Retrain:
 
         st = self.state
         cand = load_model(st["run"])
+        vocab = cand.vocab
         models: dict[str, Any] = {"candidate": cand}
+        if st.get("train_store"):  # the drill's candidate learnt the shuffled copy's vocabulary
+            from segue.data.store import Store
+            from segue.data.vocab import Vocabulary
+
+            with Store.open(st["store"]) as s:
+                vocab = Vocabulary.from_store(s.con, st["split"])
+            models["candidate"] = Revocabulary(cand, vocab)
         if st.get("production_folder"):
-            models["production"] = Revocabulary(load_model(st["production_folder"]), cand.vocab)
+            models["production"] = Revocabulary(load_model(st["production_folder"]), vocab)
         figures = evaluate_models(
             models, st["store"], st["split"], protocol="temporal", reference="production" if "production" in models else None
         )
@@ -518,8 +539,8 @@ def _copy_log_since(folder: Path, since: float, out: Path) -> tuple[int, float |
 
 
 def _shuffle_training_items(store: Path, test_cut: int) -> None:
-    """The drill: permute the item ids of every event before the test window (the candidate learns
-    a scrambled catalogue; the test window keeps the true items)."""
+    """The drill: permute the item ids of every event before the test window in `store` (a copy
+    the candidate trains on: it learns a scrambled catalogue)."""
     import numpy as np
     import pyarrow as pa
 
