@@ -40,7 +40,8 @@ promotions (each a rolling restart of both workers) and both drills. Drift: Cheb
 | 4 | file: new_items 0.065, popularity 0.055; log: new_items 0.052 | 0.1456 [0.1325, 0.1588] | 0.1332 [0.1215, 0.1453] | promote | 5 | segue-v5 | 168 (80) |
 | 5 reversed | file FAIL: popularity 0.114 > 0.09; log FAIL: popularity 0.102 | - | - | aborted (exit 2) | - | segue-v5 | 13 |
 | 5 broken | file: history_length 0.074, popularity 0.059 | 0.0198 [0.0162, 0.0237] | 0.1184 [0.1094, 0.1284] | keep | 6 (not promoted) | segue-v5 | 81 (57) |
-Cycle (weeks 1-4, mean): 137 s, of which training 66 s (48%), at load average 14.5.
+Cycle (weeks 1-4, mean): 137 s, of which training 66 s (48%) and the promotion (both workers
+rolled onto the new model, each loaded and warmed under load) 38-57 s, at load average 14.5.
 """
 
 from __future__ import annotations
