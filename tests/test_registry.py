@@ -4,6 +4,13 @@ folders, and a real server reloaded by a promotion."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -130,6 +137,107 @@ def test_promotion_reloads_a_running_server(setup: dict) -> None:
     assert r.exit_code == 0, r.output
     listed = {v["version"]: v["aliases"] for v in json.loads(r.output)["m"]}
     assert "production" in listed[reg.alias("m", "production")] and len(listed) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_promotion_rolls_every_worker_of_a_two_worker_server_under_load(setup: dict, tmp_path: Path) -> None:
+    """`segue serve --workers 2 --admin-port P`: a promotion posted to the supervisor's admin port
+    moves both workers to the new version before the alias moves, with no failed request; a
+    folder that is not a model is refused there and changes nothing."""
+    import psutil
+
+    from segue.ops.registry import notify_reload, switch_production
+
+    reg: Registry = setup["reg"]
+    prod = reg.alias("m", "production")
+    other = setup["v2"].version if prod == setup["v1"].version else setup["v1"].version
+    port, admin_port = _free_port(), _free_port()
+    url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    key = "w0rkers"
+    env = dict(os.environ, SEGUE_ADMIN_KEY=key)
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from segue.cli import app; app()", "serve", "--model", "models:/m@production",
+             "--registry", str(reg.location), "--port", str(port), "--workers", "2", "--admin-port", str(admin_port),
+             "--no-feature-log", "--no-access-log"],
+            env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    stop, counts, errors = threading.Event(), {"ok": 0, "failed": 0}, []
+    lock = threading.Lock()
+
+    def client() -> None:  # a new connection per request, so both workers answer
+        with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/recommend", json={"history": ["track:1", "track:6"], "n": 5})
+                    ok = r.status_code == 200
+                    if not ok:
+                        errors.append(f"HTTP {r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as e:
+                    ok = False
+                    errors.append(f"{type(e).__name__}: {e}")
+                with lock:
+                    counts["ok" if ok else "failed"] += 1
+
+    def workers() -> list[dict]:
+        r = httpx.get(admin + "/admin/workers", headers={"X-API-Key": key}, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["workers"]
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # up when both workers are ready
+            assert proc.poll() is None, (tmp_path / "err.txt").read_text()[-2000:]
+            try:
+                ws = workers()
+                if len(ws) == 2 and all(w["ready"] for w in ws):
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "err.txt").read_text()[-2000:]
+            time.sleep(0.2)
+        assert {w["model"]["run_id"] for w in ws} == {f"m-v{prod}"}
+        for t in threads:
+            t.start()
+        while counts["ok"] < 10:
+            assert not counts["failed"], errors[:3]
+            time.sleep(0.05)
+        assert httpx.get(admin + "/admin/workers", timeout=10).status_code == 401  # the key is needed
+        out = switch_production(reg, "m", other, server=admin, admin_key=key, reason="two-worker test")
+        served_during = counts["ok"]
+        assert out["served"]["run_id"] == f"m-v{other}" and reg.alias("m", "production") == other
+        after = workers()
+        assert {w["pid"] for w in after}.isdisjoint({w["pid"] for w in ws})  # both replaced
+        assert {w["model"]["run_id"] for w in after} == {f"m-v{other}"}
+        with httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            seen = {c.get("/healthz").json()["model"]["run_id"] for _ in range(20)}
+        assert seen == {f"m-v{other}"}
+        # not a model folder: refused before any worker moves; the alias and the workers stay
+        (tmp_path / "not-a-model").mkdir()
+        with pytest.raises(SegueError, match="reload refused \\(422"):
+            notify_reload(admin, key, tmp_path / "not-a-model", timeout=60)
+        assert workers() == after and reg.alias("m", "production") == other
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert counts["failed"] == 0, errors[:5]
+        assert counts["ok"] > served_during > 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
 
 
 def test_training_run_logged_with_curves(tmp_path: Path) -> None:

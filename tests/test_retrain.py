@@ -203,6 +203,33 @@ def test_retrain_cycle_drift_abort_and_broken_candidate(tmp_path: Path, weeks: P
     assert '"verdict": "keep"' in reg.version("m", broken["version"]).tags["decision"]
 
 
+def test_each_week_is_validated_against_the_week_before_so_a_gradual_shift_does_not_add_up(
+    tmp_path: Path, weeks: Path
+) -> None:
+    """Weeks 1 and 2 arrive while production was trained on week 0 only (as after a week whose
+    candidate was not promoted): week 2 is compared with week 1, not week 0, and passes; against
+    week 0 the two weeks' gradual shift adds up past the popularity threshold."""
+    from segue.ops.eventset import Spec
+    from segue.ops.thresholds import load_thresholds
+    from segue.ops.validation import validate
+
+    cfg = RetrainConfig.load(_setup(tmp_path, weeks, 3))
+    files = [str((tmp_path / "incoming" / f"week-{w:02d}.csv").resolve()) for w in range(3)]
+    # What gather finds when production (version 1) was trained on week 0 alone; the validate step
+    # itself runs as in a retrain (no registry needed: the state names production's files).
+    state = {"attempt": str(tmp_path / "attempt"), "seconds": {}, "steps_done": [], "production": "1",
+             "known_files": files[:1], "new_files": files[1:]}
+    r = Retrain(cfg, console=_quiet(), state=state)
+    r.run_step("validate")
+    v = r.state["validation"]
+    assert v["week-01.csv"]["reference"] == "week-00.csv" and v["week-01.csv"]["passed"]
+    assert v["week-02.csv"]["reference"] == "week-01.csv" and v["week-02.csv"]["passed"], v["week-02.csv"]
+    csv = {"user": "user", "item": "item", "timestamp": "ts"}
+    week0, week2 = (Spec(kind="csv", path=str(weeks / "normal" / f"week-{w:02d}.csv"), options=csv) for w in (0, 2))
+    accumulated = validate(week0, week2, load_thresholds(ROOT / "configs" / "validation-weekly.toml"))
+    assert [f.name for f in accumulated.failures()] == ["popularity"]  # what the old reference did
+
+
 @pytest.fixture(scope="module")
 def crash_setup(tmp_path_factory: pytest.TempPathFactory, weeks: Path) -> Path:
     root = tmp_path_factory.mktemp("crash")
@@ -212,15 +239,19 @@ def crash_setup(tmp_path_factory: pytest.TempPathFactory, weeks: Path) -> Path:
     return cfg
 
 
-# Every step up to `register` writes only inside the attempt folder; gather (nothing done yet),
-# build (a store being written), train (a run folder) stand for them, and register and promote
-# are the two that touch the registry. (validate, evaluate and gate pass too, at ~7 s of CPU each,
-# mostly MLflow's import: left out to keep the suite's time.)
-CRASH_STEPS = ("gather", "build", "train", "register", "promote")
+# Every step, each in a real subprocess killed (SIGKILL) as the step starts. Up to `register`
+# only the attempt folder is written; `register` creates the candidate version in one call and
+# `promote` moves the alias in one call, so a crash at or before `promote` leaves production at 1.
+# `reload` comes after the promotion (it only confirms what the server serves): killed there,
+# production is the new, complete version. It runs last, as it moves this module's production.
+CRASH_STEPS = STEPS
+assert CRASH_STEPS[-1] == "reload"
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
 def test_crash_at_each_step_leaves_production_untouched(crash_setup: Path, step: str) -> None:
+    import json
+
     reg = Registry(crash_setup.parent / "registry")
     before = {v.version: v.aliases for v in reg.versions("m")}
     env = dict(os.environ, SEGUE_RETRAIN_CRASH_AT=step, PYTHONPATH=str(ROOT / "src"))
@@ -230,12 +261,18 @@ def test_crash_at_each_step_leaves_production_untouched(crash_setup: Path, step:
     )
     assert proc.returncode == -9, proc.stdout + proc.stderr  # killed by the hook
     after = {v.version: v.aliases for v in reg.versions("m")}
-    assert reg.alias("m", "production") == "1"
     if STEPS.index(step) <= STEPS.index("register"):
         assert after == before  # not even a candidate version
-    else:  # the candidate was registered (complete, with its decision), production untouched
-        new = set(after) - set(before)
-        assert len(new) == 1 and "decision" in reg.version("m", new.pop()).tags
+        assert reg.alias("m", "production") == "1"
+        return
+    new = set(after) - set(before)  # the candidate was registered, complete, with its decision
+    assert len(new) == 1
+    version = new.pop()
+    decision = json.loads(reg.version("m", version).tags["decision"])
+    if step == "promote":
+        assert reg.alias("m", "production") == "1"
+    else:  # reload: the promotion was made before the crash
+        assert reg.alias("m", "production") == (version if decision["promote"] else "1")
 
 
 def test_weekly_batches_continue_users_with_drift() -> None:

@@ -384,20 +384,22 @@ def switch_production(
     The server is told first: its reload loads the new folder completely before swapping, and a
     refusal (wrong key, bad folder) raises here with the registry unchanged; the alias moves once
     the server serves the version, so the registry's production is what is served.
-    Returns {"from", "to", "served" (the server's model or None)}."""
+    Returns {"from", "to", "served" (the server's model or None), "workers" (several workers:
+    each one's pid and model, from the supervisor's admin port; else None)}."""
     if version is None:
         old, new = registry.rollback_target(name)
     else:
         new, old = registry.version(name, version).version, registry.alias(name, PRODUCTION)
-    served = None
-    if server:
+    served, workers = None, None
+    if server:  # a one-worker server's port, or a several-worker supervisor's admin port
         folder = registry.download(name, new, cache or default_cache(registry))
-        served = notify_reload(server, admin_key, folder, timeout=timeout)["model"]
+        answer = notify_reload(server, admin_key, folder, timeout=timeout)
+        served, workers = answer["model"], answer.get("workers")
     if version is None:
         registry.rollback(name)
     else:
         registry.promote(name, new, reason=reason)
-    return {"from": old, "to": new, "served": served}
+    return {"from": old, "to": new, "served": served, "workers": workers}
 
 
 def tensorboard_scalars(folder: Path) -> list[tuple[str, int, float]]:

@@ -23,7 +23,12 @@ RegistryOpt = Annotated[
     typer.Option("--registry", "-r", help="Registry folder (embedded SQLite) or MLflow tracking URI (default: $SEGUE_REGISTRY)."),
 ]
 ServerOpt = Annotated[
-    str | None, typer.Option("--server", help="A running server's URL to reload after the change (e.g. http://127.0.0.1:8000).")
+    str | None,
+    typer.Option(
+        "--server",
+        help="A running server's URL to reload after the change (e.g. http://127.0.0.1:8000; with several "
+        "workers, the supervisor's --admin-port URL).",
+    ),
 ]
 KeyOpt = Annotated[str | None, typer.Option("--admin-key", help="The server's admin key (default: $SEGUE_ADMIN_KEY).")]
 

@@ -4,9 +4,10 @@ against production on the newest window, gate, register, promote, reload the ser
 Steps (STEPS; the Metaflow flow in segue.flows.retrain runs the same methods, one per step):
   gather    the production version's data files and the incoming files it lacks (by name), and
             the serving feature log's records newer than production's `data_until`
-  validate  each new file and the feature log against the last file production was trained on
-            (its store's training part for a first retrain): schema and drift checks of
-            segue.ops.validation; a failure aborts unless --force (reports in the attempt folder)
+  validate  each new file against the file before it (the first against the last file production
+            was trained on, or its store's training part), the feature log against the newest
+            file: schema and drift checks of segue.ops.validation; a failure aborts unless
+            --force (reports in the attempt folder)
   build     a new store from all the files (and the log, with train_on_feature_log) with a
             temporal split whose test window is the newest `test_days` (cut at a midnight)
   train     the candidate: the base train config on that split, warm-started from production
@@ -14,8 +15,9 @@ Steps (STEPS; the Metaflow flow in segue.flows.retrain runs the same methods, on
   evaluate  candidate and production on the same test window, in one evaluation run (CIs)
   gate      promote iff candidate >= production - tolerance and >= floor (retrain_eval.gate)
   register  a new registry version (the candidate alias) carrying the figures and the decision
-  promote   when the gate said so: a running server ([server] url) reloads the new version through
-            /admin/reload, then the production alias moves to it
+  promote   when the gate said so: a running server ([server] url, or admin_url for several
+            workers: see ServerConfig) reloads the new version through /admin/reload, then the
+            production alias moves to it
   reload    /healthz confirms what the server now serves (recorded on the version)
 
 Crash safety: nothing outside the attempt folder (work_dir/attempts/<time>) changes before
@@ -47,7 +49,18 @@ DAY = 86400
 
 
 class ServerConfig(Config):
+    """The running server a promotion reloads.
+
+    One worker (`segue serve`): `url` only; the promotion posts /admin/reload there.
+    Several workers (`segue serve --workers N --admin-port P`): also `admin_url =
+    "http://HOST:P"`, the supervisor's admin port, which takes the same /admin/reload and rolls
+    every worker onto the new model (each replacement ready before its predecessor drains) before
+    it answers; `url` still gives /healthz, and the reload step lists every worker's model
+    (/admin/workers). Either way the production alias moves only once the server serves the new
+    version, with the same key ($SEGUE_ADMIN_KEY, or the variable admin_key_env names)."""
+
     url: str | None = None  # a running server to reload after a promotion
+    admin_url: str | None = None  # where /admin/reload is, when not on `url` (several workers)
     admin_key_env: str = "SEGUE_ADMIN_KEY"  # the environment variable holding its admin key
     # The reload loads and warms the model before answering; on a busy 2-core machine it took
     # over 120 s (the month benchmark under load): a timeout leaves production as it was.
@@ -125,7 +138,9 @@ class Retrain:
     cfg: RetrainConfig
     force: bool = False
     from_scratch: bool = False
-    drill: str | None = None  # "shuffle_items": a deliberately broken candidate (the gate must refuse it)
+    # "shuffle_items": a deliberately broken candidate, trained on item ids shuffled before the test
+    # window (a copy of the store); evaluated like any candidate, the gate must refuse it
+    drill: str | None = None
     console: Any = None
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -230,6 +245,12 @@ class Retrain:
             st["stop"] = "no new source file (the feature log is validated, not trained on)"
 
     def step_validate(self) -> None:
+        """Each new file against the file before it (a week against the previous week, the first
+        new one against the last file production was trained on, or production's training data),
+        and the feature log against the newest file (the same period: a difference is skew
+        between serving and training data). Each comparison spans one step of the data's history,
+        so a gradual shift passes week after week instead of adding up against an old reference,
+        also when an earlier candidate was not promoted."""
         from segue.ops.eventset import Spec
         from segue.ops.thresholds import load_thresholds
         from segue.ops.validation import validate, write_result
@@ -240,21 +261,27 @@ class Retrain:
             self.say("validate: no production version yet: nothing to compare with")
             return
         limits = load_thresholds(cfg.resolve(cfg.thresholds) if cfg.thresholds else None)
+        previous: tuple[str, Any] | None = None  # (label, spec) of the data just before
         if st["known_files"]:
-            ref: Any = self._spec(st["known_files"][-1])
-            ref_label = Path(st["known_files"][-1]).name
+            previous = (Path(st["known_files"][-1]).name, self._spec(st["known_files"][-1]))
         elif st.get("production_store"):
-            ref = Spec(kind="store", path=st["production_store"], split=st["production_split"], part="train")
-            ref_label = "production's training data"
-        else:
-            self.say("validate: production records no data to compare with: skipped")
-            return
-        inputs: list[tuple[str, Any]] = [(Path(f).name, self._spec(f)) for f in st["new_files"]]
+            previous = (
+                "production's training data",
+                Spec(kind="store", path=st["production_store"], split=st["production_split"], part="train"),
+            )
+        pairs: list[tuple[str, Any, tuple[str, Any] | None]] = []
+        for f in st["new_files"]:
+            pairs.append((Path(f).name, self._spec(f), previous))
+            previous = (Path(f).name, self._spec(f))
         if st.get("log_folder"):
-            inputs.append(("feature-log", Spec(kind="log", path=st["log_folder"])))
+            pairs.append(("feature-log", Spec(kind="log", path=st["log_folder"]), previous))
         failed = []
-        for label, spec in inputs:
-            result = validate(ref, spec, limits)
+        for label, spec, ref in pairs:
+            if ref is None:
+                self.say(f"validate: {label}: production records no data to compare with: skipped")
+                continue
+            ref_label, ref_spec = ref
+            result = validate(ref_spec, spec, limits)
             out = self.attempt / "validation" / label
             write_result(result, out / "validation.json", out / "validation.html")
             st["validation"][label] = {
@@ -272,9 +299,13 @@ class Retrain:
         if failed and not self.force:
             st["stop"] = "validation failed"
             raise RetrainAborted(
-                f"retrain aborted: {', '.join(failed)} failed validation against {ref_label} "
-                f"({'; '.join(x for lab in failed for x in st['validation'][lab]['failures'])}); reports in "
-                f"{self.attempt / 'validation'}; pass --force to retrain anyway"
+                "retrain aborted: "
+                + "; ".join(
+                    f"{lab} failed validation against {st['validation'][lab]['reference']} "
+                    f"({', '.join(st['validation'][lab]['failures'])})"
+                    for lab in failed
+                )
+                + f"; reports in {self.attempt / 'validation'}; pass --force to retrain anyway"
             )
         if failed:
             self.say(f"[yellow]validate: {', '.join(failed)} failed; continuing (--force)[/]")
@@ -301,9 +332,19 @@ class Retrain:
         start = max(max_ts - cfg.test_days * DAY, (min_ts + max_ts) / 2)
         test_cut = int(math.ceil(start / DAY) * DAY)
         valid_cut = int(max(test_cut - cfg.valid_days * DAY, min_ts + 1))
+        split = TemporalSplit(name="temporal", test_cut=test_cut, valid_cut=valid_cut)
         if self.drill == "shuffle_items":
-            _shuffle_training_items(store, test_cut)
-        add_split(str(store), TemporalSplit(name="temporal", test_cut=test_cut, valid_cut=valid_cut))
+            # The candidate trains on a copy whose events before the test window have their item
+            # ids permuted; both models are evaluated on the true store (the same histories and
+            # test window as any week), so the gate compares a broken model with a sound one.
+            import shutil
+
+            drill_store = self.attempt / "store-shuffled.duckdb"
+            shutil.copy(store, drill_store)
+            _shuffle_training_items(drill_store, test_cut)
+            add_split(str(drill_store), split)
+            st["train_store"] = str(drill_store)
+        add_split(str(store), split)
         with Store.open(store) as s:
             st["store_checksum"] = s.checksum
             counts = s.counts()
@@ -317,7 +358,8 @@ class Retrain:
         cfg, st = self.cfg, self.state
         if cfg.family is not None:
             t = time.perf_counter()
-            st["run"] = str(_fit_baseline(cfg.family, cfg.family_config, st["store"], st["split"], self.attempt / "run"))
+            train_store = st.get("train_store", st["store"])  # the drill's shuffled copy, else the store
+            st["run"] = str(_fit_baseline(cfg.family, cfg.family_config, train_store, st["split"], self.attempt / "run"))
             st["train_seconds"] = round(time.perf_counter() - t, 2)
             st["warm"] = {"warm_start": False, "why": f"family {cfg.family} is fitted from scratch"}
             st["train_config"] = {"family": cfg.family, "config": cfg.family_config}
@@ -329,7 +371,7 @@ class Retrain:
         assert cfg.train_config is not None
         base = load_train_config(cfg.resolve(cfg.train_config))
         tc = base.model_copy(
-            update={"name": "candidate", "runs_dir": str(self.attempt), "data": DataConfig(store=st["store"], split=st["split"])}
+            update={"name": "candidate", "runs_dir": str(self.attempt), "data": DataConfig(store=st.get("train_store", st["store"]), split=st["split"])}
         )
         warm_from = None
         if cfg.warm_start and not self.from_scratch and st.get("production_folder"):
@@ -352,9 +394,17 @@ class Retrain:
 
         st = self.state
         cand = load_model(st["run"])
+        vocab = cand.vocab
         models: dict[str, Any] = {"candidate": cand}
+        if st.get("train_store"):  # the drill's candidate learnt the shuffled copy's vocabulary
+            from segue.data.store import Store
+            from segue.data.vocab import Vocabulary
+
+            with Store.open(st["store"]) as s:
+                vocab = Vocabulary.from_store(s.con, st["split"])
+            models["candidate"] = Revocabulary(cand, vocab)
         if st.get("production_folder"):
-            models["production"] = Revocabulary(load_model(st["production_folder"]), cand.vocab)
+            models["production"] = Revocabulary(load_model(st["production_folder"]), vocab)
         figures = evaluate_models(
             models, st["store"], st["split"], protocol="temporal", reference="production" if "production" in models else None
         )
@@ -417,12 +467,14 @@ class Retrain:
             self.registry,
             self.cfg.name,
             st["version"],
-            server=server.url,
+            server=server.admin_url or server.url,
             admin_key=os.environ.get(server.admin_key_env),
             reason=reason[:4000],
             timeout=server.reload_timeout,
         )
         st["promoted"], st["served"] = True, out["served"]
+        if out.get("workers"):
+            st["workers"] = out["workers"]
         self.say(f"promote: production {st['production'] or '-'} -> {st['version']}")
 
     def step_reload(self) -> None:
@@ -434,8 +486,18 @@ class Retrain:
             return
         health = httpx.get(server.url.rstrip("/") + "/healthz", timeout=30).json()["model"]
         st["healthz"] = health
-        self.registry.set_tag(self.cfg.name, st["version"], "served", json.dumps(health))
-        self.say(f"reload: {server.url} now serves {health['run_id']} ({health['version']})")
+        served: dict[str, Any] = {"healthz": health}
+        if server.admin_url:  # several workers: what each one serves
+            r = httpx.get(
+                server.admin_url.rstrip("/") + "/admin/workers",
+                headers={"X-API-Key": os.environ.get(server.admin_key_env) or ""},
+                timeout=30,
+            )
+            if r.status_code == 200:
+                st["workers"] = served["workers"] = r.json()["workers"]
+        self.registry.set_tag(self.cfg.name, st["version"], "served", json.dumps(served))
+        each = "; workers " + ", ".join(f"{w['pid']}: {(w.get('model') or {}).get('run_id')}" for w in st.get("workers", []))
+        self.say(f"reload: {server.url} now serves {health['run_id']} ({health['version']})" + (each if st.get("workers") else ""))
 
 
 def _fit_baseline(family: str, options: dict[str, Any], store: str, split: str, run: Path) -> Path:
@@ -477,8 +539,8 @@ def _copy_log_since(folder: Path, since: float, out: Path) -> tuple[int, float |
 
 
 def _shuffle_training_items(store: Path, test_cut: int) -> None:
-    """The drill: permute the item ids of every event before the test window (the candidate learns
-    a scrambled catalogue; the test window keeps the true items)."""
+    """The drill: permute the item ids of every event before the test window in `store` (a copy
+    the candidate trains on: it learns a scrambled catalogue)."""
     import numpy as np
     import pyarrow as pa
 

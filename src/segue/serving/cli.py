@@ -110,6 +110,10 @@ def serve(
     graceful_timeout: Annotated[
         float, typer.Option(min=0, help="On SIGTERM, seconds to let requests in flight finish")
     ] = 30.0,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(help="With --workers > 1: the supervisor's port for /admin/reload (rolls every worker onto a model)"),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="JSON access lines on stdout")
     ] = True,
@@ -128,7 +132,8 @@ def serve(
 ) -> None:
     """Serve a trained model over HTTP: /v1/recommend, /v1/continue, /v1/explain, the web page at /.
 
-    Admin routes (/admin/reload) are mounted only when SEGUE_ADMIN_KEY is set (and one worker runs).
+    Admin routes (/admin/reload) are mounted only when SEGUE_ADMIN_KEY is set: on the server's port
+    with one worker, on --admin-port (the supervisor's) with several.
     /healthz answers once the port is open; /readyz only once the model is loaded and warmed up.
     SIGTERM drains requests in flight, then exits. With --drift-reference the feature log is
     checked every --drift-interval seconds; the latest distances are on /metrics.
@@ -167,4 +172,4 @@ def serve(
         soft_wrap=True,
     )
     console.print(f"page: http://{host}:{port}/   API docs (offline): http://{host}:{port}/docs", soft_wrap=True)
-    run(settings, host=host, port=port, workers=workers, graceful_timeout=graceful_timeout)
+    run(settings, host=host, port=port, workers=workers, graceful_timeout=graceful_timeout, admin_port=admin_port)

@@ -10,9 +10,17 @@ worker that is starting never answers 503 to a request a sibling could serve. Th
 replaces a worker that exits (SIGTERM to one worker: it drains and exits, a new one starts); a
 worker that dies before it was ever ready stops the server (a broken model would fail every
 restart). SIGHUP to the main process is a rolling restart (each replacement ready before its
-predecessor is retired), which is also how several workers pick up a new model: /admin/reload
-would reload only the worker that answered it, so admin routes are not mounted with more than
-one worker. SIGTERM/SIGINT to the main process drains every worker and exits. (uvicorn's own
+predecessor is retired). SIGTERM/SIGINT to the main process drains every worker and exits.
+
+Reloading several workers: a worker's own /admin/reload would reload only the worker that
+answered it, so the workers mount no admin routes. Instead the supervisor answers the same
+`POST /admin/reload {"model": folder}` (same key, same answer) on its own port (`--admin-port`,
+`AdminServer`): it rolls the workers onto the new folder one by one, each replacement loaded,
+warmed and ready before its predecessor drains, and answers once every worker serves the new
+model (422 and the old model everywhere if a replacement fails to start). Later replacements
+(a worker that exits, SIGHUP) use the new folder too. `GET /admin/workers` lists each worker's
+pid and model. A promotion (segue.ops.registry.switch_production, `segue retrain`'s [server]
+admin_url) posts there exactly as it would to a one-worker server's own port. (uvicorn's own
 --workers supervisor is not used: its workers are uvicorn Servers that cannot drain as above.)
 Workers run in their own process group, so a terminal's Ctrl-C reaches the main process only,
 which then stops each worker once (a second signal would make uvicorn skip the draining).
@@ -33,9 +41,12 @@ matrices (itemknn) are per worker. The vocabulary and catalogue are Python objec
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import socket
 import sys
@@ -125,7 +136,7 @@ def build_app(settings: ServeSettings) -> Any:
     engine = load_engine(settings.model, store=settings.store, index_config=settings.index, mmap=settings.mmap)
     info = engine.info
     log.info("loaded %s model %s (%s, %d items, retrieval %s)", info.family, info.run_id, info.version, info.n_items, info.retrieval)
-    return create_app(
+    app = create_app(
         engine=engine,
         index_config=settings.index,
         feature_log=settings.feature_log,
@@ -133,6 +144,8 @@ def build_app(settings: ServeSettings) -> Any:
         drift_watch=drift,
         use_env_admin_key=settings.admin,
     )
+    app.state.segue_model = info.public()  # a worker announces it to the supervisor
+    return app
 
 
 def configure_logging() -> None:
@@ -181,7 +194,7 @@ def _worker_main(settings_json: str, sock: socket.socket, ready: Connection, gra
         while not server.started and not server.should_exit:
             time.sleep(0.02)
         if server.started:
-            ready.send(os.getpid())
+            ready.send((os.getpid(), dict(getattr(app.state, "segue_model", {}))))
         while not server.should_exit:  # a supervisor killed outright leaves no orphan serving
             if os.getppid() != parent:
                 log.warning("the supervisor is gone: worker %d drains and exits", os.getpid())
@@ -198,13 +211,100 @@ class _Worker:
     ready: Connection
     is_ready: bool = False
     retry_at: float = 0.0  # a failed replacement is replaced again from this time on
+    model: dict[str, str] | None = None  # what it serves (announced when ready)
 
     def poll_ready(self) -> bool:
         if not self.is_ready and self.ready.poll():
-            self.ready.recv()
+            try:
+                _, self.model = self.ready.recv()
+            except EOFError:  # it died before announcing
+                return False
             self.is_ready = True
-            log.info("worker %d ready", self.process.pid)
+            log.info("worker %d ready (%s)", self.process.pid, (self.model or {}).get("run_id", "?"))
         return self.is_ready
+
+
+@dataclass
+class _Reload:
+    """A reload asked for on the admin port, answered by the supervisor's main loop."""
+
+    folder: str
+    done: threading.Event
+    answer: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class AdminServer:
+    """The supervisor's admin port: POST /admin/reload, GET /admin/workers (both need the key).
+
+    Plain http.server in a thread: the supervisor process has no event loop, and these routes see
+    one call per promotion. A reload is queued for the supervisor's main loop, which owns the
+    workers; the handler waits for its answer."""
+
+    def __init__(self, supervisor: Supervisor, host: str, port: int, key: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sup = supervisor
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+                log.info("admin %s", format % args)
+
+            def _reply(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorised(self) -> bool:
+                auth = self.headers.get("Authorization") or ""
+                given = self.headers.get("X-API-Key") or (auth[7:] if auth.lower().startswith("bearer ") else None)
+                if not given:
+                    self._reply(401, {"detail": "admin API key required (X-API-Key header)"})
+                    return False
+                if not hmac.compare_digest(given.encode(), key.encode()):
+                    self._reply(403, {"detail": "wrong admin API key"})
+                    return False
+                return True
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path != "/admin/workers":
+                    return self._reply(404, {"detail": "not found"})
+                if self._authorised():
+                    self._reply(200, {"model": sup.settings().model.as_posix(), "workers": sup.describe()})
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path != "/admin/reload":
+                    return self._reply(404, {"detail": "not found"})
+                if not self._authorised():
+                    return
+                try:
+                    n = int(self.headers.get("Content-Length") or 0)
+                    body = json.loads(self.rfile.read(n) or b"{}") if n else {}
+                    folder = body.get("model") if isinstance(body, dict) else None
+                    if folder is not None and not isinstance(folder, str):
+                        raise ValueError("model must be a folder path (a string)")
+                except ValueError as e:
+                    return self._reply(422, {"detail": f"bad request body: {e}"})
+                req = _Reload(folder or str(sup.settings().model), threading.Event())
+                sup.reloads.put(req)
+                req.done.wait()
+                if req.error is not None:
+                    return self._reply(422, {"detail": req.error})
+                self._reply(200, req.answer or {})
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="segue-admin")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class Supervisor:
@@ -218,6 +318,13 @@ class Supervisor:
         self.ctx = mp.get_context("spawn")  # not fork: JAX's threads do not survive a fork
         self.workers: list[_Worker] = []
         self.signals: list[int] = []
+        self.reloads: queue.Queue[_Reload] = queue.Queue()  # from the admin port
+
+    def settings(self) -> ServeSettings:
+        return ServeSettings.model_validate_json(self.settings_json)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"pid": w.process.pid, "ready": w.is_ready, "model": w.model} for w in list(self.workers)]
 
     def spawn(self) -> _Worker:
         receive, send = self.ctx.Pipe(duplex=False)
@@ -249,16 +356,48 @@ class Supervisor:
     def _exiting(self) -> bool:
         return any(s in (signal.SIGTERM, signal.SIGINT) for s in self.signals)
 
-    def rolling_restart(self) -> None:
-        for i, old in enumerate(list(self.workers)):
+    def rolling_restart(self, indices: list[int] | None = None) -> int | None:
+        """Replace the workers at `indices` (default: all) one by one, each replacement ready before
+        its predecessor drains. Returns None when done, else the index whose replacement failed
+        (that worker and the later ones keep running)."""
+        for i in range(len(self.workers)) if indices is None else indices:
+            old = self.workers[i]
             new = self.spawn()
             if not self.wait_ready(new):
                 log.error("replacement worker %d was not ready; keeping worker %d", new.process.pid, old.process.pid)
                 self.stop(new)
-                return
+                return i
             self.workers[i] = new
             self.stop(old)
         log.info("rolling restart done: workers %s", [w.process.pid for w in self.workers])
+        return None
+
+    def reload(self, req: _Reload) -> None:
+        """Roll every worker onto `req.folder`; on a failure, the ones already moved roll back."""
+        from segue.models.base import read_model_header
+
+        previous = self.workers[0].model if self.workers else None
+        old_json = self.settings_json
+        try:
+            read_model_header(Path(req.folder))  # a missing or foreign folder: refused before any worker moves
+        except Exception as e:  # noqa: BLE001 (its message is the answer)
+            req.error = f"could not load {req.folder}: {e}"
+            return
+        self.settings_json = self.settings().model_copy(update={"model": Path(req.folder)}).model_dump_json()
+        failed = self.rolling_restart()
+        if failed is not None:
+            self.settings_json = old_json
+            if failed and self.rolling_restart(list(range(failed))) is not None:
+                log.error("workers could not be moved back to the previous model: some may serve %s", req.folder)
+            req.error = f"could not load {req.folder}: a new worker failed to start (see the server's log)"
+            return
+        req.answer = {
+            "previous": previous,
+            "model": self.workers[0].model,
+            "folder": req.folder,
+            "workers": self.describe(),
+        }
+        log.info("reloaded %s -> %s on %d workers", (previous or {}).get("version"), (req.answer["model"] or {}).get("version"), len(self.workers))
 
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -272,6 +411,19 @@ class Supervisor:
                 if signal.SIGHUP in self.signals:
                     self.signals.remove(signal.SIGHUP)
                     self.rolling_restart()
+                if up:
+                    try:
+                        req = self.reloads.get_nowait()
+                    except queue.Empty:
+                        req = None
+                    if req is not None:
+                        try:
+                            self.reload(req)
+                        except Exception as e:  # noqa: BLE001 (the caller gets the reason; the loop goes on)
+                            log.exception("reload failed")
+                            req.error = req.error or f"reload failed: {e}"
+                        finally:
+                            req.done.set()
                 for i, w in enumerate(self.workers):
                     w.poll_ready()
                     if w.process.is_alive() or self._exiting():
@@ -299,6 +451,10 @@ class Supervisor:
                     os.kill(w.process.pid, signal.SIGTERM)
             for w in self.workers:
                 self.stop(w)
+            while not self.reloads.empty():  # a reload asked for while stopping: refused, not hung
+                req = self.reloads.get_nowait()
+                req.error = "the server is shutting down"
+                req.done.set()
             log.info("all workers stopped")
         if failed:
             raise SegueError(failed)
@@ -311,23 +467,39 @@ def run(
     port: int = 8000,
     workers: int = 1,
     graceful_timeout: float = GRACEFUL_TIMEOUT_S,
+    admin_port: int | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (graceful: see segue.serving.lifecycle). A model that fails to
-    load stops the server and is raised here (the CLI's one-line error)."""
+    load stops the server and is raised here (the CLI's one-line error). With several workers,
+    `admin_port` opens the supervisor's admin port (needs $SEGUE_ADMIN_KEY; see the module)."""
     configure_logging()
+    key = os.environ.get("SEGUE_ADMIN_KEY") or None
+    if admin_port is not None and workers < 2:
+        raise ConfigError("--admin-port is for several workers: one worker takes /admin/reload on its own port")
+    if admin_port is not None and not (settings.admin and key):
+        raise ConfigError("--admin-port needs the admin key in $SEGUE_ADMIN_KEY")
     if workers > 1:
-        if settings.admin and os.environ.get("SEGUE_ADMIN_KEY"):
-            log.warning("%d workers: /admin/reload is not mounted (it would reload one worker); "
-                        "send SIGHUP to pid %d for a rolling restart onto the model folder", workers, os.getpid())
+        if settings.admin and key and admin_port is None:
+            log.warning("%d workers: /admin/reload is not mounted (it would reload one worker); give --admin-port "
+                        "for the supervisor's, or send SIGHUP to pid %d for a rolling restart", workers, os.getpid())
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)
         sock.set_inheritable(True)
         log.info("listening on %s:%d with %d workers (main pid %d)", host, port, workers, os.getpid())
+        supervisor = Supervisor(settings.model_copy(update={"admin": False}), sock, workers, graceful_timeout)
+        admin = None
         try:
-            Supervisor(settings.model_copy(update={"admin": False}), sock, workers, graceful_timeout).run()
+            if admin_port is not None:
+                assert key is not None
+                admin = AdminServer(supervisor, host, admin_port, key)
+                admin.start()
+                log.info("admin port %s:%d: POST /admin/reload rolls every worker onto a model folder", host, admin_port)
+            supervisor.run()
         finally:
+            if admin is not None:
+                admin.close()
             sock.close()
         return
     server: Any = None
