@@ -345,11 +345,17 @@ def test_fit_score_by_category_name_predict_and_reload(store: Path, tmp_path: Pa
     from segue.models.transformer import TransformerRecommender
     from segue.training.trainer import TrainConfig
 
-    cfg = TrainConfig.from_dict(_config(store, {"kind": "logq", "n_negatives": 6, "n_inbatch": 4})).transformer_config()
+    d = _config(store, {"kind": "logq", "n_negatives": 6, "n_inbatch": 4})
+    d["trainer"]["metric"] = "rating_rmse"  # a minimised metric selects the best weights
+    cfg = TrainConfig.from_dict(d).transformer_config()
     with Store.open(store) as st:
         data = SplitData.load(st, "loo")
         rec = TransformerRecommender(cfg).fit(data)
         hist = data.history(Part.TEST)  # the test histories, with their per-event columns
+    summary = rec.meta["train"]
+    rmse = [h["rating_rmse"] for h in summary["history"]]
+    assert len(rmse) >= 2 and summary["best_metric"] == min(rmse)
+    assert summary["best_step"] == summary["history"][int(np.argmin(rmse))]["step"]
     net = rec.network
     assert net.categories == {"platform": data.train.context_categories["platform"]}
     # make the context matter, then check it is read by name

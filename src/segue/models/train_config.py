@@ -88,7 +88,9 @@ class TrainerConfig(Config):
     eval_every: int = Field(500, ge=1)  # steps between validations
     eval_max_users: int = Field(5_000, ge=1)  # validation rows scored (a fixed seeded sample)
     eval_batch_size: int = Field(256, ge=1)
-    metric: str = "ndcg@10"  # early stopping and best checkpoint: ndcg@10 or hr@10 (higher is better)
+    # early stopping and best checkpoint: ndcg@10 or hr@10 (higher is better), or an error or
+    # cross-entropy the family validates (rating_rmse, exact_ce: lower is better)
+    metric: str = "ndcg@10"
     patience: int | None = Field(10, ge=1)  # evaluations without improvement before stopping
     checkpoint_every: int = Field(1_000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)

@@ -134,6 +134,8 @@ class Trainer:
         self.state = task.init_state()
         self.history: list[dict[str, float]] = []  # validation results
         self.train_log: list[dict[str, float]] = []  # training scalars every log_every steps
+        # the loop keeps sign * metric, so higher is better for minimised metrics too (rmse, ce)
+        self.sign = -1.0 if lower_is_better(self.config.metric) else 1.0
         self.best: float = -math.inf
         self.best_step: int = -1
         self.bad_evals = 0
@@ -312,7 +314,7 @@ class Trainer:
                 if step % tc.eval_every == 0 or last:
                     res = self.validate()
                     if res is None:
-                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, None, self.best, None, self.elapsed)
+                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, None, self.sign * self.best, None, self.elapsed)
                     else:
                         self.history.append(res)
                         if writer is not None:
@@ -321,16 +323,16 @@ class Trainer:
                                     writer.add_scalar(f"valid/{k.replace('@', '_at_')}", v, step)
                         metric = res.get(tc.metric)
                         if metric is None:
-                            known = ", ".join(k for k in res if "@" in k)
+                            known = ", ".join(k for k in res if "@" in k or lower_is_better(k))
                             raise ConfigError(f"trainer: field 'metric' is '{tc.metric}' (this family validates: {known})")
-                        improved = metric > self.best
+                        improved = self.sign * metric > self.best
                         if improved:
-                            self.best, self.best_step, self.bad_evals = metric, step, 0
+                            self.best, self.best_step, self.bad_evals = self.sign * metric, step, 0
                             self._keep_best()
                         else:
                             self.bad_evals += 1
-                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.best, res, self.elapsed)
-                        self.plateau = plateau_update(self.plateau, metric, self.task.optim)
+                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.sign * self.best, res, self.elapsed)
+                        self.plateau = plateau_update(self.plateau, self.sign * metric, self.task.optim)
                         if tc.patience is not None and self.bad_evals >= tc.patience:
                             stop_reason = "early_stopping"
                             last = True
@@ -368,7 +370,7 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "resumed_from": self.resumed_from,
             "best_step": self.best_step,
-            "best_metric": self.best if math.isfinite(self.best) else None,
+            "best_metric": self.sign * self.best if math.isfinite(self.best) else None,
             "metric": self.config.metric,
             "best_valid": next((h for h in self.history if h["step"] == self.best_step), None),
             "skipped_steps": self.skipped,
@@ -663,6 +665,12 @@ def train(
     finally:
         store.close()
     return run
+
+
+def lower_is_better(metric: str) -> bool:
+    """Errors and cross-entropies (rating_rmse, exact_ce, ...) are minimised; ranking metrics
+    (ndcg@10, hr@10, ...) maximised."""
+    return metric.endswith(("_rmse", "_mae", "_ce"))
 
 
 def _stop_text(summary: dict[str, Any], cfg: RunConfig) -> str:
