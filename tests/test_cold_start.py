@@ -162,9 +162,10 @@ def test_items_add_on_a_served_model_without_restart(mixed: Path, tmp_path: Path
         p = tmp_path / "items.parquet"
         pq.write_table(pa.table({"item": ["fresh-A"], "name": ["Fresh"], "artist": ["A"], "album": ["A album 0"],
                                  "genre": ["rock, pop"]}), p)
-        res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(p)])
+        # --server posts /admin/reload with the admin key once the items are written
+        res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(p), "--server", server.url, "--admin-key", ADMIN])
         assert res.exit_code == 0, res.output
-        assert c.post("/admin/reload", headers={"X-API-Key": ADMIN}).status_code == 200
+        assert "reloaded" in res.output
         after = c.post("/v1/recommend", json=body).json()["items"]
         new = [x for x in after if x["id"] == "fresh-A"]
         assert new and new[0]["features_only"] is True and new[0]["name"] == "Fresh"
