@@ -23,6 +23,26 @@ On a loaded machine, one process per model (then evaluate both):
     W=/tmp/cold; python bench/cold_start.py ml100k --workdir $W --model id-only &
     python bench/cold_start.py ml100k --workdir $W --model features; wait
     python bench/cold_start.py ml100k --workdir $W --model evaluate
+
+Measured (2-core machine shared by five people; mean [95% bootstrap CI]):
+  synthetic, 300 steps, load ~40: 21% of test targets cold. Cold HR@10 0 (id-only) vs 0.0783
+    [0.0542, 0.1049] (features); warm NDCG@10 0.1300 vs 0.1276 (difference not significant).
+  anime, within-user holdout: warm NDCG@10 features minus id-only +0.0077 [+0.0041, +0.0113].
+  ml100k, 600 steps each (`ml100k --steps 600 --eval-every 200`), load 19.9 at the start, 14.1 at
+  the end; 90 test users have a history (76 more are new users), 33 of them a cold target; 3.2%
+  of relevant items are cold (93 events on 66 films):
+    | model    | NDCG@10                 | cold HR@10 | cold NDCG@10 | warm NDCG@10            |
+    | id-only  | 0.1274 [0.0863, 0.1689] | 0          | 0            | 0.1351 [0.0932, 0.1786] |
+    | features | 0.1198 [0.0811, 0.1629] | 0          | 0            | 0.1266 [0.0869, 0.1706] |
+  warm NDCG@10 features minus id-only -0.0085 [-0.0331, +0.0169] (not significant). Cold stays 0:
+  the cold films are scored (features-only vectors, norm 0.50 against 0.69 for warm ones) and
+  rank at median 315 of 1686 (best 66; 13 of 93 in the top 100; random: 843), but none reaches
+  the top 10, held by popular films with trained ids. They are films nobody rated before the
+  cut: half are 1997-98 releases, half obscure older films (1935...), 1 to 14 test ratings each,
+  and genres plus title words say little about which of them a user picks.
+  (min_items 2 for ml100k: a title word on a single training film maps to <unk>, so <unk> is
+  trained; with 1 it stayed at its random initial value, and a cold title's unseen words pooled
+  that noise in.)
 """
 
 from __future__ import annotations
@@ -95,7 +115,7 @@ def anime_store(folder: Path) -> Path:
 
 SETTINGS = {
     "synthetic": (synthetic_store, "temporal", "temporal", {"features": ["artist", "album", "genre"], "id_dropout": 0.5}),
-    "ml100k": (ml100k_store, "temporal", "temporal", {"features": ["genre", "title_words"], "id_dropout": 0.5}),
+    "ml100k": (ml100k_store, "temporal", "temporal", {"features": ["genre", "title_words"], "id_dropout": 0.5, "min_items": 2}),
     "anime": (anime_store, "holdout", "random_holdout", {"features": ["genre", "type"], "id_dropout": 0.2}),
 }
 

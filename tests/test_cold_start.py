@@ -162,9 +162,10 @@ def test_items_add_on_a_served_model_without_restart(mixed: Path, tmp_path: Path
         p = tmp_path / "items.parquet"
         pq.write_table(pa.table({"item": ["fresh-A"], "name": ["Fresh"], "artist": ["A"], "album": ["A album 0"],
                                  "genre": ["rock, pop"]}), p)
-        res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(p)])
+        # --server posts /admin/reload with the admin key once the items are written
+        res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(p), "--server", server.url, "--admin-key", ADMIN])
         assert res.exit_code == 0, res.output
-        assert c.post("/admin/reload", headers={"X-API-Key": ADMIN}).status_code == 200
+        assert "reloaded" in res.output
         after = c.post("/v1/recommend", json=body).json()["items"]
         new = [x for x in after if x["id"] == "fresh-A"]
         assert new and new[0]["features_only"] is True and new[0]["name"] == "Fresh"
@@ -174,3 +175,36 @@ def test_items_add_on_a_served_model_without_restart(mixed: Path, tmp_path: Path
     # adding it twice names the file, row and field
     res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(p)])
     assert res.exit_code == 2 and "row 1" in res.output and "already in the run" in res.output
+
+
+def test_items_add_through_the_registry_reloads_the_served_version(mixed: Path, tmp_path: Path) -> None:
+    """`segue items add models:/m@production` on a model served from the registry: a new version
+    (parent: the served one) holds the item, production moves to it, and the running server reloads
+    it, so the next request ranks the new item (features-only) with no restart."""
+    from segue.ops.registry import Registry
+    from segue.serving.cli import resolve_model
+
+    reg = Registry(tmp_path / "reg")
+    v1 = reg.register("m", mixed, store_checksum="abc", split="temporal").version
+    reg.promote("m", v1)
+    folder = resolve_model("models:/m@production", str(reg.location))
+    p = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item": ["fresh-R"], "name": ["Fresh R"], "artist": ["B"], "album": ["B album 1"], "genre": ["jazz"]}), p)
+    body = {"history": ["i1", "i4", "i7"], "n": 60}
+    with serve_in_thread(create_app(folder, admin_key=ADMIN, use_env_admin_key=False, feature_log=None)) as server:
+        c = httpx.Client(base_url=server.url, timeout=300)
+        res = CliRunner().invoke(cli_app, ["items", "add", "models:/m@production", str(p), "--registry", str(reg.location),
+                                           "--server", server.url, "--admin-key", ADMIN])
+        assert res.exit_code == 0, res.output
+        v2 = reg.alias("m", "production")
+        assert v2 != v1 and reg.version("m", v2).parent == v1
+        assert c.get("/healthz").json()["model"]["run_id"] == f"m-v{v2}"
+        new = [x for x in c.post("/v1/recommend", json=body).json()["items"] if x["id"] == "fresh-R"]
+        assert new and new[0]["features_only"] is True and new[0]["name"] == "Fresh R"
+    assert not (folder / "items_added.parquet").exists()  # the parent version is unchanged
+    # a bad file registers nothing and leaves production where it was
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"name": ["no id"]}), bad)
+    res = CliRunner().invoke(cli_app, ["items", "add", "models:/m@production", str(bad), "--registry", str(reg.location)])
+    assert res.exit_code == 2 and "no column 'item'" in res.output
+    assert len(reg.versions("m")) == 2 and reg.alias("m", "production") == v2

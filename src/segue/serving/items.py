@@ -1,4 +1,5 @@
-"""Items added to a trained run without retraining: `segue items add RUN items.parquet`.
+"""Items added to a trained run without retraining: `segue items add RUN items.parquet` (RUN may
+also be a registry URI, models:/NAME@ALIAS: segue.ops.items_registry makes a new version).
 
 A run trained with an `items` section (segue.models.item_encoder) composes the vector of an item it
 never saw from its features, with the feature vocabularies saved in the run. `add_items` checks a
@@ -185,19 +186,40 @@ def with_added_names(catalogue: Any, folder: str | Path) -> Any:
 
 @items_app.command("add")
 def items_add(
-    run: Annotated[Path, typer.Argument(help="Run folder of a model trained with item features.")],
+    run: Annotated[str, typer.Argument(help="Run folder of a model trained with item features, or models:/NAME@ALIAS (or models:/NAME/VERSION) from the registry.")],
     parquet: Annotated[Path, typer.Argument(help="Parquet of new items: item, name, artist, album, genre, type, meta, vector.")],
+    registry: Annotated[str | None, typer.Option("--registry", "-r", help="Registry folder or MLflow tracking URI, for a models:/ RUN (default: $SEGUE_REGISTRY).")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="A running server's URL to reload afterwards (several workers: the supervisor's --admin-port URL).")] = None,
+    admin_key: Annotated[str | None, typer.Option("--admin-key", help="The server's admin key (default: $SEGUE_ADMIN_KEY).")] = None,
 ) -> None:
-    """Add new items to a trained run: features-only vectors, served after the next (re)load."""
+    """Add new items to a trained model: features-only vectors, served after the next (re)load.
+
+    For a registry URI, a new version holds the added items (its parent: the version named); an
+    alias moves to it (production: a promotion), and --server reloads the running server."""
     from rich.console import Console
     from rich.markup import escape
 
-    out = add_items(run, parquet)
+    console = Console()
+    if run.startswith("models:/"):
+        # Deferred: the registry (MLflow) is the ops layer's; a folder needs none of it.
+        from segue.ops.items_registry import add_items_registered
+        from segue.ops.registry import Registry
+
+        out = add_items_registered(Registry(registry), run, parquet, server=server, admin_key=admin_key)
+        where = f"version {out['version']} of {out['name']} (parent {out['parent']})" + (f", now @{out['alias']}" if out["alias"] else "")
+    else:
+        out = add_items(run, parquet)
+        where = run
+        if server:
+            from segue.ops.registry import notify_reload
+
+            out["served"] = notify_reload(server, admin_key, run)["model"]
     unk = ", ".join(f"{n} {c}" for n, c in out["unknown_values"].items() if c)
-    Console().print(
-        f"[green]added[/] {out['added']} item(s) to {escape(str(run))} ({out['total_added']} added in all)"
+    after = f"; server {server} reloaded" if out.get("served") else "; POST /admin/reload (or restart) serves them"
+    console.print(
+        f"[green]added[/] {out['added']} item(s) to {escape(where)} ({out['total_added']} added in all)"
         + (f"; items with only unseen values: {escape(unk)}" if unk else "")
-        + "; POST /admin/reload (or restart) serves them",
+        + escape(after),
         highlight=False,
         soft_wrap=True,
     )
