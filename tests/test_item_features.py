@@ -146,6 +146,8 @@ def test_encoder_parts_content_and_projection() -> None:
 
     cfg = ItemEncoderConfig(features=["artist"], content="vectors.parquet", combine="project", id_min_count=2)
     enc = ItemEncoder(cfg, (("artist", 5, 1),), 3, 8, 0.5, nnx.Rngs(0))
+    table = np.asarray(enc.tables[0][...])
+    assert not table[1].any() and table[2:].std() > 0.1  # <unk> starts at zero, known values random
     rng = np.random.default_rng(0)
     tokens = jnp.array([4, 5, 6])
     feats = {"f_artist": jnp.array([[2], [2], [0]]), "id_count": jnp.array([3, 1, 3]),

@@ -6,7 +6,7 @@ For an item t with per-feature value rows r_f(t) (segue.data.item_features):
     vec(t)   = sum(parts)                       combine = "sum"
     vec(t)   = W_p concat(parts)                combine = "project"
 E is the id table (the model's item_emb, updated row-sparsely), T_f a small table per feature
-(row 1 = the feature's <unk>), c(t) the standardised content vector and W_c its projection.
+(row 1 = the feature's <unk>, initialised at zero), c(t) the standardised content vector and W_c its projection.
 a(t) is the id's weight: 0 for items with fewer than `id_min_count` training events (and every
 item outside the vocabulary: a features-only vector), else 1; in training it is dropped to 0 at
 rate `id_dropout` per item and step (special tokens keep their ids). At rate 1 the id is never
@@ -27,6 +27,7 @@ from flax import nnx
 from pydantic import Field, model_validator
 
 from segue.config import Config
+from segue.data.item_features import UNK_ROW
 from segue.data.vocab import N_SPECIAL, Vocabulary
 
 
@@ -71,7 +72,10 @@ class ItemEncoder(nnx.Module):
     def __init__(self, cfg: ItemEncoderConfig, shapes: Shapes, content_dim: int, d: int, std: float, rngs: nnx.Rngs) -> None:
         init = nnx.initializers.normal(std)
         self.names = tuple(n for n, _, _ in shapes)  # plain values: the graphdef stays hashable
-        self.tables = nnx.List([nnx.Param(init(rngs.params(), (rows, d))) for _, rows, _ in shapes])
+        # <unk> starts at zero: with min_items 1 no training item uses it, so it would keep its random
+        # init and pour noise into every unseen value (a new film's unseen title words); at zero an
+        # unseen value adds nothing until training items below min_items teach it something.
+        self.tables = nnx.List([nnx.Param(init(rngs.params(), (rows, d)).at[UNK_ROW].set(0.0)) for _, rows, _ in shapes])
         self.content_proj = nnx.Linear(content_dim, d, use_bias=False, kernel_init=init, rngs=rngs) if content_dim else None
         n_parts = 1 + len(shapes) + int(content_dim > 0)
         self.project = nnx.Linear(n_parts * d, d, use_bias=False, kernel_init=init, rngs=rngs) if cfg.combine == "project" else None
