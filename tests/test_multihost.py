@@ -196,6 +196,7 @@ def multihost(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "one-full": _maxdiff(tmp / "one", tmp / "full", 2 * N, one.state),
         },
         "left_by_kill": left,
+        "weights": (tmp / "full" / "weights.npz").exists(),
         "checkpoints": {run: sorted(p.name for p in (tmp / run / "checkpoints").iterdir() if p.name.isdigit()) for run in ("full", "killed")},
     }
     print("max parameter differences after", 2 * N, "steps:", got["diff"])
@@ -216,6 +217,7 @@ def test_two_processes_join_through_segues_start_and_share_each_batch(multihost:
         assert f["steps"] == 2 * N and f["resumed_from"] == 0
     # the loss is computed over the global batch: both processes see the same value
     assert full[0]["losses"] == full[1]["losses"]
+    assert multihost["weights"]  # written by process 0
 
 
 @pytest.mark.slow
