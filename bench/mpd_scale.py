@@ -277,7 +277,7 @@ def report(r: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
             f"matmul peak measured in this run (jax {t['peak_gflops']:.0f}, numpy {t['numpy_peak_gflops']:.0f} GFLOP/s); "
             f"load {t['load_after_steps']}"
         )
-        print(f"  item table + Adam moments + moving average: {t['table_bytes'] / gib:.2f} GiB; loss {t['loss_first_last'][0]:.3f} -> {t['loss_first_last'][1]:.3f}")
+        print(f"  item-table state (table, Adam moments, moving average if on): {t['table_bytes'] / gib:.2f} GiB; loss {t['loss_first_last'][0]:.3f} -> {t['loss_first_last'][1]:.3f}")
         print(
             f"  epoch (the loader's: {steps_epoch:,} batches of {t['batch']} playlists, one random crop of <= 50 each): "
             f"{epoch_h:.1f} h on these 2 shared cores, {epoch_h / TRECS_HOURS:.2f}x trecs' {TRECS_HOURS:.0f} h"
