@@ -122,7 +122,8 @@ def distributed_args(env: Mapping[str, str]) -> dict[str, Any] | None:
     Kubernetes (an Indexed Job or JobSet): the process id defaults to JOB_COMPLETION_INDEX, so the
     manifest sets only the coordinator (the pod of index 0) and the count.
     SLURM (srun with more than one task, nothing explicit): {} -- JAX's own SLURM detection reads
-    SLURM_NTASKS, SLURM_PROCID and the first node of SLURM_JOB_NODELIST.
+    SLURM_JOB_ID (the port), SLURM_STEP_NODELIST (its first node), SLURM_NTASKS, SLURM_PROCID and
+    SLURM_LOCALID (one GPU per task unless JAX_LOCAL_DEVICE_IDS says otherwise).
     """
 
     def get(*names: str) -> str | None:

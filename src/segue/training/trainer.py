@@ -250,7 +250,9 @@ class Trainer:
                 self._keep_best()
             return self.summary()
         writer = None
-        if self.run_dir is not None:
+        # One writer per run folder: in a multi-process run every process holds the same (replicated)
+        # scalars, and processes on one host would write the same events file name.
+        if self.run_dir is not None and jax.process_index() == 0:
             from tensorboardX import SummaryWriter
 
             writer = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -356,7 +358,7 @@ class Trainer:
     def _keep_best(self) -> None:
         net = self.task.network(self.state, average=True)
         self._best_params = jax.tree_util.tree_map(lambda x: np.array(x), nnx.state(net, nnx.Param))
-        if self.run_dir is not None:
+        if self.run_dir is not None and jax.process_index() == 0:  # the same parameters in every process
             self.task.save_weights(net, self.run_dir / "weights.npz")
 
     def summary(self) -> dict[str, Any]:
