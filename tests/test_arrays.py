@@ -48,8 +48,10 @@ def test_compiled_arrays_give_back_the_stored_sequences(corpus: list[list[tuple]
         path = make_store(Path(tmp) / "p.duckdb", seqs, [{"kind": split, "name": "s"}], ts=ts, rating=rating, extra=extra)
         with Store.open(path) as store:
             vocab = Vocabulary.from_store(store.con, "s")
-            arrays = compile_split(store, "s", ALL_PARTS, vocab=vocab)
+            # cached: streamed into memory-mapped files 3 events at a time (many batches)
+            arrays = compile_split(store, "s", ALL_PARTS, vocab=vocab, batch_rows=3)
             assert len(arrays) == len(seqs) and arrays.n_events == sum(map(len, seqs))
+            _same_arrays(arrays, compile_split(store, "s", ALL_PARTS, vocab=vocab, cache=False))
             ext = dict(store.con.execute("SELECT item_id, external_id FROM items").fetchall())
             for r, seq in enumerate(corpus):
                 stored = store.sequence_items(r)
@@ -74,6 +76,22 @@ def test_compiled_arrays_give_back_the_stored_sequences(corpus: list[list[tuple]
             assert got == [(int(a), int(b)) for a, b in parts]
             # Training tokens are never <unk> (the vocabulary is fitted on them).
             assert not np.any(np.asarray(train.tokens) == UNK)
+
+
+def _same_arrays(a: SequenceArrays, b: SequenceArrays) -> None:
+    """Equal columns (NaN equal to NaN), dtypes, categories and counts."""
+    for name in ("offsets", "tokens", "item_ids", "positions", "ts", "rating"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert x.dtype == y.dtype, name
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+    for x, y in ((a.feedback, b.feedback), (a.context, b.context)):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k].dtype == y[k].dtype
+            np.testing.assert_array_equal(np.asarray(x[k]), np.asarray(y[k]), err_msg=k)
+    assert a.context_categories == b.context_categories and a.meta["n_events"] == b.meta["n_events"]
 
 
 def _same_float(got: float | None, want: float | None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -143,8 +144,10 @@ def compile_split(
     *,
     vocab: Vocabulary | None = None,
     cache: bool = True,
+    batch_rows: int = 1 << 20,
 ) -> SequenceArrays:
-    """Compile the events of `split` with part in `parts` into CSR arrays (cached beside the store)."""
+    """Compile the events of `split` with part in `parts` into CSR arrays (cached beside the store,
+    written `batch_rows` events at a time)."""
     parts = tuple(sorted(int(p) for p in parts))
     store.require_split(split)
     vocab = vocab or Vocabulary.from_store(store.con, split)
@@ -157,30 +160,32 @@ def compile_split(
     n_seq = store.con.execute("SELECT count(*) FROM sequences").fetchone()[0]
     extras = store.extra_columns
     columns = ["item_id", "ts", "rating", *extras]
-    chunks: dict[str, list[np.ndarray]] = {c: [] for c in ["seq_id", "position", *columns]}
     cats: dict[str, dict[str, int]] = {c: {} for c, t in extras.items() if t == "VARCHAR"}
-    has_ts = has_rating = False
-    for batch in store.split_event_batches(split, parts, columns):
-        for name in ("seq_id", "position", "item_id"):
-            chunks[name].append(batch.column(name).to_numpy(zero_copy_only=False).astype(np.int32, copy=False))
-        ts = batch.column("ts")
-        has_ts |= ts.null_count < len(ts)
-        chunks["ts"].append(ts.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
-        rating = batch.column("rating")
-        has_rating |= rating.null_count < len(rating)
-        chunks["rating"].append(rating.to_numpy(zero_copy_only=False).astype(np.float32))
-        for c, t in extras.items():
-            col = batch.column(c)
-            if t == "VARCHAR":
-                chunks[c].append(_encode_strings(col, cats[c]))
-            else:
-                chunks[c].append(col.to_numpy(zero_copy_only=False).astype(np.float32))
-    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in chunks.items()}
+    batches = (_batch_columns(b, extras, cats) for b in store.split_event_batches(split, parts, columns, batch_rows))
+    meta = {"version": ARRAYS_VERSION, "split": split, "parts": list(parts), "store_checksum": store.checksum, "n_sequences": n_seq}
+    meta["vocab_size"] = len(vocab)
+    if cache:
+        # Streamed into memory-mapped .npy files, batch by batch: memory stays bounded by the batch
+        # (and DuckDB's sort), not by the corpus (1M MPD playlists: 66M events).
+        (n_events,) = store.con.execute(
+            f"SELECT count(*) FROM split_events WHERE split = ? AND part IN ({','.join('?' * len(parts))})", [split, *parts]
+        ).fetchone()
+        with atomic_path(folder, is_dir=True) as tmp:
+            _write_streamed(tmp, batches, vocab, extras, cats, n_seq, int(n_events), meta)
+        return load_arrays(folder)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for cols in batches:
+        for k, v in cols.items():
+            chunks.setdefault(k, []).append(v)
+    cat = {k: np.concatenate(v) for k, v in chunks.items()}
+    if not cat:  # no events: empty columns of each kind
+        cat = {k: np.zeros(0, dt) for k, dt in _column_dtypes(extras).items()}
     seq = cat["seq_id"].astype(np.int64)
     counts = np.bincount(seq, minlength=n_seq) if len(seq) else np.zeros(n_seq, dtype=np.int64)
     offsets = np.zeros(n_seq + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    arrays = SequenceArrays(
+    has_ts, has_rating = bool(cat["ts_given"].any()), bool(np.isfinite(cat["rating"]).any())
+    return SequenceArrays(
         offsets=offsets,
         tokens=vocab.encode_item_ids(cat["item_id"]).astype(np.int32),
         item_ids=cat["item_id"].astype(np.int32),
@@ -190,20 +195,73 @@ def compile_split(
         feedback={c[3:]: cat[c].astype(np.float32) for c, t in extras.items() if t != "VARCHAR"},
         context={c[4:]: cat[c].astype(np.int32) for c, t in extras.items() if t == "VARCHAR"},
         context_categories={c[4:]: list(cats[c]) for c in cats},
-        meta={
-            "version": ARRAYS_VERSION,
-            "split": split,
-            "parts": list(parts),
-            "store_checksum": store.checksum,
-            "n_sequences": n_seq,
-            "n_events": int(offsets[-1]),
-            "vocab_size": len(vocab),
-        },
+        meta=meta | {"n_events": int(offsets[-1])},
     )
-    if cache:
-        save_arrays(arrays, folder)
-        return load_arrays(folder)
-    return arrays
+
+
+def _column_dtypes(extras: dict[str, str]) -> dict[str, type]:
+    """The numpy dtype of each compiled event column (`_batch_columns`' keys)."""
+    out: dict[str, type] = {"seq_id": np.int32, "position": np.int32, "item_id": np.int32, "ts": np.int64, "rating": np.float32, "ts_given": bool}
+    return out | {c: (np.int32 if t == "VARCHAR" else np.float32) for c, t in extras.items()}
+
+
+def _batch_columns(batch: pa.RecordBatch, extras: dict[str, str], cats: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
+    """One event batch as numpy columns: ids, positions, ts (0 = null), rating (NaN = null), the
+    numeric extras (NaN = null) and the string extras as dictionary codes (-1 = null; `cats` grows)."""
+    out = {n: batch.column(n).to_numpy(zero_copy_only=False).astype(np.int32, copy=False) for n in ("seq_id", "position", "item_id")}
+    ts = batch.column("ts")
+    out["ts"] = ts.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    out["ts_given"] = np.asarray([ts.null_count < len(ts)])  # one flag per batch: any timestamp at all
+    out["rating"] = batch.column("rating").to_numpy(zero_copy_only=False).astype(np.float32)
+    for c, t in extras.items():
+        col = batch.column(c)
+        out[c] = _encode_strings(col, cats[c]) if t == "VARCHAR" else col.to_numpy(zero_copy_only=False).astype(np.float32)
+    return out
+
+
+def _write_streamed(
+    tmp: Path,
+    batches: Any,
+    vocab: Vocabulary,
+    extras: dict[str, str],
+    cats: dict[str, dict[str, int]],
+    n_seq: int,
+    n_events: int,
+    meta: dict[str, Any],
+) -> None:
+    """The arrays of `save_arrays`, written batch by batch into .npy files of `n_events` rows."""
+    from numpy.lib.format import open_memmap
+
+    files = {"tokens": ("tokens", np.int32), "item_id": ("item_ids", np.int32), "position": ("positions", np.int32)}
+    files |= {"ts": ("ts", np.int64), "rating": ("rating", np.float32)}
+    files |= {c: ((f"fb_{c[3:]}" if t != "VARCHAR" else f"ctx_{c[4:]}"), np.float32 if t != "VARCHAR" else np.int32) for c, t in extras.items()}
+    out = {k: open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt, shape=(n_events,)) for k, (name, dt) in files.items()}
+    counts = np.zeros(n_seq, dtype=np.int64)
+    at, has_ts, has_rating = 0, False, False
+    for cols in batches:
+        n = len(cols["seq_id"])
+        if at + n > n_events:
+            raise RuntimeError(f"{tmp}: the store yielded more events than it counted ({n_events})")
+        counts += np.bincount(cols["seq_id"], minlength=n_seq)
+        cols["tokens"] = vocab.encode_item_ids(cols["item_id"])
+        for k, mm in out.items():
+            mm[at : at + n] = cols[k]
+        has_ts |= bool(cols["ts_given"].any())
+        has_rating |= bool(np.isfinite(cols["rating"]).any())
+        at += n
+    if at != n_events:
+        raise RuntimeError(f"{tmp}: the store yielded {at} events but counted {n_events}")
+    for mm in out.values():
+        mm.flush()
+    del out
+    for name, present in (("ts", has_ts), ("rating", has_rating)):
+        if not present:  # an absent column is a missing file, as save_arrays writes it
+            (tmp / f"{name}.npy").unlink()
+    offsets = np.zeros(n_seq + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    np.save(tmp / "offsets.npy", offsets)
+    m = meta | {"n_events": int(offsets[-1]), "context_categories": {c[4:]: list(cats[c]) for c in cats}}
+    (tmp / "meta.json").write_text(json.dumps(m))
 
 
 def _encode_strings(values: pa.Array | pa.ChunkedArray, codes: dict[str, int]) -> np.ndarray:
