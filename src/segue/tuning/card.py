@@ -70,7 +70,13 @@ def plot_parameter(space: SearchSpace, records: list[dict[str, Any]], name: str)
     else:
         xs = [float(x) for x, _ in pts]
         if p.log:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            # labels at 1, 2 and 5 per decade: matplotlib's minor labels overlap within a decade
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ys = [y for _, y in pts]
     ax.scatter(xs, ys, s=22, alpha=0.75)
     best = max(range(len(ys)), key=ys.__getitem__)
