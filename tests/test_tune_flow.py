@@ -220,6 +220,9 @@ def test_card_and_page_show_the_table_and_plots_in_chromium(alice: Path, tmp_pat
         assert "segue tune: ease" in body and "Test (test part, once)" in body and "tuned - defaults" in body
         assert "l2 = " in body  # the best config as TOML
         assert page.locator("table").count() >= 2
+        # the cost sits beside the metric, before the parameters (a wide table hides its last columns)
+        head = page.eval_on_selector_all("table", "ts => Array.from(ts.at(-1).rows[0].cells).map(c => c.textContent)")
+        assert head[3:6] == ["valid ndcg@10", "seconds", "peak RSS (MiB)"], head
         # one rendered plot per parameter (l2, max_items)
         assert page.evaluate("Array.from(document.images).filter(i => i.naturalWidth > 200).length") == 2
         page.screenshot(path=str(tmp_path / "card.png"), full_page=True)

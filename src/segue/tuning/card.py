@@ -34,16 +34,18 @@ def ordered(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def trial_table(space: SearchSpace, records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): one row per trial, its parameters, the metric, cost and error."""
+    """(header, rows): one row per trial, the metric, its cost, its parameters and error. The cost
+    comes before the parameters: a space with many parameters makes the table wider than the
+    card's column, and the columns past its edge are only seen by scrolling."""
     names = list(space.params)
-    header = ["trial", "round", "status", f"valid {space.metric}", *names, "seconds", "peak RSS (MiB)", "error"]
+    header = ["trial", "round", "status", f"valid {space.metric}", "seconds", "peak RSS (MiB)", *names, "error"]
     rows = []
     for r in ordered(records):
         params = [_fmt(r["params"][n]) if n in r["params"] else "" for n in names]
         err = (r.get("error") or "")[:160]
         rows.append(
-            [str(r["number"]), str(r["round"]), r["status"], _fmt(r["value"]), *params,
-             f"{r.get('seconds', 0.0):.1f}", f"{r.get('peak_rss_mb', 0.0):.0f}", err]
+            [str(r["number"]), str(r["round"]), r["status"], _fmt(r["value"]),
+             f"{r.get('seconds', 0.0):.1f}", f"{r.get('peak_rss_mb', 0.0):.0f}", *params, err]
         )
     return header, rows
 
@@ -68,7 +70,13 @@ def plot_parameter(space: SearchSpace, records: list[dict[str, Any]], name: str)
     else:
         xs = [float(x) for x, _ in pts]
         if p.log:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            # labels at 1, 2 and 5 per decade: matplotlib's minor labels overlap within a decade
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ys = [y for _, y in pts]
     ax.scatter(xs, ys, s=22, alpha=0.75)
     best = max(range(len(ys)), key=ys.__getitem__)
