@@ -688,10 +688,13 @@ class Store:
         parts: Iterable[int],
         columns: Sequence[str] = ("item_id",),
         batch_rows: int = 1 << 20,
+        seq_chunk: int = 1 << 16,
     ) -> Iterator[pa.RecordBatch]:
         """Stream the events of `split` whose part is in `parts`, ordered by (seq_id, position).
 
-        Every batch has seq_id and position first, then `columns` (any events column).
+        Every batch has seq_id and position first, then `columns` (any events column). The query
+        runs over ranges of `seq_chunk` sequences, so DuckDB sorts one range at a time: memory
+        stays bounded by the range, not the corpus (a single ORDER BY over 66M events held them all).
         """
         self.require_split(split)
         parts = [int(p) for p in parts]
@@ -699,11 +702,14 @@ class Store:
         sql = f"""
             SELECT e.seq_id, e.position{cols}
             FROM events e JOIN split_events s USING (seq_id, position)
-            WHERE s.split = ? AND s.part IN ({",".join("?" * len(parts))})
+            WHERE s.split = ? AND s.part IN ({",".join("?" * len(parts))}) AND e.seq_id >= ? AND e.seq_id < ?
+              AND s.seq_id >= ? AND s.seq_id < ?
             ORDER BY e.seq_id, e.position
         """
-        reader = self.con.execute(sql, [split, *parts]).to_arrow_reader(batch_rows)
-        yield from reader
+        (n_seq,) = self.con.execute("SELECT coalesce(max(seq_id) + 1, 0) FROM sequences").fetchone()
+        for lo in range(0, max(int(n_seq), 1), seq_chunk):
+            hi = lo + seq_chunk
+            yield from self.con.execute(sql, [split, *parts, lo, hi, lo, hi]).to_arrow_reader(batch_rows)
 
     def items_table(self) -> pa.Table:
         return self.con.execute("SELECT * FROM items ORDER BY item_id").fetch_arrow_table()
