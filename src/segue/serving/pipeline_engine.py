@@ -46,12 +46,11 @@ def rank_pipeline(
         if niche_boost:
             s = niche_boost_scores(s, counts[pool.tokens], niche_boost)
         order = np.lexsort((pool.tokens, -s))[:k]
-        sources = pool.sources(gens)
         out.append(
             {
                 "tokens": pool.tokens[order],
                 "scores": np.asarray(s[order], np.float32),
-                "sources": [sources[i] for i in order],
+                "sources": pool.sources(gens, order),
                 "features": f[order],
             }
         )
