@@ -427,6 +427,7 @@ class PipelineRecommender(BaseRecommender):
         for row, name, pool in zip(np.asarray(rows).tolist(), names, pools, strict=True):
             lo, hi = int(histories.offsets[row]), int(histories.offsets[row + 1])
             last_ts = float(histories.ts[hi - 1]) if histories.ts is not None and hi > lo else None
+            last_ts = last_ts if last_ts else None  # 0: unknown (a request without times)
             out.append(
                 state.query_features(np.asarray(histories.row(row)), name, pool.tokens, pool.scores, pool.ranks, last_ts)
             )
