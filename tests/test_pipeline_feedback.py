@@ -109,3 +109,28 @@ def test_short_form_of_the_ranker_option() -> None:
     assert cfg.ranker.kind == "feedback_head"
     with pytest.raises(ConfigError):
         PipelineConfig.from_dict({"generators": [{"name": "p", "family": "popularity"}], "ranker": "xgboost"})
+
+
+def test_served_pipelines_pass_the_request_ratings_to_the_feedback_head(setup) -> None:
+    from segue.serving.engine import Engine
+
+    engine = Engine.load(setup["lgbm"], store=setup["store"])
+    model = engine.model
+    col = model.state.names.index(f"tf_fb_{model.generators['tf'].feedback_targets[0]}")
+    history = np.array([5, 9, 12, 20], np.int64)
+    served = {}
+    for r in (1.0, 5.0):
+        ratings = np.full(len(history), r, np.float32)
+        ranked = engine.rank([history], 10, ratings=[ratings])[0]
+        # Offline: the same history with the same ratings through the pipeline's own code.
+        arrays = engine.encoder.arrays([history], None, [ratings], None)
+        arrays.meta["seq_names"] = [None]
+        pool = model.pools(arrays, np.array([0]))[0]
+        offline = model.features_of(arrays, np.array([0]), [pool])[0]
+        where = np.searchsorted(pool.tokens, ranked.tokens)
+        assert np.array_equal(pool.tokens[where], ranked.tokens)
+        np.testing.assert_allclose(ranked.features, offline[where], rtol=1e-5, atol=1e-6)
+        served[r] = dict(zip(ranked.tokens.tolist(), ranked.features[:, col].tolist(), strict=True))
+    # The ratings reached the transformer: its predictions for the same items moved.
+    both = set(served[1.0]) & set(served[5.0])
+    assert both and max(abs(served[1.0][t] - served[5.0][t]) for t in both) > 1e-4
