@@ -340,7 +340,11 @@ class PipelineRecommender(BaseRecommender):
                         s[b, np.asarray(e, dtype=np.int64)] = NEG_INF
             return top_k(s, sizes[name], histories if exclude_seen else None, rows, allow=allow)
 
-        results = list(self._pool_executor().map(run, gens)) if len(gens) > 1 else [run(g) for g in gens]
+        # Only generators that score every item go to the thread pool; a static one (a cached
+        # order) is cheaper than the hop to a worker and back.
+        heavy = [g for g in gens if self.generators[g].family not in STATIC_FAMILIES]
+        done = dict(zip(heavy, self._pool_executor().map(run, heavy), strict=True)) if len(heavy) > 1 else {}
+        results = [done[g] if g in done else run(g) for g in gens]
         if NAMES_GENERATOR in self.generator_names:
             results.append(self._name_results(histories, rows, names, sizes[NAMES_GENERATOR], exclude_seen, exclude, allow))
         out = [_merge([(t[b], s[b]) for t, s in results]) for b in range(len(rows))]
