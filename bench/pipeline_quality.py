@@ -7,6 +7,8 @@ evaluate the pipeline and each generator folder it holds (the very same fits) on
                    the pipeline minus the best single model; pool recall@50/200/500;
   mpd, synth       playlist_continuation with K in 0,1,5,10,25,100 (K = 0: title only):
                    R-precision, NDCG@500, clicks for the pipeline and each generator, per K.
+configs/pipeline_ml100k.toml also names a transformer run (runs/ml100k-feedback): train it first
+with `segue train --config configs/ml100k-feedback.toml` on the same store (stores/ml100k.duckdb).
 The equivalent commands are printed as it goes. Real data comes from ../shared/data (see
 its README); nothing of it is written outside --work.
 

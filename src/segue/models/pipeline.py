@@ -45,6 +45,7 @@ from segue.models.ranking_features import FeatureState, fit_feature_state
 
 NAMES_GENERATOR = "names"
 OUTSIDE_POOL = np.float32(-1e6)  # score offset of items no generator proposed
+STATIC_FAMILIES = frozenset({"popularity"})  # generators whose scores do not depend on the history
 
 
 class GeneratorSpec(Config):
@@ -74,7 +75,20 @@ class PipelineConfig(Config):
     item2vec: str | None = None  # generator whose vectors give i2v features (default: the first item2vec)
     continuation_ks: list[int] = [0, 1, 5, 10, 25, 100]  # random_sequence splits: seeds given
     batch_size: int = Field(128, ge=1)
+    # A generator with a feedback head (a transformer trained with events.predict) whose predicted
+    # feedback of each candidate becomes features <gen>_fb_<column> (default: the first such
+    # generator; none: no such features), and which the "feedback_head" ranker orders by.
+    feedback: str | None = None
+    feedback_features: bool = True
     ranker: RankerConfig = RankerConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ranker_kind(cls, data: Any) -> Any:
+        # `ranker = "feedback_head"` is short for `[pipeline.ranker] kind = "feedback_head"`.
+        if isinstance(data, dict) and isinstance(data.get("ranker"), str):
+            data = dict(data) | {"ranker": {"kind": data["ranker"]}}
+        return data
 
     @model_validator(mode="after")
     def _unique(self) -> PipelineConfig:
@@ -93,10 +107,12 @@ class Pool:
     scores: np.ndarray  # float32 [G, C]
     ranks: np.ndarray  # float32 [G, C]
 
-    def sources(self, generators: list[str]) -> list[list[str]]:
-        """Per candidate, the generators that proposed it (in config order)."""
+    def sources(self, generators: list[str], which: np.ndarray | None = None) -> list[list[str]]:
+        """Per candidate (those at positions `which`, default all), the generators that proposed
+        it (in config order)."""
         hit = ~np.isnan(self.ranks)
-        return [[generators[g] for g in np.flatnonzero(hit[:, c])] for c in range(len(self.tokens))]
+        rows = (hit if which is None else hit[:, np.asarray(which, dtype=np.int64)]).T.tolist()
+        return [[g for g, h in zip(generators, row, strict=True) if h] for row in rows]
 
 
 def sequence_names(store: Any, seq_ids: np.ndarray) -> list[str | None]:
@@ -116,6 +132,7 @@ class PipelineRecommender(BaseRecommender):
         self.state: FeatureState | None = None
         self.ranker: Ranker | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._static: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # see _static_results
 
     # --- structure -----------------------------------------------------------------------------
     @property
@@ -149,6 +166,7 @@ class PipelineRecommender(BaseRecommender):
                 ]
             }
         )
+        self.config = self.config.model_copy(update={"feedback": self._resolve_feedback()})
         t1 = time.perf_counter()
         c = self.config
         i2v = self._item2vec_vectors()
@@ -157,7 +175,12 @@ class PipelineRecommender(BaseRecommender):
             data, gens, last_k=c.last_k, recent_fraction=c.recent_fraction, knn_neighbours=c.knn_neighbours, i2v_vectors=i2v
         )
         self.state.generators = self.generator_names
+        self.state.model_features = self._feedback_features()
         t2 = time.perf_counter()
+        if c.ranker.kind == "feedback_head":  # nothing to train: the feedback head orders the pool
+            self.ranker = None
+            self.meta["ranker_training"] = {"kind": "feedback_head", "feature": self._feedback_ranking()[0]}
+            return self
         hist, targets = self.training_queries(data)
         x, y, groups = self.training_rows(hist, targets, progress=progress)
         t3 = time.perf_counter()
@@ -170,6 +193,42 @@ class PipelineRecommender(BaseRecommender):
             "seconds": {"generators": round(t1 - t0, 1), "features": round(t2 - t1, 1), "pools": round(t3 - t2, 1), "ranker": round(t4 - t3, 1)},
         }
         return self
+
+    def _resolve_feedback(self) -> str | None:
+        """The generator whose feedback head gives features / ranks (see PipelineConfig.feedback)."""
+        c = self.config
+        needed = c.ranker.kind == "feedback_head"
+        name = c.feedback
+        if name is None:
+            if not (c.feedback_features or needed):
+                return None
+            name = next((n for n, m in self.generators.items() if _feedback_targets(m)), None)
+            if name is None:
+                if needed:
+                    raise ConfigError(
+                        "pipeline: ranker 'feedback_head' needs a generator with a feedback head "
+                        "(a transformer trained with events.predict)"
+                    )
+                return None
+        if name not in self.generators or not _feedback_targets(self.generators[name]):
+            raise ConfigError(f"pipeline: feedback = '{name}' names no generator with a feedback head")
+        col = c.ranker.feedback_column
+        if needed and col is not None and col not in _feedback_targets(self.generators[name]):
+            raise ConfigError(
+                f"pipeline: ranker.feedback_column '{col}' is not a column of generator '{name}''s feedback head "
+                f"({', '.join(_feedback_targets(self.generators[name]))})"
+            )
+        return name
+
+    def _feedback_features(self) -> list[str]:
+        name = self.config.feedback
+        return [] if name is None else [f"{name}_fb_{t}" for t in _feedback_targets(self.generators[name])]
+
+    def _feedback_ranking(self) -> tuple[str, float]:
+        """(feature the feedback_head ranker orders by, sign)."""
+        r, name = self.config.ranker, self.config.feedback
+        col = r.feedback_column or _feedback_targets(self.generators[name])[0]  # type: ignore[index]
+        return f"{name}_fb_{col}", (1.0 if r.feedback_order == "high_first" else -1.0)
 
     def _item2vec_vectors(self) -> np.ndarray | None:
         name = self.config.item2vec
@@ -222,6 +281,7 @@ class PipelineRecommender(BaseRecommender):
         bs = self.config.batch_size
         for lo in range(0, len(hist), bs):
             rows = np.arange(lo, min(lo + bs, len(hist)))
+            qs, subs = [], []
             for q, pool in zip(rows, self.pools(hist, rows), strict=True):
                 label = np.isin(pool.tokens, targets[q])
                 if not label.any():
@@ -230,10 +290,12 @@ class PipelineRecommender(BaseRecommender):
                 if len(neg) > cfg.negatives_per_query:
                     neg = rng.choice(neg, cfg.negatives_per_query, replace=False)
                 keep = np.sort(np.concatenate([np.flatnonzero(label), neg]))
-                sub = Pool(pool.tokens[keep], pool.scores[:, keep], pool.ranks[:, keep])
-                xs.append(self.pool_features(hist, int(q), sub))
+                qs.append(int(q))
+                subs.append(Pool(pool.tokens[keep], pool.scores[:, keep], pool.ranks[:, keep]))
                 ys.append(label[keep].astype(np.float32))
                 groups.append(len(keep))
+            if subs:
+                xs += self.features_of(hist, np.asarray(qs, dtype=np.int64), subs)
             if progress:
                 progress("pipeline pools", int(rows[-1]) + 1, len(hist))
         n_f = len(self.state.names)  # type: ignore[union-attr]
@@ -269,6 +331,8 @@ class PipelineRecommender(BaseRecommender):
         gens = [g.name for g in self.config.generators]
 
         def run(name: str) -> tuple[np.ndarray, np.ndarray]:
+            if self.generators[name].family in STATIC_FAMILIES:
+                return self._static_results(name, histories, rows, sizes[name], exclude_seen, exclude, allow)
             s = np.array(self.generators[name].score(histories, rows), dtype=np.float32)
             if exclude is not None:
                 for b, e in enumerate(exclude):
@@ -276,13 +340,53 @@ class PipelineRecommender(BaseRecommender):
                         s[b, np.asarray(e, dtype=np.int64)] = NEG_INF
             return top_k(s, sizes[name], histories if exclude_seen else None, rows, allow=allow)
 
-        results = list(self._pool_executor().map(run, gens)) if len(gens) > 1 else [run(g) for g in gens]
+        # Only generators that score every item go to the thread pool; a static one (a cached
+        # order) is cheaper than the hop to a worker and back.
+        heavy = [g for g in gens if self.generators[g].family not in STATIC_FAMILIES]
+        done = dict(zip(heavy, self._pool_executor().map(run, heavy), strict=True)) if len(heavy) > 1 else {}
+        results = [done[g] if g in done else run(g) for g in gens]
         if NAMES_GENERATOR in self.generator_names:
             results.append(self._name_results(histories, rows, names, sizes[NAMES_GENERATOR], exclude_seen, exclude, allow))
         out = [_merge([(t[b], s[b]) for t, s in results]) for b in range(len(rows))]
         if timings is not None:
             timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t0
         return out
+
+    def _static_results(
+        self,
+        name: str,
+        histories: SequenceArrays,
+        rows: np.ndarray,
+        n: int,
+        exclude_seen: bool,
+        exclude: list[np.ndarray] | None,
+        allow: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n of a generator whose scores ignore the history (popularity): its order is sorted
+        once (score descending, then token), and each query takes the head of it minus its banned
+        items, instead of a [V] score row and a partition over it per query."""
+        if name not in self._static:
+            c = np.asarray(self.generators[name].score(SequenceArrays.from_lists([[]]))[0], np.float32)
+            ok = np.flatnonzero(np.isfinite(c))
+            ok = ok[ok >= N_SPECIAL]
+            order = ok[np.lexsort((ok, -c[ok]))]
+            self._static[name] = (order.astype(np.int64), c[order])
+        order, vals = self._static[name]
+        if allow is not None:
+            keep = np.isin(order, np.asarray(allow, np.int64))
+            order, vals = order[keep], vals[keep]
+        toks = np.full((len(rows), n), -1, np.int64)
+        out = np.full((len(rows), n), NEG_INF, np.float32)
+        for b, r in enumerate(rows):
+            banned = np.concatenate(
+                [np.asarray(histories.row(int(r)), np.int64) if exclude_seen else np.zeros(0, np.int64)]
+                + ([np.asarray(exclude[b], np.int64)] if exclude is not None else [])
+            )
+            head = slice(0, n + len(banned))
+            ok = ~np.isin(order[head], banned)
+            t, v = order[head][ok][:n], vals[head][ok][:n]
+            toks[b, : len(t)], out[b, : len(t)] = t, v
+        return toks, out
 
     def _name_results(
         self,
@@ -313,26 +417,62 @@ class PipelineRecommender(BaseRecommender):
 
     # --- stage two: features and ranking -------------------------------------------------------
     def pool_features(self, histories: SequenceArrays, row: int, pool: Pool) -> np.ndarray:
-        """The ranker's features [C, F] of one pool (the one feature code path)."""
-        assert self.state is not None
-        name = _names_of(histories, np.array([row]))[0]
-        lo, hi = int(histories.offsets[row]), int(histories.offsets[row + 1])
-        last_ts = float(histories.ts[hi - 1]) if histories.ts is not None and hi > lo else None
-        return self.state.query_features(
-            np.asarray(histories.row(row)), name, pool.tokens, pool.scores, pool.ranks, last_ts
-        )
+        """The ranker's features [C, F] of one pool (features_of for one query)."""
+        return self.features_of(histories, np.array([row]), [pool])[0]
+
+    def features_of(self, histories: SequenceArrays, rows: np.ndarray, pools: list[Pool]) -> list[np.ndarray]:
+        """The ranker's features [C_i, F] of each pool (query rows[i] of `histories`): the one
+        feature code path of training, evaluation and serving. Item and history features come
+        from the FeatureState; a feedback head's predictions (one batched model call) follow."""
+        state = self.state
+        assert state is not None
+        names = _names_of(histories, rows)
+        out = []
+        for row, name, pool in zip(np.asarray(rows).tolist(), names, pools, strict=True):
+            lo, hi = int(histories.offsets[row]), int(histories.offsets[row + 1])
+            last_ts = float(histories.ts[hi - 1]) if histories.ts is not None and hi > lo else None
+            last_ts = last_ts if last_ts else None  # 0: unknown (a request without times)
+            out.append(
+                state.query_features(np.asarray(histories.row(row)), name, pool.tokens, pool.scores, pool.ranks, last_ts)
+            )
+        if state.model_features:
+            fb = self._feedback_columns(histories, rows, pools)
+            out = [np.concatenate([a, b], axis=1) for a, b in zip(out, fb, strict=True)]
+        return out
+
+    def _feedback_columns(self, histories: SequenceArrays, rows: np.ndarray, pools: list[Pool]) -> list[np.ndarray]:
+        """[C_i, K] predicted feedback (each head column, on its own scale) of every candidate."""
+        model = self.generators[self.config.feedback]  # type: ignore[index]
+        targets = _feedback_targets(model)
+        sizes = [len(p.tokens) for p in pools]
+        if max(sizes, default=0) == 0:
+            return [np.zeros((n, len(targets)), np.float32) for n in sizes]
+        # Candidates padded to a power of two (at least 16): one compiled shape per bucket, not
+        # one per pool size. The padding (the first item token) is scored and dropped.
+        width = max(16, 1 << (max(sizes) - 1).bit_length())
+        cands = np.full((len(pools), width), N_SPECIAL, np.int64)
+        for b, p in enumerate(pools):
+            cands[b, : len(p.tokens)] = p.tokens
+        got = model.predict_feedback(histories, np.asarray(rows, dtype=np.int64), cands)  # type: ignore[attr-defined]
+        cols = np.stack([np.asarray(got[t], np.float32) for t in targets], axis=-1)  # [B, width, K]
+        return [cols[b, :n] for b, n in enumerate(sizes)]
 
     def rank_pools(
         self, histories: SequenceArrays, rows: np.ndarray, pools: list[Pool], timings: dict[str, float] | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Ranker scores [C] and features [C, F] of each pool."""
-        assert self.ranker is not None
         t0 = time.perf_counter()
-        feats = [self.pool_features(histories, int(r), p) for r, p in zip(rows, pools, strict=True)]
+        feats = self.features_of(histories, np.asarray(rows, dtype=np.int64), pools)
         t1 = time.perf_counter()
-        sizes = [len(f) for f in feats]
-        flat = self.ranker.predict(np.concatenate(feats)) if sum(sizes) else np.zeros(0, np.float32)
-        scores = np.split(flat, np.cumsum(sizes)[:-1]) if feats else []
+        if self.config.ranker.kind == "feedback_head":
+            feature, sign = self._feedback_ranking()
+            col = self.state.names.index(feature)  # type: ignore[union-attr]
+            scores = [np.asarray(sign * f[:, col], np.float32) for f in feats]
+        else:
+            assert self.ranker is not None
+            sizes = [len(f) for f in feats]
+            flat = self.ranker.predict(np.concatenate(feats)) if sum(sizes) else np.zeros(0, np.float32)
+            scores = np.split(flat, np.cumsum(sizes)[:-1]) if feats else []
         if timings is not None:
             timings["features"] = timings.get("features", 0.0) + t1 - t0
             timings["ranker"] = timings.get("ranker", 0.0) + time.perf_counter() - t1
@@ -391,21 +531,21 @@ class PipelineRecommender(BaseRecommender):
 
     def report_info(self) -> dict[str, Any]:
         """What an evaluation report shows about the pipeline: generators, ranker, importances."""
-        assert self.ranker is not None
         return {
             "generators": {g.name: {"family": g.family, "n": g.n} for g in self.config.generators}
             | ({NAMES_GENERATOR: {"family": "built-in", "n": self.config.name_candidates}} if NAMES_GENERATOR in self.generator_names else {}),
             "ranker_training": self.meta.get("ranker_training", {}),
-            "feature_importance": self.ranker.importance(),
+            "feature_importance": self.ranker.importance() if self.ranker is not None else {},
         }
 
     # --- persistence ---------------------------------------------------------------------------
     def _save_state(self, folder: Path) -> None:
-        assert self.state is not None and self.ranker is not None
+        assert self.state is not None
         for name, model in self.generators.items():
             model.save(folder / "generators" / name)
         self.state.save(folder)
-        self.ranker.save(folder / "ranker.txt")
+        if self.ranker is not None:  # None: the feedback_head ranker (nothing trained)
+            self.ranker.save(folder / "ranker.txt")
 
     def _load_state(self, folder: Path) -> None:
         for spec in self.config.generators:
@@ -416,7 +556,8 @@ class PipelineRecommender(BaseRecommender):
                 )
             self.generators[spec.name] = model
         self.state = FeatureState.load(folder)
-        self.ranker = Ranker.load(folder / "ranker.txt", self.state.names)
+        if self.config.ranker.kind == "lightgbm":
+            self.ranker = Ranker.load(folder / "ranker.txt", self.state.names)
 
 
 def load_generator(folder: Path, name: str) -> BaseRecommender:
@@ -425,6 +566,14 @@ def load_generator(folder: Path, name: str) -> BaseRecommender:
         return load_model(folder)
     except Exception as e:  # noqa: BLE001 (any failure, reported with the generator's name)
         raise SegueError(f"pipeline generator '{name}' ({folder}) failed to load: {e}") from None
+
+
+def _feedback_targets(model: BaseRecommender) -> list[str]:
+    """The columns a generator's feedback head predicts ([] without one)."""
+    try:
+        return list(getattr(model, "feedback_targets", None) or [])
+    except Exception:  # noqa: BLE001 (a model that cannot tell has none)
+        return []
 
 
 def _check_same_vocab(name: str, model: BaseRecommender, data: SplitData) -> None:

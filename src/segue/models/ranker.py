@@ -12,7 +12,7 @@ without a positive candidate give no pair and are dropped before training.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -22,6 +22,12 @@ from segue.errors import SegueError
 
 
 class RankerConfig(Config):
+    # "lightgbm": LambdaRank below. "feedback_head": no training; the pool is ordered by the
+    # pipeline's `feedback` generator's predicted feedback (`feedback_column`, its first head
+    # column by default; "low_first" for columns where less is better, such as skips).
+    kind: Literal["lightgbm", "feedback_head"] = "lightgbm"
+    feedback_column: str | None = None
+    feedback_order: Literal["high_first", "low_first"] = "high_first"
     # Small, slow trees: on ml-100k's 805 validation queries (4-fold CV on them) 31 leaves at lr
     # 0.05 peaked at 27 trees with NDCG@10 0.266; 7 leaves, 100 samples a leaf, lr 0.02: 0.286.
     n_estimators: int = Field(500, ge=1)

@@ -29,6 +29,10 @@ Features of candidate item c after history h (last k items h_1..h_k, k = `last_k
                               with t) = n(t, c) / n(t)
   artist_overlap              share of the history items with c's creator
   album_overlap               share of the history items on c's album
+  <gen>_fb_<column>           (last, `model_features`) the feedback a transformer generator's
+                              feedback head predicts for c after h: computed by the pipeline
+                              (segue.models.pipeline.PipelineRecommender.features_of), which
+                              runs the model, and appended to these columns
 The name and overlap features exist when the store has sequence names or item creators/albums.
 """
 
@@ -74,10 +78,16 @@ class FeatureState:
     event_keys: np.ndarray | None = None  # int64 sorted (token << 32 | ts) of training events
     first_ts: np.ndarray | None = None  # float64 [V] first training time (NaN: never)
     window_days: float = 30.0
+    model_features: list[str] = field(default_factory=list)  # appended by the pipeline (a model's outputs)
 
     # --- names ---------------------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
+        """Every feature column: `item_names` (query_features), then `model_features`."""
+        return self.item_names + self.model_features
+
+    @property
+    def item_names(self) -> list[str]:
         out = []
         for g in self.generators:
             out += [f"{g}_score", f"{g}_rank"]
@@ -108,7 +118,7 @@ class FeatureState:
         gen_ranks: np.ndarray,
         last_ts: float | None = None,
     ) -> np.ndarray:
-        """Features float32 [C, F] (columns: `names`) of candidates `cand` [C] after `history`
+        """Features float32 [C, F] (columns: `item_names`) of candidates `cand` [C] after `history`
         (tokens, oldest first) of a query named `name` whose last event happened at `last_ts`
         (unix seconds, None: unknown); gen_scores/gen_ranks [G, C], NaN where generator g did not
         propose the candidate."""
@@ -148,7 +158,7 @@ class FeatureState:
             if ids is not None:
                 cols.append(_overlap(ids, h, cand))
         return np.stack([np.asarray(x, dtype=np.float32) for x in cols], axis=1) if c else np.zeros(
-            (0, len(self.names)), np.float32
+            (0, len(self.item_names)), np.float32
         )
 
     def _time_features(self, cand: np.ndarray, last_ts: float | None) -> list[np.ndarray]:
@@ -168,6 +178,9 @@ class FeatureState:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         s = np.asarray(self.name_items[w].sum(axis=0)).ravel()
         nz = np.flatnonzero(s > 0)
+        if len(nz) > n:  # a common word matches thousands of items: sort only those tied with the n-th
+            kth = -np.partition(-s[nz], n - 1)[n - 1]
+            nz = nz[s[nz] >= kth]
         top = nz[np.lexsort((nz, -s[nz]))[:n]]
         return top.astype(np.int64), s[top].astype(np.float32)
 
@@ -193,7 +206,7 @@ class FeatureState:
             sp.save_npz(folder / "item_words.npz", self.item_words, compressed=False)
         meta = {
             "generators": self.generators, "last_k": self.last_k, "means": list(self.item_means), "words": self.words,
-            "window_days": self.window_days,
+            "window_days": self.window_days, "model_features": self.model_features,
         }
         (folder / "features.json").write_text(json.dumps(meta))
 
@@ -221,6 +234,7 @@ class FeatureState:
             event_keys=a.get("event_keys", None),
             first_ts=a.get("first_ts", None),
             window_days=meta.get("window_days", 30.0),
+            model_features=meta.get("model_features", []),
         )
 
 

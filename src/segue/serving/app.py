@@ -718,7 +718,7 @@ def create_app(
 
     def ranker_features(engine: Engine, ranked: Ranked, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Two-stage pipelines log the ranker's features of each served item (for retraining)."""
-        if ranked.features is None:
+        if ranked.features is None or state["feature_log"] is None:  # no log: spare the 100 x F tolist
             return {}
         return {
             "feature_names": engine.model.state.names,  # type: ignore[attr-defined]

@@ -270,7 +270,10 @@ class Engine:
                 parts.append(np.asarray(deny, dtype=np.int64))
             excl.append(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
         if self.pipeline:
-            return self._rank_pipeline(histories, k, excl, exclude_seen, allow, names, niche_boost)
+            # The histories' ratings / feedback / context reach the generators (a transformer with
+            # events reads them, as it did on the store's arrays in training and evaluation).
+            arrays = self.encoder.arrays(histories, context, ratings, events)
+            return self._rank_pipeline(histories, k, excl, exclude_seen, allow, names, niche_boost, arrays)
         out: list[Ranked | None] = [None] * b
         empty = [i for i, h in enumerate(histories) if len(h) == 0]
         for i in empty:
@@ -305,11 +308,12 @@ class Engine:
         allow: np.ndarray | None,
         names: list[str | None] | None,
         boost: float,
+        arrays: SequenceArrays | None = None,
     ) -> list[Ranked]:
         allow = None if allow is None else np.asarray(allow, dtype=np.int64)
         res = rank_pipeline(
             self.model, histories, k, excl, exclude_seen=exclude_seen, allow=allow, names=names,
-            counts=self.counts, niche_boost=boost,
+            counts=self.counts, niche_boost=boost, arrays=arrays,
         )
         out = []
         for i, r in enumerate(res):

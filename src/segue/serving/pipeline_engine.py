@@ -31,9 +31,13 @@ def rank_pipeline(
     counts: np.ndarray,
     niche_boost: float = 0.0,
     timings: dict[str, float] | None = None,
+    arrays: SequenceArrays | None = None,
 ) -> list[dict]:
-    """Per history: tokens [<=k], scores, the proposing generators and features of each item."""
-    arrays = SequenceArrays.from_lists([np.asarray(h, dtype=np.int32) for h in histories])
+    """Per history: tokens [<=k], scores, the proposing generators and features of each item.
+    `arrays`: the histories with their event columns (ratings, feedback, context), if any."""
+    if arrays is None:
+        arrays = SequenceArrays.from_lists([np.asarray(h, dtype=np.int32) for h in histories])
+    arrays.meta = dict(arrays.meta)
     arrays.meta["seq_names"] = list(names) if names is not None else [None] * len(histories)
     rows = np.arange(len(histories))
     pools = model.pools(  # type: ignore[attr-defined]
@@ -46,12 +50,11 @@ def rank_pipeline(
         if niche_boost:
             s = niche_boost_scores(s, counts[pool.tokens], niche_boost)
         order = np.lexsort((pool.tokens, -s))[:k]
-        sources = pool.sources(gens)
         out.append(
             {
                 "tokens": pool.tokens[order],
                 "scores": np.asarray(s[order], np.float32),
-                "sources": [sources[i] for i in order],
+                "sources": pool.sources(gens, order),
                 "features": f[order],
             }
         )
