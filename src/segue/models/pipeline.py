@@ -24,6 +24,7 @@ features.json / features.npz / knn.npz (/ name_items.npz, item_words.npz): the f
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +133,7 @@ class PipelineRecommender(BaseRecommender):
         self.state: FeatureState | None = None
         self.ranker: Ranker | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._inflight, self._inflight_lock = 0, threading.Lock()  # concurrent pools() calls
         self._static: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # see _static_results
 
     # --- structure -----------------------------------------------------------------------------
@@ -340,11 +342,21 @@ class PipelineRecommender(BaseRecommender):
                         s[b, np.asarray(e, dtype=np.int64)] = NEG_INF
             return top_k(s, sizes[name], histories if exclude_seen else None, rows, allow=allow)
 
-        # Only generators that score every item go to the thread pool; a static one (a cached
-        # order) is cheaper than the hop to a worker and back.
+        # Only generators that score every item go to the thread pool (a static one, a cached order,
+        # is cheaper than the hop to a worker and back), and only while no other call is in flight:
+        # concurrent requests already fill the cores, and the extra hops then cost more than they
+        # give (16 clients at 50k items: p99 ratio 3.14 with the pool against 2.39 without).
         heavy = [g for g in gens if self.generators[g].family not in STATIC_FAMILIES]
-        done = dict(zip(heavy, self._pool_executor().map(run, heavy), strict=True)) if len(heavy) > 1 else {}
-        results = [done[g] if g in done else run(g) for g in gens]
+        with self._inflight_lock:
+            self._inflight += 1
+            alone = self._inflight == 1
+        try:
+            parallel = len(heavy) > 1 and alone
+            done = dict(zip(heavy, self._pool_executor().map(run, heavy), strict=True)) if parallel else {}
+            results = [done[g] if g in done else run(g) for g in gens]
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
         if NAMES_GENERATOR in self.generator_names:
             results.append(self._name_results(histories, rows, names, sizes[NAMES_GENERATOR], exclude_seen, exclude, allow))
         out = [_merge([(t[b], s[b]) for t, s in results]) for b in range(len(rows))]
