@@ -239,3 +239,30 @@ def test_card_and_page_show_the_table_and_plots_in_chromium(alice: Path, tmp_pat
         assert desc == sorted(desc, reverse=True) and asc == sorted(asc) and len(asc) == 2
         assert page.locator("img.param-plot").count() == 2
         browser.close()
+
+
+def test_a_session_logs_to_mlflow_with_a_nested_run_per_trial(alice: Path, tmp_path: Path) -> None:
+    from segue.ops.registry import Registry, log_tuning_session, metric_key
+
+    parent = log_tuning_session(tmp_path / "registry", alice)  # a real MLflow, SQLite backend
+    client = Registry(tmp_path / "registry").client
+    summary = json.loads((alice / "summary.json").read_text())
+    trials = json.loads((alice / "trials.json").read_text())
+    run = client.get_run(parent)
+    assert run.data.params["best.trial"] == str(summary["best"]["number"])
+    assert run.data.params["best.l2"] == str(summary["best"]["params"]["l2"])
+    for model in ("tuned", "defaults"):
+        got = run.data.metrics[metric_key(f"test.{model}.ndcg@10")]
+        assert got == pytest.approx(summary["test"]["means"][model]["ndcg@10"])
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == len(trials)
+    by_trial = {int(c.data.params["trial"]): c for c in children}
+    for t in trials:
+        c = by_trial[t["number"]]
+        assert c.data.params["l2"] == str(t["params"]["l2"]) and c.data.tags["segue.status"] == t["status"]
+        if t["status"] == "failed":
+            assert c.info.status == "FAILED" and "max_items" in c.data.tags["segue.error"]
+        else:
+            assert c.info.status == "FINISHED" and c.data.metrics["valid_metric"] == pytest.approx(t["value"])
+            assert c.data.metrics["seconds"] == pytest.approx(t["seconds"])
+    assert {a.path for a in client.list_artifacts(parent)} >= {"summary.json", "trials.json", "card.html"}

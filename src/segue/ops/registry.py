@@ -460,3 +460,60 @@ def log_training_run(location: str | Path | None, run: str | Path, config: dict[
             client.log_artifact(rid, str(run / name))
     client.set_terminated(rid)
     return str(rid)
+
+
+def log_tuning_session(location: str | Path | None, session: str | Path, experiment: str = "segue-tune") -> str:
+    """Log a finished `segue tune` session folder to MLflow: one parent run (the best config as
+    params, the test means of the tuned and the default model as metrics, summary.json,
+    trials.json, card.html and tune.html as artifacts) and one nested run per trial (its params,
+    status, validation metric, every validation metric, seconds, peak RSS, and the intermediate
+    validation curve step by step; a failed trial is a FAILED run tagged with its error).
+    Returns the parent run id."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunStatus
+
+    session = Path(session)
+    summary = json.loads((session / "summary.json").read_text())
+    trials = json.loads((session / "trials.json").read_text())
+    reg = Registry(location)
+    client = reg.client
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+        experiment, artifact_location=Path(reg.artifact_root).as_uri() if reg.artifact_root else None
+    )
+    now = int(time.time() * 1000)
+    tags = {"segue.tune_session": str(session.resolve()), "segue.metaflow_run_id": str(summary.get("run_id", ""))}
+    parent = client.create_run(exp_id, run_name=session.name, tags=tags).info.run_id
+    best = summary.get("best") or {}
+    params = [Param(f"best.{k}"[:250], str(v)[:6000]) for k, v in flatten(best.get("params") or {}).items()]
+    if best:
+        params.append(Param("best.trial", str(best["number"])))
+    client.log_batch(parent, params=params)
+    metrics = [Metric("best_valid", float(best["value"]), now, 0)] if best.get("value") is not None else []
+    for model, means in ((summary.get("test") or {}).get("means") or {}).items():
+        for k, v in means.items():
+            if isinstance(v, int | float) and v == v:
+                metrics.append(Metric(metric_key(f"test.{model}.{k}"), float(v), now, 0))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(parent, metrics=metrics[i : i + 1000])
+    for name in ("summary.json", "trials.json", "card.html", "tune.html"):
+        if (session / name).exists():
+            client.log_artifact(parent, str(session / name))
+    for t in trials:
+        child = client.create_run(
+            exp_id, run_name=f"trial-{t['number']}", tags={"mlflow.parentRunId": parent, "segue.status": t["status"]}
+            | ({"segue.error": str(t["error"])[:5000]} if t.get("error") else {}),
+        ).info.run_id
+        tp = [Param(k[:250], str(v)[:6000]) for k, v in flatten(t.get("params") or {}).items()]
+        tp += [Param("trial", str(t["number"])), Param("round", str(t.get("round", 0)))]
+        tm = [Metric(metric_key(f"valid.{k}"), float(v), now, 0) for k, v in (t.get("metrics") or {}).items() if isinstance(v, int | float) and v == v]
+        for k in ("value", "seconds", "peak_rss_mb"):
+            if isinstance(t.get(k), int | float):
+                tm.append(Metric("valid_metric" if k == "value" else k, float(t[k]), now, 0))
+        tm += [Metric("valid_metric_curve", float(v), now, int(step)) for step, v in (t.get("intermediate") or {}).items()]
+        client.log_batch(child, params=tp, metrics=tm)
+        ok = t["status"] in ("ok", "pruned")
+        client.set_terminated(child, status=RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+    client.set_terminated(parent)
+    return str(parent)

@@ -15,6 +15,10 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed or failed session (finished trials are not rerun).")] = False,
     user: Annotated[str | None, typer.Option("--user", help="Metaflow user (namespace); default METAFLOW_USER or the login name.")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples of the test CIs.")] = 1000,
+    mlflow: Annotated[
+        str | None,
+        typer.Option("--mlflow", help="Also log the session to MLflow (a parent run, one nested run per trial): a registry folder or a tracking URI."),
+    ] = None,
 ) -> None:
     """Tune a family's hyper-parameters on validation with a Metaflow flow; test the best once.
 
@@ -29,6 +33,11 @@ def tune(
     session = run(space, root, user=user, max_workers=max_workers, resume=resume, n_boot=n_boot,
                   echo=lambda s: console.print(s, highlight=False))
     print_summary(session, console)
+    if mlflow is not None:
+        from segue.ops.registry import log_tuning_session
+
+        rid = log_tuning_session(mlflow, session)
+        console.print(f"logged to MLflow ({mlflow}): run {rid}, one nested run per trial", highlight=False)
 
 
 def print_summary(session: Path, console: object) -> None:
