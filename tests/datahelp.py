@@ -100,3 +100,26 @@ def kill_after_checkpoint(proc: Any, run: Path, step: int, timeout: float = 600.
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "metrics.json").exists()
+
+
+def tiny_train_config(store: Path, n: int, prefetch_threads: int = 0) -> dict[str, Any]:
+    """A TrainConfig dict of a 1-layer transformer on `store`'s "loo" split: 2n steps, a checkpoint
+    every n, refitted on train+valid (no validation set: the sharding and multi-host tests compare
+    training only)."""
+    return {
+        "name": "t",
+        "data": {"store": str(store), "split": "loo"},
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "dropout": 0.1, "context_length": 6},
+        "loss": {"kind": "logq", "n_negatives": 6, "n_inbatch": 4},
+        "optim": {"warmup_steps": 2},
+        "trainer": {
+            "max_steps": 2 * n,
+            "eval_every": 1000,
+            "checkpoint_every": n,
+            "log_every": 1,
+            "progress": False,
+            "patience": None,
+            "fit_on": "train+valid",
+            "loader": {"batch_size": 8, "unk_rate": 0.1, "bucketing": False, "prefetch_threads": prefetch_threads},
+        },
+    }

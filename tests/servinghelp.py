@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow as pa
 
@@ -55,3 +57,30 @@ def dot_folder(store_path: Path, folder: Path, dim: int = 16, seed: int = 0) -> 
         data = SplitData.load(store, "random")
         model = DotProductModel(DotProductConfig(dim=dim, seed=seed)).fit(data)
     return model.save(folder)
+
+
+def run_load(
+    url: str, clients: int, stop: threading.Event, counts: dict[str, int], errors: list[str], history: list[str]
+) -> list[threading.Thread]:
+    """Started client threads posting /v1/recommend for `history`, a new connection per request (so
+    every worker of a server answers), until `stop`; `counts` "ok" / "failed", `errors` why."""
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/recommend", json={"history": history, "n": 5})
+                    ok = r.status_code == 200
+                    if not ok:
+                        errors.append(f"HTTP {r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as e:
+                    ok = False
+                    errors.append(f"{type(e).__name__}: {e}")
+                with lock:
+                    counts["ok" if ok else "failed"] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    return threads

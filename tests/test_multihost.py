@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datahelp import make_store
+from datahelp import make_store, tiny_train_config
 
 N = 3  # steps between checkpoints; runs take 2N steps
 # One device against two: float sums in another order (the cross-process all-reduce), as in
@@ -80,23 +80,7 @@ CHILD = textwrap.dedent(
 
 
 def _config(store: Path) -> dict:
-    return {
-        "name": "t",
-        "data": {"store": str(store), "split": "loo"},
-        "model": {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "dropout": 0.1, "context_length": 6},
-        "loss": {"kind": "logq", "n_negatives": 6, "n_inbatch": 4},
-        "optim": {"warmup_steps": 2},
-        "trainer": {
-            "max_steps": 2 * N,
-            "eval_every": 1000,
-            "checkpoint_every": N,
-            "log_every": 1,
-            "progress": False,
-            "patience": None,
-            "fit_on": "train+valid",
-            "loader": {"batch_size": 8, "unk_rate": 0.1, "bucketing": False, "prefetch_threads": 0},
-        },
-    }
+    return tiny_train_config(store, N, prefetch_threads=0)
 
 
 def _free_port() -> int:

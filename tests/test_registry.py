@@ -24,7 +24,7 @@ from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
 from segue.models.base import load_model
 from segue.ops.registry import Registry, parse_model_uri, tracking_uri
-from servinghelp import dot_folder, named_store, popularity_folder
+from servinghelp import dot_folder, named_store, popularity_folder, run_load
 
 
 def _scores(folder: Path, store: Path) -> np.ndarray:
@@ -168,28 +168,13 @@ def test_promotion_rolls_every_worker_of_a_two_worker_server_under_load(setup: d
             env=env, stdout=subprocess.DEVNULL, stderr=err,
         )
     stop, counts, errors = threading.Event(), {"ok": 0, "failed": 0}, []
-    lock = threading.Lock()
-
-    def client() -> None:  # a new connection per request, so both workers answer
-        with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as c:
-            while not stop.is_set():
-                try:
-                    r = c.post("/v1/recommend", json={"history": ["track:1", "track:6"], "n": 5})
-                    ok = r.status_code == 200
-                    if not ok:
-                        errors.append(f"HTTP {r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as e:
-                    ok = False
-                    errors.append(f"{type(e).__name__}: {e}")
-                with lock:
-                    counts["ok" if ok else "failed"] += 1
 
     def workers() -> list[dict]:
         r = httpx.get(admin + "/admin/workers", headers={"X-API-Key": key}, timeout=10)
         assert r.status_code == 200, r.text
         return r.json()["workers"]
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads: list[threading.Thread] = []
     try:
         deadline = time.monotonic() + 180
         while True:  # up when both workers are ready
@@ -203,8 +188,7 @@ def test_promotion_rolls_every_worker_of_a_two_worker_server_under_load(setup: d
             assert time.monotonic() < deadline, (tmp_path / "err.txt").read_text()[-2000:]
             time.sleep(0.2)
         assert {w["model"]["run_id"] for w in ws} == {f"m-v{prod}"}
-        for t in threads:
-            t.start()
+        threads = run_load(url, 4, stop, counts, errors, ["track:1", "track:6"])
         while counts["ok"] < 10:
             assert not counts["failed"], errors[:3]
             time.sleep(0.05)

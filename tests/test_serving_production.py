@@ -26,7 +26,7 @@ from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
 from segue.serving.lifecycle import CloseWhenDraining, DeferredApp
 from segue.serving.workers import load_engine, map_model_arrays
-from servinghelp import dot_folder, named_store, popularity_folder
+from servinghelp import dot_folder, named_store, popularity_folder, run_load
 
 ADMIN_KEY = "prod-test-key"
 HISTORY = ["track:1", "track:6"]
@@ -246,30 +246,6 @@ def test_model_arrays_are_memory_mapped_read_only_with_the_same_answers(folders)
 # --- two workers: a rolling restart under load -------------------------------------------------
 
 
-def run_load(url: str, clients: int, stop: threading.Event, counts: dict[str, int], errors: list[str]) -> list[threading.Thread]:
-    """Clients posting /v1/recommend, a new connection per request, until `stop`."""
-    lock = threading.Lock()
-
-    def client() -> None:
-        with httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as c:
-            while not stop.is_set():
-                try:
-                    r = c.post("/v1/recommend", json={"history": HISTORY, "n": 5})
-                    ok = r.status_code == 200
-                    if not ok:
-                        errors.append(f"HTTP {r.status_code}")
-                except httpx.HTTPError as e:
-                    ok = False
-                    errors.append(f"{type(e).__name__}: {e}")
-                with lock:
-                    counts["ok" if ok else "failed"] += 1
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    return threads
-
-
 def ready_workers(proc: subprocess.Popen, err: Path) -> set[int]:
     """Live workers the supervisor has announced as ready (it logs "worker PID ready")."""
     announced = {int(m) for m in re.findall(r"worker (\d+) ready", err.read_text())}
@@ -307,7 +283,7 @@ def test_two_workers_share_mapped_arrays_and_restart_one_by_one_under_load_witho
         for pid in first:  # both map the model's embeddings from the one file
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert str(folders["dot"] / "embeddings.npy") in maps
-        threads = run_load(url, 4, stop, counts, errors)
+        threads = run_load(url, 4, stop, counts, errors, HISTORY)
         deadline = time.monotonic() + 60
         while counts["ok"] < 10:  # the load is on before the first worker goes
             assert time.monotonic() < deadline and not counts["failed"], errors[:5]

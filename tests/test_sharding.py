@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datahelp import make_store
+from datahelp import make_store, tiny_train_config
 from segue.errors import ConfigError
 from segue.models.train_config import MeshConfig
 from segue.training import mesh as M
@@ -83,23 +83,7 @@ CHILD = textwrap.dedent(
 
 
 def _config(store: Path) -> dict:
-    return {
-        "name": "t",
-        "data": {"store": str(store), "split": "loo"},
-        "model": {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "dropout": 0.1, "context_length": 6},
-        "loss": {"kind": "logq", "n_negatives": 6, "n_inbatch": 4},
-        "optim": {"warmup_steps": 2},
-        "trainer": {
-            "max_steps": 2 * N,
-            "eval_every": 1000,
-            "checkpoint_every": N,
-            "log_every": 1,
-            "progress": False,
-            "patience": None,
-            "fit_on": "train+valid",  # no validation set: the child measures training only
-            "loader": {"batch_size": 8, "unk_rate": 0.1, "bucketing": False, "prefetch_threads": 1},
-        },
-    }
+    return tiny_train_config(store, N, prefetch_threads=1)
 
 
 @pytest.fixture(scope="module")

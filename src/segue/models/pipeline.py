@@ -390,10 +390,7 @@ class PipelineRecommender(BaseRecommender):
         toks = np.full((len(rows), n), -1, np.int64)
         out = np.full((len(rows), n), NEG_INF, np.float32)
         for b, r in enumerate(rows):
-            banned = np.concatenate(
-                [np.asarray(histories.row(int(r)), np.int64) if exclude_seen else np.zeros(0, np.int64)]
-                + ([np.asarray(exclude[b], np.int64)] if exclude is not None else [])
-            )
+            banned = _banned(histories, int(r), exclude_seen, exclude[b] if exclude is not None else None)
             head = slice(0, n + len(banned))
             ok = ~np.isin(order[head], banned)
             t, v = order[head][ok][:n], vals[head][ok][:n]
@@ -415,10 +412,7 @@ class PipelineRecommender(BaseRecommender):
         toks = np.full((len(rows), n), -1, np.int64)
         vals = np.full((len(rows), n), NEG_INF, np.float32)
         for b, r in enumerate(rows):
-            banned = np.concatenate(
-                [np.asarray(histories.row(int(r)), np.int64) if exclude_seen else np.zeros(0, np.int64)]
-                + ([np.asarray(exclude[b], np.int64)] if exclude is not None else [])
-            )
+            banned = _banned(histories, int(r), exclude_seen, exclude[b] if exclude is not None else None)
             t, s = state.name_candidates(names[b], n + len(banned))
             ok = ~np.isin(t, banned)
             if allow is not None:
@@ -602,6 +596,14 @@ def _names_of(histories: SequenceArrays, rows: np.ndarray) -> list[str | None]:
     if names is None:
         return [None] * len(rows)
     return [names[int(r)] for r in rows]
+
+
+def _banned(histories: SequenceArrays, row: int, exclude_seen: bool, exclude: np.ndarray | None) -> np.ndarray:
+    """Tokens a query may not get: its history's (when exclude_seen) and its `exclude` list."""
+    parts = [np.asarray(histories.row(row), np.int64)] if exclude_seen else []
+    if exclude is not None:
+        parts.append(np.asarray(exclude, np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _merge(lists: list[tuple[np.ndarray, np.ndarray]]) -> Pool:

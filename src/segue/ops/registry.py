@@ -424,6 +424,15 @@ def tensorboard_scalars(folder: Path) -> list[tuple[str, int, float]]:
     return out
 
 
+def _experiment_id(reg: Registry, experiment: str) -> str:
+    """The MLflow experiment named `experiment`, created (artifacts beside the registry) if new."""
+    exp = reg.client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return str(exp.experiment_id)
+    root = Path(reg.artifact_root).as_uri() if reg.artifact_root else None
+    return str(reg.client.create_experiment(experiment, artifact_location=root))
+
+
 def log_training_run(location: str | Path | None, run: str | Path, config: dict[str, Any], experiment: str = "segue-train") -> str:
     """Log a finished `segue train` run folder to MLflow: the config as params, the summary in
     metrics.json as metrics, the TensorBoard curves (train/*, valid/*) step by step, and
@@ -435,10 +444,7 @@ def log_training_run(location: str | Path | None, run: str | Path, config: dict[
     run = Path(run)
     reg = Registry(location)
     client = reg.client
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-        experiment, artifact_location=Path(reg.artifact_root).as_uri() if reg.artifact_root else None
-    )
+    exp_id = _experiment_id(reg, experiment)
     mrun = client.create_run(exp_id, run_name=run.name, tags={"segue.run_folder": str(run.resolve())})
     rid = mrun.info.run_id
     params = [Param(k[:250], v[:6000]) for k, v in flatten(config).items()]
@@ -478,10 +484,7 @@ def log_tuning_session(location: str | Path | None, session: str | Path, experim
     trials = json.loads((session / "trials.json").read_text())
     reg = Registry(location)
     client = reg.client
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-        experiment, artifact_location=Path(reg.artifact_root).as_uri() if reg.artifact_root else None
-    )
+    exp_id = _experiment_id(reg, experiment)
     now = int(time.time() * 1000)
     tags = {"segue.tune_session": str(session.resolve()), "segue.metaflow_run_id": str(summary.get("run_id", ""))}
     parent = client.create_run(exp_id, run_name=session.name, tags=tags).info.run_id
