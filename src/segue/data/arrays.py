@@ -162,56 +162,65 @@ def compile_split(
     columns = ["item_id", "ts", "rating", *extras]
     cats: dict[str, dict[str, int]] = {c: {} for c, t in extras.items() if t == "VARCHAR"}
     batches = (_batch_columns(b, extras, cats) for b in store.split_event_batches(split, parts, columns, batch_rows))
-    meta = {"version": ARRAYS_VERSION, "split": split, "parts": list(parts), "store_checksum": store.checksum, "n_sequences": n_seq}
-    meta["vocab_size"] = len(vocab)
-    if cache:
-        # Streamed into memory-mapped .npy files, batch by batch: memory stays bounded by the batch
-        # (and DuckDB's sort), not by the corpus (1M MPD playlists: 66M events).
-        (n_events,) = store.con.execute(
-            f"SELECT count(*) FROM split_events WHERE split = ? AND part IN ({','.join('?' * len(parts))})", [split, *parts]
-        ).fetchone()
-        with atomic_path(folder, is_dir=True) as tmp:
-            _write_streamed(tmp, batches, vocab, extras, cats, n_seq, int(n_events), meta)
-        return load_arrays(folder)
-    chunks: dict[str, list[np.ndarray]] = {}
-    for cols in batches:
-        for k, v in cols.items():
-            chunks.setdefault(k, []).append(v)
-    cat = {k: np.concatenate(v) for k, v in chunks.items()}
-    if not cat:  # no events: empty columns of each kind
-        cat = {k: np.zeros(0, dt) for k, dt in _column_dtypes(extras).items()}
-    seq = cat["seq_id"].astype(np.int64)
-    counts = np.bincount(seq, minlength=n_seq) if len(seq) else np.zeros(n_seq, dtype=np.int64)
-    offsets = np.zeros(n_seq + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    has_ts, has_rating = bool(cat["ts_given"].any()), bool(np.isfinite(cat["rating"]).any())
-    return SequenceArrays(
-        offsets=offsets,
-        tokens=vocab.encode_item_ids(cat["item_id"]).astype(np.int32),
-        item_ids=cat["item_id"].astype(np.int32),
-        positions=cat["position"].astype(np.int32),
-        ts=cat["ts"].astype(np.int64) if has_ts else None,
-        rating=cat["rating"].astype(np.float32) if has_rating else None,
-        feedback={c[3:]: cat[c].astype(np.float32) for c, t in extras.items() if t != "VARCHAR"},
-        context={c[4:]: cat[c].astype(np.int32) for c, t in extras.items() if t == "VARCHAR"},
-        context_categories={c[4:]: list(cats[c]) for c in cats},
-        meta=meta | {"n_events": int(offsets[-1])},
-    )
+    (n_events,) = store.con.execute(
+        f"SELECT count(*) FROM split_events WHERE split = ? AND part IN ({','.join('?' * len(parts))})", [split, *parts]
+    ).fetchone()
+    meta = {"version": ARRAYS_VERSION, "split": split, "parts": list(parts), "store_checksum": store.checksum}
+    meta |= {"n_sequences": n_seq, "n_events": int(n_events), "vocab_size": len(vocab)}
+    files = _column_files(extras)
+    if not cache:
+        cols = {name: np.empty(int(n_events), dt) for name, dt in files.values()}
+        offsets, has_ts, has_rating = _fill(cols, files, batches, vocab, n_seq)
+        return SequenceArrays(
+            offsets=offsets,
+            tokens=cols["tokens"],
+            item_ids=cols["item_ids"],
+            positions=cols["positions"],
+            ts=cols["ts"] if has_ts else None,
+            rating=cols["rating"] if has_rating else None,
+            feedback={n[3:]: a for n, a in cols.items() if n.startswith("fb_")},
+            context={n[4:]: a for n, a in cols.items() if n.startswith("ctx_")},
+            context_categories={c[4:]: list(cats[c]) for c in cats},
+            meta=meta,
+        )
+    # Cached: streamed into memory-mapped .npy files batch by batch, so memory stays bounded by
+    # the batch (and DuckDB's sort of one range of sequences), not by the corpus.
+    from numpy.lib.format import open_memmap
+
+    with atomic_path(folder, is_dir=True) as tmp:
+        mms = {name: open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt, shape=(int(n_events),)) for name, dt in files.values()}
+        offsets, has_ts, has_rating = _fill(mms, files, batches, vocab, n_seq)
+        for mm in mms.values():
+            mm.flush()
+        del mms
+        for name, present in (("ts", has_ts), ("rating", has_rating)):
+            if not present:  # an absent column is a missing file, as save_arrays writes it
+                (tmp / f"{name}.npy").unlink()
+        np.save(tmp / "offsets.npy", offsets)
+        cat_meta = {"context_categories": {c[4:]: list(cats[c]) for c in cats}}
+        (tmp / "meta.json").write_text(json.dumps(meta | cat_meta))
+    return load_arrays(folder)
 
 
-def _column_dtypes(extras: dict[str, str]) -> dict[str, type]:
-    """The numpy dtype of each compiled event column (`_batch_columns`' keys)."""
-    out: dict[str, type] = {"seq_id": np.int32, "position": np.int32, "item_id": np.int32, "ts": np.int64, "rating": np.float32, "ts_given": bool}
-    return out | {c: (np.int32 if t == "VARCHAR" else np.float32) for c, t in extras.items()}
+def _column_files(extras: dict[str, str]) -> dict[str, tuple[str, type]]:
+    """Batch column -> (SequenceArrays / .npy name, dtype) of every compiled event column."""
+    files: dict[str, tuple[str, type]] = {"tokens": ("tokens", np.int32), "item_id": ("item_ids", np.int32)}
+    files |= {"position": ("positions", np.int32), "ts": ("ts", np.int64), "rating": ("rating", np.float32)}
+    for c, t in extras.items():
+        files[c] = (f"ctx_{c[4:]}", np.int32) if t == "VARCHAR" else (f"fb_{c[3:]}", np.float32)
+    return files
 
 
-def _batch_columns(batch: pa.RecordBatch, extras: dict[str, str], cats: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
+def _batch_columns(batch: pa.RecordBatch, extras: dict[str, str], cats: dict[str, dict[str, int]]) -> dict[str, Any]:
     """One event batch as numpy columns: ids, positions, ts (0 = null), rating (NaN = null), the
-    numeric extras (NaN = null) and the string extras as dictionary codes (-1 = null; `cats` grows)."""
-    out = {n: batch.column(n).to_numpy(zero_copy_only=False).astype(np.int32, copy=False) for n in ("seq_id", "position", "item_id")}
+    numeric extras (NaN = null) and the string extras as dictionary codes (-1 = null; `cats` grows);
+    "ts_given": whether the batch has any timestamp."""
+    out: dict[str, Any] = {
+        n: batch.column(n).to_numpy(zero_copy_only=False).astype(np.int32, copy=False) for n in ("seq_id", "position", "item_id")
+    }
     ts = batch.column("ts")
     out["ts"] = ts.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    out["ts_given"] = np.asarray([ts.null_count < len(ts)])  # one flag per batch: any timestamp at all
+    out["ts_given"] = ts.null_count < len(ts)
     out["rating"] = batch.column("rating").to_numpy(zero_copy_only=False).astype(np.float32)
     for c, t in extras.items():
         col = batch.column(c)
@@ -219,49 +228,30 @@ def _batch_columns(batch: pa.RecordBatch, extras: dict[str, str], cats: dict[str
     return out
 
 
-def _write_streamed(
-    tmp: Path,
-    batches: Any,
-    vocab: Vocabulary,
-    extras: dict[str, str],
-    cats: dict[str, dict[str, int]],
-    n_seq: int,
-    n_events: int,
-    meta: dict[str, Any],
-) -> None:
-    """The arrays of `save_arrays`, written batch by batch into .npy files of `n_events` rows."""
-    from numpy.lib.format import open_memmap
-
-    files = {"tokens": ("tokens", np.int32), "item_id": ("item_ids", np.int32), "position": ("positions", np.int32)}
-    files |= {"ts": ("ts", np.int64), "rating": ("rating", np.float32)}
-    files |= {c: ((f"fb_{c[3:]}" if t != "VARCHAR" else f"ctx_{c[4:]}"), np.float32 if t != "VARCHAR" else np.int32) for c, t in extras.items()}
-    out = {k: open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt, shape=(n_events,)) for k, (name, dt) in files.items()}
+def _fill(
+    out: dict[str, np.ndarray], files: dict[str, tuple[str, type]], batches: Any, vocab: Vocabulary, n_seq: int
+) -> tuple[np.ndarray, bool, bool]:
+    """Write the event batches into the preallocated columns `out` (named as in `files`), in
+    order; returns (offsets [n_seq + 1], any timestamp, any rating)."""
+    n_events = len(out["tokens"])
     counts = np.zeros(n_seq, dtype=np.int64)
     at, has_ts, has_rating = 0, False, False
     for cols in batches:
         n = len(cols["seq_id"])
         if at + n > n_events:
-            raise RuntimeError(f"{tmp}: the store yielded more events than it counted ({n_events})")
+            raise RuntimeError(f"the store yielded more events than it counted ({n_events})")
         counts += np.bincount(cols["seq_id"], minlength=n_seq)
         cols["tokens"] = vocab.encode_item_ids(cols["item_id"])
-        for k, mm in out.items():
-            mm[at : at + n] = cols[k]
-        has_ts |= bool(cols["ts_given"].any())
+        for key, (name, _) in files.items():
+            out[name][at : at + n] = cols[key]
+        has_ts |= cols["ts_given"]
         has_rating |= bool(np.isfinite(cols["rating"]).any())
         at += n
     if at != n_events:
-        raise RuntimeError(f"{tmp}: the store yielded {at} events but counted {n_events}")
-    for mm in out.values():
-        mm.flush()
-    del out
-    for name, present in (("ts", has_ts), ("rating", has_rating)):
-        if not present:  # an absent column is a missing file, as save_arrays writes it
-            (tmp / f"{name}.npy").unlink()
+        raise RuntimeError(f"the store yielded {at} events but counted {n_events}")
     offsets = np.zeros(n_seq + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    np.save(tmp / "offsets.npy", offsets)
-    m = meta | {"n_events": int(offsets[-1]), "context_categories": {c[4:]: list(cats[c]) for c in cats}}
-    (tmp / "meta.json").write_text(json.dumps(m))
+    return offsets, has_ts, has_rating
 
 
 def _encode_strings(values: pa.Array | pa.ChunkedArray, codes: dict[str, int]) -> np.ndarray:
