@@ -23,6 +23,7 @@ class Popularity(BaseRecommender):
 
     family = "popularity"
     config_class = PopularityConfig
+    history_independent = True
 
     def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
         self.vocab = data.vocab
