@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hmac
 import json
 import logging
 import os
@@ -56,6 +55,7 @@ from segue import __version__
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
 from segue.serving.access_log import AccessLog, current_request_id
+from segue.serving.admin_auth import admin_refusal
 from segue.serving.drift_watch import DriftWatch
 from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
@@ -1012,15 +1012,9 @@ def create_app(
             x_api_key: Annotated[str | None, Header()] = None,
             authorization: Annotated[str | None, Header()] = None,
         ) -> dict[str, Any]:
-            given = x_api_key or (
-                authorization[7:]
-                if authorization and authorization.lower().startswith("bearer ")
-                else None
-            )
-            if not given:
-                raise HTTPException(401, detail="admin API key required (X-API-Key header)")
-            if not hmac.compare_digest(given.encode(), admin_key.encode()):
-                raise HTTPException(403, detail="wrong admin API key")
+            refusal = admin_refusal(x_api_key, authorization, admin_key)
+            if refusal is not None:
+                raise HTTPException(refusal[0], detail=refusal[1])
             req = req or ReloadRequest()
             with reload_lock:
                 old = current()

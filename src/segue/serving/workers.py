@@ -41,7 +41,6 @@ matrices (itemknn) are per worker. The vocabulary and catalogue are Python objec
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import multiprocessing as mp
@@ -62,6 +61,7 @@ from pydantic import Field
 
 from segue.config import Config
 from segue.errors import ConfigError, SegueError
+from segue.serving.admin_auth import admin_refusal
 from segue.serving.drift_watch import DriftWatch, DriftWatchConfig
 from segue.serving.index import IndexConfig
 from segue.serving.lifecycle import GRACEFUL_TIMEOUT_S, DeferredApp
@@ -259,15 +259,10 @@ class AdminServer:
                 self.wfile.write(data)
 
             def _authorised(self) -> bool:
-                auth = self.headers.get("Authorization") or ""
-                given = self.headers.get("X-API-Key") or (auth[7:] if auth.lower().startswith("bearer ") else None)
-                if not given:
-                    self._reply(401, {"detail": "admin API key required (X-API-Key header)"})
-                    return False
-                if not hmac.compare_digest(given.encode(), key.encode()):
-                    self._reply(403, {"detail": "wrong admin API key"})
-                    return False
-                return True
+                refusal = admin_refusal(self.headers.get("X-API-Key"), self.headers.get("Authorization"), key)
+                if refusal is not None:
+                    self._reply(refusal[0], {"detail": refusal[1]})
+                return refusal is None
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 if self.path != "/admin/workers":
