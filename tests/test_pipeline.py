@@ -232,6 +232,9 @@ def test_served_features_equal_offline_features(fitted) -> None:
     where = np.searchsorted(pool.tokens, served)
     assert np.array_equal(pool.tokens[where], served)
     np.testing.assert_array_equal(logged, offline[where].astype(np.float64))
+    # The served scores come from the ranker's lookup tables, equal to LightGBM's own predict.
+    assert model.ranker.lookup is not None
+    np.testing.assert_array_equal(model.ranker.predict(offline), model.ranker.predict_reference(offline))
     np.testing.assert_allclose([i["score"] for i in items], offline_scores[where], rtol=1e-6)
     sources = pool.sources(model.generator_names)
     assert [i["generators"] for i in items] == [sources[w] for w in where]

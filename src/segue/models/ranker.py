@@ -19,6 +19,7 @@ from pydantic import Field
 
 from segue.config import Config
 from segue.errors import SegueError
+from segue.models.tree_lookup import TreeLookup, UnsupportedTrees
 
 
 class RankerConfig(Config):
@@ -45,11 +46,22 @@ class RankerConfig(Config):
 
 
 class Ranker:
-    """A fitted LightGBM booster with its feature names."""
+    """A fitted LightGBM booster with its feature names.
+
+    `predict` evaluates the trees as lookup tables (segue.models.tree_lookup: the same scores as
+    `Booster.predict`, ~3x faster on a request's few hundred candidates); a model those cannot
+    reproduce keeps `Booster.predict` (`lookup_refused` says why). `predict_reference` is always
+    `Booster.predict`."""
 
     def __init__(self, booster: Any, names: list[str]) -> None:
         self.booster = booster
         self.names = names
+        self.lookup: TreeLookup | None = None
+        self.lookup_refused: str | None = None
+        try:
+            self.lookup = TreeLookup.from_booster(booster)
+        except UnsupportedTrees as e:
+            self.lookup_refused = str(e)
 
     @classmethod
     def fit(
@@ -95,6 +107,13 @@ class Ranker:
         return cls(booster, names), info
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, np.float32)
+        if self.lookup is not None:
+            return self.lookup.predict(x).astype(np.float32)
+        return self.predict_reference(x)
+
+    def predict_reference(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             return np.zeros(0, np.float32)
         # num_iteration=None: the best iteration when early stopping found one (a saved booster
