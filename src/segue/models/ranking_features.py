@@ -80,6 +80,12 @@ class FeatureState:
     window_days: float = 30.0
     model_features: list[str] = field(default_factory=list)  # appended by the pipeline (a model's outputs)
 
+    def __post_init__(self) -> None:
+        # csr_lookup binary-searches each row's column indices: sorted, without duplicates.
+        for m in (self.knn, self.item_words, self.name_items):
+            if m is not None:
+                m.sum_duplicates()
+
     # --- names ---------------------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
@@ -134,7 +140,7 @@ class FeatureState:
         cols.append(np.full(c, np.log1p(len(h)), np.float32))
         last = h[-self.last_k :]
         if len(last):
-            sim = self.knn[last][:, cand].toarray()  # [k, C]
+            sim = csr_lookup(self.knn, last, cand)  # [k, C]
             cols += [sim.mean(axis=0), sim.max(axis=0)]
         else:
             cols += [np.full(c, np.nan, np.float32)] * 2
@@ -150,8 +156,9 @@ class FeatureState:
         if self.name_items is not None:
             w = self.word_ids(name)
             if len(w):
-                cols.append(np.asarray(self.item_words[cand][:, w].sum(axis=1)).ravel())  # type: ignore[index]
-                cols.append(np.asarray(self.name_items[w][:, cand].sum(axis=0)).ravel())
+                cols.append(_count_in_rows(self.item_words, cand, w))  # type: ignore[arg-type]
+                # Summed over the words in order, in float32, as scipy's .sum(axis=0) did.
+                cols.append(np.add.reduce(csr_lookup(self.name_items, w, cand), axis=0))
             else:
                 cols += [np.zeros(c, np.float32)] * 2
         for ids in (self.creator, self.album):
@@ -176,7 +183,11 @@ class FeatureState:
         w = self.word_ids(name)
         if len(w) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        s = np.asarray(self.name_items[w].sum(axis=0)).ravel()
+        m = self.name_items
+        s = np.zeros(m.shape[1], m.dtype)
+        for r in w.tolist():  # row by row in float32, the order of scipy's .sum(axis=0)
+            lo, hi = m.indptr[r], m.indptr[r + 1]
+            s[m.indices[lo:hi]] += m.data[lo:hi]
         nz = np.flatnonzero(s > 0)
         if len(nz) > n:  # a common word matches thousands of items: sort only those tied with the n-th
             kth = -np.partition(-s[nz], n - 1)[n - 1]
@@ -236,6 +247,41 @@ class FeatureState:
             window_days=meta.get("window_days", 30.0),
             model_features=meta.get("model_features", []),
         )
+
+
+def _row_entries(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in m.indices / m.data of the entries of `rows` (row by row) and their row's
+    index in `rows`: CSR slicing without scipy's per-call indexing machinery."""
+    starts = m.indptr[rows].astype(np.int64)
+    lengths = m.indptr[np.asarray(rows) + 1] - starts
+    total = int(lengths.sum())
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    return np.arange(total) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths), owner
+
+
+def csr_lookup(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """m[rows][:, cols].toarray() [len(rows), len(cols)] (m canonical: sorted indices, no
+    duplicates): one binary search of every (row, col) key among the rows' entries. A request's
+    5 kNN rows by 300 candidates: ~40 us against ~400 us through scipy's fancy indexing."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    out = np.zeros((len(rows), len(cols)), m.dtype)
+    pos, owner = _row_entries(m, rows)
+    if len(pos) == 0 or len(cols) == 0:
+        return out
+    n = m.shape[1]
+    keys = owner * n + m.indices[pos]  # ascending: rows in turn, sorted indices within each
+    want = (np.arange(len(rows))[:, None] * n + cols[None, :]).ravel()
+    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+    hit = keys[at] == want
+    out.reshape(-1)[hit] = m.data[pos[at[hit]]]
+    return out
+
+
+def _count_in_rows(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """m[rows][:, cols].sum(axis=1) as float32 [len(rows)] for a binary m (name tokens per item)."""
+    pos, owner = _row_entries(m, np.asarray(rows, np.int64))
+    hit = np.isin(m.indices[pos], cols)
+    return np.bincount(owner[hit], weights=m.data[pos[hit]], minlength=len(rows)).astype(np.float32)
 
 
 def _overlap(ids: np.ndarray, history: np.ndarray, cand: np.ndarray) -> np.ndarray:
