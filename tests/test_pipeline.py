@@ -77,7 +77,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     store = playlist_store(root / "store.duckdb")
     with Store.open(store) as s:
         model = PipelineRecommender(pipeline_config()).fit(SplitData.load(s, "random"))
-    return {"root": root, "store": store, "folder": model.save(root / "pipe")}
+    return {"root": root, "store": store, "folder": model.save(root / "pipe"), "model": model}
 
 
 def test_saves_and_loads_to_identical_scores(fitted) -> None:
@@ -96,6 +96,40 @@ def test_saves_and_loads_to_identical_scores(fitted) -> None:
         # A saved-and-reloaded copy of a loaded pipeline scores the same again.
         copy = first.save(fitted["root"] / "copy")
         assert np.array_equal(load_model(copy).score(hist), a)
+
+
+def test_fitted_and_loaded_feature_states_compute_the_same_features_as_scipy(fitted) -> None:
+    """The features read CSR rows with numpy (csr_lookup), which needs sorted indices: the state
+    the ranker trains on (fitted in memory, its name matrix a sparse product) and the loaded one
+    the server uses give identical features, equal to scipy's indexing and sums."""
+    from segue.models.ranking_features import csr_lookup
+
+    fresh, loaded = fitted["model"], load_model(fitted["folder"])
+    with Store.open(fitted["store"]) as s:
+        hist = SplitData.load(s, "random").targets(2)
+    rows = hist.nonempty()[:16]
+    hist = hist.take(rows, np.zeros(len(rows), np.int64), np.minimum(hist.lengths[rows], 4))
+    hist.meta["seq_names"] = ["basalt mix", "Cinder", None, "aurora mix 3", "echo delta mix", "no such words"] * 3
+    pools = loaded.pools(hist)
+    for a, b in zip(fresh.features_of(hist, np.arange(len(rows)), pools), loaded.features_of(hist, np.arange(len(rows)), pools), strict=True):
+        np.testing.assert_array_equal(a, b)
+    st = loaded.state
+    for r, pool in enumerate(pools):
+        last = np.asarray(hist.row(r), np.int64)[-st.last_k :]
+        np.testing.assert_array_equal(csr_lookup(st.knn, last, pool.tokens), st.knn[last][:, pool.tokens].toarray())
+        w = st.word_ids(hist.meta["seq_names"][r])
+        if len(w):
+            want = np.asarray(st.name_items[w][:, pool.tokens].sum(axis=0)).ravel()
+            np.testing.assert_array_equal(np.add.reduce(csr_lookup(st.name_items, w, pool.tokens), axis=0), want)
+    for name in ["basalt", "basalt mix", "mix 3", "cinder echo mix 5"]:
+        w = st.word_ids(name)
+        total = np.asarray(st.name_items[w].sum(axis=0)).ravel()
+        order = np.lexsort((np.arange(len(total)), -total))
+        order = order[total[order] > 0]
+        for n in (1, 7, 300):
+            got = st.name_candidates(name, n)
+            np.testing.assert_array_equal(got[0], order[:n])
+            np.testing.assert_array_equal(got[1], total[order[:n]])
 
 
 def test_a_generator_that_fails_to_load_is_named(fitted, tmp_path) -> None:
