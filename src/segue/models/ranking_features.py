@@ -278,19 +278,19 @@ def _row_entries(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def csr_lookup(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """m[rows][:, cols].toarray() [len(rows), len(cols)] (m canonical: sorted indices, no
-    duplicates): one binary search of every (row, col) key among the rows' entries. A request's
-    5 kNN rows by 300 candidates: ~40 us against ~400 us through scipy's fancy indexing."""
-    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    duplicates): a binary search of `cols` in each row's indices, read in place. O(cols x log
+    row) a row, where scipy's fancy indexing copies whole rows (a common name word's row holds
+    ~38k items in the 50k-item bench) and builds several sparse matrices a call."""
+    cols = np.asarray(cols, np.int64)
     out = np.zeros((len(rows), len(cols)), m.dtype)
-    pos, owner = _row_entries(m, rows)
-    if len(pos) == 0 or len(cols) == 0:
-        return out
-    n = m.shape[1]
-    keys = owner * n + m.indices[pos]  # ascending: rows in turn, sorted indices within each
-    want = (np.arange(len(rows))[:, None] * n + cols[None, :]).ravel()
-    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
-    hit = keys[at] == want
-    out.reshape(-1)[hit] = m.data[pos[at[hit]]]
+    for i, r in enumerate(np.asarray(rows).tolist()):
+        lo, hi = int(m.indptr[r]), int(m.indptr[r + 1])
+        if lo == hi or len(cols) == 0:
+            continue
+        idx = m.indices[lo:hi]
+        at = np.minimum(np.searchsorted(idx, cols), hi - lo - 1)
+        hit = idx[at] == cols
+        out[i, hit] = m.data[lo:hi][at[hit]]
     return out
 
 
