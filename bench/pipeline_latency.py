@@ -11,6 +11,30 @@ The budget: pipeline p99 <= 3 x the single model's p99 at the same concurrency. 
 
     nice .venv/bin/python bench/pipeline_latency.py                 # 50k items
     nice .venv/bin/python bench/pipeline_latency.py --items 5000 --playlists 3000 --requests 100
+
+The last line, SUMMARY, gives both p99 ratios, the pipeline's p50/p99, the ranker's share and the
+load average at start and end (every figure moves with other work on the machine).
+
+Figures, 50k items, 400 requests (`--work` reused: one fitted pipeline, 172 trees). The 2 cores
+were shared with four other engineers' jobs (load average 15-28) in every run below, so the HTTP
+p99s are mostly scheduling noise and the ratio swings from run to run; the in-process stage
+times (ms per request, candidates / features / ranker) are the steadier signal.
+
+    code                     load start/end   single p99 1 / 16   pipeline p99 1 / 16   ratio 1 / 16   stages
+    before (Booster.predict, 3.4 / 19.9      7.6 / 210.6        36.5 / 505.8          4.82 / 2.40    11.56 / 1.70 / 1.74
+      scipy feature reads)   23.2 / 28.1     16.2 / 285.5        29.6 / 395.8          1.83 / 1.39     9.89 / 1.75 / 1.62
+    after (lookup tables,    15.2 / 25.4     10.8 / 228.2        25.8 / 504.0          2.38 / 2.21    10.48 / 1.26 / 1.21
+      numpy CSR reads,       18.9 / 26.6     16.0 / 262.6        28.4 / 366.5          1.77 / 1.40     8.36 / 0.68 / 1.11
+      cached name heads)     22.5 / 28.6     30.4 / 267.9        36.2 / 468.6          1.19 / 1.75    10.05 / 0.91 / 1.21
+                             23.6 / 27.7     10.9 / 258.4        40.8 / 663.9          3.74 / 2.57     7.95 / 0.77 / 0.88
+
+Same rows, same run: the ranker's lookup tables 0.88 ms a request against Booster.predict 1.91.
+Interleaved in-process runs (generators serially, best of 3 passes over 300 requests, load 18-21):
+before 12.5-13.7 ms a request (candidates 7.4-8.4, features 2.6-3.0, ranker 2.2-2.4), after
+8.4-9.3 (5.8-6.8, 1.1-1.4, 1.2-1.4): a third less work. Server CPU a request (the serving
+process, every thread; load 18-29): pipeline 7.0 -> 5.0-5.2 ms, the single model 1.9-2.3.
+The last quiet-machine run before the change (03:11): ratio 2.35 at 1 client, 3.14 at 16; stages
+2.68 / 0.89 / 0.93 ms.
 """
 
 from __future__ import annotations
@@ -18,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -107,28 +132,38 @@ def load_test(url: str, bodies: list[dict], clients: int) -> tuple[list[float], 
     return times, len(times) / wall
 
 
-def stage_shares(folder: Path, bodies: list[dict]) -> dict[str, float]:
+def stage_shares(folder: Path, bodies: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
     """Mean ms per request of candidates (every generator), features and ranker, in process
     (one BLAS thread, as the server runs: multithreaded BLAS on the busy 2 cores made item2vec's
-    1 x 50k product 7 ms instead of 0.8 ms)."""
+    1 x 50k product 7 ms instead of 0.8 ms); and the ranker's ms per request on the same feature
+    rows through its lookup tables and through LightGBM's Booster.predict (the reference)."""
     from threadpoolctl import threadpool_limits
 
     model = load_model(folder)
     timings: dict[str, float] = {}
+    rows: list[np.ndarray] = []
     with threadpool_limits(limits=1, user_api="blas"):
         for b in bodies[:10]:  # warm-up (lazy caches), not timed
             _one_request(model, b, {})
         for b in bodies:
-            _one_request(model, b, timings)
-    return {k: 1000 * v / len(bodies) for k, v in timings.items()}
+            rows.append(_one_request(model, b, timings))
+    ranker: dict[str, float] = {}
+    if model.ranker is not None and model.ranker.lookup is not None:
+        for label, predict in (("lookup tables", model.ranker.predict), ("Booster.predict", model.ranker.predict_reference)):
+            t = time.perf_counter()
+            for x in rows:
+                predict(x)
+            ranker[label] = 1000 * (time.perf_counter() - t) / len(rows)
+    return {k: 1000 * v / len(bodies) for k, v in timings.items()}, ranker
 
 
-def _one_request(model: Any, b: dict, timings: dict[str, float]) -> None:
+def _one_request(model: Any, b: dict, timings: dict[str, float]) -> np.ndarray:
+    """One request in process; returns the pool's feature rows."""
     toks, _ = model.vocab.encode_external(b["history"])
     arrays = SequenceArrays.from_lists([toks])
     arrays.meta["seq_names"] = [b["name"]]
     pools = model.pools(arrays, np.array([0]), timings=timings)
-    model.rank_pools(arrays, np.array([0]), pools, timings=timings)
+    return model.rank_pools(arrays, np.array([0]), pools, timings=timings)[1][0]
 
 
 def main() -> None:
@@ -145,6 +180,7 @@ def main() -> None:
     folder = root / "pipeline" if (root / "pipeline" / "model.toml").exists() else fit(store, root)
     print(f"store and pipeline ready in {time.perf_counter() - t0:.0f} s ({root})", flush=True)
     bodies = requests_of(store, folder, args.requests)
+    load_start = os.getloadavg()  # other work on the machine shifts every figure: printed with them
     results: dict[str, dict] = {}
     for label, model_folder in (("single model (itemknn)", folder / "generators" / "itemknn"), ("pipeline", folder)):
         app = create_app(model_folder, store=store, admin_key=None, use_env_admin_key=False)
@@ -156,7 +192,7 @@ def main() -> None:
                 ms = 1000 * np.asarray(times)
                 row[clients] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "req_s": rps}
             results[label] = row
-    shares = stage_shares(folder, bodies)
+    shares, ranker_ms = stage_shares(folder, bodies)
     single, pipe = results["single model (itemknn)"], results["pipeline"]
     print(f"\n{args.items:,} items, {len(bodies)} requests per level, n = 100")
     print(f"{'':24} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
@@ -168,7 +204,21 @@ def main() -> None:
         print(f"p99 ratio pipeline / single at {c:>2} client(s): {ratio:.2f} (budget 3.00: {'within' if ratio <= 3 else 'OVER'})")
     total = sum(shares.values())
     print("in-process stages per request: " + ", ".join(f"{k} {v:.2f} ms ({100 * v / total:.0f}%)" for k, v in shares.items()))
-    print(json.dumps({"results": results, "stages_ms": shares}, default=str))
+    ranker = load_model(folder).ranker
+    evaluator = "lookup tables" if ranker is not None and ranker.lookup is not None else "Booster.predict"
+    if ranker_ms:
+        print("ranker alone, same rows: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ranker_ms.items()))
+    ratios = {c: pipe[c]["p99_ms"] / single[c]["p99_ms"] for c in (1, 16)}
+    load_end = os.getloadavg()
+    print(json.dumps({"results": results, "stages_ms": shares, "ranker_ms": ranker_ms, "p99_ratio": ratios, "load_avg": [load_start, load_end]}, default=str))
+    # The line to compare runs by (the lead reruns this on a quiet machine).
+    print(
+        f"SUMMARY {args.items:,} items: p99 ratio pipeline/single {ratios[1]:.2f} at 1 client, {ratios[16]:.2f} at 16 "
+        f"(budget 3.00: {'within' if max(ratios.values()) <= 3 else 'OVER'}); pipeline p50/p99 "
+        f"{pipe[1]['p50_ms']:.1f}/{pipe[1]['p99_ms']:.1f} ms at 1, {pipe[16]['p50_ms']:.1f}/{pipe[16]['p99_ms']:.1f} ms at 16; "
+        f"ranker {100 * shares.get('ranker', 0) / total:.0f}% of the in-process {total:.2f} ms ({evaluator}); "
+        f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
+    )
 
 
 if __name__ == "__main__":
