@@ -165,8 +165,7 @@ class FeatureState:
             w = self.word_ids(name)
             if len(w):
                 cols.append(_count_in_rows(self.item_words, cand, w))  # type: ignore[arg-type]
-                # Summed over the words in order, in float32, as scipy's .sum(axis=0) did.
-                cols.append(np.add.reduce(csr_lookup(self.name_items, w, cand), axis=0))
+                cols.append(_sum_rows(csr_lookup(self.name_items, w, cand)))
             else:
                 cols += [np.zeros(c, np.float32)] * 2
         for ids in (self.creator, self.album):
@@ -291,6 +290,15 @@ def csr_lookup(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
         at = np.minimum(np.searchsorted(idx, cols), hi - lo - 1)
         hit = idx[at] == cols
         out[i, hit] = m.data[lo:hi][at[hit]]
+    return out
+
+
+def _sum_rows(x: np.ndarray) -> np.ndarray:
+    """x.sum(axis=0) one row after another, in x's dtype: the order of scipy's sparse .sum(axis=0)
+    (numpy may add pairwise, which can differ in the last bit)."""
+    out = np.zeros(x.shape[1], x.dtype)
+    for row in x:
+        out += row
     return out
 
 
