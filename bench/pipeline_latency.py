@@ -27,8 +27,10 @@ times (ms per request, candidates / features / ranker) are the steadier signal.
       numpy CSR reads,       18.9 / 26.6     16.0 / 262.6        28.4 / 366.5          1.77 / 1.40     8.36 / 0.68 / 1.11
       cached name heads)     22.5 / 28.6     30.4 / 267.9        36.2 / 468.6          1.19 / 1.75    10.05 / 0.91 / 1.21
                              23.6 / 27.7     10.9 / 258.4        40.8 / 663.9          3.74 / 2.57     7.95 / 0.77 / 0.88
+                             17.7 / 28.9     27.5 / 354.4        26.9 / 448.4          0.98 / 1.27     9.14 / 0.79 / 0.87
 
-Same rows, same run: the ranker's lookup tables 0.88 ms a request against Booster.predict 1.91.
+Same rows, same run: the ranker's lookup tables 0.88-1.06 ms a request against Booster.predict
+1.91-1.96.
 Interleaved in-process runs (generators serially, best of 3 passes over 300 requests, load 18-21):
 before 12.5-13.7 ms a request (candidates 7.4-8.4, features 2.6-3.0, ranker 2.2-2.4), after
 8.4-9.3 (5.8-6.8, 1.1-1.4, 1.2-1.4): a third less work. Server CPU a request (the serving
