@@ -92,3 +92,18 @@ def test_wide_part_is_ease_of_the_training_profiles_and_adds_to_the_logits() -> 
     a = initial_wide_scale(dense["presence"], scores[:4])
     assert 0.5 <= a <= 200
     assert initial_wide_scale(dense["presence"], 10 * scores[:4]) < a
+
+
+def test_wide_score_mode_adds_a_fixed_scale_to_a_trained_network() -> None:
+    loader = _loader()
+    dense = loader.dense_batch(np.arange(4))
+    w, _ = wide_part(loader.offsets, loader.cols, 9, 2.0)
+    cfg = AutoencoderModelConfig(hidden=[6], bottleneck=4, wide="ease", wide_mode="score", wide_scale=3.0)
+    net = ProfileAutoencoder(cfg, 9, nnx.Rngs(0))
+    net.wide[...] = jnp.asarray(w)
+    assert float(jnp.exp(net.wide_log_scale[...])) == pytest.approx(3.0)  # the configured a
+    x, y = jnp.asarray(dense["presence"]), jnp.asarray(dense["ratings"])
+    deep = np.asarray(net.presence_logits(net.encode(x, y)))
+    assert np.abs(deep).max() > 1e-3  # the deep head is not zeroed: it is trained alone
+    logits, _ = net(x, y)
+    np.testing.assert_allclose(np.asarray(logits), deep + 3.0 * (dense["presence"] @ w), rtol=1e-5, atol=1e-5)

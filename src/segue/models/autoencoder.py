@@ -81,6 +81,11 @@ class AutoencoderModelConfig(Config):
     # is learnt jointly with the network, which so learns a correction to EASE's ranking.
     wide: Literal["none", "ease"] = "none"
     wide_l2: float = Field(250.0, gt=0)
+    # "joint": the wide logits enter the training loss with a learnt scale (above); "score": the
+    # network trains alone and the wide logits are added at scoring only, a = wide_scale (fixed,
+    # chosen on validation): a product of the two models' presence distributions
+    wide_mode: Literal["joint", "score"] = "joint"
+    wide_scale: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderModelConfig:
@@ -107,6 +112,11 @@ class AutoencoderLossConfig(Config):
     # "sum": each profile's presence NLL summed over its items (Mult-DAE); "mean": divided by the
     # profile size: O(log n) nats, on which uncertainty weighting settles near the rating loss
     presence: Literal["sum", "mean"] = "sum"
+    # "profile": rebuild every entry of the profile (Mult-DAE); "dropped": only the entries hidden
+    # from the input, with the kept ones masked out of the softmax: the task of fold-in scoring
+    # (rank the items a profile lacks, its own items excluded), and no reward for copying the
+    # input, as EASE's zero diagonal forbids it
+    target: Literal["profile", "dropped"] = "profile"
 
 
 def _default_trainer() -> TrainerConfig:
@@ -158,7 +168,9 @@ class ProfileAutoencoder(nnx.Module):
         self.counts = Buffer(jnp.zeros((n_items,), jnp.float32))
         self.wide = Buffer(jnp.zeros((n_items, n_items), jnp.float32)) if config.wide == "ease" else None
         self.wide_log_scale = nnx.Param(jnp.zeros((), jnp.float32)) if config.wide == "ease" else None
-        if config.wide == "ease":  # the deep logits start at 0: training begins from EASE's ranking
+        if config.wide == "ease":
+            self.wide_log_scale[...] = jnp.log(jnp.float32(config.wide_scale))
+        if config.wide == "ease" and config.wide_mode == "joint":  # the deep logits start at 0: training begins from EASE's ranking
             last = self.presence_head[-1]
             last.kernel[...] = jnp.zeros_like(last.kernel[...])
 
