@@ -107,3 +107,19 @@ def test_wide_score_mode_adds_a_fixed_scale_to_a_trained_network() -> None:
     assert np.abs(deep).max() > 1e-3  # the deep head is not zeroed: it is trained alone
     logits, _ = net(x, y)
     np.testing.assert_allclose(np.asarray(logits), deep + 3.0 * (dense["presence"] @ w), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_wide_scores_are_out_of_fold() -> None:
+    from segue.training.autoencoder_task import out_of_fold_wide
+
+    loader = _loader()
+    x = np.zeros((5, 9), np.float32)
+    for r in range(5):
+        x[r, loader.cols[loader.offsets[r] : loader.offsets[r + 1]]] = 1.0
+    scores = out_of_fold_wide(loader.offsets, loader.cols, 9, 2.0, 2, seed=0)
+    fold = np.random.default_rng(0).permutation(5) % 2
+    for r in range(5):
+        w = ease_weights(sp.csr_matrix(x[fold != fold[r]]), 2.0)  # fitted without r's fold
+        np.testing.assert_allclose(scores[r], x[r] @ w, rtol=1e-4, atol=1e-5)
+    _, full = wide_part(loader.offsets, loader.cols, 9, 2.0)
+    assert not np.allclose(scores, full, atol=1e-3)  # not the in-sample fit

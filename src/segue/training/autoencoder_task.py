@@ -193,6 +193,8 @@ class AutoencoderTask:
             self.wide_weights, wide_scores = wide_part(offsets, cols, self.n_items, config.model.wide_l2)
             if config.model.wide_mode == "joint":  # only joint training reads the profiles' wide scores
                 self.loader.wide = wide_scores
+            elif config.model.wide_mode == "stacked":
+                self.loader.wide = out_of_fold_wide(offsets, cols, self.n_items, config.model.wide_l2, config.model.wide_folds, tc.seed)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
         self.graphdef: Any = None
         self._step_fn: Any = None
@@ -217,7 +219,7 @@ class AutoencoderTask:
         first = np.arange(min(self.loader.n, self.loader.batch_size))
         if self.wide_weights is not None:
             net.wide[...] = jnp.asarray(self.wide_weights)
-        if self.loader.wide is not None:
+        if self.loader.wide is not None:  # joint: learnt from here; stacked: fixed here
             net.wide_log_scale[...] = jnp.log(initial_wide_scale(self.loader.dense_batch(first)["presence"], self.loader.wide[first]))
         init_log_vars(net, self.loader.dense_batch(first), self.config)
         self.graphdef, params, buffers = nnx.split(net, nnx.Param, Buffer)
@@ -284,6 +286,31 @@ def wide_part(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float) ->
     return w, np.asarray(x @ w, dtype=np.float32)
 
 
+def out_of_fold_wide(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float, folds: int, seed: int) -> np.ndarray:
+    """Each profile's wide scores x_u @ W_f [n_profiles, n], W_f EASE's weights fitted on the
+    profiles outside u's fold f (a seeded split into `folds` parts)."""
+    n_rows = len(offsets) - 1
+    fold = np.random.default_rng(seed).permutation(n_rows) % folds
+    lengths = np.diff(offsets)
+    out = np.zeros((n_rows, n_items), np.float32)
+    for f in range(folds):
+        rest = np.flatnonzero(fold != f)
+        sel_entries = np.repeat(fold != f, lengths)
+        w, _ = wide_part(np.concatenate([[0], np.cumsum(lengths[rest])]), cols[sel_entries], n_items, l2)
+        mine = np.flatnonzero(fold == f)
+        _, scores = wide_part_scores(offsets, cols, mine, n_items, w)
+        out[mine] = scores
+    return out
+
+
+def wide_part_scores(offsets: np.ndarray, cols: np.ndarray, rows: np.ndarray, n_items: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, x @ w) of the profiles `rows`, x their dense presence [len(rows), n]."""
+    x = np.zeros((len(rows), n_items), np.float32)
+    for i, r in enumerate(rows):
+        x[i, cols[offsets[r] : offsets[r + 1]]] = 1.0
+    return x, x @ w
+
+
 def initial_wide_scale(presence: np.ndarray, wide: np.ndarray) -> float:
     """The a in [0.5, 200] (log grid) whose softmax(a * wide) has the least multinomial NLL of the
     batch: where the wide logits start, so the learnt log a need not walk there from 0."""
@@ -326,6 +353,8 @@ def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> A
             logits = net.presence_logits(z)
             if net.wide is not None and mc.wide_mode == "joint":
                 logits = logits + jnp.exp(net.wide_log_scale[...]) * batch["wide"]
+            elif net.wide is not None and mc.wide_mode == "stacked":  # a fixed at its starting value
+                logits = logits + jnp.exp(jax.lax.stop_gradient(net.wide_log_scale[...])) * batch["wide"]
             if dropped:  # the kept entries leave the softmax (fold-in scoring excludes them)
                 l_pres = AL.held_out_nll_entries(logits, row, col, x_in, target, weights, per_entry)
             else:
