@@ -6,7 +6,7 @@
 Prints, for each score setting (presence-only, unified at each alpha, rating-only, niche boost b),
 NDCG@10/100 and Recall@20/50 of the held-out items (history folded in, history items excluded),
 and the RMSE / MAE of the predicted ratings of the part's rated items on the original scale,
-beside two references computed on the same entries: the user's mean (of their fold-in ratings;
+beside references computed on the same entries (--biasedmf adds biased MF folded in): the user's mean (of their fold-in ratings;
 the training mean when they rated nothing) and the item's training mean rating (the user mean
 where the item has no training rating). Tune on --part valid; report --part test once.
 """
@@ -27,8 +27,10 @@ from segue.models.base import load_model
 from segue.training.autoencoder_task import validation_metrics
 
 
-def rating_errors(model, hist, tgt, rows, train) -> dict[str, tuple[float, float]]:  # noqa: ANN001
-    """name -> (RMSE, MAE) over the rated target entries of `rows`."""
+def rating_errors(model, hist, tgt, rows, train, others=None) -> dict[str, tuple[float, float]]:  # noqa: ANN001
+    """name -> (RMSE, MAE) over the rated target entries of `rows`; `others` maps names to fitted
+    rating predictors (pairs predict(), fold-in of the same histories), e.g. biasedmf."""
+    others = others or {}
     n_tok = len(model.vocab)
     tok = np.asarray(train.tokens, dtype=np.int64)
     r = np.asarray(train.rating, dtype=np.float64) if train.rating is not None else np.full(len(tok), np.nan)
@@ -37,7 +39,7 @@ def rating_errors(model, hist, tgt, rows, train) -> dict[str, tuple[float, float
     c = np.bincount(tok[ok], minlength=n_tok)
     global_mean = float(r[ok].mean())
     item_mean = np.where(c > 0, s / np.maximum(c, 1), np.nan)
-    preds: dict[str, list[np.ndarray]] = {"autoencoder": [], "user mean": [], "item mean": []}
+    preds: dict[str, list[np.ndarray]] = {"autoencoder": [], "user mean": [], "item mean": [], **{k: [] for k in others}}
     given: list[np.ndarray] = []
     off_t, off_h = np.asarray(tgt.offsets), np.asarray(hist.offsets)
     for start in range(0, len(rows), 256):
@@ -56,6 +58,10 @@ def rating_errors(model, hist, tgt, rows, train) -> dict[str, tuple[float, float
         for i, t in enumerate(toks):
             pad[i, : len(t)] = t
         pred = model.predict(hist, sel, pad)
+        pair_rows = np.concatenate([np.full(len(t), r) for r, t in zip(sel, toks, strict=True)])
+        pair_toks = np.concatenate(toks)
+        for name, other in others.items():
+            preds[name].append(np.asarray(other.predict(hist, pair_rows, pair_toks), dtype=np.float64))
         for i, t in enumerate(toks):
             n = len(t)
             preds["autoencoder"].append(pred[i, :n])
@@ -80,6 +86,7 @@ def main() -> None:
     ap.add_argument("--part", default="valid", choices=["valid", "test"])
     ap.add_argument("--alphas", default="1,0.9,0.8,0.7,0.5")
     ap.add_argument("--niche", default="0")
+    ap.add_argument("--biasedmf", action="store_true", help="also fit biasedmf (its defaults) on the training part and compare its fold-in")
     args = ap.parse_args()
     model = load_model(args.run)
     part = Part.VALID if args.part == "valid" else Part.TEST
@@ -102,7 +109,12 @@ def main() -> None:
             label = mode + (f" a={alpha:g}" if mode == "unified" else "") + (f" b={b:g}" if b else "")
             print(f"{label:<22}{m['ndcg@10']:>9.4f}{m['ndcg@100']:>10.4f}{m['recall@20']:>11.4f}{m['recall@50']:>11.4f}   ({time.perf_counter() - t:.1f} s)")
         if model.config.model.rating_head and tgt.rating is not None:
-            err = rating_errors(model, hist, tgt, rows, data.train)
+            others = {}
+            if args.biasedmf:
+                from segue.models.biasedmf import BiasedMF
+
+                others["biasedmf"] = BiasedMF().fit(data)
+            err = rating_errors(model, hist, tgt, rows, data.train, others)
             print(f"rating error on {int(err.pop('n')[0])} rated {args.part} entries (original scale):")
             for name, (rmse, mae) in err.items():
                 print(f"  {name:<12} RMSE {rmse:.4f}  MAE {mae:.4f}")

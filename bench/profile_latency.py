@@ -14,6 +14,7 @@ model call. The machine's float32 matmul figure is printed as the reference of t
 
     .venv/bin/python bench/profile_latency.py
     .venv/bin/python bench/profile_latency.py --synthetic --profile-len 20
+    .venv/bin/python bench/profile_latency.py --run RUN_FOLDER --store STORE [--split strong]
 
 Measured 2026-11-29 on the shared 2-core machine under load (load average 7-9, numpy matmul
 33-34 GFLOP/s against ~340 unloaded), ml-100k, a 50-item profile with 50 ratings, 180 requests
@@ -45,7 +46,7 @@ import numpy as np
 from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import BuildConfig, Store, build_store
-from segue.models.base import BaseRecommender
+from segue.models.base import BaseRecommender, load_model
 from segue.models.biasedmf import BiasedMF, BiasedMFConfig
 from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
@@ -126,7 +127,7 @@ def bench_model(name: str, model: BaseRecommender, folder: Path, store: Path, pr
     app = create_app(engine=engine, use_env_admin_key=False)
     body = {"history": ids, "ratings": ratings, "n": 10}
     times: dict[str, list[float]] = {"score()": [], "healthz": [], "recommend": [], "recommend b=0.5": [], "explain": []}
-    with serve_in_thread(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    with serve_in_thread(app, port=args.port) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         first = http.post("/v1/recommend", json=body).json()
         for _ in range(args.warmup):
             engine.model.score(arrays)
@@ -184,15 +185,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--ae-steps", type=int, default=300, help="training steps of the autoencoder")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--run", type=Path, help="bench this trained model folder (with --store, --split) instead of fitting")
+    ap.add_argument("--store", type=Path, help="--run: the store it was trained on")
+    ap.add_argument("--split", default="strong", help="--run: the split whose TEST histories give the profile")
+    ap.add_argument("--port", type=int, default=0, help="loopback port of the server (0: a free one)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, numpy float32 matmul {matmul_peak():.0f} GFLOP/s, load average {os.getloadavg()}", flush=True)
     results: dict = {"models": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        store = build(args, work)
+        store = args.store if args.run else build(args, work)
         with Store.open(store) as s:
-            data = SplitData.load(s, "holdout")
-            models = fit_models(data, args)
+            data = SplitData.load(s, args.split if args.run else "holdout")
+            models = {args.run.name: load_model(args.run)} if args.run else fit_models(data, args)
             profile = profile_of(data, args.profile_len)
         for name, model in models.items():
             res = bench_model(name, model, work / name, store, profile, args)

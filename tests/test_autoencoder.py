@@ -41,6 +41,22 @@ def test_multinomial_nll_by_hand() -> None:
     assert float(AL.multinomial_nll(jnp.asarray(logits), jnp.asarray(x), jnp.asarray(w2))) == pytest.approx(row0, rel=1e-5)
 
 
+def test_held_out_nll_by_hand() -> None:
+    # row 0: profile {0, 1, 2} of 5 items, 0 kept in the input, 1 and 2 hidden; row 1: {4}, hidden
+    logits = jnp.asarray([[3.0, 1.0, 2.0, 0.0, -1.0], [0.5, 0.0, 0.0, 0.0, 1.0]])
+    row, col = jnp.asarray([0, 0, 0, 1]), jnp.asarray([0, 1, 2, 4])
+    kept, target = jnp.asarray([1.0, 0.0, 0.0, 0.0]), jnp.asarray([0.0, 1.0, 1.0, 1.0])
+    w = jnp.asarray([1.0, 1.0])
+    z0 = math.log(math.e + math.e**2 + 1 + math.e**-1)  # item 0 (kept) is out of row 0's softmax
+    row0 = -((1 - z0) + (2 - z0))
+    row1 = -(1 - math.log(math.exp(0.5) + 3 + math.e))
+    got = float(AL.held_out_nll_entries(logits, row, col, kept, target, w))
+    assert got == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # per entry: each row's sum over its 2 and 1 hidden entries
+    got = float(AL.held_out_nll_entries(logits, row, col, kept, target, w, per_entry=True))
+    assert got == pytest.approx((row0 / 2 + row1) / 2, rel=1e-5)
+
+
 def test_huber_by_hand() -> None:
     e = jnp.asarray([0.5, -1.0, 3.0, -2.5])
     np.testing.assert_allclose(np.asarray(AL.huber(e, 1.0)), [0.125, 0.5, 2.5, 2.0], rtol=1e-6)
@@ -146,9 +162,11 @@ def test_predict_is_on_the_original_scale(fitted: AutoencoderRecommender) -> Non
     tokens = np.array([[N_SPECIAL + 3, N_SPECIAL + 20, 1]])
     got = fitted.predict(hist, None, tokens)
     assert got.shape == (1, 3) and got.dtype == np.float32
-    assert 6.0 <= got[0, 0] <= 10.0 and 6.0 <= got[0, 1] <= 10.0 and np.isnan(got[0, 2])
+    assert 6.0 <= got[0, 0] <= 10.0 and 6.0 <= got[0, 1] <= 10.0
     _, rating, norm = fitted.forward(hist)
     assert got[0, 0] == pytest.approx(denormalise(rating[:, [3]], norm, fitted.scale)[0, 0])
+    # a special token is not in the catalogue: the profile's neutral rating (hybrid 0)
+    assert got[0, 2] == pytest.approx(denormalise(np.zeros((1, 1)), norm, fitted.scale)[0, 0])
 
 
 def test_pairs_predict_and_scale_meet_the_rating_protocol(fitted: AutoencoderRecommender) -> None:

@@ -92,3 +92,34 @@ def test_wide_part_is_ease_of_the_training_profiles_and_adds_to_the_logits() -> 
     a = initial_wide_scale(dense["presence"], scores[:4])
     assert 0.5 <= a <= 200
     assert initial_wide_scale(dense["presence"], 10 * scores[:4]) < a
+
+
+def test_wide_score_mode_adds_a_fixed_scale_to_a_trained_network() -> None:
+    loader = _loader()
+    dense = loader.dense_batch(np.arange(4))
+    w, _ = wide_part(loader.offsets, loader.cols, 9, 2.0)
+    cfg = AutoencoderModelConfig(hidden=[6], bottleneck=4, wide="ease", wide_mode="score", wide_scale=3.0)
+    net = ProfileAutoencoder(cfg, 9, nnx.Rngs(0))
+    net.wide[...] = jnp.asarray(w)
+    assert float(jnp.exp(net.wide_log_scale[...])) == pytest.approx(3.0)  # the configured a
+    x, y = jnp.asarray(dense["presence"]), jnp.asarray(dense["ratings"])
+    deep = np.asarray(net.presence_logits(net.encode(x, y)))
+    assert np.abs(deep).max() > 1e-3  # the deep head is not zeroed: it is trained alone
+    logits, _ = net(x, y)
+    np.testing.assert_allclose(np.asarray(logits), deep + 3.0 * (dense["presence"] @ w), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_wide_scores_are_out_of_fold() -> None:
+    from segue.training.autoencoder_task import out_of_fold_wide
+
+    loader = _loader()
+    x = np.zeros((5, 9), np.float32)
+    for r in range(5):
+        x[r, loader.cols[loader.offsets[r] : loader.offsets[r + 1]]] = 1.0
+    scores = out_of_fold_wide(loader.offsets, loader.cols, 9, 2.0, 2, seed=0)
+    fold = np.random.default_rng(0).permutation(5) % 2
+    for r in range(5):
+        w = ease_weights(sp.csr_matrix(x[fold != fold[r]]), 2.0)  # fitted without r's fold
+        np.testing.assert_allclose(scores[r], x[r] @ w, rtol=1e-4, atol=1e-5)
+    _, full = wide_part(loader.offsets, loader.cols, 9, 2.0)
+    assert not np.allclose(scores, full, atol=1e-3)  # not the in-sample fit

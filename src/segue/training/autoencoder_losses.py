@@ -9,6 +9,8 @@ head's predictions p [B, n], and a row weight v [B] (0 for batch padding):
                      huber(e) = e^2 / 2 if |e| <= delta else delta (|e| - delta / 2)
     per entry        L_pres with each row's NLL divided by its profile size |x_b| (loss.presence =
                      "mean": an O(log n) loss, which uncertainty weighting can balance against L_rate)
+    held out         L_pres over the entries hidden from the input only, the kept entries removed
+                     from the softmax (loss.target = "dropped": the task of fold-in scoring)
 The *_entries forms take the same batch as its nonzero entries e = (row b_e, column j_e) with a
 validity flag u_e (0 = padding), and give the same numbers without [B, n] targets.
     uncertainty      L = sum_t exp(-s_t) L_t + s_t   (Kendall et al. 2018, one learnable log-variance s_t per loss)
@@ -39,6 +41,17 @@ def multinomial_nll_entries(logp_at: jax.Array, row: jax.Array, valid: jax.Array
     if per_entry:
         per_row = per_row / jnp.maximum(jax.ops.segment_sum(valid, row, n_rows), 1.0)
     return jnp.sum(weights * per_row) / jnp.maximum(jnp.sum(weights), 1e-9)
+
+
+def held_out_nll_entries(
+    logits: jax.Array, row: jax.Array, col: jax.Array, kept: jax.Array, target: jax.Array, weights: jax.Array, per_entry: bool = False
+) -> jax.Array:
+    """multinomial_nll_entries over the target entries (target_e = 1: those hidden from the input)
+    with the kept entries (kept_e = 1) removed from each row's softmax: -log p of a hidden item
+    among the items its profile's input lacks (loss.target = "dropped")."""
+    logits = logits.at[row, col].add(-1e9 * kept)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return multinomial_nll_entries(logp[row, col], row, target, weights, per_entry)
 
 
 def masked_huber_entries(pred: jax.Array, target: jax.Array, rated: jax.Array, delta: float = 1.0) -> jax.Array:

@@ -18,6 +18,7 @@ Step t (key_t = fold_in(key, t)):
     logits, p = network(input, noise on z)
     L_pres = multinomial_nll(logits, x) (loss.presence = "mean": per profile entry)
     L_rate = masked_huber(p, y, rated)   (whole profile)
+    loss.target = "dropped": both over the dropped entries only, the kept ones out of the softmax
     L = sum_t exp(-s_t) L_t + s_t  (uncertainty)  or  w_p L_pres + w_r L_rate  (fixed)
 AdamW (segue.training.optim: Adam + decoupled decay of kernels, lr schedule, global-norm clip);
 a non-finite step leaves the state unchanged. Validation: each VALID user's history (TRAIN and
@@ -189,7 +190,11 @@ class AutoencoderTask:
         self.loader = ProfileLoader(offsets, cols, values, self.n_items, tc.loader.batch_size, tc.seed)
         self.wide_weights: np.ndarray | None = None
         if config.model.wide == "ease":
-            self.wide_weights, self.loader.wide = wide_part(offsets, cols, self.n_items, config.model.wide_l2)
+            self.wide_weights, wide_scores = wide_part(offsets, cols, self.n_items, config.model.wide_l2)
+            if config.model.wide_mode == "joint":  # only joint training reads the profiles' wide scores
+                self.loader.wide = wide_scores
+            elif config.model.wide_mode == "stacked":
+                self.loader.wide = out_of_fold_wide(offsets, cols, self.n_items, config.model.wide_l2, config.model.wide_folds, tc.seed)
         self.total_steps, self.limit = total_steps(tc, self.loader.batches_per_epoch)
         self.graphdef: Any = None
         self._step_fn: Any = None
@@ -214,6 +219,7 @@ class AutoencoderTask:
         first = np.arange(min(self.loader.n, self.loader.batch_size))
         if self.wide_weights is not None:
             net.wide[...] = jnp.asarray(self.wide_weights)
+        if self.loader.wide is not None:  # joint: learnt from here; stacked: fixed here
             net.wide_log_scale[...] = jnp.log(initial_wide_scale(self.loader.dense_batch(first)["presence"], self.loader.wide[first]))
         init_log_vars(net, self.loader.dense_batch(first), self.config)
         self.graphdef, params, buffers = nnx.split(net, nnx.Param, Buffer)
@@ -280,6 +286,31 @@ def wide_part(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float) ->
     return w, np.asarray(x @ w, dtype=np.float32)
 
 
+def out_of_fold_wide(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float, folds: int, seed: int) -> np.ndarray:
+    """Each profile's wide scores x_u @ W_f [n_profiles, n], W_f EASE's weights fitted on the
+    profiles outside u's fold f (a seeded split into `folds` parts)."""
+    n_rows = len(offsets) - 1
+    fold = np.random.default_rng(seed).permutation(n_rows) % folds
+    lengths = np.diff(offsets)
+    out = np.zeros((n_rows, n_items), np.float32)
+    for f in range(folds):
+        rest = np.flatnonzero(fold != f)
+        sel_entries = np.repeat(fold != f, lengths)
+        w, _ = wide_part(np.concatenate([[0], np.cumsum(lengths[rest])]), cols[sel_entries], n_items, l2)
+        mine = np.flatnonzero(fold == f)
+        _, scores = wide_part_scores(offsets, cols, mine, n_items, w)
+        out[mine] = scores
+    return out
+
+
+def wide_part_scores(offsets: np.ndarray, cols: np.ndarray, rows: np.ndarray, n_items: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, x @ w) of the profiles `rows`, x their dense presence [len(rows), n]."""
+    x = np.zeros((len(rows), n_items), np.float32)
+    for i, r in enumerate(rows):
+        x[i, cols[offsets[r] : offsets[r + 1]]] = 1.0
+    return x, x @ w
+
+
 def initial_wide_scale(presence: np.ndarray, wide: np.ndarray) -> float:
     """The a in [0.5, 200] (log grid) whose softmax(a * wide) has the least multinomial NLL of the
     batch: where the wide logits start, so the learnt log a need not walk there from 0."""
@@ -298,6 +329,7 @@ def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> A
     """step(state, batch, lr_scale) -> (state, metrics), batch as ProfileLoader.batch; see the module docstring."""
     mc, lc, oc = config.model, config.loss, config.optim
     per_entry = lc.presence == "mean"
+    dropped = lc.target == "dropped"
 
     def step(state: dict[str, Any], batch: dict[str, jax.Array], lr_scale: jax.Array):
         params, buffers = state["params"], state["buffers"]
@@ -311,6 +343,7 @@ def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> A
         x_in = valid * keep
         y_in = batch["value"] * x_in
         rated = batch["rated"] * valid
+        target = valid * (1.0 - keep) if dropped else valid  # the entries the losses read
 
         def loss_fn(p: nnx.State) -> tuple[jax.Array, jax.Array]:
             net = nnx.merge(graphdef, p, buffers)
@@ -318,13 +351,18 @@ def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> A
             if mc.bottleneck_noise > 0:
                 z = z + mc.bottleneck_noise * jax.random.normal(k_noise, z.shape, z.dtype)
             logits = net.presence_logits(z)
-            if net.wide is not None:
+            if net.wide is not None and mc.wide_mode == "joint":
                 logits = logits + jnp.exp(net.wide_log_scale[...]) * batch["wide"]
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            l_pres = AL.multinomial_nll_entries(logp[row, col], row, valid, weights, per_entry)
+            elif net.wide is not None and mc.wide_mode == "stacked":  # a fixed at its starting value
+                logits = logits + jnp.exp(jax.lax.stop_gradient(net.wide_log_scale[...])) * batch["wide"]
+            if dropped:  # the kept entries leave the softmax (fold-in scoring excludes them)
+                l_pres = AL.held_out_nll_entries(logits, row, col, x_in, target, weights, per_entry)
+            else:
+                logp = jax.nn.log_softmax(logits, axis=-1)
+                l_pres = AL.multinomial_nll_entries(logp[row, col], row, valid, weights, per_entry)
             if mc.rating_head:
                 pred = net.rating_at(z, row, col)
-                losses = jnp.stack([l_pres, AL.masked_huber_entries(pred, batch["value"], rated, lc.huber_delta)])
+                losses = jnp.stack([l_pres, AL.masked_huber_entries(pred, batch["value"], rated * target, lc.huber_delta)])
             else:
                 losses = l_pres[None]
             s = net.log_vars[...][: losses.shape[0]]
