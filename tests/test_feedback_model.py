@@ -239,6 +239,16 @@ def test_item_bias_residual_by_hand() -> None:
     np.testing.assert_allclose(b, [0, 0, 0, 0, (1.25 + 0.25 + 1.25) / (3 + 1), -2.75 / (1 + 1), 0, 0], rtol=1e-6)
     assert EV.fit_item_bias(cfg.model_copy(update={"rating_item_bias": 0.0}), tokens, r, 8) is None
     np.testing.assert_array_equal(EV.bias_of(b, np.array([[5, 99, -1]])), [[b[5], 0, 0]])
+    # with each event's user: the ridge baseline m + b_u + b_i, against a direct least-squares solve
+    users = np.array([0, 1, 1, 2, 2])
+    got = EV.fit_item_bias(cfg, tokens, r, 8, users)
+    ok = np.isfinite(r)
+    x = np.zeros((ok.sum(), 3 + 8))
+    x[np.arange(ok.sum()), users[ok]] = 1.0
+    x[np.arange(ok.sum()), 3 + tokens[ok]] = 1.0
+    a = np.vstack([x, np.eye(11)])  # lambda = 1: one pseudo-rating of 0 per bias
+    sol = np.linalg.lstsq(a, np.concatenate([r[ok] - r[ok].mean(), np.zeros(11)]), rcond=None)[0]
+    np.testing.assert_allclose(got[4:6], sol[3 + 4 : 3 + 6], atol=1e-3)
     # the prior is fitted on the residuals r - b_i
     off = EV.bias_of(b, tokens)
     res = (r - off)[np.isfinite(r)]
@@ -259,6 +269,18 @@ def test_item_bias_residual_by_hand() -> None:
     want = (batch["target_rating"][0] - b[[4, 5, 4]] - mu) / s
     np.testing.assert_allclose(ev["fb_target"][0, :, 0], want, rtol=1e-5)
     np.testing.assert_array_equal(ev["rating_bucket"], [[0, 5, 1]])  # the inputs' buckets read raw ratings
+    # prefix statistics: the target at column t is normalised by the inputs up to t only
+    pre = EV.batch_events(cfg.model_copy(update={"rating_stats": "prefix"}), batch, {}, prior, b)
+    mu1 = (e[0] + 3.0) / 2
+    s1 = np.sqrt(((e[0] - mu1) ** 2 + 1.0) / 2)
+    mus, ss = np.array([3.0, mu1, mu]), np.array([1.0, s1, s])  # column 0: no rating yet, the prior
+    np.testing.assert_allclose(pre["fb_target"][0, :, 0], (batch["target_rating"][0] - b[[4, 5, 4]] - mus) / ss, rtol=1e-5)
+    rr = np.array([[np.nan, 2.0, 5.0, np.nan, 4.0]])
+    pr = np.array([[True, True, True, True, False]])
+    pm, ps = EV.prefix_rating_stats(cfg, rr, pr, prior)
+    for t in range(5):
+        wm, ws = EV.row_rating_stats(cfg, rr[:, : t + 1], pr[:, : t + 1], prior)
+        assert (pm[0, t], ps[0, t]) == (pytest.approx(wm[0]), pytest.approx(ws[0]))
     # back on the scale: mu + b_c + s z, clipped
     got = EV.to_scale(cfg, "rating", np.array([[0.5, 9.0]]), np.array([mu], np.float32), np.array([s], np.float32), b[[[4, 5]]])
     np.testing.assert_allclose(got, [[mu + b[4] + s * 0.5, 5.0]], rtol=1e-5)
@@ -447,7 +469,7 @@ def test_item_bias_head_fits_saves_and_predicts_the_baseline(store: Path, tmp_pa
         rec = TransformerRecommender(cfg).fit(data)
         hist = data.history(Part.TEST)
     tr = data.train
-    want = EV.fit_item_bias(ev, tr.tokens, tr.rating, len(data.vocab))
+    want = EV.fit_item_bias(ev, tr.tokens, tr.rating, len(data.vocab), np.repeat(np.arange(len(tr)), tr.lengths))
     net = rec.network
     np.testing.assert_allclose(net.rating_item_bias, want, rtol=1e-6)
     assert np.abs(want).max() > 0.05  # the corpus' items differ in mean rating

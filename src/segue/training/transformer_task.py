@@ -71,7 +71,8 @@ class TransformerTask:
         arrays = training_arrays(data, tc.fit_on)
         self.events = ev = config.events
         self.categories, self.luts = event_lookups(ev, arrays)
-        self.item_bias = EV.fit_item_bias(ev, arrays.tokens, arrays.rating, len(data.vocab)) if ev.enabled else None
+        users = np.repeat(np.arange(len(arrays)), arrays.lengths) if ev.rating_item_bias > 0 else None
+        self.item_bias = EV.fit_item_bias(ev, arrays.tokens, arrays.rating, len(data.vocab), users) if ev.enabled else None
         offset = None if self.item_bias is None else EV.bias_of(self.item_bias, arrays.tokens)
         self.prior = EV.fit_rating_prior(ev, arrays.rating, offset) if ev.enabled else None
         if ev.enabled and not lc.extras:
