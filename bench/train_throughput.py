@@ -13,7 +13,10 @@ of the 50k one (the lazy row-sparse Adam makes the step independent of the catal
 --feedback also times the model with feedback and context (ARGUS' two heads: rating, two
 feedback columns and two context columns as inputs, the next-item head joined with the next
 event's context, a feedback head on three outputs) at the same batch, interleaved with the plain
-model, and prints its step time against the plain one.
+model, and prints its step time against the plain one. Measured 2026-12-07 (2 shared cores, load
+16-21; `--items 50000 --batches 128 --steps 10 --feedback`, trecs' 6 layers x 128, 256 shared
+negatives): plain 6172 ms a step, with the feedback + context heads 7000 ms = 1.13x in the same
+rounds (compile 45.5 s against 69.2 s).
 
 --devices 1 2 times the same step on 1 device and on a data-parallel mesh of 2 (segue.training.mesh),
 interleaved. On a CPU the devices are simulated (XLA_FLAGS=--xla_force_host_platform_device_count,

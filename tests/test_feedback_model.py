@@ -230,6 +230,62 @@ def test_rating_prior_shrinks_row_statistics_by_hand() -> None:
     assert EV.fit_rating_prior(EventsConfig(rating=True), np.array([1.0])) is None  # no rating head
 
 
+def test_item_bias_residual_by_hand() -> None:
+    # b_i = sum (r - m) / (n_i + lambda), m the mean of all training ratings (here 3)
+    cfg = EventsConfig(rating=True, predict={"rating": 1.0}, rating_item_bias=1.0, rating_prior_weight=1.0, rating_std_floor=0.1)
+    tokens = np.array([4, 4, 5, 6, 4])
+    r = np.array([5.0, 4.0, 1.0, np.nan, 5.0])  # m = 15 / 4 = 3.75
+    b = EV.fit_item_bias(cfg, tokens, r, 8)
+    np.testing.assert_allclose(b, [0, 0, 0, 0, (1.25 + 0.25 + 1.25) / (3 + 1), -2.75 / (1 + 1), 0, 0], rtol=1e-6)
+    assert EV.fit_item_bias(cfg.model_copy(update={"rating_item_bias": 0.0}), tokens, r, 8) is None
+    np.testing.assert_array_equal(EV.bias_of(b, np.array([[5, 99, -1]])), [[b[5], 0, 0]])
+    # with each event's user: the ridge baseline m + b_u + b_i, against a direct least-squares solve
+    users = np.array([0, 1, 1, 2, 2])
+    got = EV.fit_item_bias(cfg, tokens, r, 8, users)
+    ok = np.isfinite(r)
+    x = np.zeros((ok.sum(), 3 + 8))
+    x[np.arange(ok.sum()), users[ok]] = 1.0
+    x[np.arange(ok.sum()), 3 + tokens[ok]] = 1.0
+    a = np.vstack([x, np.eye(11)])  # lambda = 1: one pseudo-rating of 0 per bias
+    sol = np.linalg.lstsq(a, np.concatenate([r[ok] - r[ok].mean(), np.zeros(11)]), rcond=None)[0]
+    np.testing.assert_allclose(got[4:6], sol[3 + 4 : 3 + 6], atol=1e-3)
+    # the prior is fitted on the residuals r - b_i
+    off = EV.bias_of(b, tokens)
+    res = (r - off)[np.isfinite(r)]
+    assert EV.fit_rating_prior(cfg, r, off) == pytest.approx((res.mean(), res.std()))
+    # a training batch: statistics of the inputs' residuals, target z = (r - b_t - mu) / s
+    batch = {
+        "inputs": np.array([[1, 4, 5]]),  # <start>, then two rated items
+        "targets": np.array([[4, 5, 4]]),
+        "mask": np.array([[True, True, True]]),
+        "rating": np.array([[np.nan, 5.0, 1.0]], np.float32),
+        "target_rating": np.array([[5.0, 1.0, 4.0]], np.float32),
+    }
+    prior = (3.0, 1.0)
+    ev = EV.batch_events(cfg, batch, {}, prior, b)
+    e = np.array([5.0 - b[4], 1.0 - b[5]])
+    mu = (e.sum() + 3.0) / 3
+    s = np.sqrt((((e - mu) ** 2).sum() + 1.0) / 3)
+    want = (batch["target_rating"][0] - b[[4, 5, 4]] - mu) / s
+    np.testing.assert_allclose(ev["fb_target"][0, :, 0], want, rtol=1e-5)
+    np.testing.assert_array_equal(ev["rating_bucket"], [[0, 5, 1]])  # the inputs' buckets read raw ratings
+    # prefix statistics: the target at column t is normalised by the inputs up to t only
+    pre = EV.batch_events(cfg.model_copy(update={"rating_stats": "prefix"}), batch, {}, prior, b)
+    mu1 = (e[0] + 3.0) / 2
+    s1 = np.sqrt(((e[0] - mu1) ** 2 + 1.0) / 2)
+    mus, ss = np.array([3.0, mu1, mu]), np.array([1.0, s1, s])  # column 0: no rating yet, the prior
+    np.testing.assert_allclose(pre["fb_target"][0, :, 0], (batch["target_rating"][0] - b[[4, 5, 4]] - mus) / ss, rtol=1e-5)
+    rr = np.array([[np.nan, 2.0, 5.0, np.nan, 4.0]])
+    pr = np.array([[True, True, True, True, False]])
+    pm, ps = EV.prefix_rating_stats(cfg, rr, pr, prior)
+    for t in range(5):
+        wm, ws = EV.row_rating_stats(cfg, rr[:, : t + 1], pr[:, : t + 1], prior)
+        assert (pm[0, t], ps[0, t]) == (pytest.approx(wm[0]), pytest.approx(ws[0]))
+    # back on the scale: mu + b_c + s z, clipped
+    got = EV.to_scale(cfg, "rating", np.array([[0.5, 9.0]]), np.array([mu], np.float32), np.array([s], np.float32), b[[[4, 5]]])
+    np.testing.assert_allclose(got, [[mu + b[4] + s * 0.5, 5.0]], rtol=1e-5)
+
+
 def test_time_slots_by_hand() -> None:
     monday_9h = 1_700_438_400 + 9 * 3600  # 2023-11-20 was a Monday
     ts = np.array([[0, monday_9h, monday_9h, monday_9h + 5, monday_9h + 86400 * 5 + 3600 * 14]])
@@ -400,6 +456,41 @@ def test_fit_score_by_category_name_predict_and_reload(store: Path, tmp_path: Pa
     assert back.network.rating_prior == net.rating_prior
     np.testing.assert_allclose(back.score(sub), base, rtol=1e-6)
     np.testing.assert_allclose(back.predict(sub, None, tokens), fb["rating"], rtol=1e-6)
+
+
+def test_item_bias_head_fits_saves_and_predicts_the_baseline(store: Path, tmp_path: Path) -> None:
+    from segue.models.transformer import TransformerRecommender
+    from segue.training.trainer import TrainConfig
+
+    ev = EventsConfig(rating=True, predict={"rating": 1.0}, rating_item_bias=2.0)
+    cfg = TrainConfig.from_dict(_config(store, {"kind": "full"}, ev, steps=2)).transformer_config()
+    with Store.open(store) as st:
+        data = SplitData.load(st, "loo")
+        rec = TransformerRecommender(cfg).fit(data)
+        hist = data.history(Part.TEST)
+    tr = data.train
+    want = EV.fit_item_bias(ev, tr.tokens, tr.rating, len(data.vocab), np.repeat(np.arange(len(tr)), tr.lengths))
+    net = rec.network
+    np.testing.assert_allclose(net.rating_item_bias, want, rtol=1e-6)
+    assert np.abs(want).max() > 0.05  # the corpus' items differ in mean rating
+    res = (tr.rating - EV.bias_of(want, tr.tokens))[np.isfinite(tr.rating)]
+    assert net.rating_prior == pytest.approx((res.mean(), res.std()), rel=1e-5)
+    # with the head's output at zero, a prediction is the bias baseline mu_u + b_i
+    net.feedback_head.fc2.kernel[...] = jnp.zeros_like(net.feedback_head.fc2.kernel[...])
+    net.feedback_head.fc2.bias[...] = jnp.zeros_like(net.feedback_head.fc2.bias[...])
+    rows = hist.nonempty()[:4]
+    sub = hist.take(rows)
+    tokens = np.tile(np.arange(N_SPECIAL, N_SPECIAL + 5), (len(rows), 1))
+    got = rec.predict(sub, None, tokens)
+    for i in range(len(rows)):
+        seq, r = sub.row(i), sub.rating[sub.offsets[i] : sub.offsets[i + 1]]
+        keep = slice(max(0, len(seq) - TINY.context_length), None)  # the window the model reads (cropped: no <start>)
+        e = (r - EV.bias_of(want, seq))[keep]
+        mu_u, _ = EV.row_rating_stats(ev, e[None], np.ones((1, len(e)), bool), net.rating_prior)
+        np.testing.assert_allclose(got[i], np.clip(mu_u[0] + want[tokens[i]], 1, 5), rtol=1e-5)
+    back = load_model(rec.save(tmp_path / "m"))
+    np.testing.assert_array_equal(back.network.rating_item_bias, net.rating_item_bias)
+    np.testing.assert_allclose(back.predict(sub, None, tokens), got, rtol=1e-6)
 
 
 @pytest.mark.slow

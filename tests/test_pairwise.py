@@ -210,3 +210,32 @@ def test_pretrained_run_must_match(store: Path, tmp_path: Path) -> None:
     nohead = _config(store, tmp_path, "ft3", 2, {"init_from": str(pre), "score": "feedback", "feedback": "skip"})
     with pytest.raises(ConfigError, match="pairwise.feedback: 'skip' is not a column"):
         TrainConfig.from_dict(nohead)
+
+
+def test_rank_score_adds_back_the_rating_heads_item_biases() -> None:
+    # a head predicting a residual over item biases b: the mix ranks by a logit + b_mix (z + b_i / s0)
+    from flax import nnx
+
+    from segue.models.events import EventsConfig
+    from segue.models.transformer import ModelConfig, SequenceTransformer, _rank_fn
+
+    ev = EventsConfig(rating=True, predict={"rating": 1.0}, rating_item_bias=1.0)
+    tiny = ModelConfig(n_layers=1, n_heads=2, d_model=8, d_ff=16, dropout=0.0, context_length=6)
+    bias = np.linspace(-1.0, 1.0, 12).astype(np.float32)
+    net = SequenceTransformer(tiny, 12, nnx.Rngs(0), events=ev, rating_prior=(3.5, 2.0), rating_item_bias=bias, rank=("mix", 0, 0.5))
+    plain = SequenceTransformer(tiny, 12, nnx.Rngs(0), events=ev, rating_prior=(3.5, 2.0), rank=("mix", 0, 0.5))
+    np.testing.assert_allclose(np.asarray(net.rank_offsets()), bias / 2.0, rtol=1e-6)
+    assert plain.rank_offsets() is None
+    inputs = jnp.array([[1, 5, 6, 0]])
+    events = {"rating_bucket": jnp.array([[0, 3, 5, 0]], jnp.int32)}
+    h = net.hidden(inputs, events=events)[:, 2]  # [1, D]
+    toks = jnp.arange(4, 12)[None]
+    e = net.item_emb[...][toks]
+    hb = jnp.broadcast_to(h[:, None], e.shape)
+    got = np.asarray(net.rank_score(hb, e, None, toks))
+    want = np.asarray(net.rank_score(hb, e)) + 0.5 * bias[4:12] / 2.0  # b_mix starts at mix_init 0.5
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # score()'s path over the whole table adds them too
+    graphdef, state = nnx.split(net)
+    full = np.asarray(_rank_fn(graphdef, state, inputs, jnp.arange(4)[None], jnp.array([2]), events))
+    np.testing.assert_allclose(full[:, 4:12], got, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,9 @@ from a request, codes its categories in its own order (`context_categories`), so
 remapped through the model's saved training lists (`context_lut`).
 
 Ratings as a head target are normalised per row: z = (r - mu) / s with mu and sd the mean and
-standard deviation of the row's rated *input* events in the window (the history the model sees)
+standard deviation of the row's rated *input* events in the window (the history the model sees;
+with rating_stats = "prefix", a training target's are those of the inputs up to its own column
+only, as a scored history has them: `prefix_rating_stats`)
 and s = max(sd, rating_std_floor); a row without rated inputs takes mu = the scale's midpoint.
 With a rating prior (m0, s0) (the training ratings' mean and standard deviation, fitted with the
 model and saved with its weights; `fit_rating_prior`), the row statistics shrink towards it as if the
@@ -38,6 +40,15 @@ row held k = rating_prior_weight more ratings drawn from it:
 so a new user (n = 0) is normalised around the mean rating, not the scale's midpoint, and a user
 with one rating does not get sd = 0. A model saved without a prior keeps the plain statistics.
 A prediction goes back to the scale as clip(mu + s z, lo, hi) with mu and s of the history.
+
+With item biases (rating_item_bias = lambda > 0; what biasedmf's item term captures) the head
+predicts a residual over a user + item bias baseline fitted on the training ratings:
+    b_i from the ridge baseline m + b_u + b_i of the training ratings (m: their mean; b_u, b_i
+          shrunk by lambda pseudo-ratings each, alternated; `fit_item_bias`)
+every rating r of item i is read as r - b_i by the statistics above (the prior too: the mean and
+sd of the training residuals), so mu is the row's shrunk user bias, the target is
+z = (r - b_i - mu) / s and a prediction is clip(mu + b_i + s z, lo, hi): an untrained head
+(z = 0) already predicts the bias baseline. The biases are saved with the weights.
 """
 
 from __future__ import annotations
@@ -72,6 +83,12 @@ class EventsConfig(Config):
     rating_std_floor: float = Field(0.5, gt=0)  # s = max(sd of the row's ratings, this)
     # pseudo-ratings at the training prior (mean, sd) added to every row's statistics (0: none)
     rating_prior_weight: float = Field(2.0, ge=0)
+    # shrinkage lambda of the fitted item biases the rating head predicts a residual over (0: none)
+    rating_item_bias: float = Field(0.0, ge=0)
+    # the statistics a training target is normalised with: the whole window's rated inputs
+    # ("window"), or only those before the target ("prefix": what a scored history has, so a new
+    # user's first ratings are trained as they are predicted)
+    rating_stats: Literal["window", "prefix"] = "window"
     huber_delta: float = Field(1.0, gt=0)
     head_width: int | None = Field(None, ge=1)  # hidden width of both heads' MLPs (default d_ff)
 
@@ -228,16 +245,86 @@ def row_rating_stats(
     return mu.astype(np.float32), s.astype(np.float32)
 
 
-def fit_rating_prior(cfg: EventsConfig, rating: np.ndarray | None) -> tuple[float, float] | None:
-    """(mean, sd) of the finite training ratings: the prior of `row_rating_stats`; None when the
-    head predicts no rating, the prior is off, or there are no ratings."""
+def prefix_rating_stats(
+    cfg: EventsConfig, rating: np.ndarray, present: np.ndarray, prior: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [B, T], s [B, T]): `row_rating_stats` of each column's prefix (the rated present events
+    in columns 0..t); the last column's equal the row's."""
+    r = np.asarray(rating, dtype=np.float64)
+    ok = present & np.isfinite(r)
+    v = np.where(ok, r, 0.0)
+    n = np.cumsum(ok, axis=-1, dtype=np.float64)
+    s1 = np.cumsum(v, axis=-1)
+    s2 = np.cumsum(v * v, axis=-1)
+    if prior is None:
+        m0, s0, k = 0.5 * (cfg.rating_scale[0] + cfg.rating_scale[1]), 0.0, 0.0
+    else:
+        m0, s0, k = float(prior[0]), float(prior[1]), float(cfg.rating_prior_weight)
+    total = n + k
+    safe = np.maximum(total, 1e-12)
+    mu = np.where(total > 0, (s1 + k * m0) / safe, m0)
+    ss = np.maximum(s2 - 2 * mu * s1 + n * mu * mu, 0.0) + k * s0**2  # sum (r - mu)^2 + k s0^2
+    var = np.where(total > 0, ss / safe, s0**2)
+    s = np.maximum(np.sqrt(var), cfg.rating_std_floor)
+    return mu.astype(np.float32), s.astype(np.float32)
+
+
+def fit_rating_prior(cfg: EventsConfig, rating: np.ndarray | None, offset: np.ndarray | None = None) -> tuple[float, float] | None:
+    """(mean, sd) of the finite training ratings (minus `offset`, each event's item bias, when
+    given): the prior of `row_rating_stats`; None when the head predicts no rating, the prior is
+    off, or there are no ratings."""
     if "rating" not in cfg.predict or cfg.rating_prior_weight <= 0 or rating is None:
         return None
     r = np.asarray(rating, dtype=np.float64)
+    if offset is not None:
+        r = r - np.asarray(offset, dtype=np.float64)
     r = r[np.isfinite(r)]
     if not len(r):
         return None
     return float(r.mean()), float(r.std())
+
+
+BIAS_ITERS = 10  # alternations of user and item biases (the RMSE on ml-100k settles by 10)
+
+
+def fit_item_bias(
+    cfg: EventsConfig, tokens: np.ndarray, rating: np.ndarray | None, vocab_size: int, users: np.ndarray | None = None
+) -> np.ndarray | None:
+    """float32 [vocab_size] item biases of the training ratings (0 for tokens without ratings), or
+    None when cfg.rating_item_bias is 0, the head predicts no rating, or there are no ratings.
+
+    b_i = sum (r - m) / (n_i + lambda) (m the ratings' mean); with `users` (each event's user
+    row), the ridge baseline m + b_u + b_i instead, by BIAS_ITERS alternations of
+    b_u = sum (r - m - b_i) / (n_u + lambda) and b_i = sum (r - m - b_u) / (n_i + lambda), so an
+    item's bias is not its raters' leniency (the model gets b_u from the history it reads)."""
+    if cfg.rating_item_bias <= 0 or "rating" not in cfg.predict or rating is None:
+        return None
+    r = np.asarray(rating, dtype=np.float64)
+    ok = np.isfinite(r) & (np.asarray(tokens) >= 0) & (np.asarray(tokens) < vocab_size)
+    if not ok.any():
+        return None
+    tok = np.asarray(tokens, dtype=np.int64)[ok]
+    dev = r[ok] - r[ok].mean()
+    lam = cfg.rating_item_bias
+    n_i = np.bincount(tok, None, vocab_size) + lam
+    b_i = np.bincount(tok, dev, vocab_size) / n_i
+    if users is not None:
+        u = np.asarray(users, dtype=np.int64)[ok]
+        n_users = int(u.max()) + 1
+        n_u = np.bincount(u, None, n_users) + lam
+        for _ in range(BIAS_ITERS):
+            b_u = np.bincount(u, dev - b_i[tok], n_users) / n_u
+            b_i = np.bincount(tok, dev - b_u[u], vocab_size) / n_i
+    return b_i.astype(np.float32)
+
+
+def bias_of(item_bias: np.ndarray | None, tokens: np.ndarray) -> np.ndarray:
+    """item_bias[tokens] (0 for tokens outside it, or everywhere without biases), float32."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if item_bias is None:
+        return np.zeros(tokens.shape, np.float32)
+    ok = (tokens >= 0) & (tokens < len(item_bias))
+    return np.where(ok, item_bias[np.where(ok, tokens, 0)], 0.0).astype(np.float32)
 
 
 def encode_events(
@@ -284,13 +371,16 @@ def head_targets(
     s: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """fb_target, fb_mask [B, T, K] for the head outputs of `cfg.targets()`: the target event's
-    value (rating: z = (r - mu) / s per row; others: `feedback_value`); mask = valid and present."""
+    value (rating: z = (r - mu) / s, mu and s per row [B] or per column [B, T]; others:
+    `feedback_value`); mask = valid and present."""
     tg, mk = [], []
     shape = valid.shape
+    if mu.ndim == 1:
+        mu, s = mu[:, None], s[:, None]
     for name, kind, _ in cfg.targets():
         if kind == "rating":
             r = rating if rating is not None else np.full(shape, np.nan, np.float32)
-            x = (np.asarray(r, np.float32) - mu[:, None]) / s[:, None]
+            x = (np.asarray(r, np.float32) - mu) / s
         else:
             raw = feedback.get(name)
             x = feedback_value(kind, raw) if raw is not None else np.full(shape, np.nan, np.float32)
@@ -310,10 +400,15 @@ def is_event(tokens: np.ndarray) -> np.ndarray:
 
 
 def batch_events(
-    cfg: EventsConfig, batch: dict[str, np.ndarray], luts: dict[str, np.ndarray], prior: tuple[float, float] | None = None
+    cfg: EventsConfig,
+    batch: dict[str, np.ndarray],
+    luts: dict[str, np.ndarray],
+    prior: tuple[float, float] | None = None,
+    item_bias: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The network's event arrays for a training batch of segue.data.loader (`luts`: the training
-    arrays' context codes -> model slots, per column; `prior`: the rating prior, fit_rating_prior)."""
+    arrays' context codes -> model slots, per column; `prior`: the rating prior, fit_rating_prior;
+    `item_bias`: fit_item_bias's biases, subtracted from input and target ratings for the head)."""
     inputs, targets, mask = batch["inputs"], batch["targets"], batch["mask"]
     present = is_event(inputs)
     fb_in = {n: batch[f"fb_{n}"] for n in cfg.feedback if f"fb_{n}" in batch}
@@ -328,10 +423,16 @@ def batch_events(
             cols.append(time_slots(nts, ts, is_event(targets), present))
         out["next_ctx"] = np.concatenate(cols, axis=-1).astype(np.int32)
     if cfg.predict:
-        mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(inputs.shape, np.nan), present, prior)
+        r_in = rating if rating is not None else np.full(inputs.shape, np.nan)
+        r_tg = batch.get("target_rating")
+        if item_bias is not None:  # the head's residual over the item biases
+            r_in = np.asarray(r_in, np.float32) - bias_of(item_bias, inputs)
+            r_tg = None if r_tg is None else np.asarray(r_tg, np.float32) - bias_of(item_bias, targets)
+        stats = prefix_rating_stats if cfg.rating_stats == "prefix" else row_rating_stats
+        mu, s = stats(cfg, r_in, present, prior)
         fb_t = {n: batch[f"target_fb_{n}"] for n in cfg.feedback if f"target_fb_{n}" in batch}
         valid = mask & is_event(targets)
-        out["fb_target"], out["fb_mask"] = head_targets(cfg, valid, batch.get("target_rating"), fb_t, mu, s)
+        out["fb_target"], out["fb_mask"] = head_targets(cfg, valid, r_tg, fb_t, mu, s)
     return out
 
 
@@ -361,8 +462,10 @@ def history_events(
     width: int,
     next_events: SequenceArrays | None = None,
     prior: tuple[float, float] | None = None,
+    item_bias: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """(network event arrays, mu [n], s [n]) for scoring histories `rows` of `arrays`.
+    """(network event arrays, mu [n], s [n]) for scoring histories `rows` of `arrays` (with
+    `item_bias`, mu and s are those of the ratings' residuals over their item biases).
 
     next_ctx at the last input column is the context of the event to predict: the first event of
     the same row of `next_events` when given, else the history's last event's context (a serving
@@ -406,17 +509,24 @@ def history_events(
                 nts = np.asarray(next_events.ts)[first]
                 nxt[r, last, len(cfg.context) :] = time_slots(nts, last_ts, has, item[r, last])
         out["next_ctx"] = nxt.astype(np.int32)
-    mu, s = row_rating_stats(cfg, rating if rating is not None else np.full(idx.shape, np.nan), item, prior)
+    r = rating if rating is not None else np.full(idx.shape, np.nan)
+    if item_bias is not None and rating is not None:
+        r = np.asarray(r, np.float32) - bias_of(item_bias, take(arrays.tokens))
+    mu, s = row_rating_stats(cfg, r, item, prior)
     return out, mu, s
 
 
-def to_scale(cfg: EventsConfig, kind: str, pred: np.ndarray, mu: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """A head output back on the column's own scale: ratings clip(mu + s z, lo, hi); flags and
+def to_scale(
+    cfg: EventsConfig, kind: str, pred: np.ndarray, mu: np.ndarray, s: np.ndarray, offset: np.ndarray | None = None
+) -> np.ndarray:
+    """A head output back on the column's own scale: ratings clip(mu + offset + s z, lo, hi)
+    (offset: the predicted items' biases, shaped like pred; none without item biases); flags and
     fractions sigmoid (a probability / an expected fraction); counts exp(y) - 1; numerics as is."""
     pred = np.asarray(pred, dtype=np.float32)
     if kind == "rating":
         lo, hi = cfg.rating_scale
-        return np.clip(mu[:, None] + s[:, None] * pred, lo, hi)
+        base = mu[:, None] if offset is None else mu[:, None] + offset
+        return np.clip(base + s[:, None] * pred, lo, hi)
     if kind in ("flag", "fraction"):
         return 1.0 / (1.0 + np.exp(-pred))
     if kind == "count":

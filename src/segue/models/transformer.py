@@ -32,7 +32,7 @@ scoring path reads them as it reads the plain table.
 from __future__ import annotations
 
 import json
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,6 +186,7 @@ class SequenceTransformer(nnx.Module):
         events: EventsConfig | None = None,
         categories: EV.Categories | None = None,
         rating_prior: tuple[float, float] | None = None,
+        rating_item_bias: np.ndarray | None = None,
         rank: tuple[str, int, float] | None = None,
         items: ItemEncoderConfig | None = None,
         item_shapes: Shapes = (),
@@ -213,10 +214,15 @@ class SequenceTransformer(nnx.Module):
             self.categories_json = json.dumps(categories or {}, sort_keys=True)
             # The training ratings' (mean, sd), the feedback head's normalisation prior (or null).
             self.rating_prior_json = json.dumps(list(rating_prior) if rating_prior is not None else None)
+            # The fitted item biases the rating head predicts a residual over (events.rating_item_bias),
+            # as JSON too (a hashable plain value; host-side only, never inside a compiled function).
+            self.item_bias_json = _bias_json(rating_item_bias)
         # A pairwise fine-tuned network ranks by (mode, feedback column, b_0) (PairwiseConfig);
         # its mix weights (a, b) are a Param made last, so every other parameter is as before.
         if rank is not None and rank[0] != "logit":
             self.rank_mode, self.rank_col = rank[0], rank[1]
+            # ranking by the rating column: the item biases the head's residual leaves out are added back
+            self.rank_rating = events is not None and [k for _, k, _ in events.targets()][rank[1]] == "rating"
             if rank[0] == "mix":
                 self.rank_mix = nnx.Param(jnp.asarray([1.0, rank[2]], jnp.float32))
         # Made last for the same reason: the plain parameters' init does not move.
@@ -273,15 +279,31 @@ class SequenceTransformer(nnx.Module):
             parts.append(self.encoder.context(next_ctx))
         return self.feedback_head(jnp.concatenate(parts, axis=-1))
 
-    def rank_score(self, h: jax.Array, item_vecs: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
+    def rank_offsets(self) -> jax.Array | None:
+        """[V] what the ranking score adds to the feedback head's rating column per item: the item
+        biases its residual leaves out, in the head's normalised units (b_i / s0, s0 the prior's
+        sd), so the score orders one user's items as the predicted ratings do; None when the
+        network ranks by no rating column or has no item biases."""
+        bias = self.rating_item_bias if self.has_events else None
+        if bias is None or not getattr(self, "rank_rating", False):
+            return None
+        prior = self.rating_prior
+        return jnp.asarray(bias / (prior[1] if prior is not None and prior[1] > 0 else 1.0))
+
+    def rank_score(
+        self, h: jax.Array, item_vecs: jax.Array, next_ctx: jax.Array | None = None, tokens: jax.Array | None = None
+    ) -> jax.Array:
         """The ranking score [...] of items E[c] [..., D] after hidden states h [..., D] (same
         leading shape): <q, E[c]>, the feedback head's column, or their learned mix
-        (segue.models.pairwise_config)."""
+        (segue.models.pairwise_config). `tokens` [...] (the items' ids) adds `rank_offsets`."""
         mode = getattr(self, "rank_mode", "logit")
         logit = jnp.sum(self.next_query(h, next_ctx) * item_vecs, axis=-1)
         if mode == "logit":
             return logit
         fb = self.predict_feedback(h, item_vecs, next_ctx)[..., self.rank_col]
+        offsets = self.rank_offsets()
+        if offsets is not None and tokens is not None:
+            fb = fb + offsets[tokens]
         if mode == "feedback":
             return fb
         a_b = self.rank_mix[...]
@@ -295,6 +317,11 @@ class SequenceTransformer(nnx.Module):
     def rating_prior(self) -> tuple[float, float] | None:
         p = json.loads(getattr(self, "rating_prior_json", "null"))
         return (float(p[0]), float(p[1])) if p is not None else None
+
+    @property
+    def rating_item_bias(self) -> np.ndarray | None:
+        """float32 [V] item biases of the rating head's baseline (None: no item biases)."""
+        return _parse_bias(getattr(self, "item_bias_json", "null"))
 
     @property
     def has_item_encoder(self) -> bool:
@@ -401,12 +428,16 @@ def _rank_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array,
     n = -(-v // RANK_CHUNK)
     padded = jnp.concatenate([table, jnp.zeros((n * RANK_CHUNK - v, table.shape[1]), table.dtype)])
 
-    def chunk(e: jax.Array) -> jax.Array:  # e [C, D] -> [B, C]
+    tokens = jnp.minimum(jnp.arange(n * RANK_CHUNK), v - 1).reshape(n, RANK_CHUNK)  # the padding repeats the last
+
+    def chunk(et: tuple[jax.Array, jax.Array]) -> jax.Array:  # e [C, D], tok [C] -> [B, C]
+        e, tok = et
         shape = (b, e.shape[0])
         c = None if nxt is None else jnp.broadcast_to(nxt[:, None], (*shape, nxt.shape[-1]))
-        return model.rank_score(jnp.broadcast_to(h[:, None], (*shape, h.shape[-1])), jnp.broadcast_to(e[None], (*shape, e.shape[-1])), c)
+        h_b, e_b = jnp.broadcast_to(h[:, None], (*shape, h.shape[-1])), jnp.broadcast_to(e[None], (*shape, e.shape[-1]))
+        return model.rank_score(h_b, e_b, c, jnp.broadcast_to(tok[None], shape))
 
-    out = jax.lax.map(chunk, padded.reshape(n, RANK_CHUNK, -1))  # [n, B, C]
+    out = jax.lax.map(chunk, (padded.reshape(n, RANK_CHUNK, -1), tokens))  # [n, B, C]
     return jnp.moveaxis(out, 0, 1).reshape(b, -1)[:, :v]
 
 
@@ -554,7 +585,9 @@ class TransformerRecommender(NeuralRecommender):
             n = len(sel)
             arrays: list[Any] = [ev.inputs, ev.positions, ev.last]
             if ev_cfg is not None:
-                feats, mu, sd = EV.history_events(ev_cfg, categories, histories, sel, ctx, width, next_events, net.rating_prior)
+                feats, mu, sd = EV.history_events(
+                    ev_cfg, categories, histories, sel, ctx, width, next_events, net.rating_prior, net.rating_item_bias
+                )
                 arrays.append(feats)
                 mus.append(mu)
                 ss.append(sd)
@@ -617,7 +650,12 @@ class TransformerRecommender(NeuralRecommender):
         if not raw.size:
             return {n: np.zeros(tokens.shape, np.float32) for n in self.feedback_targets}
         ev = self.config.events
-        return {name: EV.to_scale(ev, kind, raw[..., i], mu, sd) for i, (name, kind, _) in enumerate(ev.targets())}
+        bias = net.rating_item_bias
+        offset = None if bias is None else EV.bias_of(bias, tokens)
+        return {
+            name: EV.to_scale(ev, kind, raw[..., i], mu, sd, offset if kind == "rating" else None)
+            for i, (name, kind, _) in enumerate(ev.targets())
+        }
 
     def predict(self, histories: SequenceArrays, rows: np.ndarray | None, tokens: np.ndarray, ratings: Any = None) -> np.ndarray:
         """Predicted ratings on the rating scale: [B, M] for candidate `tokens` [B, M], or [P] for
@@ -661,6 +699,21 @@ class TransformerRecommender(NeuralRecommender):
 
 CATEGORIES_KEY = "__context_categories__"  # weights.npz entry: the training categories as JSON
 PRIOR_KEY = "__rating_prior__"  # weights.npz entry: the training ratings' (mean, sd) as JSON
+BIAS_KEY = "__rating_item_bias__"  # weights.npz entry: the rating head's item biases (float32 [V])
+
+
+def _bias_json(bias: np.ndarray | None) -> str:
+    return json.dumps(None if bias is None else [float(x) for x in np.asarray(bias, np.float32)])
+
+
+@lru_cache(maxsize=8)
+def _parse_bias(text: str) -> np.ndarray | None:
+    v = json.loads(text)
+    if v is None:
+        return None
+    out = np.asarray(v, np.float32)
+    out.flags.writeable = False  # shared by every caller of the cache
+    return out
 
 
 def save_weights(net: SequenceTransformer, path: Path) -> None:
@@ -671,6 +724,8 @@ def save_weights(net: SequenceTransformer, path: Path) -> None:
     if net.has_events:
         flat[CATEGORIES_KEY] = np.asarray(net.categories_json)
         flat[PRIOR_KEY] = np.asarray(net.rating_prior_json)
+        if net.rating_item_bias is not None:
+            flat[BIAS_KEY] = net.rating_item_bias
     write_weights(flat, path)
 
 
@@ -688,6 +743,7 @@ def load_weights(net: SequenceTransformer, path: Path) -> SequenceTransformer:
         net.categories_json = str(data[CATEGORIES_KEY])
     if net.has_events:  # a file written before the prior existed keeps the plain statistics
         net.rating_prior_json = str(data[PRIOR_KEY]) if PRIOR_KEY in data else "null"
+        net.item_bias_json = _bias_json(data.get(BIAS_KEY))
     return net
 
 

@@ -189,11 +189,11 @@ def evaluate(
     eop_class: bool,
     k: int = 10,
     seed: int = 0,
-    events: tuple[EV.EventsConfig, EV.Categories, tuple[float, float] | None] | None = None,
+    events: tuple[EV.EventsConfig, EV.Categories, tuple[float, float] | None, np.ndarray | None] | None = None,
 ) -> dict[str, float]:
     """Mean metrics over the validation set (keys: exact_ce, sampled_ce, corrected_ce, hr@k, ndcg@k).
 
-    `events` (the model's events config, training categories and rating prior) validates a network that reads
+    `events` (the model's events config, training categories, rating prior and item biases) validates a network that reads
     feedback and context; `vset` must then come from `from_split(..., with_events=True)`. A
     feedback head adds <name>_rmse per predicted column: the root mean squared error, on the
     column's own scale (segue.models.events.to_scale), over the target events that carry it."""
@@ -218,7 +218,8 @@ def evaluate(
         ev = None
         if events is not None:
             ev, mu, sd = EV.history_events(
-                events[0], events[1], vset.histories, sel, context_length, context_length, next_events=vset.next_events, prior=events[2]
+                events[0], events[1], vset.histories, sel, context_length, context_length, next_events=vset.next_events, prior=events[2],
+                item_bias=events[3],
             )
             if pad:
                 ev = {n: np.concatenate([a, np.repeat(a[:1], pad, 0)]) for n, a in ev.items()}
@@ -233,7 +234,8 @@ def evaluate(
         sums["ndcg"] += float(out["ndcg"][:m].sum())
         if "fb_pred" in out and events is not None and vset.next_events is not None:
             for i, (name, kind, _) in enumerate(events[0].targets()):
-                pred = EV.to_scale(events[0], kind, out["fb_pred"][:m, i : i + 1], mu, sd)[:, 0]
+                off = None if events[3] is None or kind != "rating" else EV.bias_of(events[3], vset.targets[sel])[:, None]
+                pred = EV.to_scale(events[0], kind, out["fb_pred"][:m, i : i + 1], mu, sd, off)[:, 0]
                 col = vset.next_events.rating if name == "rating" else vset.next_events.feedback.get(name)
                 if col is None:
                     continue

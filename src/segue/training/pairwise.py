@@ -282,6 +282,7 @@ class PairwiseTask:
         if self.events.enabled:  # the pretrained run's training statistics travel with its weights
             net.categories_json = pre_net.categories_json
             net.rating_prior_json = pre_net.rating_prior_json
+            net.item_bias_json = pre_net.item_bias_json
         self.graphdef, params = nnx.split(net, nnx.Param)
         tx = O.dense_transform(self.optim, params)
         self._step = make_pair_step(self.graphdef, self.optim, self.total_steps)
@@ -344,8 +345,8 @@ def make_pair_step(graphdef: Any, ocfg: O.OptimConfig, n_steps: int) -> Any:
             nxt = None if events is None else events.get("next_ctx")
             na = None if nxt is None else jnp.take_along_axis(nxt, anchor[..., None], axis=1)
             table = net.item_emb[...]
-            s_a = net.rank_score(ha, table[pairs["tok_a"]], na)
-            s_b = net.rank_score(ha, table[pairs["tok_b"]], na)
+            s_a = net.rank_score(ha, table[pairs["tok_a"]], na, pairs["tok_a"])
+            s_b = net.rank_score(ha, table[pairs["tok_b"]], na, pairs["tok_b"])
             loss = pairwise_logistic(s_a, s_b, pairs["weight"], pairs["pair_mask"])
             m = pairs["pair_mask"]
             acc = jnp.sum(jnp.where(m, (s_a > s_b) + 0.5 * (s_a == s_b), 0.0)) / jnp.maximum(1, jnp.sum(m))

@@ -38,6 +38,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -63,6 +64,7 @@ class StepSpec:
     events: EventsConfig = field(default_factory=EventsConfig)
     categories_json: str = "{}"  # the training context categories (JSON), saved with the network
     rating_prior: tuple[float, float] | None = None  # the training ratings' (mean, sd), ditto
+    rating_item_bias: tuple[float, ...] | None = None  # the rating head's item biases, ditto
     items: ItemEncoderConfig = field(default_factory=ItemEncoderConfig)  # side features (off)
     item_shapes: Shapes = ()  # (feature, table rows, width) of the fitted feature vocabularies
     content_dim: int = 0
@@ -114,6 +116,7 @@ def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
         events=spec.events,
         categories=spec.categories,
         rating_prior=spec.rating_prior,
+        rating_item_bias=None if spec.rating_item_bias is None else np.asarray(spec.rating_item_bias, np.float32),
         items=spec.items,
         item_shapes=spec.item_shapes,
         content_dim=spec.content_dim,

@@ -71,7 +71,10 @@ class TransformerTask:
         arrays = training_arrays(data, tc.fit_on)
         self.events = ev = config.events
         self.categories, self.luts = event_lookups(ev, arrays)
-        self.prior = EV.fit_rating_prior(ev, arrays.rating) if ev.enabled else None
+        users = np.repeat(np.arange(len(arrays)), arrays.lengths) if ev.rating_item_bias > 0 else None
+        self.item_bias = EV.fit_item_bias(ev, arrays.tokens, arrays.rating, len(data.vocab), users) if ev.enabled else None
+        offset = None if self.item_bias is None else EV.bias_of(self.item_bias, arrays.tokens)
+        self.prior = EV.fit_rating_prior(ev, arrays.rating, offset) if ev.enabled else None
         if ev.enabled and not lc.extras:
             raise ConfigError("trainer.loader.extras is false, but the events section reads the batches' extra columns")
         self.mesh = M.make_mesh(tc.mesh)
@@ -96,6 +99,7 @@ class TransformerTask:
             events=ev,
             categories_json=json.dumps(self.categories, sort_keys=True),
             rating_prior=self.prior,
+            rating_item_bias=None if self.item_bias is None else tuple(float(x) for x in self.item_bias),
             items=config.items,
             item_shapes=self.item_features.shapes() if self.item_features is not None else (),
             content_dim=self.item_features.content_dim if self.item_features is not None else 0,
@@ -116,7 +120,7 @@ class TransformerTask:
 
     def train_step(self, state: dict[str, Any], batch: dict[str, Any], lr_scale: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         arrays = {k: batch[k] for k in ("inputs", "targets", "mask")}
-        events = EV.batch_events(self.events, batch, self.luts, self.prior) if self.events.enabled else None
+        events = EV.batch_events(self.events, batch, self.luts, self.prior, self.item_bias) if self.events.enabled else None
         if self.mesh is not None:  # this process's rows -> global arrays split over the data axis
             arrays = M.global_batch(self.mesh, arrays)
             events = None if events is None else M.global_batch(self.mesh, events)
@@ -144,7 +148,7 @@ class TransformerTask:
             n_negatives=self.config.loss.n_negatives,
             eop_class=self.spec.eop_target,
             seed=tc.seed,
-            events=(self.events, self.categories, self.prior) if self.events.enabled else None,
+            events=(self.events, self.categories, self.prior, self.item_bias) if self.events.enabled else None,
         )
 
     def network(self, state: dict[str, Any], average: bool = False) -> SequenceTransformer:
