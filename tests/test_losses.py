@@ -184,36 +184,3 @@ def test_mask_seen_is_refused_where_it_cannot_apply() -> None:
     with pytest.raises(ValueError, match="do not combine"):
         L.LossConfig(kind="full", mask_seen=True, label_smoothing=0.1)
     assert L.LossConfig(kind="full", mask_seen=True).mask_seen
-
-
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_real_position_chunks_give_the_full_softmax_loss_and_gradients(smoothing: float) -> None:
-    rng = np.random.default_rng(3)
-    n, d, c = 70, 8, 30  # 70 positions: chunks of 16 -> 5, of which only 2 hold real positions
-    h = jnp.asarray(rng.standard_normal((n, d)), jnp.float32)
-    table = jnp.asarray(rng.standard_normal((c, d)), jnp.float32)
-    targets = jnp.asarray(rng.integers(2, c, n))
-    mask = jnp.asarray(rng.random(n) < 0.4)  # ~28 real positions, scattered
-    valid = jnp.arange(c) >= 2
-
-    def dense(h: jax.Array, table: jax.Array) -> jax.Array:
-        return L.masked_mean(L.full_softmax_ce(h @ table.T, targets, valid, smoothing), mask)
-
-    def chunked(h: jax.Array, table: jax.Array) -> jax.Array:
-        return L.masked_mean(L.chunked_full_softmax_ce(h, table, targets, mask, valid, smoothing, chunk=16), mask)
-
-    (l0, (gh0, gt0)) = jax.value_and_grad(dense, argnums=(0, 1))(h, table)
-    (l1, (gh1, gt1)) = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(h, table)
-    np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    np.testing.assert_allclose(gh1, gh0, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(gt1, gt0, rtol=1e-4, atol=1e-6)
-    assert float(jnp.abs(gh1[~mask]).max()) == 0.0  # padding positions carry no gradient
-    per = L.chunked_full_softmax_ce(h, table, targets, mask, valid, smoothing, chunk=16)
-    assert float(jnp.abs(per[~mask]).max()) == 0.0 and float(per[mask].min()) > 0.0
-
-
-def test_real_positions_is_refused_where_it_cannot_apply() -> None:
-    with pytest.raises(ValueError, match="real_positions"):
-        L.LossConfig(kind="sampled", real_positions=True)
-    with pytest.raises(ValueError, match="real_positions and mask_seen"):
-        L.LossConfig(kind="full", real_positions=True, mask_seen=True)

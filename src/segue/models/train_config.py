@@ -32,19 +32,14 @@ class LossConfig(Config):
     # full only: each position's earlier input items leave its partition function (unless one is
     # its target), as they leave the ranking at evaluation and serving (exclude_seen).
     mask_seen: bool = False
-    # full only: logits only at real (unmasked) positions, in chunks of 256 (the padding of a
-    # bucketed batch skips its softmax; same loss and gradients). Not with mask_seen.
-    real_positions: bool = False
 
     @model_validator(mode="after")
     def _full_only_options(self) -> LossConfig:
-        for name in ("label_smoothing", "mask_seen", "real_positions"):
+        for name in ("label_smoothing", "mask_seen"):
             if getattr(self, name) and self.kind != "full":
                 raise ValueError(f"{name} applies to kind 'full' only, not '{self.kind}'")
         if self.label_smoothing and self.mask_seen:
             raise ValueError("label_smoothing and mask_seen do not combine (smoothing mass would fall on masked items)")
-        if self.real_positions and self.mask_seen:
-            raise ValueError("real_positions and mask_seen do not combine (mask_seen needs every position's logits)")
         return self
 
 

@@ -69,44 +69,6 @@ def full_softmax_ce(
     return (1.0 - label_smoothing) * (lse - pos) + label_smoothing * (lse - mean)
 
 
-def chunked_full_softmax_ce(
-    h: jax.Array,
-    table: jax.Array,
-    targets: jax.Array,
-    mask: jax.Array,
-    valid: jax.Array | None = None,
-    label_smoothing: float = 0.0,
-    chunk: int = 256,
-) -> jax.Array:
-    """`full_softmax_ce(h @ table.T, targets, valid, label_smoothing)` at the real positions only.
-
-    h [N, D], table [C, D], targets / mask [N] -> per-position losses [N] (0 where mask is False).
-    The positions are reordered real-first and cut into chunks of `chunk`; a chunk without a real
-    position skips its [chunk, C] logits (lax.cond, forward and backward), so a batch pays for
-    ceil(real / chunk) chunks instead of N / chunk, with one compiled shape per N. Short histories
-    padded to a bucket length leave 20-40% of a batch's positions padding; the [N, C] logits over a
-    12k-item table are most of the step.
-    """
-    n, d = h.shape
-    n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n
-    order = jnp.argsort(~mask, stable=True)  # real positions first, each group in its order
-    hs = jnp.pad(h[order], ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
-    ts = jnp.pad(targets[order], (0, pad)).reshape(n_chunks, chunk)
-    ms = jnp.pad(mask[order], (0, pad)).reshape(n_chunks, chunk)
-
-    def one(args: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-        hc, tc, mc = args
-
-        def real() -> jax.Array:
-            return jnp.where(mc, full_softmax_ce(hc @ table.T, tc, valid, label_smoothing), 0.0)
-
-        return jax.lax.cond(jnp.any(mc), real, lambda: jnp.zeros((chunk,), h.dtype))
-
-    per = jax.lax.map(one, (hs, ts, ms)).reshape(-1)[:n]
-    return jnp.zeros((n,), per.dtype).at[order].set(per)
-
-
 def mask_seen_logits(logits: jax.Array, inputs: jax.Array, targets: jax.Array) -> jax.Array:
     """s'_{b,t,c} = -inf if c = inputs[b, s] for some s <= t and c != targets[b, t], else s_{b,t,c}.
 

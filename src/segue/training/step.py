@@ -171,8 +171,6 @@ def per_position_loss(
 
     `inputs` [B, T] (row indices, N = B T) is needed by the full softmax with mask_seen."""
     kind = spec.loss.kind
-    if kind == "full" and spec.loss.real_positions and not spec.loss.mask_seen:
-        return L.chunked_full_softmax_ce(h, rows, local_t, mask, spec.class_mask(), spec.loss.label_smoothing)
     if kind == "full":
         logits = h @ rows.T  # [N, V]
         if spec.loss.mask_seen:
