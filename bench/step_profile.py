@@ -36,21 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from train_throughput import matmul_peak  # bench/ is the script's folder, so on sys.path
+
 
 def cpu() -> float:
     return time.process_time()
-
-
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = cpu()
-        f(a).block_until_ready()
-        best = min(best, cpu() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn: Any, *args: Any) -> float:
@@ -82,7 +72,7 @@ def profile(config: Path, store: Path, split: str = "loo", overrides: dict | Non
             else:
                 d[sec] = vals
         cfg = parse_train_config(d)
-    out: dict[str, Any] = {"peak_gflops": matmul_peak()}
+    out: dict[str, Any] = {"peak_gflops": matmul_peak(reps=10, clock=cpu)}
     with Store.open(store) as s:
         data = SplitData.load(s, split)
         task = TransformerTask(cfg.transformer_config(), data)
