@@ -139,7 +139,8 @@ def _node_test(node: dict[str, Any], n_features: int, tree: int) -> tuple[int, n
     else:
         raise UnsupportedTrees(f"tree {tree}: missing_type '{missing}' on feature {node['split_feature']}")
     thr = float(node["threshold"])
-    t32 = np.float32(thr)
+    with np.errstate(over="ignore"):  # LightGBM writes 1e300 for "always left": float32 inf, stepped down below
+        t32 = np.float32(thr)
     if float(t32) > thr:  # rounded up: the largest float32 below the threshold decides the same
         t32 = np.nextafter(t32, np.float32(-np.inf))
     return copy * n_features + int(node["split_feature"]), t32
