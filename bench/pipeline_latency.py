@@ -37,6 +37,12 @@ before 12.5-13.7 ms a request (candidates 7.4-8.4, features 2.6-3.0, ranker 2.2-
 process, every thread; load 18-29): pipeline 7.0 -> 5.0-5.2 ms, the single model 1.9-2.3.
 The last quiet-machine run before the change (03:11): ratio 2.35 at 1 client, 3.14 at 16; stages
 2.68 / 0.89 / 0.93 ms.
+Quiet machine after the change (2026-12-07 06:4x, nothing else running; the 16 client processes
+lift the load to 4-7), three runs back to back, ratio 1 / 16 clients, pipeline p99 1 / 16 ms, stages:
+    2.57 / 2.57    7.2 / 204.0    in-process 3.75 ms, ranker 18%      load 0.9 -> 4.2
+    2.40 / 2.46    7.1 / 175.5    2.41 / 0.51 / 0.66 ms (ranker 19%)  load 4.2 -> 7.0
+    2.74 / 2.78    7.3 / 227.0    in-process 3.84 ms, ranker 18%      load 6.5 -> 6.7
+Within the 3x budget in every run (before the change, quiet runs gave 2.21-3.38).
 """
 
 from __future__ import annotations
