@@ -37,28 +37,32 @@ MPD_ENTRIES = 66_346_428
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process and its children every `interval` seconds."""
+    """Samples the summed RSS of a process (default: this one) and its descendants every
+    `interval` seconds, with the largest single child and the largest single process seen."""
 
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
+    def __init__(self, interval: float = 0.05, pid: int | None = None) -> None:
+        self.interval, self.pid = interval, pid
         self.peak = 0
         self.peak_child = 0  # largest single child process seen
+        self.peak_single = 0  # largest single process seen, the root included
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            with contextlib.suppress(psutil.Error):
-                for p in [me, *me.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error):  # a child may exit meanwhile
-                        rss = p.memory_info().rss
-                        total += rss
-                        if p.pid != me.pid:
-                            self.peak_child = max(self.peak_child, rss)
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
+        with contextlib.suppress(psutil.Error):  # the root may exit before the first sample
+            root = psutil.Process(self.pid)
+            while not self._stop.is_set():
+                total = 0
+                with contextlib.suppress(psutil.Error):
+                    for p in [root, *root.children(recursive=True)]:
+                        with contextlib.suppress(psutil.Error):  # a child may exit meanwhile
+                            rss = p.memory_info().rss
+                            total += rss
+                            self.peak_single = max(self.peak_single, rss)
+                            if p.pid != root.pid:
+                                self.peak_child = max(self.peak_child, rss)
+                self.peak = max(self.peak, total)
+                time.sleep(self.interval)
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()

@@ -23,19 +23,19 @@ printed beside every wall-clock figure, and CPU seconds beside wall seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from ingest import PeakMemory  # bench/ is the script's folder, so on sys.path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -56,38 +56,6 @@ def du(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-class TreePeak:
-    """Peak summed RSS of a process and its descendants, and the largest single one, sampled."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
-        self.peak = self.peak_single = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.pid)
-            while not self._stop.is_set():
-                total = 0
-                with contextlib.suppress(psutil.Error):
-                    for p in [root, *root.children(recursive=True)]:
-                        with contextlib.suppress(psutil.Error):  # a child may exit meanwhile
-                            rss = p.memory_info().rss
-                            total += rss
-                            self.peak_single = max(self.peak_single, rss)
-                self.peak = max(self.peak, total)
-                time.sleep(self.interval)
-
-    def __enter__(self) -> TreePeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +200,7 @@ def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    with TreePeak(proc.pid) as mem:
+    with PeakMemory(pid=proc.pid) as mem:
         out, _ = proc.communicate()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
