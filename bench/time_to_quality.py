@@ -191,7 +191,7 @@ def segue_worker(args: argparse.Namespace) -> None:
 
     overrides = json.loads(args.overrides)
     if args.mode == "refit":
-        overrides.setdefault("trainer", {}).update(fit_on="train+valid", max_steps=args.steps)
+        overrides.setdefault("trainer", {}).update(fit_on="train+valid", max_steps=args.steps, min_epochs=None)  # exactly the chosen steps
     cfg = segue_config(args, Path(args.store), f"ttq-segue-{args.mode}", overrides)
     cpu: dict[int, float] = {}
     t0 = time.process_time()

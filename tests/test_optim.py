@@ -191,3 +191,21 @@ def test_step_with_mask_seen_leaves_earlier_inputs_out_of_the_softmax() -> None:
         assert float(met["loss"]) == pytest.approx(expect, rel=1e-5)
         losses[seen] = expect
     assert losses[True] < losses[False]
+
+
+def test_step_limit_between_min_and_max_epochs() -> None:
+    from pydantic import ValidationError
+
+    from segue.models.train_config import TrainerConfig
+    from segue.training.task import total_steps
+
+    # 175 batches an epoch (Beauty at batch 128): 40 epochs lift 5,000 steps to 7,000
+    assert total_steps(TrainerConfig(max_steps=5000, min_epochs=40, max_epochs=200), 175) == (7000, "min_epochs")
+    # 8 batches an epoch (ml-100k): min_epochs asks for fewer than max_steps, max_epochs caps
+    assert total_steps(TrainerConfig(max_steps=5000, min_epochs=40, max_epochs=200), 8) == (1600, "max_epochs")
+    assert total_steps(TrainerConfig(max_steps=5000, min_epochs=40), 100) == (5000, "max_steps")
+    # a fractional epoch rounds up to whole steps; max_epochs still caps a lifted limit
+    assert total_steps(TrainerConfig(max_steps=10, min_epochs=2.5, max_epochs=3), 7) == (18, "min_epochs")
+    assert total_steps(TrainerConfig(max_steps=10, min_epochs=2.5, max_epochs=2.5), 7) == (18, "min_epochs")
+    with pytest.raises(ValidationError, match="min_epochs"):
+        TrainerConfig(min_epochs=5, max_epochs=4)

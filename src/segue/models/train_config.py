@@ -82,6 +82,9 @@ class TrainerConfig(Config):
 
     max_steps: int = Field(10_000, ge=1)
     max_epochs: float | None = Field(None, gt=0)  # stop after this many passes (whichever first)
+    # Train at least this many passes: lifts max_steps on larger data, so that a step budget tuned
+    # on one dataset does not silently under-train a bigger one (max_epochs still caps it).
+    min_epochs: float | None = Field(None, gt=0)
     max_minutes: float | None = Field(None, gt=0)  # wall-clock budget
     seed: int = 0
     loader: LoaderConfig = LoaderConfig()
@@ -101,3 +104,9 @@ class TrainerConfig(Config):
     # under leave-last-out), so nothing is validated: no early stopping, the last step is kept.
     fit_on: Literal["train", "train+valid"] = "train"
     mesh: MeshConfig = MeshConfig()  # devices and hosts (segue.training.mesh)
+
+    @model_validator(mode="after")
+    def _epoch_bounds(self) -> TrainerConfig:
+        if self.min_epochs is not None and self.max_epochs is not None and self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) is above max_epochs ({self.max_epochs})")
+        return self

@@ -46,6 +46,13 @@ def train(
                 highlight=False,
                 soft_wrap=True,
             )
+        if cfg.trainer.min_epochs is not None:  # type: ignore[attr-defined]
+            upd["min_epochs"] = None  # likewise: N steps asked for, not min_epochs' more
+            console.print(
+                f"--max-steps {max_steps}: trainer.min_epochs = {cfg.trainer.min_epochs} is lifted",  # type: ignore[attr-defined]
+                highlight=False,
+                soft_wrap=True,
+            )
     if max_epochs is not None:
         upd["max_epochs"] = max_epochs
     if max_minutes is not None:

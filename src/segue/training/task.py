@@ -72,8 +72,13 @@ class TrainTask(Protocol):
 
 
 def total_steps(trainer: TrainerConfig, batches_per_epoch: int) -> tuple[int, str]:
-    """The step limit and the setting that sets it ('max_steps' or 'max_epochs')."""
+    """The step limit and the setting that sets it: max_steps, lifted to min_epochs passes when
+    that is more, then capped at max_epochs passes ('max_steps', 'min_epochs' or 'max_epochs')."""
     steps, binds = trainer.max_steps, "max_steps"
+    if trainer.min_epochs is not None:
+        at_least = max(1, math.ceil(trainer.min_epochs * batches_per_epoch))
+        if at_least > steps:
+            steps, binds = at_least, "min_epochs"
     if trainer.max_epochs is not None:
         by_epochs = max(1, math.ceil(trainer.max_epochs * batches_per_epoch))
         if by_epochs < steps:

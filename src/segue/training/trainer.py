@@ -686,6 +686,11 @@ def _stop_text(summary: dict[str, Any], cfg: RunConfig) -> str:
         )
     if reason == "max_steps":
         return f"max_steps = {tc.max_steps}: raise it with --max-steps"
+    if reason == "min_epochs":
+        return (
+            f"min_epochs = {tc.min_epochs} (= {summary['total_steps']} steps, above max_steps = {tc.max_steps}): "
+            "raise it, or pass --max-steps, which lifts min_epochs"
+        )
     if reason == "early_stopping":
         return f"early stopping (patience {tc.patience} validations without improvement): raise trainer.patience"
     if reason == "max_minutes":
@@ -704,7 +709,7 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.model_dump(mode="json", exclude={"base_dir"})
     # A longer or shorter budget is a legitimate change on resume, and so are the devices
     # (a checkpoint written on N devices restores on M).
-    for k in ("max_steps", "max_epochs", "max_minutes", "progress", "patience", "mesh"):
+    for k in ("max_steps", "max_epochs", "min_epochs", "max_minutes", "progress", "patience", "mesh"):
         d["trainer"].pop(k, None)
     return d
 
