@@ -111,6 +111,16 @@ def test_resume_names_the_binding_limit_and_max_steps_raises_it(store: Path, tmp
     assert m["resumed_from"] == steps and m["steps"] == steps + 4 and m["stop_reason"] == "max_steps"
 
 
+def test_min_epochs_lifts_max_steps_and_is_named(store: Path, tmp_path: Path) -> None:
+    # 5 batches an epoch: min_epochs 2 lifts max_steps 3 to 10 steps
+    cfg_path = _write(tmp_path / "c.toml", _cfg(store, max_steps=3, min_epochs=2.0) | {"runs_dir": str(tmp_path)})
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert m["steps"] == m["total_steps"] == 10 and m["stop_reason"] == "min_epochs"
+    assert "stopped by min_epochs = 2.0 (= 10 steps, above max_steps = 3)" in " ".join(res.output.split())
+
+
 def test_data_that_contradicts_a_setting_is_warned_about(store: Path, repeats_store: Path, tmp_path: Path) -> None:
     from rich.console import Console
 
