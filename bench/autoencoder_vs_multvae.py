@@ -140,7 +140,7 @@ def main() -> None:
             if cache is not None:
                 np.savez(cache, fit_s=fit_s, **saved)
         print(f"VAECF fitted in {fit_s:.0f} s (this shared machine)")
-        models, _ = resolve_models(args.runs, store, args.split)
+        models, _ = resolve_models(args.runs, store, args.split) if args.runs else ({}, {})
         for label, model in models.items():
             t0 = time.perf_counter()
             results[label] = evaluate(lambda sel, m=model: m.score(hist, sel), hist, tgt, rows)
