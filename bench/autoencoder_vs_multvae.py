@@ -1,16 +1,19 @@
 """The profile autoencoder against an established Mult-VAE (Cornac's VAECF) on the same split.
 
     pip install -e '.[bench]'      # cornac, and torch as a CPU wheel (never a CUDA one)
-    python bench/autoencoder_vs_multvae.py RUN_FOLDER [RUN_FOLDER ...] --store STORE [--split strong]
-        [--part test] [--epochs 100] [--cache vaecf.npz]
+    python bench/autoencoder_vs_multvae.py [[LABEL=]RUN_FOLDER | BASELINE ...] --store STORE
+        [--split strong] [--part test] [--epochs 100] [--cache vaecf.npz] [--reference LABEL]
 
 Both see the same data: VAECF is fitted on the split's TRAIN profiles (binarised, as it does
 itself); each held-out user's fold-in profile is encoded by VAECF's own encoder (the mean of
-q(z|x)) and decoded, which is the fold-in of Liang et al. 2018, and each run folder's model scores
-the same users through `score()`. Ranking over the whole catalogue with the fold-in items
-excluded; NDCG@100, Recall@20, Recall@50 (recall normalised by min(k, |held-out|)) per user, with
-95% bootstrap CIs, and the paired difference of each model against VAECF. Nothing here is
-imported by the package.
+q(z|x)) and decoded, which is the fold-in of Liang et al. 2018, and each run folder's model (or
+baseline name, e.g. ease popularity, fitted on TRAIN as segue evaluate does) scores the same users
+through `score()`. Ranking over the whole catalogue with the fold-in items excluded; NDCG@100,
+Recall@20, Recall@50 (recall normalised by min(k, |held-out|)) per user, with 95% bootstrap CIs,
+and the paired NDCG@100 difference of every model against the reference (default: the first
+model given) and against VAECF. --cache keeps VAECF's per-user metrics of both the VALID and the
+TEST part, so a later run with other models reuses its fit; with no model given, the bench only
+fits VAECF (and fills the cache).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
 from segue.data.vocab import N_SPECIAL, UNK
+from segue.evaluation.cli import resolve_models
 from segue.evaluation.metrics import per_user_metrics
-from segue.models.base import load_model, top_k
+from segue.models.base import top_k
 
 KS = (20, 50, 100)
 METRICS = ("ndcg@100", "recall@20", "recall@50")
@@ -102,13 +106,14 @@ def vaecf_scores(data: SplitData, epochs: int, seed: int):  # noqa: ANN201
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+")
+    ap.add_argument("runs", nargs="*", help="[label=]run folder, or a baseline name (ease, popularity, ...)")
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")
     ap.add_argument("--part", default="test", choices=["valid", "test"])
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", help="an .npz keeping VAECF's per-user metrics, reused when it exists")
+    ap.add_argument("--reference", help="the label the paired differences are taken against (default: the first model)")
     args = ap.parse_args()
     part = Part.VALID if args.part == "valid" else Part.TEST
     with Store.open(args.store) as store:
@@ -120,29 +125,50 @@ def main() -> None:
         cache = Path(args.cache) if args.cache else None
         if cache is not None and cache.exists():  # VAECF's per-user metrics of an earlier run of this bench
             got = np.load(cache)
-            results[name] = {k: got[k] for k in got.files if k != "fit_s"}
+            results[name] = {k.partition(":")[2]: got[k] for k in got.files if k.startswith(f"{args.part}:")}
             fit_s = float(got["fit_s"])
         else:
             vae_score, fit_s = vaecf_scores(data, args.epochs, args.seed)
-            results[name] = evaluate(lambda sel: vae_score(hist, sel), hist, tgt, rows)
+            saved = {}
+            for p in (Part.VALID, Part.TEST):  # both parts: one fit serves VALID and TEST comparisons
+                h, t = data.history(p), data.targets(p)
+                r = np.intersect1d(t.nonempty(), h.nonempty())
+                got = evaluate(lambda sel, h=h: vae_score(h, sel), h, t, r)
+                saved.update({f"{p.name.lower()}:{k}": v for k, v in got.items()})
+                if p == part:
+                    results[name] = got
             if cache is not None:
-                np.savez(cache, fit_s=fit_s, **results[name])
+                np.savez(cache, fit_s=fit_s, **saved)
         print(f"VAECF fitted in {fit_s:.0f} s (this shared machine)")
-        for run in args.runs:
-            model = load_model(run)
-            results[run] = evaluate(lambda sel, m=model: m.score(hist, sel), hist, tgt, rows)
+        models, _ = resolve_models(args.runs, store, args.split) if args.runs else ({}, {})
+        for label, model in models.items():
+            t0 = time.perf_counter()
+            results[label] = evaluate(lambda sel, m=model: m.score(hist, sel), hist, tgt, rows)
+            print(f"{label}: scored in {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"{len(rows)} {args.part} users of split '{args.split}' (strong generalisation: profiles folded in)")
-    ref = next(iter(results))
-    for name, res in results.items():
+    vae = next(iter(results))
+    ref = args.reference or (next(iter(models)) if models else vae)
+    if ref not in results:
+        raise SystemExit(f"--reference {ref}: not one of {', '.join(results)}")
+    for label, res in results.items():
         parts = []
         for m in METRICS:
             lo, hi = ci(res[m])
             parts.append(f"{m} {res[m].mean():.4f} [{lo:.4f}, {hi:.4f}]")
-        print(f"{name}: " + "  ".join(parts))
-        if name != ref:
-            d = res["ndcg@100"] - results[ref]["ndcg@100"]
+        print(f"{label}: " + "  ".join(parts))
+    print(f"paired NDCG@100 differences, {ref} minus each (95% bootstrap CI):")
+    for label, res in results.items():
+        if label != ref:
+            d = results[ref]["ndcg@100"] - res["ndcg@100"]
             lo, hi = ci(d)
-            print(f"    paired ndcg@100 difference vs VAECF: {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            print(f"    {ref} - {label}: {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    if ref != vae:
+        print("paired NDCG@100 differences, each minus VAECF:")
+        for label, res in results.items():
+            if label not in (ref, vae):
+                d = res["ndcg@100"] - results[vae]["ndcg@100"]
+                lo, hi = ci(d)
+                print(f"    {label} - VAECF: {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]")
 
 
 if __name__ == "__main__":

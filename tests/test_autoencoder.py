@@ -145,6 +145,40 @@ def test_fold_in_equals_score_and_the_network(fitted: AutoencoderRecommender) ->
     assert prof.ratings[0, rows[0][0] - N_SPECIAL] == pytest.approx(h[0])
 
 
+def test_fold_in_with_a_wide_part_equals_the_dense_network(fitted: AutoencoderRecommender) -> None:
+    """score() adds the wide logits from the profile's rows of W (sparse_wide_logits), not from the
+    network's dense [B, n] x [n, n] product: the same numbers."""
+    from flax import nnx
+
+    from segue.models.autoencoder import SAVED
+
+    config = fitted.config.model_copy(deep=True)
+    config.model.wide, config.model.wide_mode, config.model.wide_scale = "ease", "score", 3.0
+    rec = AutoencoderRecommender(config, fitted.vocab)
+    n = fitted.network.n_items
+    net = rec.build(n)
+    nnx.update(net, nnx.state(fitted.network, SAVED))
+    w = np.random.default_rng(2).normal(size=(n, n)).astype(np.float32)
+    np.fill_diagonal(w, 0.0)
+    net.wide[...] = jnp.asarray(w)
+    rec.network = net
+    rng = np.random.default_rng(3)
+    hist = SequenceArrays.from_lists([list(rng.choice(np.arange(24) + N_SPECIAL, k, replace=False)) for k in (3, 7, 5)])
+    hist.rating = rng.integers(6, 11, len(hist.tokens)).astype(np.float32)
+    got = rec.score(hist)[:, N_SPECIAL:]
+    prof = Profiles(hist, np.arange(3), n, rec.scale, config.model)
+    logits, pred = net(jnp.asarray(prof.presence), jnp.asarray(prof.ratings))  # the dense product
+    wide = 3.0 * prof.presence @ w
+    np.testing.assert_allclose(np.asarray(logits) - np.asarray(net.presence_logits(net.encode(jnp.asarray(prof.presence), jnp.asarray(prof.ratings)))), wide, rtol=1e-4, atol=1e-4)
+    logp = np.asarray(logits, np.float64)
+    logp = logp - logp.max(axis=1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    q = rating_unit(denormalise(np.asarray(pred), prof.norm, rec.scale), rec.scale)
+    a = config.model.alpha
+    np.testing.assert_allclose(got, a * logp + (1 - a) * np.log(q), rtol=1e-4, atol=1e-4)
+    assert np.abs(got - fitted.score(hist)[:, N_SPECIAL:]).max() > 0.1  # the wide part moved the scores
+
+
 def test_score_modes_and_a_learned_taste(fitted: AutoencoderRecommender) -> None:
     tokens, _ = fitted.vocab.encode_external([f"i{i}" for i in range(24)])
     hist = SequenceArrays.from_lists([tokens[:6]])  # taste 0, unrated
