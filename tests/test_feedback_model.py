@@ -305,6 +305,12 @@ def test_low_rank_rating_term_against_a_direct_computation() -> None:
     np.testing.assert_array_equal(got[..., 1 - col], mlp[..., 1 - col])  # the other column untouched
     with pytest.raises(ValueError, match="rating_rank"):
         EventsConfig(rating=True, rating_rank=2)
+    # rating_mlp = false: the rating column is the bilinear term alone
+    alone = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev.model_copy(update={"rating_mlp": False}))
+    nnx.update(alone, nnx.state(net, nnx.Param))
+    got_alone = np.asarray(alone.predict_feedback(h, e))
+    np.testing.assert_allclose(got_alone[..., col], bilinear, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got_alone[..., 1 - col], mlp[..., 1 - col])
 
 
 def test_rating_fold_against_a_direct_computation_and_causal() -> None:

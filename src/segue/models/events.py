@@ -101,6 +101,10 @@ class EventsConfig(Config):
     # an empty history predicts what biased MF does for a new user, instead of a residual the head
     # could only learn from the training users' first ratings
     rating_min_history: int = Field(0, ge=0)
+    # with rating_rank > 0: false leaves the rating column to the bilinear term alone (the MLP's
+    # output there is dropped), i.e. biased MF's structure m + b_u + b_i + p_u . q_i with the
+    # user factor P h_t read from the history
+    rating_mlp: bool = True
     # the ratings a scored history's statistics (mu, s and the count above) come from: the window
     # the network reads (its last context_length - 1 events), or every rated event of the history
     # (a user's bias is better estimated from all of it; on ml-100k's temporal split the window's
@@ -131,6 +135,8 @@ class EventsConfig(Config):
         for name in ("rating_rank", "rating_min_history"):
             if getattr(self, name) > 0 and "rating" not in self.predict:
                 raise ValueError(f"{name}: the feedback head predicts no rating (add 'rating' to predict)")
+        if not self.rating_mlp and self.rating_rank == 0:
+            raise ValueError("rating_mlp = false needs rating_rank > 0 (the rating column would be empty)")
         if self.rating_fold and not self.rating:
             raise ValueError("rating_fold: the inputs' ratings are not read (set rating = true)")
         if len(set(self.context)) != len(self.context):

@@ -238,6 +238,7 @@ class SequenceTransformer(nnx.Module):
             self.rating_p = nnx.Linear(d, k, use_bias=False, kernel_init=nnx.initializers.zeros, rngs=rngs)
             self.rating_q = nnx.Linear(d, k, use_bias=False, kernel_init=nnx.initializers.normal(d**-0.5), rngs=rngs)
             self.rating_col = [n for n, _, _ in events.targets()].index("rating")
+            self.rating_mlp = events.rating_mlp
         if events is not None and events.enabled and events.rating_fold:
             n = events.rating_buckets
             self.fold_weight = nnx.Param(jnp.concatenate([jnp.zeros(1), jnp.linspace(-1.0, 1.0, n)]))
@@ -301,7 +302,7 @@ class SequenceTransformer(nnx.Module):
         out = self.feedback_head(jnp.concatenate(parts, axis=-1))
         if getattr(self, "rating_p", None) is not None:  # + <P h, Q e> on the rating column
             low_rank = jnp.sum(self.rating_p(h) * self.rating_q(item_vecs), axis=-1)
-            out = out.at[..., self.rating_col].add(low_rank)
+            out = out.at[..., self.rating_col].add(low_rank) if self.rating_mlp else out.at[..., self.rating_col].set(low_rank)
         return out
 
     def rank_offsets(self) -> jax.Array | None:
