@@ -286,6 +286,106 @@ def test_item_bias_residual_by_hand() -> None:
     np.testing.assert_allclose(got, [[mu + b[4] + s * 0.5, 5.0]], rtol=1e-5)
 
 
+def test_low_rank_rating_term_against_a_direct_computation() -> None:
+    ev = EventsConfig(rating=True, feedback={"skip": "flag"}, predict={"rating": 1.0, "skip": 1.0}, rating_rank=3)
+    net = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev)
+    h = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    e = jax.random.normal(jax.random.key(2), (2, 5, 8))
+    mlp = np.asarray(net.feedback_head(jnp.concatenate([h, e], axis=-1)))
+    np.testing.assert_array_equal(np.asarray(net.predict_feedback(h, e)), mlp)  # P starts at zero
+    p = np.asarray(jax.random.normal(jax.random.key(3), (8, 3)))
+    net.rating_p.kernel[...] = jnp.asarray(p)
+    q = np.asarray(net.rating_q.kernel[...])
+    got = np.asarray(net.predict_feedback(h, e))
+    hn, en = np.asarray(h, np.float64), np.asarray(e, np.float64)
+    bilinear = np.einsum("btd,dk,bte,ek->bt", hn, p, en, q)  # <P h, Q e> with x @ kernel as nnx.Linear
+    assert np.abs(bilinear).max() > 0.1
+    col = [n for n, _, _ in ev.targets()].index("rating")
+    np.testing.assert_allclose(got[..., col], mlp[..., col] + bilinear, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got[..., 1 - col], mlp[..., 1 - col])  # the other column untouched
+    with pytest.raises(ValueError, match="rating_rank"):
+        EventsConfig(rating=True, rating_rank=2)
+    # rating_mlp = false: the rating column is the bilinear term alone
+    alone = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev.model_copy(update={"rating_mlp": False}))
+    nnx.update(alone, nnx.state(net, nnx.Param))
+    got_alone = np.asarray(alone.predict_feedback(h, e))
+    np.testing.assert_allclose(got_alone[..., col], bilinear, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got_alone[..., 1 - col], mlp[..., 1 - col])
+
+
+def test_rating_fold_against_a_direct_computation_and_causal() -> None:
+    ev = EventsConfig(rating=True, predict={"rating": 1.0}, rating_fold=True)
+    net = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev)
+    tokens = jnp.asarray([[1, 5, 7, 9, 11, 6]], jnp.int32)
+    buckets = np.array([[0, 5, 0, 1, 3, 4]], np.int32)  # <start>, then rated and unrated items
+    e = {"rating_bucket": jnp.asarray(buckets)}
+    h0 = np.asarray(net.hidden(tokens, events=e))
+    w = np.asarray(jax.random.normal(jax.random.key(4), (8, 8)))
+    net.fold_proj.kernel[...] = jnp.asarray(w)
+    h = np.asarray(net.hidden(tokens, events=e))
+    table = np.asarray(net.item_emb[...], np.float64)
+    rho = np.array([0, -1, -0.5, 0, 0.5, 1])[buckets[0]]  # the initial weights per bucket
+    u = np.cumsum(rho[:, None] * table[np.asarray(tokens[0])], axis=0) / np.sqrt(np.maximum(np.cumsum(buckets[0] > 0), 1))[:, None]
+    np.testing.assert_allclose(h[0] - h0[0], u @ w, rtol=1e-4, atol=1e-6)
+    # causal: the last event's item and rating change nothing before it
+    e2 = {"rating_bucket": jnp.asarray(buckets).at[0, 5].set(1)}
+    h2 = np.asarray(net.hidden(tokens.at[0, 5].set(13), events=e2))
+    np.testing.assert_allclose(h2[0, :5], h[0, :5], rtol=1e-6, atol=1e-6)
+    assert np.abs(h2[0, 5] - h[0, 5]).max() > 1e-3
+    with pytest.raises(ValueError, match="rating_fold"):
+        EventsConfig(predict={"rating": 1.0}, rating_fold=True)
+
+
+def test_min_history_masks_targets_and_predicts_the_baseline() -> None:
+    cfg = EventsConfig(rating=True, predict={"rating": 1.0}, rating_item_bias=1.0, rating_min_history=2, rating_stats="prefix")
+    b = np.array([0, 0, 0, 0, 0.5, -1.0, 0.25], np.float32)
+    batch = {
+        "inputs": np.array([[1, 4, 5, 6], [1, 6, 0, 0]]),  # <start> then rated items; row 1: one event, padding
+        "targets": np.array([[4, 5, 6, 4], [5, 0, 0, 0]]),
+        "mask": np.array([[True, True, True, True], [True, False, False, False]]),
+        "rating": np.array([[np.nan, 5.0, np.nan, 2.0], [np.nan, 3.0, np.nan, np.nan]], np.float32),
+        "target_rating": np.array([[5.0, 1.0, 4.0, 3.0], [2.0, np.nan, np.nan, np.nan]], np.float32),
+    }
+    ev = EV.batch_events(cfg, batch, {}, (3.0, 1.0), b)
+    # rated inputs up to each column: [0, 1, 1 (item 5 unrated), 2] and [0, ...]: only column 3 has two
+    np.testing.assert_array_equal(ev["fb_mask"][..., 0], [[False, False, False, True], [False] * 4])
+    off = EV.batch_events(cfg.model_copy(update={"rating_min_history": 0}), batch, {}, (3.0, 1.0), b)
+    np.testing.assert_array_equal(off["fb_mask"][..., 0], batch["mask"] & (batch["targets"] >= N_SPECIAL))
+    np.testing.assert_array_equal(off["fb_target"], ev["fb_target"])  # the targets themselves do not move
+    # scoring: a history with fewer rated events than 2 gets s = 0, i.e. mu + b_i whatever the head says
+    hist = SequenceArrays(
+        offsets=np.array([0, 2, 3, 3], np.int64),
+        tokens=np.array([4, 6, 5], np.int32),
+        item_ids=np.array([0, 2, 1], np.int32),
+        rating=np.array([5.0, 2.0, 4.0], np.float32),
+    )
+    _, mu, s = EV.history_events(cfg, {}, hist, np.arange(3), 6, 8, prior=(3.0, 1.0), item_bias=b)
+    _, mu0, s0 = EV.history_events(cfg.model_copy(update={"rating_min_history": 0}), {}, hist, np.arange(3), 6, 8, prior=(3.0, 1.0), item_bias=b)
+    np.testing.assert_array_equal(mu, mu0)
+    assert s[0] == s0[0] > 0 and s[1] == s[2] == 0.0
+    got = EV.to_scale(cfg, "rating", np.full((3, 1), 0.7, np.float32), mu, s, b[[[4], [4], [4]]])
+    np.testing.assert_allclose(got[1:, 0], mu[1:] + b[4], rtol=1e-6)
+    assert got[0, 0] == pytest.approx(min(5.0, mu[0] + b[4] + 0.7 * s[0]), rel=1e-6)
+
+
+def test_history_scope_statistics_read_every_rated_event() -> None:
+    cfg = EventsConfig(rating=True, predict={"rating": 1.0}, rating_stats_scope="history")
+    hist = SequenceArrays(
+        offsets=np.array([0, 5, 6], np.int64),
+        tokens=np.array([4, 5, 6, 4, 5, 6], np.int32),
+        item_ids=np.array([0, 1, 2, 0, 1, 2], np.int32),
+        rating=np.array([1.0, 1.0, np.nan, 5.0, 4.0, 2.0], np.float32),
+    )
+    prior = (3.0, 1.0)
+    # context 3: the network reads <start> and the last 2 events; the statistics read all 4 ratings
+    _, mu, s = EV.history_events(cfg, {}, hist, np.arange(2), 3, 4, prior=prior)
+    want = EV.row_rating_stats(cfg, np.array([[1.0, 1.0, np.nan, 5.0, 4.0], [2.0] + [np.nan] * 4]), np.array([[True] * 5, [True] + [False] * 4]), prior)
+    np.testing.assert_allclose(mu, want[0], rtol=1e-6)
+    np.testing.assert_allclose(s, want[1], rtol=1e-6)
+    _, mu_w, _ = EV.history_events(cfg.model_copy(update={"rating_stats_scope": "window"}), {}, hist, np.arange(2), 3, 4, prior=prior)
+    assert mu_w[0] == pytest.approx((5.0 + 4.0 + 2 * 3.0) / 4) and mu_w[1] == mu[1]
+
+
 def test_time_slots_by_hand() -> None:
     monday_9h = 1_700_438_400 + 9 * 3600  # 2023-11-20 was a Monday
     ts = np.array([[0, monday_9h, monday_9h, monday_9h + 5, monday_9h + 86400 * 5 + 3600 * 14]])

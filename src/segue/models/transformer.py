@@ -18,6 +18,10 @@ and then none of the following parameters exist; time features are three more co
                                               context, known at request time; MLP_q's output
                                               layer starts at zero, so q = h at init)
     y_t  = MLP_f([h_t; E[x_{t+1}]; ctx_{t+1}]) feedback head: that event's feedback
+           (+ <P h_t, Q E[x_{t+1}]> on the rating column with events.rating_rank = k > 0: P, Q
+           [k, D], P starting at zero; a low-rank user-item term, biased MF's p_u . q_i)
+With events.rating_fold, h_t += W_u sum_{j<=t} w(r_j) E[x_j] / sqrt(n_t) (n_t: rated inputs up to
+t, w learned per rating bucket, W_u starting at zero): asymmetric SVD's user factor, causal.
 ctx = sum_c C_c[slot_c] (one table per context column, slot 0 = null or unseen category).
 Without context the next-item head is the identity (today's model).
 
@@ -228,6 +232,17 @@ class SequenceTransformer(nnx.Module):
         # Made last for the same reason: the plain parameters' init does not move.
         if items is not None and items.enabled:
             self.item_encoder = ItemEncoder(items, item_shapes, content_dim, cfg.d_model, std, rngs)
+        if events is not None and events.enabled and events.rating_rank > 0:
+            d, k = cfg.d_model, events.rating_rank
+            # P starts at zero (the term starts at 0); Q keeps E's scale (std 1 / sqrt(D))
+            self.rating_p = nnx.Linear(d, k, use_bias=False, kernel_init=nnx.initializers.zeros, rngs=rngs)
+            self.rating_q = nnx.Linear(d, k, use_bias=False, kernel_init=nnx.initializers.normal(d**-0.5), rngs=rngs)
+            self.rating_col = [n for n, _, _ in events.targets()].index("rating")
+            self.rating_mlp = events.rating_mlp
+        if events is not None and events.enabled and events.rating_fold:
+            n = events.rating_buckets
+            self.fold_weight = nnx.Param(jnp.concatenate([jnp.zeros(1), jnp.linspace(-1.0, 1.0, n)]))
+            self.fold_proj = nnx.Linear(cfg.d_model, cfg.d_model, use_bias=False, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
     @property
     def has_events(self) -> bool:
@@ -259,7 +274,14 @@ class SequenceTransformer(nnx.Module):
         x = dropout(x, self.rate, keys[-1])
         for blk, k in zip(self.blocks, keys[:-1], strict=True):
             x = blk(x, bias, k)
-        return self.ln_f(x)
+        h = self.ln_f(x)
+        if getattr(self, "fold_proj", None) is not None:  # + W sum_{j<=t} w(r_j) E[x_j] / sqrt(n_t)
+            bucket = events["rating_bucket"]
+            w = jnp.where(bucket > 0, self.fold_weight[...][bucket], 0.0)  # [B, T]
+            n = jnp.maximum(jnp.cumsum(bucket > 0, axis=1), 1).astype(h.dtype)
+            u = jnp.cumsum(w[..., None] * emb[tokens], axis=1) / jnp.sqrt(n)[..., None]
+            h = h + self.fold_proj(u)
+        return h
 
     def next_query(self, h: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
         """q_t = h_t + MLP_q([h_t; ctx_{t+1}]) (the identity without context). h [..., D]."""
@@ -277,7 +299,11 @@ class SequenceTransformer(nnx.Module):
         parts = [h, item_vecs]
         if self.next_head is not None:
             parts.append(self.encoder.context(next_ctx))
-        return self.feedback_head(jnp.concatenate(parts, axis=-1))
+        out = self.feedback_head(jnp.concatenate(parts, axis=-1))
+        if getattr(self, "rating_p", None) is not None:  # + <P h, Q e> on the rating column
+            low_rank = jnp.sum(self.rating_p(h) * self.rating_q(item_vecs), axis=-1)
+            out = out.at[..., self.rating_col].add(low_rank) if self.rating_mlp else out.at[..., self.rating_col].set(low_rank)
+        return out
 
     def rank_offsets(self) -> jax.Array | None:
         """[V] what the ranking score adds to the feedback head's rating column per item: the item
