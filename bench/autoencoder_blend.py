@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from scipy.special import log_softmax
 
 from autoencoder_vs_multvae import ci, evaluate  # bench/ is the script's folder, so on sys.path
 from autoencoder_wide import with_wide
@@ -42,14 +43,9 @@ from segue.training.autoencoder_task import wide_part
 METRICS = ("ndcg@100", "recall@20", "recall@50")
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(axis=1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
-
-
 def blend(logp: np.ndarray, log_q: np.ndarray | None, wide: np.ndarray | None, a: float, alpha: float) -> np.ndarray:
     """Token scores [B, V] of one setting (special tokens -inf)."""
-    s = log_softmax(logp + a * wide) if wide is not None and a > 0 else logp
+    s = log_softmax(logp + a * wide, axis=1) if wide is not None and a > 0 else logp
     if log_q is not None and alpha < 1:
         s = alpha * s + (1 - alpha) * log_q
     out = np.full((s.shape[0], s.shape[1] + N_SPECIAL), -np.inf, np.float32)

@@ -258,38 +258,12 @@ def feedback_value(kind: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def row_rating_stats(
-    cfg: EventsConfig, rating: np.ndarray, present: np.ndarray, prior: tuple[float, float] | None = None
+def _shrunk_stats(
+    cfg: EventsConfig, n: np.ndarray, s1: np.ndarray, s2: np.ndarray, prior: tuple[float, float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu [B], s [B]) of each row's rated present events, shrunk towards `prior` (m0, s0) by
-    cfg.rating_prior_weight pseudo-ratings when given (see the module docstring)."""
-    r = np.asarray(rating, dtype=np.float64)
-    ok = present & np.isfinite(r)
-    n = ok.sum(axis=-1).astype(np.float64)
-    v = np.where(ok, r, 0.0)
-    if prior is None:
-        m0, s0, k = 0.5 * (cfg.rating_scale[0] + cfg.rating_scale[1]), 0.0, 0.0
-    else:
-        m0, s0, k = float(prior[0]), float(prior[1]), float(cfg.rating_prior_weight)
-    total = n + k
-    mu = np.where(total > 0, (v.sum(axis=-1) + k * m0) / np.maximum(total, 1e-12), m0)
-    ss = np.where(ok, (r - mu[:, None]) ** 2, 0.0).sum(axis=-1) + k * s0**2
-    var = np.where(total > 0, ss / np.maximum(total, 1e-12), s0**2)
-    s = np.maximum(np.sqrt(var), cfg.rating_std_floor)
-    return mu.astype(np.float32), s.astype(np.float32)
-
-
-def prefix_rating_stats(
-    cfg: EventsConfig, rating: np.ndarray, present: np.ndarray, prior: tuple[float, float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(mu [B, T], s [B, T]): `row_rating_stats` of each column's prefix (the rated present events
-    in columns 0..t); the last column's equal the row's."""
-    r = np.asarray(rating, dtype=np.float64)
-    ok = present & np.isfinite(r)
-    v = np.where(ok, r, 0.0)
-    n = np.cumsum(ok, axis=-1, dtype=np.float64)
-    s1 = np.cumsum(v, axis=-1)
-    s2 = np.cumsum(v * v, axis=-1)
+    """(mu, s) from the count n, sum s1 and sum of squares s2 of rated events (any shape), shrunk
+    towards `prior` (m0, s0) by cfg.rating_prior_weight pseudo-ratings (the module docstring):
+    mu = (s1 + k m0) / (n + k), s = max(sqrt((sum (r - mu)^2 + k s0^2) / (n + k)), floor)."""
     if prior is None:
         m0, s0, k = 0.5 * (cfg.rating_scale[0] + cfg.rating_scale[1]), 0.0, 0.0
     else:
@@ -301,6 +275,31 @@ def prefix_rating_stats(
     var = np.where(total > 0, ss / safe, s0**2)
     s = np.maximum(np.sqrt(var), cfg.rating_std_floor)
     return mu.astype(np.float32), s.astype(np.float32)
+
+
+def _rated_values(rating: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rated flags, ratings with 0 elsewhere) of the present events, float64."""
+    r = np.asarray(rating, dtype=np.float64)
+    ok = present & np.isfinite(r)
+    return ok, np.where(ok, r, 0.0)
+
+
+def row_rating_stats(
+    cfg: EventsConfig, rating: np.ndarray, present: np.ndarray, prior: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [B], s [B]) of each row's rated present events, shrunk towards `prior` (m0, s0) by
+    cfg.rating_prior_weight pseudo-ratings when given (see the module docstring)."""
+    ok, v = _rated_values(rating, present)
+    return _shrunk_stats(cfg, ok.sum(axis=-1).astype(np.float64), v.sum(axis=-1), (v * v).sum(axis=-1), prior)
+
+
+def prefix_rating_stats(
+    cfg: EventsConfig, rating: np.ndarray, present: np.ndarray, prior: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [B, T], s [B, T]): `row_rating_stats` of each column's prefix (the rated present events
+    in columns 0..t); the last column's equal the row's."""
+    ok, v = _rated_values(rating, present)
+    return _shrunk_stats(cfg, np.cumsum(ok, axis=-1, dtype=np.float64), np.cumsum(v, axis=-1), np.cumsum(v * v, axis=-1), prior)
 
 
 def fit_rating_prior(cfg: EventsConfig, rating: np.ndarray | None, offset: np.ndarray | None = None) -> tuple[float, float] | None:

@@ -272,16 +272,21 @@ def init_log_vars(net: ProfileAutoencoder, batch: dict[str, np.ndarray], config:
     net.log_vars[...] = jnp.log(jnp.maximum(jnp.stack([l_pres, jnp.asarray(l_rate, jnp.float32)]), 1e-3))
 
 
-def wide_part(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """EASE's item-item weights W [n, n] (zero diagonal, L2 `l2`) of the training profiles, and
-    each profile's wide score x_u @ W [n_profiles, n] (segue.models.ease.ease_weights)."""
+def presence_csr(offsets: np.ndarray, cols: np.ndarray, n_items: int) -> Any:
+    """The profiles' presence x [n_profiles, n] as a scipy CSR matrix (float32 ones)."""
     import scipy.sparse as sp
-
-    from segue.models.ease import ease_weights
 
     n_rows = len(offsets) - 1
     rows = np.repeat(np.arange(n_rows), np.diff(offsets))
-    x = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(n_rows, n_items))
+    return sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(n_rows, n_items))
+
+
+def wide_part(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """EASE's item-item weights W [n, n] (zero diagonal, L2 `l2`) of the training profiles, and
+    each profile's wide score x_u @ W [n_profiles, n] (segue.models.ease.ease_weights)."""
+    from segue.models.ease import ease_weights
+
+    x = presence_csr(offsets, cols, n_items)
     w = ease_weights(x, l2).astype(np.float32, copy=False)
     return w, np.asarray(x @ w, dtype=np.float32)
 
@@ -289,26 +294,16 @@ def wide_part(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float) ->
 def out_of_fold_wide(offsets: np.ndarray, cols: np.ndarray, n_items: int, l2: float, folds: int, seed: int) -> np.ndarray:
     """Each profile's wide scores x_u @ W_f [n_profiles, n], W_f EASE's weights fitted on the
     profiles outside u's fold f (a seeded split into `folds` parts)."""
-    n_rows = len(offsets) - 1
-    fold = np.random.default_rng(seed).permutation(n_rows) % folds
-    lengths = np.diff(offsets)
-    out = np.zeros((n_rows, n_items), np.float32)
+    from segue.models.ease import ease_weights
+
+    x = presence_csr(offsets, cols, n_items)
+    fold = np.random.default_rng(seed).permutation(x.shape[0]) % folds
+    out = np.zeros(x.shape, np.float32)
     for f in range(folds):
-        rest = np.flatnonzero(fold != f)
-        sel_entries = np.repeat(fold != f, lengths)
-        w, _ = wide_part(np.concatenate([[0], np.cumsum(lengths[rest])]), cols[sel_entries], n_items, l2)
+        w = ease_weights(x[fold != f], l2).astype(np.float32, copy=False)
         mine = np.flatnonzero(fold == f)
-        _, scores = wide_part_scores(offsets, cols, mine, n_items, w)
-        out[mine] = scores
+        out[mine] = x[mine] @ w
     return out
-
-
-def wide_part_scores(offsets: np.ndarray, cols: np.ndarray, rows: np.ndarray, n_items: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x, x @ w) of the profiles `rows`, x their dense presence [len(rows), n]."""
-    x = np.zeros((len(rows), n_items), np.float32)
-    for i, r in enumerate(rows):
-        x[i, cols[offsets[r] : offsets[r + 1]]] = 1.0
-    return x, x @ w
 
 
 def initial_wide_scale(presence: np.ndarray, wide: np.ndarray) -> float:
