@@ -17,9 +17,9 @@ import pytest
 from segue.data.arrays import SequenceArrays
 from segue.data.vocab import N_SPECIAL, UNK, Vocabulary
 from segue.ops.registry import Registry
-from segue.ops.retrain import STEPS, Retrain, RetrainAborted, RetrainConfig
-from segue.ops.retrain_eval import GateConfig, Revocabulary, gate
-from segue.ops.retrain_train import row_map, warm_table
+from segue.retrain.evaluate import GateConfig, Revocabulary, gate
+from segue.retrain.loop import STEPS, Retrain, RetrainAborted, RetrainConfig
+from segue.retrain.train import row_map, warm_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_warm_start_network_copies_shared_rows_and_weights(tmp_path: Path) -> No
     from flax import nnx
 
     from segue.models.transformer import ModelConfig, SequenceTransformer, save_weights
-    from segue.ops.retrain_train import warm_start_network
+    from segue.retrain.train import warm_start_network
 
     cfg = ModelConfig(n_layers=1, n_heads=1, d_model=8, d_ff=16, context_length=8)
     old, new = _vocab(["a", "b", "c", "gone"]), _vocab(["c", "new", "a"])

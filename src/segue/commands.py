@@ -70,12 +70,12 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand("serve", "segue.serving.cli", "serve"),
     LazyCommand("validate", "segue.ops.cli", "validate"),
     LazyCommand("export", "segue.serving.export", "export"),
-    LazyCommand("registry", "segue.ops.registry_cli", "registry_app"),
-    LazyCommand("retrain", "segue.ops.retrain_cli", "retrain"),
-    LazyCommand("rollback", "segue.ops.registry_cli", "rollback"),
+    LazyCommand("registry", "segue.retrain.registry_cli", "registry_app"),
+    LazyCommand("retrain", "segue.retrain.cli", "retrain"),
+    LazyCommand("rollback", "segue.retrain.registry_cli", "rollback"),
     LazyCommand("tune", "segue.tuning.cli", "tune"),
     LazyCommand("experiment", "segue.tuning.cli", "experiment"),
-    LazyCommand("items", "segue.serving.items", "items_app"),
+    LazyCommand("items", "segue.retrain.items", "items_app"),
 )
 
 

@@ -102,7 +102,6 @@ def step_train(state: DemoState) -> None:
 def step_items(state: DemoState) -> None:
     """Cold start: a small transformer that also reads artist, album and genre; a track it never
     saw is added from a Parquet (`segue items add`) and recommended after its album's tracks."""
-    from segue.serving.items import demo_new_item
 
     o = state.options
     state.results["new_item"] = demo_new_item(state.store_path.resolve(), state.runs.resolve(), minutes=min(1.0, o.train_minutes), console=console)
@@ -172,8 +171,8 @@ def step_register(state: DemoState) -> None:
     from segue.data.store import Store
     from segue.models.base import load_model
     from segue.ops.registry import Registry
-    from segue.ops.retrain import registry_config
-    from segue.ops.retrain_eval import evaluate_models
+    from segue.retrain.evaluate import evaluate_models
+    from segue.retrain.loop import registry_config
 
     run = state.runs / "transformer"
     if not (run / "model.toml").exists():
@@ -301,3 +300,43 @@ def run_demo(options: DemoOptions) -> DemoState:
         STEPS[name](state)
         console.print(f"[dim]{name} took {time.perf_counter() - t0:.1f}s[/]")
     return state
+
+
+def demo_new_item(store: Path, runs: Path, *, minutes: float = 1.0, console: Any = None) -> dict[str, Any]:
+    """The demo's cold-start step: train a small transformer with artist/album/genre features on
+    the leave-last-out split, add one new track on a known album, and rank after that album."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segue.data.store import Store
+    from segue.serving.engine import Engine
+    from segue.serving.items import ADDED_FILE, add_items
+    from segue.training.trainer import quick_config, train
+
+    cfg = quick_config(store, "loo", name="transformer-features", runs_dir=runs, minutes=minutes)
+    cfg = cfg.model_copy(update={"items": cfg.items.model_copy(update={"features": ["artist", "album", "genre"], "id_dropout": 0.5})})
+    run = train(cfg, console=console)
+    with Store.open(store) as st:  # the most played album: its tracks, artist and genre
+        album, artist, meta = st.con.execute(
+            """SELECT i.album_id, i.creator_id, i.meta FROM events e JOIN items i USING (item_id)
+               GROUP BY 1, 2, 3 ORDER BY count(*) DESC LIMIT 1"""
+        ).fetchone()
+        tracks = [r[0] for r in st.con.execute("SELECT external_id FROM items WHERE album_id = ? ORDER BY item_id", [album]).fetchall()]
+    new = run / "new_items.parquet"
+    pq.write_table(pa.table({"item": ["new:track:1"], "name": ["A Brand New Single"], "artist_key": [artist],
+                             "album_key": [album], "meta": [meta]}), new)
+    if (run / ADDED_FILE).exists():
+        (run / ADDED_FILE).unlink()  # a re-run of the step adds the same item again
+    add_items(run, new)
+    engine = Engine.load(run)
+    history = engine.vocab.encode_external(tracks[:3])[0]
+    tokens = [int(t) for t in engine.rank([history], 10)[0].tokens if t >= 0]
+    token = int(engine.vocab.encode_external(["new:track:1"])[0][0])
+    rank = tokens.index(token) + 1 if token in tokens else None
+    if console is not None:
+        console.print(
+            f"[green]added[/] new:track:1 (album {album}) to {run}: features-only; after 3 tracks of its album it ranks "
+            + (f"#{rank} of 10" if rank else "outside the top 10"),
+            highlight=False,
+        )
+    return {"run": str(run), "rank": rank}

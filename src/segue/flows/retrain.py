@@ -1,4 +1,4 @@
-"""The weekly retrain as a Metaflow flow: the steps of `segue retrain` (segue.ops.retrain), for
+"""The weekly retrain as a Metaflow flow: the steps of `segue retrain` (segue.retrain.loop), for
 schedulers. `@schedule(weekly=True)` takes effect when the flow is deployed:
 
     python src/segue/flows/retrain.py argo-workflows create      # Argo Workflows
@@ -21,7 +21,7 @@ from metaflow import FlowSpec, Parameter, schedule, step
 
 
 def _job(flow: RetrainFlow, state: dict | None = None):  # noqa: ANN202 (segue imported in the step's process)
-    from segue.ops.retrain import Retrain, RetrainConfig
+    from segue.retrain.loop import Retrain, RetrainConfig
 
     return Retrain(
         RetrainConfig.load(flow.config),

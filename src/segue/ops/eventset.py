@@ -276,7 +276,7 @@ def from_source(kind: str, path: str | Path | None, options: dict[str, Any] | No
 def from_feature_log(folder: str | Path) -> EventSet:
     """A serving feature log: each request's history is a sequence; its context (one value per
     request and key) becomes the ctx_<key> observations; ts is the request time."""
-    from segue.serving.feature_log import FeatureLogSource
+    from segue.data.sources.feature_log import FeatureLogSource
 
     source = FeatureLogSource(folder)
     events, metas = [], []

@@ -1,5 +1,5 @@
 """Items added to a trained run without retraining: `segue items add RUN items.parquet` (RUN may
-also be a registry URI, models:/NAME@ALIAS: segue.ops.items_registry makes a new version).
+also be a registry URI, models:/NAME@ALIAS: segue.retrain.items makes a new version).
 
 A run trained with an `items` section (segue.models.item_encoder) composes the vector of an item it
 never saw from its features, with the feature vocabularies saved in the run. `add_items` checks a
@@ -19,24 +19,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 
 from segue.errors import InputError, SegueError
 
 ADDED_FILE = "items_added.parquet"
 NAME_COLUMNS = ("name", "creator", "album")
-
-items_app = typer.Typer(help="Add items to a trained model without retraining.", no_args_is_help=True, add_completion=False)
-
-
-@items_app.callback()
-def _items_group() -> None:
-    # A callback keeps `items` a group (`segue items add ...`) though it has one command so far.
-    pass
-
 
 def _rows(table: Any, path: Path) -> list[dict[str, Any]]:
     """Item rows for segue.data.item_features.raw_features from a new-items table."""
@@ -182,86 +172,6 @@ def with_added_names(catalogue: Any, folder: str | Path) -> Any:
     # The base table already has (nameless) rows for the added tokens: the added rows replace them.
     base = catalogue.table.filter(pc.invert(pc.is_in(catalogue.table.column("external_id"), value_set=cols["external_id"])))
     return Catalogue(catalogue.vocab, pa.concat_tables([base, pa.table(cols)]))
-
-
-@items_app.command("add")
-def items_add(
-    run: Annotated[str, typer.Argument(help="Run folder of a model trained with item features, or models:/NAME@ALIAS (or models:/NAME/VERSION) from the registry.")],
-    parquet: Annotated[Path, typer.Argument(help="Parquet of new items: item, name, artist, album, genre, type, meta, vector.")],
-    registry: Annotated[str | None, typer.Option("--registry", "-r", help="Registry folder or MLflow tracking URI, for a models:/ RUN (default: $SEGUE_REGISTRY).")] = None,
-    server: Annotated[str | None, typer.Option("--server", help="A running server's URL to reload afterwards (several workers: the supervisor's --admin-port URL).")] = None,
-    admin_key: Annotated[str | None, typer.Option("--admin-key", help="The server's admin key (default: $SEGUE_ADMIN_KEY).")] = None,
-) -> None:
-    """Add new items to a trained model: features-only vectors, served after the next (re)load.
-
-    For a registry URI, a new version holds the added items (its parent: the version named); an
-    alias moves to it (production: a promotion), and --server reloads the running server."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    console = Console()
-    if run.startswith("models:/"):
-        # Deferred: the registry (MLflow) is the ops layer's; a folder needs none of it.
-        from segue.ops.items_registry import add_items_registered
-        from segue.ops.registry import Registry
-
-        out = add_items_registered(Registry(registry), run, parquet, server=server, admin_key=admin_key)
-        where = f"version {out['version']} of {out['name']} (parent {out['parent']})" + (f", now @{out['alias']}" if out["alias"] else "")
-    else:
-        out = add_items(run, parquet)
-        where = run
-        if server:
-            from segue.ops.registry import notify_reload
-
-            out["served"] = notify_reload(server, admin_key, run)["model"]
-    unk = ", ".join(f"{n} {c}" for n, c in out["unknown_values"].items() if c)
-    after = f"; server {server} reloaded" if out.get("served") else "; POST /admin/reload (or restart) serves them"
-    console.print(
-        f"[green]added[/] {out['added']} item(s) to {escape(where)} ({out['total_added']} added in all)"
-        + (f"; items with only unseen values: {escape(unk)}" if unk else "")
-        + escape(after),
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-def demo_new_item(store: Path, runs: Path, *, minutes: float = 1.0, console: Any = None) -> dict[str, Any]:
-    """The demo's cold-start step: train a small transformer with artist/album/genre features on
-    the leave-last-out split, add one new track on a known album, and rank after that album."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from segue.data.store import Store
-    from segue.serving.engine import Engine
-    from segue.training.trainer import quick_config, train
-
-    cfg = quick_config(store, "loo", name="transformer-features", runs_dir=runs, minutes=minutes)
-    cfg = cfg.model_copy(update={"items": cfg.items.model_copy(update={"features": ["artist", "album", "genre"], "id_dropout": 0.5})})
-    run = train(cfg, console=console)
-    with Store.open(store) as st:  # the most played album: its tracks, artist and genre
-        album, artist, meta = st.con.execute(
-            """SELECT i.album_id, i.creator_id, i.meta FROM events e JOIN items i USING (item_id)
-               GROUP BY 1, 2, 3 ORDER BY count(*) DESC LIMIT 1"""
-        ).fetchone()
-        tracks = [r[0] for r in st.con.execute("SELECT external_id FROM items WHERE album_id = ? ORDER BY item_id", [album]).fetchall()]
-    new = run / "new_items.parquet"
-    pq.write_table(pa.table({"item": ["new:track:1"], "name": ["A Brand New Single"], "artist_key": [artist],
-                             "album_key": [album], "meta": [meta]}), new)
-    if (run / ADDED_FILE).exists():
-        (run / ADDED_FILE).unlink()  # a re-run of the step adds the same item again
-    add_items(run, new)
-    engine = Engine.load(run)
-    history = engine.vocab.encode_external(tracks[:3])[0]
-    tokens = [int(t) for t in engine.rank([history], 10)[0].tokens if t >= 0]
-    token = int(engine.vocab.encode_external(["new:track:1"])[0][0])
-    rank = tokens.index(token) + 1 if token in tokens else None
-    if console is not None:
-        console.print(
-            f"[green]added[/] new:track:1 (album {album}) to {run}: features-only; after 3 tracks of its album it ranks "
-            + (f"#{rank} of 10" if rank else "outside the top 10"),
-            highlight=False,
-        )
-    return {"run": str(run), "rank": rank}
 
 
 __all__ = ["ADDED_FILE", "add_items", "apply_added_items", "with_added_names"]

@@ -21,7 +21,7 @@ from pydantic import Field
 from segue.config import Config
 from segue.data.arrays import SequenceArrays
 from segue.data.vocab import UNK, Vocabulary
-from segue.ops.retrain_train import row_map
+from segue.retrain.train import row_map
 
 
 class Revocabulary:

@@ -11,7 +11,7 @@ Steps (STEPS; the Metaflow flow in segue.flows.retrain runs the same methods, on
   build     a new store from all the files (and the log, with train_on_feature_log) with a
             temporal split whose test window is the newest `test_days` (cut at a midnight)
   train     the candidate: the base train config on that split, warm-started from production
-            (segue.ops.retrain_train) unless warm_start = false or --from-scratch
+            (segue.retrain.train) unless warm_start = false or --from-scratch
   evaluate  candidate and production on the same test window, in one evaluation run (CIs)
   gate      promote iff candidate >= production - tolerance and >= floor (retrain_eval.gate)
   register  a new registry version (the candidate alias) carrying the figures and the decision
@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 
 from segue.config import Config, read_toml
 from segue.errors import ConfigError, SegueError
-from segue.ops.retrain_eval import GateConfig
+from segue.retrain.evaluate import GateConfig
 
 STEPS = ("gather", "validate", "build", "train", "evaluate", "gate", "register", "promote", "reload")
 CRASH_ENV = "SEGUE_RETRAIN_CRASH_AT"
@@ -317,7 +317,7 @@ class Retrain:
         cfg, st = self.cfg, self.state
         sources = [self._source(f) for f in st["files"]]
         if cfg.train_on_feature_log and st.get("log_folder"):
-            from segue.serving.feature_log import FeatureLogSource
+            from segue.data.sources.feature_log import FeatureLogSource
 
             sources.append(FeatureLogSource(st["log_folder"]))
         store = self.attempt / "store.duckdb"
@@ -365,7 +365,7 @@ class Retrain:
             st["train_config"] = {"family": cfg.family, "config": cfg.family_config}
             self.say(f"train: {cfg.family} fitted in {st['train_seconds']:.1f} s")
             return
-        from segue.ops.retrain_train import train_candidate
+        from segue.retrain.train import train_candidate
         from segue.training.trainer import DataConfig, load_train_config
 
         assert cfg.train_config is not None
@@ -390,7 +390,7 @@ class Retrain:
 
     def step_evaluate(self) -> None:
         from segue.models.base import load_model
-        from segue.ops.retrain_eval import Revocabulary, evaluate_models
+        from segue.retrain.evaluate import Revocabulary, evaluate_models
 
         st = self.state
         cand = load_model(st["run"])
@@ -414,7 +414,7 @@ class Retrain:
         self.say(f"evaluate: {m} on the newest window ({figures['_queries']} queries): {line}")
 
     def step_gate(self) -> None:
-        from segue.ops.retrain_eval import gate
+        from segue.retrain.evaluate import gate
 
         st, m = self.state, self.cfg.gate.metric
         figures = st["figures"]
@@ -516,8 +516,8 @@ def _fit_baseline(family: str, options: dict[str, Any], store: str, split: str, 
 
 def _copy_log_since(folder: Path, since: float, out: Path) -> tuple[int, float | None]:
     """Copy the feature-log records with ts > since into out/features.jsonl; (count, newest ts)."""
+    from segue.data.sources.feature_log import LOG_NAME, log_files
     from segue.io import atomic_path
-    from segue.serving.feature_log import LOG_NAME, log_files
 
     n, newest = 0, None
     if not folder.exists():

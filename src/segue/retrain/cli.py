@@ -26,7 +26,7 @@ def retrain(
     """
     from segue.errors import ConfigError
     from segue.io import atomic_write_text
-    from segue.ops.retrain import Retrain, RetrainConfig
+    from segue.retrain.loop import Retrain, RetrainConfig
 
     if drill not in (None, "shuffle_items"):
         raise ConfigError(f"--drill '{drill}': expected shuffle_items")

@@ -131,8 +131,8 @@ def register(
     """Record a trained model folder as a new version (optionally evaluated and promoted)."""
     from segue.data.store import Store
     from segue.models.base import load_model
-    from segue.ops.retrain import registry_config
-    from segue.ops.retrain_eval import evaluate_models
+    from segue.retrain.evaluate import evaluate_models
+    from segue.retrain.loop import registry_config
 
     reg = _open(registry)
     with Store.open(store) as s:

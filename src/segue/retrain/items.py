@@ -19,7 +19,9 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from segue.ops.registry import (
     PRODUCTION,
@@ -44,7 +46,7 @@ def add_items_registered(
     """Register a copy of the version `uri` names with the items of `parquet` added (see the
     module docstring). Returns add_items' counts with "name", "parent", "version", "alias" (the
     alias moved, or None) and "served" (the server's model after its reload, or None)."""
-    from segue.ops.retrain import registry_config
+    from segue.retrain.loop import registry_config
     from segue.serving.items import add_items
 
     name, number, alias = parse_model_uri(uri)
@@ -80,4 +82,50 @@ def add_items_registered(
     return out | {"name": name, "parent": parent.version, "version": info.version, "alias": alias, "served": served}
 
 
-__all__ = ["add_items_registered"]
+items_app = typer.Typer(help="Add items to a trained model without retraining.", no_args_is_help=True, add_completion=False)
+
+
+@items_app.callback()
+def _items_group() -> None:
+    # A callback keeps `items` a group (`segue items add ...`) though it has one command so far.
+    pass
+
+
+@items_app.command("add")
+def items_add(
+    run: Annotated[str, typer.Argument(help="Run folder of a model trained with item features, or models:/NAME@ALIAS (or models:/NAME/VERSION) from the registry.")],
+    parquet: Annotated[Path, typer.Argument(help="Parquet of new items: item, name, artist, album, genre, type, meta, vector.")],
+    registry: Annotated[str | None, typer.Option("--registry", "-r", help="Registry folder or MLflow tracking URI, for a models:/ RUN (default: $SEGUE_REGISTRY).")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="A running server's URL to reload afterwards (several workers: the supervisor's --admin-port URL).")] = None,
+    admin_key: Annotated[str | None, typer.Option("--admin-key", help="The server's admin key (default: $SEGUE_ADMIN_KEY).")] = None,
+) -> None:
+    """Add new items to a trained model: features-only vectors, served after the next (re)load.
+
+    For a registry URI, a new version holds the added items (its parent: the version named); an
+    alias moves to it (production: a promotion), and --server reloads the running server."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from segue.serving.items import add_items
+
+    console = Console()
+    if run.startswith("models:/"):
+        out = add_items_registered(Registry(registry), run, parquet, server=server, admin_key=admin_key)
+        where = f"version {out['version']} of {out['name']} (parent {out['parent']})" + (f", now @{out['alias']}" if out["alias"] else "")
+    else:
+        out = add_items(run, parquet)
+        where = run
+        if server:
+            out["served"] = notify_reload(server, admin_key, run)["model"]
+    unk = ", ".join(f"{n} {c}" for n, c in out["unknown_values"].items() if c)
+    after = f"; server {server} reloaded" if out.get("served") else "; POST /admin/reload (or restart) serves them"
+    console.print(
+        f"[green]added[/] {out['added']} item(s) to {escape(where)} ({out['total_added']} added in all)"
+        + (f"; items with only unseen values: {escape(unk)}" if unk else "")
+        + escape(after),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+__all__ = ["add_items_registered", "items_app"]
