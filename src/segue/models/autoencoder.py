@@ -4,7 +4,8 @@ For users whose data has no useful order, only a profile (an anime list, a film 
 Sprout. A profile over the n catalogue items is two vectors: presence x (1 = in the profile) and
 hybrid-normalised ratings y (segue.data.ratings; 0 where unrated). The network
 
-    e = [x / ||x||_2, y / ||x||_2]                   (x only when the rating head is off)
+    e = [x / ||x||_2, y / ||x||_2]                   (x only when rating_input is off; it
+                                                     follows rating_head unless set)
     z = encoder(e)   MLP, swish between layers, linear bottleneck
     z <- z + N(0, noise^2)                           training only
     presence logits  l = head_p(z) [n]               multinomial likelihood (Mult-DAE)
