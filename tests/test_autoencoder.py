@@ -246,6 +246,22 @@ def test_presence_only_is_mult_dae(store: Path) -> None:
         AutoencoderConfig.from_dict({"model": {"rating_head": False}})
 
 
+@pytest.mark.parametrize(("head", "reads"), [(True, False), (False, True)])
+def test_rating_input_is_separate_from_the_rating_head(store: Path, head: bool, reads: bool) -> None:
+    cfg = _config(max_steps=4, eval_every=4)
+    cfg.model = cfg.model.model_copy(update={"rating_head": head, "rating_input": reads, "score": "unified" if head else "presence"})
+    with Store.open(store) as s:
+        model = AutoencoderRecommender(cfg).fit(SplitData.load(s, "strong"))
+    net = model.network
+    assert net.encoder[0].in_features == net.n_items * (2 if reads else 1)
+    assert (net.rating_head is not None) == head
+    hist = SequenceArrays.from_lists([[N_SPECIAL, N_SPECIAL + 1, N_SPECIAL + 2]] * 2)
+    hist.rating = np.array([6, 8, 10, 10, 8, 6], np.float32)  # the same items, the ratings reversed
+    logp, _, _ = model.forward(hist)
+    # the presence logits see the ratings only through the input
+    assert np.abs(logp[0] - logp[1]).max() > 1e-6 if reads else np.allclose(logp[0], logp[1], atol=1e-6)
+
+
 def test_training_ratings_outside_a_configured_scale_are_named(store: Path) -> None:
     cfg = _config(max_steps=1)
     cfg.model = cfg.model.model_copy(update={"rating_scale": [1.0, 9.0]})

@@ -4,7 +4,8 @@ For users whose data has no useful order, only a profile (an anime list, a film 
 Sprout. A profile over the n catalogue items is two vectors: presence x (1 = in the profile) and
 hybrid-normalised ratings y (segue.data.ratings; 0 where unrated). The network
 
-    e = [x / ||x||_2, y / ||x||_2]                   (x only when the rating head is off)
+    e = [x / ||x||_2, y / ||x||_2]                   (x only when rating_input is off; it
+                                                     follows rating_head unless set)
     z = encoder(e)   MLP, swish between layers, linear bottleneck
     z <- z + N(0, noise^2)                           training only
     presence logits  l = head_p(z) [n]               multinomial likelihood (Mult-DAE)
@@ -76,6 +77,11 @@ class AutoencoderModelConfig(Config):
     input_dropout: float = Field(0.5, ge=0, lt=1)  # share of profile entries hidden from the input in training
     bottleneck_noise: float = Field(0.1, ge=0)  # sd of the Gaussian noise added to z in training
     rating_head: bool = True  # false: presence only (Mult-DAE)
+    # Whether the encoder reads the hybrid ratings beside the presence flags; None: as rating_head.
+    # false with rating_head = true: the rating head is an auxiliary task of a presence-only input;
+    # true with rating_head = false: a Mult-DAE that reads ratings (how much of a difference is
+    # the input's, how much the second loss's)
+    rating_input: bool | None = None
     normalisation: NormMode = "hybrid"
     tau: float = Field(1.0, gt=0)  # hybrid: w_u = var_u / (var_u + tau), tau in squared rating units
     rating_scale: list[float] | None = None  # [low, high]; None: the training ratings' min and max
@@ -168,8 +174,8 @@ def _run(layers: nnx.List, x: jax.Array) -> jax.Array:
 class ProfileAutoencoder(nnx.Module):
     def __init__(self, config: AutoencoderModelConfig, n_items: int, rngs: nnx.Rngs, scale: tuple[float, float] = (0.0, 1.0)) -> None:
         self.n_items = n_items
-        self.with_ratings = config.rating_head
-        n_in = n_items * (2 if config.rating_head else 1)
+        self.with_ratings = config.rating_head if config.rating_input is None else config.rating_input
+        n_in = n_items * (2 if self.with_ratings else 1)
         self.encoder = _mlp([n_in, *config.hidden, config.bottleneck], rngs)
         self.presence_head = _mlp([config.bottleneck, *config.decoder_hidden, n_items], rngs)
         self.rating_head = _mlp([config.bottleneck, *config.decoder_hidden, n_items], rngs) if config.rating_head else None

@@ -83,6 +83,8 @@ def resolve_scale(config: AutoencoderConfig, arrays: SequenceArrays) -> RatingSc
         scale = RatingScale(0.0, 1.0)
     if config.model.rating_head and not has:
         raise ConfigError("model.rating_head is on but the split's training part has no ratings (set rating_head = false: Mult-DAE)")
+    if config.model.rating_input and not has:
+        raise ConfigError("model.rating_input is on but the split's training part has no ratings (set rating_input = false)")
     return scale
 
 
