@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from featurehelp import N_OLD, feature_store
 from segue.cli import app as cli_app
-from segue.data.arrays import SplitData
+from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.store import Store
 from segue.data.vocab import N_SPECIAL
 from segue.evaluation.cold import cold_warm_metrics
@@ -136,9 +136,15 @@ def test_temporal_report_splits_cold_and_warm(store: Path, mixed: Path) -> None:
     with Store.open(store) as st:
         pop = Popularity().fit(SplitData.load(st, "temporal"))
     feat = load_model(mixed)
+    n_vocab = feat.score(SequenceArrays.from_lists([[N_SPECIAL]])).shape[1]
     res = evaluate({"popularity": pop, "features": feat}, store, "temporal", "temporal", ks=[5, 10])
     assert 0 < res.cold_share < 1
-    assert len(feat.extra_item_ids) == 6  # every store item outside the vocabulary, features-only
+    # The evaluator scored a copy that ranks every store item outside the vocabulary, features-only;
+    # the model passed in is left as it was.
+    assert any("also ranks 6 store items" in n for n in res.notes)
+    assert feat.extra_item_ids == [] and feat.score(SequenceArrays.from_lists([[N_SPECIAL]])).shape[1] == n_vocab
+    with Store.open(store) as st:
+        assert len(feat.with_store_items(st).extra_item_ids) == 6 and feat.extra_item_ids == []
     cold_pop = res.models["popularity"].per_user["cold_hr@10"]
     assert np.nanmax(cold_pop) == 0.0  # an id-only model cannot hit a cold target
     cold_feat = res.models["features"].per_user["cold_hr@10"]

@@ -1,8 +1,8 @@
 """Cold and warm targets: items outside the training vocabulary, scorable by feature models.
 
 A model that composes item vectors from side features (segue.models.item_encoder) can score items
-it never trained on. Such a model offers `add_store_items(store)`: the store's items outside its
-vocabulary become tokens V, V + 1, ... (features-only vectors; their features are item metadata,
+it never trained on. Such a model offers `with_store_items(store)`: a copy of it in which the store's
+items outside its vocabulary become tokens V, V + 1, ... (features-only vectors; their features are item metadata,
 encoded with the vocabularies fitted on the training items, so nothing after the cut is fitted),
 listed by store item id in `model.extra_item_ids`. For that model the evaluator then
   - ranks V + n tokens (score() returns them all),
@@ -19,6 +19,7 @@ targets only; a query without any is NaN there (left out of that mean and its CI
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -36,12 +37,14 @@ def extra_item_ids(model: Any) -> np.ndarray:
     return np.asarray(getattr(model, "extra_item_ids", None) or [], dtype=np.int64)
 
 
-def prepare_models(models: dict[str, Any], store: Any) -> None:
-    """Give every model that can score unseen items the store's items outside its vocabulary."""
-    for model in models.values():
-        add = getattr(model, "add_store_items", None)
-        if callable(add):
-            add(store)
+def prepare_models(models: Mapping[str, Any], store: Any) -> dict[str, Any]:
+    """The models, each one that can score unseen items replaced by a copy that also scores the
+    store's items outside its vocabulary (`with_store_items`); the caller's models are unchanged."""
+    out = {}
+    for name, model in models.items():
+        extend = getattr(model, "with_store_items", None)
+        out[name] = extend(store) if callable(extend) else model
+    return out
 
 
 def _token_of(extra: np.ndarray, n_vocab: int, item_ids: np.ndarray) -> np.ndarray:

@@ -295,7 +295,7 @@ def _evaluate_open(
     data = SplitData.load(store, split)
     task = build_task(data, cfg)
     attach_sequence_names(task, store, models)
-    C.prepare_models(dict(models), store)
+    models = C.prepare_models(models, store)  # copies: the caller's models keep their vocabulary
     for name, model in models.items():
         if n := len(C.extra_item_ids(model)):
             task.notes.append(f"{name} also ranks {n} store items outside the training vocabulary from their features "

@@ -35,6 +35,7 @@ scoring path reads them as it reads the plain table.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache, partial
 from pathlib import Path
@@ -556,6 +557,16 @@ class TransformerRecommender(NeuralRecommender):
         if self.item_features is None:
             return
         add_store_items(self, store)
+
+    def with_store_items(self, store: Any) -> TransformerRecommender:
+        """A copy that also scores the store's items outside the vocabulary (add_store_items);
+        this model is left as it is (the copy shares the weights, not the added items)."""
+        if self.item_features is None:
+            return self
+        twin = copy.copy(self)
+        twin.extra = ExtraItems(list(self.extra.external_ids), list(self.extra.item_ids), list(self.extra.parts))
+        twin.add_store_items(store)
+        return twin
 
     def extended_vocab(self) -> Any:
         """The vocabulary with the added items as tokens V.. (count 0), for serving."""
