@@ -348,6 +348,9 @@ def test_ridge_fold_against_a_direct_numpy_solve_and_causal() -> None:
     )
     prior = (0.2, 1.25)
     net = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev, rating_prior=prior)
+    for init in (0.5, 0.05):  # the learned gain starts the item vectors at |q| ~ rating_ridge_init
+        q0 = SequenceTransformer(TINY, 200, nnx.Rngs(0), events=ev.model_copy(update={"rating_ridge_init": init}), rating_prior=prior).fold_table()
+        assert np.sqrt((q0[N_SPECIAL:] ** 2).sum(axis=1).mean()) == pytest.approx(init, rel=0.25)
     net.ridge_log_gain[...] = jnp.asarray(np.log(40.0), jnp.float32)  # item vectors of norm ~1: the fold matters
     tokens = np.array([[1, 5, 7, 9, 11, 6], [1, 8, 4, 0, 0, 0]])
     rated = np.array([[0, 1, 0, 1, 1, 1], [0, 1, 1, 0, 0, 0]], np.float32)  # <start>, unrated items, padding
@@ -666,7 +669,7 @@ def test_ridge_head_trains_and_predicts_the_fold_in_of_every_rated_event(store: 
 
     ev = EventsConfig(
         rating=True, predict={"rating": 1.0}, rating_item_bias=2.0, rating_rank=3, rating_mlp=False, rating_ridge=2.0,
-        rating_min_history=1, rating_stats_scope="history", rating_ridge_table=True, rating_ridge_item_reg=0.1,
+        rating_min_history=1, rating_stats_scope="history", rating_ridge_table=True,
     )  # fmt: skip
     cfg = TrainConfig.from_dict(_config(store, {"kind": "full"}, ev, steps=2)).transformer_config()
     with Store.open(store) as st:

@@ -129,9 +129,9 @@ class EventsConfig(Config):
     # the fold-in's item vectors are a [V, k] table of their own (g T[x], trained by the rating
     # loss alone) instead of g Q E[x] (a projection of the next-item table)
     rating_ridge_table: bool = False
-    # L2 weight on the fold-in vectors of the rated target items, per target (weighted-lambda MF:
-    # an item is penalised as often as it is rated), added to the loss (0: none)
-    rating_ridge_item_reg: float = Field(0.0, ge=0)
+    # |q| of an item's fold-in vector at init (biasedmf's ALS factors: ~0.57 on ml-100k); small
+    # values start every item near 0, as ALS leaves the items it knows little about
+    rating_ridge_init: float = Field(0.5, gt=0)
     # with rating_ridge: also add the network's own user factor P h_t to p_u (P starts at zero)
     rating_hidden: bool = True
     huber_delta: float = Field(1.0, gt=0)

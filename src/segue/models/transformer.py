@@ -240,10 +240,9 @@ class SequenceTransformer(nnx.Module):
             self.rating_col = [n for n, _, _ in events.targets()].index("rating")
             self.rating_mlp = events.rating_mlp
         if events is not None and events.enabled and events.rating_ridge > 0:
-            # the fold-in's item vectors are g Q E[x]; g (log, learned) starts them near the norm
-            # of biasedmf's ALS item factors (|q|^2 ~ 0.3 on ml-100k, where lambda 15 works) from
-            # E's init scale (|Q E|^2 ~ k std^2)
-            self.ridge_log_gain = nnx.Param(jnp.log(jnp.asarray(RIDGE_INIT_NORM / (k**0.5 * std), jnp.float32)))
+            # the fold-in's item vectors are g Q E[x]; g (log, learned) starts them at the norm
+            # events.rating_ridge_init from E's init scale (|Q E|^2 ~ k std^2)
+            self.ridge_log_gain = nnx.Param(jnp.log(jnp.asarray(events.rating_ridge_init / (k**0.5 * std), jnp.float32)))
             self.ridge_pen = (events.rating_ridge_bias, events.rating_ridge)
             self.rating_hidden = events.rating_hidden
             if events.rating_ridge_table:  # its own table, at the init norm of g Q E above
@@ -501,7 +500,6 @@ def _query_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array
     return _query(nnx.merge(graphdef, state), inputs, positions, last, events)
 
 
-RIDGE_INIT_NORM = 0.5  # |g Q E[x]| of an item at init (biasedmf's ALS factors: |q| ~ 0.57 on ml-100k)
 RANK_CHUNK = 1024  # items scored per step by the feedback head (bounds the [B, chunk, width] hidden layer)
 
 

@@ -269,12 +269,6 @@ def make_train_step(
             pred = net.predict_feedback(hs, rows[l_t].reshape(b, T, -1), nxt, user, targets)
             fb, cols = FL.feedback_loss(pred, events["fb_target"], events["fb_mask"], kinds, weights, ev_cfg.huber_delta)
             aux = {"item_loss": item_loss, "feedback_loss": fb}
-            if net.has_ridge and ev_cfg.rating_ridge_item_reg > 0:  # weighted-lambda L2 on the rated targets' vectors
-                q_t = net.fold_vectors(rows[l_t].reshape(b, T, -1), targets)
-                col = [n for n, _, _ in heads].index("rating")
-                reg = ev_cfg.rating_ridge_item_reg * L.masked_mean(jnp.sum(q_t * q_t, axis=-1).reshape(-1), events["fb_mask"][..., col].reshape(-1))
-                aux["fold_reg"] = reg
-                fb = fb + reg
             aux |= {f"fb_loss_{name}": cols[i] for i, (name, _, _) in enumerate(heads)}
             return item_loss + fb, aux
 
