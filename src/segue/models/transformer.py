@@ -20,6 +20,10 @@ and then none of the following parameters exist; time features are three more co
     y_t  = MLP_f([h_t; E[x_{t+1}]; ctx_{t+1}]) feedback head: that event's feedback
            (+ <P h_t, Q E[x_{t+1}]> on the rating column with events.rating_rank = k > 0: P, Q
            [k, D], P starting at zero; a low-rank user-item term, biased MF's p_u . q_i)
+With events.rating_ridge = lambda, the rating column adds (b_u + <p_u, q_{t+1}>) / s0 where
+[b_u, p_u] is the ridge fold-in of the rated inputs up to t (q_j = g Q E[x_j], or g T[x_j] with
+rating_ridge_table; `ridge_user`: prefix sums and one batched solve; a scored history's comes
+from the host, segue.models.events.ridge_fold, over every rated event it has).
 With events.rating_fold, h_t += W_u sum_{j<=t} w(r_j) E[x_j] / sqrt(n_t) (n_t: rated inputs up to
 t, w learned per rating bucket, W_u starting at zero): asymmetric SVD's user factor, causal.
 ctx = sum_c C_c[slot_c] (one table per context column, slot 0 = null or unseen category).
