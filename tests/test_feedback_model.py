@@ -693,6 +693,10 @@ def test_ridge_head_trains_and_predicts_the_fold_in_of_every_rated_event(store: 
         np.testing.assert_allclose(got[i], np.clip(want, 1, 5), rtol=1e-4, atol=1e-4)
     back = load_model(rec.save(tmp_path / "m"))
     np.testing.assert_allclose(back.predict(sub, None, tokens), got, rtol=1e-6)
+    # the scorer's cached fold-in vectors follow an in-place update of the network
+    back.network.ridge_log_gain[...] = back.network.ridge_log_gain[...] + 1.0
+    np.testing.assert_allclose(back.network.fold_table(), np.e * table, rtol=1e-5)
+    assert np.abs(back.predict(sub, None, tokens) - got).max() > 1e-3
 
 
 @pytest.mark.slow

@@ -664,7 +664,7 @@ class TransformerRecommender(NeuralRecommender):
         run = jitted[fn]
         ev_cfg = self.config.events if net.has_events else None
         categories = net.categories
-        fold = net.fold_table() if net.has_events and net.has_ridge else None
+        fold = self._fold_table(net) if net.has_events and net.has_ridge else None
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         ctx = self.config.model.context_length
         outs, mus, ss = [], [], []
@@ -698,6 +698,19 @@ class TransformerRecommender(NeuralRecommender):
         mu = np.concatenate(mus) if mus else np.zeros(0, np.float32)
         sd = np.concatenate(ss) if ss else np.zeros(0, np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False), mu, sd
+
+    def _fold_table(self, net: SequenceTransformer) -> np.ndarray:
+        """net.fold_table(), computed again only when an array it reads was replaced (a [V, D] x
+        [D, k] product per request would dominate serving over a large catalogue)."""
+        parts = [net.item_emb[...], net.rating_q.kernel[...], net.ridge_log_gain[...]]
+        if getattr(net, "ridge_table", None) is not None:
+            parts.append(net.ridge_table[...])
+        key = tuple(id(a) for a in parts)
+        cached = getattr(self, "_fold_cache", None)
+        if cached is None or cached[0] != key or cached[1] is not net:
+            cached = (key, net, net.fold_table(), parts)  # parts: keeps the ids alive and unique
+            self._fold_cache = cached
+        return cached[2]
 
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, *, next_events: SequenceArrays | None = None) -> np.ndarray:
         """[B, V] inner products of the last query with every item (a pairwise fine-tuned model:
