@@ -336,6 +336,76 @@ def test_rating_fold_against_a_direct_computation_and_causal() -> None:
         EventsConfig(predict={"rating": 1.0}, rating_fold=True)
 
 
+def _ridge_direct(q: np.ndarray, e: np.ndarray, lam: float, lam_b: float) -> np.ndarray:
+    """[b_u, p_u] = argmin sum_j (e_j - b - p . q_j)^2 + lam_b b^2 + lam |p|^2, by a direct solve."""
+    f = np.concatenate([np.ones((len(q), 1)), q], axis=1)
+    return np.linalg.solve(f.T @ f + np.diag([lam_b] + [lam] * q.shape[1]), f.T @ e)
+
+
+def test_ridge_fold_against_a_direct_numpy_solve_and_causal() -> None:
+    ev = EventsConfig(
+        rating=True, predict={"rating": 1.0}, rating_rank=3, rating_mlp=False, rating_item_bias=1.0, rating_ridge=2.0, rating_ridge_bias=3.0
+    )
+    prior = (0.2, 1.25)
+    net = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev, rating_prior=prior)
+    for init in (0.5, 0.05):  # the learned gain starts the item vectors at |q| ~ rating_ridge_init
+        q0 = SequenceTransformer(TINY, 200, nnx.Rngs(0), events=ev.model_copy(update={"rating_ridge_init": init}), rating_prior=prior).fold_table()
+        assert np.sqrt((q0[N_SPECIAL:] ** 2).sum(axis=1).mean()) == pytest.approx(init, rel=0.25)
+    net.ridge_log_gain[...] = jnp.asarray(np.log(40.0), jnp.float32)  # item vectors of norm ~1: the fold matters
+    tokens = np.array([[1, 5, 7, 9, 11, 6], [1, 8, 4, 0, 0, 0]])
+    rated = np.array([[0, 1, 0, 1, 1, 1], [0, 1, 1, 0, 0, 0]], np.float32)  # <start>, unrated items, padding
+    value = np.array([[0, 1.5, 0, -2.0, 0.5, 1.0], [0, -1.0, 0.75, 0, 0, 0]], np.float32)
+    emb = net.item_emb[...][jnp.asarray(tokens)]
+    user = np.asarray(net.ridge_user(emb, jnp.asarray(value), jnp.asarray(rated)))
+    assert user.shape == (2, 6, 4)
+    q = np.asarray(net.fold_vectors(emb), np.float64)
+    assert np.abs(q).max() > 0.3
+    for b in range(2):
+        for t in range(6):
+            keep = rated[b, : t + 1] > 0
+            want = _ridge_direct(q[b, : t + 1][keep], value[b, : t + 1][keep], 2.0, 3.0) / prior[1]
+            np.testing.assert_allclose(user[b, t], want, rtol=1e-4, atol=1e-5)
+    assert np.abs(user[0, 5, 1:]).max() > 0.05
+    # the host form (scoring) is the same solve at the last column
+    host = EV.ridge_fold(ev, net.fold_table(), tokens, value, rated > 0)
+    np.testing.assert_allclose(host / prior[1], user[:, -1], rtol=1e-4, atol=1e-5)
+    # causal: the last event's item and residual change nothing before it
+    tok2, val2 = tokens.copy(), value.copy()
+    tok2[0, 5], val2[0, 5] = 13, -3.0
+    user2 = np.asarray(net.ridge_user(net.item_emb[...][jnp.asarray(tok2)], jnp.asarray(val2), jnp.asarray(rated)))
+    np.testing.assert_array_equal(user2[:, :5], user[:, :5])
+    assert np.abs(user2[0, 5] - user[0, 5]).max() > 1e-3
+    # the rating column: <P h, Q e> + b_u + <p_u, g Q e> (P at zero: the fold alone)
+    h = jax.random.normal(jax.random.key(1), (2, 6, 8))
+    e_next = net.item_emb[...][jnp.asarray(tokens[:, ::-1].copy())]
+    got = np.asarray(net.predict_feedback(h, e_next, None, jnp.asarray(user)))[..., 0]
+    qn = np.asarray(net.fold_vectors(e_next), np.float64)
+    np.testing.assert_allclose(got, user[..., 0] + np.einsum("btk,btk->bt", user[..., 1:], qn), rtol=1e-4, atol=1e-5)
+    net.rating_p.kernel[...] = jax.random.normal(jax.random.key(3), (8, 3))
+    bilinear = np.einsum("btd,dk,bte,ek->bt", np.asarray(h), np.asarray(net.rating_p.kernel[...]), np.asarray(e_next), np.asarray(net.rating_q.kernel[...]))
+    got_h = np.asarray(net.predict_feedback(h, e_next, None, jnp.asarray(user)))[..., 0]
+    np.testing.assert_allclose(got_h, got + bilinear, rtol=1e-4, atol=1e-4)
+    alone = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev.model_copy(update={"rating_hidden": False}), rating_prior=prior)
+    nnx.update(alone, nnx.state(net, nnx.Param))
+    np.testing.assert_allclose(np.asarray(alone.predict_feedback(h, e_next, None, jnp.asarray(user)))[..., 0], got, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pass `user`"):
+        net.predict_feedback(h, e_next)
+    # rating_ridge_table: the fold-in vectors are g T[tokens], a table of their own
+    tab = SequenceTransformer(TINY, 20, nnx.Rngs(0), events=ev.model_copy(update={"rating_ridge_table": True}), rating_prior=prior)
+    tab.ridge_log_gain[...] = jnp.asarray(np.log(40.0), jnp.float32)
+    got_t = np.asarray(tab.ridge_user(emb, jnp.asarray(value), jnp.asarray(rated), jnp.asarray(tokens)))
+    q_t = 40.0 * np.asarray(tab.ridge_table[...], np.float64)[tokens]
+    keep = rated[0] > 0
+    np.testing.assert_allclose(got_t[0, -1], _ridge_direct(q_t[0][keep], value[0][keep], 2.0, 3.0) / prior[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tab.fold_table(), 40.0 * np.asarray(tab.ridge_table[...]), rtol=1e-5)
+    with pytest.raises(ValueError, match="pass `tokens`"):
+        tab.ridge_user(emb, jnp.asarray(value), jnp.asarray(rated))
+    with pytest.raises(ValueError, match="rating_ridge: the fold-in needs item vectors"):
+        EventsConfig(rating=True, predict={"rating": 1.0}, rating_item_bias=1.0, rating_ridge=2.0)
+    with pytest.raises(ValueError, match="rating_ridge: the fold-in reads residuals"):
+        EventsConfig(rating=True, predict={"rating": 1.0}, rating_rank=2, rating_ridge=2.0)
+
+
 def test_min_history_masks_targets_and_predicts_the_baseline() -> None:
     cfg = EventsConfig(rating=True, predict={"rating": 1.0}, rating_item_bias=1.0, rating_min_history=2, rating_stats="prefix")
     b = np.array([0, 0, 0, 0, 0.5, -1.0, 0.25], np.float32)
@@ -591,6 +661,42 @@ def test_item_bias_head_fits_saves_and_predicts_the_baseline(store: Path, tmp_pa
     back = load_model(rec.save(tmp_path / "m"))
     np.testing.assert_array_equal(back.network.rating_item_bias, net.rating_item_bias)
     np.testing.assert_allclose(back.predict(sub, None, tokens), got, rtol=1e-6)
+
+
+def test_ridge_head_trains_and_predicts_the_fold_in_of_every_rated_event(store: Path, tmp_path: Path) -> None:
+    from segue.models.transformer import TransformerRecommender
+    from segue.training.trainer import TrainConfig
+
+    ev = EventsConfig(
+        rating=True, predict={"rating": 1.0}, rating_item_bias=2.0, rating_rank=3, rating_mlp=False, rating_ridge=2.0,
+        rating_min_history=1, rating_stats_scope="history", rating_ridge_table=True,
+    )  # fmt: skip
+    cfg = TrainConfig.from_dict(_config(store, {"kind": "full"}, ev, steps=2)).transformer_config()
+    with Store.open(store) as st:
+        data = SplitData.load(st, "loo")
+        rec = TransformerRecommender(cfg).fit(data)
+        hist = data.history(Part.TEST)
+    net = rec.network
+    assert np.isfinite(rec.meta["train"]["history"][-1]["rating_rmse"])
+    m0, s0 = net.rating_prior
+    b, table = net.rating_item_bias, net.fold_table()
+    rows = hist.nonempty()[:4]
+    sub = hist.take(rows)
+    assert sub.lengths.max() > TINY.context_length  # histories beyond the window the network reads
+    tokens = np.tile(np.arange(N_SPECIAL, N_SPECIAL + 5), (len(rows), 1))
+    got = rec.predict(sub, None, tokens)
+    for i in range(len(rows)):
+        seq, r = sub.row(i), sub.rating[sub.offsets[i] : sub.offsets[i + 1]]
+        ok = np.isfinite(r)
+        x = _ridge_direct(table[seq[ok]].astype(np.float64), (r - EV.bias_of(b, seq))[ok] - m0, 2.0, ev.rating_ridge_bias)
+        want = m0 + b[tokens[i]] + x[0] + table[tokens[i]] @ x[1:]  # every rated event, not the window
+        np.testing.assert_allclose(got[i], np.clip(want, 1, 5), rtol=1e-4, atol=1e-4)
+    back = load_model(rec.save(tmp_path / "m"))
+    np.testing.assert_allclose(back.predict(sub, None, tokens), got, rtol=1e-6)
+    # the scorer's cached fold-in vectors follow an in-place update of the network
+    back.network.ridge_log_gain[...] = back.network.ridge_log_gain[...] + 1.0
+    np.testing.assert_allclose(back.network.fold_table(), np.e * table, rtol=1e-5)
+    assert np.abs(back.predict(sub, None, tokens) - got).max() > 1e-3
 
 
 @pytest.mark.slow

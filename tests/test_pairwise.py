@@ -239,3 +239,30 @@ def test_rank_score_adds_back_the_rating_heads_item_biases() -> None:
     graphdef, state = nnx.split(net)
     full = np.asarray(_rank_fn(graphdef, state, inputs, jnp.arange(4)[None], jnp.array([2]), events))
     np.testing.assert_allclose(full[:, 4:12], got, rtol=1e-5, atol=1e-6)
+
+
+def test_fine_tuning_a_ridge_head_scores_its_predicted_ratings(store: Path, tmp_path: Path) -> None:
+    # a head whose user factor is the ridge fold-in (events.rating_ridge): the pair step folds in
+    # each anchor's prefix, and score() (score = "feedback") is the predicted rating in head units
+    from segue.models.base import load_model
+    from segue.training.trainer import TrainConfig, train
+
+    events = {"rating": True, "predict": {"rating": 1.0}, "rating_item_bias": 2.0, "rating_rank": 4, "rating_mlp": False, "rating_ridge": 5.0}
+    pre_cfg = _config(store, tmp_path, "pre", 2)
+    pre_cfg["events"] = events
+    pre = train(TrainConfig.from_dict(pre_cfg))
+    ft_cfg = _config(store, tmp_path, "ft", 4, {"init_from": str(pre), "score": "feedback", "max_pairs": 16})
+    ft_cfg["events"] = events
+    model = load_model(train(TrainConfig.from_dict(ft_cfg)))
+    before = load_model(pre).network.fold_table()
+    assert np.abs(model.network.fold_table() - before).max() > 1e-4  # the pair steps moved the fold-in vectors
+    with Store.open(store) as st:
+        hist = SplitData.load(st, "holdout").history(Part.VALID)
+    users = hist.nonempty()[:5]
+    toks = np.tile(np.arange(4, 12), (len(users), 1))
+    m0, s0 = model.network.rating_prior
+    score = model.score(hist, users)[np.arange(len(users))[:, None], toks]
+    pred = model.predict(hist, users, toks)
+    inside = (pred > 1.0) & (pred < 5.0)
+    assert inside.sum() > 20
+    np.testing.assert_allclose((m0 + s0 * score)[inside], pred[inside], rtol=1e-4, atol=1e-4)

@@ -116,6 +116,24 @@ class EventsConfig(Config):
     # (Koren 2008), a causal running sum the attention layers cannot form (they average the
     # item and rating embeddings separately, never their product)
     rating_fold: bool = False
+    # lambda of the ridge fold-in user factor (0: none): for a target after the rated events j
+    # (item vectors q_j = g Q E[x_j], g a learned gain; residuals e_j = r_j - b_j - m0 over the item
+    # biases and the prior mean), [b_u, p_u] = (sum_j f_j f_j^T + diag(rating_ridge_bias, lambda,
+    # ...))^-1 sum_j f_j e_j with f_j = [1, q_j] (the ALS user step of biasedmf, solved from the
+    # history), and the rating column adds (b_u + <p_u, q_{t+1}>) / s0. The user statistics are then
+    # the prior's (mu = m0, s = s0: the fold-in is the user's bias and factor). Training targets
+    # fold in their prefix (causal prefix sums); a scored history folds in the events the
+    # statistics read (rating_stats_scope: the window, or all of them)
+    rating_ridge: float = Field(0.0, ge=0)
+    rating_ridge_bias: float = Field(5.0, gt=0)  # ridge weight on the fold-in's user bias b_u
+    # the fold-in's item vectors are a [V, k] table of their own (g T[x], trained by the rating
+    # loss alone) instead of g Q E[x] (a projection of the next-item table)
+    rating_ridge_table: bool = False
+    # |q| of an item's fold-in vector at init (biasedmf's ALS factors: ~0.57 on ml-100k); small
+    # values start every item near 0, as ALS leaves the items it knows little about
+    rating_ridge_init: float = Field(0.5, gt=0)
+    # with rating_ridge: also add the network's own user factor P h_t to p_u (P starts at zero)
+    rating_hidden: bool = True
     huber_delta: float = Field(1.0, gt=0)
     head_width: int | None = Field(None, ge=1)  # hidden width of both heads' MLPs (default d_ff)
 
@@ -137,6 +155,14 @@ class EventsConfig(Config):
                 raise ValueError(f"{name}: the feedback head predicts no rating (add 'rating' to predict)")
         if not self.rating_mlp and self.rating_rank == 0:
             raise ValueError("rating_mlp = false needs rating_rank > 0 (the rating column would be empty)")
+        if self.rating_ridge > 0:
+            if self.rating_rank == 0:
+                raise ValueError("rating_ridge: the fold-in needs item vectors of rank rating_rank > 0")
+            if self.rating_item_bias <= 0 or self.rating_prior_weight <= 0:
+                raise ValueError(
+                    "rating_ridge: the fold-in reads residuals over the fitted item biases and the prior mean "
+                    "(set rating_item_bias > 0 and rating_prior_weight > 0)"
+                )
         if self.rating_fold and not self.rating:
             raise ValueError("rating_fold: the inputs' ratings are not read (set rating = true)")
         if len(set(self.context)) != len(self.context):
@@ -463,6 +489,12 @@ def batch_events(
             r_tg = None if r_tg is None else np.asarray(r_tg, np.float32) - bias_of(item_bias, targets)
         stats = prefix_rating_stats if cfg.rating_stats == "prefix" else row_rating_stats
         mu, s = stats(cfg, r_in, present, prior)
+        if cfg.rating_ridge > 0 and "rating" in cfg.predict:  # the fold-in is the user's bias
+            m0, s0 = _ridge_prior(prior)
+            mu, s = np.full(inputs.shape, m0, np.float32), np.full(inputs.shape, s0, np.float32)
+            rated = present & np.isfinite(np.asarray(r_in, np.float32))
+            out["fold_value"] = np.where(rated, np.asarray(r_in, np.float32) - m0, 0.0).astype(np.float32)
+            out["fold_rated"] = rated.astype(np.float32)
         fb_t = {n: batch[f"target_fb_{n}"] for n in cfg.feedback if f"target_fb_{n}" in batch}
         valid = mask & is_event(targets)
         out["fb_target"], out["fb_mask"] = head_targets(cfg, valid, r_tg, fb_t, mu, s)
@@ -501,9 +533,14 @@ def history_events(
     next_events: SequenceArrays | None = None,
     prior: tuple[float, float] | None = None,
     item_bias: np.ndarray | None = None,
+    fold_table: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(network event arrays, mu [n], s [n]) for scoring histories `rows` of `arrays` (with
     `item_bias`, mu and s are those of the ratings' residuals over their item biases).
+
+    With cfg.rating_ridge, `fold_table` [V, k] (the network's fold-in item vectors,
+    SequenceTransformer.fold_table) gives each history's fold-in user vector: fold_user [n, 1 + k]
+    (`ridge_fold` of its rated events, in the head's units), and mu, s are the prior's.
 
     next_ctx at the last input column is the context of the event to predict: the first event of
     the same row of `next_events` when given, else the history's last event's context (a serving
@@ -556,10 +593,43 @@ def history_events(
     if item_bias is not None and rating is not None:
         r = np.asarray(r, np.float32) - bias_of(item_bias, take(arrays.tokens))
     mu, s = row_rating_stats(cfg, r, item, prior)
+    if cfg.rating_ridge > 0 and "rating" in cfg.predict:
+        if fold_table is None:
+            raise ValueError("events.rating_ridge: scoring needs the network's fold-in item vectors (fold_table)")
+        m0, s0 = _ridge_prior(prior)
+        rated = item & np.isfinite(np.asarray(r, np.float32))
+        tok = take(arrays.tokens) if rating is not None else np.zeros(idx.shape, np.int64)
+        value = np.where(rated, np.asarray(r, np.float64) - m0, 0.0)
+        out["fold_user"] = (ridge_fold(cfg, fold_table, tok, value, rated) / s0).astype(np.float32)
+        mu, s = np.full(len(rows), m0, np.float32), np.full(len(rows), s0, np.float32)
     if cfg.rating_min_history > 0:  # too short a rated history: the baseline mu (+ b_i) alone
         n_rated = (item & np.isfinite(np.asarray(r, np.float32))).sum(axis=-1)
         s = np.where(n_rated >= cfg.rating_min_history, s, 0.0).astype(np.float32)
     return out, mu, s
+
+
+def _ridge_prior(prior: tuple[float, float] | None) -> tuple[float, float]:
+    """(m0, s0) of the fold-in: the prior's mean and sd (the validator requires a prior)."""
+    if prior is None:
+        raise ValueError("events.rating_ridge: the model has no rating prior (no training ratings?)")
+    return float(prior[0]), float(prior[1]) if prior[1] > 0 else 1.0
+
+
+def ridge_fold(cfg: EventsConfig, table: np.ndarray, tokens: np.ndarray, value: np.ndarray, rated: np.ndarray) -> np.ndarray:
+    """float64 [n, 1 + k] ridge fold-in [b_u, p_u] of each row's rated events (tokens, values
+    e_j and flags [n, L]; `table` [V, k] the item vectors q): (sum_j f_j f_j^T + diag(
+    rating_ridge_bias, rating_ridge, ...))^-1 sum_j f_j e_j with f_j = [1, q_j] (a row without rated
+    events gets 0). The host form of SequenceTransformer.ridge_user at a history's last column."""
+    table = np.asarray(table, np.float64)
+    tokens = np.asarray(tokens, np.int64)
+    ok = np.asarray(rated, bool) & (tokens >= 0) & (tokens < len(table))
+    q = table[np.where(ok, tokens, 0)]  # [n, L, k]
+    f = np.concatenate([np.ones((*q.shape[:-1], 1)), q], axis=-1) * ok[..., None]
+    gram = np.swapaxes(f, 1, 2) @ f
+    idx = np.arange(f.shape[-1])
+    gram[:, idx, idx] += np.array([cfg.rating_ridge_bias] + [cfg.rating_ridge] * (f.shape[-1] - 1))
+    rhs = np.einsum("nlk,nl->nk", f, np.where(ok, value, 0.0))
+    return np.linalg.solve(gram, rhs[..., None])[..., 0]
 
 
 def to_scale(

@@ -20,6 +20,10 @@ and then none of the following parameters exist; time features are three more co
     y_t  = MLP_f([h_t; E[x_{t+1}]; ctx_{t+1}]) feedback head: that event's feedback
            (+ <P h_t, Q E[x_{t+1}]> on the rating column with events.rating_rank = k > 0: P, Q
            [k, D], P starting at zero; a low-rank user-item term, biased MF's p_u . q_i)
+With events.rating_ridge = lambda, the rating column adds (b_u + <p_u, q_{t+1}>) / s0 where
+[b_u, p_u] is the ridge fold-in of the rated inputs up to t (q_j = g Q E[x_j], or g T[x_j] with
+rating_ridge_table; `ridge_user`: prefix sums and one batched solve; a scored history's comes
+from the host, segue.models.events.ridge_fold, over every rated event it has).
 With events.rating_fold, h_t += W_u sum_{j<=t} w(r_j) E[x_j] / sqrt(n_t) (n_t: rated inputs up to
 t, w learned per rating bucket, W_u starting at zero): asymmetric SVD's user factor, causal.
 ctx = sum_c C_c[slot_c] (one table per context column, slot 0 = null or unseen category).
@@ -240,6 +244,14 @@ class SequenceTransformer(nnx.Module):
             self.rating_q = nnx.Linear(d, k, use_bias=False, kernel_init=nnx.initializers.normal(d**-0.5), rngs=rngs)
             self.rating_col = [n for n, _, _ in events.targets()].index("rating")
             self.rating_mlp = events.rating_mlp
+        if events is not None and events.enabled and events.rating_ridge > 0:
+            # the fold-in's item vectors are g Q E[x]; g (log, learned) starts them at the norm
+            # events.rating_ridge_init from E's init scale (|Q E|^2 ~ k std^2)
+            self.ridge_log_gain = nnx.Param(jnp.log(jnp.asarray(events.rating_ridge_init / (k**0.5 * std), jnp.float32)))
+            self.ridge_pen = (events.rating_ridge_bias, events.rating_ridge)
+            self.rating_hidden = events.rating_hidden
+            if events.rating_ridge_table:  # its own table, at the init norm of g Q E above
+                self.ridge_table = nnx.Param(jax.random.normal(rngs.params(), (vocab_size, k)) * std)
         if events is not None and events.enabled and events.rating_fold:
             n = events.rating_buckets
             self.fold_weight = nnx.Param(jnp.concatenate([jnp.zeros(1), jnp.linspace(-1.0, 1.0, n)]))
@@ -284,6 +296,41 @@ class SequenceTransformer(nnx.Module):
             h = h + self.fold_proj(u)
         return h
 
+    @property
+    def has_ridge(self) -> bool:
+        return hasattr(self, "ridge_log_gain")
+
+    def fold_vectors(self, item_vecs: jax.Array, tokens: jax.Array | None = None) -> jax.Array:
+        """The ridge fold-in's item vectors [..., k]: g Q e of item vectors e [..., D], or g T[tokens]
+        with events.rating_ridge_table (then `tokens` [...] is required)."""
+        g = jnp.exp(self.ridge_log_gain[...])
+        table = getattr(self, "ridge_table", None)
+        if table is None:
+            return g * self.rating_q(item_vecs)
+        if tokens is None:
+            raise ValueError("this network's fold-in vectors are a table (events.rating_ridge_table): pass `tokens`")
+        return g * table[...][tokens]
+
+    def fold_table(self) -> np.ndarray:
+        """float32 [V, k] fold-in vectors of every token (the host's segue.models.events.ridge_fold)."""
+        table = self.item_emb[...]
+        return np.asarray(self.fold_vectors(table, jnp.arange(table.shape[0])))
+
+    def ridge_user(self, item_vecs: jax.Array, value: jax.Array, rated: jax.Array, tokens: jax.Array | None = None) -> jax.Array:
+        """[B, T, 1 + k] the ridge fold-in [b_u, p_u] / s0 at every column t from the rated inputs
+        of columns 0..t (item vectors [B, T, D], residuals e_j and 0/1 flags [B, T]; see
+        segue.models.events.EventsConfig.rating_ridge): prefix sums of f_j f_j^T and f_j e_j with
+        f_j = [1, q_j], then one batched solve. Causal: column t reads nothing after it."""
+        q = self.fold_vectors(item_vecs, tokens)
+        f = jnp.concatenate([jnp.ones((*q.shape[:-1], 1), q.dtype), q], axis=-1) * rated[..., None]
+        gram = jnp.cumsum(f[..., :, None] * f[..., None, :], axis=1)  # [B, T, 1 + k, 1 + k]
+        rhs = jnp.cumsum(f * value[..., None], axis=1)
+        pen = jnp.asarray([self.ridge_pen[0]] + [self.ridge_pen[1]] * q.shape[-1], q.dtype)
+        x = jnp.linalg.solve(gram + jnp.diag(pen), rhs[..., None])[..., 0]
+        prior = self.rating_prior
+        s0 = prior[1] if prior is not None and prior[1] > 0 else 1.0
+        return x / s0
+
     def next_query(self, h: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
         """q_t = h_t + MLP_q([h_t; ctx_{t+1}]) (the identity without context). h [..., D]."""
         if not self.has_events or self.next_head is None:
@@ -292,9 +339,18 @@ class SequenceTransformer(nnx.Module):
             raise ValueError("this network's next-item head reads the next event's context: pass next_ctx")
         return h + self.next_head(jnp.concatenate([h, self.encoder.context(next_ctx)], axis=-1))
 
-    def predict_feedback(self, h: jax.Array, item_vecs: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
+    def predict_feedback(
+        self,
+        h: jax.Array,
+        item_vecs: jax.Array,
+        next_ctx: jax.Array | None = None,
+        user: jax.Array | None = None,
+        tokens: jax.Array | None = None,
+    ) -> jax.Array:
         """Raw head outputs [..., K] (order: EventsConfig.targets()) for hidden states h [..., D]
-        and the item vectors E[x_{t+1}] [..., D] of the events whose feedback is predicted."""
+        and the item vectors E[x_{t+1}] [..., D] of the events whose feedback is predicted; `user`
+        [..., 1 + k] the ridge fold-in (`ridge_user`, or the host's fold_user) of a network with
+        events.rating_ridge; `tokens` [...] the items' ids (needed by events.rating_ridge_table)."""
         if not self.has_events or self.feedback_head is None:
             raise ValueError("this network has no feedback head (events.predict is empty)")
         parts = [h, item_vecs]
@@ -302,7 +358,12 @@ class SequenceTransformer(nnx.Module):
             parts.append(self.encoder.context(next_ctx))
         out = self.feedback_head(jnp.concatenate(parts, axis=-1))
         if getattr(self, "rating_p", None) is not None:  # + <P h, Q e> on the rating column
-            low_rank = jnp.sum(self.rating_p(h) * self.rating_q(item_vecs), axis=-1)
+            hidden = getattr(self, "rating_hidden", True)
+            low_rank = jnp.sum(self.rating_p(h) * self.rating_q(item_vecs), axis=-1) if hidden else 0.0
+            if self.has_ridge:  # + (b_u + <p_u, g Q e>) / s0 of the fold-in
+                if user is None:
+                    raise ValueError("this network folds in the history's ratings (events.rating_ridge): pass `user`")
+                low_rank = low_rank + user[..., 0] + jnp.sum(user[..., 1:] * self.fold_vectors(item_vecs, tokens), axis=-1)
             out = out.at[..., self.rating_col].add(low_rank) if self.rating_mlp else out.at[..., self.rating_col].set(low_rank)
         return out
 
@@ -318,7 +379,12 @@ class SequenceTransformer(nnx.Module):
         return jnp.asarray(bias / (prior[1] if prior is not None and prior[1] > 0 else 1.0))
 
     def rank_score(
-        self, h: jax.Array, item_vecs: jax.Array, next_ctx: jax.Array | None = None, tokens: jax.Array | None = None
+        self,
+        h: jax.Array,
+        item_vecs: jax.Array,
+        next_ctx: jax.Array | None = None,
+        tokens: jax.Array | None = None,
+        user: jax.Array | None = None,
     ) -> jax.Array:
         """The ranking score [...] of items E[c] [..., D] after hidden states h [..., D] (same
         leading shape): <q, E[c]>, the feedback head's column, or their learned mix
@@ -327,7 +393,7 @@ class SequenceTransformer(nnx.Module):
         logit = jnp.sum(self.next_query(h, next_ctx) * item_vecs, axis=-1)
         if mode == "logit":
             return logit
-        fb = self.predict_feedback(h, item_vecs, next_ctx)[..., self.rank_col]
+        fb = self.predict_feedback(h, item_vecs, next_ctx, user, tokens)[..., self.rank_col]
         offsets = self.rank_offsets()
         if offsets is not None and tokens is not None:
             fb = fb + offsets[tokens]
@@ -450,6 +516,7 @@ def _rank_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array,
     h = jnp.take_along_axis(h, at, axis=1)[:, 0]  # [B, D]
     nxt = events.get("next_ctx") if events is not None else None
     nxt = None if nxt is None else jnp.take_along_axis(nxt, at, axis=1)[:, 0]
+    user = events.get("fold_user") if events is not None else None  # [B, 1 + k]
     table = model.item_emb[...]
     v, b = table.shape[0], h.shape[0]
     n = -(-v // RANK_CHUNK)
@@ -462,7 +529,8 @@ def _rank_fn(graphdef: Any, state: Any, inputs: jax.Array, positions: jax.Array,
         shape = (b, e.shape[0])
         c = None if nxt is None else jnp.broadcast_to(nxt[:, None], (*shape, nxt.shape[-1]))
         h_b, e_b = jnp.broadcast_to(h[:, None], (*shape, h.shape[-1])), jnp.broadcast_to(e[None], (*shape, e.shape[-1]))
-        return model.rank_score(h_b, e_b, c, jnp.broadcast_to(tok[None], shape))
+        u = None if user is None else jnp.broadcast_to(user[:, None], (*shape, user.shape[-1]))
+        return model.rank_score(h_b, e_b, c, jnp.broadcast_to(tok[None], shape), u)
 
     out = jax.lax.map(chunk, (padded.reshape(n, RANK_CHUNK, -1), tokens))  # [n, B, C]
     return jnp.moveaxis(out, 0, 1).reshape(b, -1)[:, :v]
@@ -479,7 +547,9 @@ def _feedback_fn(
     nxt = events.get("next_ctx")
     if nxt is not None:
         nxt = jnp.broadcast_to(jnp.take_along_axis(nxt, last[:, None, None], axis=1), (*cands.shape, nxt.shape[-1]))
-    return model.predict_feedback(jnp.broadcast_to(h, e.shape), e, nxt)
+    user = events.get("fold_user")  # [B, 1 + k]
+    user = None if user is None else jnp.broadcast_to(user[:, None], (*cands.shape, user.shape[-1]))
+    return model.predict_feedback(jnp.broadcast_to(h, e.shape), e, nxt, user, cands)
 
 
 class TransformerRecommender(NeuralRecommender):
@@ -605,6 +675,7 @@ class TransformerRecommender(NeuralRecommender):
         run = jitted[fn]
         ev_cfg = self.config.events if net.has_events else None
         categories = net.categories
+        fold = self._fold_table(net) if net.has_events and net.has_ridge else None
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         ctx = self.config.model.context_length
         outs, mus, ss = [], [], []
@@ -623,7 +694,7 @@ class TransformerRecommender(NeuralRecommender):
             arrays: list[Any] = [ev.inputs, ev.positions, ev.last]
             if ev_cfg is not None:
                 feats, mu, sd = EV.history_events(
-                    ev_cfg, categories, histories, sel, ctx, width, next_events, net.rating_prior, net.rating_item_bias
+                    ev_cfg, categories, histories, sel, ctx, width, next_events, net.rating_prior, net.rating_item_bias, fold
                 )
                 arrays.append(feats)
                 mus.append(mu)
@@ -638,6 +709,19 @@ class TransformerRecommender(NeuralRecommender):
         mu = np.concatenate(mus) if mus else np.zeros(0, np.float32)
         sd = np.concatenate(ss) if ss else np.zeros(0, np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False), mu, sd
+
+    def _fold_table(self, net: SequenceTransformer) -> np.ndarray:
+        """net.fold_table(), computed again only when an array it reads was replaced (a [V, D] x
+        [D, k] product per request would dominate serving over a large catalogue)."""
+        parts = [net.item_emb[...], net.rating_q.kernel[...], net.ridge_log_gain[...]]
+        if getattr(net, "ridge_table", None) is not None:
+            parts.append(net.ridge_table[...])
+        key = tuple(id(a) for a in parts)
+        cached = getattr(self, "_fold_cache", None)
+        if cached is None or cached[0] != key or cached[1] is not net:
+            cached = (key, net, net.fold_table(), parts)  # parts: keeps the ids alive and unique
+            self._fold_cache = cached
+        return cached[2]
 
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, *, next_events: SequenceArrays | None = None) -> np.ndarray:
         """[B, V] inner products of the last query with every item (a pairwise fine-tuned model:

@@ -150,7 +150,7 @@ def _eval_batch(
         if net.feedback_head is not None:  # the feedback head on the target item
             at = last[:, None, None]
             nxt_last = None if nxt is None else jnp.take_along_axis(nxt, at, axis=1)[:, 0]
-            fb_pred = net.predict_feedback(jnp.take_along_axis(hid, at, axis=1)[:, 0], table[targets], nxt_last)
+            fb_pred = net.predict_feedback(jnp.take_along_axis(hid, at, axis=1)[:, 0], table[targets], nxt_last, events.get("fold_user"), targets)
     q = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [B, D]
     s = q @ table.T  # [B, V]
     tokens = jnp.arange(v)
@@ -203,6 +203,8 @@ def evaluate(
     fb_sq: dict[str, float] = {}
     fb_n: dict[str, int] = {}
     key = jax.random.key(seed)
+    net = nnx.merge(graphdef, state) if events is not None else None
+    fold = net.fold_table() if net is not None and net.has_events and net.has_ridge else None
     # Batches of similar lengths, each padded to the next power of two (at least 8, at most the
     # context): inputs are left-aligned and attention is causal, so the columns past `last`
     # change nothing, and short histories (Beauty's median is 6) stop paying for 50 columns.
@@ -226,7 +228,7 @@ def evaluate(
         if events is not None:
             ev, mu, sd = EV.history_events(
                 events[0], events[1], vset.histories, sel, context_length, width, next_events=vset.next_events, prior=events[2],
-                item_bias=events[3],
+                item_bias=events[3], fold_table=fold,
             )
             if pad:
                 ev = {n: np.concatenate([a, np.repeat(a[:1], pad, 0)]) for n, a in ev.items()}

@@ -267,6 +267,10 @@ class PairwiseTask:
         self.vhist = data.history(Part.VALID) if self.vpairs is not None else None
         self.graphdef: Any = None
         self._step: Any = None
+        # the pretrained run's rating prior and item biases (set by init_state): the ridge
+        # fold-in's residuals are read over them
+        self.prior: tuple[float, float] | None = None
+        self.item_bias: np.ndarray | None = None
 
     # --- state ------------------------------------------------------------------------------
     def _network(self) -> SequenceTransformer:
@@ -283,6 +287,7 @@ class PairwiseTask:
             net.categories_json = pre_net.categories_json
             net.rating_prior_json = pre_net.rating_prior_json
             net.item_bias_json = pre_net.item_bias_json
+            self.prior, self.item_bias = net.rating_prior, net.rating_item_bias
         self.graphdef, params = nnx.split(net, nnx.Param)
         tx = O.dense_transform(self.optim, params)
         self._step = make_pair_step(self.graphdef, self.optim, self.total_steps)
@@ -297,7 +302,7 @@ class PairwiseTask:
         pairs = batch_pairs(
             self.pcfg, batch["targets"], batch["mask"], pair_values(self.pcfg, batch), batch.get("target_ts"), batch.get("ts"), self.trainer.seed
         )
-        ev = EV.batch_events(self.events, batch, self.luts) if self.events.enabled else None
+        ev = EV.batch_events(self.events, batch, self.luts, self.prior, self.item_bias) if self.events.enabled else None
         # the feedback-head targets are not trained here: only what the network reads
         if ev is not None:
             ev = {k: v for k, v in ev.items() if k not in ("fb_target", "fb_mask")}
@@ -345,8 +350,12 @@ def make_pair_step(graphdef: Any, ocfg: O.OptimConfig, n_steps: int) -> Any:
             nxt = None if events is None else events.get("next_ctx")
             na = None if nxt is None else jnp.take_along_axis(nxt, anchor[..., None], axis=1)
             table = net.item_emb[...]
-            s_a = net.rank_score(ha, table[pairs["tok_a"]], na, pairs["tok_a"])
-            s_b = net.rank_score(ha, table[pairs["tok_b"]], na, pairs["tok_b"])
+            ua = None
+            if net.has_events and net.has_ridge:  # the fold-in of each anchor's rated prefix
+                user = net.ridge_user(table[inputs], events["fold_value"], events["fold_rated"], inputs)
+                ua = jnp.take_along_axis(user, anchor[..., None], axis=1)
+            s_a = net.rank_score(ha, table[pairs["tok_a"]], na, pairs["tok_a"], ua)
+            s_b = net.rank_score(ha, table[pairs["tok_b"]], na, pairs["tok_b"], ua)
             loss = pairwise_logistic(s_a, s_b, pairs["weight"], pairs["pair_mask"])
             m = pairs["pair_mask"]
             acc = jnp.sum(jnp.where(m, (s_a > s_b) + 0.5 * (s_a == s_b), 0.0)) / jnp.maximum(1, jnp.sum(m))

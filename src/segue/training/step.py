@@ -263,7 +263,10 @@ def make_train_step(
             item_loss = L.masked_mean(per, msk)
             if not heads:
                 return item_loss, {"item_loss": item_loss}
-            pred = net.predict_feedback(hs, rows[l_t].reshape(b, T, -1), nxt)
+            user = None
+            if net.has_ridge:  # the ridge fold-in of every column's rated prefix
+                user = net.ridge_user(rows[l_in], events["fold_value"], events["fold_rated"], inputs)
+            pred = net.predict_feedback(hs, rows[l_t].reshape(b, T, -1), nxt, user, targets)
             fb, cols = FL.feedback_loss(pred, events["fb_target"], events["fb_mask"], kinds, weights, ev_cfg.huber_delta)
             aux = {"item_loss": item_loss, "feedback_loss": fb}
             aux |= {f"fb_loss_{name}": cols[i] for i, (name, _, _) in enumerate(heads)}
