@@ -18,6 +18,14 @@ model, and prints its step time against the plain one. Measured 2026-12-07 (2 sh
 negatives): plain 6172 ms a step, with the feedback + context heads 7000 ms = 1.13x in the same
 rounds (compile 45.5 s against 69.2 s).
 
+--ridge (with --feedback) adds the same heads with the rating head of
+configs/ml100k-temporal-ridge.toml (item biases, a rank-32 term and the ridge fold-in of each
+prefix's ratings) to the same rounds. Measured 2026-12-07 (2 shared cores, load 1.5-1.6;
+`--items 50000 --batches 128 --steps 10 --feedback --ridge`): plain 590.2 ms a step, the heads
+662.2 ms (1.12x), the heads with the ridge fold-in 978.9 ms (1.48x the heads, 1.66x plain): the
+batched [128 x 50] solves of 33 x 33 systems and their gradients (a Cholesky solve instead of
+jnp.linalg.solve measured 1.8x slower on XLA CPU).
+
 --devices 1 2 times the same step on 1 device and on a data-parallel mesh of 2 (segue.training.mesh),
 interleaved. On a CPU the devices are simulated (XLA_FLAGS=--xla_force_host_platform_device_count,
 set by re-running this script with it): they share the machine's cores, so this checks that the
@@ -180,6 +188,9 @@ def random_events(rng: np.random.Generator, ev: EventsConfig, b: int, t: int) ->
         k = len(ev.predict)
         out["fb_target"] = rng.random((b, t, k)).astype(np.float32)
         out["fb_mask"] = rng.random((b, t, k)) < 0.9
+    if ev.rating_ridge > 0:  # the ridge fold-in's rated residuals (batch_events' fold_value / fold_rated)
+        out["fold_value"] = rng.normal(0.0, 1.0, (b, t)).astype(np.float32)
+        out["fold_rated"] = (rng.random((b, t)) < 0.9).astype(np.float32)
     return out
 
 
@@ -203,6 +214,12 @@ FEEDBACK_EVENTS = EventsConfig(
     context=["platform", "hour"],
     predict={"rating": 1.0, "skip": 0.5, "listened": 0.5},
 )
+# The same with the rating head of configs/ml100k-temporal-ridge.toml: item biases, a rank-32
+# bilinear term and the ridge fold-in of the prefix's ratings (prefix sums of [k+1, k+1] outer
+# products and one batched solve per position).
+RIDGE_EVENTS = FEEDBACK_EVENTS.model_copy(
+    update={"rating_item_bias": 5.0, "rating_rank": 32, "rating_mlp": False, "rating_ridge": 15.0, "rating_min_history": 1}
+)
 
 
 def bench_batch(
@@ -214,6 +231,7 @@ def bench_batch(
     steps: int,
     events: EventsConfig | None = None,
     features: bool = False,
+    ridge: EventsConfig | None = None,
 ) -> list[dict]:
     """Time the catalogues of one batch size in interleaved rounds, so that a change in machine load
     hits all of them alike (the 2M / 50k ratio is what matters). With `events`, the model with
@@ -223,10 +241,16 @@ def bench_batch(
         settings += [Setting(model, loss, optim, n, batch, events) for n in items]
     if features:
         settings += [Setting(model, loss, optim, n, batch, features=True) for n in items]
+    if ridge is not None:
+        settings += [Setting(model, loss, optim, n, batch, ridge) for n in items]
     for _ in range(steps):
         for s in settings:
             s.times.append(s.run())
-    out = [s.result() | {"events": s.events is not None, "features": s.features} for s in settings]
+    out = [
+        s.result() | {"events": s.events is not None and s.events.rating_ridge == 0, "features": s.features,
+                      "ridge": s.events is not None and s.events.rating_ridge > 0}
+        for s in settings
+    ]  # fmt: skip
     del settings
     return out
 
@@ -268,6 +292,7 @@ def main() -> None:
     ap.add_argument("--feedback", action="store_true", help="also time the feedback/context heads against the plain model")
     ap.add_argument("--devices", type=int, nargs="+", help="time the step on these device counts (data-parallel mesh)")
     ap.add_argument("--features", action="store_true", help="also time item side features (artist, album, genre) against id-only")
+    ap.add_argument("--ridge", action="store_true", help="with --feedback: also time the rating head's ridge fold-in (events.rating_ridge)")
     args = ap.parse_args()
     if args.devices:
         _simulate_devices(max(args.devices))
@@ -295,10 +320,14 @@ def main() -> None:
                     )
         return
     print(hdr)
-    results, with_events, with_features = [], [], []
+    results, with_events, with_features, with_ridge = [], [], [], []
     events = FEEDBACK_EVENTS if args.feedback else None
+    ridge = RIDGE_EVENTS if args.feedback and args.ridge else None
     for b in args.batches:
-        for r in bench_batch(model, loss, optim, args.items, b, args.steps, events, args.features):
+        for r in bench_batch(model, loss, optim, args.items, b, args.steps, events, args.features, ridge):
+            if r["ridge"]:
+                with_ridge.append(r)
+                continue
             if r["events"]:
                 with_events.append(r)
                 continue
@@ -322,6 +351,14 @@ def main() -> None:
         print(
             f"feedback + context heads, {r['items']:,} items, batch {r['batch']}: step {1e3 * r['step_s']:.1f} ms against "
             f"{1e3 * plain['step_s']:.1f} ms plain = {r['step_s'] / plain['step_s']:.2f}x (same rounds; compile {r['compile_s']:.1f} s)"
+        )
+    fb = {(r["items"], r["batch"]): r for r in with_events}
+    for r in with_ridge:
+        plain, heads = by[(r["items"], r["batch"])], fb[(r["items"], r["batch"])]
+        print(
+            f"feedback + context heads with the ridge fold-in, {r['items']:,} items, batch {r['batch']}: step "
+            f"{1e3 * r['step_s']:.1f} ms = {r['step_s'] / heads['step_s']:.2f}x the heads without it, "
+            f"{r['step_s'] / plain['step_s']:.2f}x plain (same rounds; compile {r['compile_s']:.1f} s)"
         )
     for r in with_features:
         plain = by[(r["items"], r["batch"])]
