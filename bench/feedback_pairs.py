@@ -111,6 +111,13 @@ def main() -> None:
                 c = comp.get(n)
                 diff = "(best baseline)" if c is None else f"{c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}] p={c.p_value:.3f}"
                 print(f"  {n:<34} {fmt(rep.intervals[n])}   {diff}")
+            # The issue's baselines leave the pretrained rating head out (it is the fine-tuning's start).
+            issue_best = max((n for n in baselines if n != "transformer rating head"), key=lambda n: rep.per_user[n].mean())
+            if tuned and issue_best != best:
+                comp2 = compare_many({n: rep.per_user[n] for n in (issue_best, *tuned)}, issue_best, n_boot=args.n_boot, seed=args.seed)
+                for n in tuned:
+                    c = comp2[n]
+                    print(f"  {n} minus {issue_best}: {c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}] p={c.p_value:.3f}")
         targets = rated_targets(data, args.part)
         raters: dict[str, Any] = {"biasedmf": bmf, "transformer rating head": pre}
         raters |= {f"{n} rating head": m for n, m in tuned.items() if "rating" in m.feedback_targets}

@@ -787,3 +787,29 @@ def test_the_feedback_aware_model_beats_the_plain_one_on_the_synthetic_corpus(tm
     assert _auc(got["skip"][:, 0], truth) > 0.65
     listened = np.asarray(vset.next_events.feedback["listened"])
     assert np.corrcoef(got["listened"][:, 0], listened)[0, 1] > 0.3
+
+
+def test_ridge_table_starts_from_biasedmf_als_factors(store: Path) -> None:
+    """rating_ridge_start = "als": the fold-in table starts as biasedmf's ALS item factors (same
+    rank and regularisation, the same seed), by token, with the gain at 1."""
+    from segue.models.biasedmf import BiasedMF, BiasedMFConfig
+    from segue.training.trainer import TrainConfig
+    from segue.training.transformer_task import TransformerTask
+
+    ev = EventsConfig(
+        rating=True, predict={"rating": 1.0}, rating_item_bias=2.0, rating_rank=3, rating_mlp=False, rating_ridge=2.0,
+        rating_ridge_bias=1.5, rating_min_history=1, rating_stats_scope="history", rating_ridge_table=True, rating_ridge_start="als",
+    )  # fmt: skip
+    cfg = TrainConfig.from_dict(_config(store, {"kind": "full"}, ev, steps=2)).transformer_config()
+    with Store.open(store) as st:
+        data = SplitData.load(st, "loo")
+        task = TransformerTask(cfg, data)
+        net = task.network(task.init_state())
+        mf = BiasedMF(BiasedMFConfig(factors=3, reg=2.0, bias_reg=1.5)).fit(data)
+    table = np.asarray(net.ridge_table[...])
+    assert float(net.ridge_log_gain[...]) == 0.0
+    np.testing.assert_allclose(table[N_SPECIAL:], mf.item_factors, rtol=1e-5, atol=1e-6)
+    assert np.abs(table[:N_SPECIAL]).max() == 0.0 and np.abs(table[N_SPECIAL:]).max() > 0.01
+    np.testing.assert_allclose(net.fold_table(), table, rtol=1e-6)  # g = 1: the fold-in reads them as they are
+    with pytest.raises(ValueError, match="rating_ridge_table"):
+        EventsConfig(rating=True, predict={"rating": 1.0}, rating_item_bias=2.0, rating_rank=3, rating_ridge=2.0, rating_ridge_start="als")

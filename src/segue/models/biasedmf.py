@@ -138,6 +138,33 @@ def solve_side(
     return x[:, 0], x[:, 1:]
 
 
+def fit_als(
+    u: np.ndarray,
+    item: np.ndarray,
+    r: np.ndarray,
+    n_users: int,
+    n_items: int,
+    config: BiasedMFConfig,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Biased MF by alternating least squares (the module docstring's objective) on rated events
+    (user index u [E], item index [E], rating r [E]): (mu, b_u [n_users], b_i [n_items],
+    p [n_users, d], q [n_items, d]); seeded initial factors, config.iterations item-then-user steps."""
+    c = config
+    mu = float(r.mean())
+    rng = np.random.default_rng(c.seed)
+    p = rng.normal(0.0, c.init_std, (n_users, c.factors))
+    q = rng.normal(0.0, c.init_std, (n_items, c.factors))
+    bu = np.zeros(n_users)
+    bi = np.zeros(n_items)
+    for it in range(c.iterations):
+        bi, q = solve_side(item, u, r - mu - bu[u], p, n_items, c)
+        bu, p = solve_side(u, item, r - mu - bi[item], q, n_users, c)
+        if progress is not None:
+            progress("biasedmf", it + 1, c.iterations)
+    return mu, bu, bi, p, q
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -163,16 +190,7 @@ class BiasedMF(BaseRecommender):
             raise SegueError(f"biasedmf: split '{data.split}' in {data.store.path} has no rated training event of a known item")
         users, u = np.unique(rows[b], return_inverse=True)  # users: store rows with a rating
         n_users = len(users)
-        mu = float(r.mean())
-        rng = np.random.default_rng(c.seed)
-        p = rng.normal(0.0, c.init_std, (n_users, c.factors))
-        q = rng.normal(0.0, c.init_std, (n_items, c.factors))
-        bu = np.zeros(n_users)
-        for it in range(c.iterations):
-            bi, q = solve_side(item, u, r - mu - bu[u], p, n_items, c)
-            bu, p = solve_side(u, item, r - mu - bi[item], q, n_users, c)
-            if progress is not None:
-                progress("biasedmf", it + 1, c.iterations)
+        mu, bu, bi, p, q = fit_als(u, item, r, n_users, n_items, c, progress)
         self.vocab = data.vocab
         self.item_bias = bi.astype(np.float32)
         self.item_factors = q.astype(np.float32)

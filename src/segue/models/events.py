@@ -134,6 +134,11 @@ class EventsConfig(Config):
     rating_ridge_init: float = Field(0.5, gt=0)
     # with rating_ridge: also add the network's own user factor P h_t to p_u (P starts at zero)
     rating_hidden: bool = True
+    # where rating_ridge_table starts: "random" (norm rating_ridge_init), or "als": the item
+    # factors of biased MF fitted by ALS on the training ratings (segue.models.biasedmf.fit_als;
+    # rank rating_rank, reg rating_ridge, bias_reg rating_ridge_bias) with the gain g at 1, so that
+    # at step 0 the fold-in is biasedmf's user step over those factors; training then adapts them
+    rating_ridge_start: Literal["random", "als"] = "random"
     huber_delta: float = Field(1.0, gt=0)
     head_width: int | None = Field(None, ge=1)  # hidden width of both heads' MLPs (default d_ff)
 
@@ -155,6 +160,8 @@ class EventsConfig(Config):
                 raise ValueError(f"{name}: the feedback head predicts no rating (add 'rating' to predict)")
         if not self.rating_mlp and self.rating_rank == 0:
             raise ValueError("rating_mlp = false needs rating_rank > 0 (the rating column would be empty)")
+        if self.rating_ridge_start == "als" and not (self.rating_ridge > 0 and self.rating_ridge_table):
+            raise ValueError("rating_ridge_start = 'als' starts the fold-in's own table: set rating_ridge > 0 and rating_ridge_table = true")
         if self.rating_ridge > 0:
             if self.rating_rank == 0:
                 raise ValueError("rating_ridge: the fold-in needs item vectors of rank rating_rank > 0")

@@ -107,7 +107,9 @@ def with_table(items: nnx.State, table: jax.Array) -> nnx.State:
     return jax.tree_util.tree_map(lambda _: table, items)
 
 
-def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
+def init_state(spec: StepSpec, seed: int, ridge_table: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
+    """(graphdef, state) of a fresh network; `ridge_table` [V, k] starts the rating head's fold-in
+    table (events.rating_ridge_start = "als") with its gain at 1."""
     net = SequenceTransformer(
         spec.model,
         spec.vocab_size,
@@ -121,6 +123,9 @@ def init_state(spec: StepSpec, seed: int) -> tuple[Any, dict[str, Any]]:
         item_shapes=spec.item_shapes,
         content_dim=spec.content_dim,
     )
+    if ridge_table is not None:
+        net.ridge_table[...] = jnp.asarray(ridge_table, jnp.float32)
+        net.ridge_log_gain[...] = jnp.zeros_like(net.ridge_log_gain[...])
     graphdef, items, rest = split_network(net)
     table = table_of(items)
     tx = O.dense_transform(spec.optim, rest)

@@ -23,8 +23,10 @@ from flax import nnx
 from segue.data.arrays import SequenceArrays, SplitData, compile_split
 from segue.data.loader import make_train_loader
 from segue.data.splits import Part
+from segue.data.vocab import N_SPECIAL
 from segue.errors import ConfigError
 from segue.models import events as EV
+from segue.models.biasedmf import BiasedMFConfig, fit_als, rated_events
 from segue.models.item_encoder import fit_features
 from segue.models.transformer import (
     SequenceTransformer,
@@ -46,6 +48,24 @@ def training_arrays(data: SplitData, fit_on: str) -> SequenceArrays:
         return data.train
     parts = (Part.TRAIN, Part.VALID_INPUT, Part.VALID)
     return compile_split(data.store, data.split, parts, vocab=data.vocab)
+
+
+def als_token_vectors(ev: EV.EventsConfig, arrays: SequenceArrays, n_vocab: int) -> np.ndarray:
+    """float32 [n_vocab, rating_rank]: the item factors of biased MF fitted by ALS on the rated
+    events of `arrays` (reg rating_ridge, bias_reg rating_ridge_bias), by token (specials and
+    unrated items 0): the start of the fold-in table with events.rating_ridge_start = "als"."""
+    n_items = n_vocab - N_SPECIAL
+    rows = arrays.nonempty()
+    b, item, r = rated_events(arrays, rows, n_items)
+    if len(r) == 0:
+        raise ConfigError("events.rating_ridge_start = 'als': the training part has no rated event")
+    _, u = np.unique(b, return_inverse=True)
+    cfg = BiasedMFConfig(factors=ev.rating_rank, reg=ev.rating_ridge, bias_reg=ev.rating_ridge_bias)
+    q = fit_als(u, item, r, int(u.max()) + 1, n_items, cfg)[4]
+    rated = np.bincount(item, minlength=n_items) > 0
+    out = np.zeros((n_vocab, ev.rating_rank), np.float32)
+    out[N_SPECIAL:] = np.where(rated[:, None], q, 0.0)  # an item without ratings keeps no factor
+    return out
 
 
 def event_lookups(ev: EV.EventsConfig, arrays: SequenceArrays) -> tuple[EV.Categories, dict[str, np.ndarray]]:
@@ -75,6 +95,7 @@ class TransformerTask:
         self.item_bias = EV.fit_item_bias(ev, arrays.tokens, arrays.rating, len(data.vocab), users) if ev.enabled else None
         offset = None if self.item_bias is None else EV.bias_of(self.item_bias, arrays.tokens)
         self.prior = EV.fit_rating_prior(ev, arrays.rating, offset) if ev.enabled else None
+        self.ridge_start = als_token_vectors(ev, arrays, len(data.vocab)) if ev.enabled and ev.rating_ridge_start == "als" else None
         if ev.enabled and not lc.extras:
             raise ConfigError("trainer.loader.extras is false, but the events section reads the batches' extra columns")
         self.mesh = M.make_mesh(tc.mesh)
@@ -110,7 +131,7 @@ class TransformerTask:
         self.vset = ValidationSet.from_split(data, tc.eval_max_users, seed=tc.seed, with_events=self.events.enabled) if tc.fit_on == "train" else None
 
     def init_state(self) -> dict[str, Any]:
-        self.graphdef, state = init_state(self.spec, self.trainer.seed)
+        self.graphdef, state = init_state(self.spec, self.trainer.seed, self.ridge_start)
         if self.mesh is None:
             self._step_fn = make_train_step(self.spec, self.graphdef)
             return state
