@@ -494,20 +494,21 @@ def batch_events(
         if item_bias is not None:  # the head's residual over the item biases
             r_in = np.asarray(r_in, np.float32) - bias_of(item_bias, inputs)
             r_tg = None if r_tg is None else np.asarray(r_tg, np.float32) - bias_of(item_bias, targets)
-        stats = prefix_rating_stats if cfg.rating_stats == "prefix" else row_rating_stats
-        mu, s = stats(cfg, r_in, present, prior)
+        rated = present & np.isfinite(np.asarray(r_in, np.float32))
         if cfg.rating_ridge > 0 and "rating" in cfg.predict:  # the fold-in is the user's bias
             m0, s0 = _ridge_prior(prior)
             mu, s = np.full(inputs.shape, m0, np.float32), np.full(inputs.shape, s0, np.float32)
-            rated = present & np.isfinite(np.asarray(r_in, np.float32))
             out["fold_value"] = np.where(rated, np.asarray(r_in, np.float32) - m0, 0.0).astype(np.float32)
             out["fold_rated"] = rated.astype(np.float32)
+        else:
+            stats = prefix_rating_stats if cfg.rating_stats == "prefix" else row_rating_stats
+            mu, s = stats(cfg, r_in, present, prior)
         fb_t = {n: batch[f"target_fb_{n}"] for n in cfg.feedback if f"target_fb_{n}" in batch}
         valid = mask & is_event(targets)
         out["fb_target"], out["fb_mask"] = head_targets(cfg, valid, r_tg, fb_t, mu, s)
         if cfg.rating_min_history > 0 and "rating" in cfg.predict:
             # rated inputs in columns 0..t: the history the target of column t is predicted from
-            n_rated = np.cumsum(present & np.isfinite(np.asarray(r_in, np.float32)), axis=-1)
+            n_rated = np.cumsum(rated, axis=-1)
             col = [n for n, _, _ in cfg.targets()].index("rating")
             out["fb_mask"][..., col] &= n_rated >= cfg.rating_min_history
     return out
@@ -599,27 +600,34 @@ def history_events(
     r = rating if rating is not None else np.full(idx.shape, np.nan)
     if item_bias is not None and rating is not None:
         r = np.asarray(r, np.float32) - bias_of(item_bias, take(arrays.tokens))
-    mu, s = row_rating_stats(cfg, r, item, prior)
+    rated = item & np.isfinite(np.asarray(r, np.float32))
     if cfg.rating_ridge > 0 and "rating" in cfg.predict:
         if fold_table is None:
             raise ValueError("events.rating_ridge: scoring needs the network's fold-in item vectors (fold_table)")
         m0, s0 = _ridge_prior(prior)
-        rated = item & np.isfinite(np.asarray(r, np.float32))
         tok = take(arrays.tokens) if rating is not None else np.zeros(idx.shape, np.int64)
         value = np.where(rated, np.asarray(r, np.float64) - m0, 0.0)
         out["fold_user"] = (ridge_fold(cfg, fold_table, tok, value, rated) / s0).astype(np.float32)
         mu, s = np.full(len(rows), m0, np.float32), np.full(len(rows), s0, np.float32)
+    else:
+        mu, s = row_rating_stats(cfg, r, item, prior)
     if cfg.rating_min_history > 0:  # too short a rated history: the baseline mu (+ b_i) alone
-        n_rated = (item & np.isfinite(np.asarray(r, np.float32))).sum(axis=-1)
+        n_rated = rated.sum(axis=-1)
         s = np.where(n_rated >= cfg.rating_min_history, s, 0.0).astype(np.float32)
     return out, mu, s
+
+
+def prior_sd(prior: tuple[float, float] | None) -> float:
+    """The head's unit s0: the rating prior's sd (1 without a prior or with a zero sd), what a
+    rating term in rating units is divided by on the head's normalised scale."""
+    return float(prior[1]) if prior is not None and prior[1] > 0 else 1.0
 
 
 def _ridge_prior(prior: tuple[float, float] | None) -> tuple[float, float]:
     """(m0, s0) of the fold-in: the prior's mean and sd (the validator requires a prior)."""
     if prior is None:
         raise ValueError("events.rating_ridge: the model has no rating prior (no training ratings?)")
-    return float(prior[0]), float(prior[1]) if prior[1] > 0 else 1.0
+    return float(prior[0]), prior_sd(prior)
 
 
 def ridge_fold(cfg: EventsConfig, table: np.ndarray, tokens: np.ndarray, value: np.ndarray, rated: np.ndarray) -> np.ndarray:

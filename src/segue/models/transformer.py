@@ -327,9 +327,7 @@ class SequenceTransformer(nnx.Module):
         rhs = jnp.cumsum(f * value[..., None], axis=1)
         pen = jnp.asarray([self.ridge_pen[0]] + [self.ridge_pen[1]] * q.shape[-1], q.dtype)
         x = jnp.linalg.solve(gram + jnp.diag(pen), rhs[..., None])[..., 0]
-        prior = self.rating_prior
-        s0 = prior[1] if prior is not None and prior[1] > 0 else 1.0
-        return x / s0
+        return x / EV.prior_sd(self.rating_prior)
 
     def next_query(self, h: jax.Array, next_ctx: jax.Array | None = None) -> jax.Array:
         """q_t = h_t + MLP_q([h_t; ctx_{t+1}]) (the identity without context). h [..., D]."""
@@ -375,8 +373,7 @@ class SequenceTransformer(nnx.Module):
         bias = self.rating_item_bias if self.has_events else None
         if bias is None or not getattr(self, "rank_rating", False):
             return None
-        prior = self.rating_prior
-        return jnp.asarray(bias / (prior[1] if prior is not None and prior[1] > 0 else 1.0))
+        return jnp.asarray(bias / EV.prior_sd(self.rating_prior))
 
     def rank_score(
         self,
@@ -675,7 +672,7 @@ class TransformerRecommender(NeuralRecommender):
         run = jitted[fn]
         ev_cfg = self.config.events if net.has_events else None
         categories = net.categories
-        fold = self._fold_table(net) if net.has_events and net.has_ridge else None
+        fold = self._fold_table(net) if net.has_ridge else None
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         ctx = self.config.model.context_length
         outs, mus, ss = [], [], []

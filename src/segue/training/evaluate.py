@@ -203,8 +203,8 @@ def evaluate(
     fb_sq: dict[str, float] = {}
     fb_n: dict[str, int] = {}
     key = jax.random.key(seed)
-    net = nnx.merge(graphdef, state) if events is not None else None
-    fold = net.fold_table() if net is not None and net.has_events and net.has_ridge else None
+    # the ridge fold-in's item vectors, once per validation pass (history_events reads them per batch)
+    fold = nnx.merge(graphdef, state).fold_table() if events is not None and events[0].rating_ridge > 0 else None
     # Batches of similar lengths, each padded to the next power of two (at least 8, at most the
     # context): inputs are left-aligned and attention is causal, so the columns past `last`
     # change nothing, and short histories (Beauty's median is 6) stop paying for 50 columns.

@@ -351,7 +351,7 @@ def make_pair_step(graphdef: Any, ocfg: O.OptimConfig, n_steps: int) -> Any:
             na = None if nxt is None else jnp.take_along_axis(nxt, anchor[..., None], axis=1)
             table = net.item_emb[...]
             ua = None
-            if net.has_events and net.has_ridge:  # the fold-in of each anchor's rated prefix
+            if net.has_ridge:  # the fold-in of each anchor's rated prefix
                 user = net.ridge_user(table[inputs], events["fold_value"], events["fold_rated"], inputs)
                 ua = jnp.take_along_axis(user, anchor[..., None], axis=1)
             s_a = net.rank_score(ha, table[pairs["tok_a"]], na, pairs["tok_a"], ua)

@@ -61,10 +61,8 @@ def als_token_vectors(ev: EV.EventsConfig, arrays: SequenceArrays, n_vocab: int)
         raise ConfigError("events.rating_ridge_start = 'als': the training part has no rated event")
     _, u = np.unique(b, return_inverse=True)
     cfg = BiasedMFConfig(factors=ev.rating_rank, reg=ev.rating_ridge, bias_reg=ev.rating_ridge_bias)
-    q = fit_als(u, item, r, int(u.max()) + 1, n_items, cfg)[4]
-    rated = np.bincount(item, minlength=n_items) > 0
     out = np.zeros((n_vocab, ev.rating_rank), np.float32)
-    out[N_SPECIAL:] = np.where(rated[:, None], q, 0.0)  # an item without ratings keeps no factor
+    out[N_SPECIAL:] = fit_als(u, item, r, int(u.max()) + 1, n_items, cfg)[4]  # an unrated item's factor is 0
     return out
 
 
