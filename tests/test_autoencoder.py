@@ -300,3 +300,35 @@ def test_niche_boost_divides_the_positive_transform_by_popularity() -> None:
     np.testing.assert_allclose(tok[0, N_SPECIAL:], got[0])
     with pytest.raises(ValueError, match=">= 0"):
         niche_boost(s, counts, -1.0)
+
+
+def test_rating_l2_adds_the_ridge_penalty_of_the_rating_head(store: Path) -> None:
+    """loss.rating_l2 = lam: L_rate = huber + lam * sum ||W||^2 over the rating head's kernels, in
+    the training step (same state, same batch, same dropout draw) and in uncertainty weighting's
+    start (s_rating = log L_rate)."""
+    from segue.training.autoencoder_task import AutoencoderTask
+
+    lam = 0.05
+    reported, kernels = {}, {}
+    with Store.open(store) as s:
+        data = SplitData.load(s, "strong")
+        for l2 in (0.0, lam):
+            cfg = _config(max_steps=1)
+            cfg.loss = cfg.loss.model_copy(update={"rating_l2": l2})
+            task = AutoencoderTask(cfg, data)
+            state = task.init_state()
+            net = task.network(state)
+            kernels[l2] = sum(float(np.sum(np.asarray(layer.kernel[...], np.float64) ** 2)) for layer in net.rating_head)
+            batch = next(iter(task.loader))
+            _, metrics = task.train_step(state, batch, 1.0)
+            reported[l2] = float(metrics["loss_rating"])
+        assert kernels[0.0] == pytest.approx(kernels[lam]) and kernels[lam] > 0  # same seed, same init
+        assert reported[lam] - reported[0.0] == pytest.approx(lam * kernels[lam], rel=1e-4)
+        cfg = _config(max_steps=1)
+        cfg.loss = cfg.loss.model_copy(update={"weighting": "uncertainty", "rating_l2": lam})
+        task = AutoencoderTask(cfg, data)
+        net = task.network(task.init_state())
+    batch = task.loader.dense_batch(np.arange(min(task.loader.n, task.loader.batch_size)))
+    _, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
+    huber = float(AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), jnp.asarray(batch["weights"])))
+    assert float(np.exp(np.asarray(net.log_vars[...]))[1]) == pytest.approx(huber + lam * float(net.rating_kernel_sq()), rel=1e-5)

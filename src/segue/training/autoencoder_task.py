@@ -17,7 +17,7 @@ Step t (key_t = fold_in(key, t)):
     keep ~ Bernoulli(1 - input_dropout) per entry;  input = (x * keep, y * keep)
     logits, p = network(input, noise on z)
     L_pres = multinomial_nll(logits, x) (loss.presence = "mean": per profile entry)
-    L_rate = masked_huber(p, y, rated)   (whole profile)
+    L_rate = masked_huber(p, y, rated)   (whole profile)  [+ rating_l2 * sum ||W||^2 of the rating head's kernels]
     loss.target = "dropped": both over the dropped entries only, the kept ones out of the softmax
     L = sum_t exp(-s_t) L_t + s_t  (uncertainty)  or  w_p L_pres + w_r L_rate  (fixed)
 AdamW (segue.training.optim: Adam + decoupled decay of kernels, lr schedule, global-norm clip);
@@ -271,6 +271,8 @@ def init_log_vars(net: ProfileAutoencoder, batch: dict[str, np.ndarray], config:
     logits, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
     l_pres = AL.multinomial_nll(logits, jnp.asarray(batch["presence"]), w, config.loss.presence == "mean")
     l_rate = AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), w, config.loss.huber_delta) if config.model.rating_head else 1.0
+    if config.model.rating_head and config.loss.rating_l2 > 0:
+        l_rate = l_rate + config.loss.rating_l2 * net.rating_kernel_sq()
     net.log_vars[...] = jnp.log(jnp.maximum(jnp.stack([l_pres, jnp.asarray(l_rate, jnp.float32)]), 1e-3))
 
 
@@ -359,7 +361,10 @@ def make_train_step(config: AutoencoderConfig, graphdef: Any, n_total: int) -> A
                 l_pres = AL.multinomial_nll_entries(logp[row, col], row, valid, weights, per_entry)
             if mc.rating_head:
                 pred = net.rating_at(z, row, col)
-                losses = jnp.stack([l_pres, AL.masked_huber_entries(pred, batch["value"], rated * target, lc.huber_delta)])
+                l_rate = AL.masked_huber_entries(pred, batch["value"], rated * target, lc.huber_delta)
+                if lc.rating_l2 > 0:
+                    l_rate = l_rate + lc.rating_l2 * net.rating_kernel_sq()
+                losses = jnp.stack([l_pres, l_rate])
             else:
                 losses = l_pres[None]
             s = net.log_vars[...][: losses.shape[0]]
