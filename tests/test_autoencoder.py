@@ -273,7 +273,7 @@ def test_uncertainty_weighting_starts_at_the_log_losses(store: Path) -> None:
     from segue.training.autoencoder_task import AutoencoderTask
 
     cfg = _config(max_steps=1)
-    cfg.loss = cfg.loss.model_copy(update={"weighting": "uncertainty"})
+    cfg.loss = cfg.loss.model_copy(update={"weighting": "uncertainty", "rating_l2": 0.0})  # the penalty: the test below
     with Store.open(store) as s:
         task = AutoencoderTask(cfg, SplitData.load(s, "strong"))
         state = task.init_state()
