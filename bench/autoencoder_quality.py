@@ -27,6 +27,22 @@ from segue.models.base import load_model
 from segue.training.autoencoder_task import validation_metrics
 
 
+def rated_targets(hist, tgt, rows, global_mean: float) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:  # noqa: ANN001
+    """For each of `rows`: its rated held-out tokens, their ratings, and the mean of the profile's
+    fold-in ratings (`global_mean` where it rated nothing)."""
+    off_t, off_h = np.asarray(tgt.offsets), np.asarray(hist.offsets)
+    toks, gs, umeans = [], [], np.empty(len(rows))
+    for i, row in enumerate(rows):
+        t = np.asarray(tgt.tokens[off_t[row] : off_t[row + 1]], dtype=np.int64)
+        g = np.asarray(tgt.rating[off_t[row] : off_t[row + 1]], dtype=np.float64)
+        keep = (t >= N_SPECIAL) & ~np.isnan(g)
+        toks.append(t[keep])
+        gs.append(g[keep])
+        hr = np.asarray(hist.rating[off_h[row] : off_h[row + 1]], dtype=np.float64)
+        umeans[i] = float(np.nanmean(hr)) if np.isfinite(hr).any() else global_mean
+    return toks, gs, umeans
+
+
 def rating_errors(model, hist, tgt, rows, train, others=None) -> dict[str, tuple[float, float]]:  # noqa: ANN001
     """name -> (RMSE, MAE) over the rated target entries of `rows`; `others` maps names to fitted
     rating predictors (pairs predict(), fold-in of the same histories), e.g. biasedmf."""
@@ -41,18 +57,9 @@ def rating_errors(model, hist, tgt, rows, train, others=None) -> dict[str, tuple
     item_mean = np.where(c > 0, s / np.maximum(c, 1), np.nan)
     preds: dict[str, list[np.ndarray]] = {"autoencoder": [], "user mean": [], "item mean": [], **{k: [] for k in others}}
     given: list[np.ndarray] = []
-    off_t, off_h = np.asarray(tgt.offsets), np.asarray(hist.offsets)
     for start in range(0, len(rows), 256):
         sel = rows[start : start + 256]
-        toks, gs, umeans = [], [], []
-        for row in sel:
-            t = np.asarray(tgt.tokens[off_t[row] : off_t[row + 1]], dtype=np.int64)
-            g = np.asarray(tgt.rating[off_t[row] : off_t[row + 1]], dtype=np.float64)
-            keep = (t >= N_SPECIAL) & ~np.isnan(g)
-            toks.append(t[keep])
-            gs.append(g[keep])
-            hr = np.asarray(hist.rating[off_h[row] : off_h[row + 1]], dtype=np.float64)
-            umeans.append(float(np.nanmean(hr)) if np.isfinite(hr).any() else global_mean)
+        toks, gs, umeans = rated_targets(hist, tgt, sel, global_mean)
         width = max(1, max(len(t) for t in toks))
         pad = np.full((len(sel), width), N_SPECIAL, np.int64)
         for i, t in enumerate(toks):

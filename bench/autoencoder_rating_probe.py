@@ -30,6 +30,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
+from autoencoder_quality import rated_targets  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.ratings import denormalise
 from segue.data.splits import Part
@@ -123,18 +124,9 @@ def main() -> None:
         rows = np.intersect1d(tgt.nonempty(), hist.nonempty())
         offsets, global_mean = item_offsets(data.train, len(model.vocab), args.offset_lam)
         # the rated held-out entries: (profile index b, item column j, rating y)
-        off_t, off_h = np.asarray(tgt.offsets), np.asarray(hist.offsets)
-        bs, js, ys, umean = [], [], [], np.empty(len(rows))
-        for i, r in enumerate(rows):
-            t = np.asarray(tgt.tokens[off_t[r] : off_t[r + 1]], np.int64)
-            g = np.asarray(tgt.rating[off_t[r] : off_t[r + 1]], np.float64)
-            k = (t >= N_SPECIAL) & ~np.isnan(g)
-            bs.append(np.full(int(k.sum()), i))
-            js.append(t[k] - N_SPECIAL)
-            ys.append(g[k])
-            hr = np.asarray(hist.rating[off_h[r] : off_h[r + 1]], np.float64)
-            umean[i] = float(np.nanmean(hr)) if np.isfinite(hr).any() else global_mean
-        b, j, y = np.concatenate(bs), np.concatenate(js), np.concatenate(ys)
+        toks, gs, umean = rated_targets(hist, tgt, rows, global_mean)
+        b = np.concatenate([np.full(len(t), i) for i, t in enumerate(toks)])
+        j, y = np.concatenate(toks) - N_SPECIAL, np.concatenate(gs)
         _, head_h, norm = model.forward(hist, rows)
         prof = Profiles(hist, rows, n, model.scale, model.config.model)
         z_part = np.asarray(
