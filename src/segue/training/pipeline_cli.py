@@ -4,12 +4,15 @@ model folder that `segue evaluate` and `segue serve --model` take like any other
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import Field
 
 from segue.config import Config
+
+if TYPE_CHECKING:  # the CLI imports the models only when a command runs
+    from segue.models.pipeline import PipelineConfig
 
 
 class PipelineDataConfig(Config):
@@ -26,23 +29,30 @@ class PipelineRunConfig(Config):
     pipeline: dict = {}  # segue.models.pipeline.PipelineConfig, checked when the run starts
 
 
-def fit_pipeline(config: Path, out: Path | None = None, console: object = None, store: Path | None = None) -> Path:
-    """Fit the pipeline of `config` on its store's split (or on `store`) and save it (atomically) to `out`."""
-    from segue.data.arrays import SplitData
-    from segue.data.store import Store
-    from segue.models.pipeline import PipelineConfig, PipelineRecommender
+def pipeline_config(run: PipelineRunConfig, config: Path) -> PipelineConfig:
+    """The typed pipeline of a config file, its generators' folders resolved against the file's folder."""
+    from segue.models.pipeline import PipelineConfig
 
-    run = PipelineRunConfig.load(config)
-    base = config.parent
     pipe = dict(run.pipeline)
     gens = []
     for g in pipe.get("generators", []):
         g = dict(g)
         if isinstance(g.get("folder"), str):
-            g["folder"] = str((base / g["folder"]).resolve())
+            g["folder"] = str((config.parent / g["folder"]).resolve())
         gens.append(g)
     pipe["generators"] = gens
-    cfg = PipelineConfig.from_dict(pipe, source=f"{config} [pipeline]")
+    return PipelineConfig.from_dict(pipe, source=f"{config} [pipeline]")
+
+
+def fit_pipeline(config: Path, out: Path | None = None, console: object = None, store: Path | None = None) -> Path:
+    """Fit the pipeline of `config` on its store's split (or on `store`) and save it (atomically) to `out`."""
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.models.pipeline import PipelineRecommender
+
+    run = PipelineRunConfig.load(config)
+    base = config.parent
+    cfg = pipeline_config(run, config)
     out = out or base / run.models_dir / run.name
 
     def progress(what: str, done: int, total: int) -> None:
