@@ -4,7 +4,7 @@ per-item ridge refit of that head on the same codes, and against simple baseline
 For a run folder with a rating head, on the VALID (or TEST) part of a strong split, every rated
 held-out entry is predicted by:
 
-  head              the trained rating head (the run's own prediction)
+  head              the trained rating head (without the fold-in correction of model.rating_foldin)
   user mean         the mean of the profile's fold-in ratings (training mean if it rated nothing)
   + item offset     user mean + o_j, o_j = sum_u (r_uj - mean_u) / (n_j + lam_o) over TRAIN ratings
   ridge lam         a refit of the head on fixed codes: each TRAIN profile is split at random as in
@@ -12,13 +12,18 @@ held-out entry is predicted by:
                     item j a ridge regression h_uj ~ [z_u, 1] . w_j over the rated held-out entries
                     (w_j = (Z_j'Z_j + lam I)^-1 Z_j'h_j, the bias nearly unpenalised), then
                     denormalised as the head's output is
+  fold-in lam       the head plus model.rating_foldin's correction at lam (rating_correction): its errors
+                    e_k on the profile's own rated fold-in entries, ridge-regressed on [1, w_k] (w_k
+                    the head's last-layer column of item k: the same item space), c = (Q'Q +
+                    diag(1, lam, ..., lam))^-1 Q'e, and c . [1, w_j] added to item j's prediction
+                    (biased MF's user step, with the head's item vectors and its errors as targets)
 
 The refit is the best linear rating decoder the codes allow at each lam: when it only reaches the
 user mean + item offset baseline, the bottleneck holds no rating signal beyond item offsets, and no
 training of the rating head on it can do better.
 
     python bench/autoencoder_rating_probe.py RUN_FOLDER --store STORE [--split strong]
-        [--part valid] [--lams 10,100,1000] [--reps 2]
+        [--part valid] [--lams 10,100,1000] [--reps 2] [--foldin-lams 0.03,0.1,0.3]
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ from segue.data.ratings import denormalise
 from segue.data.splits import Part
 from segue.data.store import Store
 from segue.data.vocab import N_SPECIAL
-from segue.models.autoencoder import AutoencoderRecommender, Profiles
+from segue.models.autoencoder import (
+    AutoencoderRecommender,
+    Profiles,
+    head_item_features,
+    rating_correction,
+)
 from segue.models.base import load_model
 
 
@@ -111,10 +121,14 @@ def main() -> None:
     ap.add_argument("--offset-lam", type=float, default=5.0)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--foldin-lams", default="", help="e.g. 0.03,0.1,0.3: the fold-in correction at these lam")
     args = ap.parse_args()
     model = load_model(args.run)
     if not isinstance(model, AutoencoderRecommender) or not model.config.model.rating_head:
         raise SystemExit(f"{args.run}: not an autoencoder with a rating head")
+    # the head as trained: the run's own fold-in correction (model.rating_foldin) is what the
+    # fold-in rows below vary
+    model.config.model = model.config.model.model_copy(update={"rating_foldin": 0.0})
     net = model._net()
     n = net.n_items
     with Store.open(args.store) as store:
@@ -149,6 +163,9 @@ def main() -> None:
             hp = np.zeros((len(rows), n))
             hp[b, j] = np.einsum("ed,ed->e", z_part[b], w[j, :-1]) + w[j, -1]
             preds[f"ridge refit, lam {lam:g}"] = denormalise(hp, norm, model.scale)[b, j]
+        for lam in (float(v) for v in args.foldin_lams.split(",") if v):
+            hp = head_h + rating_correction(np.asarray(head_h, np.float64), prof.ratings, prof.rated, head_item_features(net), lam)
+            preds[f"fold-in, lam {lam:g}"] = denormalise(hp, norm, model.scale)[b, j]
     for name, p in preds.items():
         e = np.asarray(p, np.float64) - y
         print(

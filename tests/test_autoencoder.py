@@ -123,6 +123,44 @@ def test_fit_trains_and_validates(fitted: AutoencoderRecommender) -> None:
     assert fitted.scale == RatingScale(6.0, 10.0)  # inferred from the training ratings
 
 
+def _with_correction(pred: np.ndarray, prof: Profiles, net: object, lam: float) -> np.ndarray:
+    """The head's hybrid predictions plus the fold-in correction, written out per profile: the
+    ridge c = argmin sum_k (e_k - c . [1, w_k])^2 + c_0^2 + lam ||c_1:||^2 over the rated entries,
+    by least squares on the stacked system (not the normal equations rating_correction solves)."""
+    w = np.asarray(net.rating_head[-1].kernel[...], np.float64)  # type: ignore[attr-defined]
+    q_all = np.concatenate([np.ones((1, w.shape[1])), w])
+    out = np.asarray(pred, np.float64).copy()
+    for i in range(len(out)):
+        k = np.flatnonzero(prof.rated[i])
+        a = np.concatenate([q_all[:, k].T, np.diag(np.sqrt([1.0] + [lam] * w.shape[0]))])
+        e = np.concatenate([prof.ratings[i, k] - pred[i, k], np.zeros(w.shape[0] + 1)])
+        c = np.linalg.lstsq(a, e, rcond=None)[0]
+        out[i] += c @ q_all
+    return out
+
+
+def test_rating_correction_fits_the_profiles_own_ratings(fitted: AutoencoderRecommender) -> None:
+    """model.rating_foldin: the correction moves the head's predictions of the profile's own rated
+    items toward the given ratings (it is fitted on them), is off at 0, and leaves a profile
+    without ratings as it was."""
+    rng = np.random.default_rng(4)
+    hist = SequenceArrays.from_lists([list(rng.choice(np.arange(12) + N_SPECIAL, 8, replace=False)) for _ in range(2)])
+    hist.rating = rng.integers(6, 11, len(hist.tokens)).astype(np.float32)
+    hist.rating[8:] = np.nan  # the second profile is unrated
+    off = AutoencoderRecommender(fitted.config.model_copy(update={"model": fitted.config.model.model_copy(update={"rating_foldin": 0.0})}, deep=True), fitted.vocab)
+    off.network = fitted.network
+    _, with_fix, _ = fitted.forward(hist)
+    _, without, _ = off.forward(hist)
+    prof = Profiles(hist, np.arange(2), fitted.network.n_items, fitted.scale, fitted.config.model)
+    k = np.flatnonzero(prof.rated[0])
+    assert len(k) == 8 and not prof.rated[1].any()
+    err_with = np.abs(with_fix[0, k] - prof.ratings[0, k]).mean()
+    err_without = np.abs(without[0, k] - prof.ratings[0, k]).mean()
+    assert err_with < err_without
+    np.testing.assert_allclose(with_fix[1], without[1], rtol=1e-6, atol=1e-6)
+    assert np.abs(with_fix[0] - without[0]).max() > 1e-3  # unseen items move too (user bias and vector)
+
+
 def test_fold_in_equals_score_and_the_network(fitted: AutoencoderRecommender) -> None:
     rng = np.random.default_rng(1)
     rows = [list(rng.choice(np.arange(12) + N_SPECIAL, 6, replace=False)) for _ in range(3)]
@@ -137,7 +175,8 @@ def test_fold_in_equals_score_and_the_network(fitted: AutoencoderRecommender) ->
     prof = Profiles(hist, np.arange(3), net.n_items, fitted.scale, fitted.config.model)
     logits, pred = net(jnp.asarray(prof.presence), jnp.asarray(prof.ratings))
     logp = np.asarray(logits) - np.log(np.exp(np.asarray(logits, np.float64)).sum(axis=1, keepdims=True))
-    q = rating_unit(denormalise(np.asarray(pred), prof.norm, fitted.scale), fitted.scale)
+    pred = _with_correction(np.asarray(pred), prof, net, fitted.config.model.rating_foldin)
+    q = rating_unit(denormalise(pred, prof.norm, fitted.scale), fitted.scale)
     a = fitted.config.model.alpha
     np.testing.assert_allclose(all_scores[:, N_SPECIAL:], a * logp + (1 - a) * np.log(q), rtol=1e-4, atol=1e-4)
     # the profile's own normalisation was used: h of its ratings matches normalise()
@@ -173,7 +212,8 @@ def test_fold_in_with_a_wide_part_equals_the_dense_network(fitted: AutoencoderRe
     logp = np.asarray(logits, np.float64)
     logp = logp - logp.max(axis=1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
-    q = rating_unit(denormalise(np.asarray(pred), prof.norm, rec.scale), rec.scale)
+    pred = _with_correction(np.asarray(pred), prof, net, config.model.rating_foldin)
+    q = rating_unit(denormalise(pred, prof.norm, rec.scale), rec.scale)
     a = config.model.alpha
     np.testing.assert_allclose(got, a * logp + (1 - a) * np.log(q), rtol=1e-4, atol=1e-4)
     assert np.abs(got - fitted.score(hist)[:, N_SPECIAL:]).max() > 0.1  # the wide part moved the scores

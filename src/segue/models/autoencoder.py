@@ -88,6 +88,11 @@ class AutoencoderModelConfig(Config):
     score: ScoreMode = "unified"
     alpha: float = Field(0.5, ge=0, le=1)  # unified: exponent of the presence probability
     niche_boost: float = Field(0.0, ge=0)  # b of segue.models.filters.niche_boost (0 = off)
+    # lam of the rating head's fold-in correction at scoring (rating_correction; 0 = off): biased
+    # MF's user step on the head's own errors over the profile's rated items, in the head's item
+    # space. 0.1 was best or near it on VALID on the anime ratings, the anime lists and ml-100k
+    # (bench/autoencoder_rating_probe.py --foldin-lams; configs/*autoencoder*.toml)
+    rating_foldin: float = Field(0.1, ge=0)
     # Optional "wide" part (not Sprout's): presence logits += a * (x @ W), W the EASE item-item
     # weights (zero diagonal, L2 wide_l2) of the training profiles, fixed; a = exp(wide_log_scale)
     # is learnt jointly with the network, which so learns a correction to EASE's ranking.
@@ -304,6 +309,8 @@ class Profiles:
         self.presence[b, col] = 1.0
         rated = ~np.isnan(rating)
         self.ratings[b[rated], col[rated]] = h[rated]
+        self.rated = np.zeros((n, n_items), bool)  # entries with a rating (h may be 0 where rated)
+        self.rated[b[rated], col[rated]] = True
         self.scale = scale
 
 
@@ -335,6 +342,49 @@ def sparse_wide_logits(presence: np.ndarray, weights: np.ndarray, scale: float) 
     return np.asarray(out, dtype=np.float32)
 
 
+def rating_correction(pred: np.ndarray, given: np.ndarray, rated: np.ndarray, q: np.ndarray, lam: float) -> np.ndarray:
+    """Per-profile corrections [B, n] of the rating head's hybrid predictions pred [B, n].
+
+    q [d + 1, n]: item k's features q_k = [1, w_k], w_k [d] its column of the head's last layer
+    (head_item_features). With e_k = given_k - pred_k over the profile's rated entries k (mask
+    rated [B, n]):
+        c = (sum_k q_k q_k' + diag(1, lam, ..., lam))^-1 sum_k q_k e_k,  correction_j = c . q_j
+    biased MF's ALS user step on the head's errors (a user bias and a user vector in the head's
+    own item space), solved per profile at scoring. A profile without ratings gets 0."""
+    reg = lam * np.eye(q.shape[0])
+    reg[0, 0] = 1.0  # the user bias: a unit prior on the hybrid scale
+    out = np.zeros(pred.shape, np.float64)
+    counts = rated.sum(axis=1)
+    rows = np.flatnonzero(counts)
+    # batched over profiles, in groups of at most ~2M gathered features (padded to the group's
+    # longest profile; a padded entry has q = 0 and adds nothing): one stacked solve per group
+    start = 0
+    while start < len(rows):
+        stop, m = start + 1, int(counts[rows[start]])
+        while stop < len(rows) and (stop + 1 - start) * max(m, int(counts[rows[stop]])) * q.shape[0] <= 2_000_000:
+            m = max(m, int(counts[rows[stop]]))
+            stop += 1
+        grp = rows[start:stop]
+        idx = np.zeros((len(grp), m), np.int64)
+        valid = np.zeros((len(grp), m), bool)
+        for g, i in enumerate(grp):
+            k = np.flatnonzero(rated[i])
+            idx[g, : len(k)], valid[g, : len(k)] = k, True
+        qk = q[:, idx].transpose(1, 0, 2) * valid[:, None, :]  # [G, d + 1, m]
+        e = np.where(valid, np.take_along_axis(np.asarray(given[grp], np.float64) - pred[grp], idx, axis=1), 0.0)  # [G, m]
+        c = np.linalg.solve(qk @ qk.transpose(0, 2, 1) + reg, (qk @ e[:, :, None]))[:, :, 0]  # [G, d + 1]
+        out[grp] = c @ q
+        start = stop
+    return out
+
+
+def head_item_features(net: ProfileAutoencoder) -> np.ndarray:
+    """[1; W] [d + 1, n] float64: a row of ones over the rating head's last-layer kernel W [d, n]."""
+    assert net.rating_head is not None
+    w = np.asarray(net.rating_head[-1].kernel[...], np.float64)
+    return np.concatenate([np.ones((1, w.shape[1])), w], axis=0)
+
+
 def rating_unit(r: np.ndarray, scale: RatingScale) -> np.ndarray:
     """q = (r - lo + 1/2) / (hi - lo + 1): a rating on the scale mapped into (0, 1)."""
     return (np.asarray(r) - scale.low + 0.5) / (scale.high - scale.low + 1.0)
@@ -350,6 +400,7 @@ class AutoencoderRecommender(NeuralRecommender):
         super().__init__(config, vocab)
         self.network: ProfileAutoencoder | None = None
         self._compiled: tuple[ProfileAutoencoder, Any, Any, tuple[np.ndarray, float] | None] | None = None
+        self._items: tuple[ProfileAutoencoder, np.ndarray] | None = None
 
     def build(self, n_items: int, seed: int = 0, scale: tuple[float, float] = (0.0, 1.0)) -> ProfileAutoencoder:
         return ProfileAutoencoder(self.config.model, n_items, nnx.Rngs(seed), scale=scale)
@@ -369,8 +420,15 @@ class AutoencoderRecommender(NeuralRecommender):
         """Training events per item column [n_items] (for the niche boost)."""
         return np.asarray(self._net().counts[...], dtype=np.float64)
 
+    def _head_items(self, net: ProfileAutoencoder) -> np.ndarray:
+        """head_item_features of the network (cached per network: 11 MB on anime, built once)."""
+        if self._items is None or self._items[0] is not net:
+            self._items = (net, head_item_features(net))
+        return self._items[1]
+
     def forward(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, UserNorm]:
-        """(log presence probabilities [B, n], predicted hybrid ratings [B, n], each profile's UserNorm)."""
+        """(log presence probabilities [B, n], predicted hybrid ratings [B, n], each profile's UserNorm).
+        The ratings include the fold-in correction (model.rating_foldin > 0: rating_correction)."""
         net = self._net()
         if self._compiled is None or self._compiled[0] is not net:
             graphdef, state = nnx.split(net)
@@ -382,6 +440,7 @@ class AutoencoderRecommender(NeuralRecommender):
         _, state, run, wide = self._compiled
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         prof = Profiles(histories, rows, net.n_items, self.scale, self.config.model)
+        lam = self.config.model.rating_foldin
         # one compiled shape per power of two up to score_batch
         bs = min(self.score_batch, 1 << max(0, int(len(rows) - 1).bit_length()))
         logp, rating = [], []
@@ -394,6 +453,10 @@ class AutoencoderRecommender(NeuralRecommender):
             a, b = run(state, p, r) if wide is None else run(state, p, r, sparse_wide_logits(p, *wide))
             logp.append(np.asarray(a)[:n])
             rating.append(np.asarray(b)[:n])
+            if lam > 0 and net.rating_head is not None:
+                sl = slice(s, s + n)
+                fix = rating_correction(rating[-1], prof.ratings[sl], prof.rated[sl], self._head_items(net), lam)
+                rating[-1] = (rating[-1] + fix).astype(np.float32)
         if not logp:
             empty = np.zeros((0, net.n_items), np.float32)
             return empty, empty, prof.norm
