@@ -372,3 +372,28 @@ def test_rating_l2_adds_the_ridge_penalty_of_the_rating_head(store: Path) -> Non
     _, pred = net(jnp.asarray(batch["presence"]), jnp.asarray(batch["ratings"]))
     huber = float(AL.masked_huber(pred, jnp.asarray(batch["ratings"]), jnp.asarray(batch["rated"]), jnp.asarray(batch["weights"])))
     assert float(np.exp(np.asarray(net.log_vars[...]))[1]) == pytest.approx(huber + lam * float(net.rating_kernel_sq()), rel=1e-5)
+
+
+def test_rating_correction_equals_the_ridge_solve_for_short_and_long_profiles() -> None:
+    """rating_correction against the normal equations solved per profile: profiles with fewer
+    ratings than features (its m x m form), more (the (d + 1) x (d + 1) form), mixed in one call,
+    and none (0)."""
+    from segue.models.autoencoder import rating_correction
+
+    rng = np.random.default_rng(0)
+    n, d, lam = 500, 40, 0.1
+    q = np.concatenate([np.ones((1, n)), rng.normal(size=(d, n)) * 0.1])
+    sizes = [3, 10, 41, 80, 0, 200]
+    pred, given = rng.normal(size=(len(sizes), n)), rng.normal(size=(len(sizes), n))
+    rated = np.zeros((len(sizes), n), bool)
+    for i, m in enumerate(sizes):
+        rated[i, rng.choice(n, m, replace=False)] = True
+    got = rating_correction(pred, given, rated, q, lam)
+    reg = lam * np.eye(d + 1)
+    reg[0, 0] = 1.0
+    for i in range(len(sizes)):
+        k = np.flatnonzero(rated[i])
+        want = np.zeros(n) if len(k) == 0 else np.linalg.solve(q[:, k] @ q[:, k].T + reg, q[:, k] @ (given[i, k] - pred[i, k])) @ q
+        np.testing.assert_allclose(got[i], want, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="lam > 0"):
+        rating_correction(pred, given, rated, q, 0.0)

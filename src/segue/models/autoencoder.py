@@ -351,8 +351,11 @@ def rating_correction(pred: np.ndarray, given: np.ndarray, rated: np.ndarray, q:
         c = (sum_k q_k q_k' + diag(1, lam, ..., lam))^-1 sum_k q_k e_k,  correction_j = c . q_j
     biased MF's ALS user step on the head's errors (a user bias and a user vector in the head's
     own item space), solved per profile at scoring. A profile without ratings gets 0."""
+    if lam <= 0:
+        raise ValueError(f"rating_correction needs lam > 0, got {lam}")
     reg = lam * np.eye(q.shape[0])
     reg[0, 0] = 1.0  # the user bias: a unit prior on the hybrid scale
+    inv_reg = 1.0 / np.diag(reg)
     out = np.zeros(pred.shape, np.float64)
     counts = rated.sum(axis=1)
     rows = np.flatnonzero(counts)
@@ -372,7 +375,14 @@ def rating_correction(pred: np.ndarray, given: np.ndarray, rated: np.ndarray, q:
             idx[g, : len(k)], valid[g, : len(k)] = k, True
         qk = q[:, idx].transpose(1, 0, 2) * valid[:, None, :]  # [G, d + 1, m]
         e = np.where(valid, np.take_along_axis(np.asarray(given[grp], np.float64) - pred[grp], idx, axis=1), 0.0)  # [G, m]
-        c = np.linalg.solve(qk @ qk.transpose(0, 2, 1) + reg, (qk @ e[:, :, None]))[:, :, 0]  # [G, d + 1]
+        if m < q.shape[0]:
+            # fewer ratings than features: the same c from the m x m system, by the push-through
+            # identity (Q Q' + R)^-1 Q = R^-1 Q (Q' R^-1 Q + I)^-1 (a padded entry: q = 0, e = 0)
+            rq = qk * inv_reg[None, :, None]  # R^-1 Q [G, d + 1, m]
+            alpha = np.linalg.solve(qk.transpose(0, 2, 1) @ rq + np.eye(m), e[:, :, None])  # [G, m, 1]
+            c = (rq @ alpha)[:, :, 0]  # [G, d + 1]
+        else:
+            c = np.linalg.solve(qk @ qk.transpose(0, 2, 1) + reg, qk @ e[:, :, None])[:, :, 0]
         out[grp] = c @ q
         start = stop
     return out
