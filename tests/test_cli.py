@@ -92,3 +92,20 @@ def test_demo_pipeline_without_training(tmp_path: Path) -> None:
     text = json.dumps(results)
     for name in ("popularity", "itemknn", "ease", "item2vec", "als"):
         assert name in text
+
+
+@pytest.mark.slow
+def test_demo_profile_step(tmp_path: Path) -> None:
+    """The demo's profile step: the autoencoder trained and evaluated on held-out users beside the
+    baselines, and a new rated profile folded in (recommendations of its own taste, none of its
+    own titles, predicted ratings on the scale, an explanation naming a profile title)."""
+    state = run_demo(DemoOptions(workdir=tmp_path, steps=["profile"], serve=False))
+    res = state.results["profile"]
+    assert (res["run"] / "model.toml").exists()
+    report = json.loads((tmp_path / "reports" / "strong" / "results.json").read_text())
+    assert all(name in json.dumps(report) for name in ("autoencoder", "ease", "popularity", "biasedmf"))
+    profile = {"title-0-0", "title-0-1", "title-0-2", "title-0-3", "title-1-0", "title-0-4"}
+    assert not profile & set(res["top"])
+    assert sum(t.startswith("title-0-") for t in res["top"]) >= 4  # the loved taste, not the disliked one
+    assert all(1.0 <= r <= 10.0 for r in res["predicted"])
+    assert res["impact"] and all(i.drop > 0 for i in res["impact"])

@@ -1,5 +1,5 @@
-"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> register
--> tune -> pipeline -> serve (and items, after train).
+"""The demo pipeline: generate -> build -> stats -> validate -> train -> evaluate -> rank -> pairwise -> profile
+-> register -> tune -> pipeline -> serve (and items, after train).
 
 Each step is a function of the shared `DemoState`; `segue demo --steps build,stats` runs a subset
 (steps read what earlier ones left in the work folder, so a later step can be re-run alone).
@@ -165,6 +165,20 @@ def step_pairwise(state: DemoState) -> None:
     for label, acc in res.items():
         console.print(f"validation PairAccuracy (pairs by listened fraction), {label}: [bold]{acc:.3f}[/]")
     state.results["pairwise"] = res
+def step_profile(state: DemoState) -> None:
+    """Rated profiles without order (Sprout's setting): the profile autoencoder against EASE,
+    popularity and biasedmf on held-out users, then one new rated profile folded in, with its
+    recommendations, predicted ratings and explanations."""
+    from segue.evaluation.cli import run_evaluation
+    from segue.training.profile_demo import fold_in_profile, train_profiles
+
+    o = state.options
+    store, run = train_profiles(o.workdir, seed=o.seed, console=console)
+    models = [f"autoencoder={run}", "ease", "popularity", "biasedmf"]
+    run_evaluation(models, store, "strong", "strong", [20, 50, 100], o.workdir / "reports" / "strong", n_boot=300, console=console)
+    state.results["profile"] = fold_in_profile(run, console=console)
+
+
 def step_register(state: DemoState) -> None:
     """Register the demo transformer (evaluated, with CIs) in an embedded MLflow registry in the
     work folder, and promote it: `segue serve --model models:/demo@production` then serves it."""
@@ -278,6 +292,7 @@ STEPS: dict[str, Callable[[DemoState], None]] = {
     "evaluate": step_evaluate,
     "rank": step_rank,
     "pairwise": step_pairwise,
+    "profile": step_profile,
     "register": step_register,
     "tune": step_tune,
     "pipeline": step_pipeline,
