@@ -4,9 +4,9 @@ evaluates it on the held-out users beside the baselines), and one new profile fo
 recommendations, their predicted ratings, the profile items behind the first one, and the rating
 the model did not expect.
 
-The corpus is generated here: users with one or two tastes among `n_tastes` groups of items, who
-list titles mostly from their tastes, rate their main taste high and the other lower, and leave a
-fifth of their list unrated (as on MyAnimeList)."""
+The corpus is generated here: each user has a main and a second taste among `n_tastes` groups of
+titles, lists about 70% of their titles from the main one and rates those high (8.5 on average),
+rates the others lower (5), and leaves a fifth of the list unrated (as on MyAnimeList)."""
 
 from __future__ import annotations
 
