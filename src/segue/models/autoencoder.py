@@ -350,7 +350,12 @@ def rating_correction(pred: np.ndarray, given: np.ndarray, rated: np.ndarray, q:
     rated [B, n]):
         c = (sum_k q_k q_k' + diag(1, lam, ..., lam))^-1 sum_k q_k e_k,  correction_j = c . q_j
     biased MF's ALS user step on the head's errors (a user bias and a user vector in the head's
-    own item space), solved per profile at scoring. A profile without ratings gets 0."""
+    own item space), solved per profile at scoring. A profile without ratings gets 0.
+
+    The same system as biasedmf.ridge_by_group (the ALS steps), solved here on its own: that one
+    builds every Gram by a sparse product of [k^2]-wide outer products, right for thousands of
+    users at k ~ 33, and at scoring (one to 81 profiles, k = 201) it measured 2.5x slower
+    (POST /v1/recommend p50 14.8 against 6.0 ms, /v1/explain 220 against 86 ms on anime)."""
     if lam <= 0:
         raise ValueError(f"rating_correction needs lam > 0, got {lam}")
     reg = lam * np.eye(q.shape[0])
