@@ -382,7 +382,7 @@ def test_rating_correction_equals_the_ridge_solve_for_short_and_long_profiles() 
 
     rng = np.random.default_rng(0)
     n, d, lam = 500, 40, 0.1
-    q = np.concatenate([np.ones((1, n)), rng.normal(size=(d, n)) * 0.1])
+    q = np.concatenate([np.ones((n, 1)), rng.normal(size=(n, d)) * 0.1], axis=1)  # [n, d + 1]
     sizes = [3, 10, 41, 80, 0, 200]
     pred, given = rng.normal(size=(len(sizes), n)), rng.normal(size=(len(sizes), n))
     rated = np.zeros((len(sizes), n), bool)
@@ -393,7 +393,7 @@ def test_rating_correction_equals_the_ridge_solve_for_short_and_long_profiles() 
     reg[0, 0] = 1.0
     for i in range(len(sizes)):
         k = np.flatnonzero(rated[i])
-        want = np.zeros(n) if len(k) == 0 else np.linalg.solve(q[:, k] @ q[:, k].T + reg, q[:, k] @ (given[i, k] - pred[i, k])) @ q
+        want = np.zeros(n) if len(k) == 0 else np.linalg.solve(q[k].T @ q[k] + reg, q[k].T @ (given[i, k] - pred[i, k])) @ q.T
         np.testing.assert_allclose(got[i], want, rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="lam > 0"):
         rating_correction(pred, given, rated, q, 0.0)
