@@ -65,6 +65,7 @@ from pydantic import Field, model_validator
 from segue.config import Config
 from segue.data.arrays import SequenceArrays
 from segue.data.vocab import N_SPECIAL, UNK
+from segue.models.ridge import stacked_ridge
 
 FeedbackKind = Literal["flag", "fraction", "count", "numeric"]
 HeadKind = Literal["rating", "flag", "fraction", "count", "numeric"]
@@ -634,17 +635,15 @@ def ridge_fold(cfg: EventsConfig, table: np.ndarray, tokens: np.ndarray, value: 
     """float64 [n, 1 + k] ridge fold-in [b_u, p_u] of each row's rated events (tokens, values
     e_j and flags [n, L]; `table` [V, k] the item vectors q): (sum_j f_j f_j^T + diag(
     rating_ridge_bias, rating_ridge, ...))^-1 sum_j f_j e_j with f_j = [1, q_j] (a row without rated
-    events gets 0). The host form of SequenceTransformer.ridge_user at a history's last column."""
+    events gets 0; ridge.stacked_ridge). The host form of SequenceTransformer.ridge_user at a
+    history's last column."""
     table = np.asarray(table, np.float64)
     tokens = np.asarray(tokens, np.int64)
     ok = np.asarray(rated, bool) & (tokens >= 0) & (tokens < len(table))
     q = table[np.where(ok, tokens, 0)]  # [n, L, k]
     f = np.concatenate([np.ones((*q.shape[:-1], 1)), q], axis=-1) * ok[..., None]
-    gram = np.swapaxes(f, 1, 2) @ f
-    idx = np.arange(f.shape[-1])
-    gram[:, idx, idx] += np.array([cfg.rating_ridge_bias] + [cfg.rating_ridge] * (f.shape[-1] - 1))
-    rhs = np.einsum("nlk,nl->nk", f, np.where(ok, value, 0.0))
-    return np.linalg.solve(gram, rhs[..., None])[..., 0]
+    penalty = np.array([cfg.rating_ridge_bias] + [cfg.rating_ridge] * (f.shape[-1] - 1))
+    return stacked_ridge(f, np.where(ok, value, 0.0), penalty)
 
 
 def to_scale(
