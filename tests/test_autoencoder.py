@@ -397,3 +397,41 @@ def test_rating_correction_equals_the_ridge_solve_for_short_and_long_profiles() 
         np.testing.assert_allclose(got[i], want, rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="lam > 0"):
         rating_correction(pred, given, rated, q, 0.0)
+
+
+@pytest.mark.parametrize("m", [30, 60])  # d + 1 = 41 features: the dual form below, the primal above
+def test_rating_correction_of_leave_one_out_rows_equals_each_rows_solve(m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/v1/explain's rows (a profile, then the profile less each of its items, one listed unrated)
+    share one factored system (ridge_all_but_one): each row's correction still equals its own
+    normal equations, also beside an unrelated profile in the same call."""
+    from segue.models import autoencoder as AE
+    from segue.models.autoencoder import rating_correction
+
+    shared_rows: list[int] = []
+
+    def counted(f: np.ndarray, e: np.ndarray, drop: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+        shared_rows.append(len(e))
+        return ridge_all_but_one(f, e, drop, penalty)
+
+    ridge_all_but_one = AE.ridge_all_but_one
+    monkeypatch.setattr(AE, "ridge_all_but_one", counted)  # a spy: the real solve runs
+
+    rng = np.random.default_rng(m)
+    n, d, lam = 300, 40, 0.1
+    q = np.concatenate([np.ones((n, 1)), rng.normal(size=(n, d)) * 0.1], axis=1)
+    items = rng.choice(n, m + 1, replace=False)  # the last one listed without a rating
+    full = np.zeros(n, bool)
+    full[items[:m]] = True
+    rated = np.stack([full] + [full & (np.arange(n) != i) for i in items])
+    other = np.zeros(n, bool)
+    other[rng.choice(n, 5, replace=False)] = True
+    rated = np.concatenate([rated, other[None]])  # the union grows: the shared rows must still be found
+    pred, given = rng.normal(size=rated.shape), rng.normal(size=rated.shape)
+    got = rating_correction(pred, given, rated, q, lam)
+    reg = lam * np.eye(d + 1)
+    reg[0, 0] = 1.0
+    for i in range(len(rated)):
+        k = np.flatnonzero(rated[i])
+        want = np.linalg.solve(q[k].T @ q[k] + reg, q[k].T @ (given[i, k] - pred[i, k])) @ q.T
+        np.testing.assert_allclose(got[i], want, rtol=1e-8, atol=1e-10)
+    assert shared_rows == [m + 2]  # the profile and its m + 1 leave-one-out rows, in one system

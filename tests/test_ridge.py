@@ -38,3 +38,22 @@ def test_stacked_ridge_refuses_a_non_positive_penalty() -> None:
     f, e = np.ones((1, 2, 3)), np.ones((1, 2))
     with pytest.raises(ValueError, match="penalty > 0"):
         stacked_ridge(f, e, np.array([1.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("m", [7, 13, 30])  # k = 13: the dual form below k, the primal from k on
+def test_ridge_all_but_one_equals_each_rows_own_solve(m: int) -> None:
+    from segue.models.ridge import ridge_all_but_one
+
+    rng = np.random.default_rng(m)
+    k = 13
+    f = rng.normal(size=(m, k))
+    drop = np.array([-1, *range(m), -1])
+    e = rng.normal(size=(len(drop), m))
+    penalty = rng.uniform(0.05, 3.0, k)
+    got = ridge_all_but_one(f, e, drop, penalty)
+    assert got.shape == (len(drop), k)
+    for g, j in enumerate(drop):
+        keep = np.arange(m) != j
+        np.testing.assert_allclose(got[g], _lstsq(f[keep], e[g, keep], penalty), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="penalty > 0"):
+        ridge_all_but_one(f, e, drop, np.zeros(k))

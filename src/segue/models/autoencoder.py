@@ -65,7 +65,7 @@ from segue.models.base import NEG_INF
 from segue.models.filters import niche_boost
 from segue.models.neural import NeuralRecommender, flat_weights, read_weights, write_weights
 from segue.models.rating import check_pairs, history_ratings
-from segue.models.ridge import stacked_ridge
+from segue.models.ridge import ridge_all_but_one, stacked_ridge
 from segue.models.train_config import OptimConfig, TrainerConfig
 
 ScoreMode = Literal["unified", "presence", "rating"]
@@ -351,8 +351,9 @@ def rating_correction(pred: np.ndarray, given: np.ndarray, rated: np.ndarray, q:
     e_k = given_k - pred_k over the profile's rated entries k (mask rated [B, n]):
         c = (sum_k q_k q_k' + diag(1, lam, ..., lam))^-1 sum_k q_k e_k,  correction_j = c . q_j
     biased MF's ALS user step on the head's errors (a user bias and a user vector in the head's
-    own item space), solved per profile at scoring (ridge.stacked_ridge). A profile without
-    ratings gets 0.
+    own item space), solved per profile at scoring (ridge.stacked_ridge; rows that share one rated
+    set, each missing at most one of it, as /v1/explain's leave-one-out rows do, by
+    ridge.ridge_all_but_one). A profile without ratings gets 0.
 
     The same system as biasedmf.ridge_by_group (the ALS steps), not solved by it: that one
     builds every Gram by a sparse product of [k^2]-wide outer products, right for thousands of
@@ -366,6 +367,21 @@ def rating_correction(pred: np.ndarray, given: np.ndarray, rated: np.ndarray, q:
     out = np.zeros(pred.shape, np.float64)
     counts = rated.sum(axis=1)
     rows = np.flatnonzero(counts)
+    if len(rows) > 1:
+        # rows whose rated set is the longest row's set or it less one item (/v1/explain's profile
+        # and its leave-one-out copies): one factored system for all (ridge_all_but_one)
+        full = rated[rows[np.argmax(counts[rows])]]
+        inside = ~(rated[rows] & ~full).any(axis=1)
+        shared = rows[inside & (counts[rows] >= full.sum() - 1)]
+    else:
+        shared = rows[:0]
+    if len(shared) > 1:
+        u = np.flatnonzero(full)  # [m]
+        missing = ~rated[shared][:, u]  # [S, m], at most one True a row
+        drop = np.where(missing.any(axis=1), missing.argmax(axis=1), -1)
+        e = np.asarray(given[shared][:, u], np.float64) - pred[shared][:, u]
+        out[shared] = ridge_all_but_one(q[u], e, drop, penalty) @ q.T
+        rows = np.setdiff1d(rows, shared)
     # batched over profiles, in groups of at most ~2M gathered features (padded to the group's
     # longest profile; a padded entry has q = 0 and adds nothing): one stacked solve per group
     start = 0
