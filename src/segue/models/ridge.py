@@ -3,8 +3,10 @@
 Two fold-ins fit one per request row: the transformer's rating-ridge head (events.ridge_fold, a
 user bias and vector over the history's rated events) and the profile autoencoder's rating
 correction (autoencoder.rating_correction, over the head's errors). Both gather each row's
-features into a padded [G, m, k] block and call `stacked_ridge`. biasedmf.ridge_by_group solves
-the same system for training's thousands of users by a sparse product instead (see there).
+features into a padded [G, m, k] block and call `stacked_ridge`; rows that share one entry set
+less at most one entry each (/v1/explain's leave-one-out rows) share one factored system in
+`ridge_all_but_one`. biasedmf.ridge_by_group solves the same system for training's thousands of
+users by a sparse product instead (see there).
 """
 
 from __future__ import annotations
