@@ -11,7 +11,7 @@ import pytest
 from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
 from servinghelp import dot_folder, named_store
-from test_serving_profiles import fit_biasedmf, rated_store
+from test_serving_profiles import fit_autoencoder, fit_biasedmf, rated_store
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
 LAUNCH_ARGS = [
@@ -113,6 +113,46 @@ def test_profile_mode_rated_items_recommendations_explanations_and_scale(tmp_pat
             expect(page.locator("#warnings")).to_have_text(
                 f"error: rating 9 of item '{first_id}' (history[0]) is outside the model's rating scale [1, 5]"
             )
+        finally:
+            browser.close()
+
+
+def test_profile_mode_shows_the_autoencoders_predicted_ratings_not_its_scores(tmp_path) -> None:
+    """The autoencoder ranks by log probabilities: the page shows each recommendation's predicted
+    rating on the model's scale (from /v1/explain), not its score."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    store = rated_store(tmp_path / "store.duckdb")
+    app = create_app(fit_autoencoder(store, tmp_path / "ae"), store=store, use_env_admin_key=False)
+    with serve_in_thread(app) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            expect(page.locator("#model")).to_contain_text("autoencoder model")
+            page.select_option("#mode", "profile")
+            page.fill("#q", "Mecha")
+            page.click("#search-btn")
+            results = page.locator("#results li")
+            expect(results.first).to_contain_text("Mecha Saga")
+            ids = [results.nth(i).get_attribute("data-id") for i in range(2)]
+            for i in range(2):
+                results.nth(i).locator("button.add").click()
+            seeds = page.locator("#seeds li")
+            seeds.nth(0).locator("input.rating").fill("5")
+            seeds.nth(1).locator("input.rating").fill("4")
+            page.fill("#rec-n", "3")
+            page.click("#recommend-btn")
+            shown = page.locator("#recommendations li")
+            expect(shown).to_have_count(3)
+            expect(shown.first).to_contain_text(re.compile(r"predicted [1-5]\.\d"))
+            body = {"history": ids, "ratings": [5, 4], "items": [shown.nth(i).get_attribute("data-id") for i in range(3)]}
+            want = httpx.post(server.url + "/v1/explain", json=body).json()["items"]
+            for i, item in enumerate(want):
+                expect(shown.nth(i)).to_contain_text(f"predicted {item['predicted_rating']:.1f}")
+                assert f"{item['score']:.2f}" not in shown.nth(i).inner_text()
+            assert page.locator("#warnings").inner_text() == ""
         finally:
             browser.close()
 

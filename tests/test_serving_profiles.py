@@ -74,6 +74,21 @@ def fit_popularity(store_path: Path, folder: Path) -> Path:
     return model.save(folder)
 
 
+def fit_autoencoder(store_path: Path, folder: Path) -> Path:
+    """A small profile autoencoder (both heads) on the rated store's holdout split (~5 s)."""
+    from segue.models.autoencoder import AutoencoderConfig, AutoencoderRecommender
+
+    cfg = AutoencoderConfig.from_dict(
+        {
+            "model": {"hidden": [16], "bottleneck": 8, "input_dropout": 0.3},
+            "optim": {"lr": 1e-2, "warmup_steps": 0, "schedule": "constant"},
+            "trainer": {"max_steps": 60, "eval_every": 60, "metric": "ndcg@100", "progress": False, "loader": {"batch_size": 16}},
+        }
+    )
+    with Store.open(store_path) as store:
+        return AutoencoderRecommender(cfg).fit(SplitData.load(store, "holdout")).save(folder)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("profiles")
@@ -270,23 +285,27 @@ def test_most_surprising_names_the_rating_the_model_did_not_expect(http: httpx.C
     assert first["predicted"] == pytest.approx(float(want), rel=1e-5)
 
 
+def test_explained_items_carry_the_predicted_rating_of_rating_families(http: httpx.Client, folders: dict[str, Path]) -> None:
+    """biasedmf's score is its predicted rating, and /v1/explain says so; a family without ratings
+    gives none."""
+    body = {"history": ["a0", "a2", "a1"], "ratings": [5, 4, None], "n": 3}
+    items = http.post("/v1/explain", json=body).json()["items"]
+    assert len(items) == 3
+    for item in items:
+        assert item["predicted_rating"] == pytest.approx(item["score"], rel=1e-5) and 1.0 <= item["predicted_rating"] <= 5.0
+    app = create_app(folders["pop"], store=folders["store"], use_env_admin_key=False)
+    with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        items = c.post("/v1/explain", json={"history": ["a0", "a2"], "n": 2}).json()["items"]
+        assert len(items) == 2 and all("predicted_rating" not in i for i in items)
+
+
 # --- the profile autoencoder behind the same server ------------------------------------------------
 
 
 def test_autoencoder_reads_served_ratings_and_refuses_out_of_scale(folders: dict[str, Path], tmp_path: Path) -> None:
     """Sprout's model through HTTP: the served scores are its fold-in of the rated profile, the
     ratings change them, and a rating outside its scale is a 422 naming item and scale."""
-    from segue.models.autoencoder import AutoencoderConfig, AutoencoderRecommender
-
-    cfg = AutoencoderConfig.from_dict(
-        {
-            "model": {"hidden": [16], "bottleneck": 8, "input_dropout": 0.3},
-            "optim": {"lr": 1e-2, "warmup_steps": 0, "schedule": "constant"},
-            "trainer": {"max_steps": 60, "eval_every": 60, "metric": "ndcg@100", "progress": False, "loader": {"batch_size": 16}},
-        }
-    )
-    with Store.open(folders["store"]) as store:
-        folder = AutoencoderRecommender(cfg).fit(SplitData.load(store, "holdout")).save(tmp_path / "ae")
+    folder = fit_autoencoder(folders["store"], tmp_path / "ae")
     app = create_app(folder, store=folders["store"], use_env_admin_key=False)
     with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
         assert c.get("/healthz").json()["rating_scale"] == [1.0, 5.0]
@@ -307,3 +326,11 @@ def test_autoencoder_reads_served_ratings_and_refuses_out_of_scale(folders: dict
         assert err["loc"] == ["body", "ratings", 1] and "'a1'" in err["msg"] and "[1, 5]" in err["msg"]
         explained = c.post("/v1/explain", json={"history": history, "ratings": [5, 1, 5, 1], "n": 2})
         assert explained.status_code == 200 and "surprising" in explained.json()
+        # each explained item's predicted rating: the model's predict() given the profile, on the
+        # scale, and not the ranking score (a log probability for this family)
+        items = explained.json()["items"]
+        toks = np.array([engine.encoder.encode_one(i["id"]) for i in items])
+        want = engine.model.predict(arrays, np.zeros(len(toks), np.int64), toks)
+        for item, w in zip(items, want, strict=True):
+            assert item["predicted_rating"] == pytest.approx(float(w), rel=1e-5)
+            assert 1.0 <= item["predicted_rating"] <= 5.0 and item["score"] < 0

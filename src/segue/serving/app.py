@@ -275,6 +275,11 @@ class ContributionOut(ItemOut):
 
 
 class ExplainedItem(ItemOut):
+    predicted_rating: float | None = Field(
+        None,
+        description="The model's rating of the item on its scale, given the whole profile (families "
+        "that predict ratings; `score` is a ranking score, a log probability for the autoencoder)",
+    )
     contributions: list[ContributionOut]
 
 

@@ -36,7 +36,8 @@ def explain_items(
     history_ids: list[str] | None = None,
     ratings: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """For each item: its score and the `top` history items by impact (largest first).
+    """For each item: its score, its predicted rating (families that predict ratings), and the
+    `top` history items by impact (largest first).
 
     `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as the caller did;
     `ratings` (aligned, NaN = unrated) go to the model with the history.
@@ -56,6 +57,9 @@ def explain_items(
             {**engine.catalogue.describe(int(t)), "score": None, "contributions": []} for t in items
         ]
     scores, impact = engine.explain(history, items, ratings)
+    # A rating family's predicted ratings of the items: its scores rank, and are ratings only for
+    # some families (biasedmf's are; the autoencoder's are log probabilities).
+    rated = None if engine.rating_range is None else engine.predict_ratings(history, ratings, items)
     out = []
     for i, t in enumerate(items):
         order = np.argsort(-impact[i], kind="stable")[:top]
@@ -69,6 +73,7 @@ def explain_items(
             {
                 **engine.catalogue.describe(int(t)),
                 "score": _finite(scores[i]),
+                **({} if rated is None else {"predicted_rating": _finite(rated[i])}),
                 "contributions": contributions,
             }
         )
