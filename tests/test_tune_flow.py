@@ -116,6 +116,23 @@ def test_failing_trials_are_recorded_and_the_best_is_tested_once(alice: Path, ro
     assert (alice / "card.html").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ('protocol = "strong"', "needs a split of kind strong, but split 'loo' .* is leave_last_out"),
+        ('split = "nosuch"', "no split 'nosuch'"),
+    ],
+)
+def test_a_split_the_protocol_cannot_use_is_refused_before_the_flow_runs(spaces: Path, tmp_path: Path, edit: str, expected: str) -> None:
+    """The split is checked against the protocol before Metaflow starts: the error names the
+    space file and its fields, and no session folder is written."""
+    text = RANDOM.replace('split = "loo"', edit) if edit.startswith("split") else RANDOM.replace('strategy', edit + "\nstrategy", 1)
+    (spaces / "bad.toml").write_text(text)
+    with pytest.raises(SegueError, match=f"bad.toml: fields 'split' / 'protocol': .*{expected}"):
+        tune(spaces / "bad.toml", tmp_path / "root", user="carol", echo=lambda s: None)
+    assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
+
+
 def test_trials_cannot_read_the_test_part(spaces: Path) -> None:
     with Store.open(spaces / "s.duckdb") as store:
         data = ValidationOnly.of(SplitData.load(store, "loo"))

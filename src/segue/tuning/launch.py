@@ -96,6 +96,7 @@ def tune(
     store = space.store_path
     if not store.exists():
         raise SegueError(f"{space_path}: field 'store': {store} does not exist (build it with `segue data build`)")
+    _check_split(space_path, space)
     user = user or user_name()
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -232,3 +233,19 @@ def card_html(root: Path, run_id: str, task: Any) -> str | None:
     folder = root / ".metaflow" / FLOW_NAME / "runs" / run_id / "steps" / "best" / "tasks" / str(task.id) / "cards"
     found = sorted(folder.glob("blank-tune-*.html"))
     return found[-1].read_text(encoding="utf-8") if found else None
+
+
+def _check_split(space_path: Path, space: SearchSpace) -> None:
+    """The split exists and suits the protocol, checked before the flow starts (in the flow it
+    failed one step in, with a traceback in the flow's log)."""
+    from segue.data.store import Store
+    from segue.evaluation.protocols import PROTOCOLS, check_split_kind
+
+    with Store.open(space.store_path, read_only=True) as store:
+        try:
+            check_split_kind(store, space.split, space.protocol)
+        except SegueError as e:
+            kind = store.split_info(space.split)["kind"] if space.split in store.split_names() else None
+            fits = [name for name, spec in PROTOCOLS.items() if kind in spec.kinds]
+            hint = f"; or set protocol = \"{fits[0]}\" for this split" if fits else ""
+            raise SegueError(f"{space_path}: fields 'split' / 'protocol': {e}{hint}") from None
