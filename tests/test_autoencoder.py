@@ -282,8 +282,12 @@ def test_presence_only_is_mult_dae(store: Path) -> None:
     assert model.network.rating_head is None and model.network.encoder[0].in_features == model.network.n_items
     with pytest.raises(SegueError, match="no rating head"):
         model.predict(SequenceArrays.from_lists([[N_SPECIAL]]), None, np.array([[N_SPECIAL + 1]]))
-    with pytest.raises(ConfigError, match="needs the rating head"):
-        AutoencoderConfig.from_dict({"model": {"rating_head": False}})
+    # rating_head = false alone is the Mult-DAE, scored by presence; another score is refused
+    assert AutoencoderConfig.from_dict({"model": {"rating_head": False}}).model.score == "presence"
+    assert AutoencoderConfig.from_dict({}).model.score == "unified"
+    for score in ("unified", "rating"):
+        with pytest.raises(ConfigError, match=f"score '{score}' needs the rating head"):
+            AutoencoderConfig.from_dict({"model": {"rating_head": False, "score": score}})
 
 
 @pytest.mark.parametrize(("head", "reads"), [(True, False), (False, True)])

@@ -86,7 +86,7 @@ class AutoencoderModelConfig(Config):
     normalisation: NormMode = "hybrid"
     tau: float = Field(1.0, gt=0)  # hybrid: w_u = var_u / (var_u + tau), tau in squared rating units
     rating_scale: list[float] | None = None  # [low, high]; None: the training ratings' min and max
-    score: ScoreMode = "unified"
+    score: ScoreMode = "unified"  # unset: "unified" with the rating head, "presence" without
     alpha: float = Field(0.5, ge=0, le=1)  # unified: exponent of the presence probability
     niche_boost: float = Field(0.0, ge=0)  # b of segue.models.filters.niche_boost (0 = off)
     # lam of the rating head's fold-in correction at scoring (rating_correction; 0 = off): biased
@@ -108,6 +108,14 @@ class AutoencoderModelConfig(Config):
     wide_mode: Literal["joint", "score", "stacked"] = "joint"
     wide_scale: float = Field(1.0, gt=0)
     wide_folds: int = Field(2, ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_score(cls, data: Any) -> Any:
+        # rating_head = false alone gives the Mult-DAE: a presence score, the only one it has
+        if isinstance(data, dict) and "score" not in data and data.get("rating_head") is False:
+            return {**data, "score": "presence"}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderModelConfig:
