@@ -60,6 +60,8 @@ class Catalogue:
             for c in ("name", "creator", "album", "external_id")
         ]
         self._text = pc.utf8_lower(pc.binary_join_element_wise(*parts, "\x1f"))
+        self._name_lower = pc.utf8_lower(pc.fill_null(self.table.column("name"), ""))
+        self._id_lower = pc.utf8_lower(self.table.column("external_id"))
         self._popularity_order = np.argsort(-vocab.counts[N_SPECIAL:], kind="stable")
 
     def __len__(self) -> int:
@@ -95,8 +97,9 @@ class Catalogue:
         return out
 
     def search(self, query: str, limit: int = 20) -> list[int]:
-        """Tokens whose name, creator, album or id contains every word of `query` (case-insensitive),
-        most popular first."""
+        """Tokens whose name, creator, album or id contains every word of `query` (case-insensitive):
+        first those whose name or id is the query, then those whose name or id starts with it, each
+        group most popular first (searching "1" finds item "1" before the popular "159")."""
         words = [w for w in query.lower().split() if w]
         if not words:
             return []
@@ -109,7 +112,12 @@ class Catalogue:
             return []
         rank = np.empty(len(self._popularity_order), dtype=np.int64)
         rank[self._popularity_order] = np.arange(len(rank))
-        hits = hits[np.argsort(rank[hits], kind="stable")][:limit]
+        q = " ".join(words)
+        names, ids = pc.take(self._name_lower, hits), pc.take(self._id_lower, hits)
+        exact = pc.or_(pc.equal(names, q), pc.equal(ids, q)).to_numpy(zero_copy_only=False)
+        prefix = pc.or_(pc.starts_with(names, q), pc.starts_with(ids, q)).to_numpy(zero_copy_only=False)
+        tier = np.where(exact, 0, np.where(prefix, 1, 2))
+        hits = hits[np.lexsort((rank[hits], tier))][:limit]
         return (hits + N_SPECIAL).tolist()
 
     def save(self, folder: Path) -> Path:
