@@ -68,6 +68,24 @@ def test_search_add_two_seeds_continue_shows_new_items(tmp_path) -> None:
             browser.close()
 
 
+def _rate_two_mecha_titles(page) -> list[str]:  # noqa: ANN001 (a Playwright page)
+    """Profile mode: search "Mecha", add the first two results, rate them 5 and 4; their ids."""
+    from playwright.sync_api import expect
+
+    page.fill("#q", "Mecha")
+    page.click("#search-btn")
+    results = page.locator("#results li")
+    expect(results.first).to_contain_text("Mecha Saga")
+    ids = [results.nth(i).get_attribute("data-id") for i in range(2)]
+    for i in range(2):
+        results.nth(i).locator("button.add").click()
+    seeds = page.locator("#seeds li")
+    expect(seeds).to_have_count(2)
+    seeds.nth(0).locator("input.rating").fill("5")
+    seeds.nth(1).locator("input.rating").fill("4")
+    return ids
+
+
 def test_profile_mode_rated_items_recommendations_explanations_and_scale(tmp_path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -82,16 +100,8 @@ def test_profile_mode_rated_items_recommendations_explanations_and_scale(tmp_pat
             page.select_option("#mode", "profile")
             expect(page.locator("#scale")).to_have_text(re.compile(r"from 1 to 5 \(the model's scale\)"))
             expect(page.locator("#continue-btn")).to_be_hidden()
-            page.fill("#q", "Mecha")
-            page.click("#search-btn")
-            results = page.locator("#results li")
-            expect(results.first).to_contain_text("Mecha Saga")
-            results.nth(0).locator("button.add").click()
-            results.nth(1).locator("button.add").click()
+            _rate_two_mecha_titles(page)
             seeds = page.locator("#seeds li")
-            expect(seeds).to_have_count(2)
-            seeds.nth(0).locator("input.rating").fill("5")
-            seeds.nth(1).locator("input.rating").fill("4")
             page.fill("#rec-n", "5")
             page.click("#recommend-btn")
             shown = page.locator("#recommendations li")
@@ -132,16 +142,7 @@ def test_profile_mode_shows_the_autoencoders_predicted_ratings_not_its_scores(tm
             page.goto(server.url + "/")
             expect(page.locator("#model")).to_contain_text("autoencoder model")
             page.select_option("#mode", "profile")
-            page.fill("#q", "Mecha")
-            page.click("#search-btn")
-            results = page.locator("#results li")
-            expect(results.first).to_contain_text("Mecha Saga")
-            ids = [results.nth(i).get_attribute("data-id") for i in range(2)]
-            for i in range(2):
-                results.nth(i).locator("button.add").click()
-            seeds = page.locator("#seeds li")
-            seeds.nth(0).locator("input.rating").fill("5")
-            seeds.nth(1).locator("input.rating").fill("4")
+            ids = _rate_two_mecha_titles(page)
             page.fill("#rec-n", "3")
             page.click("#recommend-btn")
             shown = page.locator("#recommendations li")
