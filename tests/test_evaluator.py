@@ -84,6 +84,12 @@ def test_model_of_another_split_is_refused(store_path: Path, fitted: dict) -> No
         evaluate({"popularity": fitted["popularity"]}, store_path, "temporal", "temporal")
 
 
+def test_model_of_the_same_split_name_in_another_store_is_refused(fitted: dict, tmp_path: Path) -> None:
+    other = eval_store(tmp_path / "other.duckdb", n_seq=90, n_items=25, seed=7)
+    with pytest.raises(SegueError, match="fitted on split 'loo' of another store .* evaluate it on the store and split"):
+        evaluate({"popularity": fitted["popularity"]}, other, "loo", "leave_last_out")
+
+
 def test_bad_model_output_is_reported(store_path: Path, fitted: dict) -> None:
     vocab = fitted["popularity"].vocab
     with Store.open(store_path) as s:

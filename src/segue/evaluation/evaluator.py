@@ -150,10 +150,12 @@ def _check_vocab(name: str, model: Recommender, task: Task) -> None:
         raise SegueError(f"model '{name}' is not fitted (it has no vocabulary)")
     tv = task.vocab
     if len(mv) != len(tv) or not np.array_equal(np.asarray(mv.item_ids), np.asarray(tv.item_ids)):
+        # the same split name with another vocabulary: another store (or the store was rebuilt)
+        where = " of another store (or of this store before a rebuild)" if mv.split == task.split else ""
         raise SegueError(
-            f"model '{name}' was fitted on split '{mv.split}' ({len(mv)} tokens), but the evaluation uses "
+            f"model '{name}' was fitted on split '{mv.split}'{where} ({len(mv)} tokens), but the evaluation uses "
             f"split '{task.split}' ({len(tv)} tokens): its vocabulary differs, so its scores would be "
-            f"misread; evaluate it on the split it was trained on, or refit it on '{task.split}'"
+            f"misread; evaluate it on the store and split it was trained on, or refit it on '{task.split}'"
         )
 
 
