@@ -121,3 +121,12 @@ def test_command_line_style_options(tmp_path: Path) -> None:
     src = open_source("tabular", p, user="u", item="i", feedback="a", context="b")
     with Store.open(build_store(src, tmp_path / "s.duckdb")) as s:
         assert s.extra_columns == {"fb_a": "DOUBLE", "ctx_b": "VARCHAR"}
+
+
+@pytest.mark.parametrize("tab", ["\t", "\\t", "tab", "TAB"])
+def test_a_tab_delimiter_can_be_typed_as_backslash_t_or_tab(tmp_path: Path, tab: str) -> None:
+    # one comma inside a field: read as a comma file (or with a literal "\t") it would not be 3 columns
+    p = tmp_path / "log.tsv"
+    p.write_text("u\ti\tr\n1\ta,b\t5\n1\tc\t4\n")
+    src = open_source("tabular", p, user="u", item="i", rating="r", delimiter=tab)
+    assert [r[2:] for r in table(build_store(src, tmp_path / "s.duckdb"), "e.rating")] == [("a,b", 5.0), ("c", 4.0)]

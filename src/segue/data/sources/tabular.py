@@ -62,7 +62,7 @@ OPTIONS: dict[str, str] = {
     "feedback": "comma-separated numeric or true/false columns, stored as event columns `fb_<name>`; "
     "`name=a/b` stores the ratio of columns a and b (e.g. listened=ms_played/duration)",
     "context": "comma-separated text columns, stored as event columns `ctx_<name>`",
-    "delimiter": "field separator (default: sniffed from the first line: tab, `::`, `,`, `;`, `|`, else spaces)",
+    "delimiter": "field separator (default: sniffed from the first line: tab, `::`, `,`, `;`, `|`, else spaces; `\\t` or `tab` for a tab)",
     "header": "false when the first line is data (then give column_names); default true",
     "column_names": "comma-separated names for the columns (replaces the header, or names a headerless file)",
     "encoding": "text encoding of a CSV file (default utf-8)",
@@ -102,7 +102,8 @@ class TabularSource:
         self.available: list[str] | None = None  # the file's columns, once read
         self.feedback = _named(feedback, "fb_")
         self.context = _named(context, "ctx_")
-        self.delimiter = delimiter
+        # a tab is hard to type into a shell option: `\t` and `tab` name it too
+        self.delimiter = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(delimiter, delimiter) if delimiter else delimiter
         self.header = header
         if isinstance(column_names, str):  # "a,b,c" (as from a command line)
             column_names = [c.strip() for c in column_names.split(",")]
