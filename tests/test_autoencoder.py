@@ -378,6 +378,17 @@ def test_rating_l2_adds_the_ridge_penalty_of_the_rating_head(store: Path) -> Non
     assert float(np.exp(np.asarray(net.log_vars[...]))[1]) == pytest.approx(huber + lam * float(net.rating_kernel_sq()), rel=1e-5)
 
 
+def _normal_equations(q: np.ndarray, pred: np.ndarray, given: np.ndarray, rated: np.ndarray, lam: float) -> np.ndarray:
+    """One profile's correction [n] from its own normal equations: (Q_k'Q_k + diag(1, lam, ...))^-1
+    Q_k'(given - pred) over its rated items k, times every item's features (0 without ratings)."""
+    k = np.flatnonzero(rated)
+    if len(k) == 0:
+        return np.zeros(len(q))
+    reg = lam * np.eye(q.shape[1])
+    reg[0, 0] = 1.0
+    return np.linalg.solve(q[k].T @ q[k] + reg, q[k].T @ (given[k] - pred[k])) @ q.T
+
+
 def test_rating_correction_equals_the_ridge_solve_for_short_and_long_profiles() -> None:
     """rating_correction against the normal equations solved per profile: profiles with fewer
     ratings than features (its m x m form), more (the (d + 1) x (d + 1) form), mixed in one call,
@@ -393,12 +404,8 @@ def test_rating_correction_equals_the_ridge_solve_for_short_and_long_profiles() 
     for i, m in enumerate(sizes):
         rated[i, rng.choice(n, m, replace=False)] = True
     got = rating_correction(pred, given, rated, q, lam)
-    reg = lam * np.eye(d + 1)
-    reg[0, 0] = 1.0
     for i in range(len(sizes)):
-        k = np.flatnonzero(rated[i])
-        want = np.zeros(n) if len(k) == 0 else np.linalg.solve(q[k].T @ q[k] + reg, q[k].T @ (given[i, k] - pred[i, k])) @ q.T
-        np.testing.assert_allclose(got[i], want, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(got[i], _normal_equations(q, pred[i], given[i], rated[i], lam), rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="lam > 0"):
         rating_correction(pred, given, rated, q, 0.0)
 
@@ -412,12 +419,12 @@ def test_rating_correction_of_leave_one_out_rows_equals_each_rows_solve(m: int, 
     from segue.models.autoencoder import rating_correction
 
     shared_rows: list[int] = []
+    real = AE.ridge_all_but_one
 
     def counted(f: np.ndarray, e: np.ndarray, drop: np.ndarray, penalty: np.ndarray) -> np.ndarray:
         shared_rows.append(len(e))
-        return ridge_all_but_one(f, e, drop, penalty)
+        return real(f, e, drop, penalty)
 
-    ridge_all_but_one = AE.ridge_all_but_one
     monkeypatch.setattr(AE, "ridge_all_but_one", counted)  # a spy: the real solve runs
 
     rng = np.random.default_rng(m)
@@ -432,10 +439,6 @@ def test_rating_correction_of_leave_one_out_rows_equals_each_rows_solve(m: int, 
     rated = np.concatenate([rated, other[None]])  # the union grows: the shared rows must still be found
     pred, given = rng.normal(size=rated.shape), rng.normal(size=rated.shape)
     got = rating_correction(pred, given, rated, q, lam)
-    reg = lam * np.eye(d + 1)
-    reg[0, 0] = 1.0
     for i in range(len(rated)):
-        k = np.flatnonzero(rated[i])
-        want = np.linalg.solve(q[k].T @ q[k] + reg, q[k].T @ (given[i, k] - pred[i, k])) @ q.T
-        np.testing.assert_allclose(got[i], want, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(got[i], _normal_equations(q, pred[i], given[i], rated[i], lam), rtol=1e-8, atol=1e-10)
     assert shared_rows == [m + 2]  # the profile and its m + 1 leave-one-out rows, in one system

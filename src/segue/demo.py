@@ -165,6 +165,8 @@ def step_pairwise(state: DemoState) -> None:
     for label, acc in res.items():
         console.print(f"validation PairAccuracy (pairs by listened fraction), {label}: [bold]{acc:.3f}[/]")
     state.results["pairwise"] = res
+
+
 def step_profile(state: DemoState) -> None:
     """Rated profiles without order (Sprout's setting): the profile autoencoder against EASE,
     popularity and biasedmf on held-out users, then one new rated profile folded in, with its

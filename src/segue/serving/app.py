@@ -61,7 +61,7 @@ from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
 from segue.serving.events import HistoryEvents, input_rating_scale, request_events
 from segue.serving.events import describe as describe_events
-from segue.serving.explain import explain_items, surprising_items
+from segue.serving.explain import explain_profile
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
 from segue.serving.lifecycle import readiness, warm_up
@@ -925,14 +925,12 @@ def create_app(
             targets = known(engine, req.items, "items", warnings)
         if len(enc.tokens) == 0:
             warnings.append("empty history: nothing to explain")
-        out = explain_items(
-            engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings
+        out, surprising = explain_profile(
+            engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings, offset=enc.truncated
         )
         body: dict[str, Any] = {"items": out, "warnings": warnings}
-        if engine.rating_range is not None:
-            body["surprising"] = surprising_items(
-                engine, enc.tokens, enc.ratings, top=req.top, history_ids=enc.external_ids, offset=enc.truncated
-            )
+        if surprising is not None:
+            body["surprising"] = surprising
         log_request(
             engine,
             "/v1/explain",

@@ -28,28 +28,57 @@ from segue.data.vocab import N_SPECIAL
 from segue.serving.engine import Engine
 
 
-def explain_items(
+def explain_profile(
     engine: Engine,
     history: np.ndarray,
     items: np.ndarray,
     top: int = 5,
     history_ids: list[str] | None = None,
     ratings: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """For each item: its score, its predicted rating (families that predict ratings), and the
-    `top` history items by impact (largest first).
+    offset: int = 0,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(explained items, surprising items) of one profile.
 
-    `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as the caller did;
-    `ratings` (aligned, NaN = unrated) go to the model with the history.
+    Each item gets its score, its predicted rating (families that predict ratings) and the `top`
+    history items by impact (largest first). The surprising items - None for families without
+    ratings - are the `top` rated, known profile items by |given - predicted| (largest first), each
+    with its position in the request (`offset` = items cut before `history`), given, predicted and
+    their difference. Both predictions come from one `predict_ratings` call: the same profile, one
+    forward pass. `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as
+    the caller did; `ratings` (aligned, NaN = unrated) go to the model with the history.
     """
     history = np.asarray(history, dtype=np.int64)
     kept = len(engine.encoder.truncate(history))
+    offset += len(history) - kept
+    history = history[len(history) - kept :]
     if history_ids is not None:
         history_ids = history_ids[len(history_ids) - kept :]
     if ratings is not None:
         ratings = np.asarray(ratings, np.float32)[len(ratings) - kept :]
-    history = history[len(history) - kept :]
     items = np.asarray(items, dtype=np.int64)
+    rating_family = engine.rating_range is not None
+    sel = _rated_profile_items(history, ratings) if rating_family else np.zeros(0, np.int64)
+    predicted = None
+    if rating_family and len(history) and len(items) + len(sel):
+        predicted = engine.predict_ratings(history, ratings, np.concatenate([items, history[sel]])).astype(np.float64)
+    explained = _explain_items(engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)])
+    if not rating_family:
+        return explained, None
+    if predicted is None or len(sel) == 0:
+        return explained, []
+    assert ratings is not None  # sel is empty without ratings
+    return explained, _surprising(engine, history, ratings, sel, predicted[len(items) :], top, history_ids, offset)
+
+
+def _explain_items(
+    engine: Engine,
+    history: np.ndarray,
+    items: np.ndarray,
+    top: int,
+    history_ids: list[str] | None,
+    ratings: np.ndarray | None,
+    predicted: np.ndarray | None,
+) -> list[dict[str, Any]]:
     if len(items) == 0:
         return []
     if len(history) == 0:
@@ -57,9 +86,6 @@ def explain_items(
             {**engine.catalogue.describe(int(t)), "score": None, "contributions": []} for t in items
         ]
     scores, impact = engine.explain(history, items, ratings)
-    # A rating family's predicted ratings of the items: its scores rank, and are ratings only for
-    # some families (biasedmf's are; the autoencoder's are log probabilities).
-    rated = None if engine.rating_range is None else engine.predict_ratings(history, ratings, items)
     out = []
     for i, t in enumerate(items):
         order = np.argsort(-impact[i], kind="stable")[:top]
@@ -73,40 +99,34 @@ def explain_items(
             {
                 **engine.catalogue.describe(int(t)),
                 "score": _finite(scores[i]),
-                **({} if rated is None else {"predicted_rating": _finite(rated[i])}),
+                **({} if predicted is None else {"predicted_rating": _finite(predicted[i])}),
                 "contributions": contributions,
             }
         )
     return out
 
 
-def surprising_items(
-    engine: Engine,
-    history: np.ndarray,
-    ratings: np.ndarray | None,
-    top: int = 5,
-    history_ids: list[str] | None = None,
-    offset: int = 0,
-) -> list[dict[str, Any]]:
-    """The `top` rated, known profile items by |given - predicted| (largest first), each with its
-    position (in the request, `offset` = items cut before `history`), given, predicted and their
-    difference. Empty without ratings."""
-    if ratings is None:
-        return []
-    history = np.asarray(history, dtype=np.int64)
-    kept = len(engine.encoder.truncate(history))
-    given = np.asarray(ratings, np.float64)[len(ratings) - kept :]
-    offset += len(history) - kept
-    history = history[len(history) - kept :]
-    if history_ids is not None:
-        history_ids = history_ids[len(history_ids) - kept :]
+def _rated_profile_items(history: np.ndarray, ratings: np.ndarray | None) -> np.ndarray:
+    """Positions of the rated, known profile items, the last occurrence of each."""
+    if ratings is None or len(history) == 0:
+        return np.zeros(0, np.int64)
     # The last occurrence of each token: reversed, np.unique's first index is the last one.
     _, last_rev = np.unique(history[::-1], return_index=True)
     sel = np.sort(len(history) - 1 - last_rev)
-    sel = sel[(history[sel] >= N_SPECIAL) & np.isfinite(given[sel])]
-    if len(sel) == 0:
-        return []
-    pred = engine.predict_ratings(history, given.astype(np.float32), history[sel]).astype(np.float64)
+    return sel[(history[sel] >= N_SPECIAL) & np.isfinite(ratings[sel])]
+
+
+def _surprising(
+    engine: Engine,
+    history: np.ndarray,
+    ratings: np.ndarray,
+    sel: np.ndarray,
+    pred: np.ndarray,
+    top: int,
+    history_ids: list[str] | None,
+    offset: int,
+) -> list[dict[str, Any]]:
+    given = np.asarray(ratings, np.float64)
     ok = np.isfinite(pred)
     sel, pred = sel[ok], pred[ok]
     order = np.argsort(-np.abs(given[sel] - pred), kind="stable")[:top]
