@@ -712,7 +712,7 @@ class Store:
             yield from self.con.execute(sql, [split, *parts, lo, hi, lo, hi]).to_arrow_reader(batch_rows)
 
     def items_table(self) -> pa.Table:
-        return self.con.execute("SELECT * FROM items ORDER BY item_id").fetch_arrow_table()
+        return self.con.execute("SELECT * FROM items ORDER BY item_id").to_arrow_table()
 
     def sequence_items(self, seq_id: int) -> list[int]:
         return [r[0] for r in self.con.execute(
