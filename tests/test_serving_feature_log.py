@@ -36,6 +36,9 @@ def test_log_imports_as_a_store_of_request_histories(tmp_path) -> None:
     log.append(record(0, ["a", "b", "c"]))
     log.append(record(1, []))  # nothing to learn from: skipped
     log.append(record(2, ["b", "d"]))
+    rated = record(3, ["a", "e", "d"])
+    rated["inputs"]["ratings"] = [9, None, 2.5]  # a rated profile (the autoencoder's requests)
+    log.append(rated)
     log.close()
     store_path = build_store(FeatureLogSource(tmp_path / "log"), tmp_path / "s.duckdb", BuildConfig(splits=[{"kind": "random_sequence", "valid_fraction": 0, "test_fraction": 0}]))
     with Store.open(store_path) as store:
@@ -44,8 +47,13 @@ def test_log_imports_as_a_store_of_request_histories(tmp_path) -> None:
                FROM events e JOIN sequences s USING (seq_id) JOIN items i USING (item_id)
                GROUP BY s.external_id ORDER BY s.external_id"""
         ).fetchall()
-        assert seqs == [("request:r0", ["a", "b", "c"]), ("request:r2", ["b", "d"])]
-        assert store.counts()["items"] == 4
+        assert seqs == [("request:r0", ["a", "b", "c"]), ("request:r2", ["b", "d"]), ("request:r3", ["a", "e", "d"])]
+        assert store.counts()["items"] == 5
+        ratings = store.con.execute(
+            """SELECT s.external_id, list(e.rating ORDER BY e.position) FROM events e
+               JOIN sequences s USING (seq_id) GROUP BY s.external_id ORDER BY s.external_id"""
+        ).fetchall()
+        assert ratings == [("request:r0", [None] * 3), ("request:r2", [None] * 2), ("request:r3", [9.0, None, 2.5])]
 
 
 def test_bad_log_line_names_file_and_line(tmp_path) -> None:

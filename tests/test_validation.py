@@ -358,6 +358,42 @@ def test_feature_log_round_trip(tmp_path: Path) -> None:
     assert fmt and fmt[0].expected.startswith("uri spotify:track:") and fmt[0].found.startswith("integer")
 
 
+def test_a_profile_logs_ratings_are_checked_against_the_references(tmp_path: Path) -> None:
+    """Rated profiles (the autoencoder's requests) bring their ratings to drift and scale checks;
+    a reference without timestamps notes the log's request times instead of failing on them."""
+    rng = np.random.default_rng(5)
+    seqs = [[str(x) for x in rng.choice(80, rng.integers(5, 15), replace=False)] for _ in range(300)]
+    ratings = [[float(r) for r in rng.integers(5, 11, len(s))] for s in seqs]  # 5-10 of 1-10
+    ratings[0][0] = 1.0
+    store = make_store(tmp_path / "rated.duckdb", seqs, [{"kind": "random_sequence"}], rating=ratings)
+
+    def log(name: str, scale) -> Path:
+        folder = FeatureLog(tmp_path / name)
+        for i in rng.choice(len(seqs), 150, replace=False):
+            given: list[float | None] = [scale(r) for r in ratings[i]]
+            if i % 10 == 0:
+                given[-1] = None  # some profiles hold an unrated title, as the page sends
+            folder.append(
+                {"ts": 1_700_000_000, "request_id": f"{name}{i}", "endpoint": "/v1/recommend",
+                 "inputs": {"history": seqs[i], "ratings": given, "n": 5}}
+            )  # fmt: skip
+        folder.close()
+        return tmp_path / name
+
+    same = validate_feature_log(str(store), log("same", lambda r: r))
+    assert same.passed, same.summary()
+    assert same.feature("rating").skipped is None and same.feature("rating").distance < 0.1
+    ts = {(f.column, f.check): f for f in same.schema}[("ts", "column")]
+    assert ts.severity == "note" and ts.found == "present (request times)"
+    # A client that sends ratings on a 1-5 scale to a 1-10 model: inside the scale, so the server
+    # takes them; only the ratings' drift shows it.
+    halved = validate_feature_log(str(store), log("halved", lambda r: float(np.ceil(r / 2))))
+    assert [f.name for f in halved.failures()] == ["rating"], halved.summary()
+    # Fractional ratings against whole ones are a schema error.
+    fractional = validate_feature_log(str(store), log("frac", lambda r: r - 0.5))
+    assert ("rating", "integrality") in {(f.column, f.check) for f in fractional.schema_errors}
+
+
 def test_source_file_against_the_store_it_joins(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     seqs = _seqs(rng, n=80)

@@ -49,7 +49,7 @@ class EventSet:
     columns: every column the set has, with type and null count (ITEM for the item id).
     carries: the columns this kind of set can hold at all, names or prefixes ending in '_'
     (None: any); a reference column the candidate cannot carry is noted, not flagged (a feature
-    log holds no ratings, but may hold any ctx_ column).
+    log holds ratings only where its clients sent some, but may hold any ctx_ column).
     event_times: whether ts is a per-event time (a feature log stamps a whole history at once).
     context_per_event: whether context observations align with events (else one per request).
     """
@@ -294,10 +294,11 @@ def from_feature_log(folder: str | Path) -> EventSet:
         f"ctx_{k}": pa.array([None if c.get(k) is None else str(c[k]) for c in contexts], pa.string())
         for k in keys
     }
-    carries = {ITEM, "ts", "ctx_"}
-    return from_table(
-        pa.concat_tables(events), label, context=context, carries=carries, event_times=False
-    )
+    table = pa.concat_tables(events)
+    # Ratings come only from clients that send them; a log with none notes the reference's
+    # ratings rather than failing on them (a transformer's requests never carry any).
+    carries = {ITEM, "ts", "ctx_"} | ({"rating"} if table.column("rating").null_count < table.num_rows else set())
+    return from_table(table, label, context=context, carries=carries, event_times=False)
 
 
 # --- specs -------------------------------------------------------------------------------------

@@ -102,7 +102,17 @@ def check_schema(
             )
     for name in cand.columns:
         if name not in ref.columns:
-            out.append(Finding(name, "column", "absent (the reference has no such column)", "present"))
+            # A feature log stamps each request with its time: not data the reference could hold.
+            stamped = name == "ts" and not cand.event_times
+            out.append(
+                Finding(
+                    name,
+                    "column",
+                    "absent (the reference has no such column)",
+                    "present (request times)" if stamped else "present",
+                    "note" if stamped else "error",
+                )
+            )
     out += check_formats(
         ITEM, format_shares(ref.item_id_sample()), format_shares(cand.item_id_sample()), max_format_mismatch
     )

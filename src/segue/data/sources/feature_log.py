@@ -8,6 +8,7 @@ validated against training data (segue.ops), built into a store and trained on (
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,8 @@ class FeatureLogSource:
 
     Only records with a non-empty `inputs.history` (or `inputs.seed`) become sequences; with
     `include_outputs` the items the server returned are appended after the history (what the
-    listener was shown), marked by position order only.
+    listener was shown), marked by position order only. A profile's `inputs.ratings` (aligned
+    with the history, null = unrated) become the events' ratings; everything else is unrated.
     """
 
     name = "feature_log"
@@ -67,6 +69,7 @@ class FeatureLogSource:
         item_keys: list[str] = []
         positions: list[int] = []
         ts: list[int] = []
+        ratings: list[float | None] = []
         sequences: dict[str, list] = {
             "seq_key": [],
             "name": [],
@@ -90,6 +93,10 @@ class FeatureLogSource:
                         ) from None
                     inputs = rec.get("inputs") or {}
                     items = list(inputs.get("history") or inputs.get("seed") or [])
+                    given = inputs.get("ratings")
+                    if not isinstance(given, list) or len(given) != len(items):
+                        given = [None] * len(items)  # the server refuses misaligned ratings
+                    rated = [_rating(r) for r in given]
                     if self.include_outputs:
                         items += [
                             o["id"] if isinstance(o, dict) else o
@@ -103,6 +110,7 @@ class FeatureLogSource:
                     item_keys += [str(i) for i in items]
                     positions += list(range(len(items)))
                     ts += [when] * len(items)
+                    ratings += rated + [None] * (len(items) - len(rated))
                     sequences["seq_key"].append(key)
                     sequences["name"].append(rec.get("endpoint"))
                     sequences["created_at"].append(when)
@@ -111,11 +119,11 @@ class FeatureLogSource:
                     )
                     sequences["origin"].append(f"{path}:{line_no}")
                     if len(seq_keys) >= self.batch_rows:
-                        yield _chunk(seq_keys, item_keys, positions, ts, sequences)
-                        seq_keys, item_keys, positions, ts = [], [], [], []
+                        yield _chunk(seq_keys, item_keys, positions, ts, ratings, sequences)
+                        seq_keys, item_keys, positions, ts, ratings = [], [], [], [], []
                         sequences = {k: [] for k in sequences}
         if seq_keys:
-            yield _chunk(seq_keys, item_keys, positions, ts, sequences)
+            yield _chunk(seq_keys, item_keys, positions, ts, ratings, sequences)
 
     def files(self) -> list[SourceFile]:
         return [SourceFile(p) for p in self._files]
@@ -124,11 +132,19 @@ class FeatureLogSource:
         return {"path": str(self.path), "include_outputs": self.include_outputs}
 
 
+def _rating(value: object) -> float | None:
+    """A logged rating as a float; null (and anything the server would not have taken) as None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _chunk(
     seq_keys: list[str],
     item_keys: list[str],
     positions: list[int],
     ts: list[int],
+    ratings: list[float | None],
     sequences: dict[str, list],
 ) -> Chunk:
     events = pa.table(
@@ -137,6 +153,7 @@ def _chunk(
             "item_key": pa.array(item_keys, pa.string()),
             "position": pa.array(positions, pa.int32()),
             "ts": pa.array(ts, pa.int64()),
+            "rating": pa.array(ratings, pa.float64()),
         }
     )
     seqs = pa.table(
