@@ -248,3 +248,27 @@ def test_training_run_logged_with_curves(tmp_path: Path) -> None:
     curve = client.get_metric_history(rid, "train/loss")
     assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [(10, 4.0), (20, 3.0), (30, 2.0)]
     assert [a.path for a in client.list_artifacts(rid)] == ["metrics.json"]
+
+
+def test_a_held_out_user_model_is_registered_with_liang_et_als_cut_offs(tmp_path: Path) -> None:
+    """`register --eval-split` on a strong split evaluates by that split's protocol and records
+    NDCG@100 and Recall@50 beside the @10/@20 figures; NDCG@100 is the version's headline."""
+    from datahelp import make_store
+
+    from segue.models.popularity import Popularity
+
+    rng = np.random.default_rng(3)
+    seqs = [list(rng.choice(120, rng.integers(6, 20), replace=False)) for _ in range(200)]
+    store = make_store(tmp_path / "s.duckdb", seqs, [{"kind": "strong", "name": "strong", "valid_users": 20, "test_users": 20}])
+    with Store.open(store) as s:
+        folder = Popularity().fit(SplitData.load(s, "strong")).save(tmp_path / "pop")
+    reg = tmp_path / "reg"
+    out = CliRunner().invoke(
+        app, ["registry", "register", "m", str(folder), "--store", str(store), "--split", "strong", "--eval-split", "strong", "-r", str(reg)]
+    )
+    assert out.exit_code == 0, out.output
+    evaluation = json.loads(Registry(reg).version("m", "1").tags["evaluation"])
+    assert {"ndcg@100", "recall@50", "recall@20", "ndcg@10"} <= set(evaluation)
+    mean, low, high = evaluation["ndcg@100"]
+    assert low <= mean <= high and 0 < mean < 1
+    assert f"(ndcg@100 {mean:.4f} " in out.output

@@ -120,7 +120,9 @@ def evaluate_models(
         with Store.open(store) as s:
             s.require_split(split)
             protocol = PROTOCOL_OF_SPLIT.get(s.split_info(split)["kind"], "leave_last_out")
-    result = evaluate(models, store, split, protocol=protocol, ks=(10, 20))
+    # Held-out users are judged at Liang et al.'s cut-offs too (NDCG@100, Recall@20 and @50).
+    ks = (10, 20, 50, 100) if protocol == "strong" else (10, 20)
+    result = evaluate(models, store, split, protocol=protocol, ks=ks)
     stats = compute_stats(result, n_boot=500, reference=reference or next(iter(models)))
     out: dict[str, Any] = {
         name: {k: [iv.mean, iv.low, iv.high] for k, iv in per.items()} for name, per in stats.intervals.items()

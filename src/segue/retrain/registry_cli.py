@@ -45,7 +45,8 @@ def _when(ms: int) -> str:
 
 def _headline(tags: dict[str, str]) -> str:
     ev = json.loads(tags.get("evaluation") or "{}")
-    key = next((k for k in ("ndcg@10", "recall@10") if k in ev), next(iter(ev), None))
+    # ndcg@100 is recorded only for held-out users (the strong protocol), where it is the headline.
+    key = next((k for k in ("ndcg@100", "ndcg@10", "recall@10") if k in ev), next(iter(ev), None))
     if key is None:
         return "-"
     mean, low, high = ev[key]
@@ -122,7 +123,7 @@ def register(
     model: Annotated[Path, typer.Argument(help="Model folder (a run folder of segue train).")],
     store: Annotated[Path, typer.Option(help="The store it was trained on (its checksum is recorded).")],
     split: Annotated[str, typer.Option(help="The split it was trained on.")],
-    eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split (temporal or leave_last_out protocol) and record the metrics with CIs.")] = None,
+    eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split (by its kind's protocol: temporal, leave_last_out, strong, ...) and record the metrics with CIs.")] = None,
     promote: Annotated[bool, typer.Option("--promote", help="Also make it the production version.")] = False,
     registry: RegistryOpt = None,
     server: ServerOpt = None,
