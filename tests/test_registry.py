@@ -254,7 +254,6 @@ def test_a_held_out_user_model_is_registered_with_liang_et_als_cut_offs(tmp_path
     """`register --eval-split` on a strong split evaluates by that split's protocol and records
     NDCG@100 and Recall@50 beside the @10/@20 figures; NDCG@100 is the version's headline."""
     from datahelp import make_store
-
     from segue.models.popularity import Popularity
 
     rng = np.random.default_rng(3)
