@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pyarrow as pa
 
 from segue.data.arrays import SplitData
@@ -84,3 +89,45 @@ def run_load(
     for t in threads:
         t.start()
     return threads
+
+
+# --- `segue serve` subprocesses ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(args: list[str], stdout: Path, stderr: Path) -> subprocess.Popen:
+    """`segue serve ARGS` as a child process, its output in files (read after it exits)."""
+    code = "from segue.cli import app; app()"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        return subprocess.Popen([sys.executable, "-c", code, "serve", *args], stdout=out, stderr=err)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a server left running by a failed test, its workers first (their own process group)."""
+    if proc.poll() is None:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> list[int]:
+    """Poll /readyz until 200; returns the status codes seen (503s while loading)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited ({proc.returncode})"
+        try:
+            code = httpx.get(f"{url}/readyz", timeout=2).status_code
+            seen.append(code)
+            if code == 200:
+                return seen
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not ready within {timeout} s")

@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,16 @@ from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
 from segue.serving.lifecycle import CloseWhenDraining, DeferredApp
 from segue.serving.workers import load_engine, map_model_arrays
-from servinghelp import dot_folder, named_store, popularity_folder, run_load
+from servinghelp import (
+    dot_folder,
+    free_port,
+    kill_tree,
+    named_store,
+    popularity_folder,
+    run_load,
+    start_serve,
+    wait_ready,
+)
 
 ADMIN_KEY = "prod-test-key"
 HISTORY = ["track:1", "track:6"]
@@ -43,45 +51,6 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "dot": dot_folder(store, root / "dot"),
         "dot2": dot_folder(store, root / "dot2", seed=1),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_serve(args: list[str], stdout: Path, stderr: Path) -> subprocess.Popen:
-    """`segue serve ARGS` as a child process, its output in files (read after it exits)."""
-    code = "from segue.cli import app; app()"
-    with open(stdout, "w") as out, open(stderr, "w") as err:
-        return subprocess.Popen([sys.executable, "-c", code, "serve", *args], stdout=out, stderr=err)
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """Kill a server left running by a failed test, its workers first (their own process group)."""
-    if proc.poll() is None:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
-        proc.kill()
-        proc.wait()
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> list[int]:
-    """Poll /readyz until 200; returns the status codes seen (503s while loading)."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited ({proc.returncode})"
-        try:
-            code = httpx.get(f"{url}/readyz", timeout=2).status_code
-            seen.append(code)
-            if code == 200:
-                return seen
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not ready within {timeout} s")
 
 
 def slow_request(port: int, body: bytes, request_id: str) -> socket.socket:

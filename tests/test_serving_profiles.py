@@ -25,6 +25,7 @@ from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
 from segue.serving.engine import Engine
 from segue.serving.index import IndexConfig
+from servinghelp import free_port, kill_tree, start_serve, wait_ready
 
 N_USERS, N_ITEMS = 160, 30
 GENRES = ("Mecha", "Romance")
@@ -334,3 +335,20 @@ def test_autoencoder_reads_served_ratings_and_refuses_out_of_scale(folders: dict
         for item, w in zip(items, want, strict=True):
             assert item["predicted_rating"] == pytest.approx(float(w), rel=1e-5)
             assert 1.0 <= item["predicted_rating"] <= 5.0 and item["score"] < 0
+
+
+def test_a_served_autoencoder_logs_each_line_once(tmp_path: Path, folders: dict[str, Path]) -> None:
+    """`segue serve` of a neural model: loading it imports orbax, which logs through absl, which
+    gave the root logger a second handler; every segue line then came out twice."""
+    folder = fit_autoencoder(folders["store"], tmp_path / "ae")
+    port = free_port()
+    proc = start_serve(["--model", str(folder), "--port", str(port), "--no-feature-log"], tmp_path / "out", tmp_path / "err")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/recommend", json={"history": ["a1", "a2"], "ratings": [5, 1]})
+        assert r.status_code == 200
+    finally:
+        kill_tree(proc)
+    err = (tmp_path / "err").read_text()
+    loaded = [x for x in err.splitlines() if "loaded autoencoder model" in x]
+    assert len(loaded) == 1 and " segue.serving INFO loaded autoencoder model" in loaded[0], err

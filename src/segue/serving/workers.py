@@ -149,15 +149,19 @@ def build_app(settings: ServeSettings) -> Any:
 
 
 def configure_logging() -> None:
-    """segue's own log lines (loading, drift alerts) on stderr; access lines (JSON) on stdout."""
+    """segue's own log lines (loading, drift alerts) on stderr; access lines (JSON) on stdout.
+
+    The handler goes on the root logger, and only when it has none (an embedding application's
+    or pytest's own stay): importing orbax logs through absl, which otherwise gives the root
+    logger basicConfig's handler, and every segue line was printed twice."""
     from segue.serving.access_log import configure_access_logger
 
-    root = logging.getLogger("segue")
+    root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
+    logging.getLogger("segue").setLevel(logging.INFO)
     configure_access_logger()
 
 
