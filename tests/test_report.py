@@ -39,14 +39,18 @@ def test_cli_writes_a_complete_report(store_path: Path, pop_folder: Path, tmp_pa
     out = tmp_path / "rep"
     res = runner.invoke(
         app,
-        ["evaluate", "popularity", f"saved={pop_folder}", "--store", str(store_path), "--split", "loo",
+        ["evaluate", "popularity", f"saved_popularity_of_the_fixture={pop_folder}", "--store", str(store_path), "--split", "loo",
          "--ks", "1,5,10", "--out", str(out), "--n-boot", "200"],
     )
     assert res.exit_code == 0, res.output
     assert "popularity" in res.output and "saved" in res.output and "NDCG@10" in res.output
+    # On an 80-column terminal (CliRunner's) the headline columns stay whole, K in the title.
+    header = next(line for line in res.output.splitlines() if "model" in line and "NDCG" in line)
+    assert "…" not in header and {"HR", "Recall", "NDCG", "MRR", "PopPct", "Cov"} <= set(header.replace("┃", " ").split())
+    assert "every column at K = 10" in " ".join(res.output.split())
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"report.md", "report.html", "metrics_vs_k.png", "results.json", "per_user.npz", "evaluate.toml",
-            "store.json", "models/popularity/model.toml", "models/saved/model.toml"} <= files
+            "store.json", "models/popularity/model.toml", "models/saved_popularity_of_the_fixture/model.toml"} <= files
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "<style>" in html
     assert "http://" not in html and "https://" not in html  # self-contained
@@ -62,7 +66,7 @@ def test_cli_writes_a_complete_report(store_path: Path, pop_folder: Path, tmp_pa
     assert len(per_user["popularity/ndcg@10"]) == results["n_queries"] == len(per_user["seq_ids"])
     cfg = EvaluateConfig.load(out / "evaluate.toml")
     assert cfg.split == "loo" and cfg.ks == [1, 5, 10] and cfg.protocol.name == "leave_last_out"
-    assert 'family = "popularity"' in (out / "models/saved/model.toml").read_text()
+    assert 'family = "popularity"' in (out / "models/saved_popularity_of_the_fixture/model.toml").read_text()
 
 
 def test_report_compares_against_the_best(store_path: Path, tmp_path: Path) -> None:

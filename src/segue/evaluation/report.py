@@ -164,13 +164,16 @@ def print_table(result: EvalResult, stats: Stats, console: Any = None) -> None:
     cols = headline_columns(result)
     title = (
         f"{result.protocol} on split '{result.split}' ({result.part}): {len(result.seq_ids)} queries, "
-        f"{result.n_items} items; ± = half the {round(100 * stats.level)}% bootstrap CI"
+        f"{result.n_items} items; every column at K = {k}; ± = half the {round(100 * stats.level)}% bootstrap CI"
     )
     t = Table(title=title, title_justify="left")
-    t.add_column("model", style="bold", no_wrap=True)
+    # On a narrow terminal a long model name folds; the figures and their labels are never cut
+    # (K is in the title: "NDCG@100" had been cut to "NDCG@1…", which reads as @1).
+    t.add_column("model", style="bold", overflow="fold")
     for c in cols:
-        t.add_column(short_label(c), justify="right", no_wrap=True)
-    t.add_column(f"Cov@{k}", justify="right", no_wrap=True)
+        label = SHORT.get(M.split_key(c)[0], c)
+        t.add_column(label, justify="right", no_wrap=True, min_width=max(len(label), 6))
+    t.add_column("Cov", justify="right", no_wrap=True, min_width=5)
     for m, r in result.models.items():
         cells = []
         for c in cols:
