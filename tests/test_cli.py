@@ -48,6 +48,28 @@ def test_build_stats_and_add_split(tmp_path: Path) -> None:
         assert s.split_info("h")["params"]["test_fraction"] == 0.2
 
 
+def test_stats_of_a_rated_store_show_the_ratings_and_their_per_user_spread(tmp_path: Path) -> None:
+    """Users 0-9 rate 7 or 8 (variance 0.25: the hybrid score leans on the scale), users 10-19 rate
+    1 to 10 (variance 8.25); one user has a single rating and no spread."""
+    rows = ["user,item,rating"]
+    for u in range(20):
+        given = [7, 8, 7, 8] if u < 10 else list(range(1, 11))
+        rows += [f"u{u},i{j},{r}" for j, r in enumerate(given)]
+    rows.append("u20,i0,5")
+    src = tmp_path / "ratings.csv"
+    src.write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s.duckdb"
+    assert runner.invoke(app, ["data", "build", "csv", str(src), "-o", str(store)]).exit_code == 0
+    stats = json.loads(runner.invoke(app, ["data", "stats", str(store), "--json"]).output)["ratings"]
+    n = 4 * 10 + 10 * 10 + 1
+    assert stats["values"]["7.0"] == pytest.approx((20 + 10) / n) and stats["values"]["5.0"] == pytest.approx(11 / n)
+    assert stats["users_with_two_or_more"] == 20 and stats["low_variance_share"] == 0.5
+    assert stats["user_sd_median"] == pytest.approx((0.5 + 8.25**0.5) / 2)
+    res = runner.invoke(app, ["data", "stats", str(store)])
+    text = " ".join(res.output.split())
+    assert "ratings: 1 to 10, mean" in text and "10: 7.1%" in text and "50% with variance < 1" in text
+
+
 def test_bad_input_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
     src = tmp_path / "ratings.csv"
     src.write_text("user,item,rating\nu1,i1,5\nu1,i2,five\n")

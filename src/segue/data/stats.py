@@ -1,4 +1,5 @@
-"""Store statistics: counts, per-split parts, unknown-item rates, length and popularity distributions."""
+"""Store statistics: counts, per-split parts, unknown-item rates, length, popularity and rating
+distributions."""
 
 from __future__ import annotations
 
@@ -37,6 +38,27 @@ def gini(counts: np.ndarray) -> float:
     return float(((2 * i - n - 1) * c).sum() / (n * c.sum()))
 
 
+def _rating_spread(con: Any) -> dict[str, Any]:
+    """Shares of each rating value (when there are at most 21), and the per-user spread the
+    hybrid normalisation reads (segue.data.ratings): over users with two or more ratings, the
+    median standard deviation and the share with variance below 1 (tau's default), for whom the
+    hybrid score leans on the absolute scale more than on the z-score."""
+    values = con.execute(
+        "SELECT rating, count(*) FROM events WHERE rating IS NOT NULL GROUP BY rating ORDER BY rating"
+    ).fetchall()
+    total = sum(n for _, n in values)
+    var = con.execute(
+        "SELECT var_pop(rating) FROM events WHERE rating IS NOT NULL GROUP BY seq_id HAVING count(rating) >= 2"
+    ).fetchnumpy()
+    v = np.asarray(next(iter(var.values())), dtype=np.float64) if var else np.zeros(0)
+    return {
+        "values": {float(r): n / total for r, n in values} if len(values) <= 21 else None,
+        "users_with_two_or_more": int(len(v)),
+        "user_sd_median": float(np.median(np.sqrt(v))) if len(v) else None,
+        "low_variance_share": float(np.mean(v < 1.0)) if len(v) else None,
+    }
+
+
 def store_stats(store: Store) -> dict[str, Any]:
     con = store.con
     counts = store.counts()
@@ -58,7 +80,7 @@ def store_stats(store: Store) -> dict[str, Any]:
             "singletons": int((item_counts == 1).sum()),
         },
         "time_range": {"min": ts[0], "max": ts[1]},
-        "ratings": None if rating[0] is None else {"min": rating[0], "max": rating[1], "mean": rating[2]},
+        "ratings": None if rating[0] is None else {"min": rating[0], "max": rating[1], "mean": rating[2], **_rating_spread(con)},
         "sources": con.execute("SELECT source, path, bytes, sha256, md5_verified FROM source_files").fetchall(),
         "splits": {},
     }
@@ -94,7 +116,8 @@ def store_stats(store: Store) -> dict[str, Any]:
 
 
 def plot_stats(store: Store, path: str | Path) -> Path:
-    """Write a PNG with the sequence-length histogram and the rank-frequency popularity curve."""
+    """Write a PNG with the sequence-length histogram, the rank-frequency popularity curve and, for
+    a rated store, the ratings' distribution."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +125,9 @@ def plot_stats(store: Store, path: str | Path) -> Path:
 
     lengths = store.con.execute("SELECT length FROM sequences").fetchnumpy()["length"]
     item_counts = store.con.execute("SELECT count(*) AS n FROM events GROUP BY item_id").fetchnumpy()["n"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    ratings = store.con.execute("SELECT rating FROM events WHERE rating IS NOT NULL").fetchnumpy()["rating"]
+    fig, axes = plt.subplots(1, 3 if len(ratings) else 2, figsize=(15 if len(ratings) else 10, 4))
+    a, b = axes[0], axes[1]
     a.hist(lengths, bins=min(60, max(5, len(np.unique(lengths)))), color="#4477aa")
     a.set_xlabel("sequence length")
     a.set_ylabel("sequences")
@@ -112,6 +137,15 @@ def plot_stats(store: Store, path: str | Path) -> Path:
     b.set_xlabel("item rank")
     b.set_ylabel("events")
     b.set_title("Popularity (rank-frequency)")
+    if len(ratings):
+        values, counts = np.unique(np.asarray(ratings, np.float64), return_counts=True)
+        if len(values) <= 21:  # a discrete scale: one bar per value
+            axes[2].bar(values, counts, width=0.8 * float(np.min(np.diff(values))) if len(values) > 1 else 0.8, color="#228833")
+        else:
+            axes[2].hist(ratings, bins=40, color="#228833")
+        axes[2].set_xlabel("rating")
+        axes[2].set_ylabel("events")
+        axes[2].set_title("Ratings")
     fig.suptitle(store.path.name)
     fig.tight_layout()
     path = Path(path)
