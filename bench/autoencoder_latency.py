@@ -3,13 +3,15 @@
     python bench/autoencoder_latency.py RUN_FOLDER --store STORE [--split strong] [--rounds 300]
 
 Times, per held-out profile of the split's TEST part (one at a time, after a warm-up):
-  bare forward   the jitted network on prebuilt dense inputs (presence, ratings) -> log p, ratings
-                 (with a wide part, as score() does it: a (x @ W) from the profile's rows of W, then
-                 the network; and, beside it, the network's dense [1, n] x [n, n] product)
+  bare forward   the forward pass as score() runs it, on prebuilt profile inputs: the encoder's
+                 first layer and the wide logits (if any) from the profile's rows of their weights
+                 (first_layer, sparse_wide_logits), then the jitted rest of the network
+  dense network  beside it, the network's own dense pass on [1, n] inputs (the [1, 2n] x [2n, h]
+                 first layer, and with a wide part the [1, n] x [n, n] product)
   score()        the whole fold-in: building the profile vectors, hybrid normalisation, the forward
-                 pass, the unified score over the catalogue
+                 pass, the rating correction, the unified score over the catalogue
 and, as a reference measured in the same run, numpy's product of the same dense input with the
-encoder's first weight matrix (the largest single operation of the forward pass). p50 / p99 in
+encoder's first weight matrix (the largest single operation of the dense pass). p50 / p99 in
 milliseconds. The machine is shared: the reference shows what it gave in this run.
 """
 
@@ -25,7 +27,13 @@ from flax import nnx
 from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
-from segue.models.autoencoder import Profiles, _forward, _forward_given_wide, sparse_wide_logits
+from segue.models.autoencoder import (
+    Profiles,
+    _forward,
+    _forward_after_first,
+    first_layer,
+    sparse_wide_logits,
+)
 from segue.models.base import load_model
 
 
@@ -51,38 +59,34 @@ def main() -> None:
         pick = rng.choice(rows, args.rounds)
         graphdef, state = nnx.split(net)
         fwd = jax.jit(lambda s, p, r: _forward(graphdef, s, p, r))
-        fwd_given = jax.jit(lambda s, p, r, w: _forward_given_wide(graphdef, s, p, r, w))
+        rest = jax.jit(lambda s, h, w: _forward_after_first(graphdef, s, h, w))
         wide = None if net.wide is None else (np.asarray(net.wide[...]), float(np.exp(np.asarray(net.wide_log_scale[...]))))
         w0 = np.asarray(net.encoder[0].kernel[...])
+        first = (w0, np.asarray(net.encoder[0].bias[...]))
         bare, full, ref, dense = [], [], [], []
         for i, r in enumerate(np.concatenate([pick[:20], pick])):
             prof = Profiles(hist, np.array([r]), net.n_items, model.scale, model.config.model)
-            x = np.concatenate([prof.presence, prof.ratings], axis=1) if net.with_ratings else prof.presence
-            if wide is not None:  # the dense wide product, as the network's __call__ does it
-                t0 = time.perf_counter()
-                jax.block_until_ready(fwd(state, prof.presence, prof.ratings))
-                if i >= 20:
-                    dense.append(1e3 * (time.perf_counter() - t0))
+            x_dense = np.concatenate([prof.presence, prof.ratings], axis=1) if net.with_ratings else prof.presence
+            x, presence = prof.rows_input(0, 1, 1)
             t0 = time.perf_counter()
-            if wide is None:
-                out = fwd(state, prof.presence, prof.ratings)
-            else:
-                out = fwd_given(state, prof.presence, prof.ratings, sparse_wide_logits(prof.presence, *wide))
-            jax.block_until_ready(out)
+            jax.block_until_ready(fwd(state, prof.presence, prof.ratings))
             t1 = time.perf_counter()
-            model.score(hist, np.array([r]))
+            out = rest(state, first_layer(x, *first), None if wide is None else sparse_wide_logits(presence, *wide))
+            jax.block_until_ready(out)
             t2 = time.perf_counter()
-            x @ w0
+            model.score(hist, np.array([r]))
             t3 = time.perf_counter()
+            x_dense @ w0
+            t4 = time.perf_counter()
             if i >= 20:  # warm-up: compiles and caches
-                bare.append(1e3 * (t1 - t0))
-                full.append(1e3 * (t2 - t1))
-                ref.append(1e3 * (t3 - t2))
+                dense.append(1e3 * (t1 - t0))
+                bare.append(1e3 * (t2 - t1))
+                full.append(1e3 * (t3 - t2))
+                ref.append(1e3 * (t4 - t3))
     n_params = sum(int(np.prod(v[...].shape)) for _, v in nnx.to_flat_state(nnx.state(net, nnx.Param)))
     print(f"{args.run}: {net.n_items} items, {n_params / 1e6:.1f} M parameters, {args.rounds} single-profile calls")
-    print(f"bare forward pass   {pct(bare)}" + ("   (wide logits from the profile's rows of W)" if wide else ""))
-    if wide:
-        print(f"  dense wide product {pct(dense)}   (the network's [1, n] x [n, n] product instead)")
+    print(f"bare forward pass   {pct(bare)}   (first layer" + (" and wide logits" if wide else "") + " from the profile's rows)")
+    print(f"  dense network      {pct(dense)}   (the network's own [1, n] inputs" + (", the [n, n] wide product" if wide else "") + ")")
     print(f"score() (fold-in)   {pct(full)}")
     print(f"reference: numpy x @ W_enc1 [{w0.shape[0]} x {w0.shape[1]}]   {pct(ref)}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -304,6 +305,10 @@ def test_rating_input_is_separate_from_the_rating_head(store: Path, head: bool, 
     logp, _, _ = model.forward(hist)
     # the presence logits see the ratings only through the input
     assert np.abs(logp[0] - logp[1]).max() > 1e-6 if reads else np.allclose(logp[0], logp[1], atol=1e-6)
+    # forward's sparse first layer (an [n] or [2n] input) gives the dense network's numbers
+    prof = Profiles(hist, np.arange(2), net.n_items, model.scale, cfg.model)
+    logits, _ = net(jnp.asarray(prof.presence), jnp.asarray(prof.ratings))
+    np.testing.assert_allclose(logp, np.asarray(jax.nn.log_softmax(logits, axis=-1)), rtol=1e-5, atol=1e-5)
 
 
 def test_training_ratings_outside_a_configured_scale_are_named(store: Path) -> None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,9 @@ from segue.models.filters import niche_boost
 from segue.models.neural import NeuralRecommender, flat_weights, read_weights, write_weights
 from segue.models.rating import check_pairs, history_ratings
 from segue.models.ridge import ridge_all_but_one, stacked_ridge
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 from segue.models.train_config import OptimConfig, TrainerConfig
 
 ScoreMode = Literal["unified", "presence", "rating"]
@@ -308,6 +311,7 @@ class Profiles:
     """Dense model inputs of a batch of profiles, and each profile's rating normalisation."""
 
     def __init__(self, histories: SequenceArrays, rows: np.ndarray, n_items: int, scale: RatingScale, config: AutoencoderModelConfig) -> None:
+        self.with_ratings = config.rating_head if config.rating_input is None else config.rating_input
         b, col, rating, item = profile_entries(histories, rows, n_items)
         check_ratings(rating, scale, np.where(item >= 0, item, col + N_SPECIAL), source="profile ratings")
         n = len(rows)
@@ -321,6 +325,28 @@ class Profiles:
         self.rated = np.zeros((n, n_items), bool)  # entries with a rating (h may be 0 where rated)
         self.rated[b[rated], col[rated]] = True
         self.scale = scale
+        # the same inputs as entries (row b, column j, rating input: h, 0 where unrated), sorted by b
+        self.entries = (b, col, np.where(rated, h, 0.0).astype(np.float32))
+
+    def rows_input(self, start: int, stop: int, n_rows: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """Rows start..stop-1 as sparse [n_rows, ...] matrices: the encoder's input x = [presence,
+        ratings] / ||presence|| ([n_rows, 2n], or [n_rows, n] without a rating input), and the
+        presence flags [n_rows, n]; rows past the batch are empty (padding)."""
+        import scipy.sparse as sp
+
+        b, col, y = self.entries
+        lo, hi = np.searchsorted(b, [start, stop])
+        b, col, y = b[lo:hi] - start, col[lo:hi], y[lo:hi]
+        n_items = self.presence.shape[1]
+        presence = sp.csr_matrix((np.ones(len(b), np.float32), (b, col)), shape=(n_rows, n_items))
+        inv = (1.0 / np.sqrt(np.maximum(np.bincount(b, minlength=n_rows), 1))).astype(np.float32)[b]
+        if not self.with_ratings:
+            return sp.csr_matrix((inv, (b, col)), shape=(n_rows, n_items)), presence
+        x = sp.csr_matrix(
+            (np.concatenate([inv, y * inv]), (np.concatenate([b, b]), np.concatenate([col, col + n_items]))),
+            shape=(n_rows, 2 * n_items),
+        )
+        return x, presence
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,13 +366,32 @@ def _forward_given_wide(graphdef: Any, state: Any, presence: jax.Array, ratings:
     return jax.nn.log_softmax(logits + wide, axis=-1), rating
 
 
-def sparse_wide_logits(presence: np.ndarray, weights: np.ndarray, scale: float) -> np.ndarray:
-    """scale * (x @ W) [B, n] of dense presence rows x [B, n]: the sum of W's rows of each
-    profile's items. A profile holds few of the n items (anime: ~80 of 6,936), so this reads those
-    rows only, where the dense product reads all of W (192 MB) per call."""
+def _forward_after_first(graphdef: Any, state: Any, first: jax.Array, wide: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """_forward from the encoder's first-layer output [B, h] (x @ K + b, computed outside as a
+    sparse product: first_layer), plus the wide logits when there are any."""
+    net = nnx.merge(graphdef, state)
+    h = first
+    for layer in list(net.encoder)[1:]:
+        h = layer(nnx.swish(h))
+    logits, rating = net.decode(h)
+    return jax.nn.log_softmax(logits if wide is None else logits + wide, axis=-1), rating
+
+
+def first_layer(x: sp.csr_matrix, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The encoder's first layer x @ K + b [B, h] of sparse inputs x [B, 2n]: the sum of K's rows
+    of each profile's entries. A profile holds few items (anime: ~80 of 6,936), so this reads
+    about 160 of K's 13,872 rows, where the dense product reads all of them: 1.4 against 13 ms
+    for explain's 81 rows, 0.1 against 1.2 ms for one profile."""
+    return np.asarray(x @ kernel, dtype=np.float32) + bias
+
+
+def sparse_wide_logits(presence: np.ndarray | sp.spmatrix, weights: np.ndarray, scale: float) -> np.ndarray:
+    """scale * (x @ W) [B, n] of presence rows x [B, n] (dense or sparse): the sum of W's rows of
+    each profile's items. A profile holds few of the n items (anime: ~80 of 6,936), so this reads
+    those rows only, where the dense product reads all of W (192 MB) per call."""
     import scipy.sparse as sp
 
-    out = sp.csr_matrix(presence) @ weights
+    out = (presence if sp.issparse(presence) else sp.csr_matrix(presence)) @ weights
     out *= np.float32(scale)
     return np.asarray(out, dtype=np.float32)
 
@@ -434,7 +479,7 @@ class AutoencoderRecommender(NeuralRecommender):
     def __init__(self, config: AutoencoderConfig | None = None, vocab: Any = None) -> None:
         super().__init__(config, vocab)
         self.network: ProfileAutoencoder | None = None
-        self._compiled: tuple[ProfileAutoencoder, Any, Any, tuple[np.ndarray, float] | None] | None = None
+        self._compiled: tuple[ProfileAutoencoder, Any, Any, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, float] | None] | None = None
         self._items: tuple[ProfileAutoencoder, np.ndarray] | None = None
 
     def build(self, n_items: int, seed: int = 0, scale: tuple[float, float] = (0.0, 1.0)) -> ProfileAutoencoder:
@@ -467,12 +512,14 @@ class AutoencoderRecommender(NeuralRecommender):
         net = self._net()
         if self._compiled is None or self._compiled[0] is not net:
             graphdef, state = nnx.split(net)
-            if net.wide is None:
-                self._compiled = (net, state, jax.jit(partial(_forward, graphdef)), None)
-            else:  # the wide logits from the profile's rows of W (sparse_wide_logits), then the network
+            # The first layer and the wide logits read only the profile's rows of their weights
+            # (first_layer, sparse_wide_logits); the network runs from the first layer's output.
+            first = (np.asarray(net.encoder[0].kernel[...], np.float32), np.asarray(net.encoder[0].bias[...], np.float32))
+            wide = None
+            if net.wide is not None:
                 wide = (np.asarray(net.wide[...], dtype=np.float32), float(np.exp(np.asarray(net.wide_log_scale[...]))))
-                self._compiled = (net, state, jax.jit(partial(_forward_given_wide, graphdef)), wide)
-        _, state, run, wide = self._compiled
+            self._compiled = (net, state, jax.jit(partial(_forward_after_first, graphdef)), first, wide)
+        _, state, run, first, wide = self._compiled
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         prof = Profiles(histories, rows, net.n_items, self.scale, self.config.model)
         lam = self.config.model.rating_foldin
@@ -480,12 +527,9 @@ class AutoencoderRecommender(NeuralRecommender):
         bs = min(self.score_batch, 1 << max(0, int(len(rows) - 1).bit_length()))
         logp, rating = [], []
         for s in range(0, len(rows), bs):
-            p, r = prof.presence[s : s + bs], prof.ratings[s : s + bs]
-            n = len(p)
-            if n < bs:
-                p = np.concatenate([p, np.zeros((bs - n, p.shape[1]), np.float32)])
-                r = np.concatenate([r, np.zeros((bs - n, r.shape[1]), np.float32)])
-            a, b = run(state, p, r) if wide is None else run(state, p, r, sparse_wide_logits(p, *wide))
+            n = min(bs, len(rows) - s)
+            x, presence = prof.rows_input(s, s + n, bs)  # rows past n are padding
+            a, b = run(state, first_layer(x, *first), None if wide is None else sparse_wide_logits(presence, *wide))
             logp.append(np.asarray(a)[:n])
             rating.append(np.asarray(b)[:n])
             if lam > 0 and net.rating_head is not None:
