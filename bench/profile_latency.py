@@ -1,8 +1,8 @@
 """Fold-in latency of one rated profile through HTTP, beside the bare forward pass.
 
 On MovieLens 100K (../shared/data/ml-100k; or --synthetic: the planted two-taste corpus of
-tests/test_serving_profiles.py scaled up) a biasedmf model and, where this tree has the family
-(branch autoencoder2), a profile autoencoder are fitted and served on a loopback port (a real
+tests/test_serving_profiles.py scaled up) a biasedmf model and a profile autoencoder are fitted
+and served on a loopback port (a real
 uvicorn server in a thread, 1 client, httpx keep-alive). One profile - a held-out user's history
 cut to --profile-len items, with that user's ratings - is sent as POST /v1/recommend (n=10) with
 its ratings, and the model's bare `score()` of the same profile (the arrays the server builds,
@@ -32,7 +32,6 @@ between score() and /v1/recommend on this loaded machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -83,9 +82,6 @@ def fit_models(data: SplitData, args: argparse.Namespace) -> dict[str, BaseRecom
     t = time.perf_counter()
     models["biasedmf"] = BiasedMF(BiasedMFConfig()).fit(data)
     print(f"biasedmf fitted in {time.perf_counter() - t:.1f} s", flush=True)
-    if importlib.util.find_spec("segue.models.autoencoder") is None:
-        print("autoencoder: not in this tree (branch autoencoder2 is not merged): skipped", flush=True)
-        return models
     from segue.models.autoencoder import AutoencoderConfig, AutoencoderRecommender
 
     # The family's default network (hidden [600], bottleneck 200); a short fit: latency depends on
