@@ -21,6 +21,15 @@ def test_anime_ratings_counts(shared_data: Path, tmp_path: Path) -> None:
         c = s.counts()
         assert (c["sequences"], c["items"], c["events"], c["rated_events"]) == (4714, 7157, 419943, 419943)
         assert s.con.execute("SELECT min(rating), max(rating) FROM events").fetchone() == (1.0, 10.0)
+    # with the item table: every rated title gets its name, and its genre and type as metadata
+    src = open_source(
+        "tabular", shared_data / "anime" / "anime_ratings.dat", user="User_ID", item="Anime_ID", rating="Feedback",
+        items=str(shared_data / "anime" / "anime_info.dat"), items_id="anime_ids",
+    )
+    with Store.open(build_store(src, tmp_path / "named.duckdb")) as s:
+        named, typed = s.con.execute("SELECT count(name), count(json_extract_string(meta, '$.type')) FROM items").fetchone()
+        assert named == 7157 and typed > 7100
+        assert s.con.execute("SELECT name FROM items WHERE external_id = '6'").fetchone() == ("Death Note",)
 
 
 CSV = """user,item,when,stars,played,device
@@ -130,3 +139,77 @@ def test_a_tab_delimiter_can_be_typed_as_backslash_t_or_tab(tmp_path: Path, tab:
     p.write_text("u\ti\tr\n1\ta,b\t5\n1\tc\t4\n")
     src = open_source("tabular", p, user="u", item="i", rating="r", delimiter=tab)
     assert [r[2:] for r in table(build_store(src, tmp_path / "s.duckdb"), "e.rating")] == [("a,b", 5.0), ("c", 4.0)]
+
+
+# --- an item table beside the interactions ---------------------------------------------------------
+
+ITEMS_TSV = "anime_ids\tname\tgenre\ttype\tepisodes\n1\tDeath Note\tMystery, Police, Thriller\tTV\t37\n2\tAkira\tAction, Sci-Fi\tMovie\t\n9\tNever Watched\tDrama\tOVA\t2\n"
+
+
+def _items(store: Path) -> dict[str, tuple]:
+    with Store.open(store) as s:
+        return {k: (n, m) for k, n, m in s.con.execute("SELECT external_id, name, meta FROM items").fetchall()}
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "parquet"])
+def test_an_item_table_names_the_items_and_keeps_the_rest_as_meta(tmp_path: Path, fmt: str) -> None:
+    import json
+
+    import numpy as np
+
+    from segue.data.item_features import raw_features, store_item_rows
+
+    ratings = tmp_path / "r.tsv"
+    ratings.write_text("User_ID\tAnime_ID\tFeedback\n1\t1\t9\n1\t2\t7\n2\t1\t8\n2\t3\t5\n")
+    info = tmp_path / "info.tsv"
+    info.write_text(ITEMS_TSV)
+    if fmt == "parquet":
+        import pyarrow.csv as pacsv
+
+        t = pacsv.read_csv(info, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        info = tmp_path / "info.parquet"
+        pq.write_table(t, info)  # ids and episodes as integers: read back as text
+    src = open_source("tabular", ratings, user="User_ID", item="Anime_ID", rating="Feedback", items=str(info), items_id="anime_ids")
+    assert "items: " in "\n".join(src.notes()) and "id <- anime_ids, name <- name, meta <- genre, type, episodes" in "\n".join(src.notes())
+    store = build_store(src, tmp_path / "s.duckdb")
+    items = _items(store)
+    # item 3 has no row in the table; item 9 has no events (the store keeps the items of its events)
+    assert set(items) == {"1", "2", "3"} and items["3"] == (None, None)
+    assert items["1"][0] == "Death Note" and json.loads(items["1"][1]) == {"genre": "Mystery, Police, Thriller", "type": "TV", "episodes": "37"}
+    assert json.loads(items["2"][1]) == {"genre": "Action, Sci-Fi", "type": "Movie"}  # an empty value is left out
+    with Store.open(store) as s:
+        files = [r[0] for r in s.con.execute("SELECT path FROM source_files").fetchall()]
+        assert any(f.endswith(info.name) for f in files)
+        item_id = s.con.execute("SELECT item_id FROM items WHERE external_id = '1'").fetchone()[0]
+        feats = raw_features(["genre", "type"], store_item_rows(s, np.array([item_id])))
+    assert feats == {"genre": [["Mystery", "Police", "Thriller"]], "type": [["TV"]]}  # side features as they are read
+
+
+def test_an_item_tables_id_column_is_found_by_the_events_item_column_name(tmp_path: Path) -> None:
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("user,movieId,rating\nu,10,4\n")
+    info = tmp_path / "movies.csv"
+    info.write_text('movieId,title,genres\n10,"Heat, the film",Crime|Drama\n')
+    store = build_store(open_source("tabular", ratings, item="movieId", items=str(info)), tmp_path / "s.duckdb")
+    assert _items(store)["10"][0] == "Heat, the film"  # a quoted comma in a CSV name
+
+
+def test_bad_item_tables_are_named(tmp_path: Path) -> None:
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("user,item\nu,1\n")
+    info = tmp_path / "info.tsv"
+    info.write_text(ITEMS_TSV)
+    with pytest.raises(InputError, match="no item id column found; the item table has: anime_ids, name") as e:
+        build_store(open_source("tabular", ratings, items=str(info)), tmp_path / "a.duckdb")
+    assert "info.tsv" in str(e.value) and "items_id" in str(e.value)
+    with pytest.raises(InputError, match="no column 'anime_id' \\(mapped to items_id\\)"):
+        build_store(open_source("tabular", ratings, items=str(info), items_id="anime_id"), tmp_path / "b.duckdb")
+    info.write_text("anime_ids\tname\n1\tA\n\tB\n")
+    with pytest.raises(InputError, match="an item without an id") as e:
+        build_store(open_source("tabular", ratings, items=str(info), items_id="anime_ids"), tmp_path / "c.duckdb")
+    assert "info.tsv:3" in str(e.value)
+    with pytest.raises(InputError, match="describe an item table"):
+        open_source("tabular", ratings, items_id="anime_ids")
+    with pytest.raises(InputError, match="an item table not found"):
+        build_store(open_source("tabular", ratings, items=str(tmp_path / "absent.tsv")), tmp_path / "d.duckdb")
+    assert not any(p.name.endswith(".duckdb") for p in tmp_path.iterdir())  # nothing half-built

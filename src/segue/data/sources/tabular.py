@@ -14,6 +14,11 @@ so a listening log keeps its fraction listened. Events of one user are ordered b
 position, then timestamp, then file order. CSV is streamed in blocks by pyarrow, Parquet by row
 group; a bad value is reported with file, line (CSV) or row (Parquet), and column.
 
+An item table (`items`: CSV/TSV or Parquet, one item a row) gives the items their names and
+metadata: its id column (`items_id`, found by name) joins the events' item ids, its name column
+(`items_name`, found by name) names them, and every other column is kept in the item's meta (so
+`genre` and `type` become side features, segue.data.item_features).
+
 Columns named by convention are mapped without options (`CONVENTIONS`, matched case-insensitively;
 an explicit option wins, and an empty one, e.g. timestamp=, maps nothing). `notes()` says what was
 mapped and warns when a time-like column is left unmapped (events would follow file order).
@@ -50,6 +55,11 @@ CONVENTIONS: dict[str, tuple[str, ...]] = {
     "timestamp": ("timestamp", "time", "ts", "datetime"),
     "rating": ("rating", "score"),
 }
+# The item table's columns, found by name in this order (besides the events' own item column name).
+ITEM_CONVENTIONS: dict[str, tuple[str, ...]] = {
+    "items_id": ("item", "item_id", "itemId", "id"),
+    "items_name": ("name", "title"),
+}
 # Columns that look like times: left unmapped, they deserve a warning (order would be file order).
 _TIME_LIKE = re.compile(r"(time|date|when|epoch|^ts$|_ts$|^ts_|_at$)", re.IGNORECASE)
 OPTIONS: dict[str, str] = {
@@ -68,6 +78,12 @@ OPTIONS: dict[str, str] = {
     "encoding": "text encoding of a CSV file (default utf-8)",
     "format": "csv or parquet (default: parquet for .parquet/.pq files, else csv)",
     "timestamp_unit": "unit of numeric timestamps: s (default), ms or us",
+    "items": "an item table (CSV/TSV or Parquet, one item a row): names and metadata of the items; "
+    "its columns other than id and name are kept as item metadata (e.g. genre, type: side features)",
+    "items_id": "the item table's id column, holding the events' item ids (found by name: the events' item "
+    "column, item, item_id, itemId, id)",
+    "items_name": "the item table's name column (found by name: name, title; `items_name=` maps none)",
+    "items_delimiter": "the item table's field separator (default: sniffed from its first line)",
 }
 
 
@@ -91,8 +107,19 @@ class TabularSource:
         encoding: str = "utf-8",
         format: str | None = None,
         timestamp_unit: str = "s",
+        items: str | Path | None = None,
+        items_id: str | None = None,
+        items_name: str | None = None,
+        items_delimiter: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.items = Path(items) if items else None
+        if (items_id is not None or items_name is not None or items_delimiter) and self.items is None:
+            raise InputError("items_id, items_name and items_delimiter describe an item table", field="items", expected="--option items=<path of the item table>")
+        self.items_given = {k: str(v).strip() for k, v in (("items_id", items_id), ("items_name", items_name)) if v is not None}
+        self.items_delimiter = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(items_delimiter, items_delimiter) if items_delimiter else None
+        self.items_mapping: dict[str, str | None] | None = None  # items_id / items_name -> column, once read
+        self._items_table: pa.Table | None = None
         given = {"user": user, "item": item, "timestamp": timestamp, "rating": rating, "position": position}
         # Column names may arrive as numbers from a command line (user=0 for a headerless file);
         # "" says "map nothing" (no detection for that target).
@@ -183,10 +210,20 @@ class TabularSource:
                 )
             else:
                 out.append("note: no timestamp column, so each user's events keep file order")
+        if self.items is not None:
+            table = self._read_items()
+            m = self._resolve_items(table.column_names)
+            rest = [c for c in table.column_names if c not in m.values()]
+            out.append(
+                f"items: {self.items}: id <- {m['items_id']}, name <- {m['items_name'] or '(none)'}"
+                + (f", meta <- {', '.join(rest)}" if rest else "")
+            )
         return out
 
     def chunks(self) -> Iterator[Chunk]:
         self.resolve()
+        if self.items is not None:
+            yield Chunk(items=self._item_table())
         if self.format == "parquet":
             yield from self._parquet()
         else:
@@ -275,8 +312,90 @@ class TabularSource:
             cols[target] = _text(batch.column(column))
         return pa.table(cols)
 
+    # --- the item table --------------------------------------------------------------------------
+
+    def _read_items(self) -> pa.Table:
+        """The item table as text columns (read once)."""
+        if self._items_table is not None:
+            return self._items_table
+        assert self.items is not None
+        path = require_file(self.items, "an item table")
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise InputError(f"not a readable Parquet file ({e})", path=path) from None
+            table = pa.table({n: _text(table.column(n)) for n in table.column_names})
+        else:
+            first = read_header(path, self.encoding)
+            delimiter = self.items_delimiter or sniff_delimiter(first)
+            names = [n.strip().strip('"') for n in (first.split(delimiter) if delimiter != " " else first.split())]
+            if len(set(names)) != len(names):
+                raise InputError(f"repeated column names: {names}", path=path, line=1, expected="distinct names")
+            batches = list(iter_text_batches(path, delimiter=delimiter, names=names, skip_lines=1, encoding=self.encoding))
+            table = pa.Table.from_batches(batches) if batches else pa.table({n: pa.array([], pa.string()) for n in names})
+        self._items_table = table
+        return table
+
+    def _resolve_items(self, columns: list[str]) -> dict[str, str | None]:
+        """items_id / items_name -> the item table's column (given, else found by name)."""
+        if self.items_mapping is not None:
+            return self.items_mapping
+        by_lower: dict[str, str] = {}
+        for c in columns:
+            by_lower.setdefault(c.lower(), c)
+        out: dict[str, str | None] = {}
+        for target, names in ITEM_CONVENTIONS.items():
+            given = self.items_given.get(target)
+            if given is not None:
+                if given and given not in columns:
+                    raise InputError(
+                        f"no column '{given}' (mapped to {target}); the item table has: {', '.join(columns)}",
+                        path=self.items,
+                        field=given,
+                        expected="an existing column name",
+                    )
+                out[target] = given or None
+                continue
+            if target == "items_id":
+                names = (self.mapping["item"] or "", *names)
+            out[target] = next((by_lower[n.lower()] for n in names if n and n.lower() in by_lower), None)
+        if out["items_id"] is None:
+            raise InputError(
+                f"no item id column found; the item table has: {', '.join(columns)}",
+                path=self.items,
+                expected=f"a column named {' / '.join(ITEM_CONVENTIONS['items_id'])}, or --option items_id=<column>",
+            )
+        self.items_mapping = out
+        return out
+
+    def _item_table(self) -> pa.Table:
+        """item_key, name and meta (JSON of the other columns; empty values left out)."""
+        import json
+
+        assert self.items is not None
+        table = self._read_items()
+        m = self._resolve_items(table.column_names)
+        assert m["items_id"] is not None
+        ids = pc.utf8_trim_whitespace(table.column(m["items_id"]).combine_chunks())
+        missing = pc.or_(pc.is_null(ids), pc.equal(ids, "")).to_numpy(zero_copy_only=False)
+        if missing.any():
+            row = int(missing.argmax())  # data row; a CSV's line counts its header too
+            where = {"record": f"row {row + 1}"} if self.items.suffix.lower() in (".parquet", ".pq") else {"line": row + 2}
+            raise InputError("an item without an id", path=self.items, field=m["items_id"], expected="an item id in every row", **where)
+        rest = [c for c in table.column_names if c not in m.values()]
+        cols = {c: table.column(c).to_pylist() for c in rest}
+        meta = [
+            json.dumps({c: v.strip() for c in rest if (v := cols[c][i]) is not None and v.strip()}, ensure_ascii=False)
+            for i in range(table.num_rows)
+        ]
+        name = table.column(m["items_name"]) if m["items_name"] else pa.nulls(table.num_rows, pa.string())
+        return pa.table({"item_key": ids, "name": pc.utf8_trim_whitespace(name), "meta": pa.array(meta, pa.string())})
+
     def files(self) -> list[SourceFile]:
-        return [SourceFile(self.path)]
+        return [SourceFile(self.path)] + ([SourceFile(self.items)] if self.items is not None else [])
 
     def params(self) -> dict[str, object]:
         return {
@@ -284,7 +403,7 @@ class TabularSource:
             "format": self.format,
             "columns": self.wanted(),
             "timestamp_unit": self.timestamp_unit,
-        }
+        } | ({"items": str(self.items), "items_columns": self.items_mapping} if self.items is not None else {})
 
 
 def _flags(col: pa.Array) -> pa.Array:
