@@ -213,3 +213,20 @@ def test_bad_item_tables_are_named(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="an item table not found"):
         build_store(open_source("tabular", ratings, items=str(tmp_path / "absent.tsv")), tmp_path / "d.duckdb")
     assert not any(p.name.endswith(".duckdb") for p in tmp_path.iterdir())  # nothing half-built
+
+
+def test_html_escaped_item_names_are_noted_and_decoded_on_request(tmp_path: Path) -> None:
+    ratings = tmp_path / "r.tsv"
+    ratings.write_text("user\ti\n1\t1\n1\t2\n")
+    info = tmp_path / "info.tsv"
+    info.write_text("i\tname\tgenre\n1\tGintama&#039;\tAction &amp; Comedy\n2\t&quot;Bungaku Shoujo&quot; Movie\tDrama\n")
+    plain = open_source("tabular", ratings, item="i", items=str(info))
+    assert any("2 item names hold HTML entities (e.g. 'Gintama&#039;')" in n for n in plain.notes())
+    assert _items(build_store(plain, tmp_path / "a.duckdb"))["1"][0] == "Gintama&#039;"  # kept as given
+    decoded = open_source("tabular", ratings, item="i", items=str(info), items_unescape=True)
+    assert not any("HTML entities" in n for n in decoded.notes())
+    items = _items(build_store(decoded, tmp_path / "b.duckdb"))
+    assert items["1"][0] == "Gintama'" and items["2"][0] == '"Bungaku Shoujo" Movie'
+    assert '"Action & Comedy"' in items["1"][1]
+    with pytest.raises(ConfigError, match="option 'items_unescape' is 'maybe' \\(expected true or false\\)"):
+        open_source("tabular", ratings, item="i", items=str(info), items_unescape="maybe")

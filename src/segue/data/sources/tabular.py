@@ -26,6 +26,7 @@ mapped and warns when a time-like column is left unmapped (events would follow f
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -84,7 +85,10 @@ OPTIONS: dict[str, str] = {
     "column, item, item_id, itemId, id)",
     "items_name": "the item table's name column (found by name: name, title; `items_name=` maps none)",
     "items_delimiter": "the item table's field separator (default: sniffed from its first line)",
+    "items_unescape": "decode HTML entities in the item table's text (&#039; &amp; &quot;), as scraped tables "
+    "hold them (true/false, default false; a note says when names look escaped)",
 }
+_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|amp|quot|lt|gt|apos);")
 
 
 class TabularSource:
@@ -111,6 +115,7 @@ class TabularSource:
         items_id: str | None = None,
         items_name: str | None = None,
         items_delimiter: str | None = None,
+        items_unescape: bool = False,
     ) -> None:
         self.path = Path(path)
         self.items = Path(items) if items else None
@@ -120,6 +125,7 @@ class TabularSource:
         self.items_delimiter = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(items_delimiter, items_delimiter) if items_delimiter else None
         self.items_mapping: dict[str, str | None] | None = None  # items_id / items_name -> column, once read
         self._items_table: pa.Table | None = None
+        self.items_unescape = items_unescape
         given = {"user": user, "item": item, "timestamp": timestamp, "rating": rating, "position": position}
         # Column names may arrive as numbers from a command line (user=0 for a headerless file);
         # "" says "map nothing" (no detection for that target).
@@ -218,6 +224,13 @@ class TabularSource:
                 f"items: {self.items}: id <- {m['items_id']}, name <- {m['items_name'] or '(none)'}"
                 + (f", meta <- {', '.join(rest)}" if rest else "")
             )
+            if m["items_name"] and not self.items_unescape:
+                names = [n for n in table.column(m["items_name"]).to_pylist() if n and _ENTITY.search(n)]
+                if names:
+                    out.append(
+                        f"note: {len(names)} item names hold HTML entities (e.g. {names[0]!r}); "
+                        "--option items_unescape=true decodes them"
+                    )
         return out
 
     def chunks(self) -> Iterator[Chunk]:
@@ -385,14 +398,16 @@ class TabularSource:
             row = int(missing.argmax())  # data row; a CSV's line counts its header too
             where = {"record": f"row {row + 1}"} if self.items.suffix.lower() in (".parquet", ".pq") else {"line": row + 2}
             raise InputError("an item without an id", path=self.items, field=m["items_id"], expected="an item id in every row", **where)
+        text = html.unescape if self.items_unescape else str
         rest = [c for c in table.column_names if c not in m.values()]
         cols = {c: table.column(c).to_pylist() for c in rest}
         meta = [
-            json.dumps({c: v.strip() for c in rest if (v := cols[c][i]) is not None and v.strip()}, ensure_ascii=False)
+            json.dumps({c: text(v.strip()) for c in rest if (v := cols[c][i]) is not None and v.strip()}, ensure_ascii=False)
             for i in range(table.num_rows)
         ]
-        name = table.column(m["items_name"]) if m["items_name"] else pa.nulls(table.num_rows, pa.string())
-        return pa.table({"item_key": ids, "name": pc.utf8_trim_whitespace(name), "meta": pa.array(meta, pa.string())})
+        names = table.column(m["items_name"]).to_pylist() if m["items_name"] else [None] * table.num_rows
+        name = pa.array([None if n is None else text(n.strip()) for n in names], pa.string())
+        return pa.table({"item_key": ids, "name": name, "meta": pa.array(meta, pa.string())})
 
     def files(self) -> list[SourceFile]:
         return [SourceFile(self.path)] + ([SourceFile(self.items)] if self.items is not None else [])
