@@ -167,15 +167,17 @@ def test_an_item_table_names_the_items_and_keeps_the_rest_as_meta(tmp_path: Path
         import pyarrow.csv as pacsv
 
         t = pacsv.read_csv(info, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        t = t.append_column("tags", pa.array([["classic", " "], [], None]))  # a list column stays a list
         info = tmp_path / "info.parquet"
-        pq.write_table(t, info)  # ids and episodes as integers: read back as text
+        pq.write_table(t, info)  # ids and episodes as integers: ids read as text, episodes kept as numbers
     src = open_source("tabular", ratings, user="User_ID", item="Anime_ID", rating="Feedback", items=str(info), items_id="anime_ids")
-    assert "items: " in "\n".join(src.notes()) and "id <- anime_ids, name <- name, meta <- genre, type, episodes" in "\n".join(src.notes())
+    assert "id <- anime_ids, name <- name, meta <- genre, type, episodes" in "\n".join(src.notes())
     store = build_store(src, tmp_path / "s.duckdb")
     items = _items(store)
     # item 3 has no row in the table; item 9 has no events (the store keeps the items of its events)
     assert set(items) == {"1", "2", "3"} and items["3"] == (None, None)
-    assert items["1"][0] == "Death Note" and json.loads(items["1"][1]) == {"genre": "Mystery, Police, Thriller", "type": "TV", "episodes": "37"}
+    extra = {"episodes": "37"} if fmt == "tsv" else {"episodes": 37, "tags": ["classic"]}
+    assert items["1"][0] == "Death Note" and json.loads(items["1"][1]) == {"genre": "Mystery, Police, Thriller", "type": "TV"} | extra
     assert json.loads(items["2"][1]) == {"genre": "Action, Sci-Fi", "type": "Movie"}  # an empty value is left out
     with Store.open(store) as s:
         files = [r[0] for r in s.con.execute("SELECT path FROM source_files").fetchall()]

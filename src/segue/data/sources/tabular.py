@@ -30,6 +30,7 @@ import html
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -225,7 +226,7 @@ class TabularSource:
                 + (f", meta <- {', '.join(rest)}" if rest else "")
             )
             if m["items_name"] and not self.items_unescape:
-                names = [n for n in table.column(m["items_name"]).to_pylist() if n and _ENTITY.search(n)]
+                names = [n for n in table.column(m["items_name"]).to_pylist() if isinstance(n, str) and _ENTITY.search(n)]
                 if names:
                     out.append(
                         f"note: {len(names)} item names hold HTML entities (e.g. {names[0]!r}); "
@@ -328,7 +329,8 @@ class TabularSource:
     # --- the item table --------------------------------------------------------------------------
 
     def _read_items(self) -> pa.Table:
-        """The item table as text columns (read once)."""
+        """The item table (read once): text columns from CSV/TSV, Parquet's own types (a list of
+        genres stays a list in the meta)."""
         if self._items_table is not None:
             return self._items_table
         assert self.items is not None
@@ -340,7 +342,6 @@ class TabularSource:
                 table = pq.read_table(path)
             except (pa.ArrowInvalid, OSError) as e:
                 raise InputError(f"not a readable Parquet file ({e})", path=path) from None
-            table = pa.table({n: _text(table.column(n)) for n in table.column_names})
         else:
             first = read_header(path, self.encoding)
             delimiter = self.items_delimiter or sniff_delimiter(first)
@@ -392,21 +393,29 @@ class TabularSource:
         table = self._read_items()
         m = self._resolve_items(table.column_names)
         assert m["items_id"] is not None
-        ids = pc.utf8_trim_whitespace(table.column(m["items_id"]).combine_chunks())
+        ids = pc.utf8_trim_whitespace(_text(table.column(m["items_id"]).combine_chunks()))
         missing = pc.or_(pc.is_null(ids), pc.equal(ids, "")).to_numpy(zero_copy_only=False)
         if missing.any():
             row = int(missing.argmax())  # data row; a CSV's line counts its header too
             where = {"record": f"row {row + 1}"} if self.items.suffix.lower() in (".parquet", ".pq") else {"line": row + 2}
             raise InputError("an item without an id", path=self.items, field=m["items_id"], expected="an item id in every row", **where)
-        text = html.unescape if self.items_unescape else str
+        def clean(v: Any) -> Any:
+            """Text trimmed (and unescaped on request), lists element-wise; '' and None are dropped."""
+            if isinstance(v, str):
+                v = v.strip()
+                return (html.unescape(v) if self.items_unescape else v) or None
+            if isinstance(v, list):
+                return [x for x in map(clean, v) if x is not None] or None
+            return v
+
         rest = [c for c in table.column_names if c not in m.values()]
         cols = {c: table.column(c).to_pylist() for c in rest}
         meta = [
-            json.dumps({c: text(v.strip()) for c in rest if (v := cols[c][i]) is not None and v.strip()}, ensure_ascii=False)
+            json.dumps({c: v for c in rest if (v := clean(cols[c][i])) is not None}, ensure_ascii=False, default=str)
             for i in range(table.num_rows)
         ]
         names = table.column(m["items_name"]).to_pylist() if m["items_name"] else [None] * table.num_rows
-        name = pa.array([None if n is None else text(n.strip()) for n in names], pa.string())
+        name = pa.array([None if n is None else clean(str(n)) for n in names], pa.string())
         return pa.table({"item_key": ids, "name": name, "meta": pa.array(meta, pa.string())})
 
     def files(self) -> list[SourceFile]:
