@@ -181,6 +181,12 @@ def test_misaligned_ratings_are_422_naming_ratings(http: httpx.Client) -> None:
         assert "1 values but history has 2 items" in err["msg"]
 
 
+def test_an_item_rated_twice_differently_is_said_and_the_same_rating_twice_is_not(http: httpx.Client) -> None:
+    body = recommend(http, history=["a0", "a5", "a0"], ratings=[4, 2, 1])
+    assert any("('a0': 1, 4); the model reads each" in w for w in body["warnings"]), body["warnings"]
+    assert not any("more than once" in w for w in recommend(http, history=["a0", "a5", "a0"], ratings=[4, 2, 4])["warnings"])
+
+
 def test_non_finite_ratings_are_refused(http: httpx.Client) -> None:
     r = http.post("/v1/recommend", content=b'{"history": ["a0"], "ratings": [NaN]}', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "ratings"]
@@ -335,6 +341,12 @@ def test_autoencoder_reads_served_ratings_and_refuses_out_of_scale(folders: dict
         for item, w in zip(items, want, strict=True):
             assert item["predicted_rating"] == pytest.approx(float(w), rel=1e-5)
             assert 1.0 <= item["predicted_rating"] <= 5.0 and item["score"] < 0
+        # an item rated twice, differently: said, with what this family does (keeps the last)
+        twice = recommend(c, history=[*history, "a0"], ratings=[5, 1, 5, 1, 2], n=8)
+        (w,) = twice["warnings"]
+        assert "1 item(s) rated more than once with different ratings ('a0': 2, 5)" in w and "its last rating" in w
+        last = recommend(c, history=history[1:] + ["a0"], ratings=[1, 5, 1, 2], n=8)
+        assert [i["score"] for i in twice["items"]] == pytest.approx([i["score"] for i in last["items"]], abs=1e-5)
 
 
 def test_a_served_autoencoder_logs_each_line_once(tmp_path: Path, folders: dict[str, Path]) -> None:

@@ -682,6 +682,17 @@ def create_app(
         ]
         if bad:
             raise RequestValidationError(bad[:20])
+        given: dict[str, set[float]] = {}
+        for i, r in zip(ids, ratings, strict=True):
+            if r is not None:
+                given.setdefault(i, set()).add(float(r))
+        clash = [(i, sorted(v)) for i, v in given.items() if len(v) > 1]
+        if clash:  # a profile holds an item once: which rating counts is the family's choice
+            shown = "; ".join(f"'{i}': {', '.join(f'{x:g}' for x in v)}" for i, v in clash[:5])
+            warnings.append(
+                f"ratings: {len(clash)} item(s) rated more than once with different ratings ({shown}); "
+                + ("the model holds each item once, with its last rating" if getattr(engine.model, "profile_set", False) else "the model reads each")
+            )
         return ratings
 
     def known(engine: Engine, ids: list[str], what: str, warnings: list[str]) -> np.ndarray:
