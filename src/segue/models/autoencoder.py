@@ -475,7 +475,7 @@ class AutoencoderRecommender(NeuralRecommender):
     config_class = AutoencoderConfig
     config: AutoencoderConfig
     score_batch = 256
-    profile_set = True  # a profile holds each item once; a repeated item keeps its last rating (profile_entries)
+    profile_set = True  # profile_entries: a repeated item keeps its last rating
 
     def __init__(self, config: AutoencoderConfig | None = None, vocab: Any = None) -> None:
         super().__init__(config, vocab)

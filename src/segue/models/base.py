@@ -72,6 +72,8 @@ class BaseRecommender:
     config_class: ClassVar[type[Config]] = Config
     # score() ignores the history (popularity): a two-stage pipeline sorts its order once
     history_independent: ClassVar[bool] = False
+    # a history is a set (a profile): a repeated item counts once, with its last rating
+    profile_set: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None, vocab: Vocabulary | None = None) -> None:
         self.config = config if config is not None else self.config_class()
