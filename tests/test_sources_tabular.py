@@ -194,6 +194,11 @@ def test_an_item_tables_id_column_is_found_by_the_events_item_column_name(tmp_pa
     info.write_text('movieId,title,genres\n10,"Heat, the film",Crime|Drama\n')
     store = build_store(open_source("tabular", ratings, item="movieId", items=str(info)), tmp_path / "s.duckdb")
     assert _items(store)["10"][0] == "Heat, the film"  # a quoted comma in a CSV name
+    from segue.data.item_features import raw_features
+
+    with Store.open(store) as s:  # MovieLens' pipe-separated genres are a list of genres
+        meta = s.con.execute("SELECT meta FROM items").fetchone()[0]
+    assert raw_features(["genre"], [{"meta": meta}]) == {"genre": [["Crime", "Drama"]]}
 
 
 def test_bad_item_tables_are_named(tmp_path: Path) -> None:

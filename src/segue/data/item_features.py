@@ -4,7 +4,7 @@ index arrays an item encoder reads (segue.models.item_encoder).
 Features (names in ItemEncoderConfig.features), read from the store's items table:
     artist       creator_key (else creator)
     album        album_key (else album)
-    genre        meta "genre" or "genres" (a string, a comma-separated string, or a list)
+    genre        meta "genre" or "genres" (a string, a comma- or pipe-separated string, or a list)
     type         meta "type"
     title_words  lower-cased words of the item's name (a bag of words)
     meta.<key>   any other meta key (string, number or list)
@@ -42,6 +42,7 @@ NONE_ROW, UNK_ROW = 0, 1
 FIXED = ("artist", "album", "genre", "type", "title_words")
 FEATURES_JSON, FEATURES_NPZ = "item_features.json", "item_features.npz"
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_LIST_SEP = re.compile(r"[,|]")
 
 RawFeatures = dict[str, list[list[str]]]  # feature -> per item, its values
 
@@ -52,7 +53,8 @@ def check_feature_name(name: str) -> None:
 
 
 def _values(v: Any, split_commas: bool) -> list[str]:
-    """Text values of a meta entry: None -> [], list -> its items, 'a, b' -> ['a', 'b']."""
+    """Text values of a meta entry: None -> [], list -> its items, 'a, b' and 'a|b' (MovieLens'
+    genres in a CSV) -> ['a', 'b']."""
     if v is None:
         return []
     if isinstance(v, list | tuple):
@@ -60,7 +62,7 @@ def _values(v: Any, split_commas: bool) -> list[str]:
     s = str(v).strip()
     if not s:
         return []
-    return [p.strip() for p in s.split(",") if p.strip()] if split_commas else [s]
+    return [p.strip() for p in _LIST_SEP.split(s) if p.strip()] if split_commas else [s]
 
 
 def title_words(name: str | None) -> list[str]:
