@@ -33,7 +33,9 @@ Measured in configs/*autoencoder*.toml: joint and stacked training moved the ran
 EASE's; "score" ranks above EASE by a small margin (ml-100k test: paired CI excludes 0; anime:
 a tie or a small margin, by the unified exponent). At fold-in the wide logits are the sum of W's
 rows of the profile's items (sparse_wide_logits), not the dense [1, n] x [n, n] product: anime
-score() 12 ms p50 against 45 ms for the product. It is off by default.
+score() 12 ms p50 against 45 ms for the product. It is off by default. The encoder's first layer
+is read the same way at fold-in (first_layer: the profile's rows of its [2n, h] kernel), and the
+jitted network runs from its output.
 """
 
 from __future__ import annotations
@@ -66,10 +68,10 @@ from segue.models.filters import niche_boost
 from segue.models.neural import NeuralRecommender, flat_weights, read_weights, write_weights
 from segue.models.rating import check_pairs, history_ratings
 from segue.models.ridge import ridge_all_but_one, stacked_ridge
+from segue.models.train_config import OptimConfig, TrainerConfig
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
-from segue.models.train_config import OptimConfig, TrainerConfig
 
 ScoreMode = Literal["unified", "presence", "rating"]
 
@@ -356,14 +358,6 @@ def _forward(graphdef: Any, state: Any, presence: jax.Array, ratings: jax.Array)
     net = nnx.merge(graphdef, state)
     logits, rating = net(presence, ratings)
     return jax.nn.log_softmax(logits, axis=-1), rating
-
-
-def _forward_given_wide(graphdef: Any, state: Any, presence: jax.Array, ratings: jax.Array, wide: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """_forward with the wide logits a (x @ W) computed outside (sparse_wide_logits), not as the
-    network's dense [B, n] x [n, n] product."""
-    net = nnx.merge(graphdef, state)
-    logits, rating = net.decode(net.encode(presence, ratings))
-    return jax.nn.log_softmax(logits + wide, axis=-1), rating
 
 
 def _forward_after_first(graphdef: Any, state: Any, first: jax.Array, wide: jax.Array | None) -> tuple[jax.Array, jax.Array]:
