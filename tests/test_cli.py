@@ -117,11 +117,14 @@ def test_demo_pipeline_without_training(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_profile_step(tmp_path: Path) -> None:
-    """The demo's profile step: the autoencoder trained and evaluated on held-out users beside the
-    baselines, and a new rated profile folded in (recommendations of its own taste, none of its
-    own titles, predicted ratings on the scale, an explanation naming a profile title)."""
+def test_demo_profile_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's profile step: the corpus' ratings summarised, the autoencoder trained and
+    evaluated on held-out users beside the baselines, and a new rated profile folded in
+    (recommendations of its own taste, none of its own titles, predicted ratings on the scale, an
+    explanation naming a profile title)."""
     state = run_demo(DemoOptions(workdir=tmp_path, steps=["profile"], serve=False))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ratings: 1 to 10, mean" in out and "with variance < 1" in out
     res = state.results["profile"]
     assert (res["run"] / "model.toml").exists()
     report = json.loads((tmp_path / "reports" / "strong" / "results.json").read_text())

@@ -171,11 +171,16 @@ def step_profile(state: DemoState) -> None:
     """Rated profiles without order (Sprout's setting): the profile autoencoder against EASE,
     popularity and biasedmf on held-out users, then one new rated profile folded in, with its
     recommendations, predicted ratings and explanations."""
+    from segue.data.cli import ratings_line
+    from segue.data.stats import store_stats
+    from segue.data.store import Store
     from segue.evaluation.cli import run_evaluation
     from segue.training.profile_demo import fold_in_profile, train_profiles
 
     o = state.options
     store, run = train_profiles(o.workdir, seed=o.seed, console=console)
+    with Store.open(store) as s:
+        console.print(ratings_line(store_stats(s)["ratings"]), soft_wrap=True, highlight=False)
     models = [f"autoencoder={run}", "ease", "popularity", "biasedmf"]
     run_evaluation(models, store, "strong", "strong", [20, 50, 100], o.workdir / "reports" / "strong", n_boot=300, console=console)
     state.results["profile"] = fold_in_profile(run, console=console)

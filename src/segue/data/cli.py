@@ -185,21 +185,27 @@ def print_stats(store_path: Path, *, plot: Path | None = None, as_json: bool = F
         f"gini {p['gini']:.3f}, {p['singletons']:,} items seen once",
         soft_wrap=True,  # one line in a log, never cut inside a figure
     )
-    if (r := stats["ratings"]) is not None:
-        line = f"ratings: {r['min']:g} to {r['max']:g}, mean {r['mean']:.2f}"
-        if r["values"]:
-            line += "; " + ", ".join(f"{v:g}: {share:.1%}" for v, share in r["values"].items())
-        if r["user_sd_median"] is not None:
-            line += (
-                f"; per user (of {r['users_with_two_or_more']:,} with two or more): median sd "
-                f"{r['user_sd_median']:.2f}, {r['low_variance_share']:.0%} with variance < 1 (the hybrid "
-                "normalisation leans on the absolute scale for them)"
-            )
-        console.print(line, soft_wrap=True)
+    if stats["ratings"] is not None:
+        console.print(ratings_line(stats["ratings"]), soft_wrap=True)
     for name, s in stats["splits"].items():
         _print_split_table(name, s)
     console.print(f"plot: {escape(str(plot))}")
     return stats
+
+
+def ratings_line(r: dict[str, Any]) -> str:
+    """One line on a store's ratings (store_stats' "ratings"): scale, mean, each value's share and
+    the per-user spread the hybrid normalisation reads."""
+    line = f"ratings: {r['min']:g} to {r['max']:g}, mean {r['mean']:.2f}"
+    if r["values"]:
+        line += "; " + ", ".join(f"{v:g}: {share:.1%}" for v, share in r["values"].items())
+    if r["user_sd_median"] is not None:
+        line += (
+            f"; per user (of {r['users_with_two_or_more']:,} with two or more): median sd "
+            f"{r['user_sd_median']:.2f}, {r['low_variance_share']:.0%} with variance < 1 (the hybrid "
+            "normalisation leans on the absolute scale for them)"
+        )
+    return line
 
 
 def build_progress() -> Any:
