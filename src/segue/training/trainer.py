@@ -736,13 +736,15 @@ def plot_curves(train_log: list[dict], history: list[dict], path: Path, metric: 
             ax.plot(s, [h["corrected_ce"] for h in history], "x--", label="valid corrected sampled CE")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a short run may have logged nothing yet
+        ax.legend()
     ax = axes[1]
     if history:
         s = [h["step"] for h in history]
         for key in sorted(k for k in history[0] if "@" in k):
             ax.plot(s, [h[key] for h in history], "o-", label=f"valid {key}")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     ax.set_xlabel("step")
     ax.set_title(f"validation ({metric} selects the best checkpoint)")
     fig.tight_layout()
