@@ -447,3 +447,22 @@ def test_rating_correction_of_leave_one_out_rows_equals_each_rows_solve(m: int, 
     for i in range(len(rated)):
         np.testing.assert_allclose(got[i], _normal_equations(q, pred[i], given[i], rated[i], lam), rtol=1e-8, atol=1e-10)
     assert shared_rows == [m + 2]  # the profile and its m + 1 leave-one-out rows, in one system
+
+
+def test_a_rmse_tiebreak_keeps_the_best_rated_validation_on_the_ranking_plateau(store: Path) -> None:
+    """trainer.tiebreak = "rmse": with a tolerance wide enough for every validation, the kept
+    parameters are those of the lowest validation RMSE (rmse is minimised, not maximised); with
+    none, those of the best NDCG@100."""
+    runs = {}
+    for tol in (0.0, 1.0):
+        cfg = _config(max_steps=60, eval_every=10, patience=None, tiebreak="rmse", tolerance=tol)
+        with Store.open(store) as s:
+            runs[tol] = AutoencoderRecommender(cfg).fit(SplitData.load(s, "strong")).meta["train"]
+    for tol, summary in runs.items():
+        hist = summary["history"]
+        by = (lambda h: -h["rmse"]) if tol else (lambda h: h["ndcg@100"])
+        best = max(hist, key=by)  # the first of equals, as the loop keeps it
+        assert summary["best_step"] == best["step"], (tol, [(h["step"], h["ndcg@100"], h["rmse"]) for h in hist])
+        assert summary["best_metric"] == pytest.approx(best["ndcg@100"])
+    assert {h["step"] for h in runs[0.0]["history"]} == {h["step"] for h in runs[1.0]["history"]}
+    assert runs[0.0]["best_step"] != runs[1.0]["best_step"]  # the two rules pick apart here

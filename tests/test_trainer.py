@@ -206,3 +206,37 @@ def test_refit_on_train_and_valid_trains_on_the_validation_items(store: Path) ->
     finally:
         st.close()
     assert summary["steps"] == 4 and summary["history"] == [] and summary["best_step"] == -1
+
+
+# --- which validation's parameters are kept ------------------------------------------------------
+
+
+def test_select_without_a_tiebreak_keeps_each_new_best() -> None:
+    from segue.training.trainer import select
+
+    assert select(0.5, None, -np.inf, -np.inf, -np.inf, 0.0) == (True, True)
+    assert select(0.49, None, 0.5, 0.5, -np.inf, 0.0) == (False, False)
+    assert select(0.5, None, 0.5, 0.5, -np.inf, 0.0) == (False, False)  # a tie is no improvement
+
+
+def test_select_with_a_tiebreak_prefers_the_better_tie_within_the_tolerance() -> None:
+    """A ranking plateau (metric within 0.001 of its best) with ratings still improving (tie =
+    -rmse): the later, better-rated validation is kept; one below the plateau is not, however
+    good its tie; a new best metric that pushes the kept one off the plateau replaces it."""
+    from segue.training.trainer import select
+
+    tol = 0.001
+    assert select(0.5205, -1.13, 0.5212, 0.5212, -1.15, tol) == (True, True)  # on the plateau, better rmse
+    assert select(0.5205, -1.16, 0.5212, 0.5212, -1.15, tol) == (False, False)  # on it, worse rmse
+    assert select(0.5190, -1.00, 0.5212, 0.5212, -1.15, tol) == (False, False)  # off it
+    assert select(0.5230, -1.20, 0.5212, 0.5212, -1.15, tol) == (True, True)  # the kept one falls off
+    assert select(0.5215, -1.20, 0.5212, 0.5210, -1.15, tol) == (False, True)  # a new best, the kept one stays
+
+
+def test_a_tiebreak_of_the_same_metric_or_a_tolerance_without_one_is_refused() -> None:
+    from segue.models.train_config import TrainerConfig
+
+    with pytest.raises(ValueError, match="tiebreak 'ndcg@10' is the metric itself"):
+        TrainerConfig(metric="ndcg@10", tiebreak="ndcg@10")
+    with pytest.raises(ValueError, match="tolerance needs a tiebreak"):
+        TrainerConfig(tolerance=0.01)

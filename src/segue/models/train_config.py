@@ -94,6 +94,12 @@ class TrainerConfig(Config):
     # early stopping and best checkpoint: ndcg@10 or hr@10 (higher is better), or an error or
     # cross-entropy the family validates (rating_rmse, exact_ce: lower is better)
     metric: str = "ndcg@10"
+    # A second validation metric that breaks ties of the first: of the validations whose `metric`
+    # lies within `tolerance` of the best so far, the best by `tiebreak` is kept (e.g. the
+    # autoencoder's rmse: its ratings keep improving on a flat ranking plateau), and a validation
+    # that changes the kept one counts as an improvement for `patience`.
+    tiebreak: str | None = None
+    tolerance: float = Field(0.0, ge=0)  # in `metric`'s units
     patience: int | None = Field(10, ge=1)  # evaluations without improvement before stopping
     checkpoint_every: int = Field(1_000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
@@ -109,4 +115,8 @@ class TrainerConfig(Config):
     def _epoch_bounds(self) -> TrainerConfig:
         if self.min_epochs is not None and self.max_epochs is not None and self.min_epochs > self.max_epochs:
             raise ValueError(f"min_epochs ({self.min_epochs}) is above max_epochs ({self.max_epochs})")
+        if self.tiebreak is not None and self.tiebreak == self.metric:
+            raise ValueError(f"tiebreak '{self.tiebreak}' is the metric itself (expected another validation metric)")
+        if self.tolerance > 0 and self.tiebreak is None:
+            raise ValueError("tolerance needs a tiebreak metric (trainer.tiebreak, e.g. rmse)")
         return self

@@ -136,8 +136,11 @@ class Trainer:
         self.train_log: list[dict[str, float]] = []  # training scalars every log_every steps
         # the loop keeps sign * metric, so higher is better for minimised metrics too (rmse, ce)
         self.sign = -1.0 if lower_is_better(self.config.metric) else 1.0
-        self.best: float = -math.inf
-        self.best_step: int = -1
+        self.tie_sign = -1.0 if self.config.tiebreak and lower_is_better(self.config.tiebreak) else 1.0
+        self.best: float = -math.inf  # the best sign * metric so far
+        self.best_step: int = -1  # the kept parameters' step (weights.npz)
+        self.kept: float = -math.inf  # their sign * metric (= best without a tiebreak)
+        self.kept_tie: float = -math.inf  # their tie_sign * tiebreak
         self.bad_evals = 0
         self.plateau = PlateauState(-math.inf, 0, 1.0)
         self.skipped = 0
@@ -169,6 +172,7 @@ class Trainer:
             "train_log": self.train_log,
             "best": self.best if math.isfinite(self.best) else None,
             "best_step": self.best_step,
+            "kept": [x if math.isfinite(x) else None for x in (self.kept, self.kept_tie)],
             "bad_evals": self.bad_evals,
             "plateau": list(self.plateau) if math.isfinite(self.plateau.best) else [None, *self.plateau[1:]],
             "skipped": self.skipped,
@@ -211,6 +215,9 @@ class Trainer:
         self.train_log = loop["train_log"]
         self.best = -math.inf if loop["best"] is None else loop["best"]
         self.best_step = loop["best_step"]
+        kept, kept_tie = loop.get("kept", [loop["best"], None])  # checkpoints before tiebreaks
+        self.kept = -math.inf if kept is None else kept
+        self.kept_tie = -math.inf if kept_tie is None else kept_tie
         self.bad_evals = loop["bad_evals"]
         pb, pbad, pscale = loop["plateau"]
         self.plateau = PlateauState(-math.inf if pb is None else pb, pbad, pscale)
@@ -324,13 +331,20 @@ class Trainer:
                                 if k != "step":
                                     writer.add_scalar(f"valid/{k.replace('@', '_at_')}", v, step)
                         metric = res.get(tc.metric)
-                        if metric is None:
-                            known = ", ".join(k for k in res if "@" in k or lower_is_better(k))
-                            raise ConfigError(f"trainer: field 'metric' is '{tc.metric}' (this family validates: {known})")
-                        improved = self.sign * metric > self.best
-                        if improved:
-                            self.best, self.best_step, self.bad_evals = self.sign * metric, step, 0
+                        for field, name in (("metric", tc.metric), ("tiebreak", tc.tiebreak)):
+                            if name is not None and res.get(name) is None:
+                                known = ", ".join(k for k in res if "@" in k or lower_is_better(k))
+                                raise ConfigError(f"trainer: field '{field}' is '{name}' (this family validates: {known})")
+                        assert metric is not None
+                        tie = None if tc.tiebreak is None else self.tie_sign * res[tc.tiebreak]
+                        keep, improved = select(self.sign * metric, tie, self.best, self.kept, self.kept_tie, tc.tolerance)
+                        self.best = max(self.best, self.sign * metric)
+                        if keep:
+                            self.best_step, self.kept = step, self.sign * metric
+                            self.kept_tie = -math.inf if tie is None else tie
                             self._keep_best()
+                        if improved:
+                            self.bad_evals = 0
                         else:
                             self.bad_evals += 1
                         progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.sign * self.best, res, self.elapsed)
@@ -372,7 +386,7 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "resumed_from": self.resumed_from,
             "best_step": self.best_step,
-            "best_metric": self.sign * self.best if math.isfinite(self.best) else None,
+            "best_metric": self.sign * self.kept if math.isfinite(self.kept) else None,
             "metric": self.config.metric,
             "best_valid": next((h for h in self.history if h["step"] == self.best_step), None),
             "skipped_steps": self.skipped,
@@ -670,9 +684,25 @@ def train(
 
 
 def lower_is_better(metric: str) -> bool:
-    """Errors and cross-entropies (rating_rmse, exact_ce, ...) are minimised; ranking metrics
+    """Errors and cross-entropies (rmse, rating_rmse, exact_ce, ...) are minimised; ranking metrics
     (ndcg@10, hr@10, ...) maximised."""
-    return metric.endswith(("_rmse", "_mae", "_ce"))
+    return metric in ("rmse", "mae") or metric.endswith(("_rmse", "_mae", "_ce"))
+
+
+def select(m: float, tie: float | None, best: float, kept: float, kept_tie: float, tolerance: float) -> tuple[bool, bool]:
+    """(keep this validation's parameters, count it as an improvement) for a validation of sign *
+    metric m (higher is better) and, with a tiebreak, tie_sign * tiebreak `tie`, given the best m so
+    far, the kept parameters' m and tie, and the tolerance.
+
+    Without a tiebreak: keep iff m > best. With one, let top = max(best, m); a validation is
+    eligible while its m >= top - tolerance. Keep iff this one is eligible and the kept one no
+    longer is, or its tie is better than the kept one's. Either a new best m or a new kept
+    validation is an improvement (so patience waits while the tiebreak still improves)."""
+    if tie is None:
+        return m > best, m > best
+    top = max(best, m)
+    take = m >= top - tolerance and (kept < top - tolerance or tie > kept_tie)
+    return take, take or m > best
 
 
 def _stop_text(summary: dict[str, Any], cfg: RunConfig) -> str:
