@@ -399,6 +399,7 @@ class TabularSource:
             row = int(missing.argmax())  # data row; a CSV's line counts its header too
             where = {"record": f"row {row + 1}"} if self.items.suffix.lower() in (".parquet", ".pq") else {"line": row + 2}
             raise InputError("an item without an id", path=self.items, field=m["items_id"], expected="an item id in every row", **where)
+
         def clean(v: Any) -> Any:
             """Text trimmed (and unescaped on request), lists element-wise; '' and None are dropped."""
             if isinstance(v, str):
