@@ -40,6 +40,7 @@ jitted network runs from its output.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -94,6 +95,11 @@ class AutoencoderModelConfig(Config):
     score: ScoreMode = "unified"  # unset: "unified" with the rating head, "presence" without
     alpha: float = Field(0.5, ge=0, le=1)  # unified: exponent of the presence probability
     niche_boost: float = Field(0.0, ge=0)  # b of segue.models.filters.niche_boost (0 = off)
+
+    @property
+    def reads_ratings(self) -> bool:
+        """Whether the encoder's input holds the ratings beside the presence flags."""
+        return self.rating_head if self.rating_input is None else self.rating_input
     # lam of the rating head's fold-in correction at scoring (rating_correction; 0 = off): biased
     # MF's user step on the head's own errors over the profile's rated items, in the head's item
     # space. 0.1 was best or near it on VALID on the anime ratings, the anime lists and ml-100k
@@ -200,7 +206,7 @@ def _run(layers: nnx.List, x: jax.Array) -> jax.Array:
 class ProfileAutoencoder(nnx.Module):
     def __init__(self, config: AutoencoderModelConfig, n_items: int, rngs: nnx.Rngs, scale: tuple[float, float] = (0.0, 1.0)) -> None:
         self.n_items = n_items
-        self.with_ratings = config.rating_head if config.rating_input is None else config.rating_input
+        self.with_ratings = config.reads_ratings
         n_in = n_items * (2 if self.with_ratings else 1)
         self.encoder = _mlp([n_in, *config.hidden, config.bottleneck], rngs)
         self.presence_head = _mlp([config.bottleneck, *config.decoder_hidden, n_items], rngs)
@@ -310,18 +316,18 @@ def profile_entries(histories: SequenceArrays, rows: np.ndarray, n_items: int) -
 
 
 class Profiles:
-    """Dense model inputs of a batch of profiles, and each profile's rating normalisation."""
+    """Model inputs of a batch of profiles, as entries (the forward pass's sparse form) and as
+    dense [B, n] arrays, and each profile's rating normalisation."""
 
     def __init__(self, histories: SequenceArrays, rows: np.ndarray, n_items: int, scale: RatingScale, config: AutoencoderModelConfig) -> None:
-        self.with_ratings = config.rating_head if config.rating_input is None else config.rating_input
+        self.with_ratings = config.reads_ratings
+        self.n_items = n_items
         b, col, rating, item = profile_entries(histories, rows, n_items)
         check_ratings(rating, scale, np.where(item >= 0, item, col + N_SPECIAL), source="profile ratings")
         n = len(rows)
         offsets = np.searchsorted(b, np.arange(n + 1))
         h, self.norm = normalise(offsets, rating, scale, mode=config.normalisation, tau=config.tau)
-        self.presence = np.zeros((n, n_items), np.float32)
         self.ratings = np.zeros((n, n_items), np.float32)
-        self.presence[b, col] = 1.0
         rated = ~np.isnan(rating)
         self.ratings[b[rated], col[rated]] = h[rated]
         self.rated = np.zeros((n, n_items), bool)  # entries with a rating (h may be 0 where rated)
@@ -329,6 +335,14 @@ class Profiles:
         self.scale = scale
         # the same inputs as entries (row b, column j, rating input: h, 0 where unrated), sorted by b
         self.entries = (b, col, np.where(rated, h, 0.0).astype(np.float32))
+
+    @functools.cached_property
+    def presence(self) -> np.ndarray:
+        """Presence flags [B, n] (the dense network's input; the forward pass reads `entries`)."""
+        b, col, _ = self.entries
+        out = np.zeros(self.ratings.shape, np.float32)
+        out[b, col] = 1.0
+        return out
 
     def rows_input(self, start: int, stop: int, n_rows: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Rows start..stop-1 as sparse [n_rows, ...] matrices: the encoder's input x = [presence,
@@ -339,7 +353,7 @@ class Profiles:
         b, col, y = self.entries
         lo, hi = np.searchsorted(b, [start, stop])
         b, col, y = b[lo:hi] - start, col[lo:hi], y[lo:hi]
-        n_items = self.presence.shape[1]
+        n_items = self.n_items
         presence = sp.csr_matrix((np.ones(len(b), np.float32), (b, col)), shape=(n_rows, n_items))
         inv = (1.0 / np.sqrt(np.maximum(np.bincount(b, minlength=n_rows), 1))).astype(np.float32)[b]
         if not self.with_ratings:
