@@ -11,9 +11,9 @@ baseline name, e.g. ease popularity, fitted on TRAIN as segue evaluate does) sco
 through `score()`. Ranking over the whole catalogue with the fold-in items excluded; NDCG@100,
 Recall@20, Recall@50 (recall normalised by min(k, |held-out|)) per user, with 95% bootstrap CIs,
 and the paired NDCG@100 difference of every model against the reference (default: the first
-model given) and against VAECF. --cache keeps VAECF's per-user metrics of both the VALID and the
+model given) and against VAECF. --cache keeps VAECF's top-100 lists of both the VALID and the
 TEST part, so a later run with other models reuses its fit; with no model given, the bench only
-fits VAECF (and fills the cache).
+fits VAECF (and fills the cache). Relevant sets are counted as `segue evaluate` counts them.
 """
 
 from __future__ import annotations
@@ -27,40 +27,42 @@ import numpy as np
 from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
-from segue.data.vocab import N_SPECIAL, UNK
+from segue.data.vocab import N_SPECIAL
 from segue.evaluation.cli import resolve_models
 from segue.evaluation.metrics import per_user_metrics
+from segue.evaluation.protocols import relevant_sets
+from segue.evaluation.significance import mean_ci
 from segue.models.base import top_k
 
 KS = (20, 50, 100)
 METRICS = ("ndcg@100", "recall@20", "recall@50")
 
 
-def relevance(tgt, rows):  # noqa: ANN001, ANN201
-    lists = []
-    for r in rows:
-        t = np.unique(np.asarray(tgt.row(r), dtype=np.int64))
-        lists.append(np.where(t == UNK, -1 - np.arange(len(t)), t))  # <unk> counts but never hits
-    offsets = np.zeros(len(lists) + 1, np.int64)
-    np.cumsum([len(x) for x in lists], out=offsets[1:])
-    return offsets, np.concatenate(lists)
+def rank(score_fn, hist, rows) -> np.ndarray:  # noqa: ANN001
+    """Top-max(KS) tokens [len(rows), 100] of token scores score_fn(rows) [B, V], fold-in items excluded."""
+    ranked = []
+    for s in range(0, len(rows), 256):
+        sel = rows[s : s + 256]
+        ranked.append(top_k(score_fn(sel), max(KS), hist, sel)[0])
+    return np.concatenate(ranked)
+
+
+def metrics(ranked: np.ndarray, tgt, rows) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Per-user metrics of ranked lists against the held-out items, counted as `segue evaluate`
+    counts them (each distinct unseen item is relevant and never hit)."""
+    offsets, keys, _ = relevant_sets(tgt, rows)
+    return per_user_metrics(ranked, offsets, keys, KS)
 
 
 def evaluate(score_fn, hist, tgt, rows) -> dict[str, np.ndarray]:  # noqa: ANN001
     """Per-user metrics of token scores score_fn(rows) [B, V]."""
-    ranked = []
-    for s in range(0, len(rows), 256):
-        sel = rows[s : s + 256]
-        scores = score_fn(sel)
-        ranked.append(top_k(scores, max(KS), hist, sel)[0])
-    offsets, keys = relevance(tgt, rows)
-    return per_user_metrics(np.concatenate(ranked), offsets, keys, KS)
+    return metrics(rank(score_fn, hist, rows), tgt, rows)
 
 
-def ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def ci(x: np.ndarray) -> tuple[float, float]:
+    """95% percentile bootstrap CI of the mean (the harness's resampler, 1,000 resamples)."""
+    got = mean_ci(x)
+    return got.low, got.high
 
 
 def vaecf_scores(data: SplitData, epochs: int, seed: int):  # noqa: ANN201
@@ -123,9 +125,11 @@ def main() -> None:
         results: dict[str, dict[str, np.ndarray]] = {}
         name = f"cornac VAECF (Mult-VAE, {args.epochs} epochs)"
         cache = Path(args.cache) if args.cache else None
-        if cache is not None and cache.exists():  # VAECF's per-user metrics of an earlier run of this bench
+        if cache is not None and cache.exists():  # VAECF's ranked lists from an earlier run of this bench
             got = np.load(cache)
-            results[name] = {k.partition(":")[2]: got[k] for k in got.files if k.startswith(f"{args.part}:")}
+            if f"{args.part}:ranked" not in got.files:
+                raise SystemExit(f"{cache}: a cache of an older version of this bench (no ranked lists); delete it to refit VAECF")
+            results[name] = metrics(got[f"{args.part}:ranked"], tgt, rows)
             fit_s = float(got["fit_s"])
         else:
             vae_score, fit_s = vaecf_scores(data, args.epochs, args.seed)
@@ -133,10 +137,8 @@ def main() -> None:
             for p in (Part.VALID, Part.TEST):  # both parts: one fit serves VALID and TEST comparisons
                 h, t = data.history(p), data.targets(p)
                 r = np.intersect1d(t.nonempty(), h.nonempty())
-                got = evaluate(lambda sel, h=h: vae_score(h, sel), h, t, r)
-                saved.update({f"{p.name.lower()}:{k}": v for k, v in got.items()})
-                if p == part:
-                    results[name] = got
+                saved[f"{p.name.lower()}:ranked"] = rank(lambda sel, h=h: vae_score(h, sel), h, r)
+            results[name] = metrics(saved[f"{args.part}:ranked"], tgt, rows)
             if cache is not None:
                 np.savez(cache, fit_s=fit_s, **saved)
         print(f"VAECF fitted in {fit_s:.0f} s (this shared machine)")
