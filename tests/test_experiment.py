@@ -82,3 +82,11 @@ def test_experiment_command_and_bad_files(setup: Path, tmp_path: Path) -> None:
     bad.write_text('store = "s.duckdb"\nsplit = "loo"\n[[models]]\nname = "x"\nfamily = "ease"\nconfig = { lambda = 3 }\n')
     res = CliRunner().invoke(app, ["experiment", str(bad)])
     assert res.exit_code != 0 and "models 'x'.config" in res.output and "lambda" in res.output
+
+
+@pytest.mark.parametrize(("command", "words"), [("tune", "[params.*]"), ("experiment", "[[models]]")])
+def test_help_shows_toml_table_names_verbatim(command: str, words: str) -> None:
+    # rich had read "[params.*]" and "[[models]]" as markup tags and dropped them
+    res = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert words in res.output

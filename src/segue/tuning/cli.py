@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 
+# Help texts are rich markup: a TOML table name such as [params.*] is escaped, or rich drops it as a tag.
 def tune(
-    space: Annotated[Path, typer.Argument(help="The search-space TOML (family, store, split, metric, budget, [params.*]).")],
+    space: Annotated[Path, typer.Argument(help="The search-space TOML (family, store, split, metric, budget, \\[params.*]).")],
     root: Annotated[Path, typer.Option("--root", help="Folder of Metaflow's local datastore and of the session's results.")] = Path("tune-runs"),
     max_workers: Annotated[int, typer.Option("--max-workers", help="Trials run at once (Metaflow's --max-workers).")] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed or failed session (finished trials are not rerun).")] = False,
@@ -70,7 +71,7 @@ def print_summary(session: Path, console: object) -> None:
 
 
 def experiment(
-    config: Annotated[Path, typer.Argument(help="The experiment TOML (store, split, protocol, [[models]] with family+config or folder).")],
+    config: Annotated[Path, typer.Argument(help="The experiment TOML (store, split, protocol, \\[\\[models]] with family+config or folder).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: the file's `out`, else reports/experiment-<name>).")] = None,
 ) -> None:
     """Compare several models (fitted with their configs, or model folders) on one split: one report.
