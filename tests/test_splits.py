@@ -320,3 +320,37 @@ def test_real_ml100k_splits_pass_their_checks(shared_data: Path, tmp_path: Path)
         last_ts = {int(q): t for q, t, p in zip(loo["seq_id"], loo["ts"], loo["part"], strict=True) if p == Part.TEST}
         latest = s.con.execute("SELECT seq_id, max(ts) FROM events GROUP BY seq_id").fetchall()
         assert all(last_ts[q] == t for q, t in latest)
+
+
+@pytest.mark.parametrize("value", ["2.5", "1.5", "0", "-3", "0.0"])
+@pytest.mark.parametrize("option", ["test_users", "valid_users"])
+def test_held_out_users_must_be_a_fraction_or_a_whole_count(store_path: Path, tmp_path: Path, option: str, value: str) -> None:
+    """`strong:test_users=2.5` had made 2 test users without a word: a count is whole, a share below 1."""
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    path = tmp_path / "copy.duckdb"
+    shutil.copyfile(store_path, path)
+    with Store.open(path) as s:
+        before = s.checksum
+    res = CliRunner().invoke(app, ["data", "add-split", str(path), f"strong:name=s2,{option}={value}"], terminal_width=200)
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert f"split 's2' (strong): parameter '{option}' is {float(value) if '.' in value else int(value)}" in out, out
+    assert "expected a fraction between 0 and 1 (e.g. 0.1) or a whole count of at least 1" in out, out
+    with Store.open(path) as s:
+        assert s.checksum == before and "s2" not in s.split_names()
+
+
+def test_held_out_users_as_a_whole_count_or_a_share(store_path: Path, tmp_path: Path) -> None:
+    path = tmp_path / "copy.duckdb"
+    shutil.copyfile(store_path, path)
+    add_split(str(path), {"kind": "strong", "name": "count", "valid_users": 3, "test_users": 2.0})
+    add_split(str(path), {"kind": "strong", "name": "share", "valid_users": 0.1, "test_users": 0.1})
+    with Store.open(path) as s:
+        held = s.con.execute(
+            "SELECT split, part, count(DISTINCT seq_id) FROM split_events WHERE part IN (1, 2) GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    assert [r for r in held if r[0] == "count"] == [("count", 1, 3), ("count", 2, 2)]
+    assert [r for r in held if r[0] == "share"] == [("share", 1, 30), ("share", 2, 30)]

@@ -101,14 +101,28 @@ class LeaveLastOutSplit(Config):
     min_length: int = Field(3, ge=1)  # shorter sequences are kept wholly for training
 
 
+def count_or_fraction(v: float) -> float:
+    """A share (0 < v < 1) or a whole count (1, 2, ...); anything else is an error, not rounded.
+
+    `test_users=2.5` had made 2 test users without a word; 0 and negatives hold nobody out."""
+    if 0 < v < 1 or (v >= 1 and float(v).is_integer()):
+        return v
+    raise ValueError("expected a fraction between 0 and 1 (e.g. 0.1) or a whole count of at least 1 (e.g. 100)")
+
+
 class StrongSplit(Config):
     kind: Literal["strong"] = "strong"
     name: str = "strong"
-    valid_users: float = Field(0.1, gt=0)  # a fraction (<1) or a count (>=1) of held-out users
-    test_users: float = Field(0.1, gt=0)
+    valid_users: float = 0.1  # a fraction (<1) or a count (>=1) of held-out users
+    test_users: float = 0.1
     foldin_fraction: float = Field(0.8, gt=0, lt=1)
     foldin: Literal["random", "time"] = "random"
     min_length: int = Field(5, ge=2)  # shorter users are never held out
+
+    @field_validator("valid_users", "test_users")
+    @classmethod
+    def _users(cls, v: float) -> float:
+        return count_or_fraction(v)
 
 
 class RandomHoldoutSplit(Config):
@@ -222,7 +236,8 @@ def parse_spec(spec: dict[str, Any] | Config) -> Any:
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown parameter '{key}'")
             else:
-                problems.append(f"parameter '{key}' is {spec.get(key)!r}: {err['msg']}")
+                msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own text
+                problems.append(f"parameter '{key}' is {spec.get(key)!r}: {msg}")
         text = "; ".join(problems) or str(e)
         label = f"split '{spec['name']}' ({kind})" if "name" in spec else f"split {kind}"
         raise ConfigError(
