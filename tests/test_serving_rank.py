@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from rankhelp import feedback_store, untrained
+from rankhelp import EVENTS, feedback_store, untrained
 from segue.data.vocab import N_SPECIAL
 from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
@@ -154,3 +154,19 @@ def test_a_model_without_events_ranks_and_ignores_them(tmp_path: Path) -> None:
         r = post(c, "/v1/recommend", history=["track:1", "track:2"], allow=cands, n=3)
         assert [i["id"] for i in r["items"]] == [i["id"] for i in d["items"]]
         assert c.get("/healthz").json()["events"] is None
+
+
+def test_times_sent_to_a_model_without_time_are_a_warning(tmp_path: Path) -> None:
+    """A model that reads feedback but no times (events.time = false): timestamps and ts sent with
+    a request are ignored, with a warning naming them, as unread feedback columns are."""
+    store = feedback_store(tmp_path / "s.duckdb")
+    rec = untrained(store, EVENTS.model_copy(update={"time": False}))
+    folder = rec.save(tmp_path / "model")
+    with serve_in_thread(create_app(folder, store=store, use_env_admin_key=False)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        assert c.get("/healthz").json()["events"]["time"] is False
+        body = {"history": items_of(rec, 2), "items": items_of(rec, 3, 5)}
+        d = post(c, "/v1/rank", **body, timestamps=[1_700_000_000, 1_700_000_300], ts=1_700_000_600)
+        assert any(w.startswith("timestamps and ts:") and "no event times" in w for w in d["warnings"]), d["warnings"]
+        d = post(c, "/v1/recommend", history=body["history"], ts=1_700_000_600)
+        assert any(w.startswith("ts:") and "no event times" in w for w in d["warnings"]), d["warnings"]
+        assert post(c, "/v1/rank", **body)["warnings"] == []

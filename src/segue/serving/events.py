@@ -183,6 +183,9 @@ def request_events(engine: Engine, req: HistoryEvents, ids: list[str], context: 
             warnings.append(f"context '{name}': the model reads no such context (it reads: {', '.join(cfg.context) or 'none'}); ignored")
     if errors:
         raise RequestValidationError(errors[:20])
+    if not cfg.time and (req.timestamps is not None or req.ts is not None):
+        sent = " and ".join(n for n, v in (("timestamps", req.timestamps), ("ts", req.ts)) if v is not None)
+        warnings.append(f"{sent}: the model reads no event times (trained without time features); ignored")
     ts = None
     if req.timestamps is not None and cfg.time:
         ts = np.array([0 if t is None else t for t in req.timestamps], dtype=np.int64)
