@@ -183,6 +183,28 @@ def test_items_add_on_a_served_model_without_restart(mixed: Path, tmp_path: Path
     assert res.exit_code == 2 and "row 1" in res.output and "already in the run" in res.output
 
 
+def test_added_items_are_served_after_a_restart(mixed: Path, tmp_path: Path) -> None:
+    """`segue serve` on a run with added items (the path workers load by, memory-mapped arrays and
+    all) serves them from the start, /v1/rank marking them features_only as /v1/recommend does."""
+    import shutil
+
+    from segue.serving.workers import ServeSettings, build_app
+
+    run = tmp_path / "restarted"
+    shutil.copytree(mixed, run)
+    p = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item": ["fresh-B"], "name": ["Fresh B"], "artist": ["A"], "album": ["A album 0"]}), p)
+    assert add_items(run, p)["added"] == 1
+    with serve_in_thread(build_app(ServeSettings(model=run, admin=False))) as server:
+        c = httpx.Client(base_url=server.url, timeout=300)
+        assert c.get("/healthz").json()["n_items"] == len(load_model(mixed).vocab) - N_SPECIAL + 1
+        ranked = c.post("/v1/rank", json={"history": ["i0", "i3"], "items": ["fresh-B", "i5"]}).json()
+        assert ranked["warnings"] == [] and {x["id"] for x in ranked["items"]} == {"fresh-B", "i5"}
+        by_id = {x["id"]: x for x in ranked["items"]}
+        assert by_id["fresh-B"]["features_only"] is True and "features_only" not in by_id["i5"]
+        assert by_id["fresh-B"]["name"] == "Fresh B"
+
+
 def test_items_add_through_the_registry_reloads_the_served_version(mixed: Path, tmp_path: Path) -> None:
     """`segue items add models:/m@production` on a model served from the registry: a new version
     (parent: the served one) holds the item, production moves to it, and the running server reloads

@@ -288,6 +288,43 @@ def test_served_features_equal_offline_features(fitted) -> None:
     assert [i["generators"] for i in items] == [sources[w] for w in where]
 
 
+def test_items_outside_the_pool_get_no_score_and_leaving_it_is_said(fitted) -> None:
+    """/v1/rank lists candidates no generator proposed last, without a score (score() gives them a
+    -1e6 offset that only orders them); /v1/explain says which history item keeps a recommended
+    item in the pool (`"pool": "leaves"`), where the score difference would be that offset."""
+    from segue.data.arrays import SequenceArrays
+
+    folder, model = fitted["folder"], load_model(fitted["folder"])
+    vocab = model.vocab
+    h = np.array([6, 9, 14, 21], np.int32)
+
+    def pool_of(tokens: np.ndarray) -> set[int]:
+        arrays = SequenceArrays.from_lists([tokens])
+        arrays.meta["seq_names"] = [None]
+        return set(model.pools(arrays, np.array([0]))[0].tokens.tolist())
+
+    pool = pool_of(h)
+    outside = [t for t in range(4, len(vocab)) if t not in pool and t not in h][:2]
+    inside = sorted(pool)[:2]
+    # an item of the pool that one history item alone keeps there
+    leaving = [(t, j) for j in range(len(h)) for t in sorted(pool - pool_of(np.delete(h, j)))]
+    assert len(outside) == 2 and leaving
+    ids = [vocab.external_ids[t] for t in h]
+    app = create_app(folder, store=fitted["store"], admin_key=None, use_env_admin_key=False)
+    with serve_in_thread(app) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        cands = [vocab.external_ids[t] for t in outside + inside]
+        r = c.post("/v1/rank", json={"history": ids, "items": cands}).json()
+        assert [i["id"] for i in r["items"]][2:] == cands[:2]  # outside the pool: last
+        assert all("score" not in i for i in r["items"][2:])
+        assert all(abs(i["score"]) < 1e3 for i in r["items"][:2])
+        assert any("2 candidate(s) outside the pipeline's candidate pool" in w for w in r["warnings"])
+        t, j = leaving[0]
+        e = c.post("/v1/explain", json={"history": ids, "items": [vocab.external_ids[t]], "top": 10}).json()
+    contrib = e["items"][0]["contributions"]
+    assert contrib[0]["position"] == j and contrib[0]["pool"] == "leaves" and "impact" not in contrib[0]
+    assert all(abs(x["impact"]) < 1e3 for x in contrib if "pool" not in x)
+
+
 @pytest.mark.slow
 def test_demo_pipeline_step(tmp_path) -> None:
     from segue.demo import DemoOptions, run_demo

@@ -48,6 +48,13 @@ NAMES_GENERATOR = "names"
 OUTSIDE_POOL = np.float32(-1e6)  # score offset of items no generator proposed
 
 
+def outside_pool(scores: np.ndarray) -> np.ndarray:
+    """Mask of pipeline scores that belong to items no generator proposed: score() gives them
+    OUTSIDE_POOL + a popularity backfill in (-1, 0], so they rank after every pool item; their
+    values are an order, not a score worth showing."""
+    return np.asarray(scores) <= OUTSIDE_POOL / 2
+
+
 class GeneratorSpec(Config):
     """One candidate generator: a fitted model folder, or a family (+ config) fitted by the pipeline."""
 

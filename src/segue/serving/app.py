@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -271,7 +271,11 @@ class ItemsResponse(BaseModel):
 
 class ContributionOut(ItemOut):
     position: int
-    impact: float
+    impact: float | None = Field(description="score(history)[item] - score(history without this one)[item]; absent when `pool` is set")
+    pool: Literal["leaves", "joins"] | None = Field(
+        None,
+        description="Two-stage pipelines: the item leaves (or joins) the candidate pool without this history item, so no score difference exists",
+    )
 
 
 class ExplainedItem(ItemOut):
@@ -753,11 +757,14 @@ def create_app(
         if ranked.sources is not None:  # two-stage pipeline: which generators proposed each item
             for item, src in zip(out, ranked.sources, strict=False):
                 item["generators"] = src
-        if engine.features_only:  # items added without retraining say so
-            for d, t in zip(out, (t for t in ranked.tokens.tolist() if t >= N_SPECIAL), strict=True):
-                if t in engine.features_only:
-                    d["features_only"] = True
+        mark_features_only(engine, out, [t for t in ranked.tokens.tolist() if t >= N_SPECIAL])
         return out
+
+    def mark_features_only(engine: Engine, items: list[dict[str, Any]], tokens: list[int]) -> None:
+        """Items added without retraining say so (`features_only`); items[i] is token tokens[i]."""
+        for d, t in zip(items, tokens, strict=True):
+            if t in engine.features_only:
+                d["features_only"] = True
 
     # Routes go on the app itself, not through included APIRouters: FastAPI (0.165) wraps an
     # included router in one routing entry without a path, so a request the envelope refuses
@@ -857,11 +864,17 @@ def create_app(
         if ranked is not None:
             if ranked.fallback:
                 warnings.append(POPULARITY_WARNING)
+            if ranked.outside_pool:
+                warnings.append(
+                    f"items: {ranked.outside_pool} candidate(s) outside the pipeline's candidate pool "
+                    "(no generator proposed them): listed last, by popularity, without a score"
+                )
             for j, (t, s) in enumerate(zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True)):
                 item = engine.catalogue.describe_known(t, s if np.isfinite(s) else None)  # type: ignore[arg-type]
                 if ranked.feedback:
                     item["feedback"] = {k: float(v[j]) for k, v in ranked.feedback.items()}
                 items.append(item)
+            mark_features_only(engine, items, ranked.tokens.tolist())
         log_request(engine, "/v1/rank", rid, req.model_dump(exclude_none=True), {"items": [i["id"] for i in items]}, warnings)
         return envelope(engine, rid, items=items, warnings=warnings)
 

@@ -34,11 +34,12 @@ from segue.errors import SegueError
 from segue.models.base import NEG_INF, BaseRecommender, load_model, top_k
 from segue.models.filters import niche_boost as niche_boost_scores
 from segue.models.filters import niche_boost_tokens
+from segue.models.pipeline import outside_pool
 from segue.models.rating import ScaledRatingPredictor
 from segue.serving.catalogue import Catalogue, load_catalogue
 from segue.serving.encoding import EventColumns, RequestEncoder, context_length_of, model_kwargs
 from segue.serving.index import ExactIndex, HNSWIndex, IndexConfig, build_index
-from segue.serving.pipeline_engine import is_pipeline, rank_pipeline
+from segue.serving.pipeline_engine import is_pipeline, pool_impacts, rank_pipeline
 
 log = logging.getLogger("segue.serving")
 SPECIALS = np.array([PAD, START, EOP, UNK], dtype=np.int64)
@@ -128,10 +129,21 @@ class Engine:
         store: str | Path | None = None,
         index_config: IndexConfig | None = None,
     ) -> Engine:
+        return cls.from_model(load_model(Path(folder)), folder, store=store, index_config=index_config)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: BaseRecommender,
+        folder: str | Path,
+        *,
+        store: str | Path | None = None,
+        index_config: IndexConfig | None = None,
+    ) -> Engine:
+        """The engine of a model loaded from `folder`, with the run's added items (items_added.parquet)."""
         from segue.serving.items import apply_added_items, with_added_names
 
         folder = Path(folder)
-        model = load_model(folder)
         added = apply_added_items(model, folder)  # items added without retraining (features-only)
         catalogue = load_catalogue(folder, model._check_fitted(), store)
         engine = cls(model, folder, with_added_names(catalogue, folder) if added else catalogue, index_config or IndexConfig())
@@ -475,7 +487,8 @@ class Engine:
         rows = [h, h without h_0, ..., h without h_{L-1}] (h truncated to the model's context;
         a removed item's rating leaves with it); impact[i, j] = score(h)[items_i] -
         score(h without h_j)[items_i]. Returns the scores [len(items)] after the full history and
-        impact [len(items), L].
+        impact [len(items), L]. A pipeline's item outside its candidate pool has score NaN, and an
+        impact of +inf where the item leaves the pool without h_j, -inf where it joins it.
         """
         h = self.encoder.truncate(np.asarray(history, dtype=np.int64))
         items = np.asarray(items, dtype=np.int64)
@@ -485,6 +498,8 @@ class Engine:
             r = np.asarray(ratings, np.float32)[len(ratings) - len(h) :]
             rs = [r] + [np.delete(r, j) for j in range(len(h))]
         s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ratings=rs)  # [L + 1, m]
+        if self.pipeline:  # leaving or joining the candidate pool: +inf / -inf (pool_impacts)
+            return np.where(outside_pool(s[0]), np.nan, s[0]), pool_impacts(s[0], s[1:])
         with np.errstate(invalid="ignore"):
             impact = (s[0][None, :] - s[1:]).T  # [m, L]
         return s[0], np.nan_to_num(impact, nan=0.0, posinf=0.0, neginf=0.0)

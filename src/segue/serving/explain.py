@@ -7,7 +7,10 @@ of item t after h, the impact of history item h_j on t is
     impact(j, t) = s(h, t) - s(h without h_j, t)
 
 Positive impact: h_j pushed t up. All L + 1 histories go through the model in one batched call
-(`Engine.explain`); a removed item's rating leaves with it.
+(`Engine.explain`); a removed item's rating leaves with it. For a two-stage pipeline, t must be in
+the candidate pool for its ranker score to mean anything: where t leaves the pool without h_j the
+contribution says so (`"pool": "leaves"`, no impact; listed first, being the largest effect), and
+where it joins it, `"pool": "joins"`.
 
 Surprise, for families that predict ratings: with r_j the rating the profile gives item h_j and
 r_hat(h, h_j) the model's predicted rating of h_j given the whole profile h (ratings included),
@@ -94,7 +97,11 @@ def _explain_items(
             about = engine.catalogue.describe(int(history[j]))
             if about["id"] is None and history_ids is not None:
                 about = {**about, "id": history_ids[j], "name": history_ids[j]}
-            contributions.append({**about, "position": int(j), "impact": float(impact[i, j])})
+            x = float(impact[i, j])
+            if np.isinf(x):  # a pipeline's item leaves (+inf) or joins (-inf) the candidate pool
+                contributions.append({**about, "position": int(j), "impact": None, "pool": "leaves" if x > 0 else "joins"})
+            else:
+                contributions.append({**about, "position": int(j), "impact": x})
         out.append(
             {
                 **engine.catalogue.describe(int(t)),

@@ -13,10 +13,22 @@ import numpy as np
 
 from segue.data.arrays import SequenceArrays
 from segue.models.filters import niche_boost as niche_boost_scores
+from segue.models.pipeline import outside_pool
 
 
 def is_pipeline(model: object) -> bool:
     return getattr(model, "family", None) == "pipeline" and callable(getattr(model, "pools", None))
+
+
+def pool_impacts(full: np.ndarray, without: np.ndarray) -> np.ndarray:
+    """Leave-one-out impacts [m, L] of a pipeline's scores after the history, full [m], and after
+    it less each item, without [L, m]: the ranker score difference where the item is in the pool
+    both times, +inf where it leaves the pool without that history item, -inf where it joins it,
+    0 where it is outside both times (the backfill's order is no ranker score)."""
+    out_full, out_wo = outside_pool(full)[None, :], outside_pool(without)  # [1, m], [L, m]
+    impact = np.where(out_full | out_wo, 0.0, full[None, :] - without)
+    impact = np.where(~out_full & out_wo, np.inf, impact)
+    return np.where(out_full & ~out_wo, -np.inf, impact).T
 
 
 def rank_pipeline(

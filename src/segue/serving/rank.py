@@ -11,6 +11,8 @@ candidate list, each known candidate gets
               absent for a model that predicts none.
 Candidates come back best first. Unknown ids cannot be scored: they are listed in a warning. An
 empty history is ranked by training popularity (log(1 + count)), like /v1/recommend's fallback.
+A two-stage pipeline scores only the candidates its generators propose: the others come after
+them, in the backfill's popularity order, without a score (`outside_pool` counts them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segue.models.pipeline import outside_pool
 from segue.serving.encoding import EventColumns, model_kwargs
 from segue.serving.engine import Engine
 
@@ -29,6 +32,7 @@ class RankedCandidates:
     scores: np.ndarray  # float32 [m]
     feedback: dict[str, np.ndarray] | None  # column -> [m] predictions (same order), if any
     fallback: bool = False  # empty history: popularity
+    outside_pool: int = 0  # a pipeline's candidates no generator proposed (last, score NaN)
 
 
 def rank_candidates(
@@ -57,4 +61,6 @@ def rank_candidates(
         feedback = {"rating": engine.predict_ratings(history, ratings, candidates)}
     order = np.argsort(-scores, kind="stable")
     fb = None if feedback is None else {k: v[order] for k, v in feedback.items()}
-    return RankedCandidates(candidates[order], np.asarray(scores, np.float32)[order], fb)
+    scores = np.asarray(scores, np.float32)[order]
+    outside = outside_pool(scores) if engine.pipeline else np.zeros(len(scores), bool)
+    return RankedCandidates(candidates[order], np.where(outside, np.nan, scores), fb, outside_pool=int(outside.sum()))

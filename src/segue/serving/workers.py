@@ -110,7 +110,6 @@ def load_engine(
 ) -> Any:
     """Engine.load, with the model's .npy arrays memory-mapped first when `mmap` (see the module)."""
     from segue.models.base import load_model
-    from segue.serving.catalogue import load_catalogue
     from segue.serving.dotmodel import register_dot_family
     from segue.serving.engine import Engine
 
@@ -120,8 +119,7 @@ def load_engine(
     if mmap:
         names = map_model_arrays(model, folder)
         log.info("memory-mapped from %s: %s", folder, ", ".join(names) or "nothing")
-    catalogue = load_catalogue(folder, model._check_fitted(), store)
-    return Engine(model, folder, catalogue, index_config or IndexConfig())
+    return Engine.from_model(model, folder, store=store, index_config=index_config)
 
 
 def build_app(settings: ServeSettings) -> Any:
