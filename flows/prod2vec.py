@@ -8,14 +8,20 @@ validation part, full ranking). The best combination is refitted and evaluated o
 once, beside the defaults, with bootstrap CIs.
 
     segue data build mpd mpd.slice.0-999.json -o mpd.duckdb -s random_sequence
-    USERNAME=me python flows/prod2vec.py run --store mpd.duckdb --max-workers 4
-    USERNAME=me python flows/prod2vec.py card view best      # or `card get` to save the HTML
+    python flows/prod2vec.py run --store mpd.duckdb --max-workers 4
+    python flows/prod2vec.py card view best      # or `card get` to save the HTML
 
 Options: --split (default random), --protocol (playlist_continuation; leave_last_out for user
 histories), --k (HitRate@K, default 10), --trials (random draws of the grid below, default 12).
+The Metaflow user is METAFLOW_USER, else the login name ('root' becomes 'segue'), as for
+`segue tune`: the flow runs without USERNAME set (containers, cron).
 """
 
-from metaflow import FlowSpec, IncludeFile, Parameter, card, current, resources, step
+from segue.flows.metaflow_user import name_metaflow_user
+
+name_metaflow_user()  # before Metaflow is imported: it reads the user name then
+
+from metaflow import FlowSpec, IncludeFile, Parameter, card, current, resources, step  # noqa: E402
 
 # The search space, in the same TOML `segue tune` reads.
 SPACE = """

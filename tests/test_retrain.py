@@ -6,6 +6,7 @@ registry's production untouched."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -292,3 +293,47 @@ def test_weekly_batches_continue_users_with_drift() -> None:
     assert max(ids[0]) < 300 and max(ids[1]) >= 300 and max(ids[2]) >= 306  # new items from week 1 on
     rev = [t.to_pydict() for t in weekly_batches(cfg, 3, reverse_week=2)]
     assert rev[:2] == plain[:2] and rev[2]["user"] == plain[2]["user"] and rev[2]["item"] != plain[2]["item"]
+
+
+# --- the command's report and its input --------------------------------------------------------
+
+
+def test_cli_names_the_version_production_keeps_when_the_gate_refuses(tmp_path: Path, weeks: Path) -> None:
+    """The gate refuses the drill's broken candidate (version 2): the last line names production's
+    version 1, which stays served, and the candidate separately (it used to say 'kept production:
+    version 2', the refused one)."""
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    cfg_path = _setup(tmp_path, weeks, 1)
+    Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()  # production: version 1
+    shutil.copy(weeks / "normal" / "week-01.csv", tmp_path / "incoming")
+    r = CliRunner().invoke(app, ["retrain", str(cfg_path), "--drill", "shuffle_items"])
+    assert r.exit_code == 0, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert "promote: production stays at version 1" in r.output
+    assert last.startswith("kept production: version 1 (candidate version 2 not promoted);"), last
+    assert Registry(tmp_path / "registry").alias("m", "production") == "1"
+
+
+def test_a_missing_incoming_folder_is_an_error_naming_the_field(tmp_path: Path, weeks: Path) -> None:
+    """A mistyped `incoming` used to read as "nothing new" (exit 0); an empty folder still does."""
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+    from segue.errors import ConfigError
+
+    cfg_path = _setup(tmp_path, weeks, 0)  # incoming/ exists, empty
+    assert Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()["stop"].startswith("nothing new")
+
+    cfg_path.write_text(cfg_path.read_text().replace('incoming = "incoming"', 'incoming = "incomming"'))
+    missing = tmp_path / "incomming"
+    with pytest.raises(ConfigError, match=rf"retrain\.toml: field 'incoming': {re.escape(str(missing))} does not exist"):
+        Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()
+    r = CliRunner().invoke(app, ["retrain", str(cfg_path)])
+    assert r.exit_code == 2 and "field 'incoming'" in r.output and "nothing new" not in r.output, r.output
+
+    (tmp_path / "incomming").write_text("not a folder")
+    with pytest.raises(ConfigError, match="field 'incoming': .* is not a folder"):
+        Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()

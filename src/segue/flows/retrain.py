@@ -12,12 +12,30 @@ Each Metaflow step runs one or more retrain steps on the state the previous one 
 artifact): start = gather + validate + build, train, evaluate = evaluate + gate, publish =
 register + promote + reload (each Metaflow step is a process: few steps keep a run cheap). A drift failure fails the flow at `start` (unless --force true);
 "nothing new" runs the remaining steps as no-ops. The registry and production change only in
-`publish`, as in `segue retrain`.
+`publish`, as in `segue retrain`. A refused week (or another error segue raises on purpose)
+fails the step with its reason as one message, not as an internal error with a traceback.
 """
 
 from __future__ import annotations
 
-from metaflow import FlowSpec, Parameter, schedule, step
+from segue.flows.metaflow_user import name_metaflow_user
+
+name_metaflow_user()  # before Metaflow is imported: it reads the user name then
+
+from metaflow import FlowSpec, Parameter, schedule, step  # noqa: E402
+from metaflow.exception import MetaflowException  # noqa: E402
+
+
+class RetrainStopped(MetaflowException):
+    """A retrain step refused to go on (drift, bad config): Metaflow prints the headline and the
+    message alone (any other exception is printed as an "Internal error" with a traceback)."""
+
+    headline = "Retrain failed"
+
+    def __init__(self, message: str, headline: str | None = None) -> None:
+        super().__init__(message)
+        if headline:
+            self.headline = headline
 
 
 def _job(flow: RetrainFlow, state: dict | None = None):  # noqa: ANN202 (segue imported in the step's process)
@@ -32,11 +50,20 @@ def _job(flow: RetrainFlow, state: dict | None = None):  # noqa: ANN202 (segue i
 
 
 def _run(flow: RetrainFlow, *steps: str) -> None:
+    from segue.errors import SegueError
+    from segue.retrain.loop import RetrainAborted
+
     job = _job(flow, flow.state)
-    for name in steps:
-        if job.state.get("stop"):
-            break
-        job.run_step(name)
+    try:
+        for name in steps:
+            if job.state.get("stop"):
+                break
+            job.run_step(name)
+    except RetrainAborted as e:  # an expected refusal: the reason alone (the flow's flag takes a value)
+        reason = str(e).removeprefix("retrain aborted: ").replace("pass --force ", "pass --force true ")
+        raise RetrainStopped(reason, "Retrain aborted") from None
+    except SegueError as e:  # bad input: one message, as `segue retrain` prints it
+        raise RetrainStopped(str(e)) from None
     flow.state = job.state
 
 
@@ -72,9 +99,14 @@ class RetrainFlow(FlowSpec):
 
     @step
     def end(self) -> None:
+        from segue.retrain.loop import outcome
+
         s = self.state
-        verdict = s.get("stop") or ("promoted" if s.get("promoted") else "kept production")
-        print(f"retrain: {verdict}; version {s.get('version')}; decision {s.get('decision', {}).get('reasons')}")
+        if s.get("stop"):
+            print(f"retrain: {s['stop']}")
+            return
+        verdict, detail = outcome(s)  # the version production serves, not the refused candidate
+        print(f"retrain: {verdict}: {detail}; decision {s.get('decision', {}).get('reasons')}")
 
 
 if __name__ == "__main__":

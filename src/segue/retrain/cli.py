@@ -26,7 +26,7 @@ def retrain(
     """
     from segue.errors import ConfigError
     from segue.io import atomic_write_text
-    from segue.retrain.loop import Retrain, RetrainConfig
+    from segue.retrain.loop import Retrain, RetrainConfig, outcome
 
     if drill not in (None, "shuffle_items"):
         raise ConfigError(f"--drill '{drill}': expected shuffle_items")
@@ -39,5 +39,5 @@ def retrain(
             atomic_write_text(out, json.dumps(job.state, indent=2, default=str))
     if state.get("stop") and state["stop"] != "validation failed":
         return
-    verdict = "promoted" if state.get("promoted") else "kept production"
-    job.say(f"[bold]{verdict}[/]: version {state.get('version')}; {state['seconds'].get('total', 0):.0f} s (training {state.get('train_seconds', 0):.0f} s)")
+    verdict, detail = outcome(state)  # names production's version, not the refused candidate's
+    job.say(f"[bold]{verdict}[/]: {detail}; {state['seconds'].get('total', 0):.0f} s (training {state.get('train_seconds', 0):.0f} s)")

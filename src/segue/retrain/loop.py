@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from segue.config import Config, read_toml
 from segue.errors import ConfigError, SegueError
@@ -91,12 +91,15 @@ class RetrainConfig(Config):
     gate: GateConfig = GateConfig()
     server: ServerConfig = ServerConfig()
     base_dir: str | None = None  # set when loaded: the config file's folder
+    _source: str = PrivateAttr("the retrain config")  # the file, named in errors about its fields
 
     @classmethod
     def load(cls, path: str | Path) -> RetrainConfig:
         path = Path(path)
         cfg = cls.from_dict(read_toml(path), source=str(path))
-        return cfg.model_copy(update={"base_dir": str(path.parent.resolve())})
+        cfg = cfg.model_copy(update={"base_dir": str(path.parent.resolve())})
+        cfg._source = str(path)
+        return cfg
 
     @model_validator(mode="after")
     def _one_candidate(self) -> RetrainConfig:
@@ -220,7 +223,14 @@ class Retrain:
             st["production_store"] = info.tags.get("store_path") or None
             st["production_split"] = info.tags.get("split") or None
         incoming = cfg.resolve(cfg.incoming)
-        present = sorted(str(p.resolve()) for p in incoming.glob(cfg.pattern)) if incoming.is_dir() else []
+        # A mistyped path must not read as "nothing new" (an exit 0 that hides every new batch);
+        # an existing, empty folder still does.
+        if not incoming.is_dir():
+            what = "is not a folder" if incoming.exists() else "does not exist"
+            raise ConfigError(
+                f"{cfg._source}: field 'incoming': {incoming} {what} (expected the folder the new source files arrive in)"
+            )
+        present = sorted(str(p.resolve()) for p in incoming.glob(cfg.pattern))
         missing = [f for f in known if not Path(f).exists()]
         if missing:
             raise SegueError(f"files production was trained on are gone: {', '.join(missing)} (restore them, or register anew)")
@@ -498,6 +508,16 @@ class Retrain:
         self.registry.set_tag(self.cfg.name, st["version"], "served", json.dumps(served))
         each = "; workers " + ", ".join(f"{w['pid']}: {(w.get('model') or {}).get('run_id')}" for w in st.get("workers", []))
         self.say(f"reload: {server.url} now serves {health['run_id']} ({health['version']})" + (each if st.get("workers") else ""))
+
+
+def outcome(state: dict[str, Any]) -> tuple[str, str]:
+    """(verdict, detail) of a finished attempt: the version production now serves, and the
+    candidate when the gate kept production (state["version"] is the candidate, promoted or not)."""
+    prod, cand = state.get("production"), state.get("version")
+    if state.get("promoted"):
+        return "promoted", f"version {cand} (production was {prod or 'none'})"
+    kept = f"version {prod}" if prod is not None else "none"
+    return "kept production", kept + (f" (candidate version {cand} not promoted)" if cand is not None else "")
 
 
 def _fit_baseline(family: str, options: dict[str, Any], store: str, split: str, run: Path) -> Path:
