@@ -240,3 +240,21 @@ def test_a_tiebreak_of_the_same_metric_or_a_tolerance_without_one_is_refused() -
         TrainerConfig(metric="ndcg@10", tiebreak="ndcg@10")
     with pytest.raises(ValueError, match="tolerance needs a tiebreak"):
         TrainerConfig(tolerance=0.01)
+
+
+def test_paths_relative_to_the_config_file_are_normalised(tmp_path: Path) -> None:
+    from segue.training.trainer import load_train_config
+
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "t.toml"
+    path.write_text(textwrap.dedent("""
+        family = "transformer"
+        name = "t"
+        runs_dir = "../runs"
+        [data]
+        store = "../stores/s.duckdb"
+        split = "loo"
+    """))
+    cfg = load_train_config(path)
+    assert cfg.run_dir == tmp_path.resolve() / "runs" / "t"
+    assert cfg.resolve(cfg.data.store) == tmp_path.resolve() / "stores" / "s.duckdb"

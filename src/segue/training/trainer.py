@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -70,8 +71,10 @@ class RunConfig(Config):
         return cls.model_validate({k: getattr(self, k) for k in cls.model_fields})
 
     def resolve(self, path: str) -> Path:
+        """`path`, relative to the config file's folder; normalised, so that messages and run
+        records read /x/runs, not /x/configs/../runs."""
         p = Path(path)
-        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
+        return p if p.is_absolute() or self.base_dir is None else Path(os.path.normpath(Path(self.base_dir) / p))
 
     @property
     def run_dir(self) -> Path:
