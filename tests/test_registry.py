@@ -271,3 +271,23 @@ def test_a_held_out_user_model_is_registered_with_liang_et_als_cut_offs(tmp_path
     mean, low, high = evaluation["ndcg@100"]
     assert low <= mean <= high and 0 < mean < 1
     assert f"(ndcg@100 {mean:.4f} " in out.output
+
+
+def test_list_table_reads_whole_at_80_columns(setup: dict, tmp_path: Path) -> None:
+    """`segue registry list` through a pipe (80 columns): aliases, decisions and figures are never
+    cut ("candid…", "decisi…" before); only long names fold."""
+    reg = Registry(tmp_path / "reg")
+    ev = {"ndcg@10": [0.1234, 0.1111, 0.1357]}
+    keep = {"decision": json.dumps({"verdict": "keep"})}
+    v1 = reg.register("m", setup["pop"], store_checksum=setup["checksum"], split="random", evaluation=ev, tags=keep)
+    reg.promote("m", v1.version)
+    promote = {"decision": json.dumps({"verdict": "promote"})}
+    reg.register("m", setup["dot"], store_checksum=setup["checksum"], split="random", evaluation=ev, parent=v1.version, tags=promote)
+    r = CliRunner().invoke(app, ["registry", "list", "m", "--registry", str(reg.location)], terminal_width=80)
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.output and max(map(len, r.output.splitlines())) <= 80, r.output
+    words = r.output.split()
+    for word in ("version", "aliases", "created", "(UTC)", "parent", "store", "split", "evaluation", "decision"):
+        assert word in words, (word, r.output)
+    for word in ("production", "candidate", "keep", "promote", "random", "ndcg@10", "0.1234", "[0.1111,", "0.1357]"):
+        assert word in words, (word, r.output)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -60,8 +60,6 @@ def list_versions(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Versions with their aliases, parent, store checksum and headline metric."""
-    from rich.table import Table
-
     reg = _open(registry)
     console = Console()
     models = [name] if name else reg.names()
@@ -69,22 +67,42 @@ def list_versions(
         print(json.dumps({m: [v.to_dict() for v in reg.versions(m)] for m in models}, indent=2, default=str))
         return
     for model in models:
-        t = Table(title=f"{model}  ({reg.location})")
-        for col in ("version", "aliases", "created (UTC)", "parent", "store", "split", "evaluation", "decision"):
-            t.add_column(col)
-        for v in reg.versions(model):
-            decision = json.loads(v.tags.get("decision") or "{}")
-            t.add_row(
+        rows = [
+            (
                 v.version,
-                ", ".join(v.aliases),
+                "\n".join(v.aliases),  # one a line: the column is as wide as the longest alias
                 _when(v.created_ms),
                 v.parent or "-",
                 (v.tags.get("store_checksum") or "")[:12],
                 v.tags.get("split", ""),
                 _headline(v.tags),
-                decision.get("verdict", "-"),
+                json.loads(v.tags.get("decision") or "{}").get("verdict", "-"),
             )
+            for v in reg.versions(model)
+        ]
+        t = _versions_table(f"{model}  ({reg.location})", rows, gap=2)
+        if console.measure(t, options=console.options.update_width(10_000)).maximum > console.width:
+            t = _versions_table(f"{model}  ({reg.location})", rows, gap=1)  # 80 columns: every one counts
         console.print(t)
+
+
+def _versions_table(title: str, rows: list[tuple[str, ...]], gap: int) -> Any:
+    """The table of `segue registry list`, `gap` spaces between columns.
+
+    Eight columns do not fit 80 (a pipe, CliRunner) in a boxed table: no vertical rules, and what
+    must read whole (version, aliases, parent, decision) never wraps; dates and figures wrap at
+    their spaces and long names fold, so nothing is cut (aliases had read "candid…")."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, gap - 1, 0, 0)
+    )
+    for col in ("version", "aliases", "created (UTC)", "parent", "store", "split", "evaluation", "decision"):
+        t.add_column(col, no_wrap=col in ("version", "aliases", "parent", "decision"), overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
 
 
 @registry_app.command("show")
