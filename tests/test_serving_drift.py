@@ -107,6 +107,12 @@ def test_the_server_checks_its_feature_log_on_a_schedule_and_exposes_distances(f
         for _ in range(150):
             c.post("/v1/recommend", json={"history": ["track:59", "track:59", "track:58"], "n": 3})
         text = wait_for(c, "fail", after=time.time())
+        # A second worker's watch on the same log sees the failure but leaves the alert to the first.
+        other = DriftWatch(DriftWatchConfig(reference=spec, min_requests=20), flog)
+        n_alerts = sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "segue.drift")
+        assert other.check() == "fail" and not other.holds_alerts()
+        assert sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "segue.drift") == n_alerts
+        assert "another worker alerts" in caplog.records[-1].getMessage()
     assert metric(text, "segue_drift_passed") == 0
     assert metric(text, "segue_drift_feature_passed", 'feature="popularity"') == 0
     assert metric(text, "segue_drift_distance", 'feature="popularity"') > metric(
@@ -115,6 +121,10 @@ def test_the_server_checks_its_feature_log_on_a_schedule_and_exposes_distances(f
     alerts = [r for r in caplog.records if r.name == "segue.drift" and r.levelno == logging.WARNING]
     assert alerts and "drift alert" in alerts[0].getMessage() and "popularity" in alerts[0].getMessage()
     assert watch._thread is None  # stopped with the server
+    # The first watch stopped and let the lock go: the second now alerts.
+    assert other.check() == "fail" and other.holds_alerts()
+    assert caplog.records[-1].levelno == logging.WARNING and "drift alert" in caplog.records[-1].getMessage()
+    other.release_alerts()
 
 
 def test_serve_refuses_a_bad_drift_reference_before_opening_the_port(folders, tmp_path) -> None:

@@ -16,7 +16,10 @@ POSTs the JSON result to `webhook`, and, with `out`, writes drift.json and drift
 A log with fewer than `min_requests` histories is skipped (nothing to judge yet). The reference is
 read once and kept. The thread runs at a lower CPU priority (Linux nice +10 for that thread) so a
 check does not compete with requests on a busy host. With several workers each runs its own check
-of the shared log; every worker's /metrics then shows the same figures.
+of the shared log, so every worker's /metrics shows the same figures; only the worker holding an
+exclusive lock on the log folder's `.drift-alerts.lock` (flock: the first to try; released when it
+stops or dies, then taken by the next check of another) alerts, so a failure is logged, posted and
+written once, not once per worker.
 """
 
 from __future__ import annotations
@@ -76,6 +79,28 @@ class DriftWatch:
         self.last_outcome: str | None = None
         self.last_error: str | None = None
         self.outcomes = {"pass": 0, "fail": 0, "skipped": 0, "error": 0}
+        self._alert_fd: int | None = None  # open while this process holds .drift-alerts.lock
+
+    def holds_alerts(self) -> bool:
+        """Whether this watch alerts: it holds (or now takes) the log folder's alert lock."""
+        import fcntl
+
+        if self._alert_fd is not None:
+            return True
+        self.log_folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.log_folder / ".drift-alerts.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another worker's watch holds it
+            os.close(fd)
+            return False
+        self._alert_fd = fd
+        return True
+
+    def release_alerts(self) -> None:
+        if self._alert_fd is not None:
+            os.close(self._alert_fd)  # closing the descriptor drops the flock
+            self._alert_fd = None
 
     # --- the check -------------------------------------------------------------------------
     def check(self) -> str:
@@ -108,6 +133,9 @@ class DriftWatch:
             self.last_check, self.last_seconds, self.last_outcome, self.last_error = started, seconds, outcome, error
             if result is not None:
                 self.result = result
+        if outcome in ("fail", "error") and not self.holds_alerts():
+            log.info("drift check %s in %.2f s: another worker alerts", outcome, seconds)
+            return outcome
         if outcome == "fail":
             log.warning("drift alert: %s", result.summary())  # type: ignore[union-attr]
             if self.config.webhook:
@@ -137,6 +165,7 @@ class DriftWatch:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.release_alerts()
 
     def _run(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: nice one thread, not the server
