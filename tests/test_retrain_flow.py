@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from segue.data.sources.synthetic import SyntheticConfig, write_weekly_batches
 from segue.ops.registry import Registry
 
@@ -82,15 +84,19 @@ def test_flow_drift_abort_states_the_reason_without_a_traceback(tmp_path: Path) 
     assert reg.alias("flowed", "production") == "1" and len(reg.versions("flowed")) == 1
 
 
-def test_prod2vec_flow_runs_without_a_user_name(tmp_path: Path) -> None:
-    """flows/prod2vec.py as the README writes it (no USERNAME=me): Metaflow reads the user name on
-    import and stopped with "Unknown user" before the flow named one."""
+@pytest.mark.parametrize(
+    ("command", "flow"),
+    [([str(ROOT / "flows" / "prod2vec.py")], "Prod2VecFlow"), (["-m", "segue.flows.tune"], "TuneFlow")],
+)
+def test_flows_run_by_hand_without_a_user_name(tmp_path: Path, command: list[str], flow: str) -> None:
+    """flows/prod2vec.py and segue.flows.tune as the README writes them (no USERNAME=me): Metaflow
+    reads the user name on import and stopped with "Unknown user" before the flow named one."""
     env = {k: v for k, v in os.environ.items() if k not in USER_VARIABLES} | {
         "PYTHONPATH": str(ROOT / "src"), "METAFLOW_HOME": str(tmp_path / "mfhome"),
     }
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "flows" / "prod2vec.py"), "--no-pylint", "show"],
+        [sys.executable, *command, "--no-pylint", "show"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0 and "Unknown user" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert "Prod2VecFlow" in proc.stdout + proc.stderr
+    assert flow in proc.stdout + proc.stderr

@@ -24,7 +24,11 @@ On Kubernetes or AWS Batch, with an S3 datastore (segue installed in the image):
 
 from __future__ import annotations
 
-from metaflow import FlowSpec, IncludeFile, Parameter, card, current, resources, step
+from segue.flows.metaflow_user import name_metaflow_user
+
+name_metaflow_user()  # before Metaflow reads its settings: run by hand as root or in a container
+
+from metaflow import FlowSpec, IncludeFile, Parameter, card, current, resources, step  # noqa: E402
 
 
 class TuneFlow(FlowSpec):

@@ -44,8 +44,12 @@ def flow_file() -> Path:
 
 def user_name() -> str:
     """METAFLOW_USER, else the login name; Metaflow refuses 'root', which becomes 'segue'."""
+    try:
+        login: str | None = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (some containers)
+        login = None
     for name in (os.environ.get("METAFLOW_USER"), os.environ.get("SUDO_USER"), os.environ.get("USERNAME"),
-                 os.environ.get("USER"), getpass.getuser()):
+                 os.environ.get("USER"), login):
         if name and name != "root":
             return name
     return "segue"
