@@ -695,7 +695,7 @@ def create_app(
             shown = "; ".join(f"'{i}': {', '.join(f'{x:g}' for x in v)}" for i, v in clash[:5])
             warnings.append(
                 f"ratings: {len(clash)} item(s) rated more than once with different ratings ({shown}); "
-                + ("the model holds each item once, with its last rating" if getattr(engine.model, "profile_set", False) else "the model reads each")
+                + ("the model holds each item once, with its last rating" if engine.model.profile_set else "the model reads each")
             )
         return ratings
 
