@@ -165,3 +165,28 @@ def test_bar_total_and_eta_follow_the_limit_that_binds() -> None:
     assert p.eta_seconds(400, 60.0) == pytest.approx(60.0)
     q = Progress(False, total=1000, start=0, tty=False)
     assert q.expected_total(400, 60.0) == 1000 and q.eta_seconds(400, 60.0) == pytest.approx(90.0)
+
+
+@pytest.mark.parametrize(
+    ("limits", "note"),
+    [
+        # 5 batches an epoch: 4 epochs (20 steps) and 1 epoch (5) bind neither side of --max-steps 8
+        ({"max_epochs": 4.0, "min_epochs": 1.0}, None),
+        ({"max_epochs": 1.0}, "trainer.max_epochs = 1.0 is lifted: it would have stopped the run at step 5"),
+        ({"min_epochs": 2.0}, "trainer.min_epochs = 2.0 is lifted: it would have kept the run going to step 10"),
+    ],
+)
+def test_max_steps_says_it_lifts_an_epoch_limit_only_when_that_binds(
+    store: Path, tmp_path: Path, limits: dict[str, float], note: str | None
+) -> None:
+    # `--max-steps 60` had said "max_epochs = 200.0 is lifted" although 200 epochs are ~3000 steps
+    cfg_path = _write(tmp_path / "c.toml", _cfg(store, max_steps=50, **limits) | {"runs_dir": str(tmp_path)})
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), "--max-steps", "8"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert m["steps"] == 8 and m["stop_reason"] == "max_steps", out
+    if note is None:
+        assert "lifted" not in out, out
+    else:
+        assert note in out and out.count("lifted") == 1, out

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,7 +15,11 @@ def train(
     run_dir: Annotated[Path | None, typer.Option("--run", help="Run folder (default: runs_dir/name from the config).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore existing checkpoints and start over.")] = False,
     max_steps: Annotated[
-        int | None, typer.Option(help="Override trainer.max_steps (lifts max_epochs when that would stop the run sooner).")
+        int | None,
+        typer.Option(
+            help="Override trainer.max_steps (lifts max_epochs when that would stop the run sooner, and min_epochs when "
+            "that would run it longer)."
+        ),
     ] = None,
     max_epochs: Annotated[float | None, typer.Option(help="Override trainer.max_epochs.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Override trainer.max_minutes.")] = None,
@@ -34,25 +38,19 @@ def train(
     cfg = resolve_init_from(load_train_config(config))  # a fine-tuning's init_from: from the config's folder
     console = Console()
     upd: dict[str, object] = {}
+    lifted: dict[str, float] = {}
     if max_steps is not None:
         upd["max_steps"] = max_steps
+        # The command line asked for N steps: an epoch limit that would end the run sooner (or a
+        # min_epochs that would run it longer) must not silently win. Lifting one that does not
+        # bind changes nothing; whether it binds needs the batches per epoch, which the family's
+        # task knows only once it has read the split, so the note comes after the run.
         if max_epochs is None and cfg.trainer.max_epochs is not None:  # type: ignore[attr-defined]
-            # The command line asked for N steps: a max_epochs that would stop earlier must not
-            # silently win (it is the limit that binds).
             upd["max_epochs"] = None
-            console.print(
-                f"--max-steps {max_steps}: trainer.max_epochs = {cfg.trainer.max_epochs} is lifted "  # type: ignore[attr-defined]
-                "(pass --max-epochs too to keep an epoch limit)",
-                highlight=False,
-                soft_wrap=True,
-            )
+            lifted["max_epochs"] = cfg.trainer.max_epochs  # type: ignore[attr-defined]
         if cfg.trainer.min_epochs is not None:  # type: ignore[attr-defined]
-            upd["min_epochs"] = None  # likewise: N steps asked for, not min_epochs' more
-            console.print(
-                f"--max-steps {max_steps}: trainer.min_epochs = {cfg.trainer.min_epochs} is lifted",  # type: ignore[attr-defined]
-                highlight=False,
-                soft_wrap=True,
-            )
+            upd["min_epochs"] = None
+            lifted["min_epochs"] = cfg.trainer.min_epochs  # type: ignore[attr-defined]
     if max_epochs is not None:
         upd["max_epochs"] = max_epochs
     if max_minutes is not None:
@@ -61,6 +59,8 @@ def train(
         cfg = cfg.with_trainer(**upd)
     run = train_fn(cfg, run_dir=run_dir, resume=not fresh, console=console)
     m = json.loads((run / "metrics.json").read_text())
+    for note in lifted_notes(cfg.trainer, lifted, m):  # type: ignore[attr-defined]
+        console.print(note, highlight=False, soft_wrap=True)
     best = m.get("best_valid") or {}
     chosen = (
         f"best {m['metric']} {m['best_metric']:.4f} at step {m['best_step']}"
@@ -80,6 +80,29 @@ def train(
         f"{m['train_seconds']:.0f} s, {rate:,.0f} {unit}/s; {chosen}",
         soft_wrap=True,
     )
+
+
+def lifted_notes(trainer: Any, lifted: dict[str, float], summary: dict[str, Any]) -> list[str]:
+    """A line for each epoch limit --max-steps lifted that would have changed the run: a max_epochs
+    that stops it before max_steps, a min_epochs that keeps it going past them (the rule of
+    segue.training.task.total_steps). `trainer` has the command's max_steps; `summary` is the run's
+    metrics.json, whose steps and epochs give the batches per epoch."""
+    from segue.training.task import total_steps
+
+    if not lifted or not summary.get("epochs"):
+        return []
+    per_epoch = round(summary["steps"] / summary["epochs"])
+    notes = []
+    for key, value in lifted.items():
+        other = "min_epochs" if key == "max_epochs" else "max_epochs"
+        steps, binds = total_steps(trainer.model_copy(update={key: value, other: None}), per_epoch)
+        if binds == key:
+            effect = "stopped the run at" if key == "max_epochs" else "kept the run going to"
+            keep = "pass --max-epochs too to keep an epoch limit" if key == "max_epochs" else "raise --max-steps to train that long"
+            notes.append(
+                f"--max-steps {trainer.max_steps}: trainer.{key} = {value} is lifted: it would have {effect} step {steps} ({keep})"
+            )
+    return notes
 
 
 def continue_(
