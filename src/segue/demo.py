@@ -7,6 +7,8 @@ Each step is a function of the shared `DemoState`; `segue demo --steps build,sta
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,6 +270,24 @@ def step_pipeline(state: DemoState) -> None:
     state.results["pipeline"] = report
 
 
+def bind_port(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to host:port for the demo server, or an error naming the port and --port.
+
+    The demo had announced "segue is serving ... open http://127.0.0.1:8000/" and only then failed
+    with uvicorn's "address already in use"."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SegueError(
+            f"port {port} on {host} is not free for the demo server ({e.strerror or e}): choose another with "
+            f"--port (e.g. segue demo --port {port + 1}), or pass --no-serve"
+        ) from None
+    return sock
+
+
 def step_serve(state: DemoState) -> None:
     """Serve the demo transformer (or the best baseline) with its web page until Ctrl-C."""
     import uvicorn
@@ -275,19 +295,27 @@ def step_serve(state: DemoState) -> None:
     from segue.serving.app import create_app
 
     o = state.options
-    model = state.runs / "transformer"
-    if not (model / "model.toml").exists():
-        from segue.data.arrays import SplitData
-        from segue.data.store import Store
-        from segue.models.itemknn import ItemKNN
+    # Bound first and handed to uvicorn: nothing is announced on a port that is taken, and the
+    # port cannot be taken between the check and the serving.
+    sock = bind_port(o.port)
+    try:
+        model = state.runs / "transformer"
+        if not (model / "model.toml").exists():
+            from segue.data.arrays import SplitData
+            from segue.data.store import Store
+            from segue.models.itemknn import ItemKNN
 
-        model = state.runs / "itemknn"
-        with Store.open(state.store_path) as store:
-            ItemKNN().fit(SplitData.load(store, "loo")).save(model)
-    app = create_app(model, store=state.store_path, feature_log=o.workdir / "feature-log")
-    console.print(f"[bold green]segue is serving {model.name}: open http://127.0.0.1:{o.port}/[/]  (Ctrl-C stops)")
-    console.print("probes: /healthz (alive), /readyz (200 once the model is warmed up), /metrics; `segue serve --workers 2` for more processes")
-    uvicorn.run(app, host="127.0.0.1", port=o.port, log_level="warning")
+            model = state.runs / "itemknn"
+            with Store.open(state.store_path) as store:
+                ItemKNN().fit(SplitData.load(store, "loo")).save(model)
+        app = create_app(model, store=state.store_path, feature_log=o.workdir / "feature-log")
+        console.print(f"[bold green]segue is serving {model.name}: open http://127.0.0.1:{o.port}/[/]  (Ctrl-C stops)")
+        console.print("probes: /healthz (alive), /readyz (200 once the model is warmed up), /metrics; `segue serve --workers 2` for more processes")
+        # Ctrl-C: uvicorn shuts down, then re-raises the signal it caught (uvicorn.run swallows it too)
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 STEPS: dict[str, Callable[[DemoState], None]] = {
@@ -313,6 +341,8 @@ def run_demo(options: DemoOptions) -> DemoState:
     unknown = [n for n in names if n not in STEPS]
     if unknown:
         raise SegueError(f"unknown demo step(s) {', '.join(unknown)} (steps: {', '.join(STEPS)})")
+    if "serve" in names and options.serve:
+        bind_port(options.port).close()  # a taken port fails now, not after minutes of the other steps
     options.workdir.mkdir(parents=True, exist_ok=True)
     for name in names:
         if name == "serve" and not options.serve:
