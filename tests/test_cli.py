@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,75 @@ def test_demo_profile_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert sum(t.startswith("title-0-") for t in res["top"]) >= 4  # the loved taste, not the disliked one
     assert all(1.0 <= r <= 10.0 for r in res["predicted"])
     assert res["impact"] and all(i.drop > 0 for i in res["impact"])
+
+
+def _occupied_port() -> socket.socket:
+    """A listening socket on a free port of 127.0.0.1, as another server would hold it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def test_demo_on_a_taken_port_names_the_port_before_any_step(tmp_path: Path) -> None:
+    # the demo had announced "segue is serving ... open http://127.0.0.1:8000/" and then failed to bind
+    with _occupied_port() as taken:
+        port = taken.getsockname()[1]
+        res = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--steps", "build,serve", "--port", str(port)])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert f"port {port} on 127.0.0.1 is not free for the demo server" in out, out
+    assert f"choose another with --port (e.g. segue demo --port {port + 1}), or pass --no-serve" in out, out
+    assert "is serving" not in out and "Traceback" not in out
+    assert not (tmp_path / "d").exists()  # checked before the build step, not minutes later
+
+
+def test_demo_serve_step_on_a_taken_port_announces_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The serve step itself binds before it announces (the port may be taken while the other steps run)."""
+    from segue.demo import DemoState, step_serve
+    from segue.errors import SegueError
+
+    with _occupied_port() as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(SegueError, match=f"port {port} on 127.0.0.1 is not free .*--port"):
+            step_serve(DemoState(DemoOptions(workdir=tmp_path, port=port)))
+    assert "is serving" not in capsys.readouterr().out
+
+
+# The root logger at INFO, as `segue validate` (and so the demo, from its validate step on) leaves it.
+_ROOT_AT_INFO = """import logging, sys
+from segue.cli import app
+logging.basicConfig(level=logging.INFO)
+try:
+    app(sys.argv[1:])
+finally:
+    logging.getLogger("segue.check").info("segue's own line")
+"""
+
+
+@pytest.mark.slow
+def test_third_party_info_logs_are_quiet_and_segues_own_are_not(tmp_path: Path) -> None:
+    """orbax (through absl) logged every checkpoint, gensim every epoch: ~400 of the demo's 652 lines."""
+    import subprocess
+    import sys
+
+    from segue.training.trainer import TrainConfig
+
+    src = tmp_path / "seq.txt"
+    _write_sequences(src)
+    store = tmp_path / "s.duckdb"
+    assert runner.invoke(app, ["data", "build", "seqtext", str(src), "-o", str(store), "-s", "leave_last_out"]).exit_code == 0
+    trainer = {"max_steps": 4, "eval_every": 2, "checkpoint_every": 2, "patience": None, "loader": {"batch_size": 8, "prefetch_threads": 0}}
+    model = {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "context_length": 6}
+    cfg = {"name": "t", "runs_dir": str(tmp_path / "runs"), "data": {"store": str(store), "split": "loo"}, "model": model, "trainer": trainer}
+    TrainConfig.from_dict(cfg).save(tmp_path / "c.toml")
+    commands = {
+        "absl": ["train", "--config", str(tmp_path / "c.toml")],  # orbax checkpoints
+        "gensim": ["evaluate", "item2vec", "--store", str(store), "--no-report", "--n-boot", "20"],
+    }
+    for noisy, args in commands.items():
+        res = subprocess.run([sys.executable, "-c", _ROOT_AT_INFO, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        log = res.stdout + res.stderr
+        assert f"INFO:{noisy}" not in log and "INFO:orbax" not in log and "INFO:jax" not in log, log[-3000:]
+        assert "INFO:segue.check:segue's own line" in log, log[-3000:]
