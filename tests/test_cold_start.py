@@ -183,6 +183,36 @@ def test_items_add_on_a_served_model_without_restart(mixed: Path, tmp_path: Path
     assert res.exit_code == 2 and "row 1" in res.output and "already in the run" in res.output
 
 
+def test_items_add_names_repeats_ignored_columns_and_merges_integer_ids(mixed: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(mixed, run)
+    # an id repeated in the file is said to be repeated, not to be in the run already
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.table({"item": ["n1", "n1"], "name": ["A", "B"]}), dup)
+    res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(dup)])
+    assert res.exit_code == 2 and "row 2" in res.output and "repeated (first in row 1)" in res.output, res.output
+    assert not (run / "items_added.parquet").exists()
+    # a misspelt feature column is read by nothing: a warning names it; the items are added
+    typo = tmp_path / "typo.parquet"
+    pq.write_table(pa.table({"item": ["n2"], "name": ["N2"], "artsit": ["A"], "album": ["A album 0"]}), typo)
+    res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(typo)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "column(s) artsit not read by this run" in out and "added 1 item(s)" in out, res.output
+    # integer ids after text ids: stored as text (the merge had failed with an Arrow type error)
+    ints = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"item": [77], "name": ["Seventy-seven"]}), ints)
+    res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(ints)])
+    assert res.exit_code == 0 and "(2 added in all)" in res.output and "warning" not in res.output, res.output
+    assert pq.read_table(run / "items_added.parquet").column("item").to_pylist() == ["n2", "77"]
+    # a column typed unlike the earlier added items' is named
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"item": ["n3"], "name": [3.5]}), bad)
+    res = CliRunner().invoke(cli_app, ["items", "add", str(run), str(bad)])
+    assert res.exit_code == 2 and "field 'name'" in res.output and "column 'name' holds double" in " ".join(res.output.split()), res.output
+
+
 def test_added_items_are_served_after_a_restart(mixed: Path, tmp_path: Path) -> None:
     """`segue serve` on a run with added items (the path workers load by, memory-mapped arrays and
     all) serves them from the start, /v1/rank marking them features_only as /v1/recommend does."""

@@ -117,6 +117,12 @@ def items_add(
         where = run
         if server:
             out["served"] = notify_reload(server, admin_key, run)["model"]
+    if out.get("ignored_columns"):
+        console.print(
+            f"[yellow]warning:[/] {escape(str(parquet))}: column(s) {escape(', '.join(out['ignored_columns']))} "
+            "not read by this run (not among its features); ignored",
+            highlight=False, soft_wrap=True,
+        )
     unk = ", ".join(f"{n} {c}" for n, c in out["unknown_values"].items() if c)
     after = f"; server {server} reloaded" if out.get("served") else "; POST /admin/reload (or restart) serves them"
     console.print(

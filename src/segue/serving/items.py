@@ -127,20 +127,59 @@ def add_items(run: str | Path, parquet: str | Path) -> dict[str, Any]:
     if old is not None:
         known |= {str(x) for x in old.column("item").to_pylist()}
     rows = _rows(new, parquet)
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, r in enumerate(rows):
-        if r["external_id"] in known or r["external_id"] in seen:
+        if r["external_id"] in known:
             raise InputError(f"item '{r['external_id']}' is already in the run", path=parquet, record=f"row {i + 1}",
                              field="item", expected="an item the run does not have")
-        seen.add(r["external_id"])
+        if r["external_id"] in seen:
+            raise InputError(f"item '{r['external_id']}' is repeated (first in row {seen[r['external_id']] + 1})", path=parquet,
+                             record=f"row {i + 1}", field="item", expected="each new item once")
+        seen[r["external_id"]] = i
     _apply(model, new, parquet)  # composes: a bad row fails before anything is written
     feats = model.item_features
     raw = raw_features(feats.names, rows)
     unknown = {n: sum(1 for vals in raw[n] if vals and not any(feats.vocabs[n].knows(v) for v in vals)) for n in feats.names}
-    table = new if old is None else pa.concat_tables([old, new], promote_options="permissive")
+    # ids are text, whatever the file's column type: an integer column merges with earlier text ids
+    new = new.set_column(new.column_names.index("item"), "item", pa.array([str(x) for x in new.column("item").to_pylist()], pa.string()))
+    table = new if old is None else _merged(old, new, parquet)
     with atomic_path(run / ADDED_FILE) as tmp:
         pq.write_table(table, tmp)
-    return {"added": len(rows), "total_added": table.num_rows, "unknown_values": unknown}
+    return {"added": len(rows), "total_added": table.num_rows, "unknown_values": unknown,
+            "ignored_columns": ignored_columns(new.column_names, feats.names, feats.content_dim)}
+
+
+def _merged(old: Any, new: Any, path: Path) -> Any:
+    """The run's added items and the new ones as one table; a column typed differently is named."""
+    import pyarrow as pa
+
+    try:
+        return pa.concat_tables([old, new], promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        clash = [f.name for f in new.schema if f.name in old.schema.names and old.schema.field(f.name).type != f.type]
+        name = clash[0] if clash else new.column_names[0]
+        got = new.schema.field(name).type
+        want = old.schema.field(name).type if name in old.schema.names else "?"
+        raise InputError(f"column '{name}' holds {got}, but the run's added items hold {want}", path=path, field=name,
+                         expected=f"{want} values, as in the items added before") from None
+
+
+# Columns the catalogue or the composition reads whatever the run's features (names are shown).
+READ_ALWAYS = frozenset({"item", "name", "creator", "artist", "album", "creator_key", "artist_key", "album_key", "meta"})
+
+
+def ignored_columns(columns: list[str], features: list[str], content_dim: int) -> list[str]:
+    """Columns of a new-items table the run reads nothing from: a feature it was not trained with
+    (or a misspelt one: 'artsit'), or `vector` for a run without content vectors."""
+    read = set(READ_ALWAYS)
+    if "genre" in features:
+        read |= {"genre", "genres"}
+    if "type" in features:
+        read.add("type")
+    read |= {f[5:] for f in features if f.startswith("meta.")}
+    if content_dim:
+        read.add("vector")
+    return [c for c in columns if c not in read]
 
 
 def apply_added_items(model: Any, folder: str | Path) -> list[int]:
@@ -174,4 +213,4 @@ def with_added_names(catalogue: Any, folder: str | Path) -> Any:
     return Catalogue(catalogue.vocab, pa.concat_tables([base, pa.table(cols)]))
 
 
-__all__ = ["ADDED_FILE", "add_items", "apply_added_items", "with_added_names"]
+__all__ = ["ADDED_FILE", "add_items", "apply_added_items", "ignored_columns", "with_added_names"]
