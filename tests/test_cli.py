@@ -152,10 +152,31 @@ def test_demo_on_a_taken_port_names_the_port_before_any_step(tmp_path: Path) -> 
         res = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--steps", "build,serve", "--port", str(port)])
     assert res.exit_code == 2, res.output
     out = " ".join(res.output.split())
-    assert f"port {port} on 127.0.0.1 is not free for the demo server" in out, out
+    assert f"port {port} on 127.0.0.1 is not free (" in out, out
     assert f"choose another with --port (e.g. segue demo --port {port + 1}), or pass --no-serve" in out, out
     assert "is serving" not in out and "Traceback" not in out
     assert not (tmp_path / "d").exists()  # checked before the build step, not minutes later
+
+
+def test_serve_on_a_taken_or_impossible_port_is_one_error_before_anything_is_announced(tmp_path: Path) -> None:
+    """`segue serve` had printed the page's address, loaded the model and then failed in uvicorn
+    (exit 3); a port past 65535 was taken modulo 65536 (99999 listened on 34463)."""
+    from segue.data.arrays import SplitData
+    from segue.models.popularity import Popularity
+
+    src, store, folder = tmp_path / "seq.txt", tmp_path / "s.duckdb", tmp_path / "pop"
+    _write_sequences(src)
+    assert runner.invoke(app, ["data", "build", "seqtext", str(src), "-o", str(store), "-s", "leave_last_out"]).exit_code == 0
+    with Store.open(store) as st:
+        Popularity().fit(SplitData.load(st, "loo")).save(folder)
+    with _occupied_port() as taken:
+        port = taken.getsockname()[1]
+        res = runner.invoke(app, ["serve", "--model", str(folder), "--port", str(port)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"port {port} on 127.0.0.1 is not free (" in out and "choose another with --port" in out, out
+    assert "page:" not in out and "serving" not in out
+    res = runner.invoke(app, ["serve", "--model", str(folder), "--port", "99999"])
+    assert res.exit_code == 2 and "--port" in res.output and "65535" in res.output, res.output
 
 
 def test_demo_serve_step_on_a_taken_port_announces_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

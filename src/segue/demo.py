@@ -271,21 +271,10 @@ def step_pipeline(state: DemoState) -> None:
 
 
 def bind_port(port: int, host: str = "127.0.0.1") -> socket.socket:
-    """A socket bound to host:port for the demo server, or an error naming the port and --port.
+    """A socket bound to host:port for the demo server, or an error naming the port and --port."""
+    from segue.serving.cli import bind_port as bind
 
-    The demo had announced "segue is serving ... open http://127.0.0.1:8000/" and only then failed
-    with uvicorn's "address already in use"."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise SegueError(
-            f"port {port} on {host} is not free for the demo server ({e.strerror or e}): choose another with "
-            f"--port (e.g. segue demo --port {port + 1}), or pass --no-serve"
-        ) from None
-    return sock
+    return bind(host, port, f"choose another with --port (e.g. segue demo --port {port + 1}), or pass --no-serve")
 
 
 def step_serve(state: DemoState) -> None:

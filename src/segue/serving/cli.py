@@ -12,6 +12,22 @@ from typing import Annotated, Any
 
 import typer
 
+from segue.errors import SegueError
+
+
+def bind_port(host: str, port: int, hint: str) -> socket.socket:
+    """A socket bound to host:port, or a SegueError naming the port and `hint` (how to choose
+    another). Checked before anything is announced: a taken port had printed the page's address,
+    loaded the model, and only then failed in uvicorn with "address already in use"."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SegueError(f"port {port} on {host} is not free ({e.strerror or e}): {hint}") from None
+    return sock
+
 
 @dataclass
 class RunningServer:
@@ -95,7 +111,7 @@ def serve(
         typer.Option(help="Store to take item names from (saved into the model folder)"),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on")] = 8000,
     feature_log: Annotated[
         Path | None, typer.Option(help="Folder for the request feature log")
     ] = Path("feature-log"),
@@ -112,7 +128,7 @@ def serve(
     ] = 30.0,
     admin_port: Annotated[
         int | None,
-        typer.Option(help="With --workers > 1: the supervisor's port for /admin/reload (rolls every worker onto a model)"),
+        typer.Option(min=1, max=65535, help="With --workers > 1: the supervisor's port for /admin/reload (rolls every worker onto a model)"),
     ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="JSON access lines on stdout")
@@ -166,6 +182,9 @@ def serve(
         access_log=access_log,
         drift=drift,
     )
+    bind_port(host, port, "choose another with --port").close()
+    if admin_port is not None:
+        bind_port(host, admin_port, "choose another with --admin-port").close()
     console.print(
         f"serving {header['family']} model {model} with {workers} worker(s); ready when /readyz says so",
         highlight=False,
