@@ -208,6 +208,12 @@ def test_bad_input_is_422_naming_the_field(dot_server) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "temperature"]
     r = c.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
+    # a JSON body sent as a form (curl -d without -H) is said to need the JSON content type
+    for ctype in ("application/x-www-form-urlencoded", None):
+        headers = {"content-type": ctype} if ctype else {}
+        r = c.post("/v1/recommend", content=b'{"history": ["track:1"], "n": 3}', headers=headers)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "content-type"], r.json()
+        assert "send Content-Type: application/json" in r.json()["detail"][0]["msg"]
     r = c.get("/v1/items/search", params={"q": ""})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "q"]
     # Unknown query parameters are refused as unknown body fields are, not silently ignored.

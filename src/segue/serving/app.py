@@ -596,7 +596,14 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes each error's input as is: 1e400 or NaN made that 422 fail
         # to serialise (a 500). These details are JSON-safe and bounded.
-        return JSONResponse({"detail": error_details(exc.errors())}, status_code=422)
+        errors = error_details(exc.errors())
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in ctype.lower():
+            # curl -d sends application/x-www-form-urlencoded: FastAPI then reads no JSON at all and
+            # said "Input should be a valid dictionary" of a body that is one
+            errors = [{"type": "content_type", "loc": ["header", "content-type"], "input": ctype or None,
+                       "msg": f"the body is read as JSON only: send Content-Type: application/json (got {ctype or 'none'})"}]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(SegueError)
     async def _segue_error(request: Request, exc: SegueError) -> JSONResponse:
