@@ -190,3 +190,58 @@ def test_max_steps_says_it_lifts_an_epoch_limit_only_when_that_binds(
         assert "lifted" not in out, out
     else:
         assert note in out and out.count("lifted") == 1, out
+
+
+def test_metric_typo_is_refused_before_the_run_folder_is_written(store: Path, tmp_path: Path) -> None:
+    # The metric was checked at the first validation, after config.toml, vocab.json and a
+    # checkpoint folder were written: the corrected config was then refused as "another config".
+    cfg = _cfg(store, metric="ndgc@10") | {"runs_dir": str(tmp_path / "runs")}
+    cfg_path = _write(tmp_path / "c.toml", cfg)
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 2, res.output
+    assert "field 'metric' is 'ndgc@10'" in res.output and "ndcg@10" in res.output
+    assert not (tmp_path / "runs").exists()
+    _write(cfg_path, _cfg(store) | {"runs_dir": str(tmp_path / "runs")})
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 0, res.output
+
+
+def _rated_store(path: Path, bad_user: int | None) -> Path:
+    rng = np.random.default_rng(0)
+    seqs = [[int(i) for i in rng.choice(24, size=6, replace=False)] for _ in range(40)]
+    ratings: list[list[float | None]] = [[4.0] * len(s) for s in seqs]
+    if bad_user is not None:
+        ratings[bad_user][:3] = [-40.0] * 3  # the fold-in input holds the first events
+    return make_store(path, seqs, [{"kind": "strong", "name": "strong", "valid_users": 8, "test_users": 8}], rating=ratings)
+
+
+def test_autoencoder_rating_outside_the_scale_names_store_user_and_item(tmp_path: Path) -> None:
+    from segue.data.splits import Part
+    from segue.data.store import Store
+
+    with Store.open(_rated_store(tmp_path / "probe.duckdb", None)) as s:
+        from segue.data.arrays import SplitData
+
+        valid_user = int(SplitData.load(s, "strong").targets(Part.VALID).nonempty()[0])
+    path = _rated_store(tmp_path / "s.duckdb", valid_user)  # the same split: the rating only differs
+    cfg = {
+        "family": "autoencoder",
+        "name": "ae",
+        "runs_dir": str(tmp_path / "runs"),
+        "data": {"store": str(path), "split": "strong"},
+        "model": {"hidden": [8], "bottleneck": 4, "rating_scale": [1, 5]},
+        "trainer": {"max_steps": 2, "eval_every": 1, "metric": "ndcg@10", "progress": False, "loader": {"batch_size": 8}},
+    }
+    from segue.training.trainer import parse_train_config
+
+    cfg_path = tmp_path / "ae.toml"
+    parse_train_config(cfg).save(cfg_path)
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    with Store.open(path) as s:
+        items = s.items_table().to_pylist()
+    assert f"store {path}" in out and f"user 'u{valid_user}'" in out, out
+    assert re.search(r"rating -40 of user 'u\d+', item 'i\d+' is outside the rating scale \[1, 5\]", out), out
+    assert any(f"item '{r['external_id']}'" in out for r in items)
+    assert not (tmp_path / "runs").exists()

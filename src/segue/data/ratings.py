@@ -19,6 +19,7 @@ h is linear in r, so it inverts exactly for any user:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,13 +51,23 @@ class RatingScale:
         return f"[{self.low:g}, {self.high:g}]"
 
 
-def check_ratings(ratings: np.ndarray, scale: RatingScale, items: np.ndarray | None = None, *, source: str = "ratings") -> None:
-    """Raise an InputError naming the first rating outside `scale` (NaN = unrated is fine)."""
+def check_ratings(
+    ratings: np.ndarray,
+    scale: RatingScale,
+    items: np.ndarray | None = None,
+    *,
+    source: str = "ratings",
+    describe: Callable[[int], str] | None = None,
+) -> None:
+    """Raise an InputError naming the first rating outside `scale` (NaN = unrated is fine).
+
+    `describe(i)` names entry i for people (user and item as the input spells them); without it
+    the entry is named by `items[i]`, an internal id."""
     r = np.asarray(ratings, dtype=np.float64)
     bad = np.flatnonzero(~np.isnan(r) & ((r < scale.low) | (r > scale.high) | ~np.isfinite(r)))
     if len(bad):
         i = int(bad[0])
-        item = f"item {items[i]}" if items is not None else f"entry {i}"
+        item = describe(i) if describe is not None else f"item {items[i]}" if items is not None else f"entry {i}"
         raise InputError(
             f"rating {r[i]:g} of {item} is outside the rating scale {scale} ({len(bad)} such rating(s))",
             record=source,

@@ -601,6 +601,56 @@ def data_warnings(cfg: RunConfig, task: TrainTask, data: SplitData) -> list[str]
     return out
 
 
+def validated_metrics(family: str, family_config: Config, task: TrainTask) -> list[str] | None:
+    """The metrics a family's validation can report (what trainer.metric and tiebreak may name),
+    or None when unknown or never validated. Mirrors segue.training.evaluate.evaluate (the
+    transformer) and autoencoder_task.validation_metrics; the loop still checks what it gets."""
+    if getattr(task, "vset", None) is None:
+        return None
+    if family == "transformer":
+        out = ["exact_ce", "sampled_ce", "corrected_ce", "hr@10", "ndcg@10"]
+        events = getattr(family_config, "events", None)
+        if events is not None and events.enabled:
+            out += [f"{name}_rmse" for name, _, _ in events.targets()]
+        return out
+    if family == "autoencoder":
+        from segue.training.autoencoder_task import EVAL_KS
+
+        out = [f"{m}@{k}" for k in EVAL_KS for m in ("ndcg", "recall")]
+        return out + (["rmse"] if family_config.model.rating_head else [])  # type: ignore[attr-defined]
+    return None
+
+
+def check_validation_metric(cfg: RunConfig, family_config: Config, task: TrainTask) -> None:
+    """ConfigError when trainer.metric or trainer.tiebreak names a metric validation never reports."""
+    known = validated_metrics(cfg.family, family_config, task)
+    if known is None:
+        return
+    tc = cfg.trainer  # type: ignore[attr-defined]
+    for field, name in (("metric", tc.metric), ("tiebreak", tc.tiebreak)):
+        if name is not None and name not in known:
+            raise ConfigError(f"trainer: field '{field}' is '{name}' (this family validates: {', '.join(known)})")
+
+
+def check_profile_ratings(store: Store, arrays: Any, scale: Any, what: str, rows: np.ndarray | None = None) -> None:
+    """InputError naming the store, the user (sequence key) and the item (external id) of the first
+    rating of `arrays` (rows `rows`, default all) outside `scale`."""
+    from segue.data.ratings import check_ratings
+    from segue.models.autoencoder import profile_entries
+
+    if arrays.rating is None:
+        return
+    rows = np.arange(len(arrays)) if rows is None else np.asarray(rows)
+    b, _, rating, item = profile_entries(arrays, rows, 2**31 - 1)  # every catalogue token
+
+    def describe(i: int) -> str:
+        (user,) = store.con.execute("SELECT external_id FROM sequences WHERE seq_id = ?", [int(rows[b[i]])]).fetchone()
+        got = store.con.execute("SELECT external_id FROM items WHERE item_id = ?", [int(item[i])]).fetchone()
+        return f"user '{user}', item '{got[0] if got else item[i]}'"
+
+    check_ratings(rating, scale, item, source=f"store {store.path}, {what}", describe=describe)
+
+
 def repeat_share(arrays: Any) -> float:
     """Share of events whose item already occurred earlier in the same sequence."""
     tokens = np.asarray(arrays.tokens, dtype=np.int64)
@@ -650,7 +700,17 @@ def train(
     try:
         data = open_split(store, cfg.data.split)
         family_config = cfg.family_config()
+        if cfg.family == "autoencoder" and family_config.model.rating_scale is not None:  # type: ignore[attr-defined]
+            # before the task's own check, which can name the item only by its internal id
+            from segue.data.ratings import RatingScale
+
+            check_profile_ratings(store, data.train, RatingScale(*family_config.model.rating_scale), f"split '{data.split}' training part")  # type: ignore[attr-defined]
         task = task_factory(cfg.family)(family_config, data)
+        # Checks that would otherwise fail at the first validation, after the run folder is written.
+        check_validation_metric(cfg, family_config, task)
+        vset, scale = getattr(task, "vset", None), getattr(task, "scale", None)
+        if cfg.family == "autoencoder" and vset is not None and scale is not None:
+            check_profile_ratings(store, vset[0], scale, f"split '{data.split}' validation input", rows=vset[2])
         for text in data_warnings(cfg, task, data):
             console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
         run.mkdir(parents=True, exist_ok=True)
