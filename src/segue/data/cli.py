@@ -92,6 +92,8 @@ def data_build(
 ) -> None:
     from segue.data.store import BuildConfig, build_store
 
+    if out.is_dir():  # checked first: --force cannot make a folder a store file
+        raise ConfigError(f"{out} is a folder (expected a store file path); choose another --out")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to replace it, or choose another --out")
     splits = [parse_split(s) for s in split] if split else [{"kind": "random_sequence"}]

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # imported inside the functions: `segue --help` must not pay 
     from segue.data.store import Store
     from segue.models.base import BaseRecommender
 
+MIN_REPORT_BOOT = 10  # EvaluateConfig.n_boot's floor: a report's CIs and p-values need resamples
+
 BASELINES = ("popularity", "itemknn", "ease", "item2vec", "als", "biasedmf")
 
 
@@ -172,15 +174,24 @@ def run_evaluation(
     from segue.data.store import Store
     from segue.evaluation.evaluator import evaluate as run
     from segue.evaluation.protocols import ProtocolConfig, protocol_spec, resolve_split
-    from segue.evaluation.report import EvaluateConfig, compute_stats, print_table, write_report
+    from segue.evaluation.report import (
+        EvaluateConfig,
+        check_report_path,
+        compute_stats,
+        print_table,
+        write_report,
+    )
 
     console = console or Console()
     if not store.exists():
         raise SegueError(f"{store}: no store here (build one with `segue data build`)")
     spec = protocol_spec(protocol)
     split = resolve_split(store, spec.name, split)
+    out_given = out is not None
     if report and out is None:
         out = Path("reports") / f"{spec.name}-{split}"
+    # before any fitting or ranking: the report replaces the whole path, so it must be new or an earlier report
+    replacing = report and out is not None and check_report_path(out)
     pcfg = ProtocolConfig(name=spec.name, part=part, exclude_seen=exclude_seen, min_history=min_history)
     if continuation_ks is not None:
         pcfg = pcfg.model_copy(update={"continuation_ks": continuation_ks})
@@ -202,10 +213,10 @@ def run_evaluation(
             seed=seed,
             reference=reference,
         )
-        replaced = out.exists()
         write_report(result, out, stats, config)
-        if replaced:  # re-running the same protocol and split lands in the same folder
-            console.print(f"[yellow]replaced the previous report in[/] {out} (pass --out to keep both)")
+        if replacing:  # by default, re-running the same protocol and split lands in the same folder
+            hint = "" if out_given else " (pass --out to keep both)"
+            console.print(f"[yellow]replaced the previous report in[/] {out}{hint}")
         console.print(f"[green]report written to[/] {out}/report.html")
     return result, stats, (out if report else None)
 
@@ -227,9 +238,9 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default reports/<protocol>-<split>).")] = None,
     part: Annotated[str, typer.Option("--part", help="test or valid.")] = "test",
     keep_seen: Annotated[bool, typer.Option("--keep-seen", help="Let history items be recommended (repeat consumption).")] = False,
-    min_history: Annotated[int, typer.Option("--min-history", help="Leave out queries with a shorter history.")] = 1,
+    min_history: Annotated[int, typer.Option("--min-history", min=0, help="Leave out queries with a shorter history.")] = 1,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries scored at once (default: fits 256 MB of scores).")] = None,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=0, help="Bootstrap resamples (at least 10 for a report; 0: no CIs, with --no-report).")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     reference: Annotated[str | None, typer.Option("--reference", help="Model the others are compared with (default: the best).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the table only.")] = False,
@@ -241,6 +252,11 @@ def evaluate(
     """Evaluate models (or baselines fitted on the fly) under a protocol: a table and a report folder."""
     from rich.console import Console
 
+    if not no_report and n_boot < MIN_REPORT_BOOT:
+        # checked before any work: the report's config refused it only after the whole evaluation
+        raise typer.BadParameter(
+            f"{n_boot} is too few for a report (expected at least {MIN_REPORT_BOOT}; 0 only with --no-report)", param_hint="'--n-boot'"
+        )
     console = Console()
     try:
         k_list = parse_ks(ks)

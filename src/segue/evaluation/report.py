@@ -19,6 +19,7 @@ import html
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,10 @@ from segue.evaluation.significance import (
     cis,
     summarize_difference,
 )
-from segue.io import atomic_path
+from segue.io import atomic_path, check_output
+
+# The file every report folder holds: how a path is recognised as an earlier report (check_report_path).
+REPORT_MARKER = "results.json"
 
 
 class EvaluateConfig(Config):
@@ -505,11 +509,30 @@ def _feedback_json(fb: Any) -> dict[str, Any] | None:
     return out
 
 
-def write_report(result: EvalResult, out: str | Path, stats: Stats, config: EvaluateConfig | None = None) -> Path:
-    """Write the report folder `out` atomically (see the module docstring for its files)."""
+def check_report_path(out: str | Path, kind: str = "report", marker: str = REPORT_MARKER) -> bool:
+    """Refuse an `out` that is neither new nor an earlier report (write_report replaces the whole
+    path); True when an earlier report is there. Callers check before evaluating, to fail fast."""
+    return check_output(out, kind, marker)
+
+
+def write_report(
+    result: EvalResult,
+    out: str | Path,
+    stats: Stats,
+    config: EvaluateConfig | None = None,
+    *,
+    extra_files: Mapping[str, str] | None = None,
+    kind: str = "report",
+    marker: str = REPORT_MARKER,
+) -> Path:
+    """Write the report folder `out` atomically (see the module docstring for its files), with
+    `extra_files` (name -> text) in the same folder, so they appear with the report or not at all."""
     out = Path(out)
+    check_report_path(out, kind, marker)  # checked again: a library caller may not have
     png = plot_metrics_vs_k(result)
     with atomic_path(out, is_dir=True) as tmp:
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         (tmp / "metrics_vs_k.png").write_bytes(png)
         (tmp / "report.md").write_text(render_markdown(result, stats, config), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(result, stats, png, config), encoding="utf-8")

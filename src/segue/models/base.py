@@ -9,7 +9,9 @@ evaluator, the CLI and the server only use `load_model(folder)` and this protoco
 from __future__ import annotations
 
 import json
+import pickle
 import tomllib
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
@@ -229,9 +231,29 @@ def read_model_header(folder: Path) -> dict[str, Any]:
 
 
 def load_model(folder: str | Path) -> BaseRecommender:
+    """The model saved in `folder`; a folder whose files cannot be read (truncated weights, a
+    missing file) is a SegueError naming it, so every command reports it alike (evaluate, serve, export)."""
     folder = Path(folder)
     header = read_model_header(folder)
-    return model_class(header["family"]).load(folder)
+    cls = model_class(header["family"])
+    try:
+        return cls.load(folder)
+    except SegueError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        raise SegueError(f"{folder}: the model could not be loaded ({type(e).__name__}: {e}{_unreadable(folder, e)})") from e
+
+
+def _unreadable(folder: Path, e: BaseException) -> str:
+    """'; unreadable: <file>' for the file behind a load error, where it can be told cheaply."""
+    name = getattr(e, "filename", None)
+    if isinstance(name, str | Path):
+        return f"; unreadable: {name}"
+    if isinstance(e, zipfile.BadZipFile):  # np.load names no file: the archives that are no zip are the culprits
+        bad = sorted(str(p) for p in folder.rglob("*.npz") if p.is_file() and not zipfile.is_zipfile(p))
+        if bad:
+            return f"; unreadable: {', '.join(bad)}"
+    return ""
 
 
 def _register_builtins() -> None:

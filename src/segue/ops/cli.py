@@ -36,12 +36,16 @@ def validate(
 
     A new file against the store it will join: segue validate s.duckdb 'csv:new.csv?user=u&item=i'
     """
+    from segue.io import check_output
     from segue.ops.alerts import post_webhook
     from segue.ops.eventset import parse_spec
     from segue.ops.thresholds import load_thresholds
     from segue.ops.validation import validate as run_validation
     from segue.ops.validation import write_result
 
+    # before any reading, and the same rule as every segue output folder (exit 2, not validate's 1):
+    # a file there made write_result fail with a traceback
+    check_output(out, "validation folder", "validation.json")
     limits = load_thresholds(thresholds)
     ref_spec, cand_spec = parse_spec(reference), parse_spec(candidate)  # bad specs fail before any reading
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -134,12 +134,14 @@ def export_vectors(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from segue.data.vocab import N_SPECIAL
+    from segue.data.vocab import N_SPECIAL, Vocabulary
     from segue.errors import ConfigError, SegueError
-    from segue.io import atomic_path
+    from segue.evaluation.evaluator import check_vocab
+    from segue.io import atomic_path, check_output
 
     if part not in PARTS:
         raise ConfigError(f"--part '{part}': expected one of {', '.join(PARTS)}")
+    check_output(out, "export", META_FILE)  # the folder replaces the whole path: only a new one or an earlier export
     if not (callable(getattr(model, "item_embeddings", None)) and callable(getattr(model, "query_embeddings", None))):
         raise SegueError(
             f"the {model.family} model has no two towers: it offers no item_embeddings() / query_embeddings() "
@@ -147,6 +149,9 @@ def export_vectors(
         )
     vocab = model._check_fitted()
     store.require_split(split)
+    # another store's (or split's) items under the same token ids would make every user vector
+    # meaningless: the check `segue evaluate` makes
+    check_vocab(model.family, vocab, Vocabulary.from_store(store.con, split), split, use="the export reads", fix="export")
     emb = np.asarray(model.item_embeddings(), dtype=np.float32)  # type: ignore[attr-defined]
     if emb.ndim != 2 or emb.shape[0] != len(vocab):
         raise SegueError(f"{model.family}: item_embeddings() has shape {emb.shape}, not [{len(vocab)}, d]")

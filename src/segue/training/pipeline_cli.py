@@ -44,16 +44,29 @@ def pipeline_config(run: PipelineRunConfig, config: Path) -> PipelineConfig:
     return PipelineConfig.from_dict(pipe, source=f"{config} [pipeline]")
 
 
+def _is_pipeline_model(folder: Path) -> bool:
+    """A model folder of the pipeline family (what `segue pipeline` writes), by its model.toml."""
+    import tomllib
+
+    try:
+        return tomllib.loads((folder / "model.toml").read_text(encoding="utf-8")).get("family") == "pipeline"
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
 def fit_pipeline(config: Path, out: Path | None = None, console: object = None, store: Path | None = None) -> Path:
     """Fit the pipeline of `config` on its store's split (or on `store`) and save it (atomically) to `out`."""
     from segue.data.arrays import SplitData
     from segue.data.store import Store
+    from segue.io import check_output
     from segue.models.pipeline import PipelineRecommender
 
     run = PipelineRunConfig.load(config)
     base = config.parent
     cfg = pipeline_config(run, config)
     out = out or base / run.models_dir / run.name
+    # before fitting: save() replaces the whole path, so it must be new or an earlier pipeline model
+    check_output(out, "pipeline model", _is_pipeline_model)
 
     def progress(what: str, done: int, total: int) -> None:
         if console is not None and (done == total or done % 2000 < 128):

@@ -30,7 +30,9 @@ from pydantic import Field, model_validator
 
 from segue.config import Config, read_toml
 from segue.errors import ConfigError, SegueError
-from segue.io import atomic_write_text
+
+EXPERIMENT_KIND = "experiment report"
+EXPERIMENT_MARKER = "experiment.md"  # what tells an earlier experiment's folder (a report plus this) from others
 
 
 class ModelSpec(Config):
@@ -183,7 +185,13 @@ def run_experiment(path: Path, *, out: Path | None = None, console: Any = None) 
     from segue.data.store import Store
     from segue.evaluation.evaluator import evaluate
     from segue.evaluation.protocols import ProtocolConfig
-    from segue.evaluation.report import EvaluateConfig, compute_stats, print_table, write_report
+    from segue.evaluation.report import (
+        EvaluateConfig,
+        check_report_path,
+        compute_stats,
+        print_table,
+        write_report,
+    )
 
     console = console or Console()
     cfg = ExperimentConfig.load(path)
@@ -192,6 +200,8 @@ def run_experiment(path: Path, *, out: Path | None = None, console: Any = None) 
         raise SegueError(f"{path}: field 'store': {store_path} does not exist (build it with `segue data build`)")
     check_models(cfg, str(path))  # every config is checked before anything is fitted
     out = out or (cfg.resolve(cfg.out) if cfg.out else Path("reports") / f"experiment-{path.stem}")
+    # before any fitting: the report replaces the whole path, so it must be new or an earlier experiment
+    check_report_path(out, EXPERIMENT_KIND, EXPERIMENT_MARKER)
     pcfg = ProtocolConfig(name=cfg.protocol, part=cfg.part)
     with Store.open(store_path) as store:
         if cfg.split not in store.split_names():
@@ -203,8 +213,8 @@ def run_experiment(path: Path, *, out: Path | None = None, console: Any = None) 
     table = markdown_table(result, stats, infos)
     ecfg = EvaluateConfig(models=[m.name for m in cfg.models], store=str(store_path), split=cfg.split, protocol=pcfg,
                           ks=list(result.ks), n_boot=cfg.n_boot, seed=cfg.seed, reference=stats.reference)
-    write_report(result, out, stats, ecfg)
     title = f"# Experiment: {path.name}\n\n{result.protocol} on split '{result.split}' ({result.part}), {len(result.seq_ids)} queries; ± = half the 95% bootstrap CI; Δ = paired bootstrap difference from the reference.\n\n"
-    atomic_write_text(out / "experiment.md", title + table + "\n")
-    atomic_write_text(out / "experiment.toml", Path(path).read_text(encoding="utf-8"))
+    # written with the report, in one atomic step: an experiment folder is never left without them
+    extra = {EXPERIMENT_MARKER: title + table + "\n", "experiment.toml": Path(path).read_text(encoding="utf-8")}
+    write_report(result, out, stats, ecfg, extra_files=extra, kind=EXPERIMENT_KIND, marker=EXPERIMENT_MARKER)
     return out, table
