@@ -543,3 +543,35 @@ def test_a_near_zero_temperature_samples_the_greedy_continuation(folders) -> Non
         warnings.simplefilter("error")  # the gaps / 5e-324 overflowed (a RuntimeWarning per step)
         cold, probs, _ = engine.continue_(seed, 5, temperature=5e-324, rng=np.random.default_rng(0))
     assert cold == greedy and probs == [1.0] * 5
+
+
+def test_names_from_another_store_are_refused_and_a_partial_one_keeps_the_saved_names(tmp_path, caplog) -> None:
+    """`segue serve --store` with a store the model was not trained on: it had served without a
+    name and overwritten the folder's items.parquet with the empty table."""
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segue.data.sources.base import Chunk, ListSource
+    from segue.data.store import BuildConfig, build_store
+    from segue.errors import SegueError
+    from segue.serving.catalogue import Catalogue, load_catalogue
+
+    store = named_store(tmp_path / "a.duckdb")
+    folder = dot_folder(store, tmp_path / "dot")
+    vocab = load_model(folder).vocab
+    n = len(vocab) - N_SPECIAL
+    assert load_catalogue(folder, vocab, store).found == n  # the training store names every item
+    # a store holding only some of the items: a warning, and the saved table is kept
+    part = named_store(tmp_path / "b.duckdb", n_items=20)
+    caplog.set_level(logging.WARNING, logger="segue.serving")
+    got = load_catalogue(folder, vocab, part)
+    assert 0 < got.found < n and any(f"of the model's {n} items" in r.getMessage() for r in caplog.records)
+    assert Catalogue(vocab, pq.read_table(folder / ITEMS_FILE)).found == n
+    # a store with none of them: refused
+    events = pa.table({"seq_key": ["u1", "u1", "u2"], "item_key": ["x:1", "x:2", "x:1"], "position": pa.array([0, 1, 0], pa.int32())})
+    other = build_store(ListSource([Chunk(events=events)]), tmp_path / "c.duckdb", BuildConfig(seed=0, splits=[]))
+    with pytest.raises(SegueError, match=f"c.duckdb: has none of the model's {n} items"):
+        load_catalogue(folder, vocab, other)
+    assert Catalogue(vocab, pq.read_table(folder / ITEMS_FILE)).found == n

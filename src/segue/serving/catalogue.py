@@ -9,6 +9,7 @@ their external ids.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from segue.data.vocab import N_SPECIAL, Vocabulary
+from segue.errors import SegueError
 from segue.io import atomic_path
+
+log = logging.getLogger("segue.serving")
 
 ITEMS_FILE = "items.parquet"
 COLUMNS = ("external_id", "name", "creator", "album")
@@ -40,11 +44,13 @@ class Catalogue:
             meta_t = pa.table({c: meta[c].cast(pa.string()) for c in COLUMNS})
             # One row per vocabulary item, in token order.
             idx = pc.index_in(base.column("external_id"), value_set=meta_t.column("external_id"))
+            self.found = len(idx) - idx.null_count  # vocabulary items the table has a row for
             cols = {"external_id": base.column("external_id")}
             for c in COLUMNS[1:]:
                 cols[c] = pc.take(meta_t.column(c), idx)
             self.table = pa.table(cols)
         else:
+            self.found = 0
             self.table = pa.table(
                 {
                     "external_id": base.column("external_id"),
@@ -132,6 +138,7 @@ def load_catalogue(
 ) -> Catalogue:
     """Names from `store` (and saved into the model folder), else from the folder's items.parquet."""
     folder = Path(model_folder)
+    path = folder / ITEMS_FILE
     if store is not None:
         from segue.data.store import Store
 
@@ -140,12 +147,17 @@ def load_catalogue(
                 "SELECT external_id, name, creator, album FROM items"
             ).to_arrow_table()
         catalogue = Catalogue(vocab, table)
-        with contextlib.suppress(
-            OSError
-        ):  # a read-only model folder still serves, names from the store
-            catalogue.save(folder)
+        n = len(vocab) - N_SPECIAL
+        if n and catalogue.found == 0:
+            raise SegueError(f"{store}: has none of the model's {n} items (the model was trained on another store?)")
+        if catalogue.found < n:
+            log.warning("%s has %d of the model's %d items; the others are shown by their ids", store, catalogue.found, n)
+        # Saved unless the folder already names more of the model's items (a partial store must
+        # not overwrite a better table that later serves without --store read).
+        if not path.exists() or Catalogue(vocab, pq.read_table(path)).found <= catalogue.found:
+            with contextlib.suppress(OSError):  # a read-only model folder still serves, names from the store
+                catalogue.save(folder)
         return catalogue
-    path = folder / ITEMS_FILE
     if path.exists():
         return Catalogue(vocab, pq.read_table(path))
     return Catalogue(vocab, None)
