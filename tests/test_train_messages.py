@@ -245,3 +245,29 @@ def test_autoencoder_rating_outside_the_scale_names_store_user_and_item(tmp_path
     assert re.search(r"rating -40 of user 'u\d+', item 'i\d+' is outside the rating scale \[1, 5\]", out), out
     assert any(f"item '{r['external_id']}'" in out for r in items)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [("--max-steps", "-3", ">= 1"), ("--max-epochs", "-1", "> 0"), ("--max-minutes", "0", "> 0")],
+)
+def test_limit_overrides_out_of_range_are_usage_errors(store: Path, tmp_path: Path, option: str, value: str, expected: str) -> None:
+    # these reached TrainerConfig's validation and ended in a pydantic ValidationError traceback
+    cfg_path = _write(tmp_path / "c.toml", _cfg(store) | {"runs_dir": str(tmp_path / "runs")})
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), option, value])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert option in out and expected in out and "Traceback" not in out and "ValidationError" not in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_folder_and_run_file_are_named(store: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["train", "--config", str(tmp_path)])  # IsADirectoryError before
+    assert res.exit_code == 2, res.output
+    assert f"{tmp_path}: is a folder (expected a train config .toml file)" in " ".join(res.output.split())
+    cfg_path = _write(tmp_path / "c.toml", _cfg(store))
+    (tmp_path / "runs_file").write_text("x")
+    res = runner.invoke(app, ["train", "--config", str(cfg_path), "--run", str(tmp_path / "runs_file")])  # FileExistsError before
+    assert res.exit_code == 2, res.output
+    assert f"{tmp_path / 'runs_file'}: is a file (expected a run folder)" in " ".join(res.output.split())
+    assert (tmp_path / "runs_file").read_text() == "x"

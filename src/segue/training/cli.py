@@ -10,6 +10,20 @@ import typer
 from rich.console import Console
 
 
+def _positive(value: float | None) -> float | None:
+    """A limit override must be > 0 (the trainer config's rule), else a usage error naming the option
+    instead of pydantic's traceback from TrainerConfig."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not allowed (expected a number > 0)")
+    return value
+
+
+def _at_least_one(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"{value} is not allowed (expected a whole number of steps >= 1)")
+    return value
+
+
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="A train config TOML file (see configs/).")],
     run_dir: Annotated[Path | None, typer.Option("--run", help="Run folder (default: runs_dir/name from the config).")] = None,
@@ -17,12 +31,13 @@ def train(
     max_steps: Annotated[
         int | None,
         typer.Option(
+            callback=_at_least_one,
             help="Override trainer.max_steps (lifts max_epochs when that would stop the run sooner, and min_epochs when "
             "that would run it longer)."
         ),
     ] = None,
-    max_epochs: Annotated[float | None, typer.Option(help="Override trainer.max_epochs.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Override trainer.max_minutes.")] = None,
+    max_epochs: Annotated[float | None, typer.Option(callback=_positive, help="Override trainer.max_epochs (> 0).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(callback=_positive, help="Override trainer.max_minutes (> 0).")] = None,
     mlflow: Annotated[
         str | None,
         typer.Option("--mlflow", help="Also log params, metrics and curves to MLflow: a registry folder or a tracking URI."),
@@ -31,10 +46,16 @@ def train(
     """Train a neural model (transformer, autoencoder); resumes from the run folder's newest checkpoint."""
     import json
 
+    from segue.errors import ConfigError
     from segue.training.pairwise import resolve_init_from
     from segue.training.trainer import _stop_text, load_train_config
     from segue.training.trainer import train as train_fn
 
+    # a folder or a file where the other is expected: one line, not an OS error's traceback
+    if config.is_dir():
+        raise ConfigError(f"{config}: is a folder (expected a train config .toml file)")
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: is a file (expected a run folder)")
     cfg = resolve_init_from(load_train_config(config))  # a fine-tuning's init_from: from the config's folder
     console = Console()
     upd: dict[str, object] = {}
