@@ -237,3 +237,27 @@ def test_html_escaped_item_names_are_noted_and_decoded_on_request(tmp_path: Path
     assert '"Action & Comedy"' in items["1"][1]
     with pytest.raises(ConfigError, match="option 'items_unescape' is 'maybe' \\(expected true or false\\)"):
         open_source("tabular", ratings, item="i", items=str(info), items_unescape="maybe")
+
+
+def test_a_csv_that_is_not_utf8_names_the_line_and_the_encoding_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"user,item\nu1,a\nu1,b\nu2,caf\xe9\nu2,a\n")
+    res = CliRunner().invoke(app, ["data", "build", "csv", str(path), "-o", str(tmp_path / "s.duckdb")])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert f"{path}:4: not UTF-8 text" in text and "encoding=latin-1" in text
+    # the option it names reads the file
+    res = CliRunner().invoke(app, ["data", "build", "csv", str(path), "-o", str(tmp_path / "s.duckdb"), "--option", "encoding=latin-1"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_header_only_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "header.csv"
+    path.write_text("user,item,timestamp,rating\n")
+    with pytest.raises(InputError, match=rf"{path}: no events were found: the file has no rows after its header"):
+        build_store(open_source("tabular", path), tmp_path / "s.duckdb")
+    assert not (tmp_path / "s.duckdb").exists()

@@ -26,6 +26,7 @@ mapped and warns when a time-like column is left unmapped (events would follow f
 
 from __future__ import annotations
 
+import codecs
 import html
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -273,9 +274,43 @@ class TabularSource:
         names, delimiter = self._csv_columns()
         skip = 1 if self.header else 0
         reader = ColumnReader(self.path, skip_lines=skip, encoding=self.encoding)
-        for batch in iter_text_batches(self.path, delimiter=delimiter, names=names, skip_lines=skip, encoding=self.encoding):
-            yield Chunk(events=self._events(batch, reader))
-            reader.row_offset += batch.num_rows
+        try:
+            for batch in iter_text_batches(self.path, delimiter=delimiter, names=names, skip_lines=skip, encoding=self.encoding):
+                yield Chunk(events=self._events(batch, reader))
+                reader.row_offset += batch.num_rows
+        except InputError as e:
+            # pyarrow says "invalid UTF8 data" without a line: find the first undecodable one
+            if "invalid UTF8" in str(e) and codecs.lookup(self.encoding).name == "utf-8":
+                raise self._not_utf8() from None
+            raise
+        self._require_rows(reader.row_offset, "after its header" if self.header else "")
+
+    def _not_utf8(self) -> InputError:
+        """The error for a CSV that is not UTF-8: its first undecodable line and the encoding option
+        (error path only: reads the file once more, line by line)."""
+        line, text = None, ""
+        with open(self.path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    line, text = n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                    break
+        return InputError(
+            f"not UTF-8 text{f' ({text[:80]!r})' if text else ''}",
+            path=self.path,
+            line=line,
+            expected="UTF-8; for another encoding pass the source option encoding=<codec>, e.g. --option encoding=latin-1",
+        )
+
+    def _require_rows(self, rows: int, where: str) -> None:
+        # named here: the store's own "no events were found" cannot tell which file was empty
+        if rows == 0:
+            raise InputError(
+                f"no events were found: the file has no rows{' ' + where if where else ''}",
+                path=self.path,
+                expected="at least one interaction",
+            )
 
     def _parquet_columns(self) -> list[str]:
         import pyarrow.parquet as pq
@@ -300,6 +335,7 @@ class TabularSource:
             )
             yield Chunk(events=self._events(text, reader))
             reader.row_offset += batch.num_rows
+        self._require_rows(reader.row_offset, "")
 
     def _events(self, batch: pa.RecordBatch, reader: ColumnReader) -> pa.Table:
         m = self.mapping
