@@ -291,3 +291,21 @@ def test_list_table_reads_whole_at_80_columns(setup: dict, tmp_path: Path) -> No
         assert word in words, (word, r.output)
     for word in ("production", "candidate", "keep", "promote", "random", "ndcg@10", "0.1234", "[0.1111,", "0.1357]"):
         assert word in words, (word, r.output)
+
+
+def test_read_only_commands_do_not_create_a_registry(tmp_path: Path) -> None:
+    # `registry list` on a mistyped path said "no model named ..." and left registry.db + artifacts/
+    runner = CliRunner()
+    absent = tmp_path / "x" / "regg"
+    for args in (["list", "segue"], ["list"], ["show", "segue"]):
+        res = runner.invoke(app, ["registry", *args, "--registry", str(absent)])
+        assert res.exit_code == 2, res.output
+        assert f"{absent}: no registry here (expected a folder made by segue registry register" in " ".join(res.output.split())
+    assert not (tmp_path / "x").exists()
+    a_file = tmp_path / "good.csv"
+    a_file.write_text("a,b\n")
+    res = runner.invoke(app, ["registry", "list", "segue", "--registry", str(a_file)])  # NotADirectoryError before
+    assert res.exit_code == 2, res.output
+    assert f"{a_file}: is a file, not a registry" in " ".join(res.output.split())
+    with pytest.raises(ConfigError, match="is a file"):
+        Registry(a_file)  # writing commands too

@@ -126,10 +126,19 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 class Registry:
     """segue's view of an MLflow Model Registry (see the module docstring)."""
 
-    def __init__(self, location: str | Path | None = None) -> None:
+    def __init__(self, location: str | Path | None = None, *, create: bool = True) -> None:
+        """`create=False` (read-only commands): a folder without registry.db is an error, not a new,
+        empty registry that a mistyped path would leave behind."""
         self.uri, self.artifact_root = tracking_uri(location)
         self.location = str(location) if location is not None else os.environ.get(REGISTRY_ENV, "")
         self._client: Any = None
+        if self.artifact_root is not None:
+            folder = Path(self.artifact_root).parent
+            expected = "expected a folder made by segue registry register, or a tracking URI"
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"{self.location}: is a file, not a registry ({expected})")
+            if not create and not (folder / "registry.db").is_file():
+                raise ConfigError(f"{self.location}: no registry here ({expected})")
 
     @property
     def client(self) -> Any:

@@ -33,10 +33,11 @@ ServerOpt = Annotated[
 KeyOpt = Annotated[str | None, typer.Option("--admin-key", help="The server's admin key (default: $SEGUE_ADMIN_KEY).")]
 
 
-def _open(registry: str | None):  # noqa: ANN202 (imports deferred: --help stays fast)
+def _open(registry: str | None, *, create: bool = True):  # noqa: ANN202 (imports deferred: --help stays fast)
+    """The registry; read-only commands pass create=False, so a mistyped path is an error, not a new registry."""
     from segue.ops.registry import Registry
 
-    return Registry(registry)
+    return Registry(registry, create=create)
 
 
 def _when(ms: int) -> str:
@@ -60,7 +61,7 @@ def list_versions(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Versions with their aliases, parent, store checksum and headline metric."""
-    reg = _open(registry)
+    reg = _open(registry, create=False)
     console = Console()
     models = [name] if name else reg.names()
     if as_json:
@@ -113,7 +114,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Everything a version records: tags, evaluation with CIs, decision, run metrics and params."""
-    info = _open(registry).version(name, version, with_run=True)
+    info = _open(registry, create=False).version(name, version, with_run=True)
     d = info.to_dict() | {"params": info.params}
     if as_json:
         print(json.dumps(d, indent=2, default=str))
