@@ -337,3 +337,34 @@ def test_a_missing_incoming_folder_is_an_error_naming_the_field(tmp_path: Path, 
     (tmp_path / "incomming").write_text("not a folder")
     with pytest.raises(ConfigError, match="field 'incoming': .* is not a folder"):
         Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("[gate]\n", '[gate]\nmetric = "ndgc@10"\n', "field 'gate.metric': 'ndgc@10' is not measured (expected e.g. ndcg@10, hr@10"),
+        ('family = "popularity"', 'family = "eas"', "field 'family': 'eas' is not a model family (expected one of: "),
+        ("name = \"m\"\n", 'name = "m"\nsource_kind = "excel"\n', "field 'source_kind': unknown source kind 'excel'"),
+        ('timestamp = "ts"', 'timestmp = "ts"', "field 'source_options': unknown key 'timestmp' for source 'csv' (expected one of: "),
+        ("thresholds = \"", 'thresholds = "nosuch.toml"\n# was "', "field 'thresholds': "),
+    ],
+)
+def test_config_mistakes_are_named_before_any_work(tmp_path: Path, weeks: Path, old: str, new: str, expected: str) -> None:
+    """These surfaced after gathering, building and training (gate.metric: a KeyError traceback), or
+    never (thresholds are read only once a production version exists)."""
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    cfg_path = _setup(tmp_path, weeks, 1)
+    text = cfg_path.read_text()
+    assert old in text
+    cfg_path.write_text(text.replace(old, new, 1))
+    r = CliRunner().invoke(app, ["retrain", str(cfg_path)])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2, r.output
+    assert f"retrain.toml: {expected}" in out, out
+    if "timestmp" in new:
+        assert "did you mean 'timestamp'?" in out and "--option" not in out
+    assert "gather:" not in out and "train:" not in out
+    assert not (tmp_path / "work").exists() and not (tmp_path / "registry").exists()

@@ -106,6 +106,18 @@ PROTOCOL_OF_SPLIT = {
 }
 
 
+def eval_ks(protocol: str) -> tuple[int, ...]:
+    """The cut-offs evaluate_models measures under `protocol`."""
+    # Held-out users are judged at Liang et al.'s cut-offs too (NDCG@100, Recall@20 and @50).
+    return (10, 20, 50, 100) if protocol == "strong" else (10, 20)
+
+
+def measured_metrics(protocol: str) -> list[str]:
+    """The metrics evaluate_models reports under `protocol` (segue.evaluation.metrics.per_user_metrics)."""
+    ks = eval_ks(protocol)
+    return [f"{m}@{k}" for m in ("ndcg", "hr", "recall", "mrr", "precision") for k in ks] + ["rprec", "clicks"]
+
+
 def evaluate_models(
     models: Mapping[str, Any], store: str | Path, split: str, *, protocol: str | None = None, reference: str | None = None
 ) -> dict[str, Any]:
@@ -120,8 +132,7 @@ def evaluate_models(
         with Store.open(store) as s:
             s.require_split(split)
             protocol = PROTOCOL_OF_SPLIT.get(s.split_info(split)["kind"], "leave_last_out")
-    # Held-out users are judged at Liang et al.'s cut-offs too (NDCG@100, Recall@20 and @50).
-    ks = (10, 20, 50, 100) if protocol == "strong" else (10, 20)
+    ks = eval_ks(protocol)
     result = evaluate(models, store, split, protocol=protocol, ks=ks)
     stats = compute_stats(result, n_boot=500, reference=reference or next(iter(models)))
     out: dict[str, Any] = {

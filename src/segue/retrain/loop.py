@@ -114,6 +114,59 @@ class RetrainConfig(Config):
     def registry_location(self) -> str:
         return self.registry if "://" in self.registry else str(self.resolve(self.registry))
 
+    def check(self) -> None:
+        """ConfigError naming this file and the field, for what the steps would otherwise find only
+        after gathering, building and training (or never: thresholds without a production version)."""
+        import difflib
+
+        from segue.data.sources import (
+            canonical_kind,
+            check_values,
+            required_options,
+            source_options,
+        )
+        from segue.models.base import families
+        from segue.retrain.evaluate import measured_metrics
+
+        src = self._source
+        try:
+            canonical_kind(self.source_kind)
+        except ConfigError as e:
+            raise ConfigError(f"{src}: field 'source_kind': {e}") from None
+        valid = source_options(self.source_kind)
+        for key in self.source_options:
+            if key not in valid:
+                close = difflib.get_close_matches(key, list(valid), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"{src}: field 'source_options': unknown key '{key}' for source '{self.source_kind}' "
+                    f"(expected one of: {', '.join(valid)}{hint})"
+                )
+        missing = [k for k in required_options(self.source_kind) if k not in self.source_options]
+        if missing:
+            raise ConfigError(f"{src}: field 'source_options': missing key(s) {', '.join(missing)} for source '{self.source_kind}'")
+        try:
+            check_values(self.source_kind, self.source_options)
+        except ConfigError as e:
+            raise ConfigError(f"{src}: field 'source_options': {e}") from None
+        if self.family is not None and self.family not in families():
+            raise ConfigError(f"{src}: field 'family': '{self.family}' is not a model family (expected one of: {', '.join(families())})")
+        if self.train_config is not None and not self.resolve(self.train_config).is_file():
+            raise ConfigError(f"{src}: field 'train_config': {self.resolve(self.train_config)} does not exist (expected a segue train config .toml file)")
+        if self.thresholds is not None:
+            path = self.resolve(self.thresholds)
+            if not path.is_file():
+                raise ConfigError(f"{src}: field 'thresholds': {path} does not exist (expected a validation thresholds .toml file)")
+            from segue.ops.thresholds import load_thresholds
+
+            load_thresholds(path)  # its own errors name it
+        measured = measured_metrics("temporal")  # step_evaluate's protocol
+        if self.gate.metric not in measured:
+            raise ConfigError(
+                f"{src}: field 'gate.metric': '{self.gate.metric}' is not measured (expected e.g. ndcg@10, hr@10; "
+                f"measured: {', '.join(measured)})"
+            )
+
 
 class RetrainAborted(SegueError):
     """Validation failed (drift or schema) and --force was not given."""
@@ -210,6 +263,7 @@ class Retrain:
     def step_gather(self) -> None:
         from segue.ops.registry import PRODUCTION, default_cache
 
+        self.cfg.check()  # before any work (here, not in run(): the Metaflow flow starts at this step too)
         cfg, reg, st = self.cfg, self.registry, self.state
         prod = reg.alias(cfg.name, PRODUCTION)
         st["production"] = prod
