@@ -115,13 +115,16 @@ def test_experiment_refuses_a_foreign_folder_and_an_evaluate_report(store: Path,
     assert (out / "experiment.md").is_file() and (out / "experiment.toml").is_file() and (out / "results.json").is_file()
 
 
-def test_validate_refuses_a_file_with_exit_2(store: Path, tmp_path: Path) -> None:
+def test_validate_refuses_a_file_with_exit_2_and_writes_beside_a_folders_files(store: Path, tmp_path: Path) -> None:
     f, d = victims(tmp_path)
-    for victim in (f, d):
-        res = runner.invoke(app, ["validate", str(store), str(store), "-o", str(victim)])
-        assert res.exit_code == 2, res.output
-        assert f"{victim} exists and is not a segue validation folder" in " ".join(res.output.split())
-    assert untouched(f, d)
+    res = runner.invoke(app, ["validate", str(store), str(store), "-o", str(f)])
+    assert res.exit_code == 2, res.output
+    assert f"{f} is a file (expected a folder for validation.json" in " ".join(res.output.split())
+    assert f.read_text() == "precious\n"
+    # validate writes its two files into a folder and replaces nothing there
+    res = runner.invoke(app, ["validate", str(store), str(store), "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in d.iterdir()) == ["precious.txt", "validation.html", "validation.json"]
 
 
 def test_data_build_refuses_a_folder_even_with_force(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from segue.errors import SegueError
 from segue.ops.eventset import SPEC_HELP
 
 console = Console()
@@ -36,16 +37,17 @@ def validate(
 
     A new file against the store it will join: segue validate s.duckdb 'csv:new.csv?user=u&item=i'
     """
-    from segue.io import check_output
     from segue.ops.alerts import post_webhook
     from segue.ops.eventset import parse_spec
     from segue.ops.thresholds import load_thresholds
     from segue.ops.validation import validate as run_validation
     from segue.ops.validation import write_result
 
-    # before any reading, and the same rule as every segue output folder (exit 2, not validate's 1):
-    # a file there made write_result fail with a traceback
-    check_output(out, "validation folder", "validation.json")
+    # Before any reading (exit 2, not validate's 1): a file there made write_result fail with a
+    # traceback. A folder is fine whatever it holds: validate writes its two files into it and
+    # replaces nothing else (unlike the commands that replace a whole output folder, check_output).
+    if out.exists() and not out.is_dir():
+        raise SegueError(f"{out} is a file (expected a folder for validation.json and validation.html); choose another --out")
     limits = load_thresholds(thresholds)
     ref_spec, cand_spec = parse_spec(reference), parse_spec(candidate)  # bad specs fail before any reading
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
