@@ -283,3 +283,19 @@ def test_a_session_logs_to_mlflow_with_a_nested_run_per_trial(alice: Path, tmp_p
             assert c.info.status == "FINISHED" and c.data.metrics["valid_metric"] == pytest.approx(t["value"])
             assert c.data.metrics["seconds"] == pytest.approx(t["seconds"])
     assert {a.path for a in client.list_artifacts(parent)} >= {"summary.json", "trials.json", "card.html"}
+
+
+def test_a_session_whose_trials_all_failed_is_an_error_listing_only_what_was_written(spaces: Path, tmp_path: Path) -> None:
+    """It exited 0 and listed best-model/ and report/, which were never written."""
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    (spaces / "allfail.toml").write_text(GRID.replace("choices = [5, 20000]", "choices = [5]").replace("trials = 4", "trials = 2"))
+    res = CliRunner().invoke(app, ["tune", str(spaces / "allfail.toml"), "--root", str(tmp_path / "root"), "--user", "dave", "--n-boot", "20"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "2 trials: 0 finished, 0 pruned, 2 failed" in out and "no trial finished" in out
+    session = next((tmp_path / "root").glob("allfail-dave"))
+    assert not (session / "best-model").exists() and not (session / "report").exists()
+    assert "best-model/" not in out and "report/" not in out and "tune.html" in out

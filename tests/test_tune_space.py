@@ -147,3 +147,30 @@ def test_unknown_setting_is_named() -> None:
     with pytest.raises(ConfigError, match="'lambda' is not a setting of ease"):
         check_space(s)
     check_space(SearchSpace.parse('family = "ease"\nstore = "s"\nsplit = "loo"\n[params.l2]\nlow = 1.0\nhigh = 9.0'))
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [("ndcg@15", r"'ndcg@15' is not measured: 15 is not in ks = \[5, 10, 20\]"), ("ndgc@10", "'ndgc@10' is not measured: 'ndgc' is not a ranking metric")],
+)
+def test_a_metric_validation_never_measures_is_refused(metric: str, expected: str) -> None:
+    # every trial failed on it and the session still exited 0
+    text = f'family = "ease"\nstore = "s"\nsplit = "loo"\nmetric = "{metric}"\nks = [5, 10, 20]\n[params.l2]\nlow = 1.0\nhigh = 9.0'
+    with pytest.raises(ConfigError, match=f"field 'metric': {expected}"):
+        check_space(SearchSpace.parse(text))
+    check_space(SearchSpace.parse(text.replace(metric, "ndcg@20")))
+
+
+def test_max_workers_below_one_is_refused(tmp_path: object) -> None:
+    # Metaflow waited forever for a free worker
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+    from segue.tuning.launch import tune
+
+    res = CliRunner().invoke(app, ["tune", "space.toml", "--max-workers", "0"])
+    assert res.exit_code == 2 and "--max-workers" in res.output, res.output
+    with pytest.raises(ConfigError, match="max_workers is 0 .expected at least 1"):
+        tune(Path("space.toml"), Path(str(tmp_path)), max_workers=0)

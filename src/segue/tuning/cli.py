@@ -12,7 +12,7 @@ import typer
 def tune(
     space: Annotated[Path, typer.Argument(help="The search-space TOML (family, store, split, metric, budget, \\[params.*]).")],
     root: Annotated[Path, typer.Option("--root", help="Folder of Metaflow's local datastore and of the session's results.")] = Path("tune-runs"),
-    max_workers: Annotated[int, typer.Option("--max-workers", help="Trials run at once (Metaflow's --max-workers).")] = 2,
+    max_workers: Annotated[int, typer.Option("--max-workers", min=1, help="Trials run at once (Metaflow's --max-workers; >= 1).")] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed or failed session (finished trials are not rerun).")] = False,
     user: Annotated[str | None, typer.Option("--user", help="Metaflow user (namespace); default METAFLOW_USER or the login name.")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples of the test CIs.")] = 1000,
@@ -26,6 +26,8 @@ def tune(
     Grid, seeded random or Optuna TPE (in rounds of parallel trials, median pruning for iterative
     families). Results land in ROOT/<space>-<user>/: trials.json, best-model/, report/ (tuned vs
     defaults on test, with CIs), card.html (the Metaflow card) and tune.html (sortable trials)."""
+    import json
+
     from rich.console import Console
 
     from segue.tuning.launch import tune as run
@@ -34,6 +36,11 @@ def tune(
     session = run(space, root, user=user, max_workers=max_workers, resume=resume, n_boot=n_boot,
                   echo=lambda s: console.print(s, highlight=False))
     print_summary(session, console)
+    if not json.loads((session / "summary.json").read_text()).get("best"):
+        # nothing to test or keep: not a success (the errors are in trials.json and tune.html)
+        from segue.errors import SegueError
+
+        raise SegueError(f"{session}: no trial finished, so there is no best model (each trial's error: trials.json, tune.html)")
     if mlflow is not None:
         from segue.ops.registry import log_tuning_session
 
@@ -67,7 +74,9 @@ def print_summary(session: Path, console: object) -> None:
         for m, per in test["comparisons"].items():
             t.add_row(f"{m} - {test['reference']}", *(f"{per[c]['diff']:+.4f} (p {per[c]['p_value']:.3f})" for c in test["columns"]))
         console.print(t)  # type: ignore[attr-defined]
-    console.print(f"results in {session}: card.html, tune.html, best-model/, report/, trials.json")  # type: ignore[attr-defined]
+    # only what was written: a session whose trials all failed has no best-model/ nor report/
+    written = [n for n in ("card.html", "tune.html", "best-model/", "report/", "trials.json") if (session / n.rstrip("/")).exists()]
+    console.print(f"results in {session}: {', '.join(written)}")  # type: ignore[attr-defined]
 
 
 def experiment(

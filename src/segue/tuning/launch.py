@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segue.errors import SegueError
+from segue.errors import ConfigError, SegueError
 from segue.io import atomic_write_text
 from segue.tuning.space import SearchSpace, check_space
 from segue.tuning.study import n_rounds
@@ -95,6 +95,8 @@ def tune(
     log: Path | None = None,
 ) -> Path:
     """Run (or resume) a tuning session; returns its folder (see the module docstring)."""
+    if max_workers < 1:  # Metaflow waits forever for a free worker
+        raise ConfigError(f"max_workers is {max_workers} (expected at least 1)")
     space = SearchSpace.load(space_path)
     check_space(space)
     store = space.store_path

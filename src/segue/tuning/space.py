@@ -297,5 +297,28 @@ def check_space(space: SearchSpace) -> None:
                     f"search space: params.{name}: '{part}' is not a setting of {space.family} (settings here: {known})"
                 )
             node = fields[part].annotation
+    check_metric(space)
     # the defaults of every parameter must at least validate with [base]
     family_config(space, {}, source="[base]")
+
+
+RANKING_METRICS = ("ndcg", "hr", "recall", "mrr", "precision", "poppct", "coverage")  # name@k, k in ks
+
+
+def check_metric(space: SearchSpace) -> None:
+    """ConfigError when `metric` is a ranking metric validation never measures (a k outside `ks`, an
+    unknown name): every trial then failed and the session still exited 0."""
+    name, at, k = space.metric.partition("@")
+    if not at:
+        return  # rprec, clicks, a family's own figure: checked by the trials
+    measured = ", ".join(f"{m}@{x}" for m in ("ndcg", "hr", "recall") for x in space.ks)
+    if name not in RANKING_METRICS:
+        raise ConfigError(
+            f"search space: field 'metric': '{space.metric}' is not measured: '{name}' is not a ranking metric "
+            f"(expected one of {', '.join(RANKING_METRICS)} at a k of ks, e.g. {measured})"
+        )
+    if not k.isdigit() or int(k) not in space.ks:
+        raise ConfigError(
+            f"search space: field 'metric': '{space.metric}' is not measured: {k} is not in ks = {space.ks} "
+            f"(expected e.g. {measured}, or add {k} to ks)"
+        )
