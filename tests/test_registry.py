@@ -309,3 +309,30 @@ def test_read_only_commands_do_not_create_a_registry(tmp_path: Path) -> None:
     assert f"{a_file}: is a file, not a registry" in " ".join(res.output.split())
     with pytest.raises(ConfigError, match="is a file"):
         Registry(a_file)  # writing commands too
+
+
+def test_register_refuses_an_absent_split_and_another_stores_model(setup: dict, tmp_path: Path) -> None:
+    # both were registered (exit 0), recording a split the store lacks, or the wrong store's checksum
+    import shutil
+
+    runner = CliRunner()
+    reg = tmp_path / "reg"
+    model = tmp_path / "pop"
+    shutil.copytree(setup["pop"], model)
+    (model / "store_checksum.txt").write_text(setup["checksum"] + "\n")  # as segue train writes it
+    base = ["registry", "register", "m", str(model), "--registry", str(reg)]
+    res = runner.invoke(app, [*base, "--store", str(setup["store"]), "--split", "nosplit"])
+    assert res.exit_code == 2, res.output
+    assert "the store has no split 'nosplit' (it has: random)" in " ".join(res.output.split())
+    other = named_store(tmp_path / "other.duckdb", seed=1)
+    with Store.open(other) as s:
+        other_sum = s.checksum
+    assert other_sum != setup["checksum"]
+    res = runner.invoke(app, [*base, "--store", str(other), "--split", "random"])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert "was trained on another store" in out and setup["checksum"] in out and other_sum in out
+    assert not reg.exists()  # nothing registered, no registry created
+    res = runner.invoke(app, [*base, "--store", str(setup["store"]), "--split", "random"])
+    assert res.exit_code == 0, res.output
+    assert Registry(reg).versions("m")[0].tags["store_checksum"] == setup["checksum"]

@@ -150,13 +150,22 @@ def register(
 ) -> None:
     """Record a trained model folder as a new version (optionally evaluated and promoted)."""
     from segue.data.store import Store
+    from segue.errors import ConfigError
     from segue.models.base import load_model
     from segue.retrain.evaluate import evaluate_models
     from segue.retrain.loop import registry_config
 
-    reg = _open(registry)
     with Store.open(store) as s:
+        s.require_split(split)  # a version must name a split the store has (it was recorded as given)
         checksum = s.checksum
+    trained = trained_checksum(model)
+    if trained is not None and trained != checksum:
+        # the recorded checksum would claim a store the model never saw (and retrain reads it as such)
+        raise ConfigError(
+            f"{model}: was trained on another store (checksum {trained}, its store_checksum.txt) than --store {store} "
+            f"(checksum {checksum}); pass the store it was trained on"
+        )
+    reg = _open(registry)  # after the checks: a refused registration creates no registry
     evaluation: dict[str, list[float]] = {}
     if eval_split:
         figures = evaluate_models({"model": load_model(model)}, store, eval_split)
@@ -175,6 +184,25 @@ def register(
     console.print(f"registered [bold]{escape(name)}[/] version {info.version} ({_headline(info.tags)})", highlight=False)
     if promote:
         _switch(registry, name, info.version, server, admin_key, reason="manual (register --promote)")
+
+
+def trained_checksum(model: Path) -> str | None:
+    """The checksum of the store a model folder was trained on: store_checksum.txt (segue train),
+    else model.toml's meta; None when neither records one."""
+    path = model / "store_checksum.txt"
+    if path.is_file():
+        return path.read_text().strip() or None
+    header = model / "model.toml"
+    if header.is_file():
+        from segue.config import read_toml
+
+        meta = read_toml(header).get("meta") or "{}"
+        try:
+            got = json.loads(meta).get("store_checksum") if isinstance(meta, str) else None
+        except (ValueError, AttributeError):  # not segue's meta: nothing recorded
+            return None
+        return str(got) if got else None
+    return None
 
 
 def _switch(registry: str | None, name: str, version: str | None, server: str | None, key: str | None, reason: str = "manual") -> None:
