@@ -271,3 +271,24 @@ def test_config_folder_and_run_file_are_named(store: Path, tmp_path: Path) -> No
     assert res.exit_code == 2, res.output
     assert f"{tmp_path / 'runs_file'}: is a file (expected a run folder)" in " ".join(res.output.split())
     assert (tmp_path / "runs_file").read_text() == "x"
+
+
+def test_a_misspelt_key_names_its_table_the_keys_it_takes_and_the_closest(store: Path, tmp_path: Path) -> None:
+    # pydantic's "field 'model.d_modle': Extra inputs are not permitted" said neither
+    cfg_path = _write(tmp_path / "c.toml", _cfg(store))
+    cfg_path.write_text(cfg_path.read_text().replace("d_model =", "d_modle ="))
+    res = runner.invoke(app, ["train", "--config", str(cfg_path)])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert f"{cfg_path}: unknown key 'd_modle' in [model] (expected one of: n_layers, n_heads, d_model," in out
+    assert "did you mean 'd_model'?" in out and "Extra inputs" not in out
+    # nested tables and other configs read the same way (one place: segue.config.Config.from_dict)
+    from segue.ops.thresholds import Thresholds
+    from segue.retrain.loop import RetrainConfig
+
+    with pytest.raises(ConfigError, match=r"unknown key 'histroy_length' in \[drift\] \(expected one of: .*history_length.*; did you mean 'history_length'\?\)"):
+        Thresholds.from_dict({"drift": {"histroy_length": 0.1}}, source="th.toml")
+    with pytest.raises(ConfigError, match=r"r.toml: unknown key 'famly' at the top level \(.*did you mean 'family'\?\)"):
+        RetrainConfig.from_dict({"famly": "ease"}, source="r.toml")
+    with pytest.raises(ConfigError, match=r"unknown key 'batch_sise' in \[trainer.loader\] .*did you mean 'batch_size'\?"):
+        TrainConfig.from_dict(_cfg(store, loader={"batch_sise": 8}))

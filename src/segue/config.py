@@ -31,6 +31,9 @@ class Config(BaseModel):
         except ValidationError as e:
             lines = []
             for err in e.errors():
+                if err["type"] == "extra_forbidden" and err["loc"]:
+                    lines.append(f"{source}: {_unknown_key(cls, err['loc'])}")
+                    continue
                 loc = ".".join(str(p) for p in err["loc"]) or "<root>"
                 lines.append(f"{source}: field '{loc}': {err['msg']}")
             raise ConfigError("\n".join(lines)) from None
@@ -49,6 +52,55 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def _unknown_key(cls: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """A misspelt key in words, with the keys its table takes and the closest one (pydantic says
+    only 'Extra inputs are not permitted')."""
+    import difflib
+
+    key, where = str(loc[-1]), loc[:-1]
+    section = f"in [{'.'.join(str(p) for p in where)}]" if where else "at the top level"
+    fields = _fields_at(cls, where)
+    if not fields:
+        return f"unknown key '{key}' {section}"
+    close = difflib.get_close_matches(key, fields, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown key '{key}' {section} (expected one of: {', '.join(fields)}{hint})"
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
+    """The keys of the table at `loc` inside config class `cls` (None when it cannot be followed)."""
+    import typing
+
+    def unwrap(tp: Any) -> tuple[list[type[BaseModel]], bool]:
+        # (config classes a field's type holds, whether inside a list/dict: then the next part of
+        # loc is an index or a key, not a field)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [tp], False
+        inner = [unwrap(a) for a in typing.get_args(tp)]
+        classes = [c for cs, _ in inner for c in cs]
+        return classes, typing.get_origin(tp) in (list, dict, tuple) or any(k for _, k in inner)
+
+    node: list[type[BaseModel]] = [cls]
+    keyed = False
+    for part in loc:
+        if keyed:
+            keyed = False
+            continue
+        found: list[type[BaseModel]] = []
+        for m in node:
+            field = m.model_fields.get(str(part))
+            if field is not None:
+                classes, k = unwrap(field.annotation)
+                found += classes
+                keyed = keyed or k
+        if not found:
+            return None
+        node = found
+    if keyed:
+        return None
+    return list(dict.fromkeys(k for m in node for k, f in m.model_fields.items() if not f.exclude))
 
 
 def _drop_none(obj: Any) -> Any:
