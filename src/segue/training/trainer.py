@@ -605,8 +605,8 @@ def validated_metrics(family: str, family_config: Config, task: TrainTask) -> li
     """The metrics a family's validation can report (what trainer.metric and tiebreak may name),
     or None when unknown or never validated. Mirrors segue.training.evaluate.evaluate (the
     transformer) and autoencoder_task.validation_metrics; the loop still checks what it gets."""
-    if getattr(task, "vset", None) is None:
-        return None
+    if getattr(task, "vset", None) is None or getattr(family_config, "pairwise", None) is not None:
+        return None  # never validated, or pairwise fine-tuning (its own pair_accuracy)
     if family == "transformer":
         out = ["exact_ce", "sampled_ce", "corrected_ce", "hr@10", "ndcg@10"]
         events = getattr(family_config, "events", None)
