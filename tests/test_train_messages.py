@@ -292,3 +292,13 @@ def test_a_misspelt_key_names_its_table_the_keys_it_takes_and_the_closest(store:
         RetrainConfig.from_dict({"famly": "ease"}, source="r.toml")
     with pytest.raises(ConfigError, match=r"unknown key 'batch_sise' in \[trainer.loader\] .*did you mean 'batch_size'\?"):
         TrainConfig.from_dict(_cfg(store, loader={"batch_sise": 8}))
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [(["-n", "0"], "'-n'"), (["-n", "501"], "'-n'"), (["--top-k", "0"], "'--top-k'"), (["--temperature", "0"], "'--temperature'")],
+)
+def test_continue_options_out_of_range_are_usage_errors(tmp_path: Path, args: list[str], option: str) -> None:
+    """`segue continue -n 0` printed nothing and exited 0 (the HTTP API refuses n = 0 with a 422)."""
+    res = CliRunner().invoke(app, ["continue", "--model", str(tmp_path / "none"), "--seed", "a", *args])
+    assert res.exit_code == 2 and option in res.output, res.output

@@ -129,9 +129,9 @@ def lifted_notes(trainer: Any, lifted: dict[str, float], summary: dict[str, Any]
 def continue_(
     model: Annotated[Path, typer.Option("--model", "-m", help="A run folder (or saved transformer model folder).")],
     seed: Annotated[list[str], typer.Option("--seed", "-s", help="A seed item id (e.g. a track URI); repeat the option.")],
-    n: Annotated[int, typer.Option("-n", help="Items to generate.")] = 20,
-    top_k: Annotated[int, typer.Option(help="Sample among the k best items.")] = 50,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 1.0,
+    n: Annotated[int, typer.Option("-n", min=1, max=500, help="Items to generate (as /v1/continue: 1-500).")] = 20,
+    top_k: Annotated[int, typer.Option(min=1, help="Sample among the k best items.")] = 50,
+    temperature: Annotated[float, typer.Option(callback=_positive, help="Softmax temperature (> 0).")] = 1.0,
     greedy: Annotated[bool, typer.Option(help="Always take the best item.")] = False,
     random_seed: Annotated[int, typer.Option("--random-seed", help="Sampling seed.")] = 0,
 ) -> None:
