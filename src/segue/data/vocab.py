@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from segue.errors import SegueError
 from segue.io import atomic_write_bytes
 
 PAD, START, EOP, UNK = 0, 1, 2, 3
@@ -138,4 +139,19 @@ class Vocabulary:
             counts=np.array(data["counts"], dtype=np.int64),
             external_ids=data["external_ids"],
             split=data["split"],
+        )
+
+
+def check_vocab(name: str, mv: Vocabulary | None, tv: Vocabulary, split: str, use: str = "the evaluation uses", fix: str = "evaluate") -> None:
+    """A model's vocabulary `mv` must be split `split`'s `tv`, or its token ids mean other items
+    (`segue evaluate`'s and `segue export`'s check: `use` and `fix` word the message for the command)."""
+    if mv is None:
+        raise SegueError(f"model '{name}' is not fitted (it has no vocabulary)")
+    if len(mv) != len(tv) or not np.array_equal(np.asarray(mv.item_ids), np.asarray(tv.item_ids)):
+        # the same split name with another vocabulary: another store (or the store was rebuilt)
+        where = " of another store (or of this store before a rebuild)" if mv.split == split else ""
+        raise SegueError(
+            f"model '{name}' was fitted on split '{mv.split}'{where} ({len(mv)} tokens), but {use} "
+            f"split '{split}' ({len(tv)} tokens): its vocabulary differs, so its scores would be "
+            f"misread; {fix} it on the store and split it was trained on, or refit it on '{split}'"
         )

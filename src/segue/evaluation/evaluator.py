@@ -17,7 +17,7 @@ import numpy as np
 
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.store import Store
-from segue.data.vocab import N_SPECIAL, Vocabulary
+from segue.data.vocab import N_SPECIAL, check_vocab
 from segue.errors import SegueError
 from segue.evaluation import cold as C
 from segue.evaluation import metrics as M
@@ -146,21 +146,6 @@ def _group_order(label: str) -> tuple[int, str]:
 
 def _check_vocab(name: str, model: Recommender, task: Task) -> None:
     check_vocab(name, getattr(model, "vocab", None), task.vocab, task.split)
-
-
-def check_vocab(name: str, mv: Vocabulary | None, tv: Vocabulary, split: str, use: str = "the evaluation uses", fix: str = "evaluate") -> None:
-    """A model's vocabulary `mv` must be split `split`'s `tv`, or its token ids mean other items
-    (also `segue export`'s check: `use` and `fix` word the message for the command)."""
-    if mv is None:
-        raise SegueError(f"model '{name}' is not fitted (it has no vocabulary)")
-    if len(mv) != len(tv) or not np.array_equal(np.asarray(mv.item_ids), np.asarray(tv.item_ids)):
-        # the same split name with another vocabulary: another store (or the store was rebuilt)
-        where = " of another store (or of this store before a rebuild)" if mv.split == split else ""
-        raise SegueError(
-            f"model '{name}' was fitted on split '{mv.split}'{where} ({len(mv)} tokens), but {use} "
-            f"split '{split}' ({len(tv)} tokens): its vocabulary differs, so its scores would be "
-            f"misread; {fix} it on the store and split it was trained on, or refit it on '{split}'"
-        )
 
 
 def rank_task(

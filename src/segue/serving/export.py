@@ -134,9 +134,8 @@ def export_vectors(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from segue.data.vocab import N_SPECIAL, Vocabulary
+    from segue.data.vocab import N_SPECIAL, Vocabulary, check_vocab
     from segue.errors import ConfigError, SegueError
-    from segue.evaluation.evaluator import check_vocab
     from segue.io import atomic_path, check_output
 
     if part not in PARTS:
