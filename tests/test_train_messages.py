@@ -199,7 +199,8 @@ def test_metric_typo_is_refused_before_the_run_folder_is_written(store: Path, tm
     cfg_path = _write(tmp_path / "c.toml", cfg)
     res = runner.invoke(app, ["train", "--config", str(cfg_path)])
     assert res.exit_code == 2, res.output
-    assert "field 'metric' is 'ndgc@10'" in res.output and "ndcg@10" in res.output
+    out = " ".join(res.output.split())
+    assert f"{cfg_path}: trainer: field 'metric' is 'ndgc@10'" in out and "ndcg@10" in out, out
     assert not (tmp_path / "runs").exists()
     _write(cfg_path, _cfg(store) | {"runs_dir": str(tmp_path / "runs")})
     res = runner.invoke(app, ["train", "--config", str(cfg_path)])

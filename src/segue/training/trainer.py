@@ -64,6 +64,7 @@ class RunConfig(Config):
     family: str = "transformer"
     data: DataConfig
     base_dir: str | None = Field(None, exclude=True)  # the config file's folder (not saved)
+    source: str | None = Field(None, exclude=True)  # the config file, for messages (not saved)
 
     def family_config(self) -> Config:
         """The model's typed config (the sections of the family's config class)."""
@@ -560,7 +561,7 @@ def load_train_config(config: str | Path | RunConfig) -> RunConfig:
 
     path = Path(config)
     cfg = parse_train_config(read_toml(path), source=str(path))
-    return cfg.model_copy(update={"base_dir": str(path.parent.resolve())})
+    return cfg.model_copy(update={"base_dir": str(path.parent.resolve()), "source": str(path)})
 
 
 def open_split(store: Store, split: str, *, source: str = "data.split") -> SplitData:
@@ -629,7 +630,8 @@ def check_validation_metric(cfg: RunConfig, family_config: Config, task: TrainTa
     tc = cfg.trainer  # type: ignore[attr-defined]
     for field, name in (("metric", tc.metric), ("tiebreak", tc.tiebreak)):
         if name is not None and name not in known:
-            raise ConfigError(f"trainer: field '{field}' is '{name}' (this family validates: {', '.join(known)})")
+            where = f"{cfg.source}: " if cfg.source else ""
+            raise ConfigError(f"{where}trainer: field '{field}' is '{name}' (this family validates: {', '.join(known)})")
 
 
 def check_profile_ratings(store: Store, arrays: Any, scale: Any, what: str, rows: np.ndarray | None = None) -> None:
