@@ -156,8 +156,8 @@ def test_unknown_setting_is_named() -> None:
 def test_a_metric_validation_never_measures_is_refused(metric: str, expected: str) -> None:
     # every trial failed on it and the session still exited 0
     text = f'family = "ease"\nstore = "s"\nsplit = "loo"\nmetric = "{metric}"\nks = [5, 10, 20]\n[params.l2]\nlow = 1.0\nhigh = 9.0'
-    with pytest.raises(ConfigError, match=f"field 'metric': {expected}"):
-        check_space(SearchSpace.parse(text))
+    with pytest.raises(ConfigError, match=f"^space.toml: field 'metric': {expected}"):
+        check_space(SearchSpace.parse(text, source="space.toml"))
     check_space(SearchSpace.parse(text.replace(metric, "ndcg@20")))
 
 

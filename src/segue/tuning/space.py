@@ -143,6 +143,7 @@ class SearchSpace(Config):
     base: dict[str, Any] = {}  # fixed settings of the family's config (nested tables or dotted keys)
     params: dict[str, Param]
     base_dir: str | None = Field(None, exclude=True)
+    source: str = Field("search space", exclude=True)  # the file, for messages (not saved)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -164,7 +165,7 @@ class SearchSpace(Config):
     def load(cls, path: str | Path) -> Self:
         path = Path(path)
         space = cls.from_dict(read_toml(path), source=str(path))
-        return space.model_copy(update={"base_dir": str(path.parent.resolve())})
+        return space.model_copy(update={"base_dir": str(path.parent.resolve()), "source": str(path)})
 
     @classmethod
     def parse(cls, text: str, *, source: str = "<search space>", base_dir: str | None = None) -> Self:
@@ -174,7 +175,7 @@ class SearchSpace(Config):
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source}: not valid TOML: {e}") from None
-        return cls.from_dict(data, source=source).model_copy(update={"base_dir": base_dir})
+        return cls.from_dict(data, source=source).model_copy(update={"base_dir": base_dir, "source": source})
 
     @property
     def store_path(self) -> Path:
@@ -282,7 +283,7 @@ def check_space(space: SearchSpace) -> None:
     from segue.models.base import families, model_class
 
     if space.family not in families():
-        raise ConfigError(f"search space: field 'family': '{space.family}' is not a family ({', '.join(families())})")
+        raise ConfigError(f"{space.source}: field 'family': '{space.family}' is not a family ({', '.join(families())})")
     try:
         cls = model_class(space.family).config_class
     except ImportError as e:
@@ -294,7 +295,7 @@ def check_space(space: SearchSpace) -> None:
             if fields is None or part not in fields:
                 known = ", ".join(fields) if fields else "none (a value)"
                 raise ConfigError(
-                    f"search space: params.{name}: '{part}' is not a setting of {space.family} (settings here: {known})"
+                    f"{space.source}: params.{name}: '{part}' is not a setting of {space.family} (settings here: {known})"
                 )
             node = fields[part].annotation
     check_metric(space)
@@ -314,11 +315,11 @@ def check_metric(space: SearchSpace) -> None:
     measured = ", ".join(f"{m}@{x}" for m in ("ndcg", "hr", "recall") for x in space.ks)
     if name not in RANKING_METRICS:
         raise ConfigError(
-            f"search space: field 'metric': '{space.metric}' is not measured: '{name}' is not a ranking metric "
+            f"{space.source}: field 'metric': '{space.metric}' is not measured: '{name}' is not a ranking metric "
             f"(expected one of {', '.join(RANKING_METRICS)} at a k of ks, e.g. {measured})"
         )
     if not k.isdigit() or int(k) not in space.ks:
         raise ConfigError(
-            f"search space: field 'metric': '{space.metric}' is not measured: {k} is not in ks = {space.ks} "
+            f"{space.source}: field 'metric': '{space.metric}' is not measured: {k} is not in ks = {space.ks} "
             f"(expected e.g. {measured}, or add {k} to ks)"
         )
