@@ -124,3 +124,10 @@ def test_per_user_metrics_keys_and_ranx_recall_when_rel_is_small() -> None:
     np.testing.assert_allclose(out["recall@20"], ref["recall@20"])
     with pytest.raises(ValueError, match="at least one relevant"):
         M.per_user_metrics(ranked[:1], np.array([0, 0]), np.zeros(0, np.int64), [10])
+
+
+def test_metric_names_are_the_names_per_user_metrics_reports() -> None:
+    # tune and retrain check a configured metric against metric_names before any work
+    ranked = np.array([[5, 6, 7, 8]])
+    got = M.per_user_metrics(ranked, np.array([0, 1]), np.array([6]), (1, 3))
+    assert sorted(got) == sorted(M.metric_names((1, 3)))

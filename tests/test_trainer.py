@@ -261,15 +261,16 @@ def test_paths_relative_to_the_config_file_are_normalised(tmp_path: Path) -> Non
 
 
 def test_the_metrics_checked_before_training_are_those_validation_reports(store: Path, tmp_path: Path) -> None:
-    """validated_metrics lists what trainer.metric may name before the run folder is written; it must
-    match what the transformer's validation really reports, or a valid metric would be refused."""
+    """A task's validation_metrics lists what trainer.metric may name before the run folder is
+    written; it must match what the transformer's validation really reports, or a valid metric
+    would be refused."""
     from segue.data.arrays import SplitData
     from segue.data.store import Store
-    from segue.training.trainer import task_factory, validated_metrics
+    from segue.training.trainer import task_factory
 
     cfg = _config(store).with_trainer(max_steps=2, eval_every=2)
     run = train(cfg, run_dir=tmp_path / "run")
     reported = set(json.loads((run / "metrics.json").read_text())["best_valid"]) - {"step", "epoch", "seconds", "lr"}
     with Store.open(store) as s:
         task = task_factory("transformer")(cfg.family_config(), SplitData.load(s, "loo"))
-    assert "ndcg@10" in reported and set(validated_metrics("transformer", cfg.family_config(), task) or []) == reported
+    assert "ndcg@10" in reported and set(task.validation_metrics or []) == reported

@@ -43,20 +43,13 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         raise
 
 
-def check_output(
-    path: str | Path,
-    kind: str,
-    marker: str | Callable[[Path], bool],
-    *,
-    force: str | None = None,
-) -> bool:
+def check_output(path: str | Path, kind: str, marker: str | Callable[[Path], bool]) -> bool:
     """May `path` be replaced by a new segue `kind` (a report, an export, ...)? Call before any work.
 
     Only an absent path, an empty folder, or an earlier output of the same command (a folder
     holding `marker`, or for which `marker(path)` is true) may be: anything else is someone's file
     or folder, which replacing the whole path would delete. Raises SegueError naming the path
-    otherwise; `force` names the option that overrides it, where the command has one. Returns
-    True when an earlier output is there (the caller may say it was replaced).
+    otherwise. Returns True when an earlier output is there (the caller may say it was replaced).
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
@@ -67,8 +60,7 @@ def check_output(
         earlier = marker(path) if callable(marker) else (path / marker).is_file()
         if earlier:
             return True
-    how = f"pass {force}, choose another path or remove it" if force else "choose another path or remove it"
-    raise SegueError(f"{path} exists and is not a segue {kind} (expected a new path or an earlier {kind}); {how}")
+    raise SegueError(f"{path} exists and is not a segue {kind} (expected a new path or an earlier {kind}); choose another path or remove it")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -19,8 +19,6 @@ if TYPE_CHECKING:  # imported inside the functions: `segue --help` must not pay 
     from segue.data.store import Store
     from segue.models.base import BaseRecommender
 
-MIN_REPORT_BOOT = 10  # EvaluateConfig.n_boot's floor: a report's CIs and p-values need resamples
-
 BASELINES = ("popularity", "itemknn", "ease", "item2vec", "als", "biasedmf")
 
 
@@ -251,6 +249,8 @@ def evaluate(
 ) -> None:
     """Evaluate models (or baselines fitted on the fly) under a protocol: a table and a report folder."""
     from rich.console import Console
+
+    from segue.evaluation.report import MIN_REPORT_BOOT
 
     if not no_report and n_boot < MIN_REPORT_BOOT:
         # checked before any work: the report's config refused it only after the whole evaluation

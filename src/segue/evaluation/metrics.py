@@ -172,6 +172,15 @@ LABELS = {
 }
 
 
+PER_K_METRICS = ("hr", "recall", "ndcg", "mrr", "precision")  # per_user_metrics' name@k, each k
+WHOLE_LIST_METRICS = ("rprec", "clicks")  # over the whole list, no k
+
+
+def metric_names(ks: tuple[int, ...] | list[int]) -> list[str]:
+    """The names per_user_metrics reports for `ks` (without popularity percentiles)."""
+    return [f"{m}@{k}" for m in PER_K_METRICS for k in ks] + list(WHOLE_LIST_METRICS)
+
+
 def per_user_metrics(
     ranked: np.ndarray,
     offsets: np.ndarray,

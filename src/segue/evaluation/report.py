@@ -43,6 +43,7 @@ from segue.io import atomic_path, check_output
 
 # The file every report folder holds: how a path is recognised as an earlier report (check_report_path).
 REPORT_MARKER = "results.json"
+MIN_REPORT_BOOT = 10  # a report's CIs and p-values need resamples
 
 
 class EvaluateConfig(Config):
@@ -54,7 +55,7 @@ class EvaluateConfig(Config):
     protocol: ProtocolConfig = ProtocolConfig()
     ks: list[int] = []
     batch_size: int | None = None
-    n_boot: int = Field(1000, ge=10)
+    n_boot: int = Field(1000, ge=MIN_REPORT_BOOT)
     level: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
     reference: str | None = None  # model the others are compared with; default: best on the headline

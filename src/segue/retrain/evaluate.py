@@ -114,8 +114,9 @@ def eval_ks(protocol: str) -> tuple[int, ...]:
 
 def measured_metrics(protocol: str) -> list[str]:
     """The metrics evaluate_models reports under `protocol` (segue.evaluation.metrics.per_user_metrics)."""
-    ks = eval_ks(protocol)
-    return [f"{m}@{k}" for m in ("ndcg", "hr", "recall", "mrr", "precision") for k in ks] + ["rprec", "clicks"]
+    from segue.evaluation.metrics import metric_names
+
+    return metric_names(eval_ks(protocol))
 
 
 def evaluate_models(

@@ -244,6 +244,13 @@ class AutoencoderTask:
         rec.network = network
         return rec
 
+    @property
+    def validation_metrics(self) -> list[str] | None:
+        """The names validate() reports (validation_metrics below), None without validation."""
+        if self.vset is None:
+            return None
+        return [f"{m}@{k}" for k in EVAL_KS for m in ("ndcg", "recall")] + (["rmse"] if self.config.model.rating_head else [])
+
     def validate(self, state: dict[str, Any]) -> dict[str, float] | None:
         if self.vset is None:
             return None

@@ -62,6 +62,9 @@ class TrainTask(Protocol):
         None when there is nothing to validate on."""
         ...
 
+    # Optional: `validation_metrics` (list[str] | None), the names validate() reports, so that
+    # trainer.metric and tiebreak are checked before the run folder is written.
+
     def network(self, state: dict[str, Any], average: bool = False) -> Any:
         """The nnx module of a state (with `average`, its moving-average weights if it keeps them)."""
         ...

@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -337,8 +337,7 @@ class Trainer:
                         metric = res.get(tc.metric)
                         for field, name in (("metric", tc.metric), ("tiebreak", tc.tiebreak)):
                             if name is not None and res.get(name) is None:
-                                known = ", ".join(k for k in res if "@" in k or lower_is_better(k))
-                                raise ConfigError(f"trainer: field '{field}' is '{name}' (this family validates: {known})")
+                                raise metric_error(None, field, name, (k for k in res if "@" in k or lower_is_better(k)))
                         assert metric is not None
                         tie = None if tc.tiebreak is None else self.tie_sign * res[tc.tiebreak]
                         keep, improved = select(self.sign * metric, tie, self.best, self.kept, self.kept_tie, tc.tolerance)
@@ -602,36 +601,23 @@ def data_warnings(cfg: RunConfig, task: TrainTask, data: SplitData) -> list[str]
     return out
 
 
-def validated_metrics(family: str, family_config: Config, task: TrainTask) -> list[str] | None:
-    """The metrics a family's validation can report (what trainer.metric and tiebreak may name),
-    or None when unknown or never validated. Mirrors segue.training.evaluate.evaluate (the
-    transformer) and autoencoder_task.validation_metrics; the loop still checks what it gets."""
-    if getattr(task, "vset", None) is None or getattr(family_config, "pairwise", None) is not None:
-        return None  # never validated, or pairwise fine-tuning (its own pair_accuracy)
-    if family == "transformer":
-        out = ["exact_ce", "sampled_ce", "corrected_ce", "hr@10", "ndcg@10"]
-        events = getattr(family_config, "events", None)
-        if events is not None and events.enabled:
-            out += [f"{name}_rmse" for name, _, _ in events.targets()]
-        return out
-    if family == "autoencoder":
-        from segue.training.autoencoder_task import EVAL_KS
-
-        out = [f"{m}@{k}" for k in EVAL_KS for m in ("ndcg", "recall")]
-        return out + (["rmse"] if family_config.model.rating_head else [])  # type: ignore[attr-defined]
-    return None
+def metric_error(source: str | None, field: str, name: str, known: Iterable[str]) -> ConfigError:
+    """The error for a trainer.metric / tiebreak that validation does not report (`source`: the
+    config file, when known)."""
+    where = f"{source}: " if source else ""
+    return ConfigError(f"{where}trainer: field '{field}' is '{name}' (this family validates: {', '.join(known)})")
 
 
-def check_validation_metric(cfg: RunConfig, family_config: Config, task: TrainTask) -> None:
-    """ConfigError when trainer.metric or trainer.tiebreak names a metric validation never reports."""
-    known = validated_metrics(cfg.family, family_config, task)
+def check_validation_metric(cfg: RunConfig, task: TrainTask) -> None:
+    """trainer.metric and trainer.tiebreak checked against the task's validation_metrics, before
+    any run folder is written (a task without the list is checked at its first validation)."""
+    known = getattr(task, "validation_metrics", None)
     if known is None:
         return
     tc = cfg.trainer  # type: ignore[attr-defined]
     for field, name in (("metric", tc.metric), ("tiebreak", tc.tiebreak)):
         if name is not None and name not in known:
-            where = f"{cfg.source}: " if cfg.source else ""
-            raise ConfigError(f"{where}trainer: field '{field}' is '{name}' (this family validates: {', '.join(known)})")
+            raise metric_error(cfg.source, field, name, known)
 
 
 def check_profile_ratings(store: Store, arrays: Any, scale: Any, what: str, rows: np.ndarray | None = None) -> None:
@@ -709,7 +695,7 @@ def train(
             check_profile_ratings(store, data.train, RatingScale(*family_config.model.rating_scale), f"split '{data.split}' training part")  # type: ignore[attr-defined]
         task = task_factory(cfg.family)(family_config, data)
         # Checks that would otherwise fail at the first validation, after the run folder is written.
-        check_validation_metric(cfg, family_config, task)
+        check_validation_metric(cfg, task)
         vset, scale = getattr(task, "vset", None), getattr(task, "scale", None)
         if cfg.family == "autoencoder" and vset is not None and scale is not None:
             check_profile_ratings(store, vset[0], scale, f"split '{data.split}' validation input", rows=vset[2])

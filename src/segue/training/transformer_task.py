@@ -150,6 +150,14 @@ class TransformerTask:
             return self._step_fn(*args)
         return self._step_fn(*args, events)
 
+    @property
+    def validation_metrics(self) -> list[str] | None:
+        """The names validate() reports (segue.training.evaluate.evaluate), None without validation."""
+        if self.vset is None:
+            return None
+        out = ["exact_ce", "sampled_ce", "corrected_ce", "hr@10", "ndcg@10"]
+        return out + ([f"{name}_rmse" for name, _, _ in self.events.targets()] if self.events.enabled else [])
+
     def validate(self, state: dict[str, Any]) -> dict[str, float] | None:
         if self.vset is None:
             return None

@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from segue.config import Config, read_toml
 from segue.errors import ConfigError
+from segue.evaluation.metrics import PER_K_METRICS
 
 Value = bool | int | float | str
 
@@ -303,7 +304,8 @@ def check_space(space: SearchSpace) -> None:
     family_config(space, {}, source="[base]")
 
 
-RANKING_METRICS = ("ndcg", "hr", "recall", "mrr", "precision", "poppct", "coverage")  # name@k, k in ks
+# name@k, k in ks: the per-query metrics, and popularity percentile and coverage at k
+RANKING_METRICS = (*PER_K_METRICS, "poppct", "coverage")
 
 
 def check_metric(space: SearchSpace) -> None:
