@@ -30,6 +30,7 @@ the predicted ratings of the rated VALID items on the original scale.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,19 @@ class ProfileLoader:
         return {"presence": presence, "ratings": ratings, "rated": rated, "weights": weights}
 
 
+def entry_namer(data: SplitData, rows: np.ndarray, b: np.ndarray, item: np.ndarray) -> Callable[[int], str]:
+    """describe(i) for check_ratings: profile entry i (from profile_entries over `rows`) as the
+    store spells it, user (sequence key) and item."""
+
+    def describe(i: int) -> str:
+        con = data.store.con
+        user = con.execute("SELECT external_id FROM sequences WHERE seq_id = ?", [int(rows[b[i]])]).fetchone()
+        got = con.execute("SELECT external_id FROM items WHERE item_id = ?", [int(item[i])]).fetchone()
+        return f"user '{user[0] if user else rows[b[i]]}', item '{got[0] if got else item[i]}'"
+
+    return describe
+
+
 class AutoencoderTask:
     """Trains a ProfileAutoencoder on the split's training profiles, validating on VALID."""
 
@@ -185,7 +199,7 @@ class AutoencoderTask:
         self.scale = resolve_scale(config, arrays)
         rows = arrays.nonempty()
         b, cols, rating, item = profile_entries(arrays, rows, self.n_items)
-        check_ratings(rating, self.scale, item, source=f"split '{data.split}' training ratings")
+        check_ratings(rating, self.scale, item, source=f"store {data.store.path}, split '{data.split}' training part", describe=entry_namer(data, rows, b, item))
         offsets = np.searchsorted(b, np.arange(len(rows) + 1))
         values, _ = normalise(offsets, rating, self.scale, mode=config.model.normalisation, tau=config.model.tau)
         self.counts = np.bincount(cols, minlength=self.n_items).astype(np.float32)
@@ -201,6 +215,10 @@ class AutoencoderTask:
         self.graphdef: Any = None
         self._step_fn: Any = None
         self.vset = self._validation_set(data) if tc.fit_on == "train" else None
+        if self.vset is not None:  # checked now, not at the first validation after the run folder is written
+            hist, _, vrows = self.vset
+            vb, _, vrating, vitem = profile_entries(hist, vrows, self.n_items)
+            check_ratings(vrating, self.scale, vitem, source=f"store {data.store.path}, split '{data.split}' validation input", describe=entry_namer(data, vrows, vb, vitem))
 
     def _validation_set(self, data: SplitData) -> tuple[SequenceArrays, SequenceArrays, np.ndarray] | None:
         try:

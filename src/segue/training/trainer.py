@@ -620,25 +620,6 @@ def check_validation_metric(cfg: RunConfig, task: TrainTask) -> None:
             raise metric_error(cfg.source, field, name, known)
 
 
-def check_profile_ratings(store: Store, arrays: Any, scale: Any, what: str, rows: np.ndarray | None = None) -> None:
-    """InputError naming the store, the user (sequence key) and the item (external id) of the first
-    rating of `arrays` (rows `rows`, default all) outside `scale`."""
-    from segue.data.ratings import check_ratings
-    from segue.models.autoencoder import profile_entries
-
-    if arrays.rating is None:
-        return
-    rows = np.arange(len(arrays)) if rows is None else np.asarray(rows)
-    b, _, rating, item = profile_entries(arrays, rows, 2**31 - 1)  # every catalogue token
-
-    def describe(i: int) -> str:
-        (user,) = store.con.execute("SELECT external_id FROM sequences WHERE seq_id = ?", [int(rows[b[i]])]).fetchone()
-        got = store.con.execute("SELECT external_id FROM items WHERE item_id = ?", [int(item[i])]).fetchone()
-        return f"user '{user}', item '{got[0] if got else item[i]}'"
-
-    check_ratings(rating, scale, item, source=f"store {store.path}, {what}", describe=describe)
-
-
 def repeat_share(arrays: Any) -> float:
     """Share of events whose item already occurred earlier in the same sequence."""
     tokens = np.asarray(arrays.tokens, dtype=np.int64)
@@ -688,17 +669,11 @@ def train(
     try:
         data = open_split(store, cfg.data.split)
         family_config = cfg.family_config()
-        if cfg.family == "autoencoder" and family_config.model.rating_scale is not None:  # type: ignore[attr-defined]
-            # before the task's own check, which can name the item only by its internal id
-            from segue.data.ratings import RatingScale
-
-            check_profile_ratings(store, data.train, RatingScale(*family_config.model.rating_scale), f"split '{data.split}' training part")  # type: ignore[attr-defined]
+        # The task checks its data as it is built (an autoencoder's ratings against its scale, its
+        # validation input among them), so every data error comes before the run folder is written.
         task = task_factory(cfg.family)(family_config, data)
-        # Checks that would otherwise fail at the first validation, after the run folder is written.
+        # A check that would otherwise fail at the first validation.
         check_validation_metric(cfg, task)
-        vset, scale = getattr(task, "vset", None), getattr(task, "scale", None)
-        if cfg.family == "autoencoder" and vset is not None and scale is not None:
-            check_profile_ratings(store, vset[0], scale, f"split '{data.split}' validation input", rows=vset[2])
         for text in data_warnings(cfg, task, data):
             console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
         run.mkdir(parents=True, exist_ok=True)
