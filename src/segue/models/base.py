@@ -132,7 +132,7 @@ class BaseRecommender:
             raise SegueError(f"{folder}: holds a '{header['family']}' model, not '{cls.family}'")
         model = cls(cls.config_class.from_dict(header.get("config", {}), source=str(folder / "model.toml")))
         model.vocab = Vocabulary.load(folder / "vocab.json")
-        model.meta = json.loads(header.get("meta", "{}"))
+        model.meta = model_meta(header)
         model._load_state(folder)
         return model
 
@@ -228,6 +228,17 @@ def read_model_header(folder: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise SegueError(f"{path}: not valid TOML: {e}") from None
+
+
+def model_meta(header: dict[str, Any]) -> dict[str, Any]:
+    """A model header's meta (JSON text written by write_model_header); {} when it holds none
+    that segue wrote."""
+    meta = header.get("meta", "{}")
+    try:
+        got = json.loads(meta) if isinstance(meta, str) else None
+    except ValueError:
+        return {}
+    return got if isinstance(got, dict) else {}
 
 
 def load_model(folder: str | Path) -> BaseRecommender:

@@ -192,15 +192,10 @@ def trained_checksum(model: Path) -> str | None:
     path = model / "store_checksum.txt"
     if path.is_file():
         return path.read_text().strip() or None
-    header = model / "model.toml"
-    if header.is_file():
-        from segue.config import read_toml
+    if (model / "model.toml").is_file():
+        from segue.models.base import model_meta, read_model_header
 
-        meta = read_toml(header).get("meta") or "{}"
-        try:
-            got = json.loads(meta).get("store_checksum") if isinstance(meta, str) else None
-        except (ValueError, AttributeError):  # not segue's meta: nothing recorded
-            return None
+        got = model_meta(read_model_header(model)).get("store_checksum")
         return str(got) if got else None
     return None
 
