@@ -455,7 +455,7 @@ def pad_histories(
     k = col + (n + 1 - eff)[:, None]  # index in [<start>, h_1..h_n]
     is_item = real & (k >= 1)
     idx = np.where(is_item, start[:, None] + k - 1, 0)
-    tok = np.asarray(arrays.tokens[idx.ravel()]).reshape(idx.shape)
+    tok = np.asarray(arrays.tokens[idx.ravel()]).reshape(idx.shape) if len(arrays.tokens) else np.zeros(idx.shape, np.int32)
     inputs = np.where(is_item, tok, np.where(real, START, pad_token)).astype(np.int32)
     positions = np.where(real, col, 0).astype(np.int32)
     last = (eff - 1) if align == "left" else np.full(len(rows), T - 1)

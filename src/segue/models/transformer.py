@@ -674,6 +674,7 @@ class TransformerRecommender(NeuralRecommender):
         categories = net.categories
         fold = self._fold_table(net) if net.has_ridge else None
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
+        histories, rows, next_events = self._known_tokens(histories, rows, next_events)
         ctx = self.config.model.context_length
         outs, mus, ss = [], [], []
         # One compiled shape per power of two up to score_batch (a single history: batch 1)...
@@ -707,6 +708,25 @@ class TransformerRecommender(NeuralRecommender):
         sd = np.concatenate(ss) if ss else np.zeros(0, np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False), mu, sd
 
+    def _known_tokens(
+        self, histories: SequenceArrays, rows: np.ndarray, next_events: SequenceArrays | None
+    ) -> tuple[SequenceArrays, np.ndarray, SequenceArrays | None]:
+        """The histories `rows` without their tokens outside [0, V + added items): items unknown to
+        the model are skipped, as the classic families skip them (history_matrix); the network
+        would read such a token as the last row of its table. Unchanged when every token is known."""
+        n_tokens = len(self._check_fitted()) + len(self.extra)
+        off = np.asarray(histories.offsets, dtype=np.int64)
+        starts, lengths = off[rows], off[rows + 1] - off[rows]
+        out_starts = np.cumsum(lengths) - lengths
+        idx = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(out_starts - starts, lengths)
+        tokens = np.asarray(histories.tokens[idx], dtype=np.int64)
+        keep = (tokens >= 0) & (tokens < n_tokens)
+        if keep.all():
+            return histories, rows, next_events
+        kept = np.bincount(np.repeat(np.arange(len(rows)), lengths)[keep], minlength=len(rows))
+        known = histories.gather(idx[keep], kept, {"rows": "subset"})
+        return known, np.arange(len(rows), dtype=np.int64), None if next_events is None else next_events.take(rows)
+
     def _fold_table(self, net: SequenceTransformer) -> np.ndarray:
         """net.fold_table(), computed again only when an array it reads was replaced (a [V, D] x
         [D, k] product per request would dominate serving over a large catalogue)."""
@@ -722,7 +742,8 @@ class TransformerRecommender(NeuralRecommender):
 
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, *, next_events: SequenceArrays | None = None) -> np.ndarray:
         """[B, V] inner products of the last query with every item (a pairwise fine-tuned model:
-        its ranking score, SequenceTransformer.rank_score); specials -inf."""
+        its ranking score, SequenceTransformer.rank_score); specials -inf. History tokens outside
+        [0, V + added items) are skipped; an empty history scores from <start> alone."""
         fn = _rank_fn if self.config.rank() is not None else _score_fn
         scores = self._batched(fn, histories, rows, next_events=next_events)[0]
         if scores.size:
