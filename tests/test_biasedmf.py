@@ -169,6 +169,25 @@ def test_unrated_history_and_unknown_items(model: BiasedMF, data: SplitData) -> 
         model.predict(hist, np.array([2]), np.array([N_SPECIAL]))
 
 
+def test_history_ratings_outside_the_scale_are_refused_by_score_and_predict(model: BiasedMF) -> None:
+    low, high = model.rating_range()
+    hist = SequenceArrays.from_lists([[N_SPECIAL, N_SPECIAL + 1, N_SPECIAL + 2]])
+    for bad in (np.inf, -np.inf, high + 1.0, low - 1.0, 100.0):
+        hist.rating = np.array([4.0, bad, 3.0], np.float32)
+        name = model.vocab.external_id(N_SPECIAL + 1)
+        with pytest.raises(InputError, match=rf"item '{name}' \(token {N_SPECIAL + 1}\) is outside the rating scale"):
+            model.score(hist)
+        with pytest.raises(InputError, match="outside the rating scale"):
+            model.recommend(hist, 3)
+        with pytest.raises(InputError, match="outside the rating scale"):
+            model.predict(hist, np.array([0]), np.array([N_SPECIAL + 3]))
+    # the scale's own ends and NaN (unrated) are fine, and score() agrees with predict()
+    hist.rating = np.array([low, np.nan, high], np.float32)
+    s = model.score(hist)
+    assert np.all(np.isfinite(s[:, N_SPECIAL:]))
+    np.testing.assert_allclose(model.predict(hist, np.array([0]), np.array([N_SPECIAL + 3])), s[0, N_SPECIAL + 3], rtol=1e-5)
+
+
 def test_clip_keeps_predictions_in_the_training_range(data: SplitData) -> None:
     m = BiasedMF(BiasedMFConfig(factors=RANK, reg=0.3, bias_reg=0.3, iterations=5)).fit(data)
     hist, rows, tokens, _ = held_out(data)

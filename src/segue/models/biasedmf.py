@@ -21,7 +21,10 @@ Fold-in: any history h (a training user's, a new user's) is scored from its own 
 user step alone, item parameters fixed. The evaluator passes each user's visible history (e.g.
 train + valid when scoring test), so known and new users are treated alike; events without a
 rating (NaN) are skipped, and a history without any rated known item gets b_u = 0, p_u = 0,
-i.e. r_hat = mu + b_i.
+i.e. r_hat = mu + b_i. A history rating of a known item outside the training ratings' range
+[min, max] (or infinite) is refused with an InputError naming the item, by score() and predict()
+alike, as the autoencoder and the server (422) refuse it: fold-in is linear in the ratings, so one
+such rating would move every prediction of the history.
 
 `score()` returns r_hat over the whole vocabulary (special tokens -inf): items are ranked by
 predicted rating. `predict()` (segue.models.rating.RatingPredictor) returns r_hat for given
@@ -48,7 +51,7 @@ from pydantic import Field
 from segue.config import Config
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL
-from segue.errors import SegueError
+from segue.errors import InputError, SegueError
 from segue.models._interactions import pad_rows, pad_scores, select_rows
 from segue.models.base import BaseRecommender
 from segue.models.rating import check_pairs, history_ratings
@@ -217,9 +220,25 @@ class BiasedMF(BaseRecommender):
         self._check_fitted()
         rows = select_rows(histories, rows)
         b, item, r = rated_events(histories, rows, len(self.item_bias), ratings)
+        self._check_ratings(item, r)
         residual = r - self.meta["mu"] - self.item_bias[item].astype(np.float64)
         q = self.item_factors.astype(np.float64)
         return solve_side(b, item, residual, q, len(rows), self.config)
+
+    def _check_ratings(self, item: np.ndarray, r: np.ndarray) -> None:
+        """Refuse history ratings outside the training ratings' [min, max] (or infinite), naming
+        the first such item (item space) and the range."""
+        lo, hi = self.rating_range()
+        bad = np.flatnonzero(~np.isfinite(r) | (r < lo) | (r > hi))
+        if len(bad):
+            i = int(bad[0])
+            token = int(item[i]) + N_SPECIAL
+            raise InputError(
+                f"rating {r[i]:g} of item '{self.vocab.external_id(token)}' (token {token}) is outside the "
+                f"rating scale [{lo:g}, {hi:g}] of the training ratings ({len(bad)} such rating(s))",
+                record="history ratings",
+                expected=f"ratings between {lo:g} and {hi:g}, or NaN for an unrated event",
+            )
 
     def item_embeddings(self) -> np.ndarray:
         """[V, d + 2] float32 rows [q_i, b_i, 1] (zero rows for special tokens): with
