@@ -23,7 +23,7 @@ from segue.evaluation import cold as C
 from segue.evaluation import metrics as M
 from segue.evaluation.pipeline_hooks import attach_sequence_names, pipeline_info
 from segue.evaluation.protocols import ProtocolConfig, Task, build_task, resolve_split
-from segue.models.base import NEG_INF, Recommender
+from segue.models.base import NEG_INF, Recommender, select_top
 
 SCORE_BYTES = 256 << 20  # scratch budget for one batch of scores
 
@@ -50,21 +50,17 @@ def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top k of each row of `scores` [B, V] -> tokens int32 [B, k] (best first, -1 where the row
     has fewer than k finite scores) and their scores float32 [B, k].
 
+    Equal scores rank by ascending token, at the cut too (`select_top`), so the top k is the same
+    whatever longer list is asked: a metric at K does not depend on the other Ks.
     Row by row: `argpartition` on one row needs an int64 [V] scratch, not [B, V], and on these
     machines it is faster than one call over the whole batch (measured: 58 vs 77 ms at 256 x 100k).
     """
     n, v = scores.shape
     k = min(k, v)
     idx = np.empty((n, k), dtype=np.int64)
-    if k == v:
-        idx[:] = np.arange(v)
-    else:
-        for i in range(n):
-            idx[i] = np.argpartition(scores[i], v - k)[v - k :]
+    for i in range(n):  # best first; ties by token (the more popular first), also at the cut
+        idx[i] = select_top(scores[i], k)
     top = np.take_along_axis(scores, idx, axis=1)
-    order = np.lexsort((idx, -top), axis=1)  # best first; ties by token (the more popular first)
-    idx = np.take_along_axis(idx, order, axis=1)
-    top = np.take_along_axis(top, order, axis=1)
     tokens = np.where(np.isneginf(top), -1, idx).astype(np.int32)
     return tokens, top
 

@@ -21,7 +21,7 @@ import numpy as np
 from segue.config import Config
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL, Vocabulary
-from segue.errors import SegueError
+from segue.errors import InputError, SegueError
 from segue.io import atomic_path
 
 NEG_INF = np.float32(-np.inf)
@@ -54,7 +54,9 @@ class Recommender(Protocol):
         allow: np.ndarray | None = None,
         deny: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k tokens [B, k] and their scores [B, k] (-inf padded if fewer candidates)."""
+        """Top-k tokens [B, k] and their scores [B, k], best first, equal scores by ascending token;
+        k is an int >= 1. Slots without a candidate (fewer than k left after masking) are token -1
+        with score -inf."""
         ...
 
     def save(self, folder: str | Path) -> Path: ...
@@ -164,27 +166,81 @@ def top_k(
     """Top-k of `scores` [B, V] after masking special tokens, seen tokens, and allow/deny lists.
 
     Modifies `scores` in place (it is the caller's scratch batch). Returns tokens [B, k] int32 and
-    scores [B, k] float32 sorted by descending score; masked entries come out as -inf.
+    scores [B, k] float32 sorted by descending score, equal scores by ascending token (the rule of
+    `select_top`), so top_k(k) is a prefix of top_k(k + 1). A slot with no candidate left (all
+    remaining items masked, or k > V) is token -1 with score -inf; a NaN score is no candidate.
+    History tokens outside [0, V) are skipped (items unknown to the model); an allow or deny
+    token outside [0, V) is an InputError.
     """
+    k = check_k(k)
+    v = scores.shape[1]
+    scores[np.isnan(scores)] = NEG_INF
     scores[:, :N_SPECIAL] = NEG_INF
     if histories is not None:
         rows = np.arange(len(histories)) if rows is None else rows
         mask_seen(scores, histories, rows)
     if deny is not None and len(deny):
-        scores[:, np.asarray(deny)] = NEG_INF
+        scores[:, _check_tokens(deny, v, "deny")] = NEG_INF
     if allow is not None:
-        keep = np.zeros(scores.shape[1], dtype=bool)
-        keep[np.asarray(allow)] = True
+        keep = np.zeros(v, dtype=bool)
+        keep[_check_tokens(allow, v, "allow")] = True
         scores[:, ~keep] = NEG_INF
-    k = min(k, scores.shape[1])
-    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    part = np.take_along_axis(scores, idx, axis=1)
-    order = np.argsort(-part, axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1).astype(np.int32), np.take_along_axis(part, order, axis=1)
+    n = min(k, v)
+    idx = np.empty((len(scores), n), dtype=np.int64)
+    for i in range(len(scores)):
+        idx[i] = select_top(scores[i], n)
+    top = np.take_along_axis(scores, idx, axis=1)
+    tokens = np.full((len(scores), k), -1, dtype=np.int32)
+    vals = np.full((len(scores), k), NEG_INF, dtype=np.float32)
+    tokens[:, :n] = np.where(np.isneginf(top), -1, idx)
+    vals[:, :n] = top
+    return tokens, vals
+
+
+def select_top(row: np.ndarray, k: int) -> np.ndarray:
+    """Positions int64 [k] of the k largest entries of `row` [V] (1 <= k <= V), best first; equal
+    values by ascending position, also at the cut (so the first k of select_top(row, k + 1) are
+    select_top(row, k)). NaN counts as largest (as in np.argpartition), for callers that check.
+
+    One argpartition, then a fix-up only where the k-th value is tied with entries left outside:
+    those at the cut are replaced by the smallest positions holding that value.
+    """
+    v = len(row)
+    if k >= v:
+        idx = np.arange(v)
+    else:
+        idx = np.argpartition(row, v - k)[v - k :]
+        cut = row[idx].min()
+        if cut > NEG_INF:  # (not NaN) ties at -inf need no order: those slots become -1
+            tied = np.flatnonzero(row == cut)
+            inside = idx[row[idx] == cut]
+            if len(tied) > len(inside):
+                idx = np.concatenate([idx[row[idx] > cut], tied[: len(inside)]])
+    return idx[np.lexsort((idx, -row[idx]))]
+
+
+def check_k(k: object) -> int:
+    """`k` as an int >= 1, or an InputError naming it."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InputError(f"k = {k!r}", field="k", expected="a whole number >= 1")
+    return int(k)
+
+
+def _check_tokens(tokens: np.ndarray, v: int, name: str) -> np.ndarray:
+    """`tokens` as int64, or an InputError naming the first one outside [0, v)."""
+    t = np.asarray(tokens)
+    if t.size and not np.issubdtype(t.dtype, np.integer):
+        raise InputError(f"{name} holds {t.dtype} values", field=name, expected="integer tokens")
+    t = t.astype(np.int64).ravel()
+    bad = t[(t < 0) | (t >= v)]
+    if len(bad):
+        raise InputError(f"token {int(bad[0])} is outside the vocabulary", field=name, expected=f"tokens in [0, {v})")
+    return t
 
 
 def mask_seen(scores: np.ndarray, histories: SequenceArrays, rows: np.ndarray) -> None:
-    """Set scores[b, t] = -inf for every token t in the history of rows[b]."""
+    """Set scores[b, t] = -inf for every token t in the history of rows[b]; tokens outside
+    [0, V) are skipped (never wrapped around: -1 is not the last item)."""
     rows = np.asarray(rows, dtype=np.int64)
     starts, stops = histories.offsets[rows], histories.offsets[rows + 1]
     lengths = stops - starts
@@ -192,7 +248,9 @@ def mask_seen(scores: np.ndarray, histories: SequenceArrays, rows: np.ndarray) -
         return
     b = np.repeat(np.arange(len(rows)), lengths)
     idx = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
-    scores[b, np.asarray(histories.tokens[idx])] = NEG_INF
+    t = np.asarray(histories.tokens[idx], dtype=np.int64)
+    ok = (t >= 0) & (t < scores.shape[1])
+    scores[b[ok], t[ok]] = NEG_INF
 
 
 # ---------------------------------------------------------------------------------------------
