@@ -22,7 +22,7 @@ from segue.config import Config
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL, Vocabulary
 from segue.errors import InputError, SegueError
-from segue.io import atomic_path
+from segue.io import atomic_path, check_output
 
 NEG_INF = np.float32(-np.inf)
 
@@ -118,8 +118,12 @@ class BaseRecommender:
         return top_k(scores, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
 
     def save(self, folder: str | Path) -> Path:
+        """Write the model folder `folder` whole (atomically). It may replace only an earlier model
+        folder (one holding model.toml) or an empty folder; any other file or folder there is a
+        SegueError naming it, raised before anything is written (nothing of yours is deleted)."""
         vocab = self._check_fitted()
         folder = Path(folder)
+        check_output(folder, "model folder", "model.toml")
         with atomic_path(folder, is_dir=True) as tmp:
             write_model_header(self, tmp)
             vocab.save(tmp / "vocab.json")
