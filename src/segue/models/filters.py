@@ -14,22 +14,42 @@ from __future__ import annotations
 import numpy as np
 
 from segue.data.vocab import N_SPECIAL
+from segue.errors import InputError
 
 
 def niche_boost(scores: np.ndarray, counts: np.ndarray, b: float) -> np.ndarray:
-    """s' = s - b log(counts + 1) for scores [..., n] and training counts [n] in the same item order."""
-    if b < 0:
-        raise ValueError(f"niche boost b must be >= 0, got {b}")
+    """s' = s - b log(counts + 1) for scores [..., n] and training counts [n] in the same item order.
+
+    b must be a finite number >= 0 and counts finite and >= 0 (else an InputError naming them).
+    Returns float32 [..., n]: a new array for b > 0; for b = 0 the scores unchanged (the input
+    itself when it already is float32).
+    """
+    b = check_boost(b)
     counts = np.asarray(counts, dtype=np.float64)
-    if counts.shape[-1] != np.shape(scores)[-1]:
-        raise ValueError(f"counts has {counts.shape[-1]} items but the scores {np.shape(scores)[-1]}")
+    n = np.shape(scores)[-1]
+    if counts.shape != (n,):
+        raise InputError(f"counts has shape {counts.shape} but the scores {n} items", field="counts", expected=f"one count per item, shape ({n},)")
+    if not (np.isfinite(counts) & (counts >= 0)).all():
+        raise InputError("counts holds a negative or non-finite value", field="counts", expected="training counts >= 0")
     if b == 0:
-        return np.asarray(scores)
+        return np.asarray(scores, dtype=np.float32)
     return (np.asarray(scores, dtype=np.float64) - b * np.log1p(counts)).astype(np.float32)
+
+
+def check_boost(b: object) -> float:
+    """The niche boost b as a float, or an InputError: b must be a finite number >= 0 (NaN or inf
+    would turn scores into NaN)."""
+    if isinstance(b, bool) or not isinstance(b, int | float | np.integer | np.floating) or not np.isfinite(b) or b < 0:
+        raise InputError(f"b = {b!r}", field="niche_boost", expected="a finite number >= 0")
+    return float(b)
 
 
 def niche_boost_tokens(scores: np.ndarray, token_counts: np.ndarray, b: float) -> np.ndarray:
     """niche_boost on token-space scores [B, V] with counts per token [V]; special tokens keep their scores."""
+    token_counts = np.asarray(token_counts)
+    v = np.shape(scores)[-1]
+    if token_counts.shape != (v,):  # checked here: niche_boost sees the items only (V - N_SPECIAL)
+        raise InputError(f"token_counts has shape {token_counts.shape} but the scores {v} tokens", field="token_counts", expected=f"one count per token, shape ({v},)")
     out = np.array(scores, dtype=np.float32, copy=True)
-    out[..., N_SPECIAL:] = niche_boost(out[..., N_SPECIAL:], np.asarray(token_counts)[N_SPECIAL:], b)
+    out[..., N_SPECIAL:] = niche_boost(out[..., N_SPECIAL:], token_counts[N_SPECIAL:], b)
     return out
