@@ -283,6 +283,14 @@ def test_presence_only_is_mult_dae(store: Path) -> None:
     assert model.network.rating_head is None and model.network.encoder[0].in_features == model.network.n_items
     with pytest.raises(SegueError, match="no rating head"):
         model.predict(SequenceArrays.from_lists([[N_SPECIAL]]), None, np.array([[N_SPECIAL + 1]]))
+    # it reads no ratings (rating_range says so), so history ratings of any value are ignored
+    with pytest.raises(SegueError, match="reads no ratings"):
+        model.rating_range()
+    hist = SequenceArrays.from_lists([[N_SPECIAL, N_SPECIAL + 5]])
+    plain = model.score(hist)
+    for bad in (42.0, np.inf, -1.0):
+        hist.rating = np.array([8, bad], np.float32)
+        np.testing.assert_array_equal(model.score(hist), plain)
     # rating_head = false alone is the Mult-DAE, scored by presence; another score is refused
     assert AutoencoderConfig.from_dict({"model": {"rating_head": False}}).model.score == "presence"
     assert AutoencoderConfig.from_dict({}).model.score == "unified"

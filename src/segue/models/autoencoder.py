@@ -323,7 +323,10 @@ class Profiles:
         self.with_ratings = config.reads_ratings
         self.n_items = n_items
         b, col, rating, item = profile_entries(histories, rows, n_items)
-        check_ratings(rating, scale, np.where(item >= 0, item, col + N_SPECIAL), source="profile ratings")
+        if config.reads_ratings or config.rating_head:
+            check_ratings(rating, scale, np.where(item >= 0, item, col + N_SPECIAL), source="profile ratings")
+        else:  # a model that reads no ratings ignores them (the server warns), whatever they hold
+            rating = np.full(len(rating), np.nan)
         n = len(rows)
         offsets = np.searchsorted(b, np.arange(n + 1))
         h, self.norm = normalise(offsets, rating, scale, mode=config.normalisation, tau=config.tau)
