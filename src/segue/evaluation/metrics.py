@@ -1,7 +1,9 @@
 """Ranking metrics, computed per user (query) from ranked top-K lists and relevant sets.
 
 Inputs, for a batch of B queries:
-  ranked  int [B, L]  recommended tokens, best first; -1 marks an empty slot (fewer candidates)
+  ranked  int [B, L]  recommended tokens, best first; -1 marks an empty slot (fewer candidates).
+                      A token repeated in a list counts once, at its first rank: a later copy is
+                      a miss (so recall and NDCG stay <= 1 and precision counts distinct hits)
   relevant            CSR: offsets int64 [B + 1], keys int64 [nnz]; query b's relevant set is
                       keys[offsets[b]:offsets[b + 1]], each key once. A key >= 0 is a vocabulary
                       token; a key < 0 is a relevant item the vocabulary lacks (<unk>): it counts
@@ -26,7 +28,8 @@ def relevance_csr(rows: list[list[int]] | list[np.ndarray]) -> tuple[np.ndarray,
 
 
 def hit_matrix(ranked: np.ndarray, offsets: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """hits bool [B, L]: ranked[b, i] >= 0 and it is in query b's relevant set.
+    """hits bool [B, L]: ranked[b, i] >= 0, it is in query b's relevant set, and it is the first
+    occurrence of that token in row b (a repeated item is hit once).
 
     Vectorised by coding each (query, token) pair as one int64 and testing set membership.
     """
@@ -43,7 +46,20 @@ def hit_matrix(ranked: np.ndarray, offsets: np.ndarray, keys: np.ndarray) -> np.
     codes = np.arange(n, dtype=np.int64)[:, None] * width + ranked
     hits = np.isin(codes, rel_codes)
     hits &= ranked >= 0
+    hits &= first_occurrence(ranked)
     return hits
+
+
+def first_occurrence(ranked: np.ndarray) -> np.ndarray:
+    """bool [B, L]: ranked[b, i] does not occur earlier in row b (a stable sort per row keeps the
+    earliest copy of each token first)."""
+    order = np.argsort(ranked, axis=1, kind="stable")
+    srt = np.take_along_axis(ranked, order, axis=1)
+    first_sorted = np.ones(ranked.shape, dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    out = np.empty(ranked.shape, dtype=bool)
+    np.put_along_axis(out, order, first_sorted, axis=1)
+    return out
 
 
 def n_relevant(offsets: np.ndarray) -> np.ndarray:
