@@ -270,7 +270,7 @@ class ItemsResponse(BaseModel):
 
 
 class ContributionOut(ItemOut):
-    position: int
+    position: int = Field(description="Index in the request's history (as sent, before the cut to the model's context)")
     impact: float | None = Field(description="score(history)[item] - score(history without this one)[item]; absent when `pool` is set")
     pool: Literal["leaves", "joins"] | None = Field(
         None,

@@ -64,7 +64,9 @@ def explain_profile(
     predicted = None
     if rating_family and len(history) and len(items) + len(sel):
         predicted = engine.predict_ratings(history, ratings, np.concatenate([items, history[sel]])).astype(np.float64)
-    explained = _explain_items(engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)])
+    explained = _explain_items(
+        engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)], offset
+    )
     if not rating_family:
         return explained, None
     if predicted is None or len(sel) == 0:
@@ -81,7 +83,10 @@ def _explain_items(
     history_ids: list[str] | None,
     ratings: np.ndarray | None,
     predicted: np.ndarray | None,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
+    # A contribution's `position` is its index in the request's history: `offset` items were cut
+    # before `history` (the model's context), as for the surprising items.
     if len(items) == 0:
         return []
     if len(history) == 0:
@@ -99,9 +104,9 @@ def _explain_items(
                 about = {**about, "id": history_ids[j], "name": history_ids[j]}
             x = float(impact[i, j])
             if np.isinf(x):  # a pipeline's item leaves (+inf) or joins (-inf) the candidate pool
-                contributions.append({**about, "position": int(j), "impact": None, "pool": "leaves" if x > 0 else "joins"})
+                contributions.append({**about, "position": offset + int(j), "impact": None, "pool": "leaves" if x > 0 else "joins"})
             else:
-                contributions.append({**about, "position": int(j), "impact": x})
+                contributions.append({**about, "position": offset + int(j), "impact": x})
         out.append(
             {
                 **engine.catalogue.describe(int(t)),
