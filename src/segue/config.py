@@ -25,16 +25,18 @@ class Config(BaseModel):
         atomic_write_text(path, self.to_toml())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> Self:
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>", within: tuple[str, ...] = ()) -> Self:
+        """Validate `data`; errors name `source` and the key's place in it, `within` being the
+        table that holds `data` there (("config",) for a model.toml's [config])."""
         try:
             return cls.model_validate(data)
         except ValidationError as e:
             lines = []
             for err in e.errors():
                 if err["type"] == "extra_forbidden" and err["loc"]:
-                    lines.append(f"{source}: {_unknown_key(cls, err['loc'])}")
+                    lines.append(f"{source}: {_unknown_key(cls, err['loc'], within)}")
                     continue
-                loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+                loc = ".".join(str(p) for p in (*within, *err["loc"])) or "<root>"
                 lines.append(f"{source}: field '{loc}': {err['msg']}")
             raise ConfigError("\n".join(lines)) from None
 
@@ -54,13 +56,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
-def _unknown_key(cls: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+def _unknown_key(cls: type[BaseModel], loc: tuple[int | str, ...], within: tuple[str, ...] = ()) -> str:
     """A misspelt key in words, with the keys its table takes and the closest one (pydantic says
-    only 'Extra inputs are not permitted')."""
+    only 'Extra inputs are not permitted'); `within`: the table of the file that holds cls's data."""
     import difflib
 
     key, where = str(loc[-1]), loc[:-1]
-    section = f"in [{'.'.join(str(p) for p in where)}]" if where else "at the top level"
+    table = (*within, *where)
+    section = f"in [{'.'.join(str(p) for p in table)}]" if table else "at the top level"
     fields = _fields_at(cls, where)
     if not fields:
         return f"unknown key '{key}' {section}"

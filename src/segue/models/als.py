@@ -89,6 +89,7 @@ class ALS(BaseRecommender):
     """Implicit ALS recommender (see the module docstring for the objective and scoring)."""
 
     family = "als"
+    state_shapes = {"item_factors.npy": ("item_factors", ("n", None)), "counts.npy": ("counts", ("n",))}
     config_class = ALSConfig
     config: ALSConfig
 

@@ -78,6 +78,11 @@ class BaseRecommender:
     history_independent: ClassVar[bool] = False
     # a history is a set (a profile): a repeated item counts once, with its last rating
     profile_set: ClassVar[bool] = False
+    # meta keys fit() records and score() reads: a folder whose model.toml lacks one fails at load
+    meta_fields: ClassVar[tuple[str, ...]] = ()
+    # state checked against vocab.json at load: file -> (attribute, shape), a dimension being "n"
+    # (items), "V" (tokens, items + specials), a number, or None (any size)
+    state_shapes: ClassVar[dict[str, tuple[str, tuple[int | str | None, ...]]]] = {}
 
     def __init__(self, config: Config | None = None, vocab: Vocabulary | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -136,11 +141,30 @@ class BaseRecommender:
         header = read_model_header(folder)
         if header["family"] != cls.family:
             raise SegueError(f"{folder}: holds a '{header['family']}' model, not '{cls.family}'")
-        model = cls(cls.config_class.from_dict(header.get("config", {}), source=str(folder / "model.toml")))
+        model = cls(cls.config_class.from_dict(header["config"], source=str(folder / "model.toml"), within=("config",)))
         model.vocab = Vocabulary.load(folder / "vocab.json")
         model.meta = model_meta(header)
+        missing = [f for f in cls.meta_fields if f not in model.meta]
+        if missing:
+            raise SegueError(f"{folder / 'model.toml'}: field 'meta' lacks {', '.join(map(repr, missing))}, which the {cls.family} family records when fitted (a damaged or hand-edited model folder)")
         model._load_state(folder)
+        model._check_state(folder)
         return model
+
+    def _check_state(self, folder: Path) -> None:
+        """Every array of `state_shapes` fits the vocabulary (weights of another model would score
+        a catalogue of another size); else a SegueError naming the file."""
+        vocab = self._check_fitted()
+        sizes = {"n": vocab.n_items, "V": len(vocab)}
+        for file, (attr, dims) in self.state_shapes.items():
+            shape = tuple(np.shape(getattr(self, attr)))
+            want = tuple(sizes.get(d, d) if isinstance(d, str) else d for d in dims)
+            if len(shape) != len(want) or any(w is not None and a != w for a, w in zip(shape, want, strict=True)):
+                shown = "(" + ", ".join("any" if w is None else str(w) for w in want) + ")"
+                raise SegueError(
+                    f"{folder / file}: shape {shape} does not fit {folder / 'vocab.json'} ({sizes['n']} items, "
+                    f"{sizes['V']} tokens; expected {shown}): the files come from different models"
+                )
 
 
 def write_model_header(model: BaseRecommender, folder: Path) -> None:
@@ -287,9 +311,15 @@ def read_model_header(folder: Path) -> dict[str, Any]:
     if not path.exists():
         raise SegueError(f"{folder}: not a model folder (no model.toml)")
     try:
-        return tomllib.loads(path.read_text())
+        header = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise SegueError(f"{path}: not valid TOML: {e}") from None
+    # write_model_header writes all three: one missing is a damaged (e.g. truncated) file
+    if not isinstance(header.get("family"), str):
+        raise SegueError(f"{path}: field 'family' is missing or not a string (expected the model family, e.g. family = \"ease\")")
+    if not isinstance(header.get("config"), dict):
+        raise SegueError(f"{path}: table [config] is missing (a damaged model.toml: the file is cut short?)")
+    return header
 
 
 def model_meta(header: dict[str, Any]) -> dict[str, Any]:

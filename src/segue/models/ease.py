@@ -102,6 +102,8 @@ class EASE(BaseRecommender):
     """EASE recommender (see the module docstring for the formula and the size limit)."""
 
     family = "ease"
+    meta_fields = ("decay",)
+    state_shapes = {"weights.npy": ("weights", ("n", "n")), "counts.npy": ("counts", ("n",))}
     config_class = EASEConfig
     config: EASEConfig
 

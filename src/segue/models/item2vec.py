@@ -100,6 +100,7 @@ class Item2Vec(BaseRecommender):
     """Item2vec recommender (see the module docstring for the query and scoring formulas)."""
 
     family = "item2vec"
+    meta_fields, state_shapes = ("decay",), {"input_vectors.npy": ("input_vectors", ("V", None)), "output_vectors.npy": ("output_vectors", ("V", None)), "has_vector.npy": ("has_vector", ("V",)), "counts.npy": ("counts", ("n",))}
     config_class = Item2VecConfig
     config: Item2VecConfig
 

@@ -144,6 +144,8 @@ class ItemKNN(BaseRecommender):
     """Item-kNN recommender (see the module docstring for the formulas)."""
 
     family = "itemknn"
+    meta_fields = ("decay",)
+    state_shapes = {"similarity.npz": ("sim", ("n", "n")), "counts.npy": ("counts", ("n",))}
     config_class = ItemKNNConfig
     config: ItemKNNConfig
 

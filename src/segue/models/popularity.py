@@ -22,6 +22,7 @@ class Popularity(BaseRecommender):
     """score(t) = number of training events of token t, the same for every history."""
 
     family = "popularity"
+    state_shapes = {"counts.npy": ("counts", ("V",))}
     config_class = PopularityConfig
     history_independent = True
 
