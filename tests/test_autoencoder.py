@@ -319,6 +319,23 @@ def test_rating_input_is_separate_from_the_rating_head(store: Path, head: bool, 
     np.testing.assert_allclose(logp, np.asarray(jax.nn.log_softmax(logits, axis=-1)), rtol=1e-5, atol=1e-5)
 
 
+def test_partial_trainer_and_optim_tables_keep_the_family_defaults() -> None:
+    from segue.training.trainer import parse_train_config
+
+    family = AutoencoderConfig()
+    for cfg in (
+        AutoencoderConfig.from_dict({"trainer": {"progress": False}, "optim": {"lr": 0.01}}),
+        parse_train_config({"family": "autoencoder", "data": {"store": "s", "split": "x"}, "trainer": {"progress": False}, "optim": {"lr": 0.01}}),
+    ):
+        assert cfg.trainer.progress is False and cfg.optim.lr == 0.01
+        assert cfg.trainer.model_copy(update={"progress": True}) == family.trainer  # ndcg@100, 20,000 steps, ...
+        assert cfg.optim.model_copy(update={"lr": family.optim.lr}) == family.optim  # no warmup, constant
+    assert family.trainer.metric == "ndcg@100" and family.optim.schedule == "constant"
+    # a field given still wins, nested tables included
+    cfg = AutoencoderConfig.from_dict({"trainer": {"metric": "hr@10", "loader": {"batch_size": 8}}})
+    assert (cfg.trainer.metric, cfg.trainer.loader.batch_size, cfg.trainer.max_steps) == ("hr@10", 8, 20_000)
+
+
 def test_training_ratings_outside_a_configured_scale_are_named(store: Path) -> None:
     cfg = _config(max_steps=1)
     cfg.model = cfg.model.model_copy(update={"rating_scale": [1.0, 9.0]})

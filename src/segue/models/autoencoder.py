@@ -167,6 +167,10 @@ class AutoencoderLossConfig(Config):
     rating_l2: float = Field(1e-3, ge=0)
 
 
+def _default_optim() -> OptimConfig:
+    return OptimConfig(lr=3e-3, warmup_steps=0, schedule="constant", weight_decay=0.0, clip_norm=5.0, plateau_patience=2)
+
+
 def _default_trainer() -> TrainerConfig:
     return TrainerConfig(max_steps=20_000, max_epochs=200, eval_every=50, metric="ndcg@100", patience=10, checkpoint_every=500)
 
@@ -177,10 +181,22 @@ class AutoencoderConfig(Config):
 
     model: AutoencoderModelConfig = AutoencoderModelConfig()
     loss: AutoencoderLossConfig = AutoencoderLossConfig()
-    # A partial [optim] table in a file takes OptimConfig's defaults for the rest (warmup 200, cosine):
-    # config files here spell out every field.
-    optim: OptimConfig = OptimConfig(lr=3e-3, warmup_steps=0, schedule="constant", weight_decay=0.0, clip_norm=5.0, plateau_patience=2)
+    optim: OptimConfig = Field(default_factory=_default_optim)
     trainer: TrainerConfig = Field(default_factory=_default_trainer)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        # A partial [optim] or [trainer] table keeps the family's defaults for the fields it does
+        # not give (left alone, pydantic would fill them from OptimConfig / TrainerConfig: warmup
+        # 200 and cosine, metric ndcg@10 and 10,000 steps)
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, default in (("optim", _default_optim()), ("trainer", _default_trainer())):
+            if isinstance(data.get(name), dict):
+                out[name] = default.model_dump(include=default.model_fields_set) | data[name]
+        return out
 
 
 class Buffer(nnx.Variable):
