@@ -4,11 +4,13 @@ Every training sequence is a sentence of its item tokens (as strings); Word2Vec 
 CBOW, negative sampling) learns a vector e_i for every item seen at least `min_count` times.
 A history h = (i_1 .. i_L) becomes the query
 
-    q(h) = sum_k w_k e_{i_k} / sum_k w_k,   w_k = decay ** (L - k)   (age 0 = the last event),
+    q(h) = sum_{j in S} w_j e_j / sum_{j in S} w_j,   w_j = decay ** a_j,
 
-(decay chosen from the split at fit time unless set, see `_interactions.resolve_decay`)
-over the history items that *have* a vector; items unknown to the embedding are skipped, never
-replaced by a random guess. score(h, j) = q . v_j with v_j = e_j (`item_vectors="input"`) or the
+S the distinct items of h that *have* a vector and a_j the age of item j's most recent occurrence
+(L - k for its last position k; age 0 = the last event): a repeated item counts once, at its most
+recent position, as in the other classic families (`_interactions.history_matrix`). The decay is
+chosen from the split at fit time unless set (`_interactions.resolve_decay`). Items unknown to the
+embedding are skipped, never replaced by a random guess. score(h, j) = q . v_j with v_j = e_j (`item_vectors="input"`) or the
 output (negative-sampling) vector of j (`"output"`), and with `similarity="cosine"` both q and v are
 L2-normalised first. Items without a vector score -inf; a history with no known item gets training
 popularity scores in [-1, 0) over the items that have vectors.
@@ -151,7 +153,8 @@ class Item2Vec(BaseRecommender):
         return self._scoring_vectors()
 
     def query_embeddings(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
-        """[B, d] float32 recency-weighted mean of the known history items' input vectors."""
+        """[B, d] float32 recency-weighted mean of the known history items' input vectors (each
+        distinct item once, weighted by its most recent occurrence: the module docstring's q(h))."""
         self._check_fitted()
         rows = select_rows(histories, rows)
         n_items = len(self.has_vector) - N_SPECIAL
