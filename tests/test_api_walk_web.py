@@ -51,3 +51,57 @@ def test_explain_position_is_the_index_in_the_request_history_past_the_context(f
         assert sorted(positions) == [4, 5, 6]
         for x in item["contributions"]:
             assert history[x["position"]] == x["id"]
+
+
+def test_id_name_and_context_lengths_are_counted_in_characters(dot) -> None:
+    # F2: a 513-character id said "at most 512 items", as if the history list were too long.
+    cases = [
+        ({"history": ["x" * 513]}, ["body", "history", 0], "at most 512 characters"),
+        ({"history": [""]}, ["body", "history", 0], "at least 1 character"),
+        ({"history": [], "name": "n" * 513}, ["body", "name"], "at most 512 characters"),
+        ({"history": [], "context": {"k": "v" * 257}}, ["body", "context", "k"], "at most 256 characters"),
+        ({"history": [], "exclude": ["y" * 513]}, ["body", "exclude", 0], "at most 512 characters"),
+    ]
+    for body, loc, msg in cases:
+        r = dot.post("/v1/recommend", json=body)
+        assert r.status_code == 422, body
+        err = r.json()["detail"][0]
+        assert err["loc"][: len(loc)] == loc and msg in err["msg"], err
+        assert "items" not in err["msg"]
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [
+        ("/v1/recommend", "n", True),
+        ("/v1/recommend", "n", "3"),
+        ("/v1/recommend", "niche_boost", True),
+        ("/v1/recommend", "exclude_seen", "false"),
+        ("/v1/recommend", "exclude_seen", 0),
+        ("/v1/continue", "n", True),
+        ("/v1/continue", "greedy", 1),
+        ("/v1/continue", "temperature", "0.5"),
+        ("/v1/explain", "top", True),
+        ("/v1/rank", "timestamps", [True]),
+    ],
+)
+def test_booleans_and_numeric_strings_are_no_numbers(dot, folders, path, field, value) -> None:
+    # F11: lax pydantic took true as 1 and "3" as 3 without a word.
+    body = {"history": ids_of(folders["dot"], 1), field: value}
+    if path == "/v1/rank":
+        body["items"] = ids_of(folders["dot"], 2, start=3)
+    r = dot.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][:2] == ["body", field]
+
+
+def test_ratings_must_be_numbers_not_booleans_or_strings(folders) -> None:
+    # F11 for ratings, on a model that reads them: checked before the family is asked.
+    app = create_app(folders["dot"], use_env_admin_key=False)
+    with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        for bad in (True, "7"):
+            for path in ("/v1/recommend", "/v1/explain"):
+                r = c.post(path, json={"history": ids_of(folders["dot"], 1), "ratings": [bad]})
+                assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "ratings", 0], r.text
+        ok = c.post("/v1/recommend", json={"history": ids_of(folders["dot"], 2), "ratings": [4, 2.5], "n": 2})
+        assert ok.status_code == 200 and len(ok.json()["items"]) == 2

@@ -46,7 +46,15 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 from threadpoolctl import threadpool_limits
@@ -97,8 +105,23 @@ def _utf8(s: str) -> str:
     return s
 
 
-Text = Annotated[str, AfterValidator(_utf8)]
-ItemIds = list[Annotated[Text, Field(min_length=1, max_length=512)]]
+def _text(max_length: int, min_length: int = 0) -> Any:
+    """A string of min_length..max_length characters, valid UTF-8. The length check comes before the
+    UTF-8 one: a constraint placed after an AfterValidator is checked as a generic length ("at
+    most 512 items"), which read as if the list were too long."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(_utf8)]
+
+
+ItemId = _text(512, min_length=1)
+ItemIds = list[ItemId]
+ContextValue = _text(256)
+Context = dict[ContextValue, ContextValue]
+Title = _text(512)
+FolderPath = _text(4096)
+# Numbers and flags are strict: JSON's true is no rating of 1 and "3" no count of 3 (lax pydantic
+# turned both into numbers without a word). An int is still a float.
+Rating = Annotated[float, Field(strict=True)]
+Ratings = list[Rating | None]
 # Deprecated request field names -> their current name (accepted, announced in a header).
 DEPRECATED_FIELDS = {"seed": "history"}
 DEPRECATION_DATE = 1795910400  # 2026-11-29T00:00:00Z, when /v1/continue's `seed` became `history`
@@ -129,20 +152,20 @@ class RecommendRequest(_Request, HistoryEvents):
     history: ItemIds = Field(
         default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first"
     )
-    ratings: list[float | None] | None = Field(None, max_length=MAX_HISTORY, description=RATINGS_DESCRIPTION)
-    n: int = Field(10, ge=1, le=MAX_N, description="Number of items to return")
-    context: dict[Annotated[Text, Field(max_length=256)], Annotated[Text, Field(max_length=256)]] | None = Field(
+    ratings: Ratings | None = Field(None, max_length=MAX_HISTORY, description=RATINGS_DESCRIPTION)
+    n: int = Field(10, ge=1, le=MAX_N, strict=True, description="Number of items to return")
+    context: Context | None = Field(
         None, max_length=32
     )
-    exclude_seen: bool = True
+    exclude_seen: bool = Field(True, strict=True)
     exclude: ItemIds = Field(default_factory=list, max_length=MAX_LIST)
     allow: ItemIds | None = Field(
         None, max_length=100_000, description="Only these items may be returned"
     )
     deny: ItemIds = Field(default_factory=list, max_length=MAX_LIST)
-    niche_boost: float = Field(0.0, ge=0, le=1_000, description=NICHE_BOOST_DESCRIPTION)
-    name: Text | None = Field(
-        None, max_length=512, description="Playlist title: two-stage pipelines match it to item and playlist names"
+    niche_boost: float = Field(0.0, ge=0, le=1_000, strict=True, description=NICHE_BOOST_DESCRIPTION)
+    name: Title | None = Field(
+        None, description="Playlist title: two-stage pipelines match it to item and playlist names"
     )
 
     _check_ratings = field_validator("ratings")(_aligned_ratings)
@@ -160,25 +183,25 @@ class ContinueRequest(_Request):
         description="Deprecated: the old name of `history` (still accepted; not with `history`)",
         json_schema_extra={"deprecated": True},
     )
-    n: int = Field(20, ge=1, le=500)
-    temperature: float = Field(1.0, gt=0, le=100)
-    top_k: int = Field(50, ge=1, le=MAX_N)
-    greedy: bool = False
-    random_seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    n: int = Field(20, ge=1, le=500, strict=True)
+    temperature: float = Field(1.0, gt=0, le=100, strict=True)
+    top_k: int = Field(50, ge=1, le=MAX_N, strict=True)
+    greedy: bool = Field(False, strict=True)
+    random_seed: int | None = Field(None, ge=0, le=2**63 - 1, strict=True)
 
 
 class ExplainRequest(_Request):
     history: ItemIds = Field(default_factory=list, max_length=1_000)
-    ratings: list[float | None] | None = Field(None, max_length=1_000, description=RATINGS_DESCRIPTION)
+    ratings: Ratings | None = Field(None, max_length=1_000, description=RATINGS_DESCRIPTION)
     items: ItemIds | None = Field(
         None, max_length=100, description="Items to explain (default: the top n)"
     )
-    n: int = Field(10, ge=1, le=100)
+    n: int = Field(10, ge=1, le=100, strict=True)
     top: int = Field(
-        5, ge=1, le=100, description="History items listed per explained item, and surprising items listed"
+        5, ge=1, le=100, strict=True, description="History items listed per explained item, and surprising items listed"
     )
     niche_boost: float = Field(
-        0.0, ge=0, le=1_000, description="As in /v1/recommend, for the default top n items"
+        0.0, ge=0, le=1_000, strict=True, description="As in /v1/recommend, for the default top n items"
     )
 
     _check_ratings = field_validator("ratings")(_aligned_ratings)
@@ -186,9 +209,9 @@ class ExplainRequest(_Request):
 
 class RankRequest(_Request, HistoryEvents):
     history: ItemIds = Field(default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first")
-    ratings: list[float | None] | None = Field(None, max_length=MAX_HISTORY, description=RATINGS_DESCRIPTION)
+    ratings: Ratings | None = Field(None, max_length=MAX_HISTORY, description=RATINGS_DESCRIPTION)
     items: ItemIds = Field(min_length=1, max_length=MAX_N, description="Candidate item ids to score and rank")
-    context: dict[Annotated[Text, Field(max_length=256)], Annotated[Text, Field(max_length=256)]] | None = Field(
+    context: Context | None = Field(
         None, max_length=32, description="Context of the event to predict (e.g. the platform of the request)"
     )
 
@@ -207,10 +230,10 @@ class SimilarQuery(_Request):
 
 
 class ReloadRequest(_Request):
-    model: Text | None = Field(
-        None, max_length=4096, description="Model folder (default: the current one)"
+    model: FolderPath | None = Field(
+        None, description="Model folder (default: the current one)"
     )
-    store: Text | None = Field(None, max_length=4096)
+    store: FolderPath | None = None
 
 
 class ModelOut(BaseModel):

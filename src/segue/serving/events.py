@@ -38,7 +38,7 @@ MAX_EVENTS = 5_000  # values per column (the API's longest history)
 MAX_TS = 2**40  # unix seconds (year 36812): larger values are no time
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
 FeedbackValue = StrictBool | StrictInt | StrictFloat | None
-Timestamp = Annotated[int, Field(ge=0, le=MAX_TS)]
+Timestamp = Annotated[int, Field(ge=0, le=MAX_TS, strict=True)]  # true is no time
 
 FEEDBACK_DESCRIPTION = (
     "Feedback per history event: column name -> values aligned with `history` (null = none). "
