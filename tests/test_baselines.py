@@ -162,7 +162,7 @@ def test_ease_hand_example() -> None:
 
 
 def test_ease_refuses_too_large_catalogue(data: SplitData) -> None:
-    with pytest.raises(SegueError, match=r"20 items.*max_items=10.*GiB"):
+    with pytest.raises(SegueError, match=r"20 items.*max_items=10.*needs 1.6 KiB"):
         EASE(EASEConfig(max_items=10)).fit(data)
 
 

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from segue.data.splits import Part, history_parts
 from segue.data.store import Store
 from segue.data.vocab import Vocabulary
+from segue.errors import InputError
 from segue.io import atomic_path
 
 ARRAYS_VERSION = 2
@@ -69,6 +70,20 @@ class SequenceArrays:
 
     def row_items(self, r: int) -> np.ndarray:
         return self.item_ids[self.offsets[r] : self.offsets[r + 1]]
+
+    def check_rows(self, rows: np.ndarray | None) -> np.ndarray:
+        """`rows` as int64 [B] (all rows if None), or an InputError naming the first row outside
+        [0, len) (a negative row must not count from the end)."""
+        if rows is None:
+            return np.arange(len(self), dtype=np.int64)
+        r = np.asarray(rows)
+        if r.ndim != 1 or (r.size and not np.issubdtype(r.dtype, np.integer)):
+            raise InputError(f"rows of shape {r.shape} and type {r.dtype}", field="rows", expected="a 1-d array of whole row numbers")
+        r = r.astype(np.int64)
+        bad = r[(r < 0) | (r >= len(self))]
+        if len(bad):
+            raise InputError(f"row {int(bad[0])} is outside the histories", field="rows", expected=f"rows in [0, {len(self)})")
+        return r
 
     def nonempty(self) -> np.ndarray:
         """Row indices with at least one event."""
@@ -321,6 +336,7 @@ class SplitData:
 
     @classmethod
     def load(cls, store: Store, split: str) -> SplitData:
+        store.require_split(split)  # a StoreError naming the store and its splits, not a KeyError
         vocab = Vocabulary.from_store(store.con, split)
         return cls(store=store, split=split, vocab=vocab, train=compile_split(store, split, (Part.TRAIN,), vocab=vocab))
 

@@ -32,7 +32,7 @@ import numpy as np
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.splits import Part, parse_part
 from segue.data.vocab import N_SPECIAL
-from segue.errors import ConfigError, SegueError
+from segue.errors import ConfigError, InputError, SegueError
 from segue.evaluation.significance import (
     Comparison,
     Interval,
@@ -48,15 +48,26 @@ from segue.models.rating import RatingPredictor
 
 
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Root mean squared error sqrt(mean((predicted - actual)^2)); NaN for no pairs."""
-    d = np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)
-    return float(np.sqrt(np.mean(d * d))) if len(d) else float("nan")
+    """Root mean squared error sqrt(mean((predicted - actual)^2)) over pairs of the same shape
+    (or one side a scalar); NaN for no pairs."""
+    d = _differences(predicted, actual)
+    return float(np.sqrt(np.mean(d * d))) if d.size else float("nan")
 
 
 def mae(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Mean absolute error mean(|predicted - actual|); NaN for no pairs."""
-    d = np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)
-    return float(np.mean(np.abs(d))) if len(d) else float("nan")
+    """Mean absolute error mean(|predicted - actual|) over pairs of the same shape (or one side a
+    scalar); NaN for no pairs."""
+    d = _differences(predicted, actual)
+    return float(np.mean(np.abs(d))) if d.size else float("nan")
+
+
+def _differences(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """predicted - actual as float64 (either may be a scalar), or an InputError when two arrays'
+    shapes differ (broadcasting would silently compare every prediction with every rating)."""
+    p, a = np.asarray(predicted, np.float64), np.asarray(actual, np.float64)
+    if p.shape != a.shape and p.ndim and a.ndim:
+        raise InputError(f"predicted has shape {p.shape} but actual {a.shape}", field="actual", expected="one rating per prediction")
+    return p - a
 
 
 def pair_correct(score_a: np.ndarray, score_b: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from segue.models.base import NEG_INF
 
 
 def select_rows(histories: SequenceArrays, rows: np.ndarray | None) -> np.ndarray:
-    return np.arange(len(histories), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    return histories.check_rows(rows)
 
 
 def history_matrix(

@@ -118,7 +118,8 @@ class BaseRecommender:
         allow: np.ndarray | None = None,
         deny: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.arange(len(histories)) if rows is None else np.asarray(rows)
+        rows = histories.check_rows(rows)
+        k = check_k(k)
         scores = self.score(histories, rows)
         return top_k(scores, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
 

@@ -59,7 +59,7 @@ def check_size(n_items: int, config: EASEConfig) -> None:
         gib = n_items * n_items * np.dtype(config.dtype).itemsize / 2**30
         raise SegueError(
             f"EASE: the catalogue has {n_items:,} items, above the dense Gram limit max_items="
-            f"{config.max_items:,} (a {n_items:,} x {n_items:,} {config.dtype} matrix needs {gib:.1f} GiB); "
+            f"{config.max_items:,} (a {n_items:,} x {n_items:,} {config.dtype} matrix needs {_size(gib)}); "
             "raise max_items if memory allows, or use itemknn, als or item2vec"
         )
 
@@ -139,3 +139,12 @@ class EASE(BaseRecommender):
     def _load_state(self, folder: Path) -> None:
         self.weights = np.load(folder / "weights.npy")
         self.counts = np.load(folder / "counts.npy")
+
+
+def _size(gib: float) -> str:
+    """A memory size in the largest unit that keeps it >= 1 (never '0.0 GiB' for a small matrix)."""
+    size = gib * 2**30
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} bytes"

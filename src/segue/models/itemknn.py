@@ -171,9 +171,15 @@ class ItemKNN(BaseRecommender):
         return pad_scores(s)
 
     def similar_items(self, token: int) -> tuple[np.ndarray, np.ndarray]:
-        """Neighbour tokens and similarities of `token`, most similar first."""
+        """Neighbour tokens and similarities of `token`, most similar first. `token` must be an
+        item token, in [N_SPECIAL, V) (a special token or a negative one would index another
+        item's row): else an InputError naming it."""
         from segue.data.vocab import N_SPECIAL
+        from segue.errors import InputError
 
+        v = self._check_fitted()
+        if isinstance(token, bool) or not isinstance(token, int | np.integer) or not N_SPECIAL <= token < len(v):
+            raise InputError(f"token {token!r} is not an item token", field="token", expected=f"a whole number in [{N_SPECIAL}, {len(v)})")
         i = int(token) - N_SPECIAL
         lo, hi = self.sim.indptr[i], self.sim.indptr[i + 1]
         cols, vals = self.sim.indices[lo:hi], self.sim.data[lo:hi]
