@@ -334,3 +334,35 @@ def test_demo_pipeline_step(tmp_path) -> None:
     info = results["models"]["pipeline"]
     assert info["pool_recall@50"]["pool"] >= info["pool_recall@50"]["itemknn"]
     assert set(results["models"]) == {"pipeline", "itemknn", "item2vec", "popularity"}
+
+
+def test_items_outside_the_pool_keep_the_popularity_order(fitted) -> None:
+    from segue.data.arrays import SequenceArrays
+    from segue.models.pipeline import OUTSIDE_POOL, outside_pool
+
+    model = fitted["model"]
+    counts = np.asarray(model.vocab.counts, np.int64)
+    s = model.score(SequenceArrays.from_lists([[6, 9, 14]]))[0]
+    out = np.flatnonzero(outside_pool(s))
+    out = out[out >= 4]
+    assert len(out) > 10 and s[out].max() <= OUTSIDE_POOL
+    # a higher training count scores higher, an equal one the same: as many values as counts
+    order = np.argsort(-counts[out], kind="stable")
+    assert np.all(np.diff(s[out][order]) <= 0)
+    assert len(np.unique(s[out])) == len(np.unique(counts[out]))
+
+
+def test_recommend_with_exclude_seen_false_lets_seen_items_into_the_pools(fitted) -> None:
+    from segue.data.arrays import SequenceArrays
+    from segue.models.pipeline import outside_pool
+
+    model = fitted["model"]
+    counts = np.asarray(model.vocab.counts, np.int64)
+    top = (4 + np.argsort(-counts[4:], kind="stable")[:3]).astype(np.int32)  # popularity proposes them
+    hist = SequenceArrays.from_lists([top])
+    n = len(model.vocab) - 4
+    kept, kept_vals = model.recommend(hist, n, exclude_seen=False)
+    got = dict(zip(kept[0].tolist(), kept_vals[0].tolist(), strict=True))
+    assert set(top.tolist()) <= set(got) and not outside_pool(np.array([got[int(t)] for t in top])).any()
+    excluded, _ = model.recommend(hist, 10)
+    assert not set(top.tolist()) & set(excluded[0].tolist())

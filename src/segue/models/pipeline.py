@@ -7,8 +7,11 @@ A pipeline is a recommender (family "pipeline") made of other fitted recommender
      is the union, and every candidate keeps each generator's score and rank as features;
   2. ranking: `segue.models.ranking_features` computes the features of every candidate and the
      ranker (`segue.models.ranker`) orders the pool.
-`score()` gives pool items the ranker's score and every other item -1e6 + a popularity backfill in
-[-1, 0), so full-ranking evaluation ranks the pool first, then the rest by popularity.
+`score()` gives pool items the ranker's score and every other item -1e6 - d, d the item's dense
+popularity rank (0 for the highest training count, equal counts sharing a rank: whole numbers, which
+float32 holds exactly at this offset), so full-ranking evaluation ranks the pool first, then the
+rest by popularity. The pools leave out the history's items; `recommend(exclude_seen=False)` builds
+pools that may hold them.
 
 Training never touches the test part: generators are fitted on the training part (or loaded from
 folders fitted on it); the ranker learns from the validation part's pools, whose labels are the
@@ -50,8 +53,8 @@ OUTSIDE_POOL = np.float32(-1e6)  # score offset of items no generator proposed
 
 def outside_pool(scores: np.ndarray) -> np.ndarray:
     """Mask of pipeline scores that belong to items no generator proposed: score() gives them
-    OUTSIDE_POOL + a popularity backfill in (-1, 0], so they rank after every pool item; their
-    values are an order, not a score worth showing."""
+    OUTSIDE_POOL - their dense popularity rank (PipelineRecommender.backfill), so they rank after
+    every pool item; their values are an order, not a score worth showing."""
     return np.asarray(scores) <= OUTSIDE_POOL / 2
 
 
@@ -141,6 +144,7 @@ class PipelineRecommender(BaseRecommender):
         self._executor: ThreadPoolExecutor | None = None
         self._inflight, self._inflight_lock = 0, threading.Lock()  # concurrent pools() calls
         self._static: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # see _static_results
+        self._fill: tuple[Any, np.ndarray] | None = None  # (vocab, backfill()) cached
 
     # --- structure -----------------------------------------------------------------------------
     @property
@@ -490,21 +494,48 @@ class PipelineRecommender(BaseRecommender):
             timings["ranker"] = timings.get("ranker", 0.0) + time.perf_counter() - t1
         return scores, feats
 
-    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
+    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, *, exclude_seen: bool = True) -> np.ndarray:
+        """[B, V]: pool items get the ranker's score, every other item the popularity backfill
+        (module docstring); specials -inf. The pools leave out each history's items unless
+        `exclude_seen` is False (recommend(exclude_seen=False) passes it)."""
         vocab = self._check_fitted()
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), len(vocab)), dtype=np.float32)
-        out[:] = OUTSIDE_POOL + self._backfill()
+        out[:] = self.backfill()
         out[:, :N_SPECIAL] = NEG_INF
-        pools = self.pools(histories, rows)
+        pools = self.pools(histories, rows, exclude_seen=exclude_seen)
         scores, _ = self.rank_pools(histories, rows, pools)
         for b, (p, s) in enumerate(zip(pools, scores, strict=True)):
             out[b, p.tokens] = s
         return out
 
-    def _backfill(self) -> np.ndarray:
-        c = np.asarray(self.vocab.counts, dtype=np.float64)  # type: ignore[union-attr]
-        return (c / (max(c.max(), 1.0) * 1.0001) - 1.0).astype(np.float32)
+    def recommend(
+        self,
+        histories: SequenceArrays,
+        k: int,
+        rows: np.ndarray | None = None,
+        *,
+        exclude_seen: bool = True,
+        allow: np.ndarray | None = None,
+        deny: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As Recommender.recommend; with exclude_seen=False the history's items may enter the
+        candidate pools (as the server's exclude_seen = false), so they can be recommended."""
+        rows = np.arange(len(histories)) if rows is None else np.asarray(rows)
+        scores = self.score(histories, rows, exclude_seen=exclude_seen)
+        return top_k(scores, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
+
+    def backfill(self) -> np.ndarray:
+        """float32 [V] scores of items outside the pool: OUTSIDE_POOL - d_i, d_i the dense rank
+        of item i's training count (0: the highest; equal counts share a rank). Whole numbers below
+        2^24 are exact in float32, so every count step keeps its place (OUTSIDE_POOL + a fraction
+        of the top count merged counts into 0.0625-wide steps)."""
+        vocab = self._check_fitted()
+        if self._fill is None or self._fill[0] is not vocab:
+            counts = np.asarray(vocab.counts, dtype=np.int64)
+            _, inverse = np.unique(-counts, return_inverse=True)  # ascending -count: the top first
+            self._fill = (vocab, (np.float64(OUTSIDE_POOL) - inverse.reshape(-1)).astype(np.float32))
+        return self._fill[1]
 
     # --- evaluation hooks (segue.evaluation calls these when a model offers them) --------------
     def pool_recall(
