@@ -105,3 +105,24 @@ def test_ratings_must_be_numbers_not_booleans_or_strings(folders) -> None:
                 assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "ratings", 0], r.text
         ok = c.post("/v1/recommend", json={"history": ids_of(folders["dot"], 2), "ratings": [4, 2.5], "n": 2})
         assert ok.status_code == 200 and len(ok.json()["items"]) == 2
+
+
+def test_reload_checks_the_key_before_the_body(dot, folders) -> None:
+    # F12: a misspelt field or a malformed body was a 422 (the schema) before the key was checked.
+    for content in (b'{"modell": "x"}', b"[1]", b"{bad", b'{"model": "/etc"}', b""):
+        r = dot.post("/admin/reload", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 401, (content, r.text)
+        wrong = dot.post("/admin/reload", content=content, headers={"content-type": "application/json", "X-API-Key": "no"})
+        assert wrong.status_code == 403, (content, wrong.text)
+    keyed = {"content-type": "application/json", "X-API-Key": KEY}
+    r = dot.post("/admin/reload", content=b'{"modell": "x"}', headers=keyed)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "modell"], r.text
+    r = dot.post("/admin/reload", content=b"{bad", headers=keyed)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body", r.text
+    r = dot.post("/admin/reload", content=b'{"model": 3}', headers=keyed)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "model"], r.text
+    r = dot.post("/admin/reload", json={"model": str(folders["dot"]), "store": str(folders["store"])}, headers=keyed)
+    assert r.status_code == 200 and r.json()["model"]["family"] == "dot", r.text
+    assert dot.post("/admin/reload", headers={"X-API-Key": KEY}).status_code == 200  # no body: the same folder
+    schema = dot.get("/openapi.json").json()["paths"]["/admin/reload"]["post"]["requestBody"]
+    assert set(schema["content"]["application/json"]["schema"]["properties"]) == {"model", "store"}

@@ -52,6 +52,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
@@ -1063,16 +1064,39 @@ def create_app(
         return (WEB_DIR / "index.html").read_text(encoding="utf-8")
 
     if admin_key:
-        @app.post("/admin/reload", summary="Swap to another model folder without dropping requests")
-        def reload(
-            req: ReloadRequest | None = None,
+        # The body is read by the handler, after the key check: FastAPI validates a body parameter
+        # before the handler runs, which told a caller without a key the schema (a 422 naming a
+        # misspelt field) where any other request got 401. The schema is still documented.
+        reload_body = {"content": {"application/json": {"schema": ReloadRequest.model_json_schema()}}, "required": False}
+
+        @app.post(
+            "/admin/reload",
+            summary="Swap to another model folder without dropping requests",
+            openapi_extra={"requestBody": reload_body},
+        )
+        async def reload(
+            request: Request,
             x_api_key: Annotated[str | None, Header()] = None,
             authorization: Annotated[str | None, Header()] = None,
         ) -> dict[str, Any]:
             refusal = admin_refusal(x_api_key, authorization, admin_key)
             if refusal is not None:
                 raise HTTPException(refusal[0], detail=refusal[1])
-            req = req or ReloadRequest()
+            req = reload_request(await request.body())
+            return await run_in_threadpool(reload_to, req)
+
+        def reload_request(body: bytes) -> ReloadRequest:
+            """The reload body (none or null: reload the current folder), or a 422 naming the field."""
+            if body.strip() in (b"", b"null"):
+                return ReloadRequest()
+            try:
+                return ReloadRequest.model_validate_json(body)
+            except ValidationError as e:
+                raise RequestValidationError(
+                    [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
+                ) from None
+
+        def reload_to(req: ReloadRequest) -> dict[str, Any]:
             with reload_lock:
                 old = current()
                 folder = Path(req.model) if req.model else Path(old.info.folder)
