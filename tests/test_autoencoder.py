@@ -374,7 +374,7 @@ def test_niche_boost_divides_the_positive_transform_by_popularity() -> None:
     assert np.argmax(got[0]) == 1  # the rarely seen item overtakes the popular one
     tok = niche_boost_tokens(np.concatenate([np.full((1, N_SPECIAL), -np.inf, np.float32), s], axis=1), np.concatenate([np.zeros(N_SPECIAL), counts]), 0.5)
     np.testing.assert_allclose(tok[0, N_SPECIAL:], got[0])
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(InputError, match=">= 0"):
         niche_boost(s, counts, -1.0)
 
 
