@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from segue.data.vocab import N_SPECIAL
@@ -126,3 +127,78 @@ def test_reload_checks_the_key_before_the_body(dot, folders) -> None:
     assert dot.post("/admin/reload", headers={"X-API-Key": KEY}).status_code == 200  # no body: the same folder
     schema = dot.get("/openapi.json").json()["paths"]["/admin/reload"]["post"]["requestBody"]
     assert set(schema["content"]["application/json"]["schema"]["properties"]) == {"model", "store"}
+
+
+def fallbacks(c: httpx.Client) -> int:
+    line = next(x for x in c.get("/metrics").text.splitlines() if x.startswith("segue_popularity_fallbacks_total "))
+    return int(line.split()[1])
+
+
+def test_empty_history_scores_one_way_on_every_endpoint(dot, folders) -> None:
+    # F1: /v1/recommend scored an empty history by the raw count, /v1/rank by log(1 + count).
+    vocab = load_model(folders["dot"]).vocab
+    before = fallbacks(dot)
+    rec = dot.post("/v1/recommend", json={"history": [], "n": 4}).json()
+    ids = [i["id"] for i in rec["items"]]
+    counts = [int(vocab.counts[vocab.encode_external([i])[0][0]]) for i in ids]
+    assert [i["score"] for i in rec["items"]] == pytest.approx(np.log1p(counts).tolist(), rel=1e-6)
+    ranked = dot.post("/v1/rank", json={"history": [], "items": ids[::-1]}).json()
+    assert {i["id"]: i["score"] for i in ranked["items"]} == {i["id"]: i["score"] for i in rec["items"]}
+    explained = dot.post("/v1/explain", json={"history": [], "items": ids}).json()
+    assert [i["score"] for i in explained["items"]] == [i["score"] for i in rec["items"]]
+    for body in (ranked, explained):
+        assert any("fell back to popularity" in w for w in body["warnings"])
+    assert fallbacks(dot) == before + 3  # every endpoint that answered an empty history counts it
+    # The niche boost subtracts b log(count + 1) from the same scale: b = 1 flattens popularity.
+    flat = dot.post("/v1/recommend", json={"history": [], "n": 4, "niche_boost": 1}).json()
+    assert [i["score"] for i in flat["items"]] == pytest.approx([0.0] * 4, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory):
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.models.pipeline import PipelineRecommender
+    from test_pipeline import pipeline_config, playlist_store
+
+    root = tmp_path_factory.mktemp("walk-pipe")
+    store = playlist_store(root / "store.duckdb")
+    with Store.open(store) as s:
+        folder = PipelineRecommender(pipeline_config()).fit(SplitData.load(s, "random")).save(root / "pipe")
+    app = create_app(folder, store=store, use_env_admin_key=False)
+    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c
+
+
+def test_a_pipeline_scores_an_empty_history_with_its_ranker_everywhere(pipe) -> None:
+    # F1, pipeline: /v1/recommend gave ranker scores yet said "fell back to popularity" and
+    # retrieval "popularity"; /v1/rank gave log(1 + count) for the same items.
+    before = fallbacks(pipe)
+    rec = pipe.post("/v1/recommend", json={"history": [], "n": 5}).json()
+    assert rec["retrieval"] == "pipeline" and all(i["generators"] for i in rec["items"])
+    assert not any("fell back to popularity" in w for w in rec["warnings"])
+    assert any("empty history" in w and "pipeline" in w for w in rec["warnings"])
+    ids = [i["id"] for i in rec["items"]]
+    ranked = pipe.post("/v1/rank", json={"history": [], "items": ids}).json()
+    explained = pipe.post("/v1/explain", json={"history": [], "items": ids}).json()
+    want = {i["id"]: i["score"] for i in rec["items"]}
+    assert {i["id"]: i["score"] for i in ranked["items"]} == pytest.approx(want, rel=1e-5)
+    assert {i["id"]: i["score"] for i in explained["items"]} == pytest.approx(want, rel=1e-5)
+    assert fallbacks(pipe) == before + 3
+
+
+def test_json_the_parser_cannot_read_is_a_422_saying_why(dot) -> None:
+    # F15: deep nesting and a >4300-digit integer got FastAPI's bare 400 "error parsing the body".
+    headers = {"content-type": "application/json", "X-API-Key": KEY}
+    deep = b'{"history":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    digits = b'{"history":["a"],"n":' + b"9" * 5000 + b"}"
+    for path in ("/v1/recommend", "/v1/explain", "/admin/reload"):
+        for content, words in ((deep, "nested too deeply"), (digits, "integer of more than")):
+            r = dot.post(path, content=content, headers=headers)
+            assert r.status_code == 422, (path, r.text)
+            detail = r.json()["detail"][0]
+            assert detail["loc"] == ["body"] and words in detail["msg"], detail
+    r = dot.post("/admin/reload", content=b'{"model": "\\ud800"}', headers=headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "model"]
+    r = dot.post("/admin/reload", content=b'{"model": ', headers=headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", 10], r.text

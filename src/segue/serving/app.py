@@ -33,6 +33,7 @@ import gc
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,7 @@ import msgspec
 import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
@@ -57,6 +59,7 @@ from pydantic import (
     field_validator,
 )
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 from threadpoolctl import threadpool_limits
 
@@ -67,7 +70,7 @@ from segue.serving.access_log import AccessLog, current_request_id
 from segue.serving.admin_auth import admin_refusal
 from segue.serving.drift_watch import DriftWatch
 from segue.serving.encoding import EncodedHistory
-from segue.serving.engine import POPULARITY_WARNING, Engine, Ranked
+from segue.serving.engine import PIPELINE_EMPTY_WARNING, POPULARITY_WARNING, Engine, Ranked
 from segue.serving.events import HistoryEvents, input_rating_scale, request_events
 from segue.serving.events import describe as describe_events
 from segue.serving.explain import explain_profile
@@ -328,6 +331,23 @@ class ExplainResponse(BaseModel):
         "(largest |given - predicted| first); absent for families that predict no ratings",
     )
     warnings: list[str]
+
+
+BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's bare 400, naming nothing
+
+
+def json_error(e: Exception) -> dict[str, Any]:
+    """The 422 detail of a body json.loads could not read, saying where or why: a syntax error at
+    its offset, nesting deeper than the parser recurses, or an integer past Python's digit limit."""
+    if isinstance(e, json.JSONDecodeError):
+        return {"type": "json_invalid", "loc": ("body", e.pos), "msg": f"JSON decode error: {e.msg}", "input": {}}
+    if isinstance(e, RecursionError):
+        msg = "JSON nested too deeply: more levels of [ ] or { } than the server reads"
+    elif "digits" in str(e):
+        msg = f"JSON number too long: an integer of more than {sys.get_int_max_str_digits()} digits"
+    else:
+        msg = f"JSON not readable: {type(e).__name__}"
+    return {"type": "json_invalid", "loc": ("body",), "msg": msg, "input": {}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,6 +649,16 @@ def create_app(
                        "msg": f"the body is read as JSON only: send Content-Type: application/json (got {ctype or 'none'})"}]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # A body json.loads fails on past its syntax (deep nesting: RecursionError; a 5000-digit
+        # integer: ValueError) reached FastAPI's bare 400 naming nothing; like other malformed
+        # JSON it is a 422 saying why.
+        cause = exc.__cause__
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR and isinstance(cause, ValueError | RecursionError):
+            return JSONResponse({"detail": error_details([json_error(cause)])}, status_code=422)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(SegueError)
     async def _segue_error(request: Request, exc: SegueError) -> JSONResponse:
         # Errors segue raises on purpose describe bad input found past validation.
@@ -690,6 +720,12 @@ def create_app(
         warnings += enc.warnings(what, truncation=truncation)
         state["metrics"].items(len(ids), len(enc.unknown))
         return enc
+
+    def fell_back(engine: Engine, warnings: list[str]) -> None:
+        """An empty history: say how it was answered, and count it (segue_popularity_fallbacks_total)
+        on every endpoint that scores one."""
+        warnings.append(PIPELINE_EMPTY_WARNING if engine.pipeline else POPULARITY_WARNING)
+        state["metrics"].fallback()
 
     def profile_ratings(
         engine: Engine, ids: list[str], ratings: list[float | None] | None, warnings: list[str]
@@ -846,8 +882,7 @@ def create_app(
             names=[req.name],
         )[0]
         if ranked.fallback:
-            warnings.append(POPULARITY_WARNING)
-            state["metrics"].fallback()
+            fell_back(engine, warnings)
         items = items_out(engine, ranked)
         if len(items) < req.n:
             warnings.append(
@@ -866,7 +901,7 @@ def create_app(
             rid,
             items=items,
             warnings=warnings,
-            retrieval="popularity" if ranked.fallback else engine.info.retrieval,
+            retrieval="popularity" if ranked.fallback and not engine.pipeline else engine.info.retrieval,
         )
 
     @app.post(
@@ -894,7 +929,7 @@ def create_app(
         items: list[dict[str, Any]] = []
         if ranked is not None:
             if ranked.fallback:
-                warnings.append(POPULARITY_WARNING)
+                fell_back(engine, warnings)
             if ranked.outside_pool:
                 warnings.append(
                     f"items: {ranked.outside_pool} candidate(s) outside the pipeline's candidate pool "
@@ -925,7 +960,7 @@ def create_app(
         enc = encode_ids(engine, history, "history", warnings, truncation=False)
         full = enc.all_tokens
         rng = np.random.default_rng(req.random_seed)
-        picks, probs, fell_back = engine.continue_(
+        picks, probs, popular = engine.continue_(
             full.astype(np.int64),
             req.n,
             temperature=req.temperature,
@@ -933,9 +968,8 @@ def create_app(
             greedy=req.greedy,
             rng=rng,
         )
-        if fell_back:
-            warnings.append(POPULARITY_WARNING)
-            state["metrics"].fallback()
+        if popular:
+            fell_back(engine, warnings)
         if len(picks) < req.n:
             warnings.append(f"only {len(picks)} items could be continued (the catalogue ran out)")
         items = [
@@ -973,12 +1007,11 @@ def create_app(
             ranked = engine.rank(
                 [enc.all_tokens], req.n, ratings=[enc.all_ratings], niche_boost=req.niche_boost
             )[0]
-            if ranked.fallback:
-                warnings.append(POPULARITY_WARNING)
             targets = ranked.tokens[ranked.tokens >= 0]
         else:
             targets = known(engine, req.items, "items", warnings)
         if len(enc.tokens) == 0:
+            fell_back(engine, warnings)  # scored as /v1/recommend's empty history, and counted
             warnings.append("empty history: nothing to explain")
         out, surprising = explain_profile(
             engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings, offset=enc.truncated
@@ -1089,8 +1122,12 @@ def create_app(
             """The reload body (none or null: reload the current folder), or a 422 naming the field."""
             if body.strip() in (b"", b"null"):
                 return ReloadRequest()
+            try:  # parsed as FastAPI parses the other bodies (json.loads, then the model)
+                data = json.loads(body)
+            except (ValueError, RecursionError) as e:
+                raise RequestValidationError([json_error(e)]) from None
             try:
-                return ReloadRequest.model_validate_json(body)
+                return ReloadRequest.model_validate(data)
             except ValidationError as e:
                 raise RequestValidationError(
                     [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]

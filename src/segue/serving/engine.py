@@ -12,6 +12,10 @@ Profiles: a history may carry ratings (raw, NaN = unrated); they travel in the S
 `rating` column to every model call (score, query embeddings, predict), so rating-aware families
 fold them in with their own training code and the others ignore them.
 
+Empty history: ranked by training popularity, scored log(1 + count) on every endpoint (recommend,
+rank, explain), the scale the niche boost's b log(count + 1) is subtracted from (b = 1 flattens it
+exactly). A two-stage pipeline answers an empty history with its own generators and ranker instead.
+
 Niche boost (segue.models.filters.niche_boost, b >= 0) applies on every path: on score() and
 allow-list scores directly; on an index, the pool of candidates is widened until the boosted top k
 is provably the boosted top k of everything the index would return (see `_boosted_search`).
@@ -47,6 +51,10 @@ CHEAP_QUERY_S = 0.3e-3  # a query embedding this fast runs on the event loop (se
 BOOST_POOL_MIN = 200  # first candidate pool of a boosted index search: max(4 k, this)
 POPULARITY_WARNING = (
     "empty history: fell back to popularity (most frequent items of the training split)"
+)
+PIPELINE_EMPTY_WARNING = (
+    "empty history: nothing to personalise; the pipeline ranked what its generators propose for "
+    "an empty history (popular items)"
 )
 
 
@@ -85,7 +93,8 @@ class Engine:
         self.vocab = model._check_fitted()
         self.encoder = RequestEncoder(self.vocab, context_length_of(model))
         self.catalogue = catalogue
-        self.popularity = self.vocab.counts.astype(np.float32)
+        # The empty-history score of every token: log(1 + training count), specials -inf.
+        self.popularity = np.log1p(self.vocab.counts.astype(np.float64)).astype(np.float32)
         self.popularity[:N_SPECIAL] = NEG_INF
         self.counts = np.asarray(self.vocab.counts, dtype=np.float64)  # training events per token
         self.rating_range = rating_scale_of(model)  # None: the family does not use ratings
@@ -334,6 +343,15 @@ class Engine:
             ranked.fallback = len(histories[i]) == 0 and not (names and names[i])
             out.append(ranked)
         return out
+
+    def empty_history_scores(self, tokens: np.ndarray) -> np.ndarray:
+        """float32 [m] scores of `tokens` after an empty history, as `rank` gives them: log(1 +
+        training count), or a pipeline's ranker score (NaN outside its candidate pool)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if not self.pipeline:
+            return self.popularity[tokens]
+        s = self.score_tokens([np.zeros(0, np.int64)], tokens[None, :])[0]
+        return np.where(outside_pool(s), np.nan, s).astype(np.float32)
 
     def _boost(self, scores: np.ndarray, b: float) -> np.ndarray:
         """Token-space scores [B, V] after the niche boost (unchanged for b = 0)."""

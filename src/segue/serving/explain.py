@@ -89,9 +89,11 @@ def _explain_items(
     # before `history` (the model's context), as for the surprising items.
     if len(items) == 0:
         return []
-    if len(history) == 0:
+    if len(history) == 0:  # nothing to leave out: the empty-history score, as /v1/recommend's
+        scores = engine.empty_history_scores(items)
         return [
-            {**engine.catalogue.describe(int(t)), "score": None, "contributions": []} for t in items
+            {**engine.catalogue.describe(int(t)), "score": _finite(s), "contributions": []}
+            for t, s in zip(items.tolist(), scores.tolist(), strict=True)
         ]
     scores, impact = engine.explain(history, items, ratings)
     out = []

@@ -10,7 +10,8 @@ candidate list, each known candidate gets
               scale, flags as probabilities, fractions in [0, 1]), or a rating predictor's rating;
               absent for a model that predicts none.
 Candidates come back best first. Unknown ids cannot be scored: they are listed in a warning. An
-empty history is ranked by training popularity (log(1 + count)), like /v1/recommend's fallback.
+empty history is ranked by training popularity (log(1 + count)), like /v1/recommend's fallback
+(`Engine.empty_history_scores`); a pipeline ranks it with its ranker, as /v1/recommend does.
 A two-stage pipeline scores only the candidates its generators propose: the others come after
 them, in the backfill's popularity order, without a score (`outside_pool` counts them).
 """
@@ -46,8 +47,8 @@ def rank_candidates(
 ) -> RankedCandidates:
     """Scores and predicted feedback of `candidates` (tokens, unique, known) after one history."""
     candidates = np.asarray(candidates, dtype=np.int64)
-    if len(history) == 0:
-        scores = np.log1p(engine.counts[candidates]).astype(np.float32)
+    if len(history) == 0 and not engine.pipeline:
+        scores = engine.empty_history_scores(candidates)
         order = np.argsort(-scores, kind="stable")
         return RankedCandidates(candidates[order], scores[order], None, fallback=True)
     scores = engine.score_tokens([history], candidates[None, :], [context], [ratings], [events])[0]
@@ -63,4 +64,6 @@ def rank_candidates(
     fb = None if feedback is None else {k: v[order] for k, v in feedback.items()}
     scores = np.asarray(scores, np.float32)[order]
     outside = outside_pool(scores) if engine.pipeline else np.zeros(len(scores), bool)
-    return RankedCandidates(candidates[order], np.where(outside, np.nan, scores), fb, outside_pool=int(outside.sum()))
+    return RankedCandidates(
+        candidates[order], np.where(outside, np.nan, scores), fb, fallback=len(history) == 0, outside_pool=int(outside.sum())
+    )
