@@ -1,7 +1,8 @@
-"""The web page's faults from the s10 web walk (F4, F9, F17), in headless Chromium."""
+"""The web page's faults from the s10 web walk (F4, F9, F17, F19, F24), in headless Chromium."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,41 @@ def test_phone_width_is_one_column_without_sideways_scroll(tmp_path) -> None:
         for b in (search, results, page.locator("header").bounding_box()):
             assert b["x"] >= 0 and b["x"] + b["width"] <= 390, b
         assert results["y"] >= search["y"] + search["height"]  # stacked: search first
+
+
+def test_greedy_continuation_shows_the_apis_probability_and_says_what_it_is(tmp_path) -> None:
+    """F19 (the page's part): each pick's figure is the API's probability, with its meaning as the
+    title (it read p=1.000 on every greedy pick, with nothing saying what p is)."""
+    import httpx
+    from playwright.sync_api import expect
+
+    store = named_store(tmp_path / "store.duckdb")
+    with opened_page(dot_folder(store, tmp_path / "dot"), store) as (url, page):
+        ids = add_results(page, "Basalt", 2)
+        page.fill("#n", "4")
+        page.check("#greedy")
+        page.click("#continue-btn")
+        shown = page.locator("#continuation li")
+        expect(shown).to_have_count(4)
+        want = httpx.post(url + "/v1/continue", json={"history": ids, "n": 4, "greedy": True}).json()["items"]
+        for i, item in enumerate(want):
+            figure = shown.nth(i).locator(".figure")
+            assert shown.nth(i).get_attribute("data-id") == item["id"]
+            expect(figure).to_have_text(f"p={item['probability']:.3f}")
+            assert re.search(r"probability of this pick.*temperature 1\.0 \(greedy", figure.get_attribute("title") or "")
+
+
+def test_each_warning_is_shown_once(tmp_path) -> None:
+    """F24: the page joined /v1/recommend's and /v1/explain's warnings, so each came twice."""
+    from playwright.sync_api import expect
+
+    store = named_store(tmp_path / "store.duckdb")
+    with opened_page(dot_folder(store, tmp_path / "dot"), store) as (_, page):
+        add_results(page, "Basalt", 2)
+        page.evaluate("() => { seeds.push({id: 'nope', name: 'nope'}); renderSeeds(); }")
+        for mode, button, ol in (("playlist", "#continue-btn", "#continuation"), ("profile", "#recommend-btn", "#recommendations")):
+            page.select_option("#mode", mode)
+            page.click(button)
+            expect(page.locator(f"{ol} li").first).to_be_visible()
+            text = page.locator("#warnings").inner_text()
+            assert text.count("'nope'") == 1, text
