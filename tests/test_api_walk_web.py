@@ -202,3 +202,73 @@ def test_json_the_parser_cannot_read_is_a_422_saying_why(dot) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "model"]
     r = dot.post("/admin/reload", content=b'{"model": ', headers=headers)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", 10], r.text
+
+
+@pytest.fixture(scope="module")
+def events_model(tmp_path_factory: pytest.TempPathFactory):
+    from rankhelp import feedback_store, untrained
+
+    root = tmp_path_factory.mktemp("walk-events")
+    store = feedback_store(root / "s.duckdb")
+    rec = untrained(store)
+    folder = rec.save(root / "model")
+    with serve_in_thread(create_app(folder, store=store, use_env_admin_key=False)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        yield c, rec
+
+
+EVENT_BODY = {
+    "ratings": [5, 1, None, 4],
+    "feedback": {"skip": [False, True, None, 0], "listened": [1.0, 0.1, None, 0.8]},
+    "timestamps": [1_700_000_000, 1_700_003_600, None, 1_700_090_000],
+    "event_context": {"platform": ["mobile", "web", None, "tv"]},
+    "context": {"platform": "tv"},
+    "ts": 1_700_100_000,
+}
+
+
+def test_explain_takes_what_recommend_takes_and_explains_the_served_score(events_model) -> None:
+    # F20: /v1/explain refused feedback/timestamps/context (extra_forbidden) and scored without
+    # them (and without the server-clock ts), so its score was not the recommended one.
+    c, rec = events_model
+    history = [rec.vocab.external_ids[t] for t in range(N_SPECIAL, N_SPECIAL + 4)]
+    body = {"history": history, **EVENT_BODY}
+    served = c.post("/v1/recommend", json={**body, "n": 3}).json()
+    explained = c.post("/v1/explain", json={**body, "n": 3, "top": 4})
+    assert explained.status_code == 200, explained.text
+    got = explained.json()["items"]
+    assert [i["id"] for i in got] == [i["id"] for i in served["items"]]
+    assert [i["score"] for i in got] == pytest.approx([i["score"] for i in served["items"]], rel=1e-5, abs=1e-6)
+    # Each impact is the served score minus the score with that event (and its columns) left out.
+    target = got[0]["id"]
+    for x in got[0]["contributions"]:
+        j = x["position"]
+        less = {k: [v for i, v in enumerate(vals) if i != j] for k, vals in body["feedback"].items()}
+        without = {
+            "history": history[:j] + history[j + 1 :],
+            "ratings": body["ratings"][:j] + body["ratings"][j + 1 :],
+            "feedback": less,
+            "timestamps": body["timestamps"][:j] + body["timestamps"][j + 1 :],
+            "event_context": {"platform": [p for i, p in enumerate(body["event_context"]["platform"]) if i != j]},
+            "context": body["context"],
+            "ts": body["ts"],
+            "items": [target],
+        }
+        alone = c.post("/v1/rank", json=without).json()["items"][0]["score"]
+        assert x["impact"] == pytest.approx(got[0]["score"] - alone, rel=1e-4, abs=1e-5)
+    # Without ts, both default to the server's clock: still the same scores.
+    plain = {"history": history, "n": 2}
+    a = c.post("/v1/recommend", json=plain).json()["items"]
+    b = c.post("/v1/explain", json=plain).json()["items"]
+    assert [i["score"] for i in b] == pytest.approx([i["score"] for i in a], rel=1e-5, abs=1e-6)
+
+
+def test_explain_with_a_niche_boost_returns_the_boosted_scores_it_ranks_by(dot, folders) -> None:
+    # F10: /v1/explain listed the boosted top n with their un-boosted scores.
+    history = ids_of(folders["dot"], 3)
+    served = dot.post("/v1/recommend", json={"history": history, "n": 4, "niche_boost": 1.5}).json()["items"]
+    explained = dot.post("/v1/explain", json={"history": history, "n": 4, "niche_boost": 1.5}).json()["items"]
+    assert [i["id"] for i in explained] == [i["id"] for i in served]
+    assert [i["score"] for i in explained] == pytest.approx([i["score"] for i in served], rel=1e-5, abs=1e-6)
+    raw = dot.post("/v1/explain", json={"history": history, "items": [served[0]["id"]]}).json()["items"][0]
+    assert raw["score"] != pytest.approx(served[0]["score"])
+    assert [x["impact"] for x in raw["contributions"]] == pytest.approx([x["impact"] for x in explained[0]["contributions"]])

@@ -21,7 +21,7 @@ plain arrays. Ratings outside the model's scale (`/healthz` rating_scale) are a 
 a family that does not use ratings accepts them with a warning. `niche_boost` (b >= 0) ranks by
 s - b log(training count + 1) on every retrieval path (segue.models.filters).
 
-Events: /v1/recommend and /v1/rank also take per-event `feedback`, `timestamps` and `event_context`
+Events: /v1/recommend, /v1/rank and /v1/explain also take per-event `feedback`, `timestamps` and `event_context`
 (aligned with `history`) and the next event's `ts` (segue.serving.events); /v1/rank scores a given
 candidate list and returns each candidate's predicted feedback (segue.serving.rank).
 """
@@ -66,6 +66,7 @@ from threadpoolctl import threadpool_limits
 from segue import __version__
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
+from segue.models.filters import niche_boost as niche_boost_scores
 from segue.serving.access_log import AccessLog, current_request_id
 from segue.serving.admin_auth import admin_refusal
 from segue.serving.drift_watch import DriftWatch
@@ -194,7 +195,7 @@ class ContinueRequest(_Request):
     random_seed: int | None = Field(None, ge=0, le=2**63 - 1, strict=True)
 
 
-class ExplainRequest(_Request):
+class ExplainRequest(_Request, HistoryEvents):
     history: ItemIds = Field(default_factory=list, max_length=1_000)
     ratings: Ratings | None = Field(None, max_length=1_000, description=RATINGS_DESCRIPTION)
     items: ItemIds | None = Field(
@@ -205,7 +206,15 @@ class ExplainRequest(_Request):
         5, ge=1, le=100, strict=True, description="History items listed per explained item, and surprising items listed"
     )
     niche_boost: float = Field(
-        0.0, ge=0, le=1_000, strict=True, description="As in /v1/recommend, for the default top n items"
+        0.0,
+        ge=0,
+        le=1_000,
+        strict=True,
+        description="As in /v1/recommend: the default top n items are the boosted top n, and every returned "
+        "`score` is boosted; impacts are the same either way (the boost depends on the item alone)",
+    )
+    context: Context | None = Field(
+        None, max_length=32, description="Context of the event to predict, as in /v1/recommend"
     )
 
     _check_ratings = field_validator("ratings")(_aligned_ratings)
@@ -721,6 +730,18 @@ def create_app(
         state["metrics"].items(len(ids), len(enc.unknown))
         return enc
 
+    def boost_scores(engine: Engine, items: list[dict[str, Any]], tokens: np.ndarray, b: float) -> None:
+        """Explained items' scores s - b log(count + 1), as /v1/recommend returns them; items[i] is
+        token tokens[i]. Unscored items (a pipeline's outside its pool) stay unscored."""
+        boosted = niche_boost_scores(
+            np.array([np.nan if i["score"] is None else i["score"] for i in items], np.float64),
+            engine.counts[np.asarray(tokens, np.int64)],
+            b,
+        )
+        for item, s in zip(items, boosted.tolist(), strict=True):
+            if item["score"] is not None:
+                item["score"] = s
+
     def fell_back(engine: Engine, warnings: list[str]) -> None:
         """An empty history: say how it was answered, and count it (segue_popularity_fallbacks_total)
         on every endpoint that scores one."""
@@ -1002,10 +1023,18 @@ def create_app(
         engine = current()
         rid = current_request_id()
         warnings: list[str] = []
-        enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings)
+        # The request's ratings, events and context reach the model as /v1/recommend passes them
+        # (with the server's clock as `ts` for a time-aware model), so the explained score is the
+        # served one.
+        enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings, events=req, context=req.context)
         if req.items is None:
             ranked = engine.rank(
-                [enc.all_tokens], req.n, ratings=[enc.all_ratings], niche_boost=req.niche_boost
+                [enc.all_tokens],
+                req.n,
+                context=[req.context],
+                ratings=[enc.all_ratings],
+                niche_boost=req.niche_boost,
+                events=[enc.all_events],
             )[0]
             targets = ranked.tokens[ranked.tokens >= 0]
         else:
@@ -1014,8 +1043,11 @@ def create_app(
             fell_back(engine, warnings)  # scored as /v1/recommend's empty history, and counted
             warnings.append("empty history: nothing to explain")
         out, surprising = explain_profile(
-            engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings, offset=enc.truncated
+            engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings, offset=enc.truncated,
+            events=enc.events, context=req.context,
         )
+        if req.niche_boost:
+            boost_scores(engine, out, targets, req.niche_boost)
         body: dict[str, Any] = {"items": out, "warnings": warnings}
         if surprising is not None:
             body["surprising"] = surprising

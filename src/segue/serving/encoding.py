@@ -54,6 +54,15 @@ class EventColumns:
             next_ts=self.next_ts,
         )
 
+    def without(self, j: int) -> EventColumns:
+        """The columns with event j left out (a leave-one-out row of an explanation)."""
+        return EventColumns(
+            feedback={k: np.delete(v, j) for k, v in self.feedback.items()},
+            ts=None if self.ts is None else np.delete(self.ts, j),
+            context={k: v[:j] + v[j + 1 :] for k, v in self.context.items()},
+            next_ts=self.next_ts,
+        )
+
     def check(self, n: int) -> None:
         """Every column must give one value per history item (ValueError naming the column)."""
         cols = [(f"feedback '{k}'", v) for k, v in self.feedback.items()]

@@ -498,12 +498,18 @@ class Engine:
         return picks, probs, fell_back
 
     def explain(
-        self, history: np.ndarray, items: np.ndarray, ratings: np.ndarray | None = None
+        self,
+        history: np.ndarray,
+        items: np.ndarray,
+        ratings: np.ndarray | None = None,
+        events: EventColumns | None = None,
+        context: dict[str, str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Leave-one-out impact of each history item on each item's score, in one model call.
 
         rows = [h, h without h_0, ..., h without h_{L-1}] (h truncated to the model's context;
-        a removed item's rating leaves with it); impact[i, j] = score(h)[items_i] -
+        a removed item's rating and events leave with it; every row predicts the same next event,
+        `context` and the events' next_ts, as /v1/recommend does); impact[i, j] = score(h)[items_i] -
         score(h without h_j)[items_i]. Returns the scores [len(items)] after the full history and
         impact [len(items), L]. A pipeline's item outside its candidate pool has score NaN, and an
         impact of +inf where the item leaves the pool without h_j, -inf where it joins it.
@@ -515,7 +521,12 @@ class Engine:
         if ratings is not None:
             r = np.asarray(ratings, np.float32)[len(ratings) - len(h) :]
             rs = [r] + [np.delete(r, j) for j in range(len(h))]
-        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ratings=rs)  # [L + 1, m]
+        evs = None
+        if events is not None:
+            ev = events.tail(len(h))
+            evs = [ev] + [ev.without(j) for j in range(len(h))]
+        ctx = None if context is None else [context] * len(rows)
+        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ctx, rs, evs)  # [L + 1, m]
         if self.pipeline:  # leaving or joining the candidate pool: +inf / -inf (pool_impacts)
             return np.where(outside_pool(s[0]), np.nan, s[0]), pool_impacts(s[0], s[1:])
         with np.errstate(invalid="ignore"):

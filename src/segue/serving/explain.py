@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from segue.data.vocab import N_SPECIAL
+from segue.serving.encoding import EventColumns
 from segue.serving.engine import Engine
 
 
@@ -39,6 +40,8 @@ def explain_profile(
     history_ids: list[str] | None = None,
     ratings: np.ndarray | None = None,
     offset: int = 0,
+    events: EventColumns | None = None,
+    context: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(explained items, surprising items) of one profile.
 
@@ -48,7 +51,9 @@ def explain_profile(
     with its position in the request (`offset` = items cut before `history`), given, predicted and
     their difference. Both predictions come from one `predict_ratings` call: the same profile, one
     forward pass. `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as
-    the caller did; `ratings` (aligned, NaN = unrated) go to the model with the history.
+    the caller did; `ratings` (aligned, NaN = unrated), `events` (aligned feedback, times and
+    context, with the next event's time) and `context` (of the event to predict) go to the model
+    with the history, as /v1/recommend passes them, so the explained score is the served one.
     """
     history = np.asarray(history, dtype=np.int64)
     kept = len(engine.encoder.truncate(history))
@@ -58,6 +63,8 @@ def explain_profile(
         history_ids = history_ids[len(history_ids) - kept :]
     if ratings is not None:
         ratings = np.asarray(ratings, np.float32)[len(ratings) - kept :]
+    if events is not None:
+        events = events.tail(kept)
     items = np.asarray(items, dtype=np.int64)
     rating_family = engine.rating_range is not None
     sel = _rated_profile_items(history, ratings) if rating_family else np.zeros(0, np.int64)
@@ -65,7 +72,8 @@ def explain_profile(
     if rating_family and len(history) and len(items) + len(sel):
         predicted = engine.predict_ratings(history, ratings, np.concatenate([items, history[sel]])).astype(np.float64)
     explained = _explain_items(
-        engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)], offset
+        engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)], offset,
+        events, context,
     )
     if not rating_family:
         return explained, None
@@ -84,6 +92,8 @@ def _explain_items(
     ratings: np.ndarray | None,
     predicted: np.ndarray | None,
     offset: int = 0,
+    events: EventColumns | None = None,
+    context: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     # A contribution's `position` is its index in the request's history: `offset` items were cut
     # before `history` (the model's context), as for the surprising items.
@@ -95,7 +105,7 @@ def _explain_items(
             {**engine.catalogue.describe(int(t)), "score": _finite(s), "contributions": []}
             for t, s in zip(items.tolist(), scores.tolist(), strict=True)
         ]
-    scores, impact = engine.explain(history, items, ratings)
+    scores, impact = engine.explain(history, items, ratings, events, context)
     out = []
     for i, t in enumerate(items):
         order = np.argsort(-impact[i], kind="stable")[:top]
