@@ -129,7 +129,7 @@ def test_profile_mode_rated_items_recommendations_explanations_and_scale(tmp_pat
         assert box.evaluate("el => el.validity.rangeOverflow")
         page.click("#recommend-btn")
         expect(page.locator("#warnings")).to_have_text(
-            f"error: rating 9 of item '{first_id}' (history[0]) is outside the model's rating scale [1, 5]"
+            f"error: /v1/recommend: ratings[0]: rating 9 of item '{first_id}' (history[0]) is outside the model's rating scale [1, 5]"
         )
 
 

@@ -1,4 +1,4 @@
-"""The web page's faults from the s10 web walk (F4, F9, F17, F19, F24), in headless Chromium."""
+"""The web page's faults from the s10 web walk (F3-F5, F7-F9, F17, F19, F24), in headless Chromium."""
 
 from __future__ import annotations
 
@@ -54,6 +54,38 @@ def add_results(page: Any, query: str, k: int) -> list[str]:
     return ids
 
 
+def posts(page: Any) -> list[str]:
+    """Paths of the POST requests the page sends from now on (a live list)."""
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url.split("/", 3)[3]) if r.method == "POST" else None)
+    return sent
+
+
+def test_a_failing_search_shows_its_error_and_clears_the_earlier_matches(tmp_path) -> None:
+    """F3: a 422 from /v1/items/search was an uncaught rejection, the last query's list stayed."""
+    from playwright.sync_api import expect
+
+    store = named_store(tmp_path / "store.duckdb")
+    with opened_page(dot_folder(store, tmp_path / "dot"), store) as (_, page):
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.fill("#q", "Song")
+        page.click("#search-btn")
+        expect(page.locator("#results li").first).to_contain_text("Song")
+        page.fill("#q", "a" * 250)
+        page.click("#search-btn")
+        expect(page.locator("#search-error")).to_have_text(
+            "error: /v1/items/search: q: String should have at most 200 characters"
+        )
+        expect(page.locator("#results li")).to_have_count(0)
+        # The next good query clears the error.
+        page.fill("#q", "Song 1")
+        page.click("#search-btn")
+        expect(page.locator("#results li").first).to_contain_text("Song 1")
+        expect(page.locator("#search-error")).to_have_text("")
+        assert errors == []
+
+
 def test_long_unbroken_names_stay_inside_their_column(tmp_path) -> None:
     """F4: a 300-character name without spaces ran across the score and the buttons and made the
     page 3228 px wide; it now wraps inside its column (3 lines at most, the whole name as title)."""
@@ -87,6 +119,127 @@ def test_long_unbroken_names_stay_inside_their_column(tmp_path) -> None:
         name = page.locator("#seeds li[data-id='track:0'] .name")
         assert name.get_attribute("title") == LONG
         assert name.bounding_box()["height"] < 4 * 22  # cut to 3 lines
+
+
+def test_items_and_niche_boost_are_refused_beside_their_box_not_replaced(tmp_path) -> None:
+    """F5: Items 0 / empty became 10 and an empty Niche boost 0, silently; an error left the
+    earlier results on screen."""
+    from playwright.sync_api import expect
+
+    store = named_store(tmp_path / "store.duckdb")
+    with opened_page(dot_folder(store, tmp_path / "dot"), store) as (_, page):
+        add_results(page, "Basalt", 2)
+        sent = posts(page)
+        page.fill("#n", "3")
+        page.click("#continue-btn")
+        expect(page.locator("#continuation li")).to_have_count(3)
+        warnings = page.locator("#warnings")
+        for typed, said in (("0", "is 0"), ("", "is empty"), ("2.5", "is 2.5")):
+            sent.clear()
+            page.fill("#n", typed)
+            page.click("#continue-btn")
+            expect(warnings).to_have_text(f"error: Items {said}: expected a whole number from 1 to 100")
+            expect(page.locator("#continuation li")).to_have_count(0)  # nothing stale under the error
+            expect(page.locator("label:has(#n) + .field-error")).to_have_text("a whole number from 1 to 100")
+            assert page.locator("#n").get_attribute("aria-invalid") == "true"
+            assert sent == []
+        page.fill("#n", "3")
+        page.click("#continue-btn")
+        expect(page.locator("#continuation li")).to_have_count(3)
+        expect(page.locator(".field-error")).to_have_count(0)
+        assert page.locator("#n").get_attribute("aria-invalid") is None
+
+        page.select_option("#mode", "profile")
+        page.fill("#rec-n", "4")
+        page.click("#recommend-btn")
+        expect(page.locator("#recommendations li")).to_have_count(4)
+        sent.clear()
+        page.fill("#rec-n", "")
+        page.fill("#niche", "")
+        page.click("#recommend-btn")
+        expect(warnings).to_have_text(
+            "error: Items is empty: expected a whole number from 1 to 100; "
+            "Niche boost is empty: expected a number from 0 to 1000"
+        )
+        expect(page.locator("#recommendations li")).to_have_count(0)
+        expect(page.locator(".field-error")).to_have_count(2)
+        assert sent == []
+        # A niche boost between the old 0.1 steps is a number the API takes: sent as typed.
+        page.fill("#rec-n", "4")
+        page.fill("#niche", "0.25")
+        with page.expect_request("**/v1/recommend") as req:
+            page.click("#recommend-btn")
+        assert req.value.post_data_json["niche_boost"] == 0.25 and req.value.post_data_json["n"] == 4
+        expect(page.locator("#recommendations li")).to_have_count(4)
+
+
+def test_items_over_100_refused_before_any_call_and_api_errors_name_call_and_field(tmp_path) -> None:
+    """F7: Items 150 fetched 150 results, then /v1/explain refused them with a message naming no
+    field ("List should have at most 100 items"); 422s shown by the page dropped `loc`."""
+    from playwright.sync_api import expect
+
+    store = named_store(tmp_path / "store.duckdb")
+    with opened_page(dot_folder(store, tmp_path / "dot"), store) as (_, page):
+        add_results(page, "Basalt", 2)
+        sent = posts(page)
+        page.fill("#n", "150")
+        page.click("#continue-btn")
+        expect(page.locator("#warnings")).to_have_text("error: Items is 150: expected a whole number from 1 to 100")
+        assert sent == []
+        page.fill("#n", "100")
+        page.click("#continue-btn")
+        expect(page.locator("#continuation li").first).to_be_visible()
+        assert not page.locator("#warnings").inner_text().startswith("error")
+        assert sent == ["v1/continue", "v1/explain"]
+        # A 422 from the API names the call and each field.
+        detail = [
+            {"loc": ["body", "items"], "msg": "List should have at most 100 items after validation, not 150"},
+            {"loc": ["body", "ratings", 2], "msg": "bad"},
+            {"loc": [], "msg": "whole"},
+        ]
+        assert page.evaluate("(d) => detailText(d)", detail) == (
+            "items: List should have at most 100 items after validation, not 150; ratings[2]: bad; whole"
+        )
+        said = page.evaluate("() => api('/v1/explain', {history: [], items: Array.from({length: 101}, (_, i) => `track:${i}`)}).catch((e) => e.message)")
+        assert said.startswith("/v1/explain: items: List should have at most 100 items"), said
+
+
+def test_a_rating_the_browser_cannot_parse_is_refused_naming_the_item(tmp_path) -> None:
+    """F8: "5e" in a rating box reads as "" in JS and was sent as unrated without a word."""
+    from playwright.sync_api import expect
+
+    store = rated_store(tmp_path / "store.duckdb")
+    with opened_page(fit_biasedmf(store, tmp_path / "bmf"), store) as (_, page):
+        page.select_option("#mode", "profile")
+        add_results(page, "Mecha", 2)
+        seeds = page.locator("#seeds li")
+        name = seeds.nth(1).locator(".name").inner_text()
+        seeds.nth(0).locator("input.rating").fill("5")
+        box = seeds.nth(1).locator("input.rating")
+        box.click()
+        box.press_sequentially("5e")
+        assert box.evaluate("el => el.validity.badInput && el.value === ''")
+        sent = posts(page)
+        page.click("#recommend-btn")
+        expect(page.locator("#warnings")).to_have_text(f"error: the rating of '{name}' (profile item 2) is not a number")
+        expect(seeds.nth(1).locator(".field-error")).to_have_text("not a number")
+        assert box.get_attribute("aria-invalid") == "true"
+        assert sent == []
+        box.fill("4")
+        with page.expect_request("**/v1/recommend") as req:
+            page.click("#recommend-btn")
+        assert req.value.post_data_json["ratings"] == [5, 4]
+        expect(page.locator("#recommendations li").first).to_be_visible()
+        expect(page.locator(".field-error")).to_have_count(0)
+        # An API refusal names the call and the field, and leaves no earlier results on screen.
+        first = seeds.nth(0).get_attribute("data-id")
+        seeds.nth(0).locator("input.rating").fill("9")
+        page.click("#recommend-btn")
+        expect(page.locator("#warnings")).to_have_text(
+            f"error: /v1/recommend: ratings[0]: rating 9 of item '{first}' (history[0]) is outside the model's rating scale [1, 5]"
+        )
+        expect(page.locator("#recommendations li")).to_have_count(0)
+        expect(page.locator("#surprise-box")).to_be_hidden()
 
 
 def test_rating_boxes_show_unrated_whole_and_only_for_models_that_read_ratings(tmp_path) -> None:
