@@ -272,3 +272,26 @@ def test_explain_with_a_niche_boost_returns_the_boosted_scores_it_ranks_by(dot, 
     raw = dot.post("/v1/explain", json={"history": history, "items": [served[0]["id"]]}).json()["items"][0]
     assert raw["score"] != pytest.approx(served[0]["score"])
     assert [x["impact"] for x in raw["contributions"]] == pytest.approx([x["impact"] for x in explained[0]["contributions"]])
+
+
+def test_a_name_the_model_does_not_read_is_ignored_with_a_warning(dot, pipe, folders) -> None:
+    # F13: `name` (read by pipelines only) was ignored without a word.
+    r = dot.post("/v1/recommend", json={"history": ids_of(folders["dot"], 1), "name": "river", "n": 1}).json()
+    assert any("name" in w and "does not read playlist names" in w for w in r["warnings"]), r["warnings"]
+    assert not any("name" in w for w in dot.post("/v1/recommend", json={"history": ids_of(folders["dot"], 1), "n": 1}).json()["warnings"])
+    matched = pipe.post("/v1/recommend", json={"history": [], "name": "aurora", "n": 3}).json()
+    assert not any(w.startswith("name") for w in matched["warnings"]), matched["warnings"]
+    unmatched = pipe.post("/v1/recommend", json={"history": [], "name": "zzqq", "n": 3}).json()
+    assert any("'zzqq'" in w and "matched no" in w for w in unmatched["warnings"]), unmatched["warnings"]
+
+
+def test_a_pipeline_names_its_pool_when_the_pool_limits_n(pipe, dot, folders) -> None:
+    # F23: "after exclusions" when nothing was excluded and the pool (generators' n) was the limit.
+    r = pipe.post("/v1/recommend", json={"history": ["t1"], "n": 1000, "exclude_seen": False}).json()
+    short = [w for w in r["warnings"] if w.startswith("only")]
+    assert short and "candidate pool" in short[0] and "exclusions" not in short[0], r["warnings"]
+    assert f"holds {len(r['items'])}" in short[0]
+    r = pipe.post("/v1/recommend", json={"history": ["t1"], "n": 1000, "deny": ["t2"]}).json()
+    assert any("candidate pool" in w and "after exclusions" in w for w in r["warnings"]), r["warnings"]
+    r = dot.post("/v1/recommend", json={"history": ids_of(folders["dot"], 1), "n": 1000}).json()
+    assert any("after exclusions" in w for w in r["warnings"])

@@ -67,6 +67,7 @@ from segue import __version__
 from segue.data.vocab import N_SPECIAL
 from segue.errors import SegueError
 from segue.models.filters import niche_boost as niche_boost_scores
+from segue.models.pipeline import NAMES_GENERATOR
 from segue.serving.access_log import AccessLog, current_request_id
 from segue.serving.admin_auth import admin_refusal
 from segue.serving.drift_watch import DriftWatch
@@ -742,6 +743,24 @@ def create_app(
             if item["score"] is not None:
                 item["score"] = s
 
+    def name_warning(engine: Engine, req: RecommendRequest, items: list[dict[str, Any]], warnings: list[str]) -> None:
+        """`name` is read by two-stage pipelines only (others ignore it, with a warning, as they do
+        ratings they cannot read); a pipeline says when the name matched nothing it knows."""
+        if req.name is None:
+            return
+        if not engine.pipeline:
+            warnings.append(f"name: the {engine.info.family} model does not read playlist names; it was ignored")
+        elif not any(NAMES_GENERATOR in (i.get("generators") or []) for i in items):
+            warnings.append(f"name {req.name!r}: matched no item or playlist name the pipeline knows; it did not shape the list")
+
+    def short_list(engine: Engine, req: RecommendRequest, got: int) -> str:
+        """Why fewer than n items came back: exclusions, or a pipeline's candidate pool."""
+        if not engine.pipeline:
+            return f"only {got} items could be returned after exclusions (n={req.n})"
+        excluded = bool(req.exclude or req.deny or req.allow is not None or (req.exclude_seen and req.history))
+        after = ", after exclusions" if excluded else ""
+        return f"only {got} items could be returned: the pipeline's candidate pool (what its generators propose{after}) holds {got} (n={req.n})"
+
     def fell_back(engine: Engine, warnings: list[str]) -> None:
         """An empty history: say how it was answered, and count it (segue_popularity_fallbacks_total)
         on every endpoint that scores one."""
@@ -905,10 +924,9 @@ def create_app(
         if ranked.fallback:
             fell_back(engine, warnings)
         items = items_out(engine, ranked)
+        name_warning(engine, req, items, warnings)
         if len(items) < req.n:
-            warnings.append(
-                f"only {len(items)} items could be returned after exclusions (n={req.n})"
-            )
+            warnings.append(short_list(engine, req, len(items)))
         log_request(
             engine,
             "/v1/recommend",
