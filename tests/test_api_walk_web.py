@@ -295,3 +295,16 @@ def test_a_pipeline_names_its_pool_when_the_pool_limits_n(pipe, dot, folders) ->
     assert any("candidate pool" in w and "after exclusions" in w for w in r["warnings"]), r["warnings"]
     r = dot.post("/v1/recommend", json={"history": ids_of(folders["dot"], 1), "n": 1000}).json()
     assert any("after exclusions" in w for w in r["warnings"])
+
+
+def test_greedy_continuation_reports_the_models_probability(dot, folders) -> None:
+    # F19: greedy picks said probability 1.0; `segue continue --greedy` gives the pick's probability
+    # under the tempered top-k softmax.
+    history = ids_of(folders["dot"], 2)
+    got = dot.post("/v1/continue", json={"history": history, "n": 2, "greedy": True, "top_k": 10, "temperature": 0.5}).json()
+    top = dot.post("/v1/recommend", json={"history": history, "n": 10}).json()["items"]
+    assert got["items"][0]["id"] == top[0]["id"]
+    s = np.array([i["score"] for i in top], np.float64) / 0.5
+    want = 1 / np.exp(s - s[0]).sum()
+    assert got["items"][0]["probability"] == pytest.approx(want, rel=1e-5)
+    assert all(0 < i["probability"] < 1 for i in got["items"])

@@ -462,8 +462,9 @@ class Engine:
     ) -> tuple[list[int], list[float], bool]:
         """Continue `seed` by n items: at each step rank the next item over the growing history
         (specials and present items masked), then sample among the top-k from
-        softmax(score / temperature), or take the best when greedy. Returns tokens, the sampling
-        probability of each pick, and whether the first step fell back to popularity."""
+        softmax(score / temperature), or take the best when greedy. Returns tokens, the probability
+        of each pick under that tempered top-k softmax (also when greedy), and whether the first
+        step fell back to popularity."""
         rng = rng or np.random.default_rng()
         history = [int(t) for t in seed]
         present = set(history)
@@ -479,17 +480,16 @@ class Engine:
             toks, scores = ranked.tokens[ok], ranked.scores[ok].astype(np.float64)
             if len(toks) == 0:
                 break
-            if greedy:
-                j, p = 0, 1.0
-            else:
-                # A temperature near 0 (any positive float is allowed, down to 5e-324) overflows
-                # the gaps to -inf: weight 0 for all but the best, the greedy limit it should be.
-                with np.errstate(over="ignore"):
-                    z = (scores - scores.max()) / temperature
-                w = np.exp(z)
-                w /= w.sum()
-                j = int(rng.choice(len(toks), p=w))
-                p = float(w[j])
+            # A temperature near 0 (any positive float is allowed, down to 5e-324) overflows
+            # the gaps to -inf: weight 0 for all but the best, the greedy limit it should be.
+            with np.errstate(over="ignore"):
+                z = (scores - scores.max()) / temperature
+            w = np.exp(z)
+            w /= w.sum()
+            # Greedy takes the best; its probability is still the model's, under the same tempered
+            # top-k softmax (as `segue continue --greedy` reports it), not 1.
+            j = 0 if greedy else int(rng.choice(len(toks), p=w))
+            p = float(w[j])
             t = int(toks[j])
             picks.append(t)
             probs.append(p)
