@@ -308,3 +308,30 @@ def test_greedy_continuation_reports_the_models_probability(dot, folders) -> Non
     want = 1 / np.exp(s - s[0]).sum()
     assert got["items"][0]["probability"] == pytest.approx(want, rel=1e-5)
     assert all(0 < i["probability"] < 1 for i in got["items"])
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from test_serving_profiles import fit_autoencoder, fit_biasedmf, rated_store
+
+    root = tmp_path_factory.mktemp("walk-rated")
+    store = rated_store(root / "store.duckdb")
+    return {"store": store, "bmf": fit_biasedmf(store, root / "bmf"), "ae": fit_autoencoder(store, root / "ae")}
+
+
+def test_a_model_reading_only_rated_items_says_so_of_an_unrated_history(rated) -> None:
+    # F25: biasedmf answered an unrated history with its unpersonalised ranking, all impacts 0, no word.
+    app = create_app(rated["bmf"], store=rated["store"], use_env_admin_key=False)
+    with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        for path in ("/v1/recommend", "/v1/explain"):
+            r = c.post(path, json={"history": ["a1", "a2", "a3"], "n": 2}).json()
+            assert any("reads only rated items and none of the 3 is rated" in w for w in r["warnings"]), r["warnings"]
+        some = c.post("/v1/recommend", json={"history": ["a1", "a2", "a3"], "ratings": [5, None, 1], "n": 2}).json()
+        assert any("1 unrated item(s) ignored" in w for w in some["warnings"]), some["warnings"]
+        rated_all = c.post("/v1/recommend", json={"history": ["a1", "a2"], "ratings": [5, 1], "n": 2}).json()
+        assert not any("rated" in w for w in rated_all["warnings"])
+    # The autoencoder reads an unrated item's presence: no such warning.
+    app = create_app(rated["ae"], store=rated["store"], use_env_admin_key=False)
+    with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.post("/v1/recommend", json={"history": ["a1", "a2", "a3"], "n": 2}).json()
+        assert not any("rated" in w for w in r["warnings"]), r["warnings"]

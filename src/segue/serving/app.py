@@ -724,6 +724,7 @@ def create_app(
         items (Engine.arrays crops), and every item of it counts as seen, as in evaluation.
         `ratings` (aligned) are checked against the model's scale and kept for rating-aware
         families (`.all_ratings`); other families get none, with a warning."""
+        unrated_warning(engine, ids, ratings, warnings)
         ratings = profile_ratings(engine, ids, ratings, warnings)
         ev = request_events(engine, events, ids, context, warnings) if events is not None else None
         enc = engine.encoder.encode(ids, ratings, ev)
@@ -766,6 +767,21 @@ def create_app(
         on every endpoint that scores one."""
         warnings.append(PIPELINE_EMPTY_WARNING if engine.pipeline else POPULARITY_WARNING)
         state["metrics"].fallback()
+
+    def unrated_warning(engine: Engine, ids: list[str], ratings: list[float | None] | None, warnings: list[str]) -> None:
+        """A model that reads only rated items (Engine.reads_unrated) ignores the unrated ones: say
+        so, above all when none is rated and the answer is the same for every such history."""
+        if engine.reads_unrated or not ids:
+            return
+        unrated = len(ids) if ratings is None else sum(r is None for r in ratings)
+        family = engine.info.family
+        if unrated == len(ids):
+            warnings.append(
+                f"history: the {family} model reads only rated items and none of the {len(ids)} is rated: "
+                "the answer is not personalised (give `ratings`)"
+            )
+        elif unrated:
+            warnings.append(f"history: the {family} model reads only rated items; {unrated} unrated item(s) ignored")
 
     def profile_ratings(
         engine: Engine, ids: list[str], ratings: list[float | None] | None, warnings: list[str]
