@@ -335,3 +335,27 @@ def test_a_model_reading_only_rated_items_says_so_of_an_unrated_history(rated) -
     with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
         r = c.post("/v1/recommend", json={"history": ["a1", "a2", "a3"], "n": 2}).json()
         assert not any("rated" in w for w in r["warnings"]), r["warnings"]
+
+
+def test_unseen_context_values_and_times_out_of_order_are_warned(events_model) -> None:
+    # F21: an unknown context value was mapped to unknown and times out of order accepted, silently.
+    c, rec = events_model
+    history = [rec.vocab.external_ids[t] for t in range(N_SPECIAL, N_SPECIAL + 3)]
+    clean = c.post("/v1/recommend", json={"history": history + ["x"], **EVENT_BODY, "n": 1}).json()["warnings"]
+    assert not any("never seen" in w or "not in order" in w or "ts:" in w for w in clean), clean
+    for path in ("/v1/recommend", "/v1/rank", "/v1/explain"):
+        body = {
+            "history": history,
+            "context": {"platform": "fridge"},
+            "event_context": {"platform": ["web", "toaster", None]},
+            "timestamps": [1_700_000_300, 1_700_000_000, 1_600_000_000],
+            "ts": 100,
+        }
+        if path == "/v1/rank":
+            body["items"] = [rec.vocab.external_ids[N_SPECIAL + 5]]
+        r = c.post(path, json=body)
+        assert r.status_code == 200, r.text
+        w = r.json()["warnings"]
+        assert any("context 'platform'" in x and "'fridge'" in x and "'toaster'" in x and "never seen" in x for x in w), w
+        assert any(x.startswith("timestamps: not in order") and "history[1]" in x and "2 such" in x for x in w), w
+        assert any(x.startswith("ts: the event to predict (100) is before") for x in w), w

@@ -145,6 +145,44 @@ def check_feedback(kind: str, name: str, value: Any) -> str | None:
     return None
 
 
+def unseen_context(
+    engine: Engine, cfg: EventsConfig, events: dict[str, list[str | None]], context: dict[str, str] | None
+) -> list[str]:
+    """Warnings for context values the model never saw in training: it reads them as unknown
+    (as it does a null), which the request should hear about rather than a silent mapping."""
+    known = getattr(getattr(engine.model, "network", None), "categories", None) or {}
+    out = []
+    for name in cfg.context:
+        if name not in known:
+            continue
+        seen = set(known[name])
+        sent = ([context[name]] if context and name in context else []) + [v for v in events.get(name, []) if v is not None]
+        new = sorted({v for v in sent if v not in seen})
+        if new:
+            shown = ", ".join(repr(v) for v in new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+            have = ", ".join(known[name][:10]) or "none"
+            out.append(f"context '{name}': {shown} never seen in training (it knows: {have}); read as unknown")
+    return out
+
+
+def time_order(timestamps: list[int | None] | None, ts: int | None) -> list[str]:
+    """Warnings for times against the history's order (oldest first): a timestamp earlier than
+    the one before it, and a `ts` (the event to predict) before the history's last time. The model
+    reads such a negative gap as an unknown one (segue.models.events.time_slots), so they are
+    accepted, with a word."""
+    out = []
+    times = [(i, t) for i, t in enumerate(timestamps or []) if t is not None]
+    back = [i for (_, a), (i, b) in zip(times, times[1:], strict=False) if b < a]
+    if back:
+        out.append(
+            f"timestamps: not in order (history is oldest first): history[{back[0]}] is earlier than the event "
+            f"before it ({len(back)} such step(s)); a backward gap is read as unknown"
+        )
+    if ts is not None and times and ts < max(t for _, t in times):
+        out.append(f"ts: the event to predict ({ts}) is before the history's last timestamp ({max(t for _, t in times)}); its gap is read as unknown")
+    return out
+
+
 def request_events(engine: Engine, req: HistoryEvents, ids: list[str], context: dict[str, str] | None, warnings: list[str]) -> EventColumns | None:
     """The request's EventColumns for the served model (None when it reads none, with a warning if
     the request sent some). Raises fastapi's RequestValidationError listing values the model
@@ -183,6 +221,9 @@ def request_events(engine: Engine, req: HistoryEvents, ids: list[str], context: 
             warnings.append(f"context '{name}': the model reads no such context (it reads: {', '.join(cfg.context) or 'none'}); ignored")
     if errors:
         raise RequestValidationError(errors[:20])
+    warnings += unseen_context(engine, cfg, ctx, context)
+    if cfg.time:
+        warnings += time_order(req.timestamps, req.ts)
     if not cfg.time and (req.timestamps is not None or req.ts is not None):
         sent = " and ".join(n for n, v in (("timestamps", req.timestamps), ("ts", req.ts)) if v is not None)
         warnings.append(f"{sent}: the model reads no event times (trained without time features); ignored")
