@@ -359,3 +359,17 @@ def test_unseen_context_values_and_times_out_of_order_are_warned(events_model) -
         assert any("context 'platform'" in x and "'fridge'" in x and "'toaster'" in x and "never seen" in x for x in w), w
         assert any(x.startswith("timestamps: not in order") and "history[1]" in x and "2 such" in x for x in w), w
         assert any(x.startswith("ts: the event to predict (100) is before") for x in w), w
+
+
+def test_query_parameters_on_a_post_route_are_refused_naming_them(dot, folders) -> None:
+    # F16: `POST /v1/recommend?n=2` answered 10 items, the parameter silently ignored.
+    body = {"history": ids_of(folders["dot"], 1)}
+    r = dot.post("/v1/recommend?n=2&foo=1", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["query", "n"] and "'foo'" in detail["msg"] and "JSON body" in detail["msg"]
+    assert dot.post("/v1/explain?top=1", json=body).json()["detail"][0]["loc"] == ["query", "top"]
+    assert dot.post("/v1/recommend", json=body).status_code == 200
+    assert dot.get("/v1/items/search?q=song&limit=2").status_code == 200
+    assert dot.post("/v1/items/search?q=x").status_code == 405  # no POST route there: as before
+    assert dot.post("/nothing?x=1").status_code == 404

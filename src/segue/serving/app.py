@@ -39,6 +39,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 import msgspec
 import numpy as np
@@ -508,6 +509,15 @@ class _Envelope:
             await send_wrapped({"type": "http.response.body", "body": data})
             self._observe(where, status["code"], t0)
 
+        query = scope.get("query_string", b"")
+        if query and where["method"] == "POST" and self._full_match(where):
+            # The POST routes read their JSON body only: `?n=2` was ignored without a word (the
+            # GET routes refuse unknown parameters for the same reason).
+            names = [k for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)] or [query.decode("latin-1")]
+            msg = (f"{where['path']} takes no query parameters (got {', '.join(repr(k) for k in names[:5])}): "
+                   "send them as fields of the JSON body")
+            await refuse(422, ["query", names[0]], msg, "extra_forbidden")
+            return
         too_large = (413, ["body"], f"request body is larger than {MAX_BODY_BYTES} bytes", "too_large")
         request_headers = dict(scope.get("headers", ()))
         declared = request_headers.get(b"content-length", b"")
@@ -554,6 +564,10 @@ class _Envelope:
         # (/openapi.json) and mounts (the docs' static files) are found by matching again.
         name = path or self._route_path(where)
         self.state["metrics"].observe(where["method"], name, status, time.perf_counter() - t0)
+
+    def _full_match(self, where: dict) -> bool:
+        """Does a route take this path and method (not a 404 or 405)?"""
+        return any(route.matches(where)[0] is Match.FULL for route in self.routes)
 
     def _route_path(self, where: dict) -> str:
         partial = None
