@@ -373,3 +373,10 @@ def test_query_parameters_on_a_post_route_are_refused_naming_them(dot, folders) 
     assert dot.get("/v1/items/search?q=song&limit=2").status_code == 200
     assert dot.post("/v1/items/search?q=x").status_code == 405  # no POST route there: as before
     assert dot.post("/nothing?x=1").status_code == 404
+
+
+def test_the_schema_says_the_autoencoders_score_is_a_log_probability_only_for_presence(dot) -> None:
+    # F18: the default (unified) autoencoder score is no log probability (its exps sum to 8.4).
+    schema = dot.get("/openapi.json").json()["components"]["schemas"]["ExplainedItem"]
+    text = schema["properties"]["predicted_rating"]["description"]
+    assert "log probability only with score = \"presence\"" in text and "unified" in text

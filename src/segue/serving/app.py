@@ -320,7 +320,9 @@ class ExplainedItem(ItemOut):
     predicted_rating: float | None = Field(
         None,
         description="The model's rating of the item on its scale, given the whole profile (families "
-        "that predict ratings; `score` is a ranking score, a log probability for the autoencoder)",
+        "that predict ratings; `score` is a ranking score: for the autoencoder a log score, a log "
+        "probability only with score = \"presence\", the default with a rating head being the "
+        "unified alpha log p + (1 - alpha) log q)",
     )
     contributions: list[ContributionOut]
 
