@@ -108,7 +108,8 @@ def check_options(kind: str, options: dict[str, Any]) -> None:
 
 def check_values(kind: str, options: dict[str, Any]) -> None:
     """ConfigError for an option value of the wrong type (true/false for a bool, a whole number for
-    an int), as a command line gives text for whatever does not parse as JSON."""
+    an int), as a command line gives text for whatever does not parse as JSON, or below the
+    module's `OPTION_MIN` (option key -> lowest value) where it keeps one."""
     module, cls_name = _MODULES[canonical_kind(kind)]
     if cls_name == "SyntheticSource":
         return  # SyntheticConfig checks its own fields
@@ -118,10 +119,13 @@ def check_values(kind: str, options: dict[str, Any]) -> None:
         if value is None and "None" in annotation.split("|"):
             continue
         first = annotation.split("|")[0]
+        lowest = getattr(source_module(kind), "OPTION_MIN", {}).get(key)
         if first == "bool" and not isinstance(value, bool):
             expected = "true or false"
         elif first == "int" and (isinstance(value, bool) or not isinstance(value, int)):
             expected = "a whole number"
+        elif lowest is not None and value < lowest:  # chunk_events=-5 built one line per chunk
+            expected = f"a whole number of at least {lowest}"
         else:
             continue
         raise ConfigError(

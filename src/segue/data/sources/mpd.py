@@ -73,6 +73,7 @@ OPTIONS: dict[str, str] = {
     "workers": "processes that parse slices in parallel (0: parse in the main process; default: 2 for 4+ slices)",
     "verify_md5": "check each slice against the md5sums file when there is one (true/false, default true)",
 }
+OPTION_MIN: dict[str, int] = {"workers": 0}  # checked by open_source; 0 parses in the main process
 _DECODER = msgspec.json.Decoder(Slice)
 _SLICE_RE = re.compile(r"mpd\.slice\.(\d+)-(\d+)\.json$")
 
@@ -363,6 +364,12 @@ def _validation_error(e: msgspec.ValidationError, data: bytes, label: str) -> In
     text = str(e)
     msg, _, at = text.partition(" - at `")
     at = at.rstrip("`")
+    if not at:  # the top level itself: not a slice at all (a ratings file gave "Expected `object`, got `int`")
+        got = re.match(r"Expected `[^`]+`, got `([^`]+)`", msg)
+        found = f"its top level is a JSON {got.group(1)}" if got else "its top-level object has no 'playlists'"
+        return InputError(
+            f"not an MPD slice: {found}", path=label, expected="a JSON object with 'playlists', as in mpd.slice.<first>-<last>.json"
+        )
     field = None
     missing = re.match(r"Object missing required field `(\w+)`", msg)
     if missing:

@@ -33,6 +33,7 @@ OPTIONS: dict[str, str] = {
     "encoding": "text encoding (default utf-8)",
     "chunk_events": "events per chunk handed to the store (memory bound; default 524288)",
 }
+OPTION_MIN: dict[str, int] = {"chunk_events": 1}  # checked by open_source
 
 
 class SeqTextSource:

@@ -133,6 +133,7 @@ class TabularSource:
         # "" says "map nothing" (no detection for that target).
         self.given = {k: str(v).strip() for k, v in given.items() if v is not None}
         self.mapping: dict[str, str | None] = {k: self.given.get(k) or None for k in given}
+        _check_distinct(self.mapping)
         self.detected: list[str] = []  # targets mapped by CONVENTIONS
         self.available: list[str] | None = None  # the file's columns, once read
         self.feedback = _named(feedback, "fb_")
@@ -465,6 +466,22 @@ class TabularSource:
             "columns": self.wanted(),
             "timestamp_unit": self.timestamp_unit,
         } | ({"items": str(self.items), "items_columns": self.items_mapping} if self.items is not None else {})
+
+
+def _check_distinct(mapping: dict[str, str | None]) -> None:
+    """Each column feeds one of user, item, timestamp, rating and position: user=item=User_ID had
+    built one sequence per user of its own id repeated."""
+    by_column: dict[str, str] = {}
+    for target, column in mapping.items():
+        if column is None:
+            continue
+        if column in by_column:
+            raise InputError(
+                f"options '{by_column[column]}' and '{target}' both map column '{column}'",
+                field=target,
+                expected=f"a column of its own for each of {', '.join(mapping)}",
+            )
+        by_column[column] = target
 
 
 def _flags(col: pa.Array) -> pa.Array:
