@@ -33,16 +33,20 @@ def _console(stderr: bool = False) -> Any:
 
 
 def parse_kv(pairs: list[str] | None, what: str) -> dict[str, Any]:
-    """'key=value' strings -> dict; values parsed as JSON when they can be (numbers, true/false)."""
+    """'key=value' strings -> dict; values parsed as JSON when they can be (numbers, true/false).
+    A key given twice is refused: the last one silently won."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"{what} '{pair}': expected key=value")
         k, v = pair.split("=", 1)
+        k = k.strip()
+        if k in out:
+            raise ConfigError(f"{what} '{k}' is given twice ({k}={json.dumps(out[k])} and {pair.strip()}); give it once")
         try:
-            out[k.strip()] = json.loads(v)
+            out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v
+            out[k] = v
     return out
 
 
@@ -156,6 +160,14 @@ def _print_split_table(name: str, s: dict[str, Any]) -> None:
     for part, v in s["parts"].items():
         st.add_row(part, f"{v['sequences']:,}", f"{v['events']:,}", f"{v['items']:,}", f"{v['unknown_rate']:.2%}")
     _console().print(st)
+    empty = [p for p in ("valid", "test") if not s["parts"].get(p, {}).get("events")]
+    if empty:  # said at build time, not first when `segue evaluate` finds no query to score
+        parts = " or ".join(empty)
+        _console().print(
+            f"[yellow]warning: split {escape(name)} has no {parts} events, so nothing can be scored on "
+            f"{'them' if len(empty) > 1 else 'it'}[/]",
+            soft_wrap=True,
+        )
 
 
 def print_stats(store_path: Path, *, plot: Path | None = None, as_json: bool = False) -> dict[str, Any]:

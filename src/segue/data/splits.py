@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import duckdb
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, TypeAdapter, field_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from segue.config import Config
 from segue.errors import ConfigError, InputError, StoreError
@@ -64,14 +64,40 @@ def parse_part(name: str | int | Part) -> Part:
         raise ConfigError(f"unknown split part '{name}' (expected train, valid or test)") from None
 
 
-class RandomSequenceSplit(Config):
+class _Split(Config):
+    """What every split kind shares: a name, the key `--split` and `add-split` pick it by."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # An empty or blank name is stored, then listed invisibly ("several splits: , loo").
+        if not v.strip():
+            raise ValueError("expected a non-empty name (the key --split picks the split by)")
+        return v
+
+
+def _check_fractions(valid: float, test: float) -> None:
+    """valid_fraction + test_fraction must leave training events: a sum of 1 or more was trimmed
+    silently (random_holdout) or reached the cut check as a negative quantile (temporal)."""
+    if valid + test >= 1:
+        raise ValueError(f"valid_fraction + test_fraction is {valid + test:g}: expected a sum below 1 (the rest is train)")
+
+
+class RandomSequenceSplit(_Split):
     kind: Literal["random_sequence"] = "random_sequence"
     name: str = "random"
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
 
+    @model_validator(mode="after")
+    def _sum(self) -> RandomSequenceSplit:
+        _check_fractions(self.valid_fraction, self.test_fraction)
+        return self
 
-class TemporalSplit(Config):
+
+class TemporalSplit(_Split):
     kind: Literal["temporal"] = "temporal"
     name: str = "temporal"
     # Either explicit cut times (unix seconds) or quantiles of the event times.
@@ -94,8 +120,14 @@ class TemporalSplit(Config):
             return int((d if d.tzinfo else d.replace(tzinfo=dt.UTC)).timestamp())
         return v
 
+    @model_validator(mode="after")
+    def _sum(self) -> TemporalSplit:
+        if self.valid_cut is None:  # the valid cut is the quantile 1 - valid_fraction - test_fraction
+            _check_fractions(self.valid_fraction, self.test_fraction)
+        return self
 
-class LeaveLastOutSplit(Config):
+
+class LeaveLastOutSplit(_Split):
     kind: Literal["leave_last_out"] = "leave_last_out"
     name: str = "loo"
     min_length: int = Field(3, ge=1)  # shorter sequences are kept wholly for training
@@ -110,7 +142,7 @@ def count_or_fraction(v: float) -> float:
     raise ValueError("expected a fraction between 0 and 1 (e.g. 0.1) or a whole count of at least 1 (e.g. 100)")
 
 
-class StrongSplit(Config):
+class StrongSplit(_Split):
     kind: Literal["strong"] = "strong"
     name: str = "strong"
     valid_users: float = 0.1  # a fraction (<1) or a count (>=1) of held-out users
@@ -125,11 +157,16 @@ class StrongSplit(Config):
         return count_or_fraction(v)
 
 
-class RandomHoldoutSplit(Config):
+class RandomHoldoutSplit(_Split):
     kind: Literal["random_holdout"] = "random_holdout"
     name: str = "holdout"
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum(self) -> RandomHoldoutSplit:
+        _check_fractions(self.valid_fraction, self.test_fraction)
+        return self
 
 
 SplitSpec = Annotated[
@@ -233,7 +270,9 @@ def parse_spec(spec: dict[str, Any] | Config) -> Any:
         for err in getattr(e, "errors", lambda: [])():
             loc = [str(x) for x in err["loc"] if x != kind]
             key = loc[0] if loc else "?"
-            if err["type"] == "extra_forbidden":
+            if not loc:  # a check across parameters (a model validator) names them itself
+                problems.append(err["msg"].removeprefix("Value error, "))
+            elif err["type"] == "extra_forbidden":
                 problems.append(f"unknown parameter '{key}'")
             else:
                 msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own text
@@ -331,7 +370,9 @@ def _temporal(con: duckdb.DuckDBPyConnection, spec: TemporalSplit, rng: np.rando
         raise InputError(f"{nulls} events have no timestamp", field="ts", expected="a timestamp on every event for a temporal split")
     valid_cut, test_cut = spec.valid_cut, spec.test_cut
     if test_cut is None:
-        test_cut = int(con.execute("SELECT quantile_disc(ts, ?) FROM events", [1 - spec.test_fraction]).fetchone()[0])
+        test_cut = _cut_for(con, spec.test_fraction)
+    if valid_cut is None and spec.valid_fraction == 0:
+        valid_cut = test_cut  # no validation events: valid ends where it starts
     if valid_cut is None:
         valid_cut = int(
             con.execute(
@@ -346,6 +387,15 @@ def _temporal(con: duckdb.DuckDBPyConnection, spec: TemporalSplit, rng: np.rando
         [spec.name, test_cut, valid_cut],
     )
     return spec.model_dump() | {"valid_cut": valid_cut, "test_cut": test_cut}
+
+
+def _cut_for(con: duckdb.DuckDBPyConnection, fraction: float) -> int:
+    """The first time of the last `fraction` of events: quantile 1 - fraction of the event times.
+    A fraction of 0 cuts one second past the last event, so nothing lies after it (the quantile 1
+    is the last time itself, which put the events at that time after the cut)."""
+    if fraction == 0:
+        return int(con.execute("SELECT max(ts) FROM events").fetchone()[0]) + 1
+    return int(con.execute("SELECT quantile_disc(ts, ?) FROM events", [1 - fraction]).fetchone()[0])
 
 
 def _leave_last_out(con: duckdb.DuckDBPyConnection, spec: LeaveLastOutSplit, rng: np.random.Generator) -> dict:
