@@ -20,6 +20,13 @@ if TYPE_CHECKING:  # imported inside the functions: `segue --help` must not pay 
     from segue.models.base import BaseRecommender
 
 BASELINES = ("popularity", "itemknn", "ease", "item2vec", "als", "biasedmf")
+# Families a default config cannot fit: name -> what to do instead. A pipeline's default config
+# has no generators, so fitting one raised pydantic's ValidationError as a traceback.
+NOT_FITTED_HERE = {
+    "pipeline": "a two-stage pipeline is built from trained candidate generators named in its config, so it "
+    "cannot be fitted on the fly: fit it with `segue pipeline --config <pipeline config>.toml` "
+    "(see configs/pipeline_*.toml) and pass the model folder it writes",
+}
 
 
 def parse_ks(text: str | None) -> list[int] | None:
@@ -87,6 +94,8 @@ def resolve_models(
                 "family": header.get("family"),
                 "model_toml": (path / "model.toml").read_text(encoding="utf-8"),
             }
+        elif target in NOT_FITTED_HERE:
+            raise SegueError(f"model '{target}': {NOT_FITTED_HERE[target]}")
         elif target in families():
             try:
                 cls = model_class(target)
@@ -98,18 +107,20 @@ def resolve_models(
                 console.print(f"fitting [bold]{target}[/] on split '{split}' ...")
             t0 = time.perf_counter()
             model = cls().fit(data)
+            fit_seconds = time.perf_counter() - t0
+            if console:  # the table's seconds are scoring time only; a neural fit can take minutes
+                console.print(f"[dim]fitted {target} in {fit_seconds:.1f} s[/]")
             label = label or target
             info = {
                 "source": "fitted on the fly",
                 "family": target,
-                "fit_seconds": round(time.perf_counter() - t0, 2),
+                "fit_seconds": round(fit_seconds, 2),
                 "model_toml": _baseline_header(model),
             }
         else:
             hint = "no such model folder" if not path.exists() else "not a folder"
-            raise SegueError(
-                f"model '{target}': {hint}, and not a baseline name (baselines: {', '.join(b for b in families() if b != 'transformer')})"
-            )
+            fitted = ", ".join(b for b in families() if b != "transformer" and b not in NOT_FITTED_HERE)
+            raise SegueError(f"model '{target}': {hint}, and not a baseline name (baselines: {fitted})")
         base, n = label, 2
         while label in models:
             label, n = f"{base}-{n}", n + 1
@@ -181,6 +192,8 @@ def run_evaluation(
     )
 
     console = console or Console()
+    if batch_size is not None and batch_size < 1:  # a negative size scored nothing: every metric 0
+        raise ConfigError(f"batch_size is {batch_size}: expected at least 1 query scored at once (or None: auto)")
     if not store.exists():
         raise SegueError(f"{store}: no store here (build one with `segue data build`)")
     spec = protocol_spec(protocol)
@@ -237,7 +250,9 @@ def evaluate(
     part: Annotated[str, typer.Option("--part", help="test or valid.")] = "test",
     keep_seen: Annotated[bool, typer.Option("--keep-seen", help="Let history items be recommended (repeat consumption).")] = False,
     min_history: Annotated[int, typer.Option("--min-history", min=0, help="Leave out queries with a shorter history.")] = 1,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries scored at once (default: fits 256 MB of scores).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Queries scored at once (default: fits 256 MB of scores).")
+    ] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", min=0, help="Bootstrap resamples (at least 10 for a report; 0: no CIs, with --no-report).")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     reference: Annotated[str | None, typer.Option("--reference", help="Model the others are compared with (default: the best).")] = None,

@@ -322,5 +322,8 @@ def build_task(data: SplitData, config: ProtocolConfig | str) -> Task:
     check_split_kind(data.store, data.split, spec.name)
     task = spec.build(data, cfg)
     if len(task) == 0:
-        raise ConfigError(f"protocol '{spec.name}' on split '{data.split}' ({cfg.part}) has no query to score")
+        # Say why: every query left out by min_history, no playlist long enough, or no target at all.
+        why = [n for n in task.notes if "left out" in n or "held-out playlists" in n]
+        why = why or [f"no sequence has a target in the {cfg.part} part"]
+        raise ConfigError(f"protocol '{spec.name}' on split '{data.split}' ({cfg.part}) has no query to score: {'; '.join(why)}")
     return task

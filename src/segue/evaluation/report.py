@@ -123,6 +123,17 @@ def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _fmt_diff(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:+.4f}"
+
+
+def _fmt_ci(c: Comparison) -> str:
+    """'[low, high]', or '–' where no CI was computed (n_boot 0; it printed '[+nan, +nan]')."""
+    if math.isnan(c.low) or math.isnan(c.high):
+        return "–"
+    return f"[{c.low:+.4f}, {c.high:+.4f}]"
+
+
 def _fmt_p(p: float, n_boot: int) -> str:
     if math.isnan(p):
         return "–"
@@ -167,9 +178,11 @@ def print_table(result: EvalResult, stats: Stats, console: Any = None) -> None:
     console = console or Console()
     k = result.headline_k
     cols = headline_columns(result)
+    boot = stats.n_boot > 0  # --n-boot 0: means and differences only, no CI or p
+    ci_text = f"± = half the {round(100 * stats.level)}% bootstrap CI" if boot else "no CIs (--n-boot 0)"
     title = (
         f"{result.protocol} on split '{result.split}' ({result.part}): {len(result.seq_ids)} queries, "
-        f"{result.n_items} items; every column at K = {k}; ± = half the {round(100 * stats.level)}% bootstrap CI"
+        f"{result.n_items} items; every column at K = {k}; {ci_text}"
     )
     t = Table(title=title, title_justify="left")
     # On a narrow terminal a long model name folds; the figures and their labels are never cut
@@ -185,17 +198,26 @@ def print_table(result: EvalResult, stats: Stats, console: Any = None) -> None:
             iv = stats.intervals[m][c]
             digits = 2 if c.startswith("poppct") or c == "clicks" else 4
             mean = f"[green]{_fmt(iv.mean, digits)}[/]" if m == stats.reference else _fmt(iv.mean, digits)
-            cells.append(f"{mean}\n[dim]±{_fmt((iv.high - iv.low) / 2, digits - 1)}[/]")
+            cells.append(f"{mean}\n[dim]±{_fmt((iv.high - iv.low) / 2, digits - 1)}[/]" if boot else mean)
         t.add_row(m, *cells, _fmt(r.coverage.get(k, float("nan")), 3))
     console.print(t)
     if stats.comparisons:
         h = stats.headline
-        ct = Table(title=f"{column_label(h)}: each model minus '{stats.reference}' (paired bootstrap)", title_justify="left")
+        how = "paired bootstrap" if boot else "difference of means; --n-boot 0: no CI or p computed"
+        # The CI is the percentile interval of d*, p the shifted-null test (significance.py), so
+        # near the edge one can exclude 0 while the other is above 0.05.
+        caption = "CI: percentile interval of the resampled differences; p: test of difference 0 (they may disagree near p = 0.05)"
+        ct = Table(
+            title=f"{column_label(h)}: each model minus '{stats.reference}' ({how})",
+            title_justify="left",
+            caption=caption if boot else None,
+            caption_justify="left",
+        )
         for col in ("model", "difference", f"{round(100 * stats.level)}% CI", "p"):
             ct.add_column(col, justify="right" if col != "model" else "left")
         for m, comp in stats.comparisons.items():
             c = comp[h]
-            ct.add_row(m, f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value, stats.n_boot))
+            ct.add_row(m, _fmt_diff(c.diff), _fmt_ci(c), _fmt_p(c.p_value, stats.n_boot))
         console.print(ct)
     for title, header, rows in feedback_tables(result, stats.level, stats.n_boot):
         ft = Table(title=title, title_justify="left")
@@ -281,7 +303,7 @@ def _tables(result: EvalResult, stats: Stats) -> list[tuple[str, list[str], list
         for m, comp in stats.comparisons.items():
             for k in keys:
                 c = comp[k]
-                rows.append([m, column_label(k), f"{c.diff:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", _fmt_p(c.p_value, stats.n_boot)])
+                rows.append([m, column_label(k), _fmt_diff(c.diff), _fmt_ci(c), _fmt_p(c.p_value, stats.n_boot)])
         out.append(
             (
                 f"Paired comparisons: model minus '{stats.reference}' (paired bootstrap, {stats.n_boot} resamples)",
@@ -321,7 +343,7 @@ def feedback_tables(result: EvalResult, level: float, n_boot: int) -> list[tuple
         rows = []
         for m, iv in pr.intervals.items():
             c = pr.comparisons.get(m)
-            diff = "reference" if c is None else f"{c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
+            diff = "reference" if c is None else f"{_fmt_diff(c.diff)} {_fmt_ci(c)}"
             rows.append([m, f"{_fmt(iv.mean)} [{_fmt(iv.low)}, {_fmt(iv.high)}]", diff, "–" if c is None else _fmt_p(c.p_value, n_boot)])
         n_users = len(pr.users)
         out.append(
@@ -337,7 +359,7 @@ def feedback_tables(result: EvalResult, level: float, n_boot: int) -> list[tuple
         rows = []
         for m in er.rmse:
             c = er.rmse_diff.get(m)
-            diff = "reference" if c is None else f"{c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}]"
+            diff = "reference" if c is None else f"{_fmt_diff(c.diff)} {_fmt_ci(c)}"
             rows.append([m, f"{_fmt(er.rmse[m].mean)} [{_fmt(er.rmse[m].low)}, {_fmt(er.rmse[m].high)}]",
                          f"{_fmt(er.mae[m].mean)} [{_fmt(er.mae[m].low)}, {_fmt(er.mae[m].high)}]", diff])
         out.append(

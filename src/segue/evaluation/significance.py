@@ -133,8 +133,10 @@ def summarize_difference(d: np.ndarray, reps: np.ndarray, level: float) -> Compa
     diff = _nanmean(d)
     reps = reps[~np.isnan(reps)]
     n = int((~np.isnan(d)).sum())
-    if len(reps) == 0 or np.isnan(diff):
+    if np.isnan(diff):
         return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), n)
+    if len(reps) == 0:  # no resamples (n_boot 0): the difference needs none, its CI and p do
+        return Comparison(diff, float("nan"), float("nan"), float("nan"), n)
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     # Tolerance so that float noise in identical resamples never turns "equal" into "more extreme".
     tol = 1e-12 * max(1.0, abs(diff))
