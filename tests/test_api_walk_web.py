@@ -380,3 +380,18 @@ def test_the_schema_says_the_autoencoders_score_is_a_log_probability_only_for_pr
     schema = dot.get("/openapi.json").json()["components"]["schemas"]["ExplainedItem"]
     text = schema["properties"]["predicted_rating"]["description"]
     assert "log probability only with score = \"presence\"" in text and "unified" in text
+
+
+def test_a_pipelines_exclusions_leave_the_other_items_scores_and_order(pipe) -> None:
+    # F14: deny/exclude of one item filtered the generators' lists before the ranker's features,
+    # so the other items' scores and order changed; /v1/rank disagreed with the filtered list.
+    history = ["t1", "t6", "t11"]
+    base = pipe.post("/v1/recommend", json={"history": history, "n": 10}).json()["items"]
+    scored = {i["id"]: i["score"] for i in base}
+    for field in ("deny", "exclude"):
+        for gone in (base[0]["id"], base[3]["id"]):
+            got = pipe.post("/v1/recommend", json={"history": history, "n": 9, field: [gone]}).json()["items"]
+            assert [i["id"] for i in got] == [i["id"] for i in base if i["id"] != gone]
+            assert [i["score"] for i in got] == [scored[i["id"]] for i in got]
+    ranked = pipe.post("/v1/rank", json={"history": history, "items": [i["id"] for i in base[1:]]}).json()["items"]
+    assert {i["id"]: i["score"] for i in ranked} == pytest.approx({k: v for k, v in scored.items() if k != base[0]["id"]}, rel=1e-5)

@@ -1004,7 +1004,9 @@ def create_app(
             if ranked.outside_pool:
                 warnings.append(
                     f"items: {ranked.outside_pool} candidate(s) outside the pipeline's candidate pool "
-                    "(no generator proposed them): listed last, by popularity, without a score"
+                    "(no generator proposed them): listed last, by popularity, without a score "
+                    "(/v1/recommend with `allow` has the generators propose from the allowed items only, "
+                    "which can bring such items into its pool, scored against that pool)"
                 )
             for j, (t, s) in enumerate(zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True)):
                 item = engine.catalogue.describe_known(t, s if np.isfinite(s) else None)  # type: ignore[arg-type]

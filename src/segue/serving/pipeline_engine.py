@@ -1,9 +1,12 @@
 """Serving a two-stage pipeline folder (segue.models.pipeline): the Engine's path for it.
 
 Per request: every generator proposes candidates (in a thread pool: their numpy/scipy scoring
-releases the GIL), exclusions (seen items, `exclude`, deny lists) and allow lists filter each
-generator's list, the pool's features go through the same `pool_features` code as training, the
-ranker orders the pool, the niche boost s - b log(count + 1) applies to the ranker's scores.
+releases the GIL), seen items and allow lists filter each generator's list, the pool's features go
+through the same `pool_features` code as training, the ranker orders the pool, the niche boost
+s - b log(count + 1) applies to the ranker's scores, and `exclude` / deny lists remove items from
+the ranked pool. Removing them after ranking keeps the other items' scores and order (a feature
+such as an item's rank in a generator's list would shift if an excluded item left that list
+first), as the model's own recommend() and /v1/rank score them.
 Each returned item carries the generators that proposed it and its feature row (for the log).
 """
 
@@ -46,22 +49,24 @@ def rank_pipeline(
     arrays: SequenceArrays | None = None,
 ) -> list[dict]:
     """Per history: tokens [<=k], scores, the proposing generators and features of each item.
-    `arrays`: the histories with their event columns (ratings, feedback, context), if any."""
+    `excl` (per history: seen items, `exclude`, deny) leave the ranked pool; `arrays`: the
+    histories with their event columns (ratings, feedback, context), if any."""
     if arrays is None:
         arrays = SequenceArrays.from_lists([np.asarray(h, dtype=np.int32) for h in histories])
     arrays.meta = dict(arrays.meta)
     arrays.meta["seq_names"] = list(names) if names is not None else [None] * len(histories)
     rows = np.arange(len(histories))
     pools = model.pools(  # type: ignore[attr-defined]
-        arrays, rows, exclude_seen=exclude_seen, exclude=excl, allow=allow, timings=timings
+        arrays, rows, exclude_seen=exclude_seen, allow=allow, timings=timings
     )
     scores, feats = model.rank_pools(arrays, rows, pools, timings=timings)  # type: ignore[attr-defined]
     gens = model.generator_names  # type: ignore[attr-defined]
     out = []
-    for pool, s, f in zip(pools, scores, feats, strict=True):
+    for pool, s, f, banned in zip(pools, scores, feats, excl, strict=True):
         if niche_boost:
             s = niche_boost_scores(s, counts[pool.tokens], niche_boost)
-        order = np.lexsort((pool.tokens, -s))[:k]
+        order = np.lexsort((pool.tokens, -s))
+        order = order[~np.isin(pool.tokens[order], banned)][:k]
         out.append(
             {
                 "tokens": pool.tokens[order],
