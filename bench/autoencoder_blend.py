@@ -60,7 +60,7 @@ def _pick(sel: np.ndarray, rows: np.ndarray, logp: np.ndarray, log_q: np.ndarray
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="[label=]run folder")
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")

@@ -86,7 +86,7 @@ def rating_errors(model, hist, tgt, rows, train, others=None) -> dict[str, tuple
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")

@@ -112,7 +112,7 @@ def ridge_decoder(z: np.ndarray, col: np.ndarray, h: np.ndarray, n: int, lam: fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")

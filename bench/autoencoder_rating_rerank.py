@@ -45,7 +45,7 @@ METRICS = ("ndcg@100", "recall@20", "recall@50")
 
 
 def main() -> None:  # noqa: C901, PLR0915
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("both", help="run folder of the rating-aware autoencoder (rating head on)")
     ap.add_argument("presence", help="run folder of the presence-only autoencoder")
     ap.add_argument("--store", required=True)

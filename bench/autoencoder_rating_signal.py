@@ -111,7 +111,7 @@ def tokens(s: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")
     ap.add_argument("--part", default="valid", choices=["valid", "test"])

@@ -40,7 +40,7 @@ def with_wide(model: AutoencoderRecommender, weights: np.ndarray, l2: float, sca
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")

@@ -32,7 +32,7 @@ RUNS = {"beauty": ("beauty-loo", ROOT / "configs" / "beauty.toml"), "ml100k": ("
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=sorted(RUNS), nargs="+", default=sorted(RUNS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/segue-bench"))
     ap.add_argument("--data", type=Path, default=DATA)
