@@ -6,7 +6,8 @@ Builds the task of a train config (its store and split), takes one batch, and ti
 gradient of the network both ways, alternating so that both see the same machine load:
     dense    x [B, 2n] @ W1, rating head [B, n], segue.training.autoencoder_losses dense forms
     entries  the profile's rows of W1 summed, rating head at the rated entries (what training runs)
-and the full training step (entries, with AdamW). Prints ms per call and steps/s.
+and the full training step (entries, with AdamW). Prints ms per call and steps/s. Both forms
+leave out a wide part (model.wide; added at scoring only), so the two losses are equal.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from segue.training.trainer import load_train_config, open_split
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
@@ -41,7 +42,9 @@ def main() -> None:
 
     def dense_loss(p, b):  # noqa: ANN001, ANN202
         net = nnx.merge(graphdef, p, buffers)
-        logits, pred = net(b["presence"], b["ratings"])
+        # decode(encode()), not net(): __call__ adds a wide part's logits (model.wide = "ease"),
+        # which the entries form (and training, wide_mode "score") leaves out: unlike losses.
+        logits, pred = net.decode(net.encode(b["presence"], b["ratings"]))
         return AL.multinomial_nll(logits, b["presence"], b["weights"], per_entry) + AL.masked_huber(pred, b["ratings"], b["rated"], b["weights"])
 
     def entry_loss(p, b):  # noqa: ANN001, ANN202

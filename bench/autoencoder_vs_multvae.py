@@ -19,6 +19,8 @@ fits VAECF (and fills the cache). Relevant sets are counted as `segue evaluate` 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -107,7 +109,7 @@ def vaecf_scores(data: SplitData, epochs: int, seed: int):  # noqa: ANN201
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="*", help="[label=]run folder, or a baseline name (ease, popularity, ...)")
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")
@@ -117,6 +119,11 @@ def main() -> None:
     ap.add_argument("--cache", help="an .npz keeping VAECF's per-user metrics, reused when it exists")
     ap.add_argument("--reference", help="the label the paired differences are taken against (default: the first model)")
     args = ap.parse_args()
+    if not (args.cache and Path(args.cache).exists()):  # VAECF is fitted: Cornac and torch are needed
+        missing = [m for m in ("cornac", "torch") if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"{' and '.join(missing)} not installed (VAECF needs them): pip install -e '.[bench]'", file=sys.stderr)
+            raise SystemExit(2)
     part = Part.VALID if args.part == "valid" else Part.TEST
     with Store.open(args.store) as store:
         data = SplitData.load(store, args.split)

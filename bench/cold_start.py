@@ -141,7 +141,7 @@ def report(models: dict, store: Path, split: str, protocol: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("setting", choices=sorted(SETTINGS))
     ap.add_argument("--steps", type=int, default=2000, help="training steps per model (early stopping may end it sooner)")
     ap.add_argument("--minutes", type=float, default=None, help="also a wall-clock budget per model (compiles included)")
@@ -154,7 +154,8 @@ def main() -> None:
     args = ap.parse_args()
     build, split, protocol, items = SETTINGS[args.setting]
     load = os.getloadavg()
-    print(f"{args.setting}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.steps} steps / {args.minutes} min per model", flush=True)
+    budget = f" / {args.minutes:g} min" if args.minutes is not None else ""  # it printed "None min"
+    print(f"{args.setting}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.steps} steps{budget} per model", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,16 @@ ROOT = HERE.parent
 TRECS_HOURS = 48.0  # trecs' reported time for one MPD epoch on a laptop
 
 
+def _ratio(x: float) -> str:
+    """'0.42x', with two significant digits below 0.1 (a dry run's '0.00x' said nothing)."""
+    return f"{x:.2f}x" if x >= 0.1 or x == 0 else f"{x:.2g}x"
+
+
+def _hours(h: float) -> str:
+    """Hours, or minutes below 0.1 h (a dry run printed '0.0 h')."""
+    return f"{h:.1f} h" if h >= 0.1 else f"{60 * h:.1f} min"
+
+
 def load() -> str:
     a, b, c = os.getloadavg()
     return f"{a:.2f} {b:.2f} {c:.2f}"
@@ -248,11 +258,11 @@ def report(r: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"  item-table state (table, Adam moments, moving average if on): {t['table_bytes'] / gib:.2f} GiB; loss {t['loss_first_last'][0]:.3f} -> {t['loss_first_last'][1]:.3f}")
         print(
             f"  epoch (the loader's: {steps_epoch:,} batches of {t['batch']} playlists, one random crop of <= 50 each): "
-            f"{epoch_h:.1f} h on these 2 shared cores, {epoch_h / TRECS_HOURS:.2f}x trecs' {TRECS_HOURS:.0f} h"
+            f"{_hours(epoch_h)} on these 2 shared cores, {_ratio(epoch_h / TRECS_HOURS)} trecs' {TRECS_HOURS:.0f} h"
         )
         print(
             f"  every training entry once as a target ({t['train_events'] + t['train_rows']:,} tokens incl. <eop>): "
-            f"{all_tokens_h:.1f} h = {all_tokens_h / TRECS_HOURS:.2f}x trecs' {TRECS_HOURS:.0f} h"
+            f"{_hours(all_tokens_h)} = {_ratio(all_tokens_h / TRECS_HOURS)} trecs' {TRECS_HOURS:.0f} h"
         )
 
 

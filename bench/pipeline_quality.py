@@ -31,11 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import time
+import tomllib
 from pathlib import Path
 
 from segue.data.sources import open_source
 from segue.data.store import BuildConfig, build_store
+from segue.errors import SegueError
 from segue.evaluation.cli import run_evaluation
 from segue.training.pipeline_cli import fit_pipeline
 
@@ -59,9 +62,24 @@ def store_for(name: str, work: Path, args: argparse.Namespace) -> Path:
     return build_store(src, path, BuildConfig(splits=[split]))
 
 
+def config_for(name: str) -> Path:
+    return ROOT / "configs" / f"pipeline_{'mpd' if name in ('mpd', 'synth') else name}.toml"
+
+
+def missing_generators(name: str, work: Path) -> list[tuple[str, Path]]:
+    """(generator, folder) of the trained runs the dataset's pipeline config names but this clone
+    lacks (runs/ml100k-feedback on a fresh clone); none once the pipeline is fitted in --work."""
+    if (work / f"{name}_pipeline" / "model.toml").exists():
+        return []
+    config = config_for(name)
+    gens = tomllib.loads(config.read_text(encoding="utf-8")).get("pipeline", {}).get("generators", [])
+    folders = [(g["name"], (config.parent / g["folder"]).resolve()) for g in gens if isinstance(g.get("folder"), str)]
+    return [(g, f) for g, f in folders if not (f / "model.toml").exists()]
+
+
 def run(name: str, work: Path, args: argparse.Namespace) -> dict:
     store = store_for(name, work, args)
-    config = ROOT / "configs" / f"pipeline_{'mpd' if name in ('mpd', 'synth') else name}.toml"
+    config = config_for(name)
     folder = work / f"{name}_pipeline"
     t0 = time.perf_counter()
     if not (folder / "model.toml").exists():
@@ -103,9 +121,26 @@ def main() -> None:
     ap.add_argument("--synth-playlists", type=int, default=20_000)
     ap.add_argument("--synth-items", type=int, default=20_000)
     args = ap.parse_args()
+    # Before any store is built: a generator run that is not trained yet failed after the build,
+    # as a traceback.
+    missing = [(n, g, f) for n in args.datasets for g, f in missing_generators(n, args.work)]
+    for name, gen, folder in missing:
+        train = ROOT / "configs" / f"{folder.name}.toml"  # runs/<name> is what configs/<name>.toml trains
+        how = f"`segue train --config configs/{train.name}`" if train.exists() else "`segue train`"
+        print(
+            f"{name}: generator '{gen}' of {config_for(name).relative_to(ROOT)} needs the trained run {folder}: "
+            f"train it first with {how}",
+            file=sys.stderr,
+        )
+    if missing:
+        raise SystemExit(2)
     args.work.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
-        row = run(name, args.work, args)
+        try:
+            row = run(name, args.work, args)
+        except SegueError as e:
+            print(f"error: {name}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"== {name}: " + json.dumps(row, indent=1), flush=True)
 
 

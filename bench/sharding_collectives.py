@@ -8,8 +8,11 @@ expected: only the |U| gathered rows and their ids travel).
 
 from __future__ import annotations
 
+import argparse
 import collections
+import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,7 +27,19 @@ from segue.training.step import StepSpec, init_state, make_train_step, table_of
 OPS = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 
 
+DEVICES = 4  # the 2 x 2 mesh
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.parse_args()
+    # Before any config: make_mesh raises ConfigError (a traceback) on too few devices, never None.
+    if jax.device_count() < DEVICES:
+        print(
+            f"needs {DEVICES} devices, found {jax.device_count()}: set XLA_FLAGS=--xla_force_host_platform_device_count={DEVICES}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     V, D = 4096, 32
     spec = StepSpec(
         ModelConfig(n_layers=1, d_model=D, d_ff=2 * D, context_length=8),
@@ -35,8 +50,7 @@ def main() -> None:
     )
     graphdef, state = init_state(spec, 0)
     mesh = M.make_mesh(MeshConfig(data=2, model=2))
-    if mesh is None:
-        raise SystemExit("needs 4 devices: set XLA_FLAGS=--xla_force_host_platform_device_count=4")
+    assert mesh is not None  # 4 devices, checked above
     state = M.place_state(mesh, state)
     step = make_train_step(spec, graphdef, M.state_shardings(mesh, state), M.replicated(mesh))
     seq = np.random.default_rng(0).integers(N_SPECIAL, V, (8, 9)).astype(np.int32)

@@ -131,13 +131,14 @@ def profile(config: Path, store: Path, split: str = "loo", overrides: dict | Non
             return jax.grad(f)(x)
 
         @jax.jit
-        def head(h: jax.Array, tgt: jax.Array, msk: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def head(h: jax.Array, tgt: jax.Array, msk: jax.Array, k: jax.Array, inp: jax.Array) -> tuple[jax.Array, jax.Array]:
             def f(h: jax.Array, rows: jax.Array) -> jax.Array:
                 from segue.training import losses as L
                 from segue.training.step import _candidates
 
                 cands = None if spec.loss.kind == "full" else _candidates(spec, k, tgt, msk)
-                per = per_position_loss(spec, h, rows, tgt, tgt, msk, cands, cands, jnp.float32(0.0), None)
+                # the batch's inputs: a full softmax with loss.mask_seen masks each prefix's items
+                per = per_position_loss(spec, h, rows, tgt, tgt, msk, cands, cands, jnp.float32(0.0), inp)
                 return L.masked_mean(per, msk)
 
             return jax.grad(f, argnums=(0, 1))(h, table)
@@ -167,7 +168,7 @@ def profile(config: Path, store: Path, split: str = "loo", overrides: dict | Non
             msk = jnp.asarray(b["mask"].reshape(-1))
             sums["attention"] += _timed(attn, x) * len(bs)
             sums["feed-forward"] += _timed(ffn, x) * len(bs)
-            sums["output/softmax"] += _timed(head, h, tgt, msk, key) * len(bs)
+            sums["output/softmax"] += _timed(head, h, tgt, msk, key, jnp.asarray(b["inputs"])) * len(bs)
             positions += b["inputs"].size * len(bs)
             flops += count_flops_per_token(cfg.model, n_cand, t_len) * b["inputs"].size * len(bs)
         for k_, v in sums.items():
@@ -220,7 +221,7 @@ def print_profile(config: Path, store: Path, split: str = "loo", overrides: dict
 if __name__ == "__main__":
     import json
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--split", default="loo")

@@ -340,8 +340,22 @@ def first_reach(curve: list[dict], target: float) -> float | None:
     return next((p["cpu_s"] for p in curve if p["ndcg@10"] >= target), None)
 
 
+def require_rectools(python: str) -> None:
+    """Exit 2 with one line when `python` cannot import rectools and torch (segue's own venv never
+    can: RecTools pins numpy < 2); the worker's traceback had been left in a log."""
+    check = subprocess.run([python, "-c", "import rectools, torch"], capture_output=True, text=True)
+    if check.returncode != 0:
+        print(
+            f"--rectools-python {python} cannot import rectools and torch: make a venv for them "
+            "(python3 -m venv /tmp/rt && /tmp/rt/bin/pip install torch==2.13.0 'rectools[torch]==0.19.0') "
+            "and pass --rectools-python /tmp/rt/bin/python, or run --only segue",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worker", choices=["segue", "rectools"], help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=["train", "refit"], default="train", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -367,6 +381,8 @@ def main() -> None:
         return rectools_worker(args)
     if args.worker == "segue":
         return segue_worker(args)
+    if args.only != "segue" and not args.profile_only:
+        require_rectools(args.rectools_python)  # before the store and data are built, not in a worker's log
 
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.store
