@@ -215,3 +215,16 @@ def test_split_without_ratings_is_a_clear_error(tmp_path: Path) -> None:
     path = make_store(tmp_path / "implicit.duckdb", [[1, 2, 3], [2, 3, 4]], [{"kind": "random_holdout"}])
     with Store.open(path) as s, pytest.raises(SegueError, match="split 'holdout'.*has no ratings"):
         BiasedMF().fit(SplitData.load(s, "holdout"))
+
+
+@pytest.mark.parametrize("family", ["biasedmf", "ease"])
+def test_reads_unrated_declares_whether_an_unrated_item_moves_the_scores(model: BiasedMF, data: SplitData, family: str) -> None:
+    # The server warns from this declaration (reads_unrated): keep it true to what score() does.
+    from segue.models.base import model_class
+
+    rec = model if family == "biasedmf" else model_class(family)().fit(data)
+    one_unrated = SequenceArrays.from_lists([[N_SPECIAL + 1], []])
+    one_unrated.rating = np.array([np.nan], np.float32)
+    s = rec.score(one_unrated)
+    moved = not np.array_equal(s[0], s[1])
+    assert rec.reads_unrated == moved == (family != "biasedmf")

@@ -78,6 +78,9 @@ class BaseRecommender:
     history_independent: ClassVar[bool] = False
     # a history is a set (a profile): a repeated item counts once, with its last rating
     profile_set: ClassVar[bool] = False
+    # score() reads unrated history items; False for a rating model that folds in rated events
+    # only (biasedmf), whose answer to an unrated history is the unpersonalised one
+    reads_unrated: ClassVar[bool] = True
     # meta keys fit() records and score() reads: a folder whose model.toml lacks one fails at load
     meta_fields: ClassVar[tuple[str, ...]] = ()
     # state checked against vocab.json at load: file -> (attribute, shape), a dimension being "n"

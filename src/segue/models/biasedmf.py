@@ -175,6 +175,7 @@ class BiasedMF(BaseRecommender):
     """Biased MF rating model (see the module docstring for the objective, fold-in and scoring)."""
 
     family = "biasedmf"
+    reads_unrated = False  # fold-in reads rated events only
     meta_fields, state_shapes = ("mu", "rating_min", "rating_max"), {"item_bias.npy": ("item_bias", ("n",)), "item_factors.npy": ("item_factors", ("n", None))}
     config_class = BiasedMFConfig
     config: BiasedMFConfig

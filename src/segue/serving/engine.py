@@ -120,7 +120,8 @@ class Engine:
         self.features_only: frozenset[int] = frozenset()  # tokens of items added without retraining
         self.cheap_on_loop = self._warm_up()
         self.pipeline = is_pipeline(model)  # two-stage: serving/pipeline_engine.py
-        self.reads_unrated = self._reads_unrated()
+        # a rating model that folds in rated events only answers an unrated history unpersonalised
+        self.reads_unrated = self.pipeline or getattr(model, "reads_unrated", True)
         retrieval = "pipeline" if self.pipeline else "score" if self.index is None else self.index.kind
         self.info = ModelInfo(
             run_id=str(model.meta.get("run_id") or folder.name),
@@ -186,17 +187,6 @@ class Engine:
                 self.folder,
             )
         return ok
-
-    def _reads_unrated(self) -> bool:
-        """Does an unrated history item move the model's scores? A rating predictor that folds in
-        rated events only (biasedmf) scores an unrated history as an empty one: the server says so
-        rather than answer an unpersonalised list as if it were personal. One probe at load: the
-        scores after one unrated item against those after none."""
-        if self.rating_range is None or self.pipeline or len(self.vocab) <= N_SPECIAL:
-            return True
-        rows = [np.array([N_SPECIAL], np.int64), np.zeros(0, np.int64)]
-        s = self.scores(self.arrays(rows))
-        return not np.allclose(s[0], s[1], rtol=0, atol=0, equal_nan=True)
 
     def _warm_up(self) -> bool:
         """Single-history queries of lengths 1, 3, 7, 15, ... up to the context before serving:
