@@ -37,7 +37,7 @@ def validate(
 
     A new file against the store it will join: segue validate s.duckdb 'csv:new.csv?user=u&item=i'
     """
-    from segue.ops.alerts import post_webhook
+    from segue.ops.alerts import check_webhook_url, post_webhook
     from segue.ops.eventset import parse_spec
     from segue.ops.thresholds import load_thresholds
     from segue.ops.validation import validate as run_validation
@@ -48,6 +48,8 @@ def validate(
     # replaces nothing else (unlike the commands that replace a whole output folder, check_output).
     if out.exists() and not out.is_dir():
         raise SegueError(f"{out} is a file (expected a folder for validation.json and validation.html); choose another --out")
+    if webhook is not None:  # a malformed URL is a usage error (exit 2), not a crash after the work
+        check_webhook_url(webhook, "--webhook")
     limits = load_thresholds(thresholds)
     ref_spec, cand_spec = parse_spec(reference), parse_spec(candidate)  # bad specs fail before any reading
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

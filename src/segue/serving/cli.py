@@ -169,6 +169,14 @@ def serve(
     # The header is checked before the port opens; the model itself loads behind it (/readyz).
     header = read_model_header(model)
     drift = None
+    if drift_reference is None:  # these only tune the drift check: alone they would do nothing
+        given = [
+            name
+            for name, value in (("--drift-interval", drift_interval != 3600.0), ("--drift-thresholds", drift_thresholds), ("--drift-webhook", drift_webhook))
+            if value
+        ]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} need --drift-reference (no drift check runs without it)", param_hint=given[0])
     if drift_reference is not None:
         drift = DriftWatchConfig(
             reference=drift_reference, interval_s=drift_interval, thresholds=drift_thresholds, webhook=drift_webhook

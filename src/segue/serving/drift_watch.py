@@ -13,8 +13,9 @@ thresholds as `segue validate` (segue.ops.validation). The latest result is expo
 
 A failing check logs a warning (the validation's one-line summary, on `segue.drift`), optionally
 POSTs the JSON result to `webhook`, and, with `out`, writes drift.json and drift.html there.
-A log with fewer than `min_requests` histories is skipped (nothing to judge yet). The reference is
-read once and kept. The thread runs at a lower CPU priority (Linux nice +10 for that thread) so a
+A log with fewer than `min_requests` histories is skipped (nothing to judge yet). A check that
+raises (reading, validating, alerting) is logged and counted as an error, and the schedule goes
+on: the thread never dies of one check. The reference is read once and kept. The thread runs at a lower CPU priority (Linux nice +10 for that thread) so a
 check does not compete with requests on a busy host. With several workers each runs its own check
 of the shared log, so every worker's /metrics shows the same figures; only the worker holding an
 exclusive lock on the log folder's `.drift-alerts.lock` (flock: the first to try; released when it
@@ -35,7 +36,7 @@ from typing import Any
 from pydantic import Field
 
 from segue.config import Config
-from segue.errors import SegueError
+from segue.errors import ConfigError, SegueError
 
 log = logging.getLogger("segue.drift")
 
@@ -50,12 +51,34 @@ class DriftWatchConfig(Config):
 
 
 def check_drift_config(config: DriftWatchConfig) -> None:
-    """Parse the reference spec and read the thresholds file: a ConfigError names what is wrong."""
+    """Parse the reference spec, check that what it names is there (a store with that split and
+    part, a file or folder), read the thresholds file and check the webhook URL: a SegueError names
+    what is wrong before the port opens, not at the first check an interval later. The reference's
+    events are read only by the first check."""
+    from segue.ops.alerts import check_webhook_url
     from segue.ops.eventset import parse_spec
     from segue.ops.thresholds import load_thresholds
 
-    parse_spec(config.reference)
+    spec = parse_spec(config.reference)
     load_thresholds(config.thresholds)
+    if config.webhook is not None:
+        check_webhook_url(config.webhook, "--drift-webhook")
+    _check_reference_present(spec, config.reference)  # last: it opens the store
+
+
+def _check_reference_present(spec: Any, text: str) -> None:
+    """A store must open and hold the split (and part); any other kind's path must exist."""
+    if spec.kind == "store":
+        from segue.data.splits import parse_part
+        from segue.data.store import Store
+
+        with Store.open(spec.path or "") as store:
+            if spec.split is not None:
+                store.require_split(spec.split)
+        if spec.part is not None:
+            parse_part(spec.part)
+    elif spec.path is not None and not Path(spec.path).exists():
+        raise ConfigError(f"--drift-reference '{text}': {spec.path} does not exist")
 
 
 class DriftWatch:
@@ -106,7 +129,7 @@ class DriftWatch:
     def check(self) -> str:
         """Run one check now; returns its outcome (pass, fail, skipped or error)."""
         from segue.ops.eventset import from_feature_log, load
-        from segue.ops.validation import validate, write_result
+        from segue.ops.validation import validate
 
         started, t = time.time(), time.perf_counter()
         result = None
@@ -133,9 +156,19 @@ class DriftWatch:
             self.last_check, self.last_seconds, self.last_outcome, self.last_error = started, seconds, outcome, error
             if result is not None:
                 self.result = result
+        try:
+            self._report(outcome, result, error, seconds)
+        except Exception:  # noqa: BLE001 (alerting or writing drift.json failed: the schedule goes on)
+            log.exception("drift check %s: reporting it failed", outcome)
+        return outcome
+
+    def _report(self, outcome: str, result: Any, error: str | None, seconds: float) -> None:
+        """Log (and with the alert lock: POST and write) one check's outcome."""
+        from segue.ops.validation import write_result
+
         if outcome in ("fail", "error") and not self.holds_alerts():
             log.info("drift check %s in %.2f s: another worker alerts", outcome, seconds)
-            return outcome
+            return
         if outcome == "fail":
             log.warning("drift alert: %s", result.summary())  # type: ignore[union-attr]
             if self.config.webhook:
@@ -150,7 +183,6 @@ class DriftWatch:
             log.info("drift check %s in %.2f s%s", outcome, seconds, f" ({error})" if error else "")
         if result is not None and self.config.out is not None:
             write_result(result, self.config.out / "drift.json", self.config.out / "drift.html")
-        return outcome
 
     # --- the schedule ----------------------------------------------------------------------
     def start(self) -> None:
@@ -171,7 +203,13 @@ class DriftWatch:
         with contextlib.suppress(OSError, AttributeError):  # Linux: nice one thread, not the server
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.wait(self.config.interval_s):
-            self.check()
+            try:
+                self.check()
+            except Exception as e:  # noqa: BLE001 (the thread must outlive any one check)
+                log.exception("drift check failed")
+                with self._lock:
+                    self.outcomes["error"] += 1
+                    self.last_outcome, self.last_error = "error", f"{type(e).__name__}: {e}"
 
     # --- /metrics --------------------------------------------------------------------------
     def render(self) -> str:
