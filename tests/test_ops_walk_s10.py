@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,3 +104,226 @@ def test_serve_checks_every_drift_option_before_opening_the_port(store: Path, tm
     assert "does not exist" in refused("--drift-reference", f"csv:{tmp_path}/none.csv?user=u&item=i")
     assert "need --drift-reference" in refused("--drift-interval", "5")
     assert "--drift-webhook" in refused("--drift-webhook", "http://127.0.0.1:9/x")
+
+
+# --- promotion: the alias and the server must not disagree (F14, F2) ---------------------------
+
+
+class _Reload(BaseHTTPRequestHandler):
+    """A reload endpoint that records production at the moment the reload is asked for, then
+    answers `status` (or, with interrupt, Ctrl-Cs the caller while the reload is under way)."""
+
+    seen: list[str | None] = []
+    status = 200
+    interrupt = False
+    reg: Any = None
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append(type(self).reg.alias("m", "production"))
+        if type(self).interrupt:
+            os.kill(os.getpid(), signal.SIGINT)  # the caller's Ctrl-C, the reload still going
+            time.sleep(1.0)
+        body = json.dumps({"model": {"run_id": "m-vX", "version": "x"}, "previous": None}).encode()
+        self.send_response(type(self).status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def reg_and_hook(tmp_path: Path):
+    from segue.data.store import Store
+    from segue.ops.registry import Registry
+    from servinghelp import dot_folder, named_store, popularity_folder
+
+    s = named_store(tmp_path / "s.duckdb")
+    with Store.open(s) as st:
+        checksum = st.checksum
+    reg = Registry(tmp_path / "reg")
+    for folder in (popularity_folder(s, tmp_path / "pop"), dot_folder(s, tmp_path / "dot")):
+        reg.register("m", folder, store_checksum=checksum, split="random")
+    handler = type("Reload", (_Reload,), {"seen": [], "status": 200, "interrupt": False, "reg": reg})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield reg, handler, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_alias_moves_before_the_reload_and_a_ctrl_c_leaves_it_on_what_the_server_loads(reg_and_hook, caplog) -> None:
+    from segue.ops.registry import switch_production
+
+    reg, handler, url = reg_and_hook
+    reg.promote("m", "1")
+    out = switch_production(reg, "m", "2", server=url, admin_key="k")
+    assert handler.seen == ["2"] and reg.alias("m", "production") == "2" and out["served"]["run_id"] == "m-vX"
+    # Ctrl-C while the server reloads (it goes on without the caller): the registry already names
+    # the version the server is moving to, and the log says so.
+    handler.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        switch_production(reg, "m", "1", server=url, admin_key="k")
+    assert handler.seen[-1] == "1" and reg.alias("m", "production") == "1"
+    assert "production is version 1 (was 2)" in caplog.text and "segue registry promote m 2" in caplog.text
+
+
+def test_a_refused_or_unanswered_reload_puts_the_alias_and_tags_back(reg_and_hook, tmp_path: Path) -> None:
+    from segue.errors import SegueError
+    from segue.ops.registry import switch_production
+
+    reg, handler, url = reg_and_hook
+    reg.promote("m", "1")
+    tags = dict(reg.version("m", "2").tags)
+    handler.status = 422
+    with pytest.raises(SegueError, match="reload refused"):
+        switch_production(reg, "m", "2", server=url, admin_key="k")
+    assert reg.alias("m", "production") == "1" and reg.version("m", "2").tags == tags
+    closed = "http://127.0.0.1:9"
+    with pytest.raises(SegueError, match="could not reach"):
+        switch_production(reg, "m", "2", server=closed, admin_key="k")
+    assert reg.alias("m", "production") == "1" and reg.version("m", "2").tags == tags
+    # A rollback refused: production and the rolled-back version's tags as before.
+    reg.promote("m", "2")
+    before = dict(reg.version("m", "2").tags)
+    with pytest.raises(SegueError, match="reload refused"):
+        switch_production(reg, "m", None, server=url, admin_key="k")
+    assert reg.alias("m", "production") == "2" and reg.version("m", "2").tags == before
+
+
+def test_the_first_promotion_with_no_server_up_sets_production_and_warns(reg_and_hook) -> None:
+    # F2: day one, no server yet: there is nothing served to disagree with.
+    from segue.ops.registry import switch_production
+
+    reg, _, _ = reg_and_hook
+    assert reg.alias("m", "production") is None
+    out = switch_production(reg, "m", "1", server="http://127.0.0.1:9", admin_key="k")
+    assert reg.alias("m", "production") == "1" and out["served"] is None
+    assert "could not reach the server" in out["warning"] and "models:/m@production" in out["warning"]
+
+
+# --- the supervisor's /admin/reload (several workers): same body rules as one worker's (F1, F22) ---
+
+
+@pytest.fixture
+def admin(store: Path, tmp_path: Path):
+    """A supervisor's admin port over no workers: what it refuses never reaches the reload queue."""
+    import socket
+
+    from segue.serving.workers import AdminServer, ServeSettings, Supervisor
+    from servinghelp import dot_folder
+
+    model = dot_folder(store, tmp_path / "dot")
+    sock = socket.socket()
+    sup = Supervisor(ServeSettings(model=model), sock, 2, 5.0)
+    server = AdminServer(sup, "127.0.0.1", 0, "k")
+    server.start()
+    yield sup, f"http://127.0.0.1:{server.httpd.server_port}", model
+    server.close()
+    sock.close()
+
+
+def _raw(url: str, head: bytes, body: bytes = b"") -> bytes:
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + body)
+        s.shutdown(socket.SHUT_WR)  # a client that sends nothing more
+        return s.recv(4096)
+
+
+def test_the_supervisor_refuses_reload_bodies_a_one_worker_server_refuses(admin) -> None:
+    import httpx
+
+    sup, url, model = admin
+    key = {"X-API-Key": "k", "Content-Type": "application/json"}
+    for body, field in (
+        (b"[1, 2]", "body"),
+        (json.dumps({"modle": "/nonexistent"}).encode(), "modle"),
+        (json.dumps({"model": 3}).encode(), "model"),
+        (b"{not json", "body"),
+    ):
+        r = httpx.post(url + "/admin/reload", content=body, headers=key, timeout=10)
+        assert r.status_code == 422, (body, r.text)
+        assert any(field in [str(x) for x in d["loc"]] for d in r.json()["detail"]), r.text
+    assert sup.reloads.empty()  # nothing was rolled
+    # Content-Length that is no byte count, or past the limit: 400 / 413 at once, no reload.
+    for length, code in ((b"-1", b"400"), (b"999999999999", b"413"), (b"abc", b"400")):
+        head = b"POST /admin/reload HTTP/1.1\r\nHost: x\r\nX-API-Key: k\r\nContent-Length: " + length + b"\r\n\r\n"
+        assert _raw(url, head, b"{}").split(b" ")[1] == code, length
+    # A client gone before the end of its body: no reload taken from the part that came.
+    head = b"POST /admin/reload HTTP/1.1\r\nHost: x\r\nX-API-Key: k\r\nContent-Length: 50\r\n\r\n"
+    assert _raw(url, head, b"{}") == b""
+    assert sup.reloads.empty()
+
+
+def test_the_supervisor_reload_checks_the_store_before_any_worker_moves(admin, store: Path) -> None:
+    import threading as th
+
+    from segue.serving.workers import _Reload
+
+    sup, _, model = admin
+    req = _Reload(str(model), th.Event(), store="/nonexistent.duckdb")
+    sup.reload(req)
+    assert req.error is not None and "/nonexistent.duckdb: no store here" in req.error and not sup.workers
+    assert sup.settings().store is None  # unchanged
+
+
+def test_sigterm_with_two_workers_refuses_new_connections_while_requests_drain(store: Path, tmp_path: Path) -> None:
+    # F5: the supervisor kept its copy of the listening socket until every worker had exited, so
+    # new connections were accepted into the backlog, hung, then were reset.
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+    import psutil
+
+    from servinghelp import dot_folder
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = dot_folder(store, tmp_path / "dot")
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from segue.cli import app; app()", "serve", "--model", str(model), "--port", str(port),
+             "--workers", "2", "--graceful-timeout", "20", "--no-feature-log", "--no-access-log"],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # both workers up: a few /readyz answers from either
+            assert proc.poll() is None, (tmp_path / "err.txt").read_text()[-2000:]
+            try:
+                if all(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200 for _ in range(4)):
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "err.txt").read_text()[-2000:]
+            time.sleep(0.3)
+        time.sleep(2.0)  # the second worker too
+        body = json.dumps({"history": ["1"], "n": 3}).encode()
+        slow = socket.create_connection(("127.0.0.1", port))  # a request in flight: half its body sent
+        slow.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert proc.poll() is None  # still draining the request in flight
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        slow.sendall(body[5:])
+        slow.settimeout(30)
+        assert slow.recv(100).startswith(b"HTTP/1.1 200"), "the request in flight is still answered"
+        slow.close()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()

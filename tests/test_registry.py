@@ -147,7 +147,7 @@ def _free_port() -> int:
 
 def test_promotion_rolls_every_worker_of_a_two_worker_server_under_load(setup: dict, tmp_path: Path) -> None:
     """`segue serve --workers 2 --admin-port P`: a promotion posted to the supervisor's admin port
-    moves both workers to the new version before the alias moves, with no failed request; a
+    moves both workers to the new version (the alias moved just before), with no failed request; a
     folder that is not a model is refused there and changes nothing."""
     import psutil
 

@@ -26,6 +26,7 @@ version), and a promotion or rollback is one alias update.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -359,9 +360,14 @@ def default_cache(registry: Registry) -> Path:
     return Path.home() / ".cache" / "segue" / "models"
 
 
+class ServerUnreachable(SegueError):
+    """No server answered the reload (nothing listening, a timeout): nothing was refused."""
+
+
 def notify_reload(server: str, key: str | None, folder: str | Path, timeout: float = 600.0) -> dict[str, Any]:
     """POST /admin/reload {"model": folder} to a running server with its admin key; returns the
-    server's answer (previous and new model) or raises SegueError with the server's reason."""
+    server's answer (previous and new model) or raises SegueError with the server's reason
+    (ServerUnreachable when no server answered)."""
     import httpx
 
     key = key or os.environ.get("SEGUE_ADMIN_KEY")
@@ -371,7 +377,7 @@ def notify_reload(server: str, key: str | None, folder: str | Path, timeout: flo
     try:
         r = httpx.post(url, json={"model": str(Path(folder).resolve())}, headers={"X-API-Key": key}, timeout=timeout)
     except httpx.HTTPError as e:
-        raise SegueError(f"{url}: could not reach the server ({e})") from None
+        raise ServerUnreachable(f"{url}: could not reach the server ({e})") from None
     if r.status_code != 200:
         raise SegueError(f"{url}: reload refused ({r.status_code}: {r.text[:300]})")
     return dict(r.json())
@@ -390,25 +396,65 @@ def switch_production(
 ) -> dict[str, Any]:
     """Promote `version` (None: roll back) and make a running server serve it.
 
-    The server is told first: its reload loads the new folder completely before swapping, and a
-    refusal (wrong key, bad folder) raises here with the registry unchanged; the alias moves once
-    the server serves the version, so the registry's production is what is served.
+    The model folder is downloaded first (nothing changed yet), then the alias moves, then the
+    server reloads. Alias first because a reload, once asked for, is not cancelled when the
+    caller goes away (Ctrl-C, a killed cron job): the server finishes it on its own, so the
+    registry must already name the version the server is moving to. A reload the server refuses
+    (wrong key, bad folder) or that reaches no server puts the alias (and the version's tags)
+    back and raises: the registry is unchanged. One exception: with no production version
+    before (the first promotion) an unreachable server cannot be serving a registry version, so
+    the alias stays and `warning` says that no server answered.
     Returns {"from", "to", "served" (the server's model or None), "workers" (several workers:
-    each one's pid and model, from the supervisor's admin port; else None)}."""
+    each one's pid and model, from the supervisor's admin port; else None), "warning"}."""
     if version is None:
         old, new = registry.rollback_target(name)
     else:
         new, old = registry.version(name, version).version, registry.alias(name, PRODUCTION)
-    served, workers = None, None
-    if server:  # a one-worker server's port, or a several-worker supervisor's admin port
-        folder = registry.download(name, new, cache or default_cache(registry))
-        answer = notify_reload(server, admin_key, folder, timeout=timeout)
-        served, workers = answer["model"], answer.get("workers")
+    folder = registry.download(name, new, cache or default_cache(registry)) if server else None
+    changed = old if version is None else new  # the version whose tags the switch writes
+    before = dict(registry.version(name, changed).tags)
     if version is None:
         registry.rollback(name)
     else:
         registry.promote(name, new, reason=reason)
-    return {"from": old, "to": new, "served": served, "workers": workers}
+    out: dict[str, Any] = {"from": old, "to": new, "served": None, "workers": None, "warning": None}
+    if folder is None:
+        return out
+    try:
+        answer = notify_reload(server or "", admin_key, folder, timeout=timeout)
+    except ServerUnreachable as e:
+        if old is None:
+            out["warning"] = f"{e}; production is version {new}: start the server with models:/{name}@{PRODUCTION}"
+            return out
+        _undo_switch(registry, name, old, changed, before)
+        raise
+    except SegueError:
+        _undo_switch(registry, name, old, changed, before)
+        raise
+    except KeyboardInterrupt:  # say what state this leaves: the reload goes on without us
+        undo = f" (undo: segue registry promote {name} {old}{' --server ' + server if server else ''})" if old else ""
+        logging.getLogger("segue.registry").warning(
+            "interrupted while %s reloads: production is version %s (was %s); the server, asked to reload it, "
+            "finishes on its own: check its /healthz%s", server, new, old or "-", undo
+        )
+        raise
+    out["served"], out["workers"] = answer["model"], answer.get("workers")
+    return out
+
+
+def _undo_switch(registry: Registry, name: str, old: str | None, changed: str, tags: dict[str, str]) -> None:
+    """Put production back on `old` and `changed`'s switch tags as they were (a refused reload)."""
+    if old is None:
+        registry.client.delete_registered_model_alias(name, PRODUCTION)
+    else:
+        registry.client.set_registered_model_alias(name, PRODUCTION, old)
+    now = registry.version(name, changed).tags
+    for key in ("previous_production", "promotion", "rolled_back"):
+        if key in tags:
+            if now.get(key) != tags[key]:
+                registry.set_tag(name, changed, key, tags[key])
+        elif key in now:
+            registry.client.delete_model_version_tag(name, changed, key)
 
 
 def tensorboard_scalars(folder: Path) -> list[tuple[str, int, float]]:

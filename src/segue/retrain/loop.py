@@ -526,7 +526,8 @@ class Retrain:
             self.say(f"promote: production stays at version {st['production']}")
             return
         reason = "retrain gate: " + "; ".join(st["decision"]["reasons"])
-        # The server (if any) reloads first; the alias moves once it serves the new version.
+        # The alias moves, then the server (if any) reloads; a refused reload puts the alias back
+        # (switch_production). The first promotion with no server up keeps the alias, with a warning.
         out = switch_production(
             self.registry,
             self.cfg.name,
@@ -540,14 +541,17 @@ class Retrain:
         if out.get("workers"):
             st["workers"] = out["workers"]
         self.say(f"promote: production {st['production'] or '-'} -> {st['version']}")
+        if out.get("warning"):
+            st["warning"] = out["warning"]
+            self.say(f"warning: {out['warning']}")
 
     def step_reload(self) -> None:
         """Confirm what the server serves after the promotion (/healthz) and record it."""
         import httpx
 
         st, server = self.state, self.cfg.server
-        if not st.get("promoted") or not server.url:
-            return
+        if not st.get("promoted") or not server.url or st.get("served") is None:
+            return  # nothing promoted, no server configured, or none answered the reload
         health = httpx.get(server.url.rstrip("/") + "/healthz", timeout=30).json()["model"]
         st["healthz"] = health
         served: dict[str, Any] = {"healthz": health}

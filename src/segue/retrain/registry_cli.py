@@ -209,6 +209,8 @@ def _switch(registry: str | None, name: str, version: str | None, server: str | 
     console.print(f"production: {escape(name)} version {out['from'] or '-'} -> {out['to']} ({what})", highlight=False)
     if out["served"]:
         console.print(f"server {escape(server or '')} reloaded: now {out['served']['run_id']} ({out['served']['version']})", highlight=False)
+    if out.get("warning"):
+        Console(stderr=True).print(f"[yellow]warning:[/] {escape(out['warning'])}", highlight=False, soft_wrap=True)
 
 
 @registry_app.command("promote")
