@@ -234,6 +234,27 @@ class _Reload:
     done: threading.Event
     answer: dict[str, Any] | None = None
     error: str | None = None
+    store: str | None = None  # None: the workers keep the store they serve with
+
+
+def reload_request(body: bytes) -> Any:
+    """The supervisor's /admin/reload body parsed exactly as a one-worker server's (app.py's
+    ReloadRequest: `model`, `store`, nothing else): the request, or the 422 detail list."""
+    from pydantic import ValidationError
+
+    from segue.serving.app import ReloadRequest, json_error
+    from segue.serving.validation import error_details
+
+    if body.strip() in (b"", b"null"):
+        return ReloadRequest()
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        return error_details([json_error(e)])
+    try:
+        return ReloadRequest.model_validate(data)
+    except ValidationError as e:
+        return error_details([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])
 
 
 class AdminServer:
@@ -254,11 +275,14 @@ class AdminServer:
 
             def _reply(self, code: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError as e:  # the caller went away (Ctrl-C, a timeout): nobody to answer
+                    log.warning("admin: could not answer %s %s (%s: the caller has gone)", self.command, self.path, type(e).__name__)
 
             def _authorised(self) -> bool:
                 refusal = admin_refusal(self.headers.get("X-API-Key"), self.headers.get("Authorization"), key)
@@ -277,20 +301,40 @@ class AdminServer:
                     return self._reply(404, {"detail": "not found"})
                 if not self._authorised():
                     return
-                try:
-                    n = int(self.headers.get("Content-Length") or 0)
-                    body = json.loads(self.rfile.read(n) or b"{}") if n else {}
-                    folder = body.get("model") if isinstance(body, dict) else None
-                    if folder is not None and not isinstance(folder, str):
-                        raise ValueError("model must be a folder path (a string)")
-                except ValueError as e:
-                    return self._reply(422, {"detail": f"bad request body: {e}"})
-                req = _Reload(folder or str(sup.settings().model), threading.Event())
+                body = self._read_body()
+                if body is None:
+                    return
+                parsed = reload_request(body)
+                if isinstance(parsed, list):  # the same 422 as a one-worker server's /admin/reload
+                    return self._reply(422, {"detail": parsed})
+                model = str(parsed.model) if parsed.model else str(sup.settings().model)
+                req = _Reload(model, threading.Event(), store=str(parsed.store) if parsed.store else None)
                 sup.reloads.put(req)
                 req.done.wait()
                 if req.error is not None:
                     return self._reply(422, {"detail": req.error})
                 self._reply(200, req.answer or {})
+
+            def _read_body(self) -> bytes | None:
+                """The body as Content-Length declares it, or None once answered: 400 for a length
+                that is no byte count (-1 read until the client gave up), 413 past the main port's
+                limit (a huge one was a MemoryError), nothing for a client gone before the end."""
+                from segue.serving.app import MAX_BODY_BYTES
+
+                declared = (self.headers.get("Content-Length") or "0").strip()
+                if not declared.isdigit():
+                    self.close_connection = True
+                    self._reply(400, {"detail": f"Content-Length must be a number of bytes (got {declared[:40]!r})"})
+                    return None
+                if int(declared) > MAX_BODY_BYTES:
+                    self.close_connection = True
+                    self._reply(413, {"detail": [{"type": "too_large", "loc": ["body"], "msg": f"request body is larger than {MAX_BODY_BYTES} bytes"}]})
+                    return None
+                body = self.rfile.read(int(declared))
+                if len(body) < int(declared):  # the client went away mid-body: no reload
+                    self.close_connection = True
+                    return None
+                return body
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
@@ -375,12 +419,17 @@ class Supervisor:
 
         previous = self.workers[0].model if self.workers else None
         old_json = self.settings_json
-        try:
-            read_model_header(Path(req.folder))  # a missing or foreign folder: refused before any worker moves
+        try:  # a missing or foreign folder or store: refused before any worker moves
+            read_model_header(Path(req.folder))
+            if req.store is not None:
+                from segue.data.store import Store
+
+                Store.open(req.store).close()
         except Exception as e:  # noqa: BLE001 (its message is the answer)
             req.error = f"could not load {req.folder}: {e}"
             return
-        self.settings_json = self.settings().model_copy(update={"model": Path(req.folder)}).model_dump_json()
+        update: dict[str, Any] = {"model": Path(req.folder)} | ({"store": Path(req.store)} if req.store else {})
+        self.settings_json = self.settings().model_copy(update=update).model_dump_json()
         failed = self.rolling_restart()
         if failed is not None:
             self.settings_json = old_json
@@ -443,6 +492,10 @@ class Supervisor:
                     self.workers[i] = self.spawn()
                 up = up or all(w.is_ready for w in self.workers)
         finally:
+            # The supervisor's copy of the listening socket first: once each worker closes its own
+            # on SIGTERM, new connections are refused at once (as with one worker) instead of
+            # being queued by the kernel until the last worker has drained and exited.
+            self.sock.close()
             for w in self.workers:  # SIGTERM to all first: they drain at the same time
                 if w.process.is_alive():
                     os.kill(w.process.pid, signal.SIGTERM)
