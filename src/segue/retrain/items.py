@@ -6,8 +6,8 @@ items are appended to the copy's items_added.parquet (segue.serving.items.add_it
 nothing written on a bad row), and the copy is registered with `parent` = that version and tags
 saying what was added. Then:
   - an alias URI moves that alias to the new version; for `production` this is a promotion
-    (segue.ops.registry.switch_production): with `server`, the running server reloads the new
-    version first and the alias moves only once it serves it;
+    (segue.ops.registry.switch_production): the alias moves, then with `server` the running
+    server reloads the new version (a refusal puts the alias back);
   - a version-number URI leaves the aliases alone (the new version is the `candidate`); with
     `server`, the server is still told to reload the new version.
 The parent's evaluation is not copied: the new version ranks a larger catalogue.

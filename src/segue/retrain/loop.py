@@ -15,9 +15,9 @@ Steps (STEPS; the Metaflow flow in segue.flows.retrain runs the same methods, on
   evaluate  candidate and production on the same test window, in one evaluation run (CIs)
   gate      promote iff candidate >= production - tolerance and >= floor (retrain_eval.gate)
   register  a new registry version (the candidate alias) carrying the figures and the decision
-  promote   when the gate said so: a running server ([server] url, or admin_url for several
-            workers: see ServerConfig) reloads the new version through /admin/reload, then the
-            production alias moves to it
+  promote   when the gate said so: the production alias moves to the new version, then a running
+            server ([server] url, or admin_url for several workers: see ServerConfig) reloads it
+            through /admin/reload; a refused reload puts the alias back (switch_production)
   reload    /healthz confirms what the server now serves (recorded on the version)
 
 Crash safety: nothing outside the attempt folder (work_dir/attempts/<time>) changes before
@@ -56,8 +56,10 @@ class ServerConfig(Config):
     "http://HOST:P"`, the supervisor's admin port, which takes the same /admin/reload and rolls
     every worker onto the new model (each replacement ready before its predecessor drains) before
     it answers; `url` still gives /healthz, and the reload step lists every worker's model
-    (/admin/workers). Either way the production alias moves only once the server serves the new
-    version, with the same key ($SEGUE_ADMIN_KEY, or the variable admin_key_env names)."""
+    (/admin/workers). Either way with the same key ($SEGUE_ADMIN_KEY, or the variable
+    admin_key_env names); the alias moves just before the reload and back if the server refuses
+    it, so a reload interrupted on our side (which the server finishes) leaves both on the new
+    version. The first promotion with no server up sets production and warns."""
 
     url: str | None = None  # a running server to reload after a promotion
     admin_url: str | None = None  # where /admin/reload is, when not on `url` (several workers)
