@@ -270,10 +270,12 @@ class Retrain:
         prod = reg.alias(cfg.name, PRODUCTION)
         st["production"] = prod
         known: list[str] = []
+        known_sums: dict[str, str] = {}  # path -> sha256 when production was trained (older versions: none)
         since = -math.inf
         if prod is not None:
             info = reg.version(cfg.name, prod)
             known = json.loads(info.tags.get("files") or "[]")
+            known_sums = json.loads(info.tags.get("file_sha256") or "{}")
             since = float(info.tags.get("data_until") or -math.inf)
             st["production_folder"] = str(reg.download(cfg.name, prod, default_cache(reg)))
             st["production_store"] = info.tags.get("store_path") or None
@@ -290,9 +292,15 @@ class Retrain:
         missing = [f for f in known if not Path(f).exists()]
         if missing:
             raise SegueError(f"files production was trained on are gone: {', '.join(missing)} (restore them, or register anew)")
-        new = [f for f in present if f not in known]
-        st["known_files"], st["new_files"] = known, new
-        st["files"] = known + new
+        # Known by content, not only by path: a file changed since production was trained on it
+        # (corrected, re-delivered, still being copied then) holds data production has not seen,
+        # so it is new again: validated and trained on, not skipped as "nothing new".
+        sums = {f: _sha256(f) for f in present}
+        changed = [f for f in present if f in known_sums and known_sums[f] != sums[f]]
+        new = [f for f in present if f not in known or f in changed]
+        st["known_files"], st["new_files"], st["changed_files"] = [f for f in known if f not in changed], new, changed
+        st["files"] = st["known_files"] + new
+        st["file_sha256"] = {f: sums.get(f) or _sha256(f) for f in st["files"]}
         # The feature log: records newer than what production has seen.
         st["log_records"], st["data_until"] = 0, (since if math.isfinite(since) else None)
         if cfg.feature_log:
@@ -303,6 +311,7 @@ class Retrain:
                 st["data_until"] = until
         self.say(
             f"gather: production {prod or 'none'}; {len(known)} files known, {len(new)} new"
+            + (f" ({len(changed)} changed since production: {', '.join(Path(f).name for f in changed)})" if changed else "")
             + (f"; {st['log_records']} feature-log records since the last version" if cfg.feature_log else "")
         )
         if not new and not st["log_records"]:
@@ -508,6 +517,7 @@ class Retrain:
             parent=st["production"],
             tags={
                 "files": json.dumps(st["files"]),
+                "file_sha256": json.dumps(st["file_sha256"]),
                 "data_until": str(st["data_until"] if st["data_until"] is not None else time.time()),
                 "store_path": st["store"],
                 "decision": json.dumps(decision, default=float),
@@ -592,6 +602,17 @@ def _fit_baseline(family: str, options: dict[str, Any], store: str, split: str, 
         model.fit(SplitData.load(s, split))
         model.meta = dict(getattr(model, "meta", {}) or {}) | {"store_checksum": s.checksum}
     return model.save(run)
+
+
+def _sha256(path: str) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _copy_log_since(folder: Path, since: float, out: Path) -> tuple[int, float | None]:
