@@ -327,3 +327,21 @@ def test_sigterm_with_two_workers_refuses_new_connections_while_requests_drain(s
                 child.kill()
             proc.kill()
             proc.wait()
+
+
+def test_ops_month_refuses_a_workdir_it_did_not_make(tmp_path: Path) -> None:
+    # F7: `--workdir DIR` began with rmtree(DIR): a mistyped `--workdir .` deleted the checkout.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("my notes")
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "ops_month.py"), "--workdir", str(precious), "--users", "50", "--items", "50"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert f"--workdir: {precious} exists and is not a segue ops_month folder" in proc.stderr
+    assert (precious / "notes.txt").read_text() == "my notes" and sorted(p.name for p in precious.iterdir()) == ["notes.txt"]
