@@ -34,3 +34,27 @@ def test_a_known_file_that_changed_is_new_again(tmp_path: Path, weeks: Path) -> 
     tags = reg.version("m", again["version"]).tags
     assert json.loads(tags["files"]) == [week0]
     assert json.loads(tags["file_sha256"])[week0] != recorded[week0]
+
+
+def test_a_pattern_that_misses_the_batches_is_an_error_not_nothing_new(tmp_path: Path, weeks: Path) -> None:  # noqa: F811
+    # F16: pattern "*.CSV" matched nothing: "nothing new", exit 0, the new batch hidden.
+    import pytest
+
+    from segue.errors import ConfigError
+
+    cfg_path = _setup(tmp_path, weeks, 1)
+    assert Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()["promoted"]
+    text = cfg_path.read_text()
+    cfg_path.write_text(text.replace('incoming = "incoming"', 'incoming = "incoming"\npattern = "*.CSV"'))
+    with pytest.raises(ConfigError, match=r"field 'pattern': '\*\.CSV' .* misses week-00\.csv"):
+        Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()
+    # No production yet, a folder of files the pattern does not match: also named.
+    other = tmp_path / "other"
+    other_cfg = _setup(other, weeks, 1)
+    other_cfg.write_text(other_cfg.read_text().replace('incoming = "incoming"', 'incoming = "incoming"\npattern = "*.tsv"'))
+    with pytest.raises(ConfigError, match=r"'\*\.tsv' .* matches none of its 1 file\(s\) \(week-00\.csv\)"):
+        Retrain(RetrainConfig.load(other_cfg), console=_quiet()).run()
+    # A floor no rate can reach.
+    cfg_path.write_text(text.replace("floor = 0.01", "floor = 2"))
+    with pytest.raises(ConfigError, match="field 'gate.floor': 2.0 can never be reached"):
+        RetrainConfig.load(cfg_path).check()

@@ -168,6 +168,11 @@ class RetrainConfig(Config):
                 f"{src}: field 'gate.metric': '{self.gate.metric}' is not measured (expected e.g. ndcg@10, hr@10; "
                 f"measured: {', '.join(measured)})"
             )
+        if self.gate.floor > 1 and self.gate.metric != "clicks":  # every other one is a rate in [0, 1]
+            raise ConfigError(
+                f"{src}: field 'gate.floor': {self.gate.floor} can never be reached ({self.gate.metric} is at most 1); "
+                "no candidate would ever be promoted"
+            )
 
 
 class RetrainAborted(SegueError):
@@ -289,6 +294,7 @@ class Retrain:
                 f"{cfg._source}: field 'incoming': {incoming} {what} (expected the folder the new source files arrive in)"
             )
         present = sorted(str(p.resolve()) for p in incoming.glob(cfg.pattern))
+        _check_pattern(cfg, incoming, present, known)
         missing = [f for f in known if not Path(f).exists()]
         if missing:
             raise SegueError(f"files production was trained on are gone: {', '.join(missing)} (restore them, or register anew)")
@@ -602,6 +608,19 @@ def _fit_baseline(family: str, options: dict[str, Any], store: str, split: str, 
         model.fit(SplitData.load(s, split))
         model.meta = dict(getattr(model, "meta", {}) or {}) | {"store_checksum": s.checksum}
     return model.save(run)
+
+
+def _check_pattern(cfg: RetrainConfig, incoming: Path, present: list[str], known: list[str]) -> None:
+    """A `pattern` that misses the folder's files must not read as "nothing new" either: it must
+    match every file production was trained on from this folder, and something in a folder that
+    holds files (an empty folder is fine)."""
+    here = str(incoming.resolve())
+    missed = [f for f in known if str(Path(f).parent) == here and f not in present]
+    others = [] if present else sorted(p.name for p in incoming.iterdir() if p.is_file() and not p.name.startswith("."))
+    if missed or others:
+        what = (f"misses {Path(missed[0]).name}, a file production was trained on" if missed
+                else f"matches none of its {len(others)} file(s) ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})")
+        raise ConfigError(f"{cfg._source}: field 'pattern': '{cfg.pattern}' in {incoming} {what} (expected a glob such as *.csv)")
 
 
 def _sha256(path: str) -> str:
