@@ -58,3 +58,20 @@ def test_a_pattern_that_misses_the_batches_is_an_error_not_nothing_new(tmp_path:
     cfg_path.write_text(text.replace("floor = 0.01", "floor = 2"))
     with pytest.raises(ConfigError, match="field 'gate.floor': 2.0 can never be reached"):
         RetrainConfig.load(cfg_path).check()
+
+
+def test_retrain_json_records_the_error(tmp_path: Path, weeks: Path) -> None:  # noqa: F811
+    # F15: the --json file of a failed cycle had no error: it read like a run still going.
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    cfg_path = _setup(tmp_path, weeks, 1)
+    assert Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()["promoted"]
+    shutil.copy(weeks / "reversed" / "week-02.csv", tmp_path / "incoming")
+    r = CliRunner().invoke(app, ["retrain", str(cfg_path), "--json", str(tmp_path / "out.json")])
+    assert r.exit_code == 2, r.output
+    state = json.loads((tmp_path / "out.json").read_text())
+    assert state["error"].startswith("retrain aborted: week-02.csv failed validation") and "interrupted" not in state

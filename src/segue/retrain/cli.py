@@ -24,7 +24,7 @@ def retrain(
     is the test window), train (warm start), evaluate (candidate vs production, one run), gate
     (>= production - tolerance and >= floor), register, promote, reload the server.
     """
-    from segue.errors import ConfigError
+    from segue.errors import ConfigError, SegueError
     from segue.io import atomic_write_text
     from segue.retrain.loop import Retrain, RetrainConfig, outcome
 
@@ -34,8 +34,20 @@ def retrain(
     job = Retrain(cfg, force=force, from_scratch=from_scratch, drill=drill)
     try:
         state = job.run()
+    except KeyboardInterrupt:  # say (and record) where it stopped: exit 130 said nothing
+        st = job.state
+        st["interrupted"] = True
+        done = st.get("steps_done", [])
+        prod = st.get("version") if st.get("promoted") else st.get("production")
+        promoting = "register" in done and "promote" not in done and (st.get("decision") or {}).get("promote")
+        job.say(f"[yellow]interrupted[/] after {', '.join(done) or 'no step'}: production is version {prod or '-'}"
+                + (f" or, if the promotion had moved it, {st['version']} (see segue registry show)" if promoting else ""))
+        raise
+    except Exception as e:
+        job.state["error"] = f"{type(e).__name__}: {e}" if not isinstance(e, SegueError) else str(e)
+        raise
     finally:
-        if out is not None:
+        if out is not None:  # the outcome too: a monitoring job reads error / interrupted here
             atomic_write_text(out, json.dumps(job.state, indent=2, default=str))
     if state.get("stop") and state["stop"] != "validation failed":
         return
