@@ -345,3 +345,14 @@ def test_ops_month_refuses_a_workdir_it_did_not_make(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert f"--workdir: {precious} exists and is not a segue ops_month folder" in proc.stderr
     assert (precious / "notes.txt").read_text() == "my notes" and sorted(p.name for p in precious.iterdir()) == ["notes.txt"]
+
+
+def test_rollback_of_an_unknown_model_says_there_is_no_such_model(reg_and_hook) -> None:
+    # F13: it said "has no production version to roll back".
+    from segue.errors import SegueError
+
+    reg, _, _ = reg_and_hook
+    with pytest.raises(SegueError, match=r"no model named 'nosuch' \(models: m\)"):
+        reg.rollback("nosuch")
+    with pytest.raises(SegueError, match="model 'm' has no production version"):
+        reg.rollback("m")

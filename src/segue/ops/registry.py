@@ -316,6 +316,8 @@ class Registry:
         """(current production, the version it replaced): what a rollback would do."""
         current = self.alias(name, PRODUCTION)
         if current is None:
+            if not self._exists(name):  # not "no production": there is no such model at all
+                raise SegueError(f"registry {self.location}: no model named '{name}' (models: {', '.join(self.names()) or 'none'})")
             raise SegueError(f"registry {self.location}: model '{name}' has no production version to roll back")
         previous = self.version(name, current).tags.get("previous_production") or ""
         if not previous:
