@@ -356,3 +356,19 @@ def test_rollback_of_an_unknown_model_says_there_is_no_such_model(reg_and_hook) 
         reg.rollback("nosuch")
     with pytest.raises(SegueError, match="model 'm' has no production version"):
         reg.rollback("m")
+
+
+def test_a_failing_drift_check_logs_one_warning_whichever_worker_runs_it(store: Path, tmp_path: Path, caplog) -> None:
+    # F12: besides the one `drift alert`, every worker's check logged validate's own WARNING.
+    import logging
+
+    flog = _drifting_log(tmp_path / "flog")
+    config = DriftWatchConfig(reference=f"store:{store}#random/train", min_requests=5)
+    holder, other = DriftWatch(config, flog), DriftWatch(config, flog)
+    caplog.set_level(logging.INFO)
+    try:
+        assert holder.check() == "fail" and other.check() == "fail"
+    finally:
+        holder.release_alerts()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].name == "segue.drift" and "drift alert" in warnings[0].getMessage()

@@ -236,9 +236,12 @@ def validate(
     reference: EventSet | Spec | str,
     candidate: EventSet | Spec | str,
     thresholds: Thresholds | str | Path | None = None,
+    *,
+    log_summary: bool = True,
 ) -> Result:
     """Compare `candidate` against `reference` (event sets or specs; see eventset.SPEC_HELP) and
-    log the one-line summary (a warning when anything failed)."""
+    log the one-line summary (a warning when anything failed) unless `log_summary` is False (the
+    server's drift check logs its own alert, once for all workers)."""
     if not isinstance(thresholds, Thresholds):
         thresholds = load_thresholds(thresholds)
     ref = reference if isinstance(reference, EventSet) else load(reference)
@@ -257,7 +260,8 @@ def validate(
         ),
         thresholds=thresholds.model_dump(mode="json"),
     )
-    log.log(logging.INFO if result.passed else logging.WARNING, result.summary())
+    if log_summary:
+        log.log(logging.INFO if result.passed else logging.WARNING, result.summary())
     return result
 
 
