@@ -372,3 +372,54 @@ def test_a_failing_drift_check_logs_one_warning_whichever_worker_runs_it(store: 
         holder.release_alerts()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].name == "segue.drift" and "drift alert" in warnings[0].getMessage()
+
+
+def test_a_request_cut_by_the_graceful_timeout_is_a_503_not_a_500_with_a_traceback(store: Path, tmp_path: Path) -> None:
+    # F6: uvicorn cancels the request's task at the deadline; that answered 500 with a traceback.
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from servinghelp import dot_folder
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = dot_folder(store, tmp_path / "dot")
+    err_path = tmp_path / "err.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from segue.cli import app; app()", "serve", "--model", str(model), "--port", str(port),
+             "--graceful-timeout", "1", "--no-feature-log", "--no-access-log"],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, err_path.read_text()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, err_path.read_text()[-2000:]
+            time.sleep(0.2)
+        body = json.dumps({"history": ["1"], "n": 3}).encode()
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        slow.settimeout(30)
+        answer = slow.recv(200)  # the rest of the body never comes: the deadline cuts it
+        slow.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        proc.wait(60)  # (uvicorn re-raises the SIGTERM it handled: -15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = err_path.read_text()
+    assert "Traceback" not in log and "cut by the graceful shutdown timeout: answered 503" in log

@@ -71,7 +71,10 @@ class DrainingServer(uvicorn.Server):
 
 
 class CloseWhenDraining:
-    """Pure ASGI middleware: `Connection: close` on every response once `draining` is set."""
+    """Pure ASGI middleware: `Connection: close` on every response once `draining` is set. A
+    request still in flight when the graceful timeout runs out (uvicorn cancels its task) is
+    answered 503 with one log line: the server's decision, not an internal error (uvicorn
+    answered 500 with a traceback)."""
 
     def __init__(self, app: Any, draining: threading.Event) -> None:
         self.app = app
@@ -82,13 +85,27 @@ class CloseWhenDraining:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_wrapped(message: dict) -> None:
-            if message["type"] == "http.response.start" and self.draining.is_set():
-                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if self.draining.is_set():
+                    headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
-        await self.app(scope, receive, send_wrapped)
+        try:
+            await self.app(scope, receive, send_wrapped)
+        except asyncio.CancelledError:
+            if not self.draining.is_set() or started:
+                raise
+            log.warning("%s %s cut by the graceful shutdown timeout: answered 503", scope.get("method"), scope.get("path"))
+            body = json.dumps({"detail": "the server is shutting down: the request did not finish in time"}).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
 
 
 def warm_up(engine: Engine) -> float:
