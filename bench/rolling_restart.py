@@ -105,12 +105,13 @@ def main() -> None:
     ap.add_argument("--mode", choices=("term", "hup"), default="term")
     ap.add_argument("--keepalive", action="store_true")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds of load before, between and after")
+    ap.add_argument("--port", type=int, default=0, help="the server's port (default 0: a free one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = make_model(root / "model", args.items, args.dim)
         log = root / "server.log"
-        proc, port = start(model, 2, True, log)
+        proc, port = start(model, 2, True, log, args.port)
         ctx = mp.get_context("spawn")
         stop_flag, out, served = ctx.Event(), ctx.Queue(), ctx.Value("i", 0)
         try:

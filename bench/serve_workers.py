@@ -61,8 +61,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: Path, workers: int, mmap: bool, log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def start(model: Path, workers: int, mmap: bool, log: Path, port: int = 0) -> tuple[subprocess.Popen, int]:
+    port = port or free_port()
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, str(model), str(port), str(workers), "1" if mmap else "0"],

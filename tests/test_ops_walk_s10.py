@@ -423,3 +423,24 @@ def test_a_request_cut_by_the_graceful_timeout_is_a_503_not_a_500_with_a_traceba
             proc.wait()
     log = err_path.read_text()
     assert "Traceback" not in log and "cut by the graceful shutdown timeout: answered 503" in log
+
+
+def test_the_bench_server_starts_on_the_port_asked_for(tmp_path: Path) -> None:
+    # bench/rolling_restart.py --port: it could only bind a free ephemeral port.
+    import socket
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        from serve_workers import make_model, start, stop, wait_serving
+    finally:
+        sys.path.pop(0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        wanted = s.getsockname()[1]
+    proc, port = start(make_model(tmp_path / "m", 200, 8), 2, True, tmp_path / "log.txt", wanted)
+    try:
+        assert port == wanted
+        assert len(wait_serving(proc, wanted, 2, tmp_path / "log.txt", timeout=120)) == 2
+    finally:
+        stop(proc)
