@@ -48,12 +48,14 @@ def test_a_pattern_that_misses_the_batches_is_an_error_not_nothing_new(tmp_path:
     cfg_path.write_text(text.replace('incoming = "incoming"', 'incoming = "incoming"\npattern = "*.CSV"'))
     with pytest.raises(ConfigError, match=r"field 'pattern': '\*\.CSV' .* misses week-00\.csv"):
         Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()
-    # No production yet, a folder of files the pattern does not match: also named.
+    # No production yet, a folder of files the pattern does not match: "nothing new" (a weekly
+    # job must not fail until the first batch lands), with a note naming the files (walk2 note).
     other = tmp_path / "other"
     other_cfg = _setup(other, weeks, 1)
     other_cfg.write_text(other_cfg.read_text().replace('incoming = "incoming"', 'incoming = "incoming"\npattern = "*.tsv"'))
-    with pytest.raises(ConfigError, match=r"'\*\.tsv' .* matches none of its 1 file\(s\) \(week-00\.csv\)"):
-        Retrain(RetrainConfig.load(other_cfg), console=_quiet()).run()
+    state = Retrain(RetrainConfig.load(other_cfg), console=_quiet()).run()
+    assert state["stop"].startswith("nothing new") and not state.get("promoted")
+    assert "pattern '*.tsv' matches none of the 1 file(s)" in state["stop"] and "week-00.csv" in state["stop"]
     # A floor no rate can reach.
     cfg_path.write_text(text.replace("floor = 0.01", "floor = 2"))
     with pytest.raises(ConfigError, match="field 'gate.floor': 2.0 can never be reached"):

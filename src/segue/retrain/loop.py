@@ -294,10 +294,11 @@ class Retrain:
                 f"{cfg._source}: field 'incoming': {incoming} {what} (expected the folder the new source files arrive in)"
             )
         present = sorted(str(p.resolve()) for p in incoming.glob(cfg.pattern))
-        _check_pattern(cfg, incoming, present, known)
+        # Gone files first: a known file that is gone is not one the pattern "misses".
         missing = [f for f in known if not Path(f).exists()]
         if missing:
             raise SegueError(f"files production was trained on are gone: {', '.join(missing)} (restore them, or register anew)")
+        unmatched = _check_pattern(cfg, incoming, present, known)
         # Known by content, not only by path: a file changed since production was trained on it
         # (corrected, re-delivered, still being copied then) holds data production has not seen,
         # so it is new again: validated and trained on, not skipped as "nothing new".
@@ -321,7 +322,7 @@ class Retrain:
             + (f"; {st['log_records']} feature-log records since the last version" if cfg.feature_log else "")
         )
         if not new and not st["log_records"]:
-            st["stop"] = "nothing new since the production version"
+            st["stop"] = "nothing new since the production version" + (f" ({unmatched})" if unmatched else "")
         elif not new and not cfg.train_on_feature_log:
             st["stop"] = "no new source file (the feature log is validated, not trained on)"
 
@@ -610,17 +611,24 @@ def _fit_baseline(family: str, options: dict[str, Any], store: str, split: str, 
     return model.save(run)
 
 
-def _check_pattern(cfg: RetrainConfig, incoming: Path, present: list[str], known: list[str]) -> None:
+def _check_pattern(cfg: RetrainConfig, incoming: Path, present: list[str], known: list[str]) -> str | None:
     """A `pattern` that misses the folder's files must not read as "nothing new" either: it must
-    match every file production was trained on from this folder, and something in a folder that
-    holds files (an empty folder is fine)."""
+    match every file production was trained on from this folder that still exists (a ConfigError
+    otherwise). A folder whose files it matches none of, with no such file involved (a first batch
+    not yet landed, a README), is not an error: the note naming them is returned for the
+    "nothing new" line (None when the pattern matches something or the folder is empty)."""
     here = str(incoming.resolve())
-    missed = [f for f in known if str(Path(f).parent) == here and f not in present]
+    missed = [f for f in known if str(Path(f).parent) == here and Path(f).exists() and f not in present]
+    if missed:
+        raise ConfigError(
+            f"{cfg._source}: field 'pattern': '{cfg.pattern}' in {incoming} misses {Path(missed[0]).name}, "
+            "a file production was trained on (expected a glob such as *.csv)"
+        )
     others = [] if present else sorted(p.name for p in incoming.iterdir() if p.is_file() and not p.name.startswith("."))
-    if missed or others:
-        what = (f"misses {Path(missed[0]).name}, a file production was trained on" if missed
-                else f"matches none of its {len(others)} file(s) ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})")
-        raise ConfigError(f"{cfg._source}: field 'pattern': '{cfg.pattern}' in {incoming} {what} (expected a glob such as *.csv)")
+    if not others:
+        return None
+    names = f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+    return f"pattern '{cfg.pattern}' matches none of the {len(others)} file(s) in {incoming}: {names}"
 
 
 def _sha256(path: str) -> str:
