@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segue.errors import SegueError
@@ -21,3 +22,30 @@ def test_retrain_gone_batch_is_named_gone_not_blamed_on_pattern(tmp_path: Path, 
     shutil.copy(weeks / "normal" / "week-01.csv", inc)
     with pytest.raises(SegueError, match=r"files production was trained on are gone: .*week-00\.csv \(restore them"):
         Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()
+
+
+def test_temporal_with_only_test_cut_takes_valid_before_it(tmp_path: Path) -> None:
+    # R4: with only test_cut, the valid cut was the quantile 1 - test_fraction - valid_fraction of
+    # all times, ignoring test_cut: an early test_cut failed naming a valid_cut never given, and the
+    # unused test_fraction counted in the sum check.
+    from datahelp import make_store
+    from segue.data.store import Store
+    from segue.errors import ConfigError
+    from test_splits import parts_frame
+
+    seqs = [[f"i{j}" for j in range(10)] for _ in range(10)]
+    ts = [[10 * s + j for j in range(10)] for s in range(10)]  # 100 events at times 0..99
+    spec = {"kind": "temporal", "name": "t", "test_cut": 30, "valid_fraction": 0.1, "test_fraction": 0.95}
+    p = make_store(tmp_path / "a.duckdb", seqs, [spec], ts=ts)
+    with Store.open(p) as s:
+        f = parts_frame(s.con, "t")
+        params = s.split_info("t")["params"]
+    counts = dict(enumerate(np.bincount(f["part"], minlength=3).tolist()))
+    assert params["test_cut"] == 30 and params["valid_cut"] == 20
+    assert counts == {0: 20, 1: 10, 2: 70}  # validation: 10% of all events, ending at test_cut
+    with pytest.raises(ConfigError, match=r"valid_fraction 0\.5 asks for 50 of the 100 events, but only 30 lie before test_cut"):
+        make_store(tmp_path / "b.duckdb", seqs, [spec | {"valid_fraction": 0.5}], ts=ts)
+    assert not (tmp_path / "b.duckdb").exists()
+    # Neither cut given: the sum of the fractions is still checked.
+    with pytest.raises(Exception, match="valid_fraction \\+ test_fraction"):
+        make_store(tmp_path / "c.duckdb", seqs, [{"kind": "temporal", "test_fraction": 0.95}], ts=ts)

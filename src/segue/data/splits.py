@@ -122,7 +122,9 @@ class TemporalSplit(_Split):
 
     @model_validator(mode="after")
     def _sum(self) -> TemporalSplit:
-        if self.valid_cut is None:  # the valid cut is the quantile 1 - valid_fraction - test_fraction
+        # Only with neither cut do both fractions cut the same events (valid cut: the quantile
+        # 1 - valid_fraction - test_fraction); a given test_cut leaves test_fraction unused.
+        if self.valid_cut is None and self.test_cut is None:
             _check_fractions(self.valid_fraction, self.test_fraction)
         return self
 
@@ -373,6 +375,8 @@ def _temporal(con: duckdb.DuckDBPyConnection, spec: TemporalSplit, rng: np.rando
         test_cut = _cut_for(con, spec.test_fraction)
     if valid_cut is None and spec.valid_fraction == 0:
         valid_cut = test_cut  # no validation events: valid ends where it starts
+    if valid_cut is None and spec.test_cut is not None:
+        valid_cut = _valid_cut_before(con, spec, test_cut)
     if valid_cut is None:
         valid_cut = int(
             con.execute(
@@ -387,6 +391,29 @@ def _temporal(con: duckdb.DuckDBPyConnection, spec: TemporalSplit, rng: np.rando
         [spec.name, test_cut, valid_cut],
     )
     return spec.model_dump() | {"valid_cut": valid_cut, "test_cut": test_cut}
+
+
+def _valid_cut_before(con: duckdb.DuckDBPyConnection, spec: TemporalSplit, test_cut: int) -> int:
+    """With a given test_cut, validation is the last valid_fraction of all N events ending at it:
+    the quantile 1 - valid_fraction * N / B of the B event times before test_cut. More than B
+    events asked for is a ConfigError naming valid_fraction and test_cut."""
+    total, before = con.execute("SELECT count(*), count(*) FILTER (WHERE ts < ?) FROM events", [test_cut]).fetchone()
+    want = spec.valid_fraction * total
+    if want >= before:
+        raise ConfigError(
+            f"split {spec.name}: valid_fraction {spec.valid_fraction} asks for {want:.0f} of the {total} events, "
+            f"but only {before} lie before test_cut {_iso(test_cut)} (expected a smaller valid_fraction, "
+            "a later test_cut, or a valid_cut)"
+        )
+    q = 1 - want / before
+    return int(con.execute("SELECT quantile_disc(ts, ?) FROM events WHERE ts < ?", [q, test_cut]).fetchone()[0])
+
+
+def _iso(t: int) -> str:
+    """Unix seconds as ISO-8601 UTC text (how a cut may be written in a spec)."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
 
 
 def _cut_for(con: duckdb.DuckDBPyConnection, fraction: float) -> int:
