@@ -74,7 +74,7 @@ from segue.serving.admin_auth import admin_refusal
 from segue.serving.drift_watch import DriftWatch
 from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import PIPELINE_EMPTY_WARNING, POPULARITY_WARNING, Engine, Ranked
-from segue.serving.events import HistoryEvents, input_rating_scale, request_events
+from segue.serving.events import HistoryEvents, WholeNumber, input_rating_scale, request_events
 from segue.serving.events import describe as describe_events
 from segue.serving.explain import explain_profile
 from segue.serving.feature_log import FeatureLog
@@ -126,7 +126,8 @@ Context = dict[ContextValue, ContextValue]
 Title = _text(512)
 FolderPath = _text(4096)
 # Numbers and flags are strict: JSON's true is no rating of 1 and "3" no count of 3 (lax pydantic
-# turned both into numbers without a word). An int is still a float.
+# turned both into numbers without a word). An int is still a float, and an integral float (3.0)
+# still a whole number (WholeNumber).
 Rating = Annotated[float, Field(strict=True)]
 Ratings = list[Rating | None]
 # Deprecated request field names -> their current name (accepted, announced in a header).
@@ -160,7 +161,7 @@ class RecommendRequest(_Request, HistoryEvents):
         default_factory=list, max_length=MAX_HISTORY, description="External item ids, oldest first"
     )
     ratings: Ratings | None = Field(None, max_length=MAX_HISTORY, description=RATINGS_DESCRIPTION)
-    n: int = Field(10, ge=1, le=MAX_N, strict=True, description="Number of items to return")
+    n: WholeNumber = Field(10, ge=1, le=MAX_N, description="Number of items to return")
     context: Context | None = Field(
         None, max_length=32
     )
@@ -190,11 +191,11 @@ class ContinueRequest(_Request):
         description="Deprecated: the old name of `history` (still accepted; not with `history`)",
         json_schema_extra={"deprecated": True},
     )
-    n: int = Field(20, ge=1, le=500, strict=True)
+    n: WholeNumber = Field(20, ge=1, le=500)
     temperature: float = Field(1.0, gt=0, le=100, strict=True)
-    top_k: int = Field(50, ge=1, le=MAX_N, strict=True)
+    top_k: WholeNumber = Field(50, ge=1, le=MAX_N)
     greedy: bool = Field(False, strict=True)
-    random_seed: int | None = Field(None, ge=0, le=2**63 - 1, strict=True)
+    random_seed: WholeNumber | None = Field(None, ge=0, le=2**63 - 1)
 
 
 class ExplainRequest(_Request, HistoryEvents):
@@ -203,9 +204,9 @@ class ExplainRequest(_Request, HistoryEvents):
     items: ItemIds | None = Field(
         None, max_length=100, description="Items to explain (default: the top n)"
     )
-    n: int = Field(10, ge=1, le=100, strict=True)
-    top: int = Field(
-        5, ge=1, le=100, strict=True, description="History items listed per explained item, and surprising items listed"
+    n: WholeNumber = Field(10, ge=1, le=100)
+    top: WholeNumber = Field(
+        5, ge=1, le=100, description="History items listed per explained item, and surprising items listed"
     )
     niche_boost: float = Field(
         0.0,

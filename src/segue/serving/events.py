@@ -25,7 +25,15 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 from segue.serving.encoding import EventColumns
 
@@ -38,7 +46,22 @@ MAX_EVENTS = 5_000  # values per column (the API's longest history)
 MAX_TS = 2**40  # unix seconds (year 36812): larger values are no time
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
 FeedbackValue = StrictBool | StrictInt | StrictFloat | None
-Timestamp = Annotated[int, Field(ge=0, le=MAX_TS, strict=True)]  # true is no time
+
+
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 3.0 is the number 3 (clients serialising floats send it), so an
+    integral float becomes that int; 3.5 is refused. Anything else is left to the strict int check,
+    which refuses true and "3"."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return int(value)
+    return value
+
+
+# A strict int that takes an integral JSON number (3.0): true is no count and "3" no number.
+WholeNumber = Annotated[int, BeforeValidator(_whole), Field(strict=True)]
+Timestamp = Annotated[WholeNumber, Field(ge=0, le=MAX_TS)]  # true is no time
 
 FEEDBACK_DESCRIPTION = (
     "Feedback per history event: column name -> values aligned with `history` (null = none). "
