@@ -67,3 +67,31 @@ def test_fractions_booleans_and_strings_are_still_no_whole_numbers(dot, folders,
     assert r.json()["detail"][0]["loc"] == ["body", field], r.text
     if isinstance(value, float):
         assert "whole number" in r.json()["detail"][0]["msg"]
+
+
+def test_a_folders_version_ignores_what_servers_write_into_it(folders) -> None:
+    # R1: two workers on one folder reported two versions: each worker's catalogue save holds a
+    # temporary `.items.parquet.tmp-PID` in the folder, which the other worker's start-up hashed.
+    from segue.serving.engine import _folder_version
+
+    folder = folders["dot"]
+    before = _folder_version(folder, "dot")
+    tmp = folder / ".items.parquet.tmp-99999"
+    tmp.write_bytes(b"half a parquet file")
+    old = folder / ".weights.old-99999"
+    old.mkdir()
+    (old / "w.npy").write_bytes(b"x")
+    try:
+        assert _folder_version(folder, "dot") == before
+    finally:
+        tmp.unlink()
+        (old / "w.npy").unlink()
+        old.rmdir()
+    # The model's own files still count: a changed state file is a new version.
+    state = next(p for p in sorted(folder.iterdir()) if p.is_file() and p.name not in ("model.toml", "vocab.json", "items.parquet"))
+    data = state.read_bytes()
+    state.write_bytes(data + b"\0")
+    try:
+        assert _folder_version(folder, "dot") != before
+    finally:
+        state.write_bytes(data)

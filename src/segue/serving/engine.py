@@ -579,7 +579,11 @@ def _folder_version(folder: Path, family: str) -> str:
     """A short digest of the model folder's config, vocabulary and state files' names, sizes and
     modification times: a retrained model with the same config (same file sizes) gets a new
     version, while reloading an unchanged folder keeps it. Hashing the state's bytes instead would
-    add ~1 s per GB to every load."""
+    add ~1 s per GB to every load.
+
+    What servers write into the folder is left out, so that no worker's start-up changes another's
+    version: `serving/`, the names table `items.parquet` and every dot-named path (atomic writes'
+    temporaries such as `.items.parquet.tmp-PID`, which another worker may hold at that moment)."""
     h = hashlib.blake2b(digest_size=8)
     h.update(__version__.encode())
     for name in ("model.toml", "vocab.json"):
@@ -588,8 +592,13 @@ def _folder_version(folder: Path, family: str) -> str:
             h.update(p.read_bytes())
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        if rel.parts[0] in ("serving", "items.parquet") or not p.is_file():
+        if rel.parts[0] in ("serving", "items.parquet") or any(part.startswith(".") for part in rel.parts):
             continue
-        st = p.stat()
+        try:
+            if not p.is_file():
+                continue
+            st = p.stat()
+        except FileNotFoundError:  # removed since listed: not part of the model
+            continue
         h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
     return f"{family}-{h.hexdigest()}"
