@@ -49,3 +49,38 @@ def test_temporal_with_only_test_cut_takes_valid_before_it(tmp_path: Path) -> No
     # Neither cut given: the sum of the fractions is still checked.
     with pytest.raises(Exception, match="valid_fraction \\+ test_fraction"):
         make_store(tmp_path / "c.duckdb", seqs, [{"kind": "temporal", "test_fraction": 0.95}], ts=ts)
+
+
+def test_save_refuses_a_training_run_folder_and_keeps_derived_files(tmp_path: Path) -> None:
+    # R6: a training run folder holds model.toml, so save() took it for an earlier model folder and
+    # replaced it whole: the run's checkpoints, metrics, curves and TensorBoard logs were deleted.
+    from datahelp import make_store
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.models.base import load_model
+    from segue.models.popularity import Popularity
+
+    path = make_store(tmp_path / "s.duckdb", [[0, 1, 2], [1, 2], [2, 3, 0]], [{"kind": "leave_last_out"}])
+    with Store.open(path) as s:
+        model = Popularity().fit(SplitData.load(s, "loo"))
+    saved = model.save(tmp_path / "saved")
+    # A run folder: model files (no saved.json: the trainer wrote them) beside the run's own.
+    run = tmp_path / "run"
+    shutil.copytree(saved, run)
+    (run / "saved.json").unlink()
+    (run / "checkpoints" / "100").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(SegueError, match=r"run exists and is not a segue model folder"):
+        model.save(run)
+    assert sorted(p.name for p in run.iterdir()) == before
+    # saved.json there too (say, copied over): the run's own entries are named, nothing deleted.
+    shutil.copy(saved / "saved.json", run)
+    with pytest.raises(SegueError, match=r"run: holds checkpoints, metrics\.json, which save\(\) did not write"):
+        model.save(run)
+    assert (run / "checkpoints" / "100").is_dir() and (run / "metrics.json").read_text() == "{}"
+    # What serving derives beside a saved model does not stand in the way of a re-save.
+    (saved / "items.parquet").write_bytes(b"x")
+    (saved / "serving").mkdir()
+    model.save(saved)
+    assert (saved / "saved.json").is_file() and np.array_equal(load_model(saved).counts, model.counts)

@@ -127,16 +127,20 @@ class BaseRecommender:
         return top_k(scores, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
 
     def save(self, folder: str | Path) -> Path:
-        """Write the model folder `folder` whole (atomically). It may replace only an earlier model
-        folder (one holding model.toml) or an empty folder; any other file or folder there is a
-        SegueError naming it, raised before anything is written (nothing of yours is deleted)."""
+        """Write the model folder `folder` whole (atomically). It may replace only an empty folder
+        or an earlier folder save() wrote (one holding its saved.json, which lists what it wrote),
+        holding nothing else but what serving derives there (items.parquet, item_names.json,
+        serving/). Anything else (a training run's checkpoints/, metrics.json, tensorboard/, your
+        files) is a SegueError naming it, raised before anything is written (nothing is deleted)."""
         vocab = self._check_fitted()
         folder = Path(folder)
-        check_output(folder, "model folder", "model.toml")
+        check_save_folder(folder)
         with atomic_path(folder, is_dir=True) as tmp:
             write_model_header(self, tmp)
             vocab.save(tmp / "vocab.json")
             self._save_state(tmp)
+            entries = sorted(p.name for p in tmp.iterdir())
+            (tmp / SAVED_FILE).write_text(json.dumps({"written_by": "segue save()", "entries": entries}, indent=1) + "\n")
         return folder
 
     @classmethod
@@ -169,6 +173,33 @@ class BaseRecommender:
                     f"{folder / file}: shape {shape} does not fit {folder / 'vocab.json'} ({sizes['n']} items, "
                     f"{sizes['V']} tokens; expected {shown}): the files come from different models"
                 )
+
+
+# save()'s marker: the entries it wrote. A training run folder also holds model.toml, but also its
+# checkpoints, metrics and logs, which replacing the folder would delete; only this file says
+# "save() wrote this folder".
+SAVED_FILE = "saved.json"
+# What serving writes beside a saved model (catalogue table, item names, index cache): derived
+# from the model and the store, so a re-save may replace it.
+DERIVED_ENTRIES = ("items.parquet", "item_names.json", "serving")
+
+
+def check_save_folder(folder: Path) -> None:
+    """May save() replace `folder`? Absent, empty, or an earlier save() folder (SAVED_FILE) holding
+    only the entries it lists and DERIVED_ENTRIES; else a SegueError naming what is in the way."""
+    if not check_output(folder, "model folder", SAVED_FILE):
+        return
+    try:
+        listed = set(json.loads((folder / SAVED_FILE).read_text(encoding="utf-8"))["entries"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SegueError(f"{folder / SAVED_FILE}: unreadable ({e}); choose another path or remove the folder") from None
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in listed | {SAVED_FILE, *DERIVED_ENTRIES})
+    if foreign:
+        more = f", ... ({len(foreign)} in all)" if len(foreign) > 5 else ""
+        raise SegueError(
+            f"{folder}: holds {', '.join(foreign[:5])}{more}, which save() did not write: saving would delete "
+            "them (nothing was written); choose another path or remove them"
+        )
 
 
 def write_model_header(model: BaseRecommender, folder: Path) -> None:
