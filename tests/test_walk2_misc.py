@@ -84,3 +84,24 @@ def test_save_refuses_a_training_run_folder_and_keeps_derived_files(tmp_path: Pa
     (saved / "serving").mkdir()
     model.save(saved)
     assert (saved / "saved.json").is_file() and np.array_equal(load_model(saved).counts, model.counts)
+
+
+def test_continue_past_the_catalogue_prints_what_it_could(tmp_path: Path) -> None:
+    # R10: `segue continue -n N` past the catalogue printed nothing and exited 2 ("the catalogue is
+    # exhausted"), while /v1/continue answers the items it could with a warning.
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+    from segue.data.vocab import N_SPECIAL
+    from segue.training.continuation import continue_tokens
+    from test_continuation import V, _rec
+
+    rec = _rec()
+    res = continue_tokens(rec, [5], n=50, greedy=True)
+    assert res.ran_out and len(res.tokens) == V - N_SPECIAL - 1 and 5 not in res.tokens
+    assert not continue_tokens(rec, [5], n=3, greedy=True).ran_out
+    folder = rec.save(tmp_path / "m")
+    out = CliRunner().invoke(app, ["continue", "--model", str(folder), "--seed", "spotify:track:1", "-n", "50", "--greedy"])
+    assert out.exit_code == 0, out.output
+    assert f"{V - N_SPECIAL - 1:>3}. spotify:track:" in out.output
+    assert f"only {V - N_SPECIAL - 1} items could be continued (the catalogue ran out)" in out.output

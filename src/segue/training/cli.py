@@ -150,3 +150,5 @@ def continue_(
     names = load_item_names(model)
     for i, (tok, p) in enumerate(zip(res.tokens, res.probabilities, strict=True), 1):
         console.print(f"{i:>3}. {describe(tok, rec.vocab, names)}  [dim]p={p:.3f}[/]", highlight=False)
+    if res.ran_out:  # the words of /v1/continue's warning
+        console.print(f"[yellow]only {len(res.tokens)} items could be continued (the catalogue ran out)", highlight=False)

@@ -28,6 +28,7 @@ class Continuation:
     probabilities: list[float]  # probability of each pick under the (masked, tempered) distribution
     seed_tokens: list[int]
     unknown_seeds: list[str] = field(default_factory=list)  # seed ids mapped to <unk>
+    ran_out: bool = False  # the catalogue ran out before n items (every item is in the playlist)
 
 
 def mask_logits(logits: np.ndarray, playlist: np.ndarray) -> np.ndarray:
@@ -65,7 +66,8 @@ def continue_tokens(
     greedy: bool = False,
     seed: int = 0,
 ) -> Continuation:
-    """Generate `n` tokens after `seed_tokens` with a fitted TransformerRecommender."""
+    """Generate `n` tokens after `seed_tokens` with a fitted TransformerRecommender: fewer, with
+    `ran_out` set, when every item is in the playlist before (as /v1/continue answers what it could)."""
     if n < 0:
         raise InputError("the number of items to generate is negative", field="n", expected=">= 0")
     if temperature <= 0:
@@ -78,6 +80,8 @@ def continue_tokens(
     for _ in range(n):
         raw = model.score(SequenceArrays.from_lists([playlist]))[0]  # specials already -inf
         logits = mask_logits(raw, np.asarray(playlist, dtype=np.int64))
+        if not np.isfinite(logits).any():  # what was generated is still an answer, not an error
+            return Continuation(tokens=out, probabilities=probs, seed_tokens=[int(t) for t in seed_tokens], ran_out=True)
         tok, p = pick_next(logits, rng, top_k=top_k, temperature=temperature, greedy=greedy)
         playlist.append(tok)
         out.append(tok)
