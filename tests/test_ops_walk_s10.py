@@ -164,8 +164,13 @@ def test_the_alias_moves_before_the_reload_and_a_ctrl_c_leaves_it_on_what_the_se
     # Ctrl-C while the server reloads (it goes on without the caller): the registry already names
     # the version the server is moving to, and the log says so.
     handler.interrupt = True
-    with pytest.raises(KeyboardInterrupt):
-        switch_production(reg, "m", "1", server=url, admin_key="k")
+    # Python's own Ctrl-C handler for the call: pytest-xdist's workers ignore SIGINT
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            switch_production(reg, "m", "1", server=url, admin_key="k")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert handler.seen[-1] == "1" and reg.alias("m", "production") == "1"
     assert "production is version 1 (was 2)" in caplog.text and "segue registry promote m 2" in caplog.text
 
