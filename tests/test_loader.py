@@ -337,3 +337,14 @@ def test_real_beauty_leave_last_out_batches(shared_data: Path, tmp_path: Path) -
     for ev in iter_eval_batches(hist, tgt.nonempty(), batch_size=4096, context_length=50):
         ends = hist.offsets[ev.rows + 1] - 1
         assert np.array_equal(ev.inputs[np.arange(len(ev.rows)), ev.last], np.asarray(hist.tokens)[ends])
+
+
+def test_bucket_lengths_are_checked_against_the_models_window() -> None:
+    # The window a transformer trains on is model.context_length: the loader's own default (50)
+    # refused a valid config with 32, and let buckets below a 200-token window through.
+    from segue.models.transformer import TransformerConfig
+
+    ok = TransformerConfig.from_dict({"model": {"context_length": 32}, "trainer": {"loader": {"bucket_lengths": [16, 32]}}})
+    assert ok.trainer.loader.bucket_lengths == [16, 32]
+    with pytest.raises(ConfigError, match=r"largest bucket length 100 is below model.context_length 200"):
+        TransformerConfig.from_dict({"model": {"context_length": 200}, "trainer": {"loader": {"bucket_lengths": [32, 64, 100]}}})

@@ -113,7 +113,9 @@ class LoaderConfig(Config):
             b = self.bucket_lengths
             if not b or any(x < 1 for x in b) or sorted(set(b)) != b:
                 raise ValueError("bucket_lengths must be increasing positive lengths")
-            if b[-1] < self.context_length:
+            # Only against a context_length given here: a model's config sets the window from
+            # model.context_length and checks its buckets against that (TransformerConfig).
+            if "context_length" in self.model_fields_set and b[-1] < self.context_length:
                 raise ValueError(f"the largest bucket length {b[-1]} is below context_length {self.context_length}")
         return self
 

@@ -457,6 +457,13 @@ class TransformerConfig(Config):
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
         check_sections(self.loss, self.optim)
+        buckets = self.trainer.loader.bucket_lengths
+        if buckets is not None and buckets[-1] < self.model.context_length:
+            # the loader's window is model.context_length (the loader's own is overridden)
+            raise ValueError(
+                f"trainer.loader.bucket_lengths: the largest bucket length {buckets[-1]} is below "
+                f"model.context_length {self.model.context_length}"
+            )
         if self.pairwise is not None and self.pairwise.score != "logit":
             cols = [n for n, _, _ in self.events.targets()]
             if self.pairwise.feedback not in cols:
