@@ -44,6 +44,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     eval_store(d / "s.duckdb", n_seq=80, n_items=30, splits=[{"kind": "leave_last_out", "name": "loo"}])
     with Store.open(d / "s.duckdb") as store:
         EASE(EASEConfig(l2=5.0)).fit(SplitData.load(store, "loo")).save(d / "saved-ease")
+    # what a training run folder holds beside its model (checkpoints, logs): no part of its size
+    (d / "saved-ease" / "checkpoints").mkdir()
+    (d / "saved-ease" / "checkpoints" / "state.bin").write_bytes(b"\0" * 2_000_000)
     (d / "exp.toml").write_text(EXPERIMENT.format(folder="saved-ease"))
     return d
 
@@ -62,6 +65,8 @@ def test_experiment_report_has_significance_cost_and_markdown(setup: Path) -> No
     assert rows["saved"][header.index("fit s")] == "–"  # loaded, not fitted here
     assert float(rows["ease-5"][header.index("fit s")]) >= 0
     assert float(rows["ease-5"][header.index("size MB")]) > float(rows["popularity"][header.index("size MB")])
+    # the folder's model is measured as saved, like the one fitted here (it counted checkpoints)
+    assert rows["saved"][header.index("size MB")] == rows["ease-5"][header.index("size MB")]
     assert (out / "experiment.md").read_text().count("\n|") >= 5
     results = json.loads((out / "results.json").read_text())
     assert results["reference"] == "ease-250" and set(results["comparisons"]) == {"ease-5", "popularity", "saved"}

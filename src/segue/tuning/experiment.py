@@ -90,6 +90,14 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def saved_bytes(model: Any) -> int:
+    """The size of the model as save() writes it: the same measure for a model fitted here and
+    one read from a folder (a training run folder also holds checkpoints with optimiser state,
+    TensorBoard logs and plots, which are no part of the model)."""
+    with tempfile.TemporaryDirectory(prefix="segue-size-") as tmp:
+        return folder_bytes(model.save(Path(tmp) / "m"))
+
+
 def check_models(cfg: ExperimentConfig, source: str) -> None:
     """A ConfigError naming the model and field of the first config its family rejects."""
     from segue.models.base import model_class
@@ -127,7 +135,7 @@ def build_models(cfg: ExperimentConfig, store: Any, source: str = "experiment") 
             fit_s = fit_s if fit_s is not None else train.get("train_seconds")
             infos[spec.name] = {
                 "source": "folder", "folder": str(folder), "family": header.get("family"),
-                "fit_seconds": fit_s, "peak_mib": None, "size_mb": folder_bytes(folder) / 1e6,
+                "fit_seconds": fit_s, "peak_mib": None, "size_mb": saved_bytes(model) / 1e6,
                 "model_toml": (folder / "model.toml").read_text(encoding="utf-8"),
             }
         else:
@@ -140,8 +148,7 @@ def build_models(cfg: ExperimentConfig, store: Any, source: str = "experiment") 
             start = PeakRSS.now()
             with measured() as cost:
                 model = fit_family(spec.family, config, data)  # type: ignore[arg-type]
-            with tempfile.TemporaryDirectory(prefix="segue-size-") as tmp:
-                size = folder_bytes(model.save(Path(tmp) / "m"))
+            size = saved_bytes(model)
             infos[spec.name] = {
                 "source": "fitted", "family": spec.family, "fit_seconds": cost["seconds"],
                 "peak_mib": max(0.0, cost["peak_rss_mb"] - start), "size_mb": size / 1e6,
