@@ -95,3 +95,60 @@ def test_a_folders_version_ignores_what_servers_write_into_it(folders) -> None:
         assert _folder_version(folder, "dot") != before
     finally:
         state.write_bytes(data)
+
+
+def test_explain_takes_recommends_list_fields_and_explains_the_served_list(dot, folders) -> None:
+    # R7: exclude/deny/allow/exclude_seen/name were extra_forbidden, so explain's default top n
+    # was not the list /v1/recommend served.
+    ids = ids_of(folders["dot"], 12)
+    history = ids[:2]
+    top = [i["id"] for i in dot.post("/v1/recommend", json={"history": history, "n": 3}).json()["items"]]
+    bodies = [
+        {"deny": [top[0]]},
+        {"exclude": top[:2]},
+        {"allow": ids[1:8]},
+        {"exclude_seen": False},
+        {"deny": [top[1]], "exclude_seen": False, "allow": ids[:10]},
+    ]
+    for extra in bodies:
+        body = {"history": history, "n": 3, **extra}
+        served = dot.post("/v1/recommend", json=body).json()["items"]
+        r = dot.post("/v1/explain", json=body)
+        assert r.status_code == 200, (extra, r.text)
+        got = r.json()["items"]
+        assert [i["id"] for i in got] == [i["id"] for i in served], extra
+        assert [i["score"] for i in got] == pytest.approx([i["score"] for i in served], rel=1e-5, abs=1e-6)
+    assert [i["id"] for i in dot.post("/v1/explain", json={"history": history, "n": 3, "deny": [top[0]]}).json()["items"]] != top
+    # A name the model does not read: accepted and said, as /v1/recommend says it.
+    r = dot.post("/v1/explain", json={"history": history, "n": 1, "name": "river"}).json()
+    assert any("does not read playlist names" in w for w in r["warnings"]), r["warnings"]
+    # Still refused as in /v1/recommend: a non-bool exclude_seen, an unknown field.
+    assert dot.post("/v1/explain", json={"history": history, "exclude_seen": 0}).status_code == 422
+    assert dot.post("/v1/explain", json={"history": history, "denied": [top[0]]}).status_code == 422
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory):
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.models.pipeline import PipelineRecommender
+    from test_pipeline import pipeline_config, playlist_store
+
+    root = tmp_path_factory.mktemp("walk2-pipe")
+    store = playlist_store(root / "store.duckdb")
+    with Store.open(store) as s:
+        folder = PipelineRecommender(pipeline_config()).fit(SplitData.load(s, "random")).save(root / "pipe")
+    app = create_app(folder, store=store, use_env_admin_key=False)
+    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c
+
+
+def test_a_pipeline_explains_the_list_a_name_served(pipe) -> None:
+    # R7, pipelines: `name` shapes the candidate pool, so explain without it scored other items.
+    for body in ({"history": ["t1"], "name": "aurora", "n": 4}, {"history": ["t1", "t2"], "name": "aurora", "n": 4, "deny": ["t3"]}):
+        served = pipe.post("/v1/recommend", json=body).json()["items"]
+        r = pipe.post("/v1/explain", json=body)
+        assert r.status_code == 200, r.text
+        got = r.json()["items"]
+        assert [i["id"] for i in got] == [i["id"] for i in served]
+        assert [i["score"] for i in got] == pytest.approx([i["score"] for i in served], rel=1e-5, abs=1e-6)

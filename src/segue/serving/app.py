@@ -219,6 +219,13 @@ class ExplainRequest(_Request, HistoryEvents):
     context: Context | None = Field(
         None, max_length=32, description="Context of the event to predict, as in /v1/recommend"
     )
+    # /v1/recommend's list fields choose the default top n (the list it served); `name` also
+    # reaches a two-stage pipeline's scores, whose candidate pool it shapes.
+    exclude_seen: bool = Field(True, strict=True, description="As in /v1/recommend (for the default top n)")
+    exclude: ItemIds = Field(default_factory=list, max_length=MAX_LIST, description="As in /v1/recommend (for the default top n)")
+    allow: ItemIds | None = Field(None, max_length=100_000, description="As in /v1/recommend (for the default top n)")
+    deny: ItemIds = Field(default_factory=list, max_length=MAX_LIST, description="As in /v1/recommend (for the default top n)")
+    name: Title | None = Field(None, description="Playlist title, as in /v1/recommend")
 
     _check_ratings = field_validator("ratings")(_aligned_ratings)
 
@@ -761,7 +768,7 @@ def create_app(
             if item["score"] is not None:
                 item["score"] = s
 
-    def name_warning(engine: Engine, req: RecommendRequest, items: list[dict[str, Any]], warnings: list[str]) -> None:
+    def name_warning(engine: Engine, req: RecommendRequest | ExplainRequest, items: list[dict[str, Any]], warnings: list[str]) -> None:
         """`name` is read by two-stage pipelines only (others ignore it, with a warning, as they do
         ratings they cannot read); a pipeline says when the name matched nothing it knows."""
         if req.name is None:
@@ -1080,24 +1087,31 @@ def create_app(
         # (with the server's clock as `ts` for a time-aware model), so the explained score is the
         # served one.
         enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings, events=req, context=req.context)
-        if req.items is None:
+        if req.items is None:  # the top n /v1/recommend serves for the same body
             ranked = engine.rank(
                 [enc.all_tokens],
                 req.n,
+                exclude_seen=req.exclude_seen,
+                exclude=[known(engine, req.exclude, "exclude", warnings)],
+                allow=known(engine, req.allow, "allow", warnings) if req.allow is not None else None,
+                deny=known(engine, req.deny, "deny", warnings),
                 context=[req.context],
                 ratings=[enc.all_ratings],
                 niche_boost=req.niche_boost,
                 events=[enc.all_events],
+                names=[req.name],
             )[0]
-            targets = ranked.tokens[ranked.tokens >= 0]
+            targets = ranked.tokens[ranked.tokens >= N_SPECIAL]
         else:
             targets = known(engine, req.items, "items", warnings)
+        if not engine.pipeline:
+            name_warning(engine, req, [], warnings)  # a name the model does not read, as /v1/recommend says
         if len(enc.tokens) == 0:
             fell_back(engine, warnings)  # scored as /v1/recommend's empty history, and counted
             warnings.append("empty history: nothing to explain")
         out, surprising = explain_profile(
             engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings, offset=enc.truncated,
-            events=enc.events, context=req.context,
+            events=enc.events, context=req.context, name=req.name,
         )
         if req.niche_boost:
             boost_scores(engine, out, targets, req.niche_boost)

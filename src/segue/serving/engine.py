@@ -252,9 +252,13 @@ class Engine:
         context: list | None = None,
         ratings: list[np.ndarray | None] | None = None,
         events: list[EventColumns | None] | None = None,
+        names: list[str | None] | None = None,
     ) -> np.ndarray:
-        """The model's scores [B, C] of `tokens` [B, C] after each history, in one model call."""
+        """The model's scores [B, C] of `tokens` [B, C] after each history, in one model call
+        (`names`: playlist titles, which a two-stage pipeline's candidate pool reads)."""
         arrays = self.arrays(histories, context, ratings, events)
+        if names is not None and self.pipeline:
+            arrays.meta["seq_names"] = list(names)
         tokens = np.asarray(tokens, dtype=np.int64)
         if self.dot_exact:
             q = self.query(arrays)
@@ -506,6 +510,7 @@ class Engine:
         ratings: np.ndarray | None = None,
         events: EventColumns | None = None,
         context: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Leave-one-out impact of each history item on each item's score, in one model call.
 
@@ -528,7 +533,8 @@ class Engine:
             ev = events.tail(len(h))
             evs = [ev] + [ev.without(j) for j in range(len(h))]
         ctx = None if context is None else [context] * len(rows)
-        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ctx, rs, evs)  # [L + 1, m]
+        names = [name] * len(rows) if name is not None else None
+        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ctx, rs, evs, names)  # [L + 1, m]
         if self.pipeline:  # leaving or joining the candidate pool: +inf / -inf (pool_impacts)
             return np.where(outside_pool(s[0]), np.nan, s[0]), pool_impacts(s[0], s[1:])
         with np.errstate(invalid="ignore"):

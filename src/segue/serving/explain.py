@@ -42,6 +42,7 @@ def explain_profile(
     offset: int = 0,
     events: EventColumns | None = None,
     context: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(explained items, surprising items) of one profile.
 
@@ -52,8 +53,9 @@ def explain_profile(
     their difference. Both predictions come from one `predict_ratings` call: the same profile, one
     forward pass. `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as
     the caller did; `ratings` (aligned, NaN = unrated), `events` (aligned feedback, times and
-    context, with the next event's time) and `context` (of the event to predict) go to the model
-    with the history, as /v1/recommend passes them, so the explained score is the served one.
+    context, with the next event's time), `context` (of the event to predict) and `name` (a
+    playlist title, which shapes a pipeline's candidate pool) go to the model with the history, as
+    /v1/recommend passes them, so the explained score is the served one.
     """
     history = np.asarray(history, dtype=np.int64)
     kept = len(engine.encoder.truncate(history))
@@ -73,7 +75,7 @@ def explain_profile(
         predicted = engine.predict_ratings(history, ratings, np.concatenate([items, history[sel]])).astype(np.float64)
     explained = _explain_items(
         engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)], offset,
-        events, context,
+        events, context, name,
     )
     if not rating_family:
         return explained, None
@@ -94,6 +96,7 @@ def _explain_items(
     offset: int = 0,
     events: EventColumns | None = None,
     context: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> list[dict[str, Any]]:
     # A contribution's `position` is its index in the request's history: `offset` items were cut
     # before `history` (the model's context), as for the surprising items.
@@ -105,7 +108,7 @@ def _explain_items(
             {**engine.catalogue.describe(int(t)), "score": _finite(s), "contributions": []}
             for t, s in zip(items.tolist(), scores.tolist(), strict=True)
         ]
-    scores, impact = engine.explain(history, items, ratings, events, context)
+    scores, impact = engine.explain(history, items, ratings, events, context, name)
     out = []
     for i, t in enumerate(items):
         order = np.argsort(-impact[i], kind="stable")[:top]
