@@ -71,7 +71,7 @@ def test_save_refuses_a_training_run_folder_and_keeps_derived_files(tmp_path: Pa
     (run / "checkpoints" / "100").mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
     before = sorted(p.name for p in run.iterdir())
-    with pytest.raises(SegueError, match=r"run exists and is not a segue model folder"):
+    with pytest.raises(SegueError, match=r"run: holds model\.toml but no saved\.json, so save\(\) did not write it \(a training run folder.*would delete checkpoints, .*metrics\.json"):
         model.save(run)
     assert sorted(p.name for p in run.iterdir()) == before
     # saved.json there too (say, copied over): the run's own entries are named, nothing deleted.

@@ -187,6 +187,14 @@ DERIVED_ENTRIES = ("items.parquet", "item_names.json", "serving")
 def check_save_folder(folder: Path) -> None:
     """May save() replace `folder`? Absent, empty, or an earlier save() folder (SAVED_FILE) holding
     only the entries it lists and DERIVED_ENTRIES; else a SegueError naming what is in the way."""
+    if folder.is_dir() and not folder.is_symlink() and (folder / "model.toml").is_file() and not (folder / SAVED_FILE).is_file():
+        entries = sorted(p.name for p in folder.iterdir())
+        more = f", ... ({len(entries)} in all)" if len(entries) > 8 else ""
+        raise SegueError(
+            f"{folder}: holds model.toml but no {SAVED_FILE}, so save() did not write it (a training run folder, "
+            f"or a model saved by an older segue); replacing it would delete {', '.join(entries[:8])}{more}; "
+            "choose another path or remove it"
+        )
     if not check_output(folder, "model folder", SAVED_FILE):
         return
     try:
