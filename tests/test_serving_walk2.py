@@ -152,3 +152,20 @@ def test_a_pipeline_explains_the_list_a_name_served(pipe) -> None:
         got = r.json()["items"]
         assert [i["id"] for i in got] == [i["id"] for i in served]
         assert [i["score"] for i in got] == pytest.approx([i["score"] for i in served], rel=1e-5, abs=1e-6)
+
+
+def test_continue_on_a_ratings_only_model_gives_no_advice_it_cannot_follow(tmp_path: Path) -> None:
+    # R8: /v1/continue said "give `ratings`", which /v1/continue refuses (extra_forbidden).
+    from test_serving_profiles import fit_biasedmf, rated_store
+
+    store = rated_store(tmp_path / "store.duckdb")
+    app = create_app(fit_biasedmf(store, tmp_path / "bmf"), store=store, use_env_admin_key=False)
+    with serve_in_thread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        body = {"history": ["a1", "a2", "a3"], "n": 2, "greedy": True}
+        r = c.post("/v1/continue", json=body).json()
+        said = [w for w in r["warnings"] if "reads only rated items" in w]
+        assert said and "give `ratings`" not in said[0] and "takes no ratings" in said[0], r["warnings"]
+        assert c.post("/v1/continue", json={**body, "ratings": [5, 4, 5]}).status_code == 422
+        # The routes that take ratings keep the advice.
+        r = c.post("/v1/recommend", json={"history": body["history"], "n": 2}).json()
+        assert any("give `ratings`" in w for w in r["warnings"]), r["warnings"]

@@ -741,14 +741,16 @@ def create_app(
         ratings: list[float | None] | None = None,
         events: HistoryEvents | None = None,
         context: dict[str, str] | None = None,
+        takes_ratings: bool = True,
     ) -> EncodedHistory:
         """The shared training/serving encoding of request ids; counts unknown ids for /metrics.
 
         Callers use `.all_tokens` (the whole history): the model sees its last context_length
         items (Engine.arrays crops), and every item of it counts as seen, as in evaluation.
         `ratings` (aligned) are checked against the model's scale and kept for rating-aware
-        families (`.all_ratings`); other families get none, with a warning."""
-        unrated_warning(engine, ids, ratings, warnings)
+        families (`.all_ratings`); other families get none, with a warning. `takes_ratings`: whether
+        the route has a `ratings` field to advise (/v1/continue has none)."""
+        unrated_warning(engine, ids, ratings, warnings, takes_ratings)
         ratings = profile_ratings(engine, ids, ratings, warnings)
         ev = request_events(engine, events, ids, context, warnings) if events is not None else None
         enc = engine.encoder.encode(ids, ratings, ev)
@@ -792,9 +794,12 @@ def create_app(
         warnings.append(PIPELINE_EMPTY_WARNING if engine.pipeline else POPULARITY_WARNING)
         state["metrics"].fallback()
 
-    def unrated_warning(engine: Engine, ids: list[str], ratings: list[float | None] | None, warnings: list[str]) -> None:
+    def unrated_warning(
+        engine: Engine, ids: list[str], ratings: list[float | None] | None, warnings: list[str], takes_ratings: bool = True
+    ) -> None:
         """A model that reads only rated items (Engine.reads_unrated) ignores the unrated ones: say
-        so, above all when none is rated and the answer is the same for every such history."""
+        so, above all when none is rated and the answer is the same for every such history. The
+        advice is one the route can follow: a route without `ratings` points to /v1/recommend."""
         if engine.reads_unrated or not ids:
             return
         unrated = len(ids) if ratings is None else sum(r is None for r in ratings)
@@ -802,7 +807,11 @@ def create_app(
         if unrated == len(ids):
             warnings.append(
                 f"history: the {family} model reads only rated items and none of the {len(ids)} is rated: "
-                "the answer is not personalised (give `ratings`)"
+                + (
+                    "the answer is not personalised (give `ratings`)"
+                    if takes_ratings
+                    else "the answer is not personalised, and this route takes no ratings (/v1/recommend does)"
+                )
             )
         elif unrated:
             warnings.append(f"history: the {family} model reads only rated items; {unrated} unrated item(s) ignored")
@@ -1038,7 +1047,7 @@ def create_app(
         history = deprecated_alias(req, "seed", response, warnings)
         # Generation masks every seed item, even those older than the model's context, so the
         # context cut is no loss worth a warning here.
-        enc = encode_ids(engine, history, "history", warnings, truncation=False)
+        enc = encode_ids(engine, history, "history", warnings, truncation=False, takes_ratings=False)
         full = enc.all_tokens
         rng = np.random.default_rng(req.random_seed)
         picks, probs, popular = engine.continue_(
