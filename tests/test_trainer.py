@@ -274,3 +274,55 @@ def test_the_metrics_checked_before_training_are_those_validation_reports(store:
     with Store.open(store) as s:
         task = task_factory("transformer")(cfg.family_config(), SplitData.load(s, "loo"))
     assert "ndcg@10" in reported and set(task.validation_metrics or []) == reported
+
+
+def test_resume_after_a_newer_best_than_the_checkpoint_is_exact(store: Path, tmp_path: Path) -> None:
+    # Killed between a new best validation (weights.npz written) and the next checkpoint: resuming
+    # loaded weights.npz into the training state itself, so the run went on from the later best
+    # parameters with the checkpoint's step, moments and loader position.
+    import shutil
+
+    import jax
+
+    cfg = _config(store)
+    cfg.trainer = cfg.trainer.model_copy(update={"max_steps": 12, "eval_every": 2, "checkpoint_every": 4, "keep_checkpoints": 10})
+    cfg.optim = cfg.optim.model_copy(update={"plateau_patience": 100})
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    train(cfg, run_dir=run_a)
+    ma = json.loads((run_a / "metrics.json").read_text())
+    assert ma["best_step"] > 4, ma["best_step"]  # weights.npz holds a best newer than checkpoint 4
+    shutil.copytree(run_a, run_b)
+    for step in (8, 12):  # as if killed after step 4's checkpoint, weights.npz already later
+        shutil.rmtree(run_b / "checkpoints" / str(step))
+    train(cfg, run_dir=run_b)
+    mb = json.loads((run_b / "metrics.json").read_text())
+    assert mb["resumed_from"] == 4 and mb["history"] == ma["history"] and mb["best_step"] == ma["best_step"]
+    for x, y in zip(jax.tree_util.tree_leaves(_final_state(run_a, 12)), jax.tree_util.tree_leaves(_final_state(run_b, 12)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    wa, wb = np.load(run_a / "weights.npz"), np.load(run_b / "weights.npz")
+    assert sorted(wa.files) == sorted(wb.files)
+    for k in wa.files:
+        np.testing.assert_array_equal(wa[k], wb[k])
+
+
+def test_a_resume_that_moves_the_cosine_horizon_says_so(store: Path, tmp_path: Path) -> None:
+    # --max-steps on a resumed run re-stretched the cosine schedule without a word: the learning
+    # rate jumped back up and the run no longer matched an uninterrupted one.
+    import io
+
+    from rich.console import Console
+
+    cfg = _config(store)
+    cfg.trainer = cfg.trainer.model_copy(update={"max_steps": 4, "eval_every": 4, "checkpoint_every": 4})
+    train(cfg, run_dir=tmp_path / "r", console=Console(file=io.StringIO()))
+    out = io.StringIO()
+    longer = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"max_steps": 8})})
+    train(longer, run_dir=tmp_path / "r", console=Console(file=out, width=400))
+    text = out.getvalue()
+    assert "horizon moves from 4 to 8 steps on resuming at step 4" in text, text
+    # the same resume under a constant schedule is exact: nothing to say
+    const = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"schedule": "constant"})})
+    train(const, run_dir=tmp_path / "c", console=Console(file=io.StringIO()))
+    out = io.StringIO()
+    train(const.model_copy(update={"trainer": longer.trainer}), run_dir=tmp_path / "c", console=Console(file=out, width=400))
+    assert "horizon" not in out.getvalue()

@@ -154,6 +154,7 @@ class Trainer:
         self.console = console
         self.stop_reason: str | None = None
         self.resumed_from = 0
+        self.saved_horizon: int | None = None  # the step limit the restored checkpoint was written under
         self.manager = None
         if self.run_dir is not None:
             import orbax.checkpoint as ocp
@@ -183,21 +184,24 @@ class Trainer:
             "elapsed": self.elapsed,
             "tokens": self.units,
             "stop_reason": self.stop_reason,
+            "total_steps": self.total_steps,  # the schedule's horizon, so a resume can say it moved
         }
 
     def save_checkpoint(self) -> None:
         import orbax.checkpoint as ocp
 
         step = int(self.state["step"])
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                # A host copy: the next step donates (overwrites) the device buffers while the
-                # asynchronous save may still be writing.
-                state=ocp.args.StandardSave(jax.tree_util.tree_map(_snapshot, self.state)),
-                loop=ocp.args.JsonSave(self._loop_state()),
-            ),
-        )
+        items: dict[str, Any] = {
+            # A host copy: the next step donates (overwrites) the device buffers while the
+            # asynchronous save may still be writing.
+            "state": ocp.args.StandardSave(jax.tree_util.tree_map(_snapshot, self.state)),
+            "loop": ocp.args.JsonSave(self._loop_state()),
+        }
+        if self._best_params is not None:
+            # The kept (best) parameters as of this step: weights.npz may already hold a later
+            # best when a run is killed before its next checkpoint, so resuming reads these.
+            items[BEST_ITEM] = ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, self._best_params))
+        self.manager.save(step, args=ocp.args.Composite(**items))
 
     def restore_latest(self) -> int | None:
         """Restore the newest checkpoint, if any; returns its step."""
@@ -209,10 +213,15 @@ class Trainer:
         if step is None:
             return None
         target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, self.state)
-        got = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore())
-        )
+        items: dict[str, Any] = {"state": ocp.args.StandardRestore(target), "loop": ocp.args.JsonRestore()}
+        has_best = (self.manager.directory / str(step) / BEST_ITEM).exists()  # checkpoints before it: none
+        if has_best:
+            best = nnx.state(self.task.network(self.state, average=True), nnx.Param)
+            items[BEST_ITEM] = ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, best))
+        got = self.manager.restore(step, args=ocp.args.Composite(**items))
         self.state = got["state"]
+        if has_best:
+            self._best_params = jax.tree_util.tree_map(np.asarray, got[BEST_ITEM])
         loop = got["loop"]
         self.loader.set_state(loop["loader"])
         self.history = loop["history"]
@@ -229,6 +238,7 @@ class Trainer:
         self.elapsed = loop["elapsed"]
         self.units = loop["tokens"]
         self.stop_reason = loop.get("stop_reason")
+        self.saved_horizon = loop.get("total_steps")  # None in checkpoints written before it
         return step
 
     # --- validation ---------------------------------------------------------------------------
@@ -249,10 +259,16 @@ class Trainer:
     def fit(self, resume: bool = True) -> dict[str, Any]:
         tc = self.config
         start = (self.restore_latest() if resume else None) or 0
-        if start and self.run_dir is not None and (self.run_dir / "weights.npz").exists():
-            net = self.task.load_weights(self.task.network(self.state), self.run_dir / "weights.npz")
-            self._best_params = nnx.state(net, nnx.Param)
+        if start and self._best_params is None and self.run_dir is not None and (self.run_dir / "weights.npz").exists():
+            # A checkpoint written before checkpoints carried the best parameters: weights.npz is
+            # the best known (possibly of a later step). Loaded into a copy of the state, never
+            # into the training state itself, which must stay the checkpoint's.
+            copy = jax.tree_util.tree_map(lambda x: x, self.state)
+            net = self.task.load_weights(self.task.network(copy), self.run_dir / "weights.npz")
+            self._best_params = jax.tree_util.tree_map(np.array, nnx.state(net, nnx.Param))
         self.resumed_from = start
+        if start and start < self.total_steps:
+            self._say_horizon(start)
         early_stopped = self.stop_reason == "early_stopping" and tc.patience is not None and self.bad_evals >= tc.patience
         if start >= self.total_steps or early_stopped:
             # Nothing left to do: say which limit holds, instead of running zero steps.
@@ -371,6 +387,26 @@ class Trainer:
             self._keep_best()
         self.stop_reason = stop_reason
         return self.summary()
+
+    def _say_horizon(self, start: int) -> None:
+        """A resumed run whose step limit moved (--max-steps, max_epochs) under a cosine schedule:
+        the learning rate follows the new horizon from here, so the run differs from an
+        uninterrupted one of either length. Said, not silently done."""
+        old = self.saved_horizon
+        if old is None or old == self.total_steps or self.task.optim.schedule == "constant":
+            return
+        from segue.training.optim import lr_at
+
+        was, now = float(lr_at(self.task.optim, start, old)), float(lr_at(self.task.optim, start, self.total_steps))
+        text = (
+            f"warning: the cosine schedule's horizon moves from {old} to {self.total_steps} steps on resuming "
+            f"at step {start}: the learning rate goes from {was:.3g} to {now:.3g}, so this run will not equal "
+            f"an uninterrupted {self.total_steps}-step run (schedule = \"constant\" resumes to any length exactly)"
+        )
+        if self.console is not None:
+            self.console.print(f"[yellow]{text}", highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def _keep_best(self) -> None:
         net = self.task.network(self.state, average=True)
@@ -752,6 +788,9 @@ def _stop_text(summary: dict[str, Any], cfg: RunConfig) -> str:
     if reason == "max_minutes":
         return f"max_minutes = {tc.max_minutes}: raise it with --max-minutes"
     return str(reason)
+
+BEST_ITEM = "best"  # a checkpoint's item holding the kept parameters (nnx.Param state)
+
 
 def _snapshot(x: Any) -> Any:
     """A copy of a state leaf that the next (donating) step cannot overwrite: on the host, or, for an
