@@ -169,3 +169,34 @@ def test_continue_on_a_ratings_only_model_gives_no_advice_it_cannot_follow(tmp_p
         # The routes that take ratings keep the advice.
         r = c.post("/v1/recommend", json={"history": body["history"], "n": 2}).json()
         assert any("give `ratings`" in w for w in r["warnings"]), r["warnings"]
+
+
+def test_the_supervisors_admin_port_names_a_query_string_as_one_worker_does(folders) -> None:
+    # R9: the supervisor compared the raw path (query included) with its routes: a 404 "not found"
+    # for /admin/reload?model=..., where one worker answers a 422 naming the parameter.
+    import socket
+
+    from segue.serving.workers import AdminServer, ServeSettings, Supervisor
+
+    key = {"X-API-Key": "k", "Content-Type": "application/json"}
+    one = create_app(folders["dot"], store=folders["store"], admin_key="k", use_env_admin_key=False)
+    with serve_in_thread(one) as s:
+        want = httpx.post(f"{s.url}/admin/reload?model=/tmp/m", headers=key, content=b"{}")
+    assert want.status_code == 422
+    sock = socket.socket()
+    sup = Supervisor(ServeSettings(model=folders["dot"]), sock, 2, 5.0)
+    server = AdminServer(sup, "127.0.0.1", 0, "k")
+    server.start()
+    url = f"http://127.0.0.1:{server.httpd.server_port}"
+    try:
+        got = httpx.post(f"{url}/admin/reload?model=/tmp/m", headers=key, content=b"{}")
+        assert got.status_code == 422 and got.json()["detail"] == want.json()["detail"], got.text
+        assert sup.reloads.empty()  # refused before any worker moves
+        r = httpx.get(f"{url}/admin/workers?x=1", headers=key)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "x"], r.text
+        assert "'x'" in r.json()["detail"][0]["msg"]
+        assert httpx.get(f"{url}/admin/workers?", headers=key).status_code == 200  # `?` alone is no query
+        assert httpx.get(f"{url}/admin/other?x=1", headers=key).status_code == 404
+    finally:
+        server.close()
+        sock.close()

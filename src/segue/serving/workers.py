@@ -290,15 +290,34 @@ class AdminServer:
                     self._reply(refusal[0], {"detail": refusal[1]})
                 return refusal is None
 
+            def _route(self, want: str) -> bool:
+                """Whether the request is for `want`, else answered: 404 for another path, and a
+                422 naming the query parameters on it, as a one-worker server answers them (its
+                routes read no query; `?` alone is none)."""
+                from urllib.parse import parse_qsl, urlsplit
+
+                url = urlsplit(self.path)
+                if url.path != want:
+                    self._reply(404, {"detail": "not found"})
+                    return False
+                if url.query:
+                    names = [k for k, _ in parse_qsl(url.query, keep_blank_values=True)] or [url.query]
+                    msg = (f"{want} takes no query parameters (got {', '.join(repr(k) for k in names[:5])})"
+                           + (": send them as fields of the JSON body" if self.command == "POST" else ""))
+                    self.close_connection = True  # a POST body left unread
+                    self._reply(422, {"detail": [{"loc": ["query", names[0]], "msg": msg, "type": "extra_forbidden"}]})
+                    return False
+                return True
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path != "/admin/workers":
-                    return self._reply(404, {"detail": "not found"})
+                if not self._route("/admin/workers"):
+                    return
                 if self._authorised():
                     self._reply(200, {"model": sup.settings().model.as_posix(), "workers": sup.describe()})
 
             def do_POST(self) -> None:  # noqa: N802
-                if self.path != "/admin/reload":
-                    return self._reply(404, {"detail": "not found"})
+                if not self._route("/admin/reload"):
+                    return
                 if not self._authorised():
                     return
                 body = self._read_body()
