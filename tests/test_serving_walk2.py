@@ -200,3 +200,22 @@ def test_the_supervisors_admin_port_names_a_query_string_as_one_worker_does(fold
     finally:
         server.close()
         sock.close()
+
+
+def test_a_supervisors_worker_does_not_say_the_admin_key_is_unset(folders, monkeypatch, caplog) -> None:
+    # R2: with SEGUE_ADMIN_KEY set and several workers, each worker (built with admin=False: the
+    # supervisor keeps /admin/reload) logged "SEGUE_ADMIN_KEY is not set".
+    import logging
+
+    from segue.serving.workers import ServeSettings, build_app
+
+    monkeypatch.setenv("SEGUE_ADMIN_KEY", "k")
+    with caplog.at_level(logging.WARNING, logger="segue"):
+        build_app(ServeSettings(model=folders["dot"], store=folders["store"], admin=False))
+    assert not any("SEGUE_ADMIN_KEY is not set" in r.getMessage() for r in caplog.records), caplog.text
+    # A server that looked for the key and found none still says so.
+    monkeypatch.delenv("SEGUE_ADMIN_KEY")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="segue"):
+        create_app(folders["dot"], store=folders["store"])
+    assert any("SEGUE_ADMIN_KEY is not set" in r.getMessage() for r in caplog.records), caplog.text

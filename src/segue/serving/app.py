@@ -1263,7 +1263,7 @@ def create_app(
                 "folder": str(folder),
             }
 
-    else:
+    elif use_env_admin_key:  # the caller (a supervisor's worker) that took the key out says why itself
         log.warning("%s is not set: admin routes (/admin/reload) are not mounted", ADMIN_KEY_ENV)
 
     app.add_middleware(_Envelope, state=state, routes=app.router.routes)

@@ -548,6 +548,8 @@ def run(
     if admin_port is not None and not (settings.admin and key):
         raise ConfigError("--admin-port needs the admin key in $SEGUE_ADMIN_KEY")
     if workers > 1:
+        if settings.admin and not key:  # said once here: the workers take no key (admin=False below)
+            log.warning("SEGUE_ADMIN_KEY is not set: admin routes (/admin/reload) are not mounted")
         if settings.admin and key and admin_port is None:
             log.warning("%d workers: /admin/reload is not mounted (it would reload one worker); give --admin-port "
                         "for the supervisor's, or send SIGHUP to pid %d for a rolling restart", workers, os.getpid())
