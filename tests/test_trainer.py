@@ -326,3 +326,24 @@ def test_a_resume_that_moves_the_cosine_horizon_says_so(store: Path, tmp_path: P
     out = io.StringIO()
     train(const.model_copy(update={"trainer": longer.trainer}), run_dir=tmp_path / "c", console=Console(file=out, width=400))
     assert "horizon" not in out.getvalue()
+
+
+def test_resuming_on_a_rebuilt_store_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # A store rebuilt with other events under the same path: a different vocabulary ended in a
+    # 305-line Orbax traceback, the same size in a cryptic loader error, and each attempt first
+    # rewrote the run folder's store_checksum.txt and config.toml.
+    rng = np.random.default_rng(1)
+    path = tmp_path / "s.duckdb"
+    seqs = [[int(x) for x in (rng.integers(0, 10) + np.arange(rng.integers(4, 10))) % 24] for _ in range(60)]
+    make_store(path, seqs, [{"kind": "leave_last_out", "name": "loo"}])
+    cfg = _config(path)
+    cfg.trainer = cfg.trainer.model_copy(update={"max_steps": 4, "eval_every": 4, "checkpoint_every": 4})
+    run = tmp_path / "run"
+    train(cfg, run_dir=run)
+    before = {n: (run / n).read_bytes() for n in ("store_checksum.txt", "config.toml")}
+    path.unlink()
+    make_store(path, [s[::-1] + [30] for s in seqs], [{"kind": "leave_last_out", "name": "loo"}])
+    longer = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"max_steps": 8})})
+    with pytest.raises(ConfigError, match=r"was trained on a store with content checksum \w+, but .*s\.duckdb now has \w+"):
+        train(longer, run_dir=run)
+    assert {n: (run / n).read_bytes() for n in before} == before

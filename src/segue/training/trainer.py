@@ -656,6 +656,21 @@ def check_validation_metric(cfg: RunConfig, task: TrainTask) -> None:
             raise metric_error(cfg.source, field, name, known)
 
 
+def check_same_store(run: Path, store: Store, resume: bool) -> None:
+    """A run folder with checkpoints resumes only on the store it was trained on: another store's
+    events (a rebuilt store) would meet the checkpoint's vocabulary and loader position, and fail
+    deep inside the restore or train on data the folder does not record."""
+    recorded = run / "store_checksum.txt"
+    if not resume or not recorded.is_file() or not (run / "checkpoints").is_dir() or not any((run / "checkpoints").iterdir()):
+        return
+    was = recorded.read_text().strip()
+    if was and was != store.checksum:
+        raise ConfigError(
+            f"{run}: was trained on a store with content checksum {was}, but {store.path} now has {store.checksum} "
+            "(rebuilt or another store): resume on the same store, or start over with --fresh or another runs_dir"
+        )
+
+
 def repeat_share(arrays: Any) -> float:
     """Share of events whose item already occurred earlier in the same sequence."""
     tokens = np.asarray(arrays.tokens, dtype=np.int64)
@@ -703,6 +718,7 @@ def train(
             )
     store = Store.open(store_path)  # a missing or unreadable store fails before anything is written
     try:
+        check_same_store(run, store, resume)
         data = open_split(store, cfg.data.split)
         family_config = cfg.family_config()
         # The task checks its data as it is built (an autoencoder's ratings against its scale, its
