@@ -91,6 +91,11 @@ def test_a_model_without_two_towers_is_refused(trained, tmp_path: Path) -> None:
         with pytest.raises(SegueError, match="popularity model has no two towers"):
             export_vectors(pop, st, "loo", tmp_path / "p")
     assert not (tmp_path / "p").exists()
+    # segue export on a baseline's folder says so at once; it first asked for --split, which
+    # could not help
+    pop.save(tmp_path / "pop")
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "pop"), "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "popularity model has no two towers" in res.output and "--split" not in res.output, res.output
 
 
 def test_demo_rank_step_exports_and_ranks_retrieved_candidates(trained, tmp_path: Path, capsys) -> None:

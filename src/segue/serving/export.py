@@ -141,11 +141,7 @@ def export_vectors(
     if part not in PARTS:
         raise ConfigError(f"--part '{part}': expected one of {', '.join(PARTS)}")
     check_output(out, "export", META_FILE)  # the folder replaces the whole path: only a new one or an earlier export
-    if not (callable(getattr(model, "item_embeddings", None)) and callable(getattr(model, "query_embeddings", None))):
-        raise SegueError(
-            f"the {model.family} model has no two towers: it offers no item_embeddings() / query_embeddings() "
-            "(embedding families such as the transformer do)"
-        )
+    check_two_towers(model)
     vocab = model._check_fitted()
     store.require_split(split)
     # another store's (or split's) items under the same token ids would make every user vector
@@ -203,6 +199,17 @@ def export_vectors(
     return meta
 
 
+def check_two_towers(model: BaseRecommender) -> None:
+    """A SegueError unless the model offers item_embeddings() and query_embeddings()."""
+    from segue.errors import SegueError
+
+    if not (callable(getattr(model, "item_embeddings", None)) and callable(getattr(model, "query_embeddings", None))):
+        raise SegueError(
+            f"the {model.family} model has no two towers: it offers no item_embeddings() / query_embeddings() "
+            "(embedding families such as the transformer do)"
+        )
+
+
 def run_store_split(run: Path) -> tuple[Path | None, str | None]:
     """The store and split a run folder was trained on (its config.toml), where it says."""
     import tomllib
@@ -238,6 +245,7 @@ def export(
     from segue.models.base import load_model
 
     model = load_model(run)
+    check_two_towers(model)  # before asking for a store or split that could not help
     saved_store, saved_split = run_store_split(run)
     store_path = store or saved_store
     if store_path is None:
