@@ -97,6 +97,17 @@ def test_pipeline_refuses_a_file_or_foreign_folder(store: Path, tmp_path: Path) 
         assert res.exit_code == 2, res.output
         assert f"{victim} exists and is not a segue pipeline model" in " ".join(res.output.split())
     assert untouched(f, d) and (tmp_path / "other" / "model.toml").is_file()
+    # a pipeline folder save() did not write (no saved.json: an older segue's) is refused before
+    # the fit, not after it at save time; a pipeline written by this segue is replaced
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.toml").write_text('family = "pipeline"\n')
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    res = runner.invoke(app, ["pipeline", "-c", str(cfg), "-o", str(tmp_path / "old")])
+    assert res.exit_code == 2 and "saved.json" in res.output and "fitting" not in res.output.lower(), res.output
+    assert (tmp_path / "old" / "notes.txt").read_text() == "mine"
+    for _ in range(2):
+        res = runner.invoke(app, ["pipeline", "-c", str(cfg), "-o", str(tmp_path / "new")])
+        assert res.exit_code == 0, res.output
 
 
 def test_experiment_refuses_a_foreign_folder_and_an_evaluate_report(store: Path, tmp_path: Path) -> None:

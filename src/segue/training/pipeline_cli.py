@@ -59,6 +59,7 @@ def fit_pipeline(config: Path, out: Path | None = None, console: object = None, 
     from segue.data.arrays import SplitData
     from segue.data.store import Store
     from segue.io import check_output
+    from segue.models.base import check_save_folder
     from segue.models.pipeline import PipelineRecommender
 
     run = PipelineRunConfig.load(config)
@@ -67,6 +68,7 @@ def fit_pipeline(config: Path, out: Path | None = None, console: object = None, 
     out = out or base / run.models_dir / run.name
     # before fitting: save() replaces the whole path, so it must be new or an earlier pipeline model
     check_output(out, "pipeline model", _is_pipeline_model)
+    check_save_folder(out)  # and one save() wrote, holding nothing save() would delete
 
     def progress(what: str, done: int, total: int) -> None:
         if console is not None and (done == total or done % 2000 < 128):
