@@ -196,7 +196,7 @@ SPLIT_DOCS: dict[str, tuple[str, dict[str, str], str]] = {
             "name": "split name in the store (default temporal)",
             "valid_cut": "start of validation: unix seconds or ISO date (default: from valid_fraction)",
             "test_cut": "start of test: unix seconds or ISO date (default: from test_fraction)",
-            "valid_fraction": "share of events (by time) for validation when valid_cut is not given (default 0.1)",
+            "valid_fraction": "share of events (by time) for validation when valid_cut is not given, ending at test_cut when that is given (default 0.1)",
             "test_fraction": "share of events (by time) for test when test_cut is not given (default 0.1)",
         },
         "temporal:valid_cut=2024-03-01,test_cut=2024-04-01",
