@@ -105,3 +105,9 @@ def test_continue_past_the_catalogue_prints_what_it_could(tmp_path: Path) -> Non
     assert out.exit_code == 0, out.output
     assert f"{V - N_SPECIAL - 1:>3}. spotify:track:" in out.output
     assert f"only {V - N_SPECIAL - 1} items could be continued (the catalogue ran out)" in out.output
+    # p has one meaning, said under the list: --greedy and --top-k 1 print different numbers for
+    # the same pick because the softmax runs over different candidate sets
+    text = " ".join(out.output.split())
+    assert "p: each pick's probability under the softmax over the 50 best items left, at temperature 1 (greedy takes the most probable)" in text
+    one = CliRunner().invoke(app, ["continue", "--model", str(folder), "--seed", "spotify:track:1", "-n", "1", "--top-k", "1"])
+    assert "p=1.000" in one.output and "softmax over the 1 best items left" in " ".join(one.output.split())

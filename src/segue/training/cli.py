@@ -132,7 +132,7 @@ def continue_(
     n: Annotated[int, typer.Option("-n", min=1, max=500, help="Items to generate (as /v1/continue: 1-500).")] = 20,
     top_k: Annotated[int, typer.Option(min=1, help="Sample among the k best items.")] = 50,
     temperature: Annotated[float, typer.Option(callback=_positive, help="Softmax temperature (> 0).")] = 1.0,
-    greedy: Annotated[bool, typer.Option(help="Always take the best item.")] = False,
+    greedy: Annotated[bool, typer.Option(help="Always take the best item (its p is still read from the tempered top-k softmax).")] = False,
     random_seed: Annotated[int, typer.Option("--random-seed", help="Sampling seed.")] = 0,
 ) -> None:
     """Continue a playlist from seed items and print the new items with their names."""
@@ -150,5 +150,11 @@ def continue_(
     names = load_item_names(model)
     for i, (tok, p) in enumerate(zip(res.tokens, res.probabilities, strict=True), 1):
         console.print(f"{i:>3}. {describe(tok, rec.vocab, names)}  [dim]p={p:.3f}[/]", highlight=False)
+    if res.tokens:  # one meaning for p, greedy or sampled (as /v1/continue's probability)
+        console.print(
+            f"[dim]p: each pick's probability under the softmax over the {top_k} best items left, at temperature "
+            f"{temperature:g}{' (greedy takes the most probable)' if greedy else ''}",
+            highlight=False,
+        )
     if res.ran_out:  # the words of /v1/continue's warning
         console.print(f"[yellow]only {len(res.tokens)} items could be continued (the catalogue ran out)", highlight=False)
