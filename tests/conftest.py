@@ -23,3 +23,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory):
+    """An httpx client of a served two-stage pipeline (real store, fitted pipeline, real server)."""
+    import httpx
+
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.models.pipeline import PipelineRecommender
+    from segue.serving.app import create_app
+    from segue.serving.cli import serve_in_thread
+    from test_pipeline import pipeline_config, playlist_store
+
+    root = tmp_path_factory.mktemp("walk-pipe")
+    store = playlist_store(root / "store.duckdb")
+    with Store.open(store) as s:
+        folder = PipelineRecommender(pipeline_config()).fit(SplitData.load(s, "random")).save(root / "pipe")
+    app = create_app(folder, store=store, use_env_admin_key=False)
+    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c

@@ -154,22 +154,6 @@ def test_empty_history_scores_one_way_on_every_endpoint(dot, folders) -> None:
     assert [i["score"] for i in flat["items"]] == pytest.approx([0.0] * 4, abs=1e-6)
 
 
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory: pytest.TempPathFactory):
-    from segue.data.arrays import SplitData
-    from segue.data.store import Store
-    from segue.models.pipeline import PipelineRecommender
-    from test_pipeline import pipeline_config, playlist_store
-
-    root = tmp_path_factory.mktemp("walk-pipe")
-    store = playlist_store(root / "store.duckdb")
-    with Store.open(store) as s:
-        folder = PipelineRecommender(pipeline_config()).fit(SplitData.load(s, "random")).save(root / "pipe")
-    app = create_app(folder, store=store, use_env_admin_key=False)
-    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
-        yield c
-
-
 def test_a_pipeline_scores_an_empty_history_with_its_ranker_everywhere(pipe) -> None:
     # F1, pipeline: /v1/recommend gave ranker scores yet said "fell back to popularity" and
     # retrieval "popularity"; /v1/rank gave log(1 + count) for the same items.

@@ -127,22 +127,6 @@ def test_explain_takes_recommends_list_fields_and_explains_the_served_list(dot, 
     assert dot.post("/v1/explain", json={"history": history, "denied": [top[0]]}).status_code == 422
 
 
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory: pytest.TempPathFactory):
-    from segue.data.arrays import SplitData
-    from segue.data.store import Store
-    from segue.models.pipeline import PipelineRecommender
-    from test_pipeline import pipeline_config, playlist_store
-
-    root = tmp_path_factory.mktemp("walk2-pipe")
-    store = playlist_store(root / "store.duckdb")
-    with Store.open(store) as s:
-        folder = PipelineRecommender(pipeline_config()).fit(SplitData.load(s, "random")).save(root / "pipe")
-    app = create_app(folder, store=store, use_env_admin_key=False)
-    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
-        yield c
-
-
 def test_a_pipeline_explains_the_list_a_name_served(pipe) -> None:
     # R7, pipelines: `name` shapes the candidate pool, so explain without it scored other items.
     for body in ({"history": ["t1"], "name": "aurora", "n": 4}, {"history": ["t1", "t2"], "name": "aurora", "n": 4, "deny": ["t3"]}):
