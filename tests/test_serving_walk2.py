@@ -138,6 +138,20 @@ def test_a_pipeline_explains_the_list_a_name_served(pipe) -> None:
         assert [i["score"] for i in got] == pytest.approx([i["score"] for i in served], rel=1e-5, abs=1e-6)
 
 
+def test_a_pipeline_explains_the_served_scores_with_seen_items_and_for_a_named_empty_history(pipe) -> None:
+    # exclude_seen = false lets the history's items into the pools, and a name shapes an empty
+    # history's pool: explain scored both with the default pool, so its scores were not the served ones.
+    t1_pool = {"history": ["t1", "t2"], "exclude_seen": False, "n": 60}
+    served = pipe.post("/v1/recommend", json=t1_pool).json()["items"]
+    assert {"t1", "t2"} & {i["id"] for i in served}, served  # a seen item is served: the case at hand
+    for body in (t1_pool, {"history": [], "name": "aurora", "n": 4}):
+        served = pipe.post("/v1/recommend", json=body).json()["items"]
+        got = pipe.post("/v1/explain", json=body).json()["items"]
+        assert [i["id"] for i in got] == [i["id"] for i in served]
+        assert all(i["score"] is not None for i in got), got
+        assert [i["score"] for i in got] == pytest.approx([i["score"] for i in served], rel=1e-5, abs=1e-6)
+
+
 def test_continue_on_a_ratings_only_model_gives_no_advice_it_cannot_follow(tmp_path: Path) -> None:
     # R8: /v1/continue said "give `ratings`", which /v1/continue refuses (extra_forbidden).
     from test_serving_profiles import fit_biasedmf, rated_store

@@ -1120,7 +1120,7 @@ def create_app(
             warnings.append("empty history: nothing to explain")
         out, surprising = explain_profile(
             engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings, offset=enc.truncated,
-            events=enc.events, context=req.context, name=req.name,
+            events=enc.events, context=req.context, name=req.name, exclude_seen=req.exclude_seen,
         )
         if req.niche_boost:
             boost_scores(engine, out, targets, req.niche_boost)

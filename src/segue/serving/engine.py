@@ -241,9 +241,13 @@ class Engine:
         fn = self.model.query_embeddings  # type: ignore[attr-defined]
         return np.asarray(fn(arrays, **model_kwargs(fn, arrays)), dtype=np.float32)
 
-    def scores(self, arrays: SequenceArrays) -> np.ndarray:
-        """The model's scores [B, V], conditioned on the event to predict where the model reads it."""
-        return np.asarray(self.model.score(arrays, **model_kwargs(self.model.score, arrays)), dtype=np.float32)
+    def scores(self, arrays: SequenceArrays, exclude_seen: bool = True) -> np.ndarray:
+        """The model's scores [B, V], conditioned on the event to predict where the model reads it
+        (`exclude_seen` = False lets a two-stage pipeline's pools hold the history's items)."""
+        kwargs = model_kwargs(self.model.score, arrays)
+        if self.pipeline and not exclude_seen:
+            kwargs["exclude_seen"] = False
+        return np.asarray(self.model.score(arrays, **kwargs), dtype=np.float32)
 
     def score_tokens(
         self,
@@ -253,9 +257,11 @@ class Engine:
         ratings: list[np.ndarray | None] | None = None,
         events: list[EventColumns | None] | None = None,
         names: list[str | None] | None = None,
+        exclude_seen: bool = True,
     ) -> np.ndarray:
         """The model's scores [B, C] of `tokens` [B, C] after each history, in one model call
-        (`names`: playlist titles, which a two-stage pipeline's candidate pool reads)."""
+        (`names`: playlist titles, which a two-stage pipeline's candidate pool reads, as it reads
+        `exclude_seen`)."""
         arrays = self.arrays(histories, context, ratings, events)
         if names is not None and self.pipeline:
             arrays.meta["seq_names"] = list(names)
@@ -263,7 +269,7 @@ class Engine:
         if self.dot_exact:
             q = self.query(arrays)
             return np.einsum("bd,bcd->bc", q, self.embeddings[tokens])  # type: ignore[index]
-        scores = self.scores(arrays)
+        scores = self.scores(arrays, exclude_seen)
         return np.take_along_axis(scores, tokens, axis=1)
 
     def rank(
@@ -350,13 +356,14 @@ class Engine:
             out.append(ranked)
         return out
 
-    def empty_history_scores(self, tokens: np.ndarray) -> np.ndarray:
+    def empty_history_scores(self, tokens: np.ndarray, name: str | None = None) -> np.ndarray:
         """float32 [m] scores of `tokens` after an empty history, as `rank` gives them: log(1 +
-        training count), or a pipeline's ranker score (NaN outside its candidate pool)."""
+        training count), or a pipeline's ranker score (NaN outside its candidate pool, which the
+        playlist's `name` shapes)."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if not self.pipeline:
             return self.popularity[tokens]
-        s = self.score_tokens([np.zeros(0, np.int64)], tokens[None, :])[0]
+        s = self.score_tokens([np.zeros(0, np.int64)], tokens[None, :], names=None if name is None else [name])[0]
         return np.where(outside_pool(s), np.nan, s).astype(np.float32)
 
     def _boost(self, scores: np.ndarray, b: float) -> np.ndarray:
@@ -511,6 +518,7 @@ class Engine:
         events: EventColumns | None = None,
         context: dict[str, str] | None = None,
         name: str | None = None,
+        exclude_seen: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Leave-one-out impact of each history item on each item's score, in one model call.
 
@@ -534,7 +542,7 @@ class Engine:
             evs = [ev] + [ev.without(j) for j in range(len(h))]
         ctx = None if context is None else [context] * len(rows)
         names = [name] * len(rows) if name is not None else None
-        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ctx, rs, evs, names)  # [L + 1, m]
+        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ctx, rs, evs, names, exclude_seen)  # [L + 1, m]
         if self.pipeline:  # leaving or joining the candidate pool: +inf / -inf (pool_impacts)
             return np.where(outside_pool(s[0]), np.nan, s[0]), pool_impacts(s[0], s[1:])
         with np.errstate(invalid="ignore"):

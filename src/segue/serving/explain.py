@@ -43,6 +43,7 @@ def explain_profile(
     events: EventColumns | None = None,
     context: dict[str, str] | None = None,
     name: str | None = None,
+    exclude_seen: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(explained items, surprising items) of one profile.
 
@@ -75,7 +76,7 @@ def explain_profile(
         predicted = engine.predict_ratings(history, ratings, np.concatenate([items, history[sel]])).astype(np.float64)
     explained = _explain_items(
         engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)], offset,
-        events, context, name,
+        events, context, name, exclude_seen,
     )
     if not rating_family:
         return explained, None
@@ -97,18 +98,19 @@ def _explain_items(
     events: EventColumns | None = None,
     context: dict[str, str] | None = None,
     name: str | None = None,
+    exclude_seen: bool = True,
 ) -> list[dict[str, Any]]:
     # A contribution's `position` is its index in the request's history: `offset` items were cut
     # before `history` (the model's context), as for the surprising items.
     if len(items) == 0:
         return []
     if len(history) == 0:  # nothing to leave out: the empty-history score, as /v1/recommend's
-        scores = engine.empty_history_scores(items)
+        scores = engine.empty_history_scores(items, name)
         return [
             {**engine.catalogue.describe(int(t)), "score": _finite(s), "contributions": []}
             for t, s in zip(items.tolist(), scores.tolist(), strict=True)
         ]
-    scores, impact = engine.explain(history, items, ratings, events, context, name)
+    scores, impact = engine.explain(history, items, ratings, events, context, name, exclude_seen)
     out = []
     for i, t in enumerate(items):
         order = np.argsort(-impact[i], kind="stable")[:top]
