@@ -122,6 +122,9 @@ class Engine:
         self.pipeline = is_pipeline(model)  # two-stage: serving/pipeline_engine.py
         # a rating model that folds in rated events only answers an unrated history unpersonalised
         self.reads_unrated = self.pipeline or getattr(model, "reads_unrated", True)
+        # Each context column's training values, as sets once here rather than per request.
+        cats = getattr(getattr(model, "network", None), "categories", None) or {}
+        self.context_values: dict[str, frozenset[str]] = {name: frozenset(vals) for name, vals in cats.items()}
         retrieval = "pipeline" if self.pipeline else "score" if self.index is None else self.index.kind
         self.info = ModelInfo(
             run_id=str(model.meta.get("run_id") or folder.name),

@@ -178,7 +178,7 @@ def unseen_context(
     for name in cfg.context:
         if name not in known:
             continue
-        seen = set(known[name])
+        seen = engine.context_values[name]
         sent = ([context[name]] if context and name in context else []) + [v for v in events.get(name, []) if v is not None]
         new = sorted({v for v in sent if v not in seen})
         if new:
