@@ -41,6 +41,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from segue.config import Config, read_toml
 from segue.errors import ConfigError, SegueError
+from segue.io import file_digest
 from segue.retrain.evaluate import GateConfig
 
 STEPS = ("gather", "validate", "build", "train", "evaluate", "gate", "register", "promote", "reload")
@@ -302,12 +303,12 @@ class Retrain:
         # Known by content, not only by path: a file changed since production was trained on it
         # (corrected, re-delivered, still being copied then) holds data production has not seen,
         # so it is new again: validated and trained on, not skipped as "nothing new".
-        sums = {f: _sha256(f) for f in present}
+        sums = {f: file_digest(f) for f in present}
         changed = [f for f in present if f in known_sums and known_sums[f] != sums[f]]
         new = [f for f in present if f not in known or f in changed]
         st["known_files"], st["new_files"], st["changed_files"] = [f for f in known if f not in changed], new, changed
         st["files"] = st["known_files"] + new
-        st["file_sha256"] = {f: sums.get(f) or _sha256(f) for f in st["files"]}
+        st["file_sha256"] = {f: sums.get(f) or file_digest(f) for f in st["files"]}
         # The feature log: records newer than what production has seen.
         st["log_records"], st["data_until"] = 0, (since if math.isfinite(since) else None)
         if cfg.feature_log:
@@ -629,17 +630,6 @@ def _check_pattern(cfg: RetrainConfig, incoming: Path, present: list[str], known
         return None
     names = f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
     return f"pattern '{cfg.pattern}' matches none of the {len(others)} file(s) in {incoming}: {names}"
-
-
-def _sha256(path: str) -> str:
-    """The file's SHA-256 (hex), read in 1 MiB blocks."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _copy_log_since(folder: Path, since: float, out: Path) -> tuple[int, float | None]:
