@@ -39,7 +39,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl
 
 import msgspec
 import numpy as np
@@ -81,7 +80,7 @@ from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
 from segue.serving.lifecycle import readiness, warm_up
 from segue.serving.rank import rank_candidates
-from segue.serving.validation import error_details
+from segue.serving.validation import error_details, query_error
 
 log = logging.getLogger("segue.serving")
 _JSON = msgspec.json.Encoder()
@@ -523,10 +522,8 @@ class _Envelope:
         if query and where["method"] == "POST" and self._full_match(where):
             # The POST routes read their JSON body only: `?n=2` was ignored without a word (the
             # GET routes refuse unknown parameters for the same reason).
-            names = [k for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)] or [query.decode("latin-1")]
-            msg = (f"{where['path']} takes no query parameters (got {', '.join(repr(k) for k in names[:5])}): "
-                   "send them as fields of the JSON body")
-            await refuse(422, ["query", names[0]], msg, "extra_forbidden")
+            err = query_error(where["path"], query.decode("latin-1"), post=True)
+            await refuse(422, err["loc"], err["msg"], err["type"])
             return
         too_large = (413, ["body"], f"request body is larger than {MAX_BODY_BYTES} bytes", "too_large")
         request_headers = dict(scope.get("headers", ()))

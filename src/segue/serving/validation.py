@@ -78,3 +78,13 @@ def error_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             d["ctx"] = jsonable(e["ctx"])
         out.append(d)
     return out
+
+
+def query_error(path: str, query: str, post: bool) -> dict[str, Any]:
+    """The 422 detail entry for query parameters on a route that reads none (the one-worker app's
+    POST routes and the supervisor's admin port answer alike); `?` alone is no parameter."""
+    from urllib.parse import parse_qsl
+
+    names = [k for k, _ in parse_qsl(query, keep_blank_values=True)] or [query]
+    msg = f"{path} takes no query parameters (got {', '.join(repr(k) for k in names[:5])})"
+    return {"loc": ["query", names[0]], "msg": msg + (": send them as fields of the JSON body" if post else ""), "type": "extra_forbidden"}

@@ -294,18 +294,17 @@ class AdminServer:
                 """Whether the request is for `want`, else answered: 404 for another path, and a
                 422 naming the query parameters on it, as a one-worker server answers them (its
                 routes read no query; `?` alone is none)."""
-                from urllib.parse import parse_qsl, urlsplit
+                from urllib.parse import urlsplit
+
+                from segue.serving.validation import query_error
 
                 url = urlsplit(self.path)
                 if url.path != want:
                     self._reply(404, {"detail": "not found"})
                     return False
                 if url.query:
-                    names = [k for k, _ in parse_qsl(url.query, keep_blank_values=True)] or [url.query]
-                    msg = (f"{want} takes no query parameters (got {', '.join(repr(k) for k in names[:5])})"
-                           + (": send them as fields of the JSON body" if self.command == "POST" else ""))
                     self.close_connection = True  # a POST body left unread
-                    self._reply(422, {"detail": [{"loc": ["query", names[0]], "msg": msg, "type": "extra_forbidden"}]})
+                    self._reply(422, {"detail": [query_error(want, url.query, post=self.command == "POST")]})
                     return False
                 return True
 
