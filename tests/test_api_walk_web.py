@@ -14,6 +14,7 @@ from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
 from segue.serving.engine import Engine
 from servinghelp import dot_folder, named_store, popularity_folder
+from test_serving_rank import EVENT_BODY
 
 KEY = "walk-admin-key"
 
@@ -200,14 +201,6 @@ def events_model(tmp_path_factory: pytest.TempPathFactory):
         yield c, rec
 
 
-EVENT_BODY = {
-    "ratings": [5, 1, None, 4],
-    "feedback": {"skip": [False, True, None, 0], "listened": [1.0, 0.1, None, 0.8]},
-    "timestamps": [1_700_000_000, 1_700_003_600, None, 1_700_090_000],
-    "event_context": {"platform": ["mobile", "web", None, "tv"]},
-    "context": {"platform": "tv"},
-    "ts": 1_700_100_000,
-}
 
 
 def test_explain_takes_what_recommend_takes_and_explains_the_served_score(events_model) -> None:

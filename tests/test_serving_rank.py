@@ -42,18 +42,22 @@ def items_of(rec, n: int, start: int = 0) -> list[str]:
     return [rec.vocab.external_ids[t] for t in range(N_SPECIAL + start, N_SPECIAL + start + n)]
 
 
+
+# A four-event history's ratings, feedback, times and context, and the event to predict.
+EVENT_BODY = {
+    "ratings": [5, 1, None, 4],
+    "feedback": {"skip": [False, True, None, 0], "listened": [1.0, 0.1, None, 0.8]},
+    "timestamps": [1_700_000_000, 1_700_003_600, None, 1_700_090_000],
+    "event_context": {"platform": ["mobile", "web", None, "tv"]},
+    "context": {"platform": "tv"},
+    "ts": 1_700_100_000,
+}
+
+
 def test_rank_scores_candidates_as_recommend_does_with_predicted_feedback(http, model) -> None:
     rec = model[2]
     history, cands = items_of(rec, 4), items_of(rec, 12, start=10)
-    body = {
-        "history": history,
-        "ratings": [5, 1, None, 4],
-        "feedback": {"skip": [False, True, None, 0], "listened": [1.0, 0.1, None, 0.8]},
-        "timestamps": [1_700_000_000, 1_700_003_600, None, 1_700_090_000],
-        "event_context": {"platform": ["mobile", "web", None, "tv"]},
-        "context": {"platform": "tv"},
-        "ts": 1_700_100_000,
-    }
+    body = {"history": history, **EVENT_BODY}
     got = post(http, "/v1/rank", items=cands + ["ghost"], **body)
     assert any("ghost" in w for w in got["warnings"])
     out = got["items"]
