@@ -147,3 +147,29 @@ def test_data_build_refuses_a_folder_even_with_force(tmp_path: Path) -> None:
         assert res.exit_code == 2, res.output
         assert f"{d} is a folder (expected a store file path)" in " ".join(res.output.split())
     assert sorted(p.name for p in d.iterdir()) == ["precious.txt"]
+
+
+def test_data_build_force_replaces_only_a_store_never_another_file_or_its_source(tmp_path: Path) -> None:
+    src = tmp_path / "e.csv"
+    src.write_text("user,item\nu1,a\nu1,b\nu2,a\nu2,c\n")
+    f, _ = victims(tmp_path)
+    other = tmp_path / "other.duckdb"  # a DuckDB file segue did not write
+    import duckdb
+
+    with duckdb.connect(str(other)) as con:
+        con.execute("CREATE TABLE mine AS SELECT 42 AS answer")
+    for victim in (f, other):
+        before = victim.read_bytes()
+        res = runner.invoke(app, ["data", "build", "csv", str(src), "-o", str(victim), "--force"])
+        assert res.exit_code == 2, res.output
+        assert f"{victim} exists and is not a segue store" in " ".join(res.output.split())
+        assert victim.read_bytes() == before
+    before = src.read_bytes()
+    res = runner.invoke(app, ["data", "build", "csv", str(src), "-o", str(src), "--force"])
+    assert res.exit_code == 2, res.output
+    assert f"{src} is the source file itself" in " ".join(res.output.split())
+    assert src.read_bytes() == before
+    store = tmp_path / "s.duckdb"
+    for _ in range(2):  # a store it wrote is replaced
+        res = runner.invoke(app, ["data", "build", "csv", str(src), "-o", str(store), "--force"])
+        assert res.exit_code == 0, res.output

@@ -94,12 +94,19 @@ def data_build(
     min_count: Annotated[int, typer.Option(help="Minimum training count for the vocabulary.")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Replace the store if --out exists.")] = False,
 ) -> None:
-    from segue.data.store import BuildConfig, build_store
+    from segue.data.store import BuildConfig, build_store, is_segue_store
 
     if out.is_dir():  # checked first: --force cannot make a folder a store file
         raise ConfigError(f"{out} is a folder (expected a store file path); choose another --out")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to replace it, or choose another --out")
+    if out.exists() and path.exists() and out.resolve() == path.resolve():
+        raise ConfigError(f"{out} is the source file itself; choose another --out")
+    if out.exists() and not is_segue_store(out):  # --force replaces a store, never someone's other file
+        raise ConfigError(
+            f"{out} exists and is not a segue store (--force replaces only a store that `segue data build` "
+            "wrote); move it away yourself or choose another --out"
+        )
     splits = [parse_split(s) for s in split] if split else [{"kind": "random_sequence"}]
     for spec in splits:
         parse_spec(spec)  # a bad spec fails now, not after the import

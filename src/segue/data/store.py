@@ -611,6 +611,24 @@ def _is_duckdb_file(path: Path) -> bool:
         return f.read(12)[8:12] == b"DUCK"  # DuckDB's magic bytes, after the 8-byte checksum
 
 
+def is_segue_store(path: str | Path) -> bool:
+    """Whether `path` is a file that `segue data build` wrote (any schema version): a DuckDB file
+    with a meta table naming its schema version. What `--force` may replace."""
+    path = Path(path)
+    if not path.is_file() or not _is_duckdb_file(path):
+        return False
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return False
+    try:
+        return con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is not None
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+
+
 class Store:
     """Read access to a built store. Open with `Store.open(path)`; use as a context manager."""
 
