@@ -297,7 +297,8 @@ def test_read_only_commands_do_not_create_a_registry(tmp_path: Path) -> None:
     # `registry list` on a mistyped path said "no model named ..." and left registry.db + artifacts/
     runner = CliRunner()
     absent = tmp_path / "x" / "regg"
-    for args in (["list", "segue"], ["list"], ["show", "segue"]):
+    # promote and rollback too: they need a registered version, and left an empty registry behind
+    for args in (["list", "segue"], ["list"], ["show", "segue"], ["promote", "segue", "1"], ["rollback", "segue"]):
         res = runner.invoke(app, ["registry", *args, "--registry", str(absent)])
         assert res.exit_code == 2, res.output
         assert f"{absent}: no registry here (expected a folder made by segue registry register" in " ".join(res.output.split())

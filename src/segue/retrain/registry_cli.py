@@ -203,7 +203,8 @@ def trained_checksum(model: Path) -> str | None:
 def _switch(registry: str | None, name: str, version: str | None, server: str | None, key: str | None, reason: str = "manual") -> None:
     from segue.ops.registry import switch_production
 
-    out = switch_production(_open(registry), name, version, server=server, admin_key=key, reason=reason)
+    # create=False: promoting needs a registered version, so a mistyped path is an error, not a new registry
+    out = switch_production(_open(registry, create=False), name, version, server=server, admin_key=key, reason=reason)
     console = Console()
     what = "rolled back" if version is None else "promoted"
     console.print(f"production: {escape(name)} version {out['from'] or '-'} -> {out['to']} ({what})", highlight=False)
