@@ -63,3 +63,25 @@ def test_export_refuses_a_store_the_model_was_not_trained_on(trained: tuple[Path
     assert res.exit_code == 2, res.output
     assert "its vocabulary differs" in flat(res.output) and "export it on the store and split it was trained on" in flat(res.output)
     assert not out.exists()
+
+
+def test_a_model_toml_cut_inside_its_config_is_refused_not_loaded_with_defaults(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from segue.errors import SegueError
+    from segue.models.base import END_MARKER, load_model
+
+    _, folder = trained
+    text = (folder / "model.toml").read_text()
+    assert text.rstrip().endswith(END_MARKER)
+    lines = text.rstrip().splitlines()
+    cut_at = next(i for i, line in enumerate(lines) if line.startswith("[config")) + 2  # still parses
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in folder.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.toml").write_text("\n".join(lines[:cut_at]) + "\n")
+    with pytest.raises(SegueError, match="lacks the line '# end of model.toml' that segue writes last"):
+        load_model(broken)
+    # a hand edit that keeps the marker (or an older folder without ends_with_marker) still loads
+    (broken / "model.toml").write_text(text.replace("ends_with_marker = true\n", ""))
+    assert load_model(broken).family == load_model(folder).family

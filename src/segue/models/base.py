@@ -210,6 +210,11 @@ def check_save_folder(folder: Path) -> None:
         )
 
 
+# The last line of a model.toml that write_model_header wrote: a file cut inside [config] still parses,
+# and its missing keys would load as defaults, so a header that says it ends with the marker must.
+END_MARKER = "# end of model.toml"
+
+
 def write_model_header(model: BaseRecommender, folder: Path) -> None:
     """model.toml: family, meta (JSON text) and the typed config as nested [config.*] tables."""
     import tomli_w
@@ -220,9 +225,10 @@ def write_model_header(model: BaseRecommender, folder: Path) -> None:
     header = {
         "family": model.family,
         "meta": json.dumps(model.meta, default=str),
+        "ends_with_marker": True,
         "config": _drop_none(model.config.model_dump(mode="json")),
     }
-    atomic_write_text(folder / "model.toml", tomli_w.dumps(header))
+    atomic_write_text(folder / "model.toml", tomli_w.dumps(header) + END_MARKER + "\n")
 
 
 def top_k(
@@ -353,8 +359,9 @@ def read_model_header(folder: Path) -> dict[str, Any]:
         raise SegueError(f"{folder}: no such model folder")
     if not path.exists():
         raise SegueError(f"{folder}: not a model folder (no model.toml)")
+    text = path.read_text()
     try:
-        header = tomllib.loads(path.read_text())
+        header = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SegueError(f"{path}: not valid TOML: {e}") from None
     # write_model_header writes all three: one missing is a damaged (e.g. truncated) file
@@ -362,6 +369,12 @@ def read_model_header(folder: Path) -> dict[str, Any]:
         raise SegueError(f"{path}: field 'family' is missing or not a string (expected the model family, e.g. family = \"ease\")")
     if not isinstance(header.get("config"), dict):
         raise SegueError(f"{path}: table [config] is missing (a damaged model.toml: the file is cut short?)")
+    # (anywhere, not only last: a key appended by hand after it is still read, and refused by name if unknown)
+    if header.get("ends_with_marker") is True and END_MARKER not in (line.strip() for line in text.splitlines()):
+        raise SegueError(
+            f"{path}: lacks the line '{END_MARKER}' that segue writes last (a damaged model.toml: the file "
+            "is cut short?); its missing [config] keys would load as defaults, so it is refused"
+        )
     return header
 
 
