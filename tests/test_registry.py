@@ -70,6 +70,21 @@ def test_version_records_artifact_checksum_config_metrics_parent(setup: dict) ->
     np.testing.assert_allclose(_scores(folder, setup["store"]), _scores(setup["dot"], setup["store"]))
 
 
+def test_a_shared_cache_never_serves_another_registrys_version_of_the_same_name(setup: dict, tmp_path: Path) -> None:
+    # two registries (two tracking servers, or one rebuilt) both hold m version 1: once m-v1 of the
+    # first was cached, the second's m-v1 came out of the cache as the first's model
+    cache = tmp_path / "cache"
+    first = setup["reg"].download("m", setup["v1"].version, cache)
+    np.testing.assert_array_equal(_scores(first, setup["store"]), _scores(setup["pop"], setup["store"]))
+    other = Registry(tmp_path / "reg2")
+    v1 = other.register("m", setup["dot"], store_checksum=setup["checksum"], split="random", config={"family": "dot"})
+    assert v1.version == setup["v1"].version
+    second = other.download("m", v1.version, cache)
+    assert second == first  # the same cache entry, replaced by this registry's version
+    np.testing.assert_allclose(_scores(second, setup["store"]), _scores(setup["dot"], setup["store"]))
+    assert (cache / "m-v1.run_id").read_text().strip() == other.version("m", "1").run_id
+
+
 def test_promote_then_rollback_restores_previous_scores(setup: dict) -> None:
     reg: Registry = setup["reg"]
     v1, v2 = setup["v1"].version, setup["v2"].version

@@ -337,15 +337,20 @@ class Registry:
         after). The folder's name is what /healthz reports as the run id."""
         info = self.version(name, ref)
         dest = Path(cache) / f"{name}-v{info.version}"
-        if (dest / "model.toml").exists():
+        # NAME-vN alone does not tell two registries (or a rebuilt one) apart: the run id it came
+        # from is kept beside it, and a folder from another run is downloaded again, not served
+        marker = dest.with_name(dest.name + ".run_id")
+        held = marker.read_text().strip() if marker.is_file() else None
+        if (dest / "model.toml").exists() and held in (None, info.run_id):  # None: cached before the marker
             return dest
-        from segue.io import atomic_path
+        from segue.io import atomic_path, atomic_write_text
 
         with atomic_path(dest, is_dir=True) as tmp:
             got = Path(self.client.download_artifacts(info.run_id, "model", str(tmp)))
             for p in got.iterdir():
                 p.rename(tmp / p.name)
             got.rmdir()
+        atomic_write_text(marker, info.run_id + "\n")
         return dest
 
     def resolve(self, uri: str, cache: str | Path) -> tuple[Path, VersionInfo]:
@@ -356,10 +361,13 @@ class Registry:
 
 
 def default_cache(registry: Registry) -> Path:
-    """Where downloaded versions go: beside an embedded registry, else ~/.cache/segue/models."""
+    """Where downloaded versions go: beside an embedded registry, else ~/.cache/segue/models/<a
+    digest of the tracking URI> (one folder per server: versions of two servers never share one)."""
     if registry.artifact_root is not None:
         return Path(registry.artifact_root).parent / "cache"
-    return Path.home() / ".cache" / "segue" / "models"
+    import hashlib
+
+    return Path.home() / ".cache" / "segue" / "models" / hashlib.sha256(registry.uri.encode()).hexdigest()[:12]
 
 
 class ServerUnreachable(SegueError):
