@@ -46,6 +46,16 @@ def mask_rows(scores: np.ndarray, histories: SequenceArrays, rows: np.ndarray) -
     scores[b, np.asarray(histories.tokens[idx], dtype=np.int64)] = NEG_INF
 
 
+def takes_exclude_seen(model: object) -> bool:
+    """Whether `model.score` takes the keyword `exclude_seen` (a two-stage pipeline's does)."""
+    import inspect
+
+    try:
+        return "exclude_seen" in inspect.signature(model.score).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False
+
+
 def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top k of each row of `scores` [B, V] -> tokens int32 [B, k] (best first, -1 where the row
     has fewer than k finite scores) and their scores float32 [B, k].
@@ -165,11 +175,14 @@ def rank_task(
     histories = C.remap_histories(task.histories, len(task.vocab), extra)
     bs = batch_size or auto_batch_size(v)
     q = len(task)
+    # A model whose score() builds candidates itself (a two-stage pipeline's pools leave out the
+    # history) is told when history items may be recommended, or masking alone could not let them in.
+    kwargs = {"exclude_seen": False} if not task.exclude_seen and takes_exclude_seen(model) else {}
     ranked = np.full((q, length), -1, dtype=np.int32)  # stays -1 beyond a catalogue smaller than length
     for lo in range(0, q, bs):
         rows = task.rows[lo : lo + bs]
         t0 = clock()
-        scores = model.score(histories, rows)
+        scores = model.score(histories, rows, **kwargs)
         t1 = clock()
         if scores.shape != (len(rows), v):
             raise SegueError(f"model '{name}': score() returned shape {scores.shape}, expected {(len(rows), v)}")

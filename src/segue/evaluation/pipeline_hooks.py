@@ -4,7 +4,8 @@
   sequence (playlist) name from `histories.meta["seq_names"]` (aligned with the history rows);
   the evaluator knows each query's sequence, so it puts the stored names there.
 - `pipeline_info`: pool recall@N (N = 50, 200, 500) of the merged candidate pool against each
-  generator alone, measured on the same queries, plus the ranker's feature importances; it lands
+  generator alone, measured on the same queries (history items in the pools as the task lets them
+  be recommended), plus the ranker's feature importances; it lands
   in the model's `info` (results.json) and in the report's tables (`pipeline_tables`).
 """
 
@@ -42,7 +43,7 @@ def pipeline_info(model: object, task: Task, batch_size: int | None = None) -> d
     if not _is_pipeline(model):
         return {}
     per_query = model.pool_recall(  # type: ignore[attr-defined]
-        task.histories, task.rows, task.rel_offsets, task.rel_keys, POOL_NS, batch_size
+        task.histories, task.rows, task.rel_offsets, task.rel_keys, POOL_NS, batch_size, exclude_seen=task.exclude_seen
     )
     out: dict[str, Any] = {
         f"pool_recall@{n}": {k: round(float(np.mean(v)), 4) for k, v in per_query[str(n)].items()} for n in POOL_NS

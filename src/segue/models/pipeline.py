@@ -546,11 +546,14 @@ class PipelineRecommender(BaseRecommender):
         rel_keys: np.ndarray,
         ns: tuple[int, ...] = (50, 200, 500),
         batch_size: int | None = None,
+        *,
+        exclude_seen: bool = True,
     ) -> dict[str, dict[str, np.ndarray]]:
         """Recall of the candidate pools, per query: for each N, every generator proposes N items;
         "pool" is the recall of their union, each generator's name its own recall@N, "pool_size"
         the union's size. recall = |pool ∩ relevant| / |relevant| (relevant: the query's target
-        set; <unk> targets count and are never found)."""
+        set; <unk> targets count and are never found). `exclude_seen` = False: the pools may hold
+        history items (as score(exclude_seen=False) ranks them)."""
         rows = np.asarray(rows, dtype=np.int64)
         nmax = max(ns)
         gens = self.generator_names
@@ -558,7 +561,7 @@ class PipelineRecommender(BaseRecommender):
         bs = batch_size or self.config.batch_size
         for lo in range(0, len(rows), bs):
             batch = rows[lo : lo + bs]
-            pools = self.pools(histories, batch, sizes=dict.fromkeys(gens, nmax))
+            pools = self.pools(histories, batch, sizes=dict.fromkeys(gens, nmax), exclude_seen=exclude_seen)
             for i, p in enumerate(pools):
                 q = lo + i
                 rel = rel_keys[rel_offsets[q] : rel_offsets[q + 1]]
