@@ -21,7 +21,7 @@ from segue.data.vocab import N_SPECIAL, check_vocab
 from segue.errors import SegueError
 from segue.evaluation import cold as C
 from segue.evaluation import metrics as M
-from segue.evaluation.pipeline_hooks import attach_sequence_names, pipeline_info
+from segue.evaluation.pipeline_hooks import attach_sequence_names, pipeline_info, trained_on_part_notes
 from segue.evaluation.protocols import ProtocolConfig, Task, build_task, resolve_split
 from segue.models.base import NEG_INF, Recommender, select_top
 
@@ -295,6 +295,7 @@ def _evaluate_open(
     data = SplitData.load(store, split)
     task = build_task(data, cfg)
     attach_sequence_names(task, store, models)
+    task.notes += trained_on_part_notes(models, task.part)
     models = C.prepare_models(models, store)  # copies: the caller's models keep their vocabulary
     for name, model in models.items():
         if n := len(C.extra_item_ids(model)):

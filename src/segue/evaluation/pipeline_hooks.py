@@ -3,6 +3,9 @@
 - `attach_sequence_names`: a pipeline's name features and name generator read each query's
   sequence (playlist) name from `histories.meta["seq_names"]` (aligned with the history rows);
   the evaluator knows each query's sequence, so it puts the stored names there.
+- `trained_on_part_notes`: a pipeline's ranker learns from the validation part's targets
+  (model.toml meta `ranker_training.part`); scored on that same part its numbers are optimistic,
+  and the evaluator says so in the notes.
 - `pipeline_info`: pool recall@N (N = 50, 200, 500) of the merged candidate pool against each
   generator alone, measured on the same queries (history items in the pools as the task lets them
   be recommended), plus the ranker's feature importances; it lands
@@ -35,6 +38,21 @@ def attach_sequence_names(task: Task, store: Store, models: Mapping[str, object]
     for r, s in zip(task.rows.tolist(), task.seq_ids.tolist(), strict=True):
         names[r] = named.get(int(s))
     task.histories.meta = dict(task.histories.meta) | {"seq_names": names}
+
+
+def trained_on_part_notes(models: Mapping[str, object], part: str) -> list[str]:
+    """A note per model whose ranker was trained on the targets of `part` (the part scored)."""
+    notes = []
+    for name, model in models.items():
+        meta = getattr(model, "meta", None) or {}
+        trained = meta.get("ranker_training", {}) if isinstance(meta, dict) else {}
+        if isinstance(trained, dict) and trained.get("part") == part:
+            notes.append(
+                f"'{name}': its ranker was trained on the {part} part's targets (model.toml meta "
+                f"ranker_training.part), so its scores on this part are optimistic; compare models on "
+                f"a part it did not learn from (--part test)"
+            )
+    return notes
 
 
 def pipeline_info(model: object, task: Task, batch_size: int | None = None) -> dict[str, Any]:
