@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +44,34 @@ def read_md5sums(text: str, where: str) -> dict[str, str]:
 
 
 def require_file(path: Path, what: str) -> Path:
+    """`path` if it is a readable, non-empty, uncompressed file; else an InputError naming it."""
     if not path.exists():
         raise InputError(f"{what} not found", path=path)
     if path.is_dir():
         raise InputError(f"{what} is a folder", path=path, expected="a file")
     if path.stat().st_size == 0:
         raise InputError("the file is empty", path=path, expected=what)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except PermissionError:
+        raise InputError("cannot read the file (permission denied)", path=path, expected=f"{what} this user may read") from None
+    except OSError as e:
+        raise InputError(f"cannot read the file ({e.strerror or e})", path=path, expected=what) from None
+    if magic == b"\x1f\x8b":  # read as text it showed binary garbage as "column names"
+        raise InputError(
+            "the file is gzip-compressed", path=path, expected=f"{what}, uncompressed: decompress it first (gunzip -k {path})"
+        )
     return path
+
+
+def text_encoding(encoding: str) -> str:
+    """The codec to read text in `encoding` with: UTF-8 as utf-8-sig, so that a byte-order mark
+    (Excel's "CSV UTF-8") is not read into the first column's name or the first user id."""
+    try:
+        return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    except LookupError:
+        return encoding
 
 
 _ERROR_FIELDS = ("path", "line", "record", "field", "expected")
@@ -78,7 +100,7 @@ def line_of_row(path: Path, row: int, skip_lines: int, encoding: str = "utf-8") 
     """1-based line number of data row `row` (0-based), skipping `skip_lines` header lines and
     blank lines the way the CSV reader does (only called on the error path)."""
     seen = -1
-    with open(path, encoding=encoding, errors="replace") as f:
+    with open(path, encoding=text_encoding(encoding), errors="replace") as f:
         for n, line in enumerate(f, 1):
             if n <= skip_lines or not line.strip():
                 continue
@@ -137,13 +159,27 @@ class ColumnReader:
 
     def timestamp(self, col: pa.Array, field: str, per_second: int = 1) -> pa.Array:
         """int64 unix seconds from numbers (unix time in 1/per_second units) or ISO-8601 text
-        (UTC unless it says)."""
+        (UTC unless it says). Numbers beyond +-MAX_SECONDS (DuckDB's timestamp range) are refused."""
         col = pc.utf8_trim_whitespace(col)
         empty = pc.equal(pc.utf8_length(col), 0)
         numeric = pc.or_(pc.match_substring_regex(col, _NUMBER_RE), empty)
+        expected = _unix_expected(per_second)
         if pc.all(numeric).as_py():
-            seconds = pc.divide(pc.cast(pc.if_else(empty, None, col), pa.float64()), float(per_second))
-            return pc.cast(pc.floor(seconds), pa.int64())
+            text = pc.if_else(empty, None, col)
+            values = pc.cast(text, pa.float64())
+            in_range = pc.less(pc.abs(values), MAX_SECONDS * float(per_second))
+            bad = first_false(pc.or_kleene(in_range, pc.is_null(values)))
+            if bad is not None:
+                raise self.bad(bad, field, col[bad].as_py(), expected)
+            if pc.all(pc.or_kleene(pc.match_substring_regex(text, _INTEGER_RE), pc.is_null(text))).as_py():
+                # whole numbers exactly (through float64, 12345678901234567890 ms lost its last digits)
+                whole = pc.cast(text, pa.int64())
+                if per_second == 1:
+                    return whole
+                quotient = pc.divide(whole, per_second)  # truncates toward zero: floor below zero
+                below = pc.and_(pc.less(whole, 0), pc.not_equal(pc.multiply(quotient, per_second), whole))
+                return pc.if_else(below, pc.subtract(quotient, 1), quotient)
+            return pc.cast(pc.floor(pc.divide(values, float(per_second))), pa.int64())
         text = pc.if_else(empty, None, col)
         for unit_type in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
             try:
@@ -153,6 +189,7 @@ class ColumnReader:
                 continue
         # Mixed forms: parse the distinct values in Python (datetime.fromisoformat).
         import datetime as dt
+        import math
 
         uniq = pc.unique(text).to_pylist()
         parsed = []
@@ -164,8 +201,13 @@ class ColumnReader:
                 d = dt.datetime.fromisoformat(v)
             except ValueError:
                 if pc.match_substring_regex(pa.array([v]), _NUMBER_RE)[0].as_py():
-                    parsed.append(int(float(v)))
-                    continue
+                    # numbers in the column's unit, as in an all-numeric column
+                    number = int(v) if pc.match_substring_regex(pa.array([v]), _INTEGER_RE)[0].as_py() else float(v)
+                    if abs(number) < MAX_SECONDS * per_second:
+                        parsed.append(number // per_second if isinstance(number, int) else math.floor(number / per_second))
+                        continue
+                    row = first_false(pc.invert(pc.equal(text, v)))
+                    raise self.bad(row, field, v, expected) from None
                 row = first_false(pc.invert(pc.equal(text, v)))
                 raise self.bad(row, field, v, "unix seconds or an ISO-8601 date/time") from None
             if d.tzinfo is None:
@@ -174,8 +216,17 @@ class ColumnReader:
         return pc.take(pa.array(parsed, pa.int64()), pc.index_in(text, value_set=pa.array(uniq, pa.string())))
 
 
+MAX_SECONDS = 9_223_372_036_854  # |unix seconds| that DuckDB's microsecond timestamps hold (year 294247)
+_INTEGER_RE = r"^[-+]?\d+$"
+
+
+def _unix_expected(per_second: int) -> str:
+    unit = {1: "seconds", 1000: "milliseconds", 1_000_000: "microseconds"}.get(per_second, f"1/{per_second} s")
+    return f"unix time in {unit}, within +-{MAX_SECONDS:.2e} s (year 294247)"
+
+
 def read_header(path: Path, encoding: str = "utf-8") -> str:
-    with open(path, encoding=encoding, errors="replace") as f:
+    with open(path, encoding=text_encoding(encoding), errors="replace") as f:
         return f.readline().rstrip("\r\n")
 
 
@@ -242,7 +293,7 @@ def iter_text_batches(
 def line_of_text(path: Path, text: str, skip_lines: int, encoding: str = "utf-8") -> int | None:
     """1-based number of the first line after `skip_lines` that reads `text` (error path only:
     pyarrow's multi-threaded reader does not report line numbers)."""
-    with open(path, encoding=encoding, errors="replace") as f:
+    with open(path, encoding=text_encoding(encoding), errors="replace") as f:
         for n, line in enumerate(f, 1):
             if n > skip_lines and line.rstrip("\r\n") == text:
                 return n

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from segue.data.sources.base import Chunk, SourceFile
-from segue.data.sources.common import require_file
+from segue.data.sources.common import require_file, text_encoding
 from segue.errors import InputError
 
 FORMATS = ("auto", "sequences", "pairs")
@@ -58,15 +58,38 @@ class SeqTextSource:
         self.detected: str | None = None
 
     def _lines(self) -> Iterator[tuple[int, list[str]]]:
+        n = 0
         try:
-            with open(self.path, encoding=self.encoding) as f:
+            with open(self.path, encoding=text_encoding(self.encoding)) as f:
                 for n, line in enumerate(f, 1):
                     fields = line.split(self.delimiter) if self.delimiter else line.split()
                     fields = [x.strip() for x in fields] if self.delimiter else fields
                     if fields and any(fields):
                         yield n, fields
         except UnicodeDecodeError as e:
-            raise InputError(f"not {self.encoding} text ({e.reason} at byte {e.start})", path=self.path) from None
+            raise self._not_decodable(e, n) from None
+
+    def _not_decodable(self, e: UnicodeDecodeError, decoded: int) -> InputError:
+        """The error for a file not in self.encoding, naming its first undecodable line (e.start is
+        an offset inside the decoder's buffer, not the file's: the lines are read again in bytes;
+        error path only). `decoded`: lines decoded before the error."""
+        line, text = None, ""
+        if text_encoding(self.encoding) == "utf-8-sig":  # lines split in bytes only for UTF-8
+            with open(self.path, "rb") as f:
+                for n, raw in enumerate(f, 1):
+                    if n <= decoded:
+                        continue
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        line, text = n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                        break
+        return InputError(
+            f"not {self.encoding} text ({e.reason}{f': {text[:80]!r}' if text else ''})",
+            path=self.path,
+            line=line,
+            expected=f"{self.encoding} text; for another encoding pass the source option encoding=<codec>, e.g. --option encoding=latin-1",
+        )
 
     def detect(self) -> str:
         if self.format != "auto":

@@ -1,0 +1,186 @@
+"""Walk s11 (odd input to importers, configs and stores): refused by name, or read right."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from segue.cli import app
+from segue.config import read_toml
+from segue.data.sources import open_source
+from segue.data.store import Store, build_store
+from segue.errors import ConfigError, InputError
+
+runner = CliRunner()
+# root reads and writes any file; without these capabilities it meets permissions as a user does
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def _events(store: Path, order: str = "seq_id, position") -> list[tuple]:
+    with Store.open(store) as s:
+        return s.con.execute(
+            f"SELECT s.external_id, i.external_id, e.ts FROM events e JOIN sequences s USING (seq_id) "
+            f"JOIN items i USING (item_id) ORDER BY {order}"
+        ).fetchall()
+
+
+def _segue_as_user(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a process that permissions apply to (the tests run as root)."""
+    code = "import sys; from segue.cli import app; app(sys.argv[1:], prog_name='segue')"
+    return subprocess.run(
+        [*NO_DAC, sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def _as_user_works(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    probe.chmod(0)
+    try:
+        return subprocess.run([*NO_DAC, "cat", str(probe)], capture_output=True).returncode != 0
+    except OSError:
+        return False
+    finally:
+        probe.chmod(0o644)
+
+
+# --- fault 1: a UTF-8 byte-order mark -------------------------------------------------------------
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path: Path) -> None:
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes(b"\xef\xbb\xbfuser,item,timestamp\nu1,a,1\nu1,b,2\nu2,a,1\n")
+    src = open_source("csv", csv)
+    assert src.resolve()["user"] == "user"
+    build_store(src, tmp_path / "a.duckdb")
+    assert [e[0] for e in _events(tmp_path / "a.duckdb")] == ["u1", "u1", "u2"]
+    mapped = open_source("csv", csv, user="user")  # named explicitly: the name matches too
+    assert mapped.resolve()["user"] == "user"
+
+
+def test_a_byte_order_mark_is_not_part_of_an_item_table_or_a_sequence_id(tmp_path: Path) -> None:
+    (tmp_path / "ev.csv").write_text("user,item\nu1,a\nu1,b\n")
+    (tmp_path / "items.csv").write_bytes(b"\xef\xbb\xbfitem,name\na,Apple\nb,Banana\n")
+    src = open_source("csv", tmp_path / "ev.csv", items=str(tmp_path / "items.csv"))
+    build_store(src, tmp_path / "i.duckdb")
+    assert src.items_mapping == {"items_id": "item", "items_name": "name"}
+    seq = tmp_path / "bom_seq.txt"
+    seq.write_bytes(b"\xef\xbb\xbfu1 a b c\nu2 a b d\n")
+    build_store(open_source("seqtext", seq), tmp_path / "s.duckdb")
+    assert sorted({e[0] for e in _events(tmp_path / "s.duckdb")}) == ["u1", "u2"]
+
+
+# --- faults 2 and 3: numeric timestamps -----------------------------------------------------------
+
+
+def test_a_timestamp_beyond_the_timestamp_range_is_refused_by_line(tmp_path: Path) -> None:
+    csv = tmp_path / "bigts.csv"
+    csv.write_text("user,item,timestamp\nu1,a,1e30\nu1,b,2\n")
+    with pytest.raises(InputError) as e:
+        build_store(open_source("csv", csv), tmp_path / "b.duckdb")
+    assert e.value.line == 2 and e.value.field == "timestamp" and "1e30" in str(e.value)
+    assert not (tmp_path / "b.duckdb").exists()
+    r = runner.invoke(app, ["data", "build", "csv", str(csv), "-o", str(tmp_path / "c.duckdb")])
+    assert r.exit_code == 2 and "bigts.csv:2, field 'timestamp'" in r.output and "Traceback" not in r.output
+
+
+def test_whole_number_timestamps_keep_every_digit(tmp_path: Path) -> None:
+    csv = tmp_path / "us.csv"
+    # -1500000 us is -1.5 s: -2 (floor, as for floats), not -1 (integer division truncates)
+    csv.write_text("user,item,timestamp\nu1,a,1700000000999999\nu1,b,-1500000\nu1,c,\n")
+    build_store(open_source("csv", csv, timestamp_unit="us"), tmp_path / "u.duckdb")
+    assert {e[1]: e[2] for e in _events(tmp_path / "u.duckdb")} == {"a": 1700000000, "b": -2, "c": None}
+
+
+def test_a_whole_number_timestamp_is_exact(tmp_path: Path) -> None:
+    csv = tmp_path / "ms.csv"
+    csv.write_text("user,item,timestamp\nu1,a,9100000000000999\nu1,b,1700000000001\n")
+    build_store(open_source("csv", csv, timestamp_unit="ms"), tmp_path / "m.duckdb")
+    # 9100000000000999 ms through float64 is 9100000000001000 ms: one second late
+    assert {e[1]: e[2] for e in _events(tmp_path / "m.duckdb")} == {"a": 9100000000000, "b": 1700000000}
+
+
+def test_timestamp_unit_applies_to_the_numbers_of_a_column_that_also_holds_dates(tmp_path: Path) -> None:
+    csv = tmp_path / "mixed.csv"
+    csv.write_text("user,item,timestamp\nu1,a,1700000000000\nu1,b,2023-11-14T22:13:21Z\nu1,c,1700000002000\n")
+    build_store(open_source("csv", csv, timestamp_unit="ms"), tmp_path / "m.duckdb")
+    assert _events(tmp_path / "m.duckdb") == [("u1", "a", 1700000000), ("u1", "b", 1700000001), ("u1", "c", 1700000002)]
+    far = tmp_path / "far.csv"
+    far.write_text("user,item,timestamp\nu1,a,2023-11-14T22:13:21Z\nu1,b,1e30\n")
+    with pytest.raises(InputError) as e:
+        build_store(open_source("csv", far), tmp_path / "f.duckdb")
+    assert e.value.line == 3 and e.value.field == "timestamp"
+
+
+# --- fault 5: seqtext names the line of a byte that is not UTF-8 -----------------------------------
+
+
+def test_seqtext_not_utf8_names_the_line_and_the_encoding_option(tmp_path: Path) -> None:
+    lines = [f"u{i} a b c\n".encode() for i in range(5000)]
+    lines[3000] = b"u3000 caf\xe9 b\n"
+    path = tmp_path / "lat.txt"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(InputError) as e:
+        build_store(open_source("seqtext", path), tmp_path / "l.duckdb")
+    assert e.value.line == 3001, str(e.value)
+    assert "encoding=latin-1" in str(e.value)
+    build_store(open_source("seqtext", path, encoding="latin-1"), tmp_path / "l.duckdb")
+
+
+# --- fault 6: a gzip'd file -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,name,text", [("csv", "t.csv.gz", b"user,item\nu1,a\n"), ("seqtext", "s.txt.gz", b"u1 a b c\n")])
+def test_a_gzip_compressed_file_is_named_as_such(tmp_path: Path, kind: str, name: str, text: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text))
+    with pytest.raises(InputError) as e:
+        build_store(open_source(kind, path), tmp_path / "t.duckdb")
+    assert "gzip-compressed" in str(e.value) and "\\x1f" not in str(e.value)
+
+
+# --- fault 7: configs that are not UTF-8, or folders ----------------------------------------------
+
+
+def test_a_config_not_in_utf8_or_a_folder_is_a_config_error(tmp_path: Path) -> None:
+    latin = tmp_path / "l1.toml"
+    latin.write_bytes(b'# comment\nname = "t\xe9"\n')
+    with pytest.raises(ConfigError, match=r"l1\.toml:2: not UTF-8"):
+        read_toml(latin)
+    folder = tmp_path / "adir.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_toml(folder)
+    for args in (["experiment", str(latin)], ["retrain", str(folder)], ["pipeline", "--config", str(latin)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, (args, r.output)
+        assert "not UTF-8" in r.output or "is a folder" in r.output
+
+
+def test_a_model_header_not_in_utf8_is_a_segue_error(tmp_path: Path) -> None:
+    from segue.errors import SegueError
+    from segue.models.base import read_model_header
+
+    (tmp_path / "model.toml").write_bytes(b'family = "pop\xe9"\n')
+    with pytest.raises(SegueError, match=r"model\.toml:1: not UTF-8"):
+        read_model_header(tmp_path)
+
+
+# --- fault 8: an unreadable option file -----------------------------------------------------------
+
+
+def test_an_unreadable_item_table_is_named(tmp_path: Path) -> None:
+    if not _as_user_works(tmp_path):
+        pytest.skip("cannot drop file-permission capabilities here")
+    (tmp_path / "ev.csv").write_text("user,item\nu1,a\nu1,b\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,name\na,A\n")
+    items.chmod(0)
+    r = _segue_as_user("data", "build", "csv", "ev.csv", "-o", "e.duckdb", "--option", "items=items.csv", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "items.csv: cannot read the file (permission denied)" in r.stderr + r.stdout
