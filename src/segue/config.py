@@ -9,7 +9,7 @@ from typing import Any, Self
 import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from segue.errors import ConfigError
+from segue.errors import ConfigError, SegueError
 from segue.io import atomic_write_text
 
 
@@ -46,14 +46,34 @@ class Config(BaseModel):
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file's table, or a ConfigError naming the file (missing, or not valid TOML)."""
+    """A TOML file's table, or a ConfigError naming the file (missing, a folder, unreadable, not
+    UTF-8, or not valid TOML)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    text = read_utf8(path, "a config .toml file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def read_utf8(path: Path, what: str, error: type[SegueError] = ConfigError) -> str:
+    """The UTF-8 text of file `path` (TOML is UTF-8), or `error` naming it: a folder, an unreadable
+    file, or bytes that are not UTF-8 (the line of the first, e.g. a Latin-1 file a Windows editor saved)."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder (expected {what})") from None
+    except PermissionError:
+        raise error(f"{path}: cannot read the file (permission denied; expected {what})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the file ({e.strerror or e}; expected {what})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 text ({e.reason}); save the file as UTF-8 (expected {what})") from None
 
 
 def _unknown_key(cls: type[BaseModel], loc: tuple[int | str, ...], within: tuple[str, ...] = ()) -> str:

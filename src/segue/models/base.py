@@ -359,7 +359,9 @@ def read_model_header(folder: Path) -> dict[str, Any]:
         raise SegueError(f"{folder}: no such model folder")
     if not path.exists():
         raise SegueError(f"{folder}: not a model folder (no model.toml)")
-    text = path.read_text()
+    from segue.config import read_utf8
+
+    text = read_utf8(path, "the model header segue writes, in UTF-8", SegueError)  # written as UTF-8 whatever the locale
     try:
         header = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
