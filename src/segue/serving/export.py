@@ -6,7 +6,10 @@ among them) score(c | history) = <u, v_c>, with
     u    the history's query: the last hidden state after the next-item head's MLP, joined with
          the context of the event to predict when the model reads context (ARGUS' next-item head).
 So any maximum-inner-product index over the item vectors (segue.serving.index) retrieves the
-model's own top k for a user from the exported vectors alone, without running the model.
+model's own top k for a user from the exported vectors alone, without running the model. A model
+fine-tuned pairwise to rank by its feedback head (`[pairwise] score = "mix"` or `"feedback"`) has
+no such towers: its export holds the next-item logit's vectors, for candidate retrieval, and
+export.json says `"exact": false` with the score it ranks by (the CLI warns).
 
 The folder `segue export RUN -o DIR` writes (atomically: the old folder or the complete new one):
     items.parquet   token int32, external_id string, vector fixed_size_list<float32>[D]
@@ -142,6 +145,7 @@ def export_vectors(
         raise ConfigError(f"--part '{part}': expected one of {', '.join(PARTS)}")
     check_output(out, "export", META_FILE)  # the folder replaces the whole path: only a new one or an earlier export
     check_two_towers(model)
+    ranks_by = ranking_score(model)
     vocab = model._check_fitted()
     store.require_split(split)
     # another store's (or split's) items under the same token ids would make every user vector
@@ -194,9 +198,26 @@ def export_vectors(
             "n_items": len(tokens),
             "n_users": len(rows),
             "score": "score(item | user) = users.vector . items.vector (the model's own next-item score)",
+            "exact": ranks_by is None,
         }
+        if ranks_by is not None:
+            meta["ranks_by"] = ranks_by
+            meta["score"] = (
+                "users.vector . items.vector is the model's next-item logit, NOT its ranking score: "
+                f"it ranks by pairwise.score = '{ranks_by}' (the feedback head), which is no inner "
+                "product; an index over these vectors retrieves candidates for that head to rank"
+            )
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
+
+
+def ranking_score(model: BaseRecommender) -> str | None:
+    """None where score() is the next-item logit <u, v_c> that the towers give; else the score a
+    pairwise fine-tuned model ranks by ("mix": a learned blend with the feedback head; "feedback"),
+    which no pair of vectors reproduces."""
+    rank = getattr(getattr(model, "config", None), "rank", None)
+    got = rank() if callable(rank) else None
+    return None if got is None else str(got[0])
 
 
 def check_two_towers(model: BaseRecommender) -> None:
@@ -259,3 +280,9 @@ def export(
         f"wrote {out}: {meta['n_items']} item vectors and {meta['n_users']} user vectors "
         f"(dim {meta['dim']}, split '{split_name}', part {part})"
     )
+    if not meta["exact"]:
+        typer.echo(
+            f"warning: {run} ranks by pairwise.score = '{meta['ranks_by']}', which is no inner product: "
+            "the vectors give its next-item logit (for retrieving candidates), not its ranking (export.json says so)",
+            err=True,
+        )
