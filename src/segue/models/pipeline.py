@@ -196,7 +196,11 @@ class PipelineRecommender(BaseRecommender):
         hist, targets = self.training_queries(data)
         x, y, groups = self.training_rows(hist, targets, progress=progress)
         t3 = time.perf_counter()
-        self.ranker, info = Ranker.fit(x, y, groups, self.state.names, c.ranker)
+        try:
+            self.ranker, info = Ranker.fit(x, y, groups, self.state.names, c.ranker)
+        except SegueError as e:  # name the pools it learned from
+            sizes = ", ".join(f"{n} n={k}" for n, k in self._sizes().items() if n in self.generator_names)
+            raise SegueError(f"pipeline: {e} (generators: {sizes})") from None
         t4 = time.perf_counter()
         self.meta["ranker_training"] = info | {
             "part": "valid",

@@ -70,11 +70,22 @@ class Ranker:
         """Train on rows x [N, F] with labels y [N] in query groups of sizes `groups` (consecutive).
 
         The last `holdout_fraction` of the queries decides when to stop (best NDCG@eval_at); the
-        final booster is then refitted on every query with that many trees."""
+        final booster is then refitted on every query with that many trees. A SegueError when
+        there is nothing to learn: no query with a target and a non-target (no pair), or no
+        tree with a split (min_child_samples above what the rows allow)."""
         import lightgbm as lgb
 
         if len(groups) == 0 or y.sum() == 0:
             raise SegueError("ranker: no training query has a target among its candidates (pools too small?)")
+        starts = np.concatenate([[0], np.cumsum(groups)[:-1]]).astype(np.int64)
+        positives = np.add.reduceat(np.asarray(y, np.float64), starts)
+        if not ((positives > 0) & (positives < groups)).any():  # LambdaRank learns from pairs only
+            alone = int((groups == 1).sum())
+            raise SegueError(
+                f"ranker: none of the {len(groups)} training queries holds a target and a non-target candidate "
+                f"({alone} of them hold one candidate each), so LambdaRank has no pair to learn from: "
+                "give the candidate generators a larger n"
+            )
         n_hold = int(len(groups) * config.holdout_fraction) if len(groups) >= 10 else 0
         cut = int(groups[: len(groups) - n_hold].sum())
         params = {
@@ -104,6 +115,13 @@ class Ranker:
             info[f"holdout_ndcg@{config.eval_at}"] = round(float(booster.best_score["valid_0"][f"ndcg@{config.eval_at}"]), 4)
             everything = lgb.Dataset(x, y, group=groups, feature_name=names)
             booster = lgb.train(params, everything, num_boost_round=booster.best_iteration)
+        if int(np.sum(booster.feature_importance("split"))) == 0:
+            # single-leaf trees: every candidate would get the same score (ranked by token only)
+            raise SegueError(
+                f"ranker: none of its {booster.current_iteration()} trees has a split ({len(y)} rows in "
+                f"{len(groups)} queries, min_child_samples {config.min_child_samples}), so it would score every "
+                "candidate the same: lower ranker.min_child_samples or train on more validation queries"
+            )
         return cls(booster, names), info
 
     def predict(self, x: np.ndarray) -> np.ndarray:

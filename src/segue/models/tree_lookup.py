@@ -103,11 +103,14 @@ class TreeLookup:
         # Plane j holds node j of every tree: bits [P, T, width], one byte (0/1) each.
         flat = copies.reshape(3 * self.n_features, width)
         bits = flat[self.columns.ravel()] <= self.thresholds.reshape(-1, 1)
-        words = bits.view(np.uint8).reshape(planes, -1).view(np.uint64)  # 8 codes a word
-        code = np.zeros(words.shape[1], np.uint64)
-        for j in range(planes):  # a 0/1 byte shifted by j < 8 stays inside its byte
-            code |= words[j] << np.uint64(j)
-        codes = code.view(np.uint8).reshape(self.n_trees, width)
+        if planes == 0:  # every tree a single leaf (no split): code 0, whose table entry is that leaf
+            codes = np.zeros((self.n_trees, width), np.uint8)
+        else:
+            words = bits.view(np.uint8).reshape(planes, -1).view(np.uint64)  # 8 codes a word
+            code = np.zeros(words.shape[1], np.uint64)
+            for j in range(planes):  # a 0/1 byte shifted by j < 8 stays inside its byte
+                code |= words[j] << np.uint64(j)
+            codes = code.view(np.uint8).reshape(self.n_trees, width)
         leaves = self.tables.ravel()[self._base + codes]  # [T, width >= 8], C order
         # Tree by tree in float64, LightGBM's order: numpy reduces the outer axis of a C-ordered
         # array with at least 2 columns row after row (over a contiguous axis, which a single
