@@ -184,3 +184,25 @@ def test_an_unreadable_item_table_is_named(tmp_path: Path) -> None:
     r = _segue_as_user("data", "build", "csv", "ev.csv", "-o", "e.duckdb", "--option", "items=items.csv", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "items.csv: cannot read the file (permission denied)" in r.stderr + r.stdout
+
+
+# --- fault 10: Parquet columns of list or binary type ---------------------------------------------
+
+
+def test_parquet_list_and_binary_columns_are_refused_by_field_and_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user": ["u1", "u1", "u2"], "item": [["a"], ["b"], ["a"]]}), tmp_path / "list.parquet")
+    with pytest.raises(InputError) as e:
+        build_store(open_source("parquet", tmp_path / "list.parquet"), tmp_path / "l.duckdb")
+    assert e.value.field == "item" and "list" in str(e.value)
+    user = pa.array([b"u1", b"u1", b"\xff"], pa.binary())
+    pq.write_table(pa.table({"user": user, "item": ["a", "b", "c"]}), tmp_path / "bin.parquet")
+    with pytest.raises(InputError) as e:
+        build_store(open_source("parquet", tmp_path / "bin.parquet"), tmp_path / "b.duckdb")
+    assert e.value.field == "user" and e.value.record == "row 3" and "UTF-8" in str(e.value)
+    # bytes that are UTF-8 are ids like any text
+    pq.write_table(pa.table({"user": pa.array([b"u1", b"u2"], pa.binary()), "item": ["a", "b"]}), tmp_path / "ok.parquet")
+    build_store(open_source("parquet", tmp_path / "ok.parquet"), tmp_path / "ok.duckdb")
+    assert sorted(e[0] for e in _events(tmp_path / "ok.duckdb")) == ["u1", "u2"]

@@ -330,9 +330,13 @@ class TabularSource:
             raise InputError(f"not a readable Parquet file ({e})", path=self.path) from None
         reader = ColumnReader(self.path, lines=False)
         columns = sorted(set(self.source_columns()))
+        schema = pf.schema_arrow
+        for name in columns:  # refused before any row is read
+            _check_scalar(schema.field(name).type, self.path, name)
         for batch in pf.iter_batches(columns=columns, batch_size=1 << 20):
             text = pa.record_batch(
-                [c if pa.types.is_string(c.type) else pc.cast(c, pa.string()) for c in batch.columns], names=batch.schema.names
+                [_parquet_text(c, self.path, n, reader.row_offset) for c, n in zip(batch.columns, batch.schema.names, strict=True)],
+                names=batch.schema.names,
             )
             yield Chunk(events=self._events(text, reader))
             reader.row_offset += batch.num_rows
@@ -430,7 +434,11 @@ class TabularSource:
         table = self._read_items()
         m = self._resolve_items(table.column_names)
         assert m["items_id"] is not None
-        ids = pc.utf8_trim_whitespace(_text(table.column(m["items_id"]).combine_chunks()))
+        id_col = table.column(m["items_id"]).combine_chunks()
+        if self.items.suffix.lower() in (".parquet", ".pq"):
+            _check_scalar(id_col.type, self.items, m["items_id"])
+            id_col = _parquet_text(id_col, self.items, m["items_id"], 0)
+        ids = pc.utf8_trim_whitespace(_text(id_col))
         missing = pc.or_(pc.is_null(ids), pc.equal(ids, "")).to_numpy(zero_copy_only=False)
         if missing.any():
             row = int(missing.argmax())  # data row; a CSV's line counts its header too
@@ -490,6 +498,35 @@ def _flags(col: pa.Array) -> pa.Array:
     one = pc.or_(pc.equal(low, "true"), pc.equal(low, "yes"))
     zero = pc.or_(pc.equal(low, "false"), pc.equal(low, "no"))
     return pc.if_else(one, "1", pc.if_else(zero, "0", col))
+
+
+def _check_scalar(t: pa.DataType, path: Path, field: str) -> None:
+    """A Parquet column segue reads as text must hold one value a row (a list of items is not an item id)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_nested(t) or pa.types.is_null(t):
+        raise InputError(f"a {t} column", path=path, field=field, expected="text or numbers, one value a row")
+
+
+def _parquet_text(col: pa.Array, path: Path, field: str, row_offset: int) -> pa.Array:
+    """A Parquet column as text; bytes that are not UTF-8 are refused by row (pyarrow said only
+    'Invalid UTF8 payload'), a type with no text form by name."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    try:
+        return pc.cast(col, pa.string())
+    except pa.ArrowInvalid:
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) or pa.types.is_fixed_size_binary(col.type):
+            for i, v in enumerate(col.to_pylist()):  # error path only
+                try:
+                    (v or b"").decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(
+                        f"not UTF-8 text ({v[:40]!r})", path=path, record=f"row {row_offset + i + 1}", field=field, expected="UTF-8 text"
+                    ) from None
+        raise
+    except pa.ArrowNotImplementedError:
+        raise InputError(f"a {col.type} column", path=path, field=field, expected="text or numbers") from None
 
 
 def _text(col: pa.Array) -> pa.Array:
