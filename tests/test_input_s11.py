@@ -206,3 +206,26 @@ def test_parquet_list_and_binary_columns_are_refused_by_field_and_row(tmp_path: 
     pq.write_table(pa.table({"user": pa.array([b"u1", b"u2"], pa.binary()), "item": ["a", "b"]}), tmp_path / "ok.parquet")
     build_store(open_source("parquet", tmp_path / "ok.parquet"), tmp_path / "ok.duckdb")
     assert sorted(e[0] for e in _events(tmp_path / "ok.duckdb")) == ["u1", "u2"]
+
+
+# --- fault 13: a store in a read-only folder ------------------------------------------------------
+
+
+def test_a_store_in_a_read_only_folder_is_evaluated_without_the_arrays_cache(tmp_path: Path) -> None:
+    if not _as_user_works(tmp_path):
+        pytest.skip("cannot drop file-permission capabilities here")
+    from datahelp import make_store
+
+    folder = tmp_path / "rostore"
+    folder.mkdir()
+    make_store(folder / "s.duckdb", [[1, 2, 3, 4], [2, 3, 4, 5], [1, 3, 5, 2]], [{"kind": "leave_last_out", "min_length": 1}])
+    folder.chmod(0o555)
+    try:
+        args = ["evaluate", "popularity", "--store", "rostore/s.duckdb", "-p", "leave_last_out", "-o", "rep"]
+        r = _segue_as_user(*args, cwd=tmp_path)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "cannot write the arrays cache rostore/s.duckdb.arrays" in r.stderr
+        assert (tmp_path / "rep" / "report.html").exists()
+        assert sorted(p.name for p in folder.iterdir()) == ["s.duckdb"]
+    finally:
+        folder.chmod(0o755)

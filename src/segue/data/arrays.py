@@ -172,6 +172,8 @@ def compile_split(
     )
     if cache and (folder / "meta.json").exists():
         return load_arrays(folder)
+    if cache and not _cache_writable(folder, store.path):
+        cache = False  # a store on a read-only mount is still readable: compile in memory
     n_seq = store.con.execute("SELECT count(*) FROM sequences").fetchone()[0]
     extras = store.extra_columns
     columns = ["item_id", "ts", "rating", *extras]
@@ -215,6 +217,34 @@ def compile_split(
         cat_meta = {"context_categories": {c[4:]: list(cats[c]) for c in cats}}
         (tmp / "meta.json").write_text(json.dumps(meta | cat_meta))
     return load_arrays(folder)
+
+
+_UNCACHED_NOTED: set[Path] = set()
+
+
+def _cache_writable(folder: Path, store_path: Path) -> bool:
+    """Can the arrays cache be written under `folder`'s parent? If not (a read-only folder or
+    mount), a one-line note says so, once per store and process."""
+    import os
+    import sys
+    import tempfile
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=folder.parent, prefix=".probe-"))
+        return True
+    except OSError as e:
+        key = Path(store_path).resolve()
+        if key not in _UNCACHED_NOTED:
+            _UNCACHED_NOTED.add(key)
+            where = arrays_dir(store_path)
+            print(
+                f"note: cannot write the arrays cache {where} ({e.strerror or e}); compiling {store_path}'s "
+                "arrays in memory on every run (slower on a large store)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return False
 
 
 def _column_files(extras: dict[str, str]) -> dict[str, tuple[str, type]]:
