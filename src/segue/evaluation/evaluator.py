@@ -21,7 +21,11 @@ from segue.data.vocab import N_SPECIAL, check_vocab
 from segue.errors import SegueError
 from segue.evaluation import cold as C
 from segue.evaluation import metrics as M
-from segue.evaluation.pipeline_hooks import attach_sequence_names, pipeline_info, trained_on_part_notes
+from segue.evaluation.pipeline_hooks import (
+    attach_sequence_names,
+    pipeline_info,
+    trained_on_part_notes,
+)
 from segue.evaluation.protocols import ProtocolConfig, Task, build_task, resolve_split
 from segue.models.base import NEG_INF, Recommender, select_top
 
