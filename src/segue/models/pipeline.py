@@ -11,7 +11,8 @@ A pipeline is a recommender (family "pipeline") made of other fitted recommender
 popularity rank (0 for the highest training count, equal counts sharing a rank: whole numbers, which
 float32 holds exactly at this offset), so full-ranking evaluation ranks the pool first, then the
 rest by popularity. The pools leave out the history's items; `recommend(exclude_seen=False)` builds
-pools that may hold them.
+pools that may hold them. `recommend()` returns pool items only (as the server does; its `allow`
+list builds the pools), never the backfill.
 
 Training never touches the test part: generators are fitted on the training part (or loaded from
 folders fitted on it); the ranker learns from the validation part's pools, whose labels are the
@@ -43,7 +44,15 @@ from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.splits import Part
 from segue.data.vocab import N_SPECIAL, UNK
 from segue.errors import ConfigError, SegueError
-from segue.models.base import NEG_INF, BaseRecommender, load_model, model_class, top_k
+from segue.models.base import (
+    NEG_INF,
+    BaseRecommender,
+    _check_tokens,
+    check_k,
+    load_model,
+    model_class,
+    top_k,
+)
 from segue.models.ranker import Ranker, RankerConfig
 from segue.models.ranking_features import FeatureState, fit_feature_state
 
@@ -523,11 +532,21 @@ class PipelineRecommender(BaseRecommender):
         allow: np.ndarray | None = None,
         deny: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """As Recommender.recommend; with exclude_seen=False the history's items may enter the
-        candidate pools (as the server's exclude_seen = false), so they can be recommended."""
-        rows = np.arange(len(histories)) if rows is None else np.asarray(rows)
-        scores = self.score(histories, rows, exclude_seen=exclude_seen)
-        return top_k(scores, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
+        """As Recommender.recommend, ranking the candidate pools as the server's /v1/recommend
+        does: `allow` filters every generator's candidates (the pools are built from the allowed
+        items), `deny` leaves the ranked pool, and with exclude_seen=False the history's items may
+        enter the pools. Only pool items are returned, with the ranker's score: slots beyond the
+        pool are token -1 with score -inf (score()'s popularity backfill is an order, no score)."""
+        vocab = self._check_fitted()
+        rows = histories.check_rows(rows)
+        k = check_k(k)
+        allow = None if allow is None else _check_tokens(allow, len(vocab), "allow")
+        out = np.full((len(rows), len(vocab)), NEG_INF, dtype=np.float32)
+        pools = self.pools(histories, rows, exclude_seen=exclude_seen, allow=allow)
+        scores, _ = self.rank_pools(histories, rows, pools)
+        for b, (p, s) in enumerate(zip(pools, scores, strict=True)):
+            out[b, p.tokens] = s
+        return top_k(out, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
 
     def backfill(self) -> np.ndarray:
         """float32 [V] scores of items outside the pool: OUTSIDE_POOL - d_i, d_i the dense rank
