@@ -120,6 +120,8 @@ class Engine:
         self.features_only: frozenset[int] = frozenset()  # tokens of items added without retraining
         self.cheap_on_loop = self._warm_up()
         self.pipeline = is_pipeline(model)  # two-stage: serving/pipeline_engine.py
+        if self.index is None:
+            self._unused_index_options(index_config)
         # a rating model that folds in rated events only answers an unrated history unpersonalised
         self.reads_unrated = self.pipeline or getattr(model, "reads_unrated", True)
         # Each context column's training values, as sets once here rather than per request.
@@ -163,6 +165,27 @@ class Engine:
         engine = cls(model, folder, with_added_names(catalogue, folder) if added else catalogue, index_config or IndexConfig())
         engine.features_only = frozenset(added)
         return engine
+
+    def _unused_index_options(self, config: IndexConfig) -> None:
+        """Say that --index / --ef (a non-default IndexConfig) do nothing for a model without an
+        item-embedding index, rather than ignore them without a word."""
+        default = IndexConfig()
+        given = [
+            f"{flag} {value}"
+            for flag, value, unset in (
+                ("--index", config.kind, default.kind),
+                ("--ef", config.expansion_search, default.expansion_search),
+            )
+            if value != unset
+        ]
+        if not given:
+            return
+        why = (
+            "a two-stage pipeline has no stage-one index (its generators propose the candidates)"
+            if self.pipeline
+            else "the model offers no item embeddings to index (it scores every item with score())"
+        )
+        log.warning("%s: %s ignored: %s", self.folder, " and ".join(given), why)
 
     # --- scoring -------------------------------------------------------------------------------
     def _check_dot_identity(self) -> bool:
