@@ -79,6 +79,7 @@ from segue.serving.explain import explain_profile
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
 from segue.serving.lifecycle import readiness, warm_up
+from segue.serving.pipeline_engine import pipeline_request_events, reads_history_times
 from segue.serving.rank import rank_candidates
 from segue.serving.validation import error_details, query_error
 
@@ -700,6 +701,12 @@ def create_app(
         log.exception("%s %s failed", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
+    def pipeline_events_description(engine: Engine) -> dict[str, Any] | None:
+        """A pipeline whose ranker reads the history's times says so (send `timestamps`)."""
+        if not reads_history_times(engine.model):
+            return None
+        return {"rating": False, "feedback": {}, "context": [], "time": True, "predicts": []}
+
     def current() -> Engine:
         return state["engine"]
 
@@ -749,7 +756,12 @@ def create_app(
         the route has a `ratings` field to advise (/v1/continue has none)."""
         unrated_warning(engine, ids, ratings, warnings, takes_ratings)
         ratings = profile_ratings(engine, ids, ratings, warnings)
-        ev = request_events(engine, events, ids, context, warnings) if events is not None else None
+        if events is None:
+            ev = None
+        elif engine.pipeline:  # the ranker reads the history's times; the rest as its generators do
+            ev = pipeline_request_events(engine, events, ids, context, warnings)
+        else:
+            ev = request_events(engine, events, ids, context, warnings)
         enc = engine.encoder.encode(ids, ratings, ev)
         warnings += enc.warnings(what, truncation=truncation)
         state["metrics"].items(len(ids), len(enc.unknown))
@@ -1183,7 +1195,7 @@ def create_app(
             # [low, high] of the ratings the model takes with a profile; null: it uses none.
             "rating_scale": None if input_rating_scale(engine) is None else list(input_rating_scale(engine)),
             # what the model reads per history event (feedback kinds, context names, time); null: none
-            "events": describe_events(engine),
+            "events": describe_events(engine) or pipeline_events_description(engine),
             "admin": admin_key is not None,
         }
 
