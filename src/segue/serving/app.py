@@ -237,6 +237,15 @@ class RankRequest(_Request, HistoryEvents):
     context: Context | None = Field(
         None, max_length=32, description="Context of the event to predict (e.g. the platform of the request)"
     )
+    # A two-stage pipeline scores the candidates of its pool, which these shape as on
+    # /v1/recommend, so a candidate gets the score /v1/recommend gives it for the same body.
+    name: Title | None = Field(None, description="Playlist title, as in /v1/recommend (two-stage pipelines read it)")
+    exclude_seen: bool = Field(
+        True,
+        strict=True,
+        description="As in /v1/recommend: false lets a two-stage pipeline's pool hold the history's items, "
+        "so history candidates get a score (other models score every candidate either way)",
+    )
 
     _check_ratings = field_validator("ratings")(_aligned_ratings)
 
@@ -779,7 +788,7 @@ def create_app(
             if item["score"] is not None:
                 item["score"] = s
 
-    def name_warning(engine: Engine, req: RecommendRequest | ExplainRequest, items: list[dict[str, Any]], warnings: list[str]) -> None:
+    def name_warning(engine: Engine, req: RecommendRequest | ExplainRequest | RankRequest, items: list[dict[str, Any]], warnings: list[str]) -> None:
         """`name` is read by two-stage pipelines only (others ignore it, with a warning, as they do
         ratings they cannot read); a pipeline says when the name matched nothing it knows."""
         if req.name is None:
@@ -1019,14 +1028,21 @@ def create_app(
         cands = cands[np.sort(first)]
         if len(cands):
             ranked = rank_candidates(
-                engine, enc.all_tokens, cands, context=req.context, ratings=enc.all_ratings, events=enc.all_events
-            )
+                engine, enc.all_tokens, cands, context=req.context, ratings=enc.all_ratings, events=enc.all_events,
+                name=req.name, exclude_seen=req.exclude_seen,
+            )  # fmt: skip
         else:
             ranked = None
         items: list[dict[str, Any]] = []
         if ranked is not None:
             if ranked.fallback:
                 fell_back(engine, warnings)
+            if ranked.in_history:
+                warnings.append(
+                    f"items: {ranked.in_history} candidate(s) in the history: the pipeline's candidate pools leave "
+                    "out the history's items (as /v1/recommend does), so they are listed last, by popularity, "
+                    "without a score; send \"exclude_seen\": false to let them in"
+                )
             if ranked.outside_pool:
                 warnings.append(
                     f"items: {ranked.outside_pool} candidate(s) outside the pipeline's candidate pool "
@@ -1036,11 +1052,22 @@ def create_app(
                 )
             for j, (t, s) in enumerate(zip(ranked.tokens.tolist(), ranked.scores.tolist(), strict=True)):
                 item = engine.catalogue.describe_known(t, s if np.isfinite(s) else None)  # type: ignore[arg-type]
+                if ranked.sources is not None:  # two-stage pipeline: which generators proposed it
+                    item["generators"] = ranked.sources[j]
                 if ranked.feedback:
                     item["feedback"] = {k: float(v[j]) for k, v in ranked.feedback.items()}
                 items.append(item)
             mark_features_only(engine, items, ranked.tokens.tolist())
-        log_request(engine, "/v1/rank", rid, req.model_dump(exclude_none=True), {"items": [i["id"] for i in items]}, warnings)
+            name_warning(engine, req, items, warnings)
+        outputs: dict[str, Any] = {"items": [{"id": i["id"], "score": i.get("score")} for i in items]}
+        if ranked is not None and ranked.features is not None and state["feature_log"] is not None:
+            # As /v1/recommend logs them (for retraining); a candidate outside the pool has none.
+            outputs |= {
+                "feature_names": engine.model.state.names,  # type: ignore[attr-defined]
+                "features": [None if f is None else f.tolist() for f in ranked.features],
+                "generators": [i.get("generators", []) for i in items],
+            }
+        log_request(engine, "/v1/rank", rid, req.model_dump(exclude_none=True), outputs, warnings)
         return envelope(engine, rid, items=items, warnings=warnings)
 
     @app.post(

@@ -1,0 +1,167 @@
+"""Serving a two-stage pipeline as it was trained and evaluated (walk wpipe, session 11).
+
+A real store with timestamps (rankhelp.feedback_store), a fitted pipeline (popularity + item-kNN,
+LightGBM ranker), a real uvicorn server with a feature log; the named-playlist checks use the
+served pipeline of tests/conftest.py (`pipe`, a store with playlist names).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from rankhelp import feedback_store
+from segue.data.arrays import SplitData
+from segue.data.splits import Part
+from segue.data.store import Store
+from segue.models.pipeline import PipelineConfig, PipelineRecommender
+from segue.serving.app import create_app
+from segue.serving.cli import serve_in_thread
+from segue.serving.engine import Engine
+from segue.serving.index import IndexConfig
+
+TIME_FEATURES = ["pop_window_log", "age_at_query_days"]
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory: pytest.TempPathFactory):
+    """A pipeline fitted on a store with timestamps, served with a feature log; the test part's
+    histories (with the store's times) and a few rows whose items are all known."""
+    root = tmp_path_factory.mktemp("pserve-timed")
+    store = feedback_store(root / "store.duckdb")
+    cfg = PipelineConfig.from_dict(
+        {
+            "generators": [{"name": "pop", "family": "popularity", "n": 20}, {"name": "knn", "family": "itemknn", "n": 20}],
+            "name_candidates": 0,
+            "ranker": {"n_estimators": 30, "early_stopping_rounds": 10},
+        }
+    )
+    with Store.open(store) as s:
+        data = SplitData.load(s, "loo")
+        model = PipelineRecommender(cfg).fit(data)
+        hist = data.history(Part.TEST)
+    folder = model.save(root / "pipe")
+    assert set(TIME_FEATURES) <= set(model.state.names) and hist.ts is not None
+    rows = [r for r in range(len(hist)) if len(hist.row(r)) >= 2 and (np.asarray(hist.row(r)) >= 4).all()][:6]
+    flog = root / "flog"
+    app = create_app(folder, store=store, feature_log=flog, admin_key=None, use_env_admin_key=False)
+    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        yield {"client": c, "model": model, "hist": hist, "rows": rows, "flog": flog, "folder": folder}
+
+
+def _request(t: dict, r: int) -> tuple[list[str], list[int]]:
+    """External ids and store times of test history row r."""
+    h, vocab = t["hist"], t["model"].vocab
+    ids = [vocab.external_ids[x] for x in np.asarray(h.row(r))]
+    return ids, h.ts[h.offsets[r] : h.offsets[r + 1]].tolist()
+
+
+def _last_log(flog: Path) -> dict:
+    return json.loads((flog / "features.jsonl").read_text().splitlines()[-1])
+
+
+def test_served_pipeline_ranks_with_the_request_timestamps_as_the_library_with_the_store_times(timed) -> None:
+    """The ranker's time features read the history's last event time: training and evaluation take
+    it from the store, and the server takes it from `timestamps` (it dropped them, so every served
+    row had NaN there and the served top 10 was not the evaluated one)."""
+    c, model, hist = timed["client"], timed["model"], timed["hist"]
+    vocab = model.vocab
+    differs_without = 0
+    for r in timed["rows"]:
+        ids, ts = _request(timed, r)
+        want, want_scores = model.recommend(hist.take(np.array([r])), 10)  # the store's arrays, with ts
+        body = c.post("/v1/recommend", json={"history": ids, "n": 10, "timestamps": ts}).json()
+        assert not [w for w in body["warnings"] if "timestamps" in w], body["warnings"]
+        assert [i["id"] for i in body["items"]] == [vocab.external_ids[x] for x in want[0]]
+        np.testing.assert_allclose([i["score"] for i in body["items"]], want_scores[0], rtol=1e-5, atol=1e-6)
+        logged = _last_log(timed["flog"])["outputs"]
+        cols = [logged["feature_names"].index(f) for f in TIME_FEATURES]
+        assert np.isfinite(np.array(logged["features"], np.float64)[:, cols]).all()
+        # /v1/rank scores the same candidates as /v1/recommend ranked them, times included.
+        ranked = c.post("/v1/rank", json={"history": ids, "items": [i["id"] for i in body["items"]], "timestamps": ts}).json()
+        np.testing.assert_allclose([i["score"] for i in ranked["items"]], want_scores[0], rtol=1e-5, atol=1e-6)
+        bare = c.post("/v1/recommend", json={"history": ids, "n": 10}).json()
+        assert any("timestamps: not given" in w for w in bare["warnings"]), bare["warnings"]
+        differs_without += [i["score"] for i in bare["items"]] != [i["score"] for i in body["items"]]
+    assert differs_without  # the times matter to this ranker: without them the ranking differs
+    health = c.get("/healthz").json()
+    assert health["events"]["time"] is True
+
+
+def test_a_pipeline_says_which_event_fields_it_ignores(timed) -> None:
+    c = timed["client"]
+    ids, ts = _request(timed, timed["rows"][0])
+    body = c.post(
+        "/v1/recommend",
+        json={"history": ids, "timestamps": ts, "ts": ts[-1] + 60, "feedback": {"skip": [True] * len(ids)}},
+    ).json()
+    assert any(w.startswith("feedback: the pipeline model reads no per-event feedback") for w in body["warnings"])
+    assert any(w.startswith("ts: the pipeline model reads the time of the history's last event") for w in body["warnings"])
+    assert not any("timestamps" in w and "ignored" in w and not w.startswith("ts:") for w in body["warnings"])
+
+
+def test_rank_on_a_pipeline_logs_the_features_recommend_logs(timed) -> None:
+    c, flog = timed["client"], timed["flog"]
+    ids, ts = _request(timed, timed["rows"][1])
+    rec = c.post("/v1/recommend", json={"history": ids, "n": 5, "timestamps": ts}).json()
+    rec_log = _last_log(flog)["outputs"]
+    cands = [i["id"] for i in rec["items"]][::-1]
+    got = c.post("/v1/rank", json={"history": ids, "items": cands, "timestamps": ts}).json()
+    rank_log = _last_log(flog)
+    assert rank_log["endpoint"] == "/v1/rank"
+    out = rank_log["outputs"]
+    assert [i["id"] for i in out["items"]] == [i["id"] for i in got["items"]] == [i["id"] for i in rec["items"]]
+    assert [i["score"] for i in out["items"]] == [i["score"] for i in got["items"]]
+    assert out["feature_names"] == rec_log["feature_names"]
+    np.testing.assert_array_equal(np.array(out["features"], np.float64), np.array(rec_log["features"], np.float64))
+    assert out["generators"] == rec_log["generators"] == [i["generators"] for i in got["items"]]
+
+
+def test_rank_scores_a_history_candidate_when_exclude_seen_is_false_and_says_why_not_otherwise(timed) -> None:
+    c = timed["client"]
+    ids, ts = _request(timed, timed["rows"][2])
+    body = {"history": ids, "timestamps": ts}
+    got = c.post("/v1/rank", json=body | {"items": [ids[0]]}).json()
+    assert got["items"][0].get("score") is None
+    assert any("in the history" in w and '"exclude_seen": false' in w for w in got["warnings"]), got["warnings"]
+    assert not any("no generator proposed" in w for w in got["warnings"])
+    rec = c.post("/v1/recommend", json=body | {"n": 100, "exclude_seen": False}).json()
+    seen = [i for i in rec["items"] if i["id"] in ids]
+    assert seen  # the pools hold history items once they may
+    let_in = c.post("/v1/rank", json=body | {"items": [seen[0]["id"]], "exclude_seen": False}).json()
+    assert let_in["items"][0]["score"] == pytest.approx(seen[0]["score"], rel=1e-6)
+    assert not let_in["warnings"]
+
+
+def test_rank_takes_the_playlist_name_and_scores_as_recommend_and_explain(pipe) -> None:
+    """/v1/rank refused `name` (422), so a named playlist's candidates got the unnamed scores."""
+    history = ["t2", "t7", "t12"]
+    named = {"history": history, "name": "cinder mix"}
+    rec = pipe.post("/v1/recommend", json=named | {"n": 8}).json()
+    ids = [i["id"] for i in rec["items"]]
+    r = pipe.post("/v1/rank", json=named | {"items": ids[::-1]})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [i["id"] for i in got["items"]] == ids
+    np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in rec["items"]], rtol=1e-6)
+    assert [i["generators"] for i in got["items"]] == [i["generators"] for i in rec["items"]]
+    explained = pipe.post("/v1/explain", json=named | {"items": ids[:2]}).json()["items"]
+    assert [e["score"] for e in explained] == pytest.approx([i["score"] for i in got["items"][:2]], rel=1e-6)
+    unnamed = pipe.post("/v1/rank", json={"history": history, "items": ids}).json()
+    assert [i.get("score") for i in unnamed["items"]] != [i["score"] for i in got["items"]]
+
+
+def test_index_options_on_a_pipeline_are_said_to_do_nothing(timed, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="segue.serving"):
+        Engine.load(timed["folder"], index_config=IndexConfig(kind="hnsw", expansion_search=5))
+    said = [r.getMessage() for r in caplog.records if "--index hnsw and --ef 5 ignored" in r.getMessage()]
+    assert said and "two-stage pipeline has no stage-one index" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="segue.serving"):
+        Engine.load(timed["folder"])
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]
