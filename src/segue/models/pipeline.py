@@ -82,6 +82,17 @@ class GeneratorSpec(Config):
             raise ValueError(f"'{NAMES_GENERATOR}' is the built-in name generator; pick another name")
         if (self.folder is None) == (self.family is None):
             raise ValueError(f"generator '{self.name}': give either folder (a fitted model) or family (fitted here)")
+        if self.family is not None:  # checked here, not when its turn to be fitted comes (after the others)
+            try:
+                cls = model_class(self.family)
+            except SegueError as e:
+                raise ValueError(f"generator '{self.name}': {e}") from None
+            except ImportError as e:
+                raise ValueError(f"generator '{self.name}': family '{self.family}' is not available ({e})") from None
+            try:
+                cls.config_class.from_dict(self.config, source=f"generator '{self.name}' config")
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
         return self
 
 
@@ -170,14 +181,20 @@ class PipelineRecommender(BaseRecommender):
     def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
         self.vocab = data.vocab
         t0 = time.perf_counter()
+        # Fitted folders are loaded (and checked) first: a missing or mismatched one fails before
+        # the other generators' fits, not after them.
+        loaded = {}
         for spec in self.config.generators:
             if spec.folder is not None:
-                model = load_generator(Path(spec.folder), spec.name)
-                _check_same_vocab(spec.name, model, data)
-            else:
+                loaded[spec.name] = load_generator(Path(spec.folder), spec.name)
+                _check_same_vocab(spec.name, loaded[spec.name], data)
+        fitted = {}
+        for spec in self.config.generators:
+            if spec.folder is None:
                 cls = model_class(spec.family)  # type: ignore[arg-type]
-                model = cls(cls.config_class.from_dict(spec.config, source=f"generator '{spec.name}' config")).fit(data)
-            self.generators[spec.name] = model
+                config = cls.config_class.from_dict(spec.config, source=f"generator '{spec.name}' config")
+                fitted[spec.name] = cls(config).fit(data)
+        self.generators = {s.name: loaded[s.name] if s.folder is not None else fitted[s.name] for s in self.config.generators}
         # Generators are stored inside the pipeline folder: record each one's family and config.
         self.config = self.config.model_copy(
             update={

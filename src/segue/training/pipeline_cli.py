@@ -30,7 +30,8 @@ class PipelineRunConfig(Config):
 
 
 def pipeline_config(run: PipelineRunConfig, config: Path) -> PipelineConfig:
-    """The typed pipeline of a config file, its generators' folders resolved against the file's folder."""
+    """The typed pipeline of a config file, its generators' folders resolved against the file's
+    folder; families, generator configs and folders are checked here, before anything is fitted."""
     from segue.models.pipeline import PipelineConfig
 
     pipe = dict(run.pipeline)
@@ -41,7 +42,23 @@ def pipeline_config(run: PipelineRunConfig, config: Path) -> PipelineConfig:
             g["folder"] = str((config.parent / g["folder"]).resolve())
         gens.append(g)
     pipe["generators"] = gens
-    return PipelineConfig.from_dict(pipe, source=f"{config} [pipeline]")
+    cfg = PipelineConfig.from_dict(pipe, source=f"{config} [pipeline]")
+    _check_folders(cfg, config)
+    return cfg
+
+
+def _check_folders(cfg: PipelineConfig, config: Path) -> None:
+    """Every fitted generator folder is a model folder: said before the store is opened and any
+    generator is fitted (the folder is loaded in fit, after the config's other checks)."""
+    from segue.errors import SegueError
+    from segue.models.base import read_model_header
+
+    for i, g in enumerate(cfg.generators):
+        if g.folder is not None:
+            try:
+                read_model_header(Path(g.folder))
+            except SegueError as e:
+                raise SegueError(f"{config} [pipeline]: generators[{i}] ('{g.name}'): {e}") from None
 
 
 def _is_pipeline_model(folder: Path) -> bool:
