@@ -165,3 +165,27 @@ def test_index_options_on_a_pipeline_are_said_to_do_nothing(timed, caplog: pytes
     with caplog.at_level(logging.WARNING, logger="segue.serving"):
         Engine.load(timed["folder"])
     assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+
+
+def test_engine_explains_a_pipeline_with_allow_as_it_ranks_with_allow(timed) -> None:
+    """/v1/recommend with `allow` builds the pools from the allowed items; Engine.explain scored the
+    unrestricted pool (other scores, and served items "outside the pool"). explain.py must pass
+    the request's `allow` on for /v1/explain to use this."""
+    eng = Engine.load(timed["folder"])
+    hist = timed["hist"]
+    h = np.asarray(hist.row(timed["rows"][0]), np.int64)
+    pool = eng.rank([h], len(eng.vocab))[0].tokens
+    pool = set(pool[pool >= 0].tolist())
+    outside = [t for t in range(4, len(eng.vocab)) if t not in pool and t not in set(h.tolist())][:6]
+    allow = np.array([*outside, min(pool)], np.int64)
+    ranked = eng.rank([h], 4, allow=allow)[0]
+    assert (ranked.tokens >= 0).all() and set(ranked.tokens.tolist()) & set(outside)
+    scores, impact = eng.explain(h, ranked.tokens, allow=allow)
+    np.testing.assert_allclose(scores, ranked.scores, rtol=1e-6)
+    assert impact.shape == (4, len(h))
+    unrestricted, _ = eng.explain(h, ranked.tokens)
+    assert np.isnan(unrestricted).any()  # the allowed items outside the unrestricted pool
+    cold = eng.rank([h[:0]], 4, allow=allow)[0]
+    cold_tokens = cold.tokens[cold.tokens >= 0]
+    assert set(cold_tokens.tolist()) & set(outside)
+    np.testing.assert_allclose(eng.empty_history_scores(cold_tokens, allow=allow), cold.scores[: len(cold_tokens)], rtol=1e-6)

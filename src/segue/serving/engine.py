@@ -267,13 +267,31 @@ class Engine:
         fn = self.model.query_embeddings  # type: ignore[attr-defined]
         return np.asarray(fn(arrays, **model_kwargs(fn, arrays)), dtype=np.float32)
 
-    def scores(self, arrays: SequenceArrays, exclude_seen: bool = True) -> np.ndarray:
+    def scores(self, arrays: SequenceArrays, exclude_seen: bool = True, allow: np.ndarray | None = None) -> np.ndarray:
         """The model's scores [B, V], conditioned on the event to predict where the model reads it
-        (`exclude_seen` = False lets a two-stage pipeline's pools hold the history's items)."""
+        (`exclude_seen` = False lets a two-stage pipeline's pools hold the history's items, and
+        `allow` builds them from the allowed items, as /v1/recommend with `allow` does; other
+        models' scores do not depend on `allow`)."""
+        if self.pipeline and allow is not None:
+            return self._allowed_pool_scores(arrays, exclude_seen, np.asarray(allow, dtype=np.int64))
         kwargs = model_kwargs(self.model.score, arrays)
         if self.pipeline and not exclude_seen:
             kwargs["exclude_seen"] = False
         return np.asarray(self.model.score(arrays, **kwargs), dtype=np.float32)
+
+    def _allowed_pool_scores(self, arrays: SequenceArrays, exclude_seen: bool, allow: np.ndarray) -> np.ndarray:
+        """A pipeline's score() [B, V] with pools built from `allow` (rank_pipeline's pools for
+        /v1/recommend with `allow`): pool items get the ranker's score, the others the backfill."""
+        model = self.model
+        rows = np.arange(len(arrays))
+        out = np.empty((len(rows), len(self.vocab)), dtype=np.float32)
+        out[:] = model.backfill()  # type: ignore[attr-defined]
+        out[:, :N_SPECIAL] = NEG_INF
+        pools = model.pools(arrays, rows, exclude_seen=exclude_seen, allow=allow)  # type: ignore[attr-defined]
+        scores, _ = model.rank_pools(arrays, rows, pools)  # type: ignore[attr-defined]
+        for b, (p, s) in enumerate(zip(pools, scores, strict=True)):
+            out[b, p.tokens] = s
+        return out
 
     def score_tokens(
         self,
@@ -284,10 +302,11 @@ class Engine:
         events: list[EventColumns | None] | None = None,
         names: list[str | None] | None = None,
         exclude_seen: bool = True,
+        allow: np.ndarray | None = None,
     ) -> np.ndarray:
         """The model's scores [B, C] of `tokens` [B, C] after each history, in one model call
         (`names`: playlist titles, which a two-stage pipeline's candidate pool reads, as it reads
-        `exclude_seen`)."""
+        `exclude_seen` and `allow`)."""
         arrays = self.arrays(histories, context, ratings, events)
         if names is not None and self.pipeline:
             arrays.meta["seq_names"] = list(names)
@@ -295,7 +314,7 @@ class Engine:
         if self.dot_exact:
             q = self.query(arrays)
             return np.einsum("bd,bcd->bc", q, self.embeddings[tokens])  # type: ignore[index]
-        scores = self.scores(arrays, exclude_seen)
+        scores = self.scores(arrays, exclude_seen, allow)
         return np.take_along_axis(scores, tokens, axis=1)
 
     def rank(
@@ -382,14 +401,15 @@ class Engine:
             out.append(ranked)
         return out
 
-    def empty_history_scores(self, tokens: np.ndarray, name: str | None = None) -> np.ndarray:
+    def empty_history_scores(self, tokens: np.ndarray, name: str | None = None, allow: np.ndarray | None = None) -> np.ndarray:
         """float32 [m] scores of `tokens` after an empty history, as `rank` gives them: log(1 +
         training count), or a pipeline's ranker score (NaN outside its candidate pool, which the
-        playlist's `name` shapes)."""
+        playlist's `name` and an `allow` list shape)."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if not self.pipeline:
             return self.popularity[tokens]
-        s = self.score_tokens([np.zeros(0, np.int64)], tokens[None, :], names=None if name is None else [name])[0]
+        names = None if name is None else [name]
+        s = self.score_tokens([np.zeros(0, np.int64)], tokens[None, :], names=names, allow=allow)[0]
         return np.where(outside_pool(s), np.nan, s).astype(np.float32)
 
     def _boost(self, scores: np.ndarray, b: float) -> np.ndarray:
@@ -545,6 +565,7 @@ class Engine:
         context: dict[str, str] | None = None,
         name: str | None = None,
         exclude_seen: bool = True,
+        allow: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Leave-one-out impact of each history item on each item's score, in one model call.
 
@@ -553,7 +574,8 @@ class Engine:
         `context` and the events' next_ts, as /v1/recommend does); impact[i, j] = score(h)[items_i] -
         score(h without h_j)[items_i]. Returns the scores [len(items)] after the full history and
         impact [len(items), L]. A pipeline's item outside its candidate pool has score NaN, and an
-        impact of +inf where the item leaves the pool without h_j, -inf where it joins it.
+        impact of +inf where the item leaves the pool without h_j, -inf where it joins it; `name`,
+        `exclude_seen` and `allow` shape that pool as they shape /v1/recommend's.
         """
         h = self.encoder.truncate(np.asarray(history, dtype=np.int64))
         items = np.asarray(items, dtype=np.int64)
@@ -568,7 +590,7 @@ class Engine:
             evs = [ev] + [ev.without(j) for j in range(len(h))]
         ctx = None if context is None else [context] * len(rows)
         names = [name] * len(rows) if name is not None else None
-        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ctx, rs, evs, names, exclude_seen)  # [L + 1, m]
+        s = self.score_tokens(rows, np.tile(items, (len(rows), 1)), ctx, rs, evs, names, exclude_seen, allow)  # [L + 1, m]
         if self.pipeline:  # leaving or joining the candidate pool: +inf / -inf (pool_impacts)
             return np.where(outside_pool(s[0]), np.nan, s[0]), pool_impacts(s[0], s[1:])
         with np.errstate(invalid="ignore"):
