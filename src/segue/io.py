@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,10 +20,14 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success rename it over `path`, on failure delete it.
 
     Works for files and folders (a folder replaces the old one only once it is complete).
+    A folder that cannot be written is a SegueError naming `path` before any work. Temporaries
+    are named `.NAME.tmp-PID@HOST` (callers add suffixes such as `.staging`): those of `path`
+    that a killed writer on this host left (its PID no longer runs) are removed here.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    require_writable(path)
+    _remove_stale(path)
+    tmp = path.with_name(f".{path.name}.tmp-{_tag()}")
     _remove(tmp)
     if is_dir:
         tmp.mkdir()
@@ -29,7 +36,7 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp}")
         if is_dir:
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.old-{_tag()}")
             if path.exists():
                 path.rename(old)
             tmp.rename(path)
@@ -41,6 +48,52 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+# this process on this host: a temporary's writer is known to be gone only when both match
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _tag() -> str:
+    return f"{os.getpid()}@{_HOST}"  # at call time: a forked worker has a PID of its own
+
+
+def require_writable(path: str | Path) -> None:
+    """Create `path`'s folder if needed and check that files can be written in it, else a
+    SegueError naming `path` (a PermissionError traceback named a hidden temporary instead)."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f".{path.name}.probe-"))
+    except OSError as e:
+        raise SegueError(f"{path}: cannot write here (the folder {folder} is not writable: {e.strerror or e})") from None
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove the temporaries of `path` whose writer, on this host, no longer runs (a killed
+    build left `.NAME.tmp-PID@HOST` and its `.staging` folder of GBs, one pair per kill)."""
+    own = re.compile(rf"^\.{re.escape(path.name)}\.(?:tmp|old)-(\d+)@{re.escape(_HOST)}(?:\.[a-z]+)?$")
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(f".{path.name}.")]
+    except OSError:
+        return
+    for name in names:
+        m = own.match(name)
+        if m and not _running(int(m.group(1))):
+            _remove(path.with_name(name))
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 def check_output(path: str | Path, kind: str, marker: str | Callable[[Path], bool]) -> bool:
