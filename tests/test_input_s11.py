@@ -229,3 +229,70 @@ def test_a_store_in_a_read_only_folder_is_evaluated_without_the_arrays_cache(tmp
         assert sorted(p.name for p in folder.iterdir()) == ["s.duckdb"]
     finally:
         folder.chmod(0o755)
+
+
+# --- fault 9: a store written into a read-only folder ---------------------------------------------
+
+
+def test_build_into_a_read_only_folder_names_the_target_not_a_temporary(tmp_path: Path) -> None:
+    if not _as_user_works(tmp_path):
+        pytest.skip("cannot drop file-permission capabilities here")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "ev.csv").write_text("user,item\nu1,a\nu1,b\n")
+    ro.chmod(0o555)
+    try:
+        r = _segue_as_user("data", "build", "csv", "ro/ev.csv", "-o", "ro/out.duckdb", cwd=tmp_path)
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "ro/out.duckdb: cannot write here (the folder ro is not writable" in r.stderr
+    assert ".staging" not in r.stderr and sorted(p.name for p in ro.iterdir()) == ["ev.csv"]
+
+
+# --- fault 15: temporaries of killed writes -------------------------------------------------------
+
+
+def test_a_later_write_removes_the_temporaries_of_killed_writers_on_this_host_only(tmp_path: Path) -> None:
+    from segue.io import _HOST, atomic_write_text
+
+    target = tmp_path / "b.duckdb"
+    # a writer killed inside atomic_path (as SIGKILL leaves it: no cleanup ran)
+    code = (
+        "import os, sys; from segue.io import atomic_path; cm = atomic_path(sys.argv[1]); t = cm.__enter__(); "
+        "t.write_text('half'); t.with_name(t.name + '.staging').mkdir(); "
+        "(t.with_name(t.name + '.staging') / 'chunk.parquet').write_text('x'); os._exit(9)"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(target)], timeout=60)
+    assert killed.returncode == 9
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and all(n.startswith(".b.duckdb.tmp-") for n in left), left
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        keep = [
+            tmp_path / f".b.duckdb.tmp-{live.pid}@{_HOST}",  # a live writer's
+            tmp_path / f".b.duckdb.tmp-{live.pid}@{_HOST}.staging",
+            tmp_path / ".b.duckdb.tmp-1@another-host",  # another host's: its PID says nothing here
+            tmp_path / f".other.duckdb.tmp-999999@{_HOST}",  # another target's
+        ]
+        for p in keep:
+            p.write_text("busy")
+        atomic_write_text(target, "new")
+        assert target.read_text() == "new"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, *(p.name for p in keep)])
+    finally:
+        live.kill()
+        live.wait()
+
+
+# --- fault 4: epoch milliseconds read as seconds --------------------------------------------------
+
+
+def test_build_warns_when_event_times_look_like_milliseconds_read_as_seconds(tmp_path: Path) -> None:
+    csv = tmp_path / "ms.csv"
+    csv.write_text("user,item,timestamp\nu1,a,1700000000000\nu1,b,1700000001000\nu1,c,1700000002000\n")
+    r = runner.invoke(app, ["data", "build", "csv", str(csv), "-o", str(tmp_path / "a.duckdb")])
+    assert r.exit_code == 0, r.output
+    assert "year 55,840" in r.output and "timestamp_unit=ms" in r.output
+    r = runner.invoke(app, ["data", "build", "csv", str(csv), "-o", str(tmp_path / "b.duckdb"), "--option", "timestamp_unit=ms"])
+    assert r.exit_code == 0 and "unix seconds (year" not in r.output, r.output

@@ -121,7 +121,30 @@ def data_build(
     with build_progress() as progress:
         build_store(source, out, config, progress=progress)
     console.print(f"[green]{'replaced the existing store' if existed else 'built'}[/] {escape(str(out))}")
+    warn_far_timestamps(out, getattr(source, "timestamp_unit", None))
     print_stats(out)
+
+
+# Unix seconds past this (year 5138) are milliseconds or microseconds read as seconds, in practice.
+FAR_SECONDS = 10**11
+
+
+def warn_far_timestamps(store_path: Path, unit: str | None) -> None:
+    """Warn when event times lie thousands of years away: epoch milliseconds read as seconds put
+    events in year 55,840 without a word, and every temporal split and cut date then misbehaves."""
+    from segue.data.store import Store
+
+    with Store.open(store_path) as store:
+        (far,) = store.con.execute("SELECT max(abs(ts)) FROM events").fetchone()
+    if far is None or far < FAR_SECONDS:
+        return
+    hint = {"s": "--option timestamp_unit=ms (or us)", "ms": "--option timestamp_unit=us"}.get(unit or "", "")
+    _console().print(
+        f"[yellow]warning: event times reach {far:,} unix seconds (year {1970 + far // 31_556_952:,}): are they "
+        f"milliseconds or microseconds read as {'seconds' if unit in (None, 's') else unit}?"
+        f"{' Rebuild with ' + hint if hint else ''}[/]",
+        soft_wrap=True,
+    )
 
 
 @data_app.command("stats")
