@@ -47,15 +47,19 @@ def _rating_spread(con: Any) -> dict[str, Any]:
         "SELECT rating, count(*) FROM events WHERE rating IS NOT NULL GROUP BY rating ORDER BY rating"
     ).fetchall()
     total = sum(n for _, n in values)
+    # (ratings / the largest magnitude): var_pop of a rating near 1e300 (an older store, or a
+    # source that did not check) was an 'Out of Range' error that crashed stats after "built"
+    (scale,) = con.execute("SELECT max(abs(rating)) FROM events").fetchone()
+    scale = float(scale) if scale else 1.0
     var = con.execute(
-        "SELECT var_pop(rating) FROM events WHERE rating IS NOT NULL GROUP BY seq_id HAVING count(rating) >= 2"
+        "SELECT var_pop(rating / ?) FROM events WHERE rating IS NOT NULL GROUP BY seq_id HAVING count(rating) >= 2", [scale]
     ).fetchnumpy()
-    v = np.asarray(next(iter(var.values())), dtype=np.float64) if var else np.zeros(0)
+    sd = np.sqrt(np.asarray(next(iter(var.values())), dtype=np.float64)) * scale if var else np.zeros(0)
     return {
         "values": {float(r): n / total for r, n in values} if len(values) <= 21 else None,
-        "users_with_two_or_more": int(len(v)),
-        "user_sd_median": float(np.median(np.sqrt(v))) if len(v) else None,
-        "low_variance_share": float(np.mean(v < 1.0)) if len(v) else None,
+        "users_with_two_or_more": int(len(sd)),
+        "user_sd_median": float(np.median(sd)) if len(sd) else None,
+        "low_variance_share": float(np.mean(sd < 1.0)) if len(sd) else None,
     }
 
 

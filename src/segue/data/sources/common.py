@@ -94,6 +94,9 @@ def rebuild_error(state: dict[str, object]) -> InputError:
 # a bad value can be reported with its file, line and column.
 
 _NUMBER_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+MAX_NUMBER = 1e15  # ratings and feedback: far beyond any scale, and their squares stay finite
+MAX_SECONDS = 9_223_372_036_854  # |unix seconds| that DuckDB's microsecond timestamps hold (year 294247)
+_INTEGER_RE = r"^[-+]?\d+$"
 
 
 def line_of_row(path: Path, row: int, skip_lines: int, encoding: str = "utf-8") -> int:
@@ -141,8 +144,9 @@ class ColumnReader:
             idx = first_false(pc.and_(pc.is_valid(col), pc.greater(pc.utf8_length(col), 0)))
             raise self.bad(idx, field, None, what)
 
-    def number(self, col: pa.Array, field: str, *, integer: bool = False) -> pa.Array:
-        """float64 (or int64) from text; empty values become null."""
+    def number(self, col: pa.Array, field: str, *, integer: bool = False, limit: float = MAX_NUMBER) -> pa.Array:
+        """float64 (or int64) from text; empty values become null. Magnitudes of `limit` or more are
+        refused (1e300 was stored, then the stats' variance overflowed; a position must fit int32)."""
         col = pc.utf8_trim_whitespace(col)
         empty = pc.equal(pc.utf8_length(col), 0)
         ok = pc.or_(pc.match_substring_regex(col, _NUMBER_RE), empty)
@@ -150,6 +154,9 @@ class ColumnReader:
         if bad is not None:
             raise self.bad(bad, field, col[bad].as_py(), "a number")
         values = pc.cast(pc.if_else(empty, None, col), pa.float64())
+        bad = first_false(pc.or_kleene(pc.less(pc.abs(values), float(limit)), pc.is_null(values)))
+        if bad is not None:
+            raise self.bad(bad, field, col[bad].as_py(), f"a number of magnitude below {limit:.3g}")
         if integer:
             frac = first_false(pc.equal(pc.floor(values), values))
             if frac is not None and values[frac].is_valid:
@@ -216,8 +223,6 @@ class ColumnReader:
         return pc.take(pa.array(parsed, pa.int64()), pc.index_in(text, value_set=pa.array(uniq, pa.string())))
 
 
-MAX_SECONDS = 9_223_372_036_854  # |unix seconds| that DuckDB's microsecond timestamps hold (year 294247)
-_INTEGER_RE = r"^[-+]?\d+$"
 
 
 def _unix_expected(per_second: int) -> str:

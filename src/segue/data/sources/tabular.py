@@ -351,7 +351,7 @@ class TabularSource:
         reader.missing(item, m["item"], "an item id")
         cols: dict[str, pa.Array] = {"seq_key": user, "item_key": item}
         if m["position"]:
-            cols["position"] = pc.cast(reader.number(_text(batch.column(m["position"])), m["position"], integer=True), pa.int32())
+            cols["position"] = pc.cast(reader.number(_text(batch.column(m["position"])), m["position"], integer=True, limit=2**31), pa.int32())
         if m["timestamp"]:
             cols["ts"] = reader.timestamp(_text(batch.column(m["timestamp"])), m["timestamp"], per_second=_UNITS[self.timestamp_unit])
         if m["rating"]:
