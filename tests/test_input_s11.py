@@ -296,3 +296,48 @@ def test_build_warns_when_event_times_look_like_milliseconds_read_as_seconds(tmp
     assert "year 55,840" in r.output and "timestamp_unit=ms" in r.output
     r = runner.invoke(app, ["data", "build", "csv", str(csv), "-o", str(tmp_path / "b.duckdb"), "--option", "timestamp_unit=ms"])
     assert r.exit_code == 0 and "unix seconds (year" not in r.output, r.output
+
+
+# --- fault 11: a huge rating ----------------------------------------------------------------------
+
+
+def test_a_rating_beyond_any_scale_is_refused_by_row_and_stats_survive_one(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from datahelp import make_store
+    from segue.data.stats import store_stats
+
+    pq.write_table(pa.table({"user": ["u1", "u1", "u2"], "item": ["a", "b", "a"], "rating": [1.0, 1e300, 3.0]}), tmp_path / "big.parquet")
+    with pytest.raises(InputError) as e:
+        build_store(open_source("parquet", tmp_path / "big.parquet"), tmp_path / "b.duckdb")
+    assert e.value.field == "rating" and e.value.record == "row 2"
+    csv = tmp_path / "pos.csv"
+    csv.write_text("user,item,position\nu1,a,1\nu1,b,3000000000\n")  # beyond int32: was an ArrowInvalid traceback
+    with pytest.raises(InputError) as e:
+        build_store(open_source("csv", csv, position="position"), tmp_path / "p.duckdb")
+    assert e.value.field == "position" and e.value.line == 3
+    # a store that holds one anyway (written before this check, or by another source): stats work
+    store = make_store(tmp_path / "h.duckdb", [[1, 2, 3], [2, 3]], rating=[[1.0, 1e300, 3.0], [4.0, 5.0]])
+    with Store.open(store) as s:
+        ratings = store_stats(s)["ratings"]
+    assert ratings["users_with_two_or_more"] == 2 and ratings["low_variance_share"] == 0.5
+    assert ratings["user_sd_median"] == pytest.approx((0.5 + 1e300 * 2**0.5 / 3) / 2, rel=1e-9)
+    r = runner.invoke(app, ["data", "stats", str(store)])
+    assert r.exit_code == 0, r.output
+
+
+# --- fault 12: a run name is one folder name ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", " ", ".", "..", "../../escape", "a/b", "a\\b"])
+def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path: Path, name: str) -> None:
+    from datahelp import tiny_train_config
+    from segue.training.trainer import parse_train_config
+
+    data = tiny_train_config(tmp_path / "s.duckdb", 1) | {"name": name}
+    with pytest.raises(ConfigError, match=r"t\.toml: field 'name': .*one folder name"):
+        parse_train_config(data, source="t.toml")
+    for family in ("autoencoder", "transformer"):  # also where the name is the family's by default
+        assert parse_train_config(tiny_train_config(tmp_path / "s.duckdb", 1) | {"name": "sasrec-ml.v2"}).name == "sasrec-ml.v2"
+        assert parse_train_config({"family": family, "data": {"store": "s.duckdb"}}).name == family

@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from segue.config import Config
 from segue.data.arrays import SplitData
@@ -65,6 +65,14 @@ class RunConfig(Config):
     data: DataConfig
     base_dir: str | None = Field(None, exclude=True)  # the config file's folder (not saved)
     source: str | None = Field(None, exclude=True)  # the config file, for messages (not saved)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # the run folder is runs_dir / name: "" trained into runs_dir itself, "../../x" outside it
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError(f"got {name!r}; expected one folder name (not empty, no '/', not '.' or '..'), e.g. name = \"sasrec-ml\"")
+        return name
 
     def family_config(self) -> Config:
         """The model's typed config (the sections of the family's config class)."""
