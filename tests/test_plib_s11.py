@@ -204,3 +204,18 @@ def test_a_missing_generator_folder_is_found_before_any_generator_is_fitted(fitt
     with pytest.raises(SegueError) as e:
         fit_pipeline(toml, tmp_path / "out")
     assert str(toml) in str(e.value) and "'tf'" in str(e.value) and "no such model folder" in str(e.value)
+
+
+# --- fault 13: a split without a validation part ----------------------------------------------------
+
+
+def test_a_split_without_validation_events_is_refused_before_any_generator_is_fitted(tmp_path: Path) -> None:
+    store = make_store(
+        tmp_path / "allin.duckdb", [[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], [{"kind": "leave_last_out", "name": "allin", "min_length": 1000}]
+    )
+    model = PipelineRecommender(config())
+    with Store.open(store) as s:
+        data = SplitData.load(s, "allin")
+        with pytest.raises(SegueError, match="'allin' has no validation events"):
+            model.fit(data)
+    assert model.generators == {}

@@ -180,6 +180,14 @@ class PipelineRecommender(BaseRecommender):
     # --- fitting -------------------------------------------------------------------------------
     def fit(self, data: SplitData, *, progress: Callable[[str, int, int], None] | None = None) -> Self:
         self.vocab = data.vocab
+        if self.config.ranker.kind == "lightgbm":  # before any generator is fitted
+            valid = data.targets(Part.VALID)
+            if not (np.asarray(valid.tokens) > UNK).any():
+                raise SegueError(
+                    f"pipeline: split '{data.split}' has no validation events (of items in its vocabulary), and the "
+                    "ranker learns from the validation part's targets: use a split with a validation part "
+                    "(or ranker = \"feedback_head\", which trains nothing)"
+                )
         t0 = time.perf_counter()
         # Fitted folders are loaded (and checked) first: a missing or mismatched one fails before
         # the other generators' fits, not after them.
