@@ -189,3 +189,53 @@ def test_engine_explains_a_pipeline_with_allow_as_it_ranks_with_allow(timed) -> 
     cold_tokens = cold.tokens[cold.tokens >= 0]
     assert set(cold_tokens.tolist()) & set(outside)
     np.testing.assert_allclose(eng.empty_history_scores(cold_tokens, allow=allow), cold.scores[: len(cold_tokens)], rtol=1e-6)
+
+
+def test_a_pipeline_with_an_event_reading_generator_takes_the_request_events_over_http(tmp_path: Path) -> None:
+    """A pipeline whose transformer generator reads ratings / feedback / times: the request's
+    values reach it over HTTP as they reach it through Engine.rank (they were dropped with 'the
+    pipeline model does not use ratings', so its <gen>_fb_* features came from a bare history)."""
+    from rankhelp import untrained
+
+    store = feedback_store(tmp_path / "store.duckdb")
+    tf = untrained(store).save(tmp_path / "tf")
+    cfg = PipelineConfig.from_dict(
+        {
+            "generators": [
+                {"name": "pop", "family": "popularity", "n": 20},
+                {"name": "tf", "folder": str(tf), "n": 20},
+            ],
+            "name_candidates": 0,
+            "ranker": {"n_estimators": 20, "early_stopping_rounds": 10},
+        }
+    )
+    with Store.open(store) as s:
+        folder = PipelineRecommender(cfg).fit(SplitData.load(s, "loo")).save(tmp_path / "pipe")
+    eng = Engine.load(folder, store=store)
+    m = eng.model
+    col = m.state.names.index("tf_fb_listened")
+    h = np.array([5, 9, 12, 20])
+    ids = [m.vocab.external_ids[t] for t in h]
+    ts = [1_700_000_000 + 3600 * i for i in range(4)]
+    flog = tmp_path / "flog"
+    app = create_app(folder, store=store, feature_log=flog, admin_key=None, use_env_admin_key=False)
+    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        health = c.get("/healthz").json()
+        assert health["rating_scale"] == [1.0, 5.0]
+        assert health["events"]["feedback"] == {"listened": "fraction", "skip": "flag"} and health["events"]["time"]
+        served = {}
+        for r in (1, 5):
+            body = c.post("/v1/recommend", json={"history": ids, "n": 10, "ratings": [r] * 4, "timestamps": ts, "ts": ts[-1] + 60}).json()
+            assert not [w for w in body["warnings"] if "ignored" in w], body["warnings"]
+            logged = _last_log(flog)["outputs"]
+            served[r] = ([i["id"] for i in body["items"]], np.array(logged["features"], np.float64)[:, col])
+        bad = c.post("/v1/recommend", json={"history": ids, "feedback": {"skip": [3, 0, 0, 1]}})
+        assert bad.status_code == 422 and "history[0]" in bad.text
+    assert not np.array_equal(served[1][1], served[5][1])  # the ratings reach the feedback head
+    for r in (1, 5):
+        from segue.serving.encoding import EventColumns
+
+        ev = EventColumns(ts=np.array(ts, np.int64), next_ts=ts[-1] + 60)
+        ranked = eng.rank([h], 10, ratings=[np.full(4, r, np.float32)], events=[ev])[0]
+        assert served[r][0] == [m.vocab.external_ids[t] for t in ranked.tokens]
+        np.testing.assert_allclose(served[r][1], ranked.features[:, col], rtol=1e-5)

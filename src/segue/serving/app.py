@@ -79,7 +79,7 @@ from segue.serving.explain import explain_profile
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
 from segue.serving.lifecycle import readiness, warm_up
-from segue.serving.pipeline_engine import pipeline_request_events, reads_history_times
+from segue.serving.pipeline_engine import events_view, pipeline_request_events, reads_history_times
 from segue.serving.rank import rank_candidates
 from segue.serving.validation import error_details, query_error
 
@@ -710,11 +710,14 @@ def create_app(
         log.exception("%s %s failed", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
-    def pipeline_events_description(engine: Engine) -> dict[str, Any] | None:
-        """A pipeline whose ranker reads the history's times says so (send `timestamps`)."""
+    def events_description(engine: Engine) -> dict[str, Any] | None:
+        """What the model reads per event (/healthz): a pipeline's event-reading generator's
+        inputs, and `time` also when its ranker reads the history's times (send `timestamps`)."""
+        got = describe_events(events_view(engine))  # type: ignore[arg-type]
         if not reads_history_times(engine.model):
-            return None
-        return {"rating": False, "feedback": {}, "context": [], "time": True, "predicts": []}
+            return got
+        got = got or {"rating": False, "feedback": {}, "context": [], "time": False, "predicts": []}
+        return got | {"time": True}
 
     def current() -> Engine:
         return state["engine"]
@@ -840,7 +843,7 @@ def create_app(
         """The request's ratings if the model uses them (422 naming each out-of-scale one)."""
         if ratings is None or all(r is None for r in ratings):
             return None
-        scale = input_rating_scale(engine)
+        scale = input_rating_scale(events_view(engine))  # type: ignore[arg-type]  # a pipeline: its event generator's
         if scale is None:
             warnings.append(
                 f"ratings: the {engine.info.family} model does not use ratings; they were ignored"
@@ -1220,9 +1223,9 @@ def create_app(
             "context_length": engine.encoder.context_length,
             "has_names": engine.catalogue.has_names,
             # [low, high] of the ratings the model takes with a profile; null: it uses none.
-            "rating_scale": None if input_rating_scale(engine) is None else list(input_rating_scale(engine)),
+            "rating_scale": None if (scale := input_rating_scale(events_view(engine))) is None else list(scale),  # type: ignore[arg-type]
             # what the model reads per history event (feedback kinds, context names, time); null: none
-            "events": describe_events(engine) or pipeline_events_description(engine),
+            "events": events_description(engine),
             "admin": admin_key is not None,
         }
 

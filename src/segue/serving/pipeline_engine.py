@@ -18,7 +18,8 @@ evaluated one for the same history and times; without them those features are un
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,33 +45,73 @@ def reads_history_times(model: object) -> bool:
     return is_pipeline(model) and state is not None and getattr(state, "event_keys", None) is not None
 
 
+@dataclass
+class GeneratorView:
+    """What segue.serving.events reads of an Engine (model, info, rating_range, context_values),
+    for a pipeline's generator that reads per-event inputs: the request's ratings, feedback, times
+    and context are checked against that generator's `events`, as its own server would check them,
+    and reach it through the pipeline's arrays, as the store's columns did in training."""
+
+    model: Any
+    info: Any
+    rating_range: tuple[float, float] | None = None
+    context_values: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def event_generator(model: object) -> Any | None:
+    """A pipeline's generator that reads per-event inputs (a transformer with `events`): the one
+    its `feedback` setting names, else the first in config order; None when none does."""
+    from segue.models.events import EventsConfig
+
+    gens: dict[str, Any] = getattr(model, "generators", None) or {}
+    first = getattr(getattr(model, "config", None), "feedback", None)
+    for name in ([first] if first in gens else []) + list(gens):
+        g = gens[name]
+        cfg = getattr(getattr(g, "config", None), "events", None)
+        if isinstance(cfg, EventsConfig) and cfg.enabled and getattr(getattr(g, "network", None), "has_events", False):
+            return g
+    return None
+
+
+def events_view(engine: Engine) -> Engine | GeneratorView:
+    """The engine whose per-event inputs segue.serving.events checks (`served_events`,
+    `input_rating_scale`, `describe`): a pipeline's event-reading generator, else the engine."""
+    if not engine.pipeline or served_events(engine) is not None:
+        return engine
+    gen = event_generator(engine.model)
+    if gen is None:
+        return engine
+    cats = getattr(getattr(gen, "network", None), "categories", None) or {}
+    return GeneratorView(gen, engine.info, None, {k: frozenset(v) for k, v in cats.items()})
+
+
 def pipeline_request_events(
     engine: Engine, req: HistoryEvents, ids: list[str], context: dict[str, str] | None, warnings: list[str]
 ) -> EventColumns | None:
-    """A pipeline request's EventColumns: the history's `timestamps` when its ranker reads times
-    (as it read the store's in training and evaluation), with a warning for every field it does
-    not read and for a history whose last event has no time (the time features are then unknown,
-    and the ranking is not the one evaluated with times)."""
+    """A pipeline request's EventColumns: what its event-reading generator reads (checked as
+    request_events checks it for that generator), plus the history's `timestamps` when its ranker
+    reads times (as it read the store's in training and evaluation); a warning for every field
+    neither reads and for a history whose last event has no time (the ranker's time features are
+    then unknown, and the ranking is not the one evaluated with times)."""
     reads = reads_history_times(engine.model)
-    if served_events(engine) is not None:  # a generator reads events: its checks, plus the times
-        ev = request_events(engine, req, ids, context, warnings)
-        if reads and req.timestamps is not None and (ev is None or ev.ts is None):
-            ev = ev or EventColumns()
-            ev.ts = np.array([0 if t is None else t for t in req.timestamps], dtype=np.int64)
-        return ev
-    sent = [n for n, v in (("feedback", req.feedback), ("event_context", req.event_context)) if v]
-    if sent:
-        warnings.append(f"{'/'.join(sent)}: the pipeline model reads no per-event feedback or context; ignored")
-    if not reads:
-        times = [n for n, v in (("timestamps", req.timestamps), ("ts", req.ts)) if v is not None]
+    view = events_view(engine)
+    cfg = served_events(view)  # type: ignore[arg-type]
+    if cfg is not None:
+        gen_time = cfg.time
+        # Times the ranker reads and the generator does not are no "ignored" field for it.
+        sub = req.model_copy(update={"timestamps": None}) if reads and not gen_time else req
+        ev = request_events(view, sub, ids, context, warnings)  # type: ignore[arg-type]
+    else:
+        gen_time, ev = False, None
+        sent = [n for n, v in (("feedback", req.feedback), ("event_context", req.event_context)) if v]
+        if sent:
+            warnings.append(f"{'/'.join(sent)}: the pipeline model reads no per-event feedback or context; ignored")
+        times = [n for n, v in (("timestamps", req.timestamps), ("ts", req.ts)) if v is not None and not (reads and n == "timestamps")]
         if times:
-            warnings.append(f"{' and '.join(times)}: the pipeline model was trained without event times; ignored")
-        return None
-    if req.ts is not None:
-        warnings.append(
-            "ts: the pipeline model reads the time of the history's last event (`timestamps`), not the "
-            "time of the event to predict; ignored"
-        )
+            what = "was trained without event times" if not reads else "reads the time of the history's last event (`timestamps`), not the time of the event to predict"
+            warnings.append(f"{' and '.join(times)}: the pipeline model {what}; ignored")
+    if not reads:
+        return ev
     if ids and (req.timestamps is None or req.timestamps[-1] is None):
         what = "not given" if req.timestamps is None else "null for the last history event"
         warnings.append(
@@ -79,9 +120,13 @@ def pipeline_request_events(
             "are unknown and the ranking may differ from the evaluated one"
         )
     if req.timestamps is None:
-        return None
-    warnings += time_order(req.timestamps, None)
-    return EventColumns(ts=np.array([0 if t is None else t for t in req.timestamps], dtype=np.int64))
+        return ev
+    if not gen_time:  # request_events said nothing of the times' order
+        warnings += time_order(req.timestamps, None)
+    if ev is None or ev.ts is None:
+        ev = ev or EventColumns()
+        ev.ts = np.array([0 if t is None else t for t in req.timestamps], dtype=np.int64)
+    return ev
 
 
 def pool_impacts(full: np.ndarray, without: np.ndarray) -> np.ndarray:
