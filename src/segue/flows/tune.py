@@ -118,7 +118,7 @@ class TuneFlow(FlowSpec):
             self.test, self.best_toml = out["test"], out["best_toml"]
             self.report_tar, self.best_model_tar = out["report_tar"], out["model_tar"]
             self.test_evaluations.append(
-                {"step": current.step_name, "trial": self.best_record["number"], "part": "test", "models": ["tuned", "defaults"]}
+                {"step": current.step_name, "trial": self.best_record["number"], "part": "test", "models": list(self.test["intervals"])}
             )
         meta = {"store": f"{space.store} (content checksum {self.split_info['checksum'][:12]})", "rounds": self.round_index + 1}
         for component in card_components(space, self.records, self.best_record, self.best_toml, self.test, meta):

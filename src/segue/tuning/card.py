@@ -136,6 +136,8 @@ def card_components(
     tt = test_table(test)
     if tt is not None:
         out += [Markdown(f"## Test ({test['part']} part, once): tuned vs defaults, mean [95% CI]"), Table(tt[1], headers=tt[0])]
+        if test.get("defaults_error"):
+            out.append(Markdown(f"**No comparison:** {test['defaults_error']}"))
     elif best is not None:
         out.append(Markdown("## Test\nNot run in this round: the best config is tested once, after the last round."))
     if best is not None:
@@ -202,6 +204,8 @@ def render_page(
     tt = test_table(test)
     if tt is not None:
         out += [f"<h2>Test ({e(test['part'])} part, once): tuned vs defaults, mean [95% CI]</h2>", table(*tt, cls="test")]
+        if test.get("defaults_error"):
+            out.append(f"<p class='defaults-error'><b>No comparison:</b> {e(test['defaults_error'])}</p>")
     if best is not None:
         out += ["<h2>Best config (TOML)</h2>", f"<pre>{e(best_toml)}</pre>"]
     header, rows = trial_table(space, records)

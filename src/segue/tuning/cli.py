@@ -14,7 +14,7 @@ def tune(
     root: Annotated[Path, typer.Option("--root", help="Folder of Metaflow's local datastore and of the session's results.")] = Path("tune-runs"),
     max_workers: Annotated[int, typer.Option("--max-workers", min=1, help="Trials run at once (Metaflow's --max-workers; >= 1).")] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed or failed session (finished trials are not rerun).")] = False,
-    user: Annotated[str | None, typer.Option("--user", help="Metaflow user (namespace); default METAFLOW_USER or the login name.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Metaflow user (namespace); default METAFLOW_USER or the login name (Metaflow refuses root: it runs as segue).")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples of the test CIs.")] = 1000,
     mlflow: Annotated[
         str | None,
@@ -74,6 +74,8 @@ def print_summary(session: Path, console: object) -> None:
         for m, per in test["comparisons"].items():
             t.add_row(f"{m} - {test['reference']}", *(f"{per[c]['diff']:+.4f} (p {per[c]['p_value']:.3f})" for c in test["columns"]))
         console.print(t)  # type: ignore[attr-defined]
+        if test.get("defaults_error"):
+            console.print(f"no comparison with the defaults: {test['defaults_error']}", highlight=False, markup=False)  # type: ignore[attr-defined]
     # only what was written: a session whose trials all failed has no best-model/ nor report/
     written = [n for n in ("card.html", "tune.html", "best-model/", "report/", "trials.json") if (session / n.rstrip("/")).exists()]
     console.print(f"results in {session}: {', '.join(written)}")  # type: ignore[attr-defined]

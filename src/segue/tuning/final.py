@@ -17,7 +17,11 @@ from segue.tuning.trial import fit_family, measured
 def test_best(space: SearchSpace, store: Any, params: dict[str, Value], *, n_boot: int = 1000) -> dict[str, Any]:
     """Fit `params` ("tuned") and the space's defaults ("defaults") and evaluate them on the test
     part. Returns {"test": means/CIs/comparison, "report_tar": the report folder as a tar,
-    "model_tar": the tuned model folder as a tar, "best_toml": its config, "cost": fit cost}."""
+    "model_tar": the tuned model folder as a tar, "best_toml": its config, "cost": fit cost}.
+
+    Defaults the data cannot fit (a `[base]` no trial ran as is, e.g. max_items below the
+    catalogue) do not fail the session: the tuned model is tested alone and test["defaults_error"]
+    says why there is no comparison (the failure was deterministic, so a resume failed the same)."""
     from segue.data.arrays import SplitData
     from segue.evaluation.evaluator import evaluate
     from segue.evaluation.protocols import ProtocolConfig
@@ -33,28 +37,34 @@ def test_best(space: SearchSpace, store: Any, params: dict[str, Value], *, n_boo
     default_cfg = family_config(space, {}, source="the defaults")
     with measured() as cost:
         tuned = fit_family(space.family, tuned_cfg, data, metric=space.metric)
-    defaults = fit_family(space.family, default_cfg, data, metric=space.metric)
-    info = {
-        "tuned": {"family": space.family, "model_toml": "[config]\n" + tuned_cfg.to_toml()},
-        "defaults": {"family": space.family, "model_toml": "[config]\n" + default_cfg.to_toml()},
-    }
+    models: dict[str, Any] = {"tuned": tuned}
+    info = {"tuned": {"family": space.family, "model_toml": "[config]\n" + tuned_cfg.to_toml()}}
+    defaults_error: str | None = None
+    try:
+        models["defaults"] = fit_family(space.family, default_cfg, data, metric=space.metric)
+        info["defaults"] = {"family": space.family, "model_toml": "[config]\n" + default_cfg.to_toml()}
+    except Exception as e:  # the tuned result stands without the comparison
+        defaults_error = f"{type(e).__name__}: {e}"
+    reference = "defaults" if "defaults" in models else None
     pcfg = ProtocolConfig(name=space.protocol, part="test")
-    result = evaluate({"tuned": tuned, "defaults": defaults}, store, space.split, pcfg, space.ks, model_info=info)
-    stats = compute_stats(result, n_boot=n_boot, seed=space.seed, reference="defaults")
+    result = evaluate(models, store, space.split, pcfg, space.ks, model_info=info)
+    stats = compute_stats(result, n_boot=n_boot, seed=space.seed, reference=reference or "tuned")
     cols = [c for c in dict.fromkeys([space.metric, *headline_columns(result)]) if c in result.metric_keys]
     test = {
         "part": result.part,
         "queries": len(result.seq_ids),
         "columns": cols,
-        "reference": "defaults",
+        "reference": reference,
         "means": result.summary(),
         "intervals": {m: {c: asdict(stats.intervals[m][c]) for c in cols} for m in result.models},
         "comparisons": {m: {c: asdict(comp[c]) for c in cols} for m, comp in stats.comparisons.items()},
     }
+    if defaults_error is not None:
+        test["defaults_error"] = f"the defaults ([base] alone) could not be fitted, so tuned is tested alone: {defaults_error}"
     with tempfile.TemporaryDirectory(prefix="segue-best-") as tmp:
         report = Path(tmp) / "report"
-        config = EvaluateConfig(models=["tuned", "defaults"], store=str(store.path), split=space.split, protocol=pcfg,
-                                ks=list(result.ks), n_boot=n_boot, seed=space.seed, reference="defaults")
+        config = EvaluateConfig(models=list(models), store=str(store.path), split=space.split, protocol=pcfg,
+                                ks=list(result.ks), n_boot=n_boot, seed=space.seed, reference=reference)
         write_report(result, report, stats, config)
         model = tuned.save(Path(tmp) / "model")
         return {

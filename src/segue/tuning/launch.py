@@ -42,6 +42,11 @@ def flow_file() -> Path:
     return Path(spec.origin)
 
 
+def usable_user(name: str) -> str:
+    """`name` as Metaflow will run it: it refuses 'root', which becomes 'segue' (whatever named it)."""
+    return "segue" if name == "root" else name
+
+
 def user_name() -> str:
     """METAFLOW_USER, else the login name; Metaflow refuses 'root', which becomes 'segue'."""
     try:
@@ -103,7 +108,10 @@ def tune(
     if not store.exists():
         raise SegueError(f"{space_path}: field 'store': {store} does not exist (build it with `segue data build`)")
     _check_split(space_path, space)
-    user = user or user_name()
+    # the flow runs as usable_user (name_metaflow_user): the session and namespace must match it
+    if user and usable_user(user) != user:
+        echo(f"Metaflow refuses the user '{user}': the session runs as '{usable_user(user)}'")
+    user = usable_user(user) if user else user_name()
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     session = session_dir(root, space_path, user)
@@ -161,7 +169,11 @@ def tune(
         if rc != 0:
             _write_state(state_path, state)
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise SegueError(f"round {r + 1}: the flow failed (exit {rc}); `segue tune ... --resume` continues it. Log {log}:\n{tail}")
+            raise SegueError(
+                f"round {r + 1}: the flow failed (exit {rc}). If it was killed or ran out of memory, `segue tune ... "
+                f"--resume` continues it (finished trials are kept); an error in the log below recurs on resume until "
+                f"the space is fixed (then name another --root). Log {log}:\n{tail}"
+            )
         entry |= {"status": "done", "seconds": round(time.time() - entry["started"], 1)}
         _write_state(state_path, state)
         if final:

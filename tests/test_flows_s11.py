@@ -1,0 +1,73 @@
+"""segue tune faults of walk s11: defaults the data cannot fit, `--user root`, grid cuts, metric
+names without @k, trainer settings checked up front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evalhelp import eval_store
+from segue.data.store import Store
+from segue.tuning.space import SearchSpace
+
+# [base] max_items = 5 is below the catalogue: the defaults cannot be fitted, every trial can
+BASE_FAILS = """
+family = "ease"
+store = "s.duckdb"
+split = "loo"
+strategy = "grid"
+ks = [10]
+[budget]
+trials = 1
+[base]
+max_items = 5
+[params.max_items]
+choices = [20000]
+[params.l2]
+choices = [100.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("flows-s11")
+    eval_store(d / "s.duckdb", n_seq=60, n_items=25, splits=[{"kind": "leave_last_out", "name": "loo"}])
+    (d / "basefails.toml").write_text(BASE_FAILS)
+    return d
+
+
+def test_defaults_that_cannot_be_fitted_leave_tuned_tested_alone(folder: Path) -> None:
+    """test_best raised on the defaults' fit: the `best` step failed after every trial, forever."""
+    from segue.tuning.final import test_best
+
+    space = SearchSpace.load(folder / "basefails.toml")
+    with Store.open(folder / "s.duckdb", read_only=True) as store:
+        out = test_best(space, store, {"max_items": 20000, "l2": 100.0}, n_boot=20)
+    test = out["test"]
+    assert set(test["intervals"]) == {"tuned"} and test["comparisons"] == {}
+    assert test["reference"] is None
+    assert "defaults" in test["defaults_error"] and "max_items" in test["defaults_error"]
+    assert out["model_tar"] and out["report_tar"]
+
+
+def test_user_root_runs_as_segue_and_a_session_with_unfittable_defaults_finishes(folder: Path, tmp_path: Path) -> None:
+    """`--user root`: the flow ran as segue, collect() read namespace user:root and crashed with a
+    MetaflowNamespaceMismatch traceback (also on --resume). Unfittable defaults failed `best`."""
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    root = tmp_path / "root"
+    res = CliRunner().invoke(app, ["tune", str(folder / "basefails.toml"), "--root", str(root), "--user", "root", "--n-boot", "20"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "runs as 'segue'" in out and "no comparison with the defaults" in out and "[base]" in out
+    session = root / "basefails-segue"
+    assert not (root / "basefails-root").exists()
+    for name in ("trials.json", "tune.html", "card.html", "summary.json", "best-model", "report"):
+        assert (session / name).exists(), name
+    summary = json.loads((session / "summary.json").read_text())
+    assert "max_items" in summary["test"]["defaults_error"]
+    assert "No comparison" in (session / "tune.html").read_text()
