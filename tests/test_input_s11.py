@@ -341,3 +341,34 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path: Path, name:
     for family in ("autoencoder", "transformer"):  # also where the name is the family's by default
         assert parse_train_config(tiny_train_config(tmp_path / "s.duckdb", 1) | {"name": "sasrec-ml.v2"}).name == "sasrec-ml.v2"
         assert parse_train_config({"family": family, "data": {"store": "s.duckdb"}}).name == family
+
+
+# --- fault 14: Ctrl-C inside a DuckDB query -------------------------------------------------------
+
+_CTRL_C_IN_SQL = """
+import os, signal, sys, threading
+import numpy as np, pyarrow as pa
+from segue.data.sources.base import Chunk, ListSource
+from segue.data.store import build_store
+
+rng = np.random.default_rng(0)
+n = 400_000
+events = pa.table({"seq_key": rng.integers(0, n // 20, n).astype(str), "item_key": rng.integers(0, 5000, n).astype(str)})
+
+def progress(stage, done, total):
+    if stage == "resolve":  # the SQL stages start: most of the time from here is inside DuckDB
+        threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT), daemon=True).start()
+
+try:
+    build_store(ListSource([Chunk(events=events)]), sys.argv[1], progress=progress)
+except KeyboardInterrupt:
+    sys.exit(130)
+print("finished before the interrupt")
+"""
+
+
+def test_ctrl_c_inside_a_duckdb_query_is_a_keyboard_interrupt(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-c", _CTRL_C_IN_SQL, str(tmp_path / "b.duckdb")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stdout + r.stderr[-3000:]
+    assert "Query interrupted" not in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left

@@ -138,6 +138,10 @@ def build_store(
             with _timed(timings, "finish"):
                 _write_meta(con, sources, config, file_rows, stager.extras)
                 con.execute("CHECKPOINT")
+        except (duckdb.InterruptException, RuntimeError) as e:
+            if _interrupted(e):
+                raise KeyboardInterrupt from None
+            raise
         finally:
             if con is not None:
                 con.close()
@@ -148,6 +152,13 @@ def build_store(
             if wal.exists():
                 wal.unlink()
     return path
+
+
+def _interrupted(e: Exception) -> bool:
+    """Is `e` Ctrl-C inside a DuckDB query? It arrives as RuntimeError('Query interrupted') (or
+    DuckDB's InterruptException), which build_store turns into the KeyboardInterrupt it is, so the
+    CLI exits as on any other Ctrl-C (130, no traceback)."""
+    return isinstance(e, duckdb.InterruptException) or (type(e) is RuntimeError and str(e) == "Query interrupted")
 
 
 # Seconds per build stage of the last build_store call in this process (for bench/ingest.py).
