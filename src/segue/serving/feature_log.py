@@ -4,6 +4,10 @@ Records (one JSON object per line):
   {"ts": unix seconds (float), "request_id": str, "endpoint": "/v1/recommend", "model": {run_id,
    version, family}, "inputs": {"history": [external ids], ...}, "outputs": {"items": [...], ...},
    "warnings": [...]}
+/v1/recommend and /v1/rank list `outputs.items` as {"id", "score"} (score null: unscored); a
+two-stage pipeline's records of both add `feature_names`, `features` (the ranker's feature row of
+each item, in order; null for a /v1/rank candidate outside the pool) and `generators`, so a
+retrain can use served traffic.
 
 `features.jsonl` is the live file; when it would pass `max_bytes` it is renamed to
 `features.jsonl.1` (older ones shift to .2, ...; beyond `backups` they are deleted).
