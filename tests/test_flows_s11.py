@@ -10,6 +10,7 @@ import pytest
 
 from evalhelp import eval_store
 from segue.data.store import Store
+from segue.errors import ConfigError
 from segue.tuning.space import SearchSpace
 
 # [base] max_items = 5 is below the catalogue: the defaults cannot be fitted, every trial can
@@ -71,3 +72,57 @@ def test_user_root_runs_as_segue_and_a_session_with_unfittable_defaults_finishes
     summary = json.loads((session / "summary.json").read_text())
     assert "max_items" in summary["test"]["defaults_error"]
     assert "No comparison" in (session / "tune.html").read_text()
+
+
+README_SPACE = """
+family = "transformer"
+store = "s.duckdb"
+split = "loo"
+strategy = "grid"
+[budget]
+trials = 24
+[params."optim.lr"]
+type = "float"
+low = 1e-4
+high = 3e-3
+log = true
+[params."loss.kind"]
+choices = ["full", "logq"]
+[params."loss.n_negatives"]
+type = "int"
+low = 128
+high = 1024
+log = true
+when = { "loss.kind" = ["logq"] }
+"""
+
+
+def test_a_grid_larger_than_the_budget_is_sampled_across_it_and_said() -> None:
+    """The first 24 of 2694 combinations in file order: lr never varied, n_negatives 128..150."""
+    from segue.tuning.launch import _round_text
+    from segue.tuning.space import grid_configs, grid_size
+
+    s = SearchSpace.parse(README_SPACE)
+    assert grid_size(s) == 2694
+    configs = grid_configs(s)
+    assert len(configs) == 24 and len({tuple(sorted(c.items())) for c in configs}) == 24
+    assert all(s.valid(c) for c in configs)
+    assert len({c["optim.lr"] for c in configs}) == 3
+    negatives = [c["loss.n_negatives"] for c in configs if "loss.n_negatives" in c]
+    assert max(negatives) > 600 and min(negatives) < 400
+    assert configs == grid_configs(s)  # seeded
+    text = _round_text(s, 0)
+    assert "2694 combinations" in text and "sample of 24" in text
+    small = SearchSpace.parse(README_SPACE.replace("trials = 24", "trials = 5000"))
+    assert len(grid_configs(small)) == 2694 and "2694 trials (every combination)" in _round_text(small, 0)
+
+
+def test_a_grid_too_large_to_enumerate_is_refused_up_front() -> None:
+    """grid_configs stopped at budget.trials; sampling the grid needs it whole, so a huge one is refused."""
+    from segue.tuning.space import check_space
+
+    text = 'family = "ease"\nstore = "s"\nsplit = "loo"\nstrategy = "grid"\n'
+    text += "".join(f'[params.{n}]\ntype = "int"\nlow = 1\nhigh = 2000\n' for n in ("max_items", "l2"))
+    with pytest.raises(ConfigError, match=r"^big.toml: field 'strategy': the grid has 4,000,000 combinations"):
+        check_space(SearchSpace.parse(text, source="big.toml"))
+    check_space(SearchSpace.parse(text.replace('"grid"', '"random"'), source="big.toml"))

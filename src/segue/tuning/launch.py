@@ -184,6 +184,14 @@ def tune(
 
 
 def _round_text(space: SearchSpace, r: int) -> str:
+    if space.strategy == "grid":
+        from segue.tuning.space import grid_size
+
+        size = grid_size(space)
+        if size > space.budget.trials:
+            return (f"grid search: the grid has {size} combinations and budget.trials = {space.budget.trials} runs "
+                    f"a seeded sample of {space.budget.trials} (raise budget.trials to run every one)")
+        return f"grid search, {size} trials (every combination)"
     if space.strategy != "tpe":
         return f"{space.strategy} search, {space.budget.trials} trials"
     return f"TPE, {space.budget.parallel} trials asked at once"

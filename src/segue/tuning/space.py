@@ -14,8 +14,10 @@ Parameter names are dotted paths into the family's config (`l2`, `window`, `mode
 draws parameters in file order and knows, at each one, whether it is active.
 
 Strategies (pure functions of the space and a seed):
-  grid    every combination (float ranges: `grid_points` values, log-spaced if `log`), conditions
-          applied, duplicates dropped, in file order; at most budget.trials of them
+  grid    every combination (float ranges: `grid_points` values, log-spaced if `log`; int ranges:
+          every integer, or every `step`th), conditions applied, duplicates dropped, in file
+          order; a grid larger than budget.trials is sampled (seeded, evenly at random), and
+          `segue tune` says how much of it runs
   random  seeded independent draws (log-uniform where `log`)
   tpe     Optuna's TPE sampler, asked `budget.parallel` configs per round and told their results
           (see segue.tuning.study)
@@ -204,13 +206,25 @@ class SearchSpace(Config):
 # strategies
 
 
-def grid_configs(space: SearchSpace) -> list[dict[str, Value]]:
-    """Every combination in file order, conditions applied (an inactive parameter is left out, so
-    combinations differing only there collapse into one), at most budget.trials."""
+# a grid whose raw product is larger is refused (enumerating it would not end): random or tpe
+MAX_GRID = 1_000_000
+
+
+def full_grid(space: SearchSpace) -> list[dict[str, Value]]:
+    """Every distinct combination in file order (the last parameter varies fastest), conditions
+    applied: an inactive parameter is left out, so combinations differing only there collapse."""
     names = list(space.params)
+    values = [space.params[n].grid() for n in names]
+    raw = math.prod(len(v) for v in values)
+    if raw > MAX_GRID:
+        sizes = ", ".join(f"{n}: {len(v)}" for n, v in zip(names, values, strict=True))
+        raise ConfigError(
+            f"{space.source}: field 'strategy': the grid has {raw:,} combinations ({sizes}; int ranges give every "
+            f"integer, or every `step`th), over {MAX_GRID:,}: use strategy = \"random\" or \"tpe\", or fewer values"
+        )
     out: list[dict[str, Value]] = []
     seen: set[tuple] = set()
-    for combo in itertools.product(*(space.params[n].grid() for n in names)):
+    for combo in itertools.product(*values):
         chosen: dict[str, Value] = {}
         for name, value in zip(names, combo, strict=True):
             if space.active(name, chosen):
@@ -219,14 +233,24 @@ def grid_configs(space: SearchSpace) -> list[dict[str, Value]]:
         if key not in seen:
             seen.add(key)
             out.append(chosen)
-            if len(out) == space.budget.trials:
-                break
     return out
+
+
+def grid_configs(space: SearchSpace) -> list[dict[str, Value]]:
+    """The grid's combinations (see full_grid), at most budget.trials. A grid larger than the
+    budget is sampled evenly at random (seeded by the space's seed, kept in grid order): its
+    first budget.trials combinations would all share the first parameters' first values."""
+    grid = full_grid(space)
+    n = space.budget.trials
+    if len(grid) <= n:
+        return grid
+    keep = np.sort(np.random.default_rng(space.seed).choice(len(grid), size=n, replace=False))
+    return [grid[int(i)] for i in keep]
 
 
 def grid_size(space: SearchSpace) -> int:
     """How many distinct combinations the grid has (before the trial budget)."""
-    return len(grid_configs(space.model_copy(update={"budget": Budget(trials=10**9)})))
+    return len(full_grid(space))
 
 
 def random_configs(space: SearchSpace, n: int | None = None, seed: int | None = None) -> list[dict[str, Value]]:
@@ -300,6 +324,8 @@ def check_space(space: SearchSpace) -> None:
                 )
             node = fields[part].annotation
     check_metric(space)
+    if space.strategy == "grid":
+        full_grid(space)  # a grid too large to enumerate is refused here, not in the flow's start step
     # the defaults of every parameter must at least validate with [base]
     family_config(space, {}, source="[base]")
 
