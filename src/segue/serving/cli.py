@@ -118,8 +118,14 @@ def serve(
     no_feature_log: Annotated[
         bool, typer.Option("--no-feature-log", help="Do not log requests")
     ] = False,
-    index: Annotated[str, typer.Option(help="Stage-one retrieval: auto, exact or hnsw")] = "auto",
-    ef: Annotated[int, typer.Option(help="HNSW search expansion (recall vs speed)")] = 100,
+    index: Annotated[
+        str,
+        typer.Option(
+            help="Stage-one retrieval of a model with item embeddings: auto, exact or hnsw (others, such as "
+            "a two-stage pipeline, have no index and ignore it with a warning)"
+        ),
+    ] = "auto",
+    ef: Annotated[int, typer.Option(help="HNSW search expansion (recall vs speed); models without an index ignore it with a warning")] = 100,
     workers: Annotated[
         int, typer.Option(min=1, help="Worker processes sharing the port (the model's .npy arrays memory-mapped)")
     ] = 1,
