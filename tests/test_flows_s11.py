@@ -126,3 +126,59 @@ def test_a_grid_too_large_to_enumerate_is_refused_up_front() -> None:
     with pytest.raises(ConfigError, match=r"^big.toml: field 'strategy': the grid has 4,000,000 combinations"):
         check_space(SearchSpace.parse(text, source="big.toml"))
     check_space(SearchSpace.parse(text.replace('"grid"', '"random"'), source="big.toml"))
+
+
+TINY_TRANSFORMER = """
+family = "transformer"
+store = "s.duckdb"
+split = "loo"
+ks = [10]
+strategy = "tpe"
+[budget]
+trials = 3
+parallel = 1
+[base]
+model.n_layers = 1
+model.n_heads = 1
+model.d_model = 8
+model.d_ff = 16
+model.context_length = 8
+trainer.max_steps = 4
+trainer.eval_every = 2
+trainer.eval_max_users = 20
+trainer.loader.batch_size = 8
+trainer.metric = "hr@100"
+[params."optim.lr"]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+"""
+
+
+def test_a_trainer_metric_validation_never_reports_is_refused_before_the_flow(folder: Path, tmp_path: Path) -> None:
+    """Each trial of each TPE round trained to its first validation, then failed on it."""
+    from segue.tuning.launch import tune
+
+    (folder / "tt.toml").write_text(TINY_TRANSFORMER)
+    root = tmp_path / "root"
+    with pytest.raises(ConfigError, match=r"tt.toml: \[base\]: trainer: field 'metric' is 'hr@100' \(this family validates: .*hr@10"):
+        tune(folder / "tt.toml", root, user="erin", n_boot=20, echo=lambda s: None)
+    assert not root.exists()  # nothing written, no flow run
+    searched = TINY_TRANSFORMER.replace('trainer.metric = "hr@100"\n', "") + '[params."trainer.metric"]\nchoices = ["ndcg@10", "ndcg@100"]\n'
+    (folder / "tt2.toml").write_text(searched)
+    with pytest.raises(ConfigError, match=r"""tt2.toml: params."trainer.metric": trainer: field 'metric' is 'ndcg@100'"""):
+        tune(folder / "tt2.toml", root, user="erin", n_boot=20, echo=lambda s: None)
+
+
+def test_a_trial_checks_the_trainer_metric_before_training(folder: Path) -> None:
+    """fit_family built the Trainer and trained to the first validation before the metric was checked."""
+    from segue.data.arrays import SplitData
+    from segue.tuning.trial import ValidationOnly, run_trial
+
+    space = SearchSpace.parse(TINY_TRANSFORMER.replace("trainer.max_steps = 4", "trainer.max_steps = 400").replace("eval_every = 2", "eval_every = 400"))
+    with Store.open(folder / "s.duckdb", read_only=True) as store:
+        data = ValidationOnly.of(SplitData.load(store, "loo"))
+        record = run_trial(space, data, {"optim.lr": 1e-3}, number=0)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("ConfigError: trial 0: trainer: field 'metric' is 'hr@100'"), record["error"]

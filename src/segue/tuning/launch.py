@@ -108,6 +108,7 @@ def tune(
     if not store.exists():
         raise SegueError(f"{space_path}: field 'store': {store} does not exist (build it with `segue data build`)")
     _check_split(space_path, space)
+    _check_trainer_metrics(space_path, space)
     # the flow runs as usable_user (name_metaflow_user): the session and namespace must match it
     if user and usable_user(user) != user:
         echo(f"Metaflow refuses the user '{user}': the session runs as '{usable_user(user)}'")
@@ -275,3 +276,28 @@ def _check_split(space_path: Path, space: SearchSpace) -> None:
             fits = [name for name, spec in PROTOCOLS.items() if kind in spec.kinds]
             hint = f"; or set protocol = \"{fits[0]}\" for this split" if fits else ""
             raise SegueError(f"{space_path}: fields 'split' / 'protocol': {e}{hint}") from None
+
+
+def _check_trainer_metrics(space_path: Path, space: SearchSpace) -> None:
+    """A neural family's trainer.metric / tiebreak (in [base] or searched) that its validation never
+    reports, refused before the flow starts: each trial found it only after training to its first
+    validation, in every round. Builds the defaults' task on the split, only when one is set."""
+    from segue.tuning.space import config_dict, family_config
+    from segue.tuning.trial import check_trainer_metrics, is_iterative
+
+    fields = ("metric", "tiebreak")
+    given = config_dict(space, {}).get("trainer", {})
+    searched = {f: space.params[f"trainer.{f}"] for f in fields if f"trainer.{f}" in space.params}
+    if not is_iterative(space.family) or not (searched or any(f in given for f in fields)):
+        return
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.training.task import task_factory
+    from segue.tuning.trial import ValidationOnly
+
+    config = family_config(space, {}, source="[base]")
+    with Store.open(space.store_path, read_only=True) as store:
+        task = task_factory(space.family)(config, ValidationOnly.of(SplitData.load(store, space.split)))
+    check_trainer_metrics(task, [(f, given[f]) for f in fields if f in given], f"{space_path}: [base]")
+    for f, p in searched.items():
+        check_trainer_metrics(task, [(f, v) for v in p.choices or []], f'{space_path}: params."trainer.{f}"')

@@ -126,9 +126,11 @@ def fit_family(
     report: Callable[[int, float], bool] | None = None,
     metric: str = "ndcg@10",
     intermediate: dict[int, float] | None = None,
+    source: str | None = None,
 ) -> Any:
     """A fitted model of `family`. Iterative families run segue's loop here (not through
-    model.fit) so each validation is reported: `report(step, value)` returning True prunes."""
+    model.fit) so each validation is reported: `report(step, value)` returning True prunes.
+    Their trainer.metric / tiebreak are checked before training (else: at the first validation)."""
     from segue.models.base import model_class
 
     cls = model_class(family)
@@ -139,6 +141,7 @@ def fit_family(
 
     config = config.model_copy(update={"trainer": config.trainer.model_copy(update={"progress": False})})
     task = task_factory(family)(config, data)
+    check_trainer_metrics(task, [("metric", config.trainer.metric), ("tiebreak", config.trainer.tiebreak)], source)
     holder: dict[str, Any] = {}
     seen = [0]
 
@@ -160,6 +163,18 @@ def fit_family(
     model.network = trainer.best_network()
     model.meta = {"train": trainer.summary()}
     return model
+
+
+def check_trainer_metrics(task: Any, names: list[tuple[str, Any]], source: str | None) -> None:
+    """ConfigError for a trainer field ("metric", "tiebreak") naming what the task never validates."""
+    from segue.training.trainer import metric_error
+
+    known = getattr(task, "validation_metrics", None)
+    if known is None:  # no validation: nothing reads them
+        return
+    for field, name in names:
+        if name is not None and name not in known:
+            raise metric_error(source, field, name, known)
 
 
 def validation_metrics(model: Any, data: SplitData, protocol: str, ks: list[int]) -> dict[str, float]:
@@ -211,7 +226,7 @@ def run_trial(
         with measured() as cost:
             config = family_config(space, params, source=f"trial {number}")
             record["config"] = config.to_toml()
-            model = fit_family(space.family, config, data, report, space.metric, record["intermediate"])
+            model = fit_family(space.family, config, data, report, space.metric, record["intermediate"], source=f"trial {number}")
             metrics = validation_metrics(model, data, space.protocol, space.ks)
         if space.metric not in metrics:
             raise SegueError(f"metric '{space.metric}' is not measured (measured: {', '.join(sorted(metrics))})")
