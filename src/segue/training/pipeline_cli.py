@@ -31,7 +31,7 @@ class PipelineRunConfig(Config):
 
 def pipeline_config(run: PipelineRunConfig, config: Path) -> PipelineConfig:
     """The typed pipeline of a config file, its generators' folders resolved against the file's
-    folder; families, generator configs and folders are checked here, before anything is fitted."""
+    folder (families and generator configs are checked here; the folders by fit_pipeline)."""
     from segue.models.pipeline import PipelineConfig
 
     pipe = dict(run.pipeline)
@@ -42,14 +42,12 @@ def pipeline_config(run: PipelineRunConfig, config: Path) -> PipelineConfig:
             g["folder"] = str((config.parent / g["folder"]).resolve())
         gens.append(g)
     pipe["generators"] = gens
-    cfg = PipelineConfig.from_dict(pipe, source=f"{config} [pipeline]")
-    _check_folders(cfg, config)
-    return cfg
+    return PipelineConfig.from_dict(pipe, source=f"{config} [pipeline]")
 
 
-def _check_folders(cfg: PipelineConfig, config: Path) -> None:
+def check_generator_folders(cfg: PipelineConfig, config: Path) -> None:
     """Every fitted generator folder is a model folder: said before the store is opened and any
-    generator is fitted (the folder is loaded in fit, after the config's other checks)."""
+    generator is fitted (fit loads it, after the file's other checks)."""
     from segue.errors import SegueError
     from segue.models.base import read_model_header
 
@@ -82,6 +80,7 @@ def fit_pipeline(config: Path, out: Path | None = None, console: object = None, 
     run = PipelineRunConfig.load(config)
     base = config.parent
     cfg = pipeline_config(run, config)
+    check_generator_folders(cfg, config)
     out = out or base / run.models_dir / run.name
     # before fitting: save() replaces the whole path, so it must be new or an earlier pipeline model
     check_output(out, "pipeline model", _is_pipeline_model)
