@@ -78,7 +78,10 @@ def train(
         upd["max_minutes"] = max_minutes
     if upd:
         cfg = cfg.with_trainer(**upd)
-    run = train_fn(cfg, run_dir=run_dir, resume=not fresh, console=console)
+    try:
+        run = train_fn(cfg, run_dir=run_dir, resume=not fresh, console=console)
+    except KeyboardInterrupt:  # the trainer said where it stopped and what it kept: 130, no "Aborted!"
+        raise typer.Exit(130) from None
     m = json.loads((run / "metrics.json").read_text())
     for note in lifted_notes(cfg.trainer, lifted, m):  # type: ignore[attr-defined]
         console.print(note, highlight=False, soft_wrap=True)

@@ -23,6 +23,7 @@ exactly: N steps, kill -9, resume, N more steps gives bit-identical parameters t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -295,106 +296,132 @@ class Trainer:
             tc.progress, self.total_steps, start, self.console, unit=self.task.unit, max_minutes=tc.max_minutes, elapsed=self.elapsed
         )
         step = start
-        pending: list[dict[str, jax.Array]] = []
-        t_last = time.perf_counter()
-        compile_units = 0
         t_start = time.perf_counter() - self.elapsed
-        stop_reason = self.limit
-        last_rec: dict[str, float] = {}
+        stop = _GracefulInterrupt(self._say) if jax.process_count() == 1 else contextlib.nullcontext(None)
         try:
-            while step < self.total_steps:
-                batch = next(self.loader)
-                self.state, met = self.task.train_step(self.state, batch, self.plateau.scale)
-                step += 1
-                pending.append(met)
-                if step == start + 1:
-                    # The first step of a session compiles: keep it out of the throughput window.
-                    jax.block_until_ready(self.state)
-                    t_last = time.perf_counter()
-                    compile_units = int(met["count"])
-                if self.on_step is not None:
-                    self.on_step(step)
-                # Validation points are log points too, so each progress line carries a fresh loss.
-                at_eval = step % tc.eval_every == 0
-                if pending and (step % tc.log_every == 0 or step == self.total_steps or at_eval):
-                    got = jax.device_get(pending)
-                    pending = []
-                    now = time.perf_counter()
-                    units = int(sum(int(m["count"]) for m in got))
-                    self.units += units
-                    skipped = [m for m in got if bool(m["skipped"])]
-                    if skipped:
-                        self.skipped += len(skipped)
-                        progress.warn(f"skipped {len(skipped)} step(s) with a non-finite loss or gradient (up to step {step})")
-                    finite = [float(m["loss"]) for m in got if not bool(m["skipped"])]
-                    rate = (units - compile_units) / max(1e-9, now - t_last)
-                    compile_units = 0
-                    rec = {"step": step, "loss": float(np.mean(finite)) if finite else float("nan")}
-                    for k, v in got[-1].items():
-                        if k not in ("loss", "skipped", "count") and np.ndim(v) == 0:
-                            rec[k] = float(v)
-                    rec[f"{self.task.unit}_per_s"] = rate
-                    self.train_log.append(rec)
-                    last_rec = rec
-                    t_last = now
-                    if writer is not None:
-                        for k, v in rec.items():
-                            if k != "step":
-                                writer.add_scalar(f"train/{k}", v, step)
-                    progress.update(step, rec["loss"], rate, time.perf_counter() - t_start)
-                    if self.progress_callback is not None:
-                        self.progress_callback("train", step, self.total_steps)
-                self.elapsed = time.perf_counter() - t_start
-                last = step == self.total_steps
-                if tc.max_minutes is not None and self.elapsed > 60 * tc.max_minutes:
-                    stop_reason, last = "max_minutes", True  # validate and checkpoint, then stop
-                if step % tc.eval_every == 0 or last:
-                    res = self.validate()
-                    if res is None:
-                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, None, self.sign * self.best, None, self.elapsed)
-                    else:
-                        self.history.append(res)
-                        if writer is not None:
-                            for k, v in res.items():
-                                if k != "step":
-                                    writer.add_scalar(f"valid/{k.replace('@', '_at_')}", v, step)
-                        metric = res.get(tc.metric)
-                        for field, name in (("metric", tc.metric), ("tiebreak", tc.tiebreak)):
-                            if name is not None and res.get(name) is None:
-                                raise metric_error(None, field, name, (k for k in res if "@" in k or lower_is_better(k)))
-                        assert metric is not None
-                        tie = None if tc.tiebreak is None else self.tie_sign * res[tc.tiebreak]
-                        keep, improved = select(self.sign * metric, tie, self.best, self.kept, self.kept_tie, tc.tolerance)
-                        self.best = max(self.best, self.sign * metric)
-                        if keep:
-                            self.best_step, self.kept = step, self.sign * metric
-                            self.kept_tie = -math.inf if tie is None else tie
-                            self._keep_best()
-                        if improved:
-                            self.bad_evals = 0
-                        else:
-                            self.bad_evals += 1
-                        progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.sign * self.best, res, self.elapsed)
-                        self.plateau = plateau_update(self.plateau, self.sign * metric, self.task.optim)
-                        if tc.patience is not None and self.bad_evals >= tc.patience:
-                            stop_reason = "early_stopping"
-                            last = True
-                if last:
-                    self.stop_reason = stop_reason
-                if self.manager is not None and (step % tc.checkpoint_every == 0 or last):
-                    self.save_checkpoint()
-                if last:
-                    break
+            with stop as interrupt:
+                step, stop_reason = self._loop(step, start, interrupt, writer, progress, t_start)
         finally:
             progress.close()
             if self.manager is not None:
                 self.manager.wait_until_finished()
             if writer is not None:
                 writer.close()
+        if stop_reason == "interrupted":
+            kept = f"checkpoint {step} written" if self.manager is not None else "nothing kept (no run folder)"
+            self._say(f"interrupted at step {step}: {kept}; run the same command to resume from it")
+            raise KeyboardInterrupt
         if self._best_params is None:
             self._keep_best()
         self.stop_reason = stop_reason
         return self.summary()
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(f"[yellow]{text}", highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def _loop(self, step: int, start: int, interrupt: Any, writer: Any, progress: Progress, t_start: float) -> tuple[int, str]:
+        """The training steps from `step` to the limit; returns (the last step, why it stopped)."""
+        tc = self.config
+        pending: list[dict[str, jax.Array]] = []
+        t_last = time.perf_counter()
+        compile_units = 0
+        stop_reason = self.limit
+        last_rec: dict[str, float] = {}
+        while step < self.total_steps:
+            batch = next(self.loader)
+            self.state, met = self.task.train_step(self.state, batch, self.plateau.scale)
+            step += 1
+            pending.append(met)
+            if step == start + 1:
+                # The first step of a session compiles: keep it out of the throughput window.
+                jax.block_until_ready(self.state)
+                t_last = time.perf_counter()
+                compile_units = int(met["count"])
+            if self.on_step is not None:
+                self.on_step(step)
+            # Validation points are log points too, so each progress line carries a fresh loss.
+            at_eval = step % tc.eval_every == 0
+            if pending and (step % tc.log_every == 0 or step == self.total_steps or at_eval):
+                got = jax.device_get(pending)
+                pending = []
+                now = time.perf_counter()
+                units = int(sum(int(m["count"]) for m in got))
+                self.units += units
+                skipped = [m for m in got if bool(m["skipped"])]
+                if skipped:
+                    self.skipped += len(skipped)
+                    progress.warn(f"skipped {len(skipped)} step(s) with a non-finite loss or gradient (up to step {step})")
+                finite = [float(m["loss"]) for m in got if not bool(m["skipped"])]
+                rate = (units - compile_units) / max(1e-9, now - t_last)
+                compile_units = 0
+                rec = {"step": step, "loss": float(np.mean(finite)) if finite else float("nan")}
+                for k, v in got[-1].items():
+                    if k not in ("loss", "skipped", "count") and np.ndim(v) == 0:
+                        rec[k] = float(v)
+                rec[f"{self.task.unit}_per_s"] = rate
+                self.train_log.append(rec)
+                last_rec = rec
+                t_last = now
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+                progress.update(step, rec["loss"], rate, time.perf_counter() - t_start)
+                if self.progress_callback is not None:
+                    self.progress_callback("train", step, self.total_steps)
+            self.elapsed = time.perf_counter() - t_start
+            last = step == self.total_steps
+            if tc.max_minutes is not None and self.elapsed > 60 * tc.max_minutes:
+                stop_reason, last = "max_minutes", True  # validate and checkpoint, then stop
+            if interrupt is not None and interrupt.requested and not last:
+                # Checkpoint this step without validating it (a validation an uninterrupted run
+                # would not make would change the history, the plateau and the kept best), so
+                # resuming goes on exactly as if never stopped.
+                self.stop_reason = "interrupted"
+                if self.manager is not None:
+                    self.save_checkpoint()
+                return step, "interrupted"
+            if step % tc.eval_every == 0 or last:
+                res = self.validate()
+                if res is None:
+                    progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, None, self.sign * self.best, None, self.elapsed)
+                else:
+                    self.history.append(res)
+                    if writer is not None:
+                        for k, v in res.items():
+                            if k != "step":
+                                writer.add_scalar(f"valid/{k.replace('@', '_at_')}", v, step)
+                    metric = res.get(tc.metric)
+                    for field, name in (("metric", tc.metric), ("tiebreak", tc.tiebreak)):
+                        if name is not None and res.get(name) is None:
+                            raise metric_error(None, field, name, (k for k in res if "@" in k or lower_is_better(k)))
+                    assert metric is not None
+                    tie = None if tc.tiebreak is None else self.tie_sign * res[tc.tiebreak]
+                    keep, improved = select(self.sign * metric, tie, self.best, self.kept, self.kept_tie, tc.tolerance)
+                    self.best = max(self.best, self.sign * metric)
+                    if keep:
+                        self.best_step, self.kept = step, self.sign * metric
+                        self.kept_tie = -math.inf if tie is None else tie
+                        self._keep_best()
+                    if improved:
+                        self.bad_evals = 0
+                    else:
+                        self.bad_evals += 1
+                    progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.sign * self.best, res, self.elapsed)
+                    self.plateau = plateau_update(self.plateau, self.sign * metric, self.task.optim)
+                    if tc.patience is not None and self.bad_evals >= tc.patience:
+                        stop_reason = "early_stopping"
+                        last = True
+            if last:
+                self.stop_reason = stop_reason
+            if self.manager is not None and (step % tc.checkpoint_every == 0 or last):
+                self.save_checkpoint()
+            if last:
+                break
+        return step, stop_reason
 
     def _say_horizon(self, start: int) -> None:
         """A resumed run whose step limit moved (--max-steps, max_epochs) under a cosine schedule:
@@ -411,10 +438,7 @@ class Trainer:
             f"at step {start}: the learning rate goes from {was:.3g} to {now:.3g}, so this run will not equal "
             f"an uninterrupted {self.total_steps}-step run (schedule = \"constant\" resumes to any length exactly)"
         )
-        if self.console is not None:
-            self.console.print(f"[yellow]{text}", highlight=False, soft_wrap=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        self._say(text)
 
     def _keep_best(self) -> None:
         net = self.task.network(self.state, average=True)
@@ -445,6 +469,40 @@ class Trainer:
             "epochs": int(self.state["step"]) / self.loader.batches_per_epoch,
             "history": self.history,
         }
+
+
+class _GracefulInterrupt:
+    """Ctrl-C during training: the first press asks the loop to stop after the running step (it
+    then writes a checkpoint and raises KeyboardInterrupt); a second press stops at once. A
+    KeyboardInterrupt raised inside XLA's compile or Orbax's async save instead printed library
+    tracebacks and, now and then, crashed the process. Installed only in the main thread and only
+    over Python's own handler (a caller's handler, or an ignored SIGINT, is left alone)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.requested = False
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say("stopping after this step and writing a checkpoint to resume from (Ctrl-C again stops at once)")
+
+    def __enter__(self) -> _GracefulInterrupt | None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return None
+        self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def fit_network(model: BaseRecommender, data: SplitData, progress: Callable[[str, int, int], None] | None = None) -> tuple[Any, dict[str, Any]]:
