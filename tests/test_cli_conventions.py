@@ -192,6 +192,9 @@ def test_existing_store_needs_force(tmp_path: Path) -> None:
         ("leave_last_out:min_length=x", ["parameter 'min_length' is 'x'", "shorter sequences stay"]),
         ("strong:foldin=later", ["parameter 'foldin' is 'later'", "random or time"]),
         ("temporal:test_cut", ["expected key=value"]),
+        # true/false passed pydantic's lax mode as 1/0: min_length=true built min_length 1
+        ("leave_last_out:min_length=true", ["parameter 'min_length' is true: expected a number", "shorter sequences stay"]),
+        ("strong:test_users=false", ["parameter 'test_users' is false: expected a number"]),
     ],
 )
 def test_bad_split_specs_list_what_is_valid(tmp_path: Path, spec: str, words: list[str]) -> None:

@@ -265,6 +265,15 @@ def parse_spec(spec: dict[str, Any] | Config) -> Any:
         raise ConfigError(
             f"unknown split kind {str(kind)!r}. Split kinds (kind[:key=value,...]):\n{split_kinds_text()}"
         )
+    # No split parameter is a switch: true/false would pass pydantic's lax mode as 1/0
+    # (min_length=true built min_length 1), while source options refuse them.
+    for key, value in spec.items():
+        if isinstance(value, bool):
+            label = f"split '{spec['name']}' ({kind})" if isinstance(spec.get("name"), str) else f"split {kind}"
+            raise ConfigError(
+                f"{label}: parameter '{key}' is {str(value).lower()}: expected a number, not true/false. "
+                f"Parameters of {kind}:\n{split_params_text(kind)}"
+            )
     try:
         return _ADAPTER.validate_python(spec)
     except Exception as e:  # pydantic.ValidationError
