@@ -346,7 +346,7 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path: Path, name:
 # --- fault 14: Ctrl-C inside a DuckDB query -------------------------------------------------------
 
 _CTRL_C_IN_SQL = """
-import os, signal, sys, threading
+import os, signal, sys, threading, time
 import numpy as np, pyarrow as pa
 from segue.data.sources.base import Chunk, ListSource
 from segue.data.store import build_store
@@ -355,9 +355,26 @@ rng = np.random.default_rng(0)
 n = 400_000
 events = pa.table({"seq_key": rng.integers(0, n // 20, n).astype(str), "item_key": rng.integers(0, 5000, n).astype(str)})
 
+main = threading.main_thread().ident
+
+
+def press_inside_a_query() -> None:
+    # once, when the main thread has been inside one DuckDB statement (store._sql) for 10 ms
+    while True:
+        frame = sys._current_frames().get(main)
+        if frame is None:
+            return
+        if frame.f_code.co_name == "_sql":
+            time.sleep(0.01)
+            if sys._current_frames().get(main) is frame:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+        time.sleep(0.001)
+
+
 def progress(stage, done, total):
-    if stage == "resolve":  # the SQL stages start: most of the time from here is inside DuckDB
-        threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT), daemon=True).start()
+    if stage == "resolve":
+        threading.Thread(target=press_inside_a_query, daemon=True).start()
 
 try:
     build_store(ListSource([Chunk(events=events)]), sys.argv[1], progress=progress)
