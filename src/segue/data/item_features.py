@@ -316,4 +316,94 @@ def read_content_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
     return items, arr
 
 
-__all__ = ["FeatureVocab", "ItemFeatures", "fit_item_features", "raw_features", "read_content_vectors", "store_item_rows"]
+# --- items added to a trained run (segue items add) --------------------------------------------
+ADDED_FILE = "items_added.parquet"  # in a run folder: the items added without retraining
+# Columns of a new-items table read as the item row itself (others serve meta.<key> features).
+_ROW_COLUMNS = ("item", "meta", "vector", "name", "creator", "artist", "album", "creator_key", "artist_key", "album_key")
+
+
+def read_new_items(path: str | Path) -> Any:
+    """A Parquet of new items (InputError naming the file when it is missing or unreadable)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=path, expected="a Parquet of new items (item, name, artist, album, genre, ...)")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"not a readable Parquet file ({e})", path=path) from None
+
+
+def new_item_rows(table: Any, path: Path) -> list[dict[str, Any]]:
+    """Item rows for raw_features from a new-items table (InputError naming the row and field)."""
+    cols = set(table.column_names)
+    if "item" not in cols:
+        raise InputError(f"no column 'item' (it has: {', '.join(table.column_names)})", path=path, field="item",
+                         expected="the external id of each new item")
+    out = []
+    for i, r in enumerate(table.to_pylist()):
+        if r.get("item") in (None, ""):
+            raise InputError("empty item id", path=path, record=f"row {i + 1}", field="item", expected="an external id")
+        meta: dict[str, Any] = {}
+        if r.get("meta"):
+            try:
+                meta = json.loads(r["meta"]) if isinstance(r["meta"], str) else dict(r["meta"])
+            except (json.JSONDecodeError, TypeError, ValueError):
+                raise InputError("not a JSON object", path=path, record=f"row {i + 1}", field="meta", expected="JSON text") from None
+        for k in ("genre", "genres", "type"):
+            if r.get(k) is not None:
+                meta[k] = r[k]
+        for k, v in r.items():  # other columns serve meta.<key> features
+            if k not in _ROW_COLUMNS and v is not None:
+                meta.setdefault(k, v)
+        out.append(
+            {
+                "external_id": str(r["item"]),
+                "name": r.get("name"),
+                "creator": r.get("creator") or r.get("artist"),
+                "creator_key": r.get("creator_key") or r.get("artist_key"),
+                "album": r.get("album"),
+                "album_key": r.get("album_key"),
+                "meta": meta,
+            }
+        )
+    return out
+
+
+def new_item_vectors(table: Any, dim: int, path: Path) -> np.ndarray | None:
+    """Content vectors [n, dim] (NaN rows: none) from the `vector` column, for runs that use them."""
+    if dim == 0:
+        return None
+    out = np.full((table.num_rows, dim), np.nan, np.float32)
+    if "vector" not in table.column_names:
+        return out
+    for i, v in enumerate(table.column("vector").to_pylist()):
+        if v is None:
+            continue
+        if len(v) != dim:
+            raise InputError(f"vector of length {len(v)}", path=path, record=f"row {i + 1}", field="vector", expected=f"{dim} floats, as the run's content vectors")
+        out[i] = v
+    return out
+
+
+def added_item_names(folder: str | Path) -> dict[str, list[str | None]]:
+    """{external id: [name, creator]} of a run's added items (empty without items_added.parquet)."""
+    path = Path(folder) / ADDED_FILE
+    if not path.exists():
+        return {}
+    t = read_new_items(path)
+    def col(*names: str) -> list[Any]:
+        for n in names:
+            if n in t.column_names:
+                return t.column(n).to_pylist()
+        return [None] * t.num_rows
+    return {
+        str(i): [None if n is None else str(n), None if c is None else str(c)]
+        for i, n, c in zip(t.column("item").to_pylist(), col("name"), col("creator", "artist"), strict=True)
+    }
+
+
+__all__ = ["ADDED_FILE", "FeatureVocab", "ItemFeatures", "added_item_names", "fit_item_features", "new_item_rows", "new_item_vectors",
+           "raw_features", "read_content_vectors", "read_new_items", "store_item_rows"]

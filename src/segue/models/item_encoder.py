@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import jax
@@ -201,4 +202,41 @@ def add_store_items(model: Any, store: Any) -> None:
     model.add_items([e for _, e in new], raw, vectors, ids.tolist())
 
 
-__all__ = ["ExtraItems", "ItemEncoder", "ItemEncoderConfig", "add_store_items", "compose_table", "fit_features", "gather_features"]
+def add_new_items(model: Any, table: Any, path: Path) -> list[int]:
+    """Compose the items of a new-items table (segue.data.item_features.new_item_rows) and add them
+    to `model` (a recommender with item features and `add_items`); returns their tokens."""
+    from segue.data.item_features import new_item_rows, new_item_vectors, raw_features
+
+    rows = new_item_rows(table, path)
+    feats = model.item_features
+    raw = raw_features(feats.names, rows)
+    return model.add_items([r["external_id"] for r in rows], raw, new_item_vectors(table, feats.content_dim, path)).tolist()
+
+
+def apply_added_items(model: Any, folder: str | Path) -> list[int]:
+    """Add the run folder's items_added.parquet (`segue items add`) to a loaded model and extend its
+    vocabulary with them (tokens V, V + 1, ...); returns their tokens. Every loader of a run for
+    scoring applies them (the server, `segue continue`, `segue export`), so all answer alike. Items
+    the model holds already are not added again (a second call changes nothing)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from segue.data.item_features import ADDED_FILE, read_new_items
+
+    path = Path(folder) / ADDED_FILE
+    if not path.exists() or getattr(model, "item_features", None) is None:
+        return []
+    table = read_new_items(path)
+    ids = pa.array([str(x) for x in table.column("item").to_pylist()], pa.string())
+    have = model.extended_vocab()
+    new = pc.invert(pc.is_in(ids, value_set=pa.array([e for e in have.external_ids if e is not None], pa.string())))
+    if not pc.all(new).as_py():
+        table = table.filter(new)
+    if table.num_rows:
+        add_new_items(model, table, path)
+    model.vocab = model.extended_vocab()
+    # the tokens of every item of the file, those added by an earlier call included
+    return [int(t) for t in model.vocab.encode_external(ids.to_pylist())[0]]
+
+
+__all__ = ["ExtraItems", "ItemEncoder", "ItemEncoderConfig", "add_new_items", "add_store_items", "apply_added_items", "compose_table", "fit_features", "gather_features"]

@@ -54,7 +54,7 @@ from pydantic import Field, model_validator
 from segue.config import Config
 from segue.data.arrays import SequenceArrays
 from segue.data.item_features import ItemFeatures
-from segue.data.vocab import N_SPECIAL
+from segue.data.vocab import N_SPECIAL, Vocabulary
 from segue.errors import SegueError
 from segue.models import events as EV
 from segue.models.base import NEG_INF
@@ -622,7 +622,7 @@ class TransformerRecommender(NeuralRecommender):
         (segue.data.item_features.raw_features); returns their tokens (V + ...)."""
         if self.item_features is None:
             raise SegueError("transformer: this model has no item features (train it with an items section)")
-        first = len(self._check_fitted()) + len(self.extra)
+        first = self._n_tokens()
         self.extra.add(external_ids, self.item_features.encode_new(raw, vectors), item_ids)
         return np.arange(first, first + len(external_ids))
 
@@ -642,9 +642,34 @@ class TransformerRecommender(NeuralRecommender):
         twin.add_store_items(store)
         return twin
 
+    def base_vocab(self) -> Any:
+        """The training vocabulary (tokens 0..V-1), without the added items: `vocab` itself may be
+        the extended vocabulary (segue.models.item_encoder.apply_added_items sets it for serving)."""
+        vocab = self._check_fitted()
+        n = self._n_base()
+        if n == len(vocab):
+            return vocab
+        cached = getattr(self, "_base_cache", None)
+        if cached is None or cached[0] is not vocab:
+            base = Vocabulary(item_ids=vocab.item_ids[:n], counts=vocab.counts[:n], external_ids=list(vocab.external_ids[:n]),
+                              split=vocab.split, min_count=vocab.min_count)
+            cached = self._base_cache = (vocab, base)
+        return cached[1]
+
     def extended_vocab(self) -> Any:
-        """The vocabulary with the added items as tokens V.. (count 0), for serving."""
-        return self.extra.vocab(self._check_fitted())
+        """The training vocabulary with the added items as tokens V.. (count 0), for serving (the
+        same whether `vocab` is extended already or not)."""
+        return self.extra.vocab(self.base_vocab())
+
+    def _n_base(self) -> int:
+        """V, the training vocabulary's size: the item features' arrays are the training tokens'
+        (`vocab` may hold the added items too, which must not be counted twice)."""
+        vocab = self._check_fitted()
+        return len(self.item_features) if self.item_features is not None else len(vocab)
+
+    def _n_tokens(self) -> int:
+        """Tokens the model scores: V, then the added items (V + added)."""
+        return self._n_base() + len(self.extra)
 
     # --- scoring -----------------------------------------------------------------------------
     def _net(self) -> SequenceTransformer:
@@ -721,7 +746,7 @@ class TransformerRecommender(NeuralRecommender):
         """The histories `rows` without their tokens outside [0, V + added items): items unknown to
         the model are skipped, as the classic families skip them (history_matrix); the network
         would read such a token as the last row of its table. Unchanged when every token is known."""
-        n_tokens = len(self._check_fitted()) + len(self.extra)
+        n_tokens = self._n_tokens()
         off = np.asarray(histories.offsets, dtype=np.int64)
         starts, lengths = off[rows], off[rows + 1] - off[rows]
         out_starts = np.cumsum(lengths) - lengths
@@ -756,7 +781,7 @@ class TransformerRecommender(NeuralRecommender):
         if scores.size:
             scores[:, :N_SPECIAL] = NEG_INF
         else:
-            scores = np.zeros((0, len(self._check_fitted())), np.float32)
+            scores = np.zeros((0, self._n_tokens()), np.float32)
         return scores
 
     def query_embeddings(

@@ -17,91 +17,21 @@ runs trained with content vectors). A value the run never saw maps to the featur
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from segue.data.item_features import ADDED_FILE, read_new_items
+from segue.data.item_features import new_item_rows as _rows
 from segue.errors import InputError, SegueError
 
-ADDED_FILE = "items_added.parquet"
 NAME_COLUMNS = ("name", "creator", "album")
-
-def _rows(table: Any, path: Path) -> list[dict[str, Any]]:
-    """Item rows for segue.data.item_features.raw_features from a new-items table."""
-    cols = set(table.column_names)
-    if "item" not in cols:
-        raise InputError(f"no column 'item' (it has: {', '.join(table.column_names)})", path=path, field="item",
-                         expected="the external id of each new item")
-    data = table.to_pylist()
-    out = []
-    for i, r in enumerate(data):
-        if r.get("item") in (None, ""):
-            raise InputError("empty item id", path=path, record=f"row {i + 1}", field="item", expected="an external id")
-        meta: dict[str, Any] = {}
-        if r.get("meta"):
-            try:
-                meta = json.loads(r["meta"]) if isinstance(r["meta"], str) else dict(r["meta"])
-            except (json.JSONDecodeError, TypeError, ValueError):
-                raise InputError("not a JSON object", path=path, record=f"row {i + 1}", field="meta", expected="JSON text") from None
-        for k in ("genre", "genres", "type"):
-            if r.get(k) is not None:
-                meta[k] = r[k]
-        for k, v in r.items():  # other columns serve meta.<key> features
-            if k not in ("item", "meta", "vector", "name", "creator", "artist", "album", "creator_key", "artist_key", "album_key") and v is not None:
-                meta.setdefault(k, v)
-        out.append(
-            {
-                "external_id": str(r["item"]),
-                "name": r.get("name"),
-                "creator": r.get("creator") or r.get("artist"),
-                "creator_key": r.get("creator_key") or r.get("artist_key"),
-                "album": r.get("album"),
-                "album_key": r.get("album_key"),
-                "meta": meta,
-            }
-        )
-    return out
-
-
-def _vectors(table: Any, dim: int, path: Path) -> np.ndarray | None:
-    """Content vectors [n, dim] (NaN rows: none) from the `vector` column, for runs that use them."""
-    if dim == 0:
-        return None
-    out = np.full((table.num_rows, dim), np.nan, np.float32)
-    if "vector" not in table.column_names:
-        return out
-    for i, v in enumerate(table.column("vector").to_pylist()):
-        if v is None:
-            continue
-        if len(v) != dim:
-            raise InputError(f"vector of length {len(v)}", path=path, record=f"row {i + 1}", field="vector", expected=f"{dim} floats, as the run's content vectors")
-        out[i] = v
-    return out
-
-
-def read_new_items(path: str | Path) -> Any:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", path=path, expected="a Parquet of new items (item, name, artist, album, genre, ...)")
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"not a readable Parquet file ({e})", path=path) from None
 
 
 def _apply(model: Any, table: Any, path: Path) -> list[int]:
     """Compose and add the items of `table` to `model`; returns their tokens."""
-    from segue.data.item_features import raw_features
+    from segue.models.item_encoder import add_new_items  # deferred: jax
 
-    rows = _rows(table, path)
-    feats = model.item_features
-    raw = raw_features(feats.names, rows)
-    return model.add_items([r["external_id"] for r in rows], raw, _vectors(table, feats.content_dim, path)).tolist()
+    return add_new_items(model, table, path)
 
 
 def _check_model(model: Any, run: Path) -> None:
@@ -183,13 +113,11 @@ def ignored_columns(columns: list[str], features: list[str], content_dim: int) -
 
 
 def apply_added_items(model: Any, folder: str | Path) -> list[int]:
-    """Add the run's items_added.parquet to a loaded model (vocabulary extended); their tokens."""
-    path = Path(folder) / ADDED_FILE
-    if not path.exists() or getattr(model, "item_features", None) is None:
-        return []
-    tokens = _apply(model, read_new_items(path), path)
-    model.vocab = model.extended_vocab()
-    return tokens
+    """Add the run's items_added.parquet to a loaded model (vocabulary extended); their tokens
+    (segue.models.item_encoder.apply_added_items: `segue continue` and `segue export` apply them too)."""
+    from segue.models.item_encoder import apply_added_items as apply
+
+    return apply(model, folder)
 
 
 def with_added_names(catalogue: Any, folder: str | Path) -> Any:

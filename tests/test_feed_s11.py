@@ -1,0 +1,52 @@
+"""Items added to a run with `segue items add`: every reader of the run knows them (the server,
+`segue export`, `segue continue`), and a model whose vocabulary holds them already counts them once."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from segue.cli import app
+from segue.data.arrays import SequenceArrays
+from segue.data.item_features import raw_features
+from segue.data.store import Store
+from segue.models.base import load_model
+from segue.serving.items import add_items, apply_added_items
+from test_cold_start import mixed, store  # noqa: F401  (module-scoped fixtures: a store, a run with item features)
+
+
+def _run_with_added(mixed: Path, tmp_path: Path, ids: list[str]) -> Path:  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(mixed, run)
+    p = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"item": ids, "name": [f"Fresh {i}" for i in ids], "artist": ["A"] * len(ids),
+                             "album": ["A album 0"] * len(ids)}), p)
+    assert add_items(run, p)["added"] == len(ids)
+    return run
+
+
+def test_applied_added_items_are_counted_once(mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    """apply_added_items extends model.vocab with the added items: a second call, a later
+    add_items and the check of history tokens must not count them again."""
+    run = _run_with_added(mixed, tmp_path, ["x1", "x2"])
+    v = len(load_model(mixed).vocab)
+    m = load_model(run)
+    assert apply_added_items(m, run) == [v, v + 1] and len(m.vocab) == v + 2
+    assert apply_added_items(m, run) == [v, v + 1] and len(m.vocab) == v + 2  # nothing added twice
+    assert len(m.extended_vocab()) == v + 2 and m.base_vocab().external_ids == load_model(mixed).vocab.external_ids
+    # a further item takes the next token, V + 2 (it was handed V + 4)
+    raw = raw_features(m.item_features.names, [{"external_id": "x3", "creator": "A", "album": "A album 0"}])
+    assert m.add_items(["x3"], raw).tolist() == [v + 2]
+    ext = m.extended_vocab()
+    assert len(ext) == v + 3 and ext.external_ids[v:] == ["x1", "x2", "x3"]
+    # a token past V + 3 is skipped as unknown (it was read as the table's last row)
+    a = int(m.vocab.encode_external(["i0"])[0][0])
+    s = m.score(SequenceArrays.from_lists([[a, v + 3], [a]]))
+    assert s.shape[1] == v + 3
+    np.testing.assert_allclose(s[0], s[1], rtol=1e-5, atol=1e-6)
