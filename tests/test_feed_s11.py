@@ -50,3 +50,27 @@ def test_applied_added_items_are_counted_once(mixed: Path, tmp_path: Path) -> No
     s = m.score(SequenceArrays.from_lists([[a, v + 3], [a]]))
     assert s.shape[1] == v + 3
     np.testing.assert_allclose(s[0], s[1], rtol=1e-5, atol=1e-6)
+
+
+def test_export_holds_the_added_items_as_served(store: Path, mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    from segue.serving.export import export_vectors, read_export, user_histories
+
+    run = _run_with_added(mixed, tmp_path, ["fresh-X"])
+    out = tmp_path / "exp"
+    res = CliRunner().invoke(app, ["export", str(run), "-o", str(out), "--store", str(store), "--split", "temporal"])
+    assert res.exit_code == 0, res.output
+    assert "1 of them added with segue items add" in " ".join(res.output.split())
+    tt = read_export(out)
+    assert "fresh-X" in tt.item_ids and tt.meta["n_added_items"] == 1
+    feats_only = pq.read_table(out / "items.parquet").column("features_only").to_pylist()
+    assert [i for i, f in zip(tt.item_ids, feats_only, strict=True) if f] == ["fresh-X"]
+    # the dot products are the scores of the served model (the added items applied) for every item
+    served = load_model(run)
+    apply_added_items(served, run)
+    with Store.open(store) as st:
+        hist, _ = user_histories(st, "temporal", "all", served.base_vocab())
+        rows = tt.user_seq_ids[:10]
+        np.testing.assert_allclose(tt.users[:10] @ tt.items.T, served.score(hist, rows)[:, tt.item_tokens], rtol=1e-4, atol=1e-4)
+        # the library path exports such a model (it blamed "another store")
+        meta = export_vectors(served, st, "temporal", tmp_path / "exp2")
+    assert meta["n_added_items"] == 1 and meta["n_items"] == tt.meta["n_items"]

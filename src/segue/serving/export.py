@@ -12,11 +12,14 @@ no such towers: its export holds the next-item logit's vectors, for candidate re
 export.json says `"exact": false` with the score it ranks by (the CLI warns).
 
 The folder `segue export RUN -o DIR` writes (atomically: the old folder or the complete new one):
-    items.parquet   token int32, external_id string, vector fixed_size_list<float32>[D]
-                    (every vocabulary item; the special tokens are left out)
+    items.parquet   token int32, external_id string, features_only bool, vector fixed_size_list<float32>[D]
+                    (every vocabulary item, then the items added with `segue items add` (features_only:
+                    their vectors composed from their features, as the server scores them); the special
+                    tokens are left out)
     users.parquet   seq_id int32, external_id string, n_events int32, vector [D]
                     (every sequence of the split with at least one history event)
-    export.json     run, family, dim, store checksum, split, part, counts, and the score formula
+    export.json     run, family, dim, store checksum, split, part, counts (n_added_items: the added
+                    items among n_items), and the score formula
 
 `part` picks the history a user vector summarises: "all" (default) every event of the sequence in
 the split, the vector to serve now (next context: the last event's); "valid" / "test" the history
@@ -146,16 +149,21 @@ def export_vectors(
     check_output(out, "export", META_FILE)  # the folder replaces the whole path: only a new one or an earlier export
     check_two_towers(model)
     ranks_by = ranking_score(model)
-    vocab = model._check_fitted()
+    fitted = model._check_fitted()
+    # The training vocabulary, and after it the items added without retraining (segue items add:
+    # features-only vectors, which the server scores too); a model without added items has one.
+    base = model.base_vocab() if callable(getattr(model, "base_vocab", None)) else fitted  # type: ignore[attr-defined]
+    vocab = model.extended_vocab() if callable(getattr(model, "extended_vocab", None)) else fitted  # type: ignore[attr-defined]
+    n_added = len(vocab) - len(base)
     store.require_split(split)
     # another store's (or split's) items under the same token ids would make every user vector
-    # meaningless: the check `segue evaluate` makes
-    check_vocab(model.family, vocab, Vocabulary.from_store(store.con, split), split, use="the export reads", fix="export")
+    # meaningless: the check `segue evaluate` makes (on the training tokens: the store has no added items)
+    check_vocab(model.family, base, Vocabulary.from_store(store.con, split), split, use="the export reads", fix="export")
     emb = np.asarray(model.item_embeddings(), dtype=np.float32)  # type: ignore[attr-defined]
     if emb.ndim != 2 or emb.shape[0] != len(vocab):
         raise SegueError(f"{model.family}: item_embeddings() has shape {emb.shape}, not [{len(vocab)}, d]")
     dim = int(emb.shape[1])
-    hist, nxt = user_histories(store, split, part, vocab)
+    hist, nxt = user_histories(store, split, part, base)
     rows = hist.nonempty()
     seq_keys = dict(store.con.execute("SELECT seq_id, external_id FROM sequences").fetchall())
     vec_type = pa.list_(pa.float32(), dim)
@@ -167,6 +175,7 @@ def export_vectors(
             {
                 "token": pa.array(tokens, pa.int32()),
                 "external_id": pa.array([vocab.external_ids[t] for t in tokens], pa.string()),
+                "features_only": pa.array(tokens >= len(base), pa.bool_()),
                 "vector": _vector_column(emb[N_SPECIAL:].reshape(-1, dim)),
             }
         )
@@ -196,6 +205,7 @@ def export_vectors(
             "split": split,
             "part": part,
             "n_items": len(tokens),
+            "n_added_items": n_added,
             "n_users": len(rows),
             "score": "score(item | user) = users.vector . items.vector (the model's own next-item score)",
             "exact": ranks_by is None,
@@ -260,13 +270,16 @@ def export(
 
     score(item | user) = <user vector, item vector> is the model's own next-item score, so an ANN
     index over items.parquet (segue.serving.index) retrieves its top k from users.parquet alone.
+    The items added to the run with `segue items add` are exported too (features_only).
     """
     from segue.data.store import Store
     from segue.errors import ConfigError
     from segue.models.base import load_model
+    from segue.serving.items import apply_added_items
 
     model = load_model(run)
     check_two_towers(model)  # before asking for a store or split that could not help
+    apply_added_items(model, run)  # the items `segue items add` gave the run: served, so exported
     saved_store, saved_split = run_store_split(run)
     store_path = store or saved_store
     if store_path is None:
@@ -277,8 +290,9 @@ def export(
     with Store.open(store_path) as st:
         meta = export_vectors(model, st, split_name, out, part=part, run=str(run))
     typer.echo(
-        f"wrote {out}: {meta['n_items']} item vectors and {meta['n_users']} user vectors "
-        f"(dim {meta['dim']}, split '{split_name}', part {part})"
+        f"wrote {out}: {meta['n_items']} item vectors"
+        + (f" ({meta['n_added_items']} of them added with segue items add, features_only)" if meta["n_added_items"] else "")
+        + f" and {meta['n_users']} user vectors (dim {meta['dim']}, split '{split_name}', part {part})"
     )
     if not meta["exact"]:
         typer.echo(
