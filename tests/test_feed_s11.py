@@ -74,3 +74,20 @@ def test_export_holds_the_added_items_as_served(store: Path, mixed: Path, tmp_pa
         # the library path exports such a model (it blamed "another store")
         meta = export_vectors(served, st, "temporal", tmp_path / "exp2")
     assert meta["n_added_items"] == 1 and meta["n_items"] == tt.meta["n_items"]
+
+
+def test_continue_knows_the_added_items_as_the_server_does(mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    from segue.serving.engine import Engine
+
+    run = _run_with_added(mixed, tmp_path, ["fresh-Y"])
+    res = CliRunner().invoke(app, ["continue", "--model", str(run), "--seed", "fresh-Y", "--seed", "i0", "-n", "3", "--greedy"])
+    assert res.exit_code == 0, res.output
+    assert "unknown seed" not in res.output
+    cli_ids = re.findall(r"^\s*\d+\. .*?\(?([\w-]+)\)?\s+p=", res.output, flags=re.M)
+    engine = Engine.load(run)
+    picks, _, _ = engine.continue_(engine.vocab.encode_external(["fresh-Y", "i0"])[0], 3, greedy=True)
+    assert cli_ids == [engine.vocab.external_id(t) for t in picks]
+    # the added item is a candidate too, named from items_added.parquet
+    res = CliRunner().invoke(app, ["continue", "--model", str(run), "--seed", "i0", "-n", "500", "--greedy"])
+    assert res.exit_code == 0, res.output
+    assert "Fresh fresh-Y — A (fresh-Y)" in res.output

@@ -139,18 +139,27 @@ def continue_(
     random_seed: Annotated[int, typer.Option("--random-seed", help="Sampling seed.")] = 0,
 ) -> None:
     """Continue a playlist from seed items and print the new items with their names."""
+    from segue.data.item_features import added_item_names
     from segue.errors import SegueError
     from segue.models.base import load_model
+    from segue.models.item_encoder import apply_added_items
     from segue.training.continuation import continue_playlist, describe, load_item_names
 
     rec = load_model(model)
     if rec.family != "transformer":
         raise SegueError(f"{model}: holds a '{rec.family}' model; continuation needs a transformer")
+    # the items `segue items add` gave the run, as the server (/v1/continue) reads and proposes them
+    added = apply_added_items(rec, model)
     res = continue_playlist(rec, seed, n, top_k=top_k, temperature=temperature, greedy=greedy, seed=random_seed)
     console = Console()
     if res.unknown_seeds:
         console.print(f"[yellow]unknown seed items (used as <unk>): {', '.join(res.unknown_seeds)}", highlight=False)
     names = load_item_names(model)
+    if added:
+        extra = added_item_names(model)
+        names = [*(names or []), *([None] * (len(rec.vocab) - len(names or [])))]
+        for t in added:
+            names[t] = extra.get(rec.vocab.external_id(t))
     for i, (tok, p) in enumerate(zip(res.tokens, res.probabilities, strict=True), 1):
         console.print(f"{i:>3}. {describe(tok, rec.vocab, names)}  [dim]p={p:.3f}[/]", highlight=False)
     if res.tokens:  # one meaning for p, greedy or sampled (as /v1/continue's probability)
