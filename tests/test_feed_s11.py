@@ -91,3 +91,18 @@ def test_continue_knows_the_added_items_as_the_server_does(mixed: Path, tmp_path
     res = CliRunner().invoke(app, ["continue", "--model", str(run), "--seed", "i0", "-n", "500", "--greedy"])
     assert res.exit_code == 0, res.output
     assert "Fresh fresh-Y — A (fresh-Y)" in res.output
+
+
+def test_items_add_shows_the_form_of_the_values_the_run_knows(mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    """An unseen artist (on MPD stores: a name where the run keeps artist keys) is said with a value
+    the run knows, so the mismatch of forms shows."""
+    run = tmp_path / "run"
+    shutil.copytree(mixed, run)
+    p = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"item": ["n1"], "name": ["N1"], "artist": ["Nobody Known"], "album": ["A album 0"]}), p)
+    res = CliRunner().invoke(app, ["items", "add", str(run), str(p)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    known = load_model(mixed).item_features.vocabs["artist"].values[0]
+    assert "items with only unseen values: artist 1, composed as the feature's <unk>" in out, out
+    assert f"artist values are like '{known}'" in out and "artist_key / creator_key first" in out, out

@@ -124,6 +124,11 @@ def items_add(
             highlight=False, soft_wrap=True,
         )
     unk = ", ".join(f"{n} {c}" for n, c in out["unknown_values"].items() if c)
+    examples = out.get("known_examples", {})
+    if unk and examples:  # the form of a value the run knows: an artist name where it keeps creator keys matches nothing
+        seen = ", ".join(f"{n} values are like '{v}'" for n, v in examples.items())
+        keys = " (artist reads artist_key / creator_key first, album album_key)" if {"artist", "album"} & set(examples) else ""
+        unk += f", composed as the feature's <unk>: the run's {seen}{keys}"
     after = f"; server {server} reloaded" if out.get("served") else "; POST /admin/reload (or restart) serves them"
     console.print(
         f"[green]added[/] {out['added']} item(s) to {escape(where)} ({out['total_added']} added in all)"

@@ -12,7 +12,9 @@ The Parquet: `item` (external id, required, not already in the run), then any of
 `creator` / `artist` (the artist feature reads creator_key / artist_key first, as the store keeps
 creator keys), `album` / `album_key`, `genre` (text, comma-separated text or a list), `type`,
 `meta` (JSON text with more keys, for meta.<key> features), and `vector` (the content vector, for
-runs trained with content vectors). A value the run never saw maps to the feature's <unk>.
+runs trained with content vectors). A value the run never saw maps to the feature's <unk>: on a
+store whose items carry creator keys (MPD: artist URIs) the artist values are those keys, so an
+artist name alone matches nothing there (the command names a value the run knows, to show the form).
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ def add_items(run: str | Path, parquet: str | Path) -> dict[str, Any]:
     table = new if old is None else _merged(old, new, parquet)
     with atomic_path(run / ADDED_FILE) as tmp:
         pq.write_table(table, tmp)
-    return {"added": len(rows), "total_added": table.num_rows, "unknown_values": unknown,
+    # A value the run knows in another form (an artist's name where the run keeps the store's
+    # creator keys, as MPD's artist URIs) is unseen too: a value the run knows shows the form.
+    examples = {n: feats.vocabs[n].values[0] for n in feats.names if unknown[n] and feats.vocabs[n].values}
+    return {"added": len(rows), "total_added": table.num_rows, "unknown_values": unknown, "known_examples": examples,
             "ignored_columns": ignored_columns(new.column_names, feats.names, feats.content_dim)}
 
 
