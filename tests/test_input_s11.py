@@ -389,3 +389,61 @@ def test_ctrl_c_inside_a_duckdb_query_is_a_keyboard_interrupt(tmp_path: Path) ->
     assert r.returncode == 130, r.stdout + r.stderr[-3000:]
     assert "Query interrupted" not in r.stderr and "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing half-written left
+
+
+# --- faults 17 and 27: changes of one store at once, and Ctrl-C during one -------------------------
+
+
+def _splits(store: Path) -> list[str]:
+    with Store.open(store) as s:
+        return sorted(r[0] for r in s.con.execute("SELECT split FROM splits").fetchall())
+
+
+def test_a_second_change_of_a_store_waits_for_the_first_and_keeps_both_splits(tmp_path: Path) -> None:
+    import time
+
+    from datahelp import make_store
+    from segue.data.splits import apply_split
+    from segue.data.store import modify_store
+
+    store = make_store(tmp_path / "c.duckdb", [[1, 2, 3, 4], [2, 3, 4, 5], [1, 3, 5, 2]], [{"kind": "leave_last_out", "min_length": 1}])
+    code = "import sys; from segue.data.splits import add_split; add_split(sys.argv[1], {'kind': 'random_holdout', 'name': 'B'})"
+    with modify_store(store) as con:
+        apply_split(con, {"kind": "random_holdout", "name": "A"}, seed=0)
+        second = subprocess.Popen([sys.executable, "-c", code, str(store)], stderr=subprocess.PIPE, text=True)
+        try:
+            waiting = second.stderr.readline()  # the note, or "" when it ended without waiting
+            assert "waiting for another change" in waiting, (waiting, second.wait(60), second.stderr.read())
+            time.sleep(0.2)
+            assert second.poll() is None
+        except BaseException:
+            second.kill()
+            raise
+    assert second.wait(120) == 0, second.stderr.read()
+    assert _splits(store) == ["A", "B", "loo"]
+
+
+_CTRL_C_IN_CHANGE = """
+import os, signal, sys, threading
+from segue.data.store import modify_store
+
+threading.Timer(0.5, os.kill, args=(os.getpid(), signal.SIGINT)).start()
+try:
+    with modify_store(sys.argv[1]) as con:
+        con.execute("CREATE TABLE scratch AS SELECT 1 AS x")
+        con.execute("SELECT count(*) FROM range(20000000000) t WHERE t.range % 7 = 3").fetchall()
+except KeyboardInterrupt:
+    sys.exit(130)
+print("the change went through")
+"""
+
+
+def test_ctrl_c_during_a_store_change_stops_it_and_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    from datahelp import make_store
+
+    store = make_store(tmp_path / "c.duckdb", [[1, 2, 3], [2, 3, 4]], [{"kind": "leave_last_out", "min_length": 1}])
+    before = store.read_bytes()
+    r = subprocess.run([sys.executable, "-c", _CTRL_C_IN_CHANGE, str(store)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stdout + r.stderr[-3000:]
+    assert store.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == []

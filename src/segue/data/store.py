@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ from segue.data.sources.base import (
     conform,
 )
 from segue.errors import InputError, SegueError, StoreError
-from segue.io import atomic_path, file_digest
+from segue.io import atomic_path, file_digest, require_writable
 
 SCHEMA_VERSION = 1
 
@@ -751,21 +752,73 @@ class Store:
 
 @contextlib.contextmanager
 def modify_store(path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Change an existing store atomically: work on a copy, rename it over the original on success."""
+    """Change an existing store atomically: work on a copy, rename it over the original on success.
+
+    Changes of one store run one at a time (an flock on `.NAME.lock` beside it; a second waits,
+    saying so): two `data add-split` at once both said "added", and the last rename dropped the
+    other's split. Ctrl-C stops the change and leaves the store as it was (DuckDB swallowed it
+    inside some statements, and the split was added anyway)."""
     import shutil
 
     path = Path(path)
-    Store.open(path).close()  # validates
-    with atomic_path(path) as tmp:
-        shutil.copyfile(path, tmp)
-        con = duckdb.connect(str(tmp))
+    require_writable(path)  # the lock file and the copy go beside the store
+    with _store_lock(path):
+        Store.open(path).close()  # validates (after the lock: the store another change left)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(path, tmp)
+            con = duckdb.connect(str(tmp))
+            try:
+                with _ctrl_c_interrupts(con) as pressed:
+                    try:
+                        yield con
+                        con.execute("DELETE FROM meta WHERE key = 'content_checksum'")
+                        con.execute("INSERT INTO meta VALUES ('content_checksum', ?)", [content_checksum(con)])
+                        con.execute("CHECKPOINT")
+                    except (duckdb.InterruptException, RuntimeError) as e:
+                        if pressed.is_set() or _interrupted(e):
+                            raise KeyboardInterrupt from None
+                        raise
+                    if pressed.is_set():  # pressed between statements, or swallowed by one
+                        raise KeyboardInterrupt
+            finally:
+                con.close()
+
+
+@contextlib.contextmanager
+def _store_lock(path: Path) -> Iterator[None]:
+    import fcntl
+    import sys
+
+    with open(path.with_name(f".{path.name}.lock"), "a") as f:
         try:
-            yield con
-            con.execute("DELETE FROM meta WHERE key = 'content_checksum'")
-            con.execute("INSERT INTO meta VALUES ('content_checksum', ?)", [content_checksum(con)])
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"note: waiting for another change to {path} to finish", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file drops the lock (so does the process's end)
+
+
+@contextlib.contextmanager
+def _ctrl_c_interrupts(con: duckdb.DuckDBPyConnection) -> Iterator[threading.Event]:
+    """While inside: Ctrl-C sets the yielded event and interrupts `con`'s running statement
+    (main thread only; an ignored SIGINT stays ignored)."""
+    import signal
+
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield pressed
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        pressed.set()
+        with contextlib.suppress(Exception):
+            con.interrupt()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 __all__ = ["BuildConfig", "Store", "build_store", "modify_store", "content_checksum", "SegueError"]
