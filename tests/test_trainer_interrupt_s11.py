@@ -73,3 +73,16 @@ def test_a_second_ctrl_c_stops_at_once_and_an_ignored_sigint_is_left_alone(store
     finally:
         signal.signal(signal.SIGINT, old)
     assert json.loads((tmp_path / "d" / "metrics.json").read_text())["steps"] == 6
+
+
+def test_a_max_minutes_stop_between_log_points_reports_the_steps_it_trained(store: Path, tmp_path: Path) -> None:  # noqa: F811
+    # The steps since the last log point were trained but never counted: loss nan, 0 tokens/s,
+    # "tokens": 0 and final_train_loss null in metrics.json.
+    cfg = _config(store)
+    cfg.trainer = cfg.trainer.model_copy(update={"max_steps": 50, "eval_every": 50, "checkpoint_every": 50, "log_every": 50, "max_minutes": 1e-6})
+    out = io.StringIO()
+    train(cfg, run_dir=tmp_path / "m", console=Console(file=out, width=400))
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["stop_reason"] == "max_minutes" and m["steps"] == 1, m
+    assert m["tokens"] > 0 and m["final_train_loss"] is not None and np.isfinite(m["final_train_loss"]), m
+    assert "loss nan" not in out.getvalue(), out.getvalue()

@@ -342,9 +342,15 @@ class Trainer:
                 compile_units = int(met["count"])
             if self.on_step is not None:
                 self.on_step(step)
-            # Validation points are log points too, so each progress line carries a fresh loss.
+            self.elapsed = time.perf_counter() - t_start
+            last = step == self.total_steps
+            if tc.max_minutes is not None and self.elapsed > 60 * tc.max_minutes:
+                stop_reason, last = "max_minutes", True  # validate and checkpoint, then stop
+            interrupted = interrupt is not None and interrupt.requested and not last
+            # Validation points are log points too, so each progress line carries a fresh loss; so
+            # is any stop (a max_minutes stop between log points printed loss nan, 0 tokens/s).
             at_eval = step % tc.eval_every == 0
-            if pending and (step % tc.log_every == 0 or step == self.total_steps or at_eval):
+            if pending and (step % tc.log_every == 0 or last or interrupted or at_eval):
                 got = jax.device_get(pending)
                 pending = []
                 now = time.perf_counter()
@@ -372,11 +378,7 @@ class Trainer:
                 progress.update(step, rec["loss"], rate, time.perf_counter() - t_start)
                 if self.progress_callback is not None:
                     self.progress_callback("train", step, self.total_steps)
-            self.elapsed = time.perf_counter() - t_start
-            last = step == self.total_steps
-            if tc.max_minutes is not None and self.elapsed > 60 * tc.max_minutes:
-                stop_reason, last = "max_minutes", True  # validate and checkpoint, then stop
-            if interrupt is not None and interrupt.requested and not last:
+            if interrupted:
                 # Checkpoint this step without validating it (a validation an uninterrupted run
                 # would not make would change the history, the plateau and the kept best), so
                 # resuming goes on exactly as if never stopped.
