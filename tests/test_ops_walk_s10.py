@@ -102,7 +102,11 @@ def test_serve_checks_every_drift_option_before_opening_the_port(store: Path, tm
     assert "nosuch.duckdb: no store here" in refused("--drift-reference", f"store:{tmp_path}/nosuch.duckdb#random/train")
     assert "nosplit" in refused("--drift-reference", f"store:{store}#nosplit/train")
     assert "does not exist" in refused("--drift-reference", f"csv:{tmp_path}/none.csv?user=u&item=i")
-    assert "need --drift-reference" in refused("--drift-interval", "5")
+    assert "--drift-interval needs --drift-reference" in refused("--drift-interval", "5")
+    assert "--drift-interval, --drift-webhook need --drift-reference" in refused("--drift-interval", "5", "--drift-webhook", "http://x/")
+    # refused before the banner: "serving ... page: http://..." and then an error misled
+    out = refused("--admin-port", "2")
+    assert "--admin-port is for several workers" in out and "serving" not in out and "page:" not in out
     assert "--drift-webhook" in refused("--drift-webhook", "http://127.0.0.1:9/x")
 
 

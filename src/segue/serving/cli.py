@@ -152,7 +152,7 @@ def serve(
         str | None, typer.Option(help="Model registry folder or MLflow URI for models:/ (default: $SEGUE_REGISTRY)")
     ] = None,
 ) -> None:
-    """Serve a trained model over HTTP: /v1/recommend, /v1/continue, /v1/explain, the web page at /.
+    """Serve a trained model over HTTP: /v1/recommend, /v1/rank, /v1/continue, /v1/explain, /v1/items/search, the web page at /.
 
     Admin routes (/admin/reload) are mounted only when SEGUE_ADMIN_KEY is set: on the server's port
     with one worker, on --admin-port (the supervisor's) with several.
@@ -165,7 +165,7 @@ def serve(
     from segue.models.base import read_model_header
     from segue.serving.drift_watch import DriftWatchConfig, check_drift_config
     from segue.serving.index import IndexConfig
-    from segue.serving.workers import ServeSettings, run
+    from segue.serving.workers import ServeSettings, check_run_options, run
 
     console = Console(stderr=True)
     if index not in ("auto", "exact", "hnsw"):
@@ -182,7 +182,7 @@ def serve(
             if value
         ]
         if given:
-            raise typer.BadParameter(f"{', '.join(given)} need --drift-reference (no drift check runs without it)", param_hint=given[0])
+            raise typer.BadParameter(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --drift-reference (no drift check runs without it)", param_hint=given[0])
     if drift_reference is not None:
         drift = DriftWatchConfig(
             reference=drift_reference, interval_s=drift_interval, thresholds=drift_thresholds, webhook=drift_webhook
@@ -196,6 +196,7 @@ def serve(
         access_log=access_log,
         drift=drift,
     )
+    check_run_options(workers, admin_port)  # before the banner: "serving ..." then an error misled
     bind_port(host, port, "choose another with --port").close()
     if admin_port is not None:
         bind_port(host, admin_port, "choose another with --admin-port").close()

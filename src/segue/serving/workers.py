@@ -528,6 +528,16 @@ class Supervisor:
             raise SegueError(failed)
 
 
+def check_run_options(workers: int, admin_port: int | None, admin: bool = True) -> None:
+    """The options of `run` that cannot go together: a ConfigError naming them (the CLI checks
+    them before it says it is serving)."""
+    key = os.environ.get("SEGUE_ADMIN_KEY") or None
+    if admin_port is not None and workers < 2:
+        raise ConfigError("--admin-port is for several workers: one worker takes /admin/reload on its own port")
+    if admin_port is not None and not (admin and key):
+        raise ConfigError("--admin-port needs the admin key in $SEGUE_ADMIN_KEY")
+
+
 def run(
     settings: ServeSettings,
     *,
@@ -542,10 +552,7 @@ def run(
     `admin_port` opens the supervisor's admin port (needs $SEGUE_ADMIN_KEY; see the module)."""
     configure_logging()
     key = os.environ.get("SEGUE_ADMIN_KEY") or None
-    if admin_port is not None and workers < 2:
-        raise ConfigError("--admin-port is for several workers: one worker takes /admin/reload on its own port")
-    if admin_port is not None and not (settings.admin and key):
-        raise ConfigError("--admin-port needs the admin key in $SEGUE_ADMIN_KEY")
+    check_run_options(workers, admin_port, settings.admin)
     if workers > 1:
         if settings.admin and not key:  # said once here: the workers take no key (admin=False below)
             log.warning("SEGUE_ADMIN_KEY is not set: admin routes (/admin/reload) are not mounted")
