@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from segue.cli import app
@@ -106,3 +107,44 @@ def test_items_add_shows_the_form_of_the_values_the_run_knows(mixed: Path, tmp_p
     known = load_model(mixed).item_features.vocabs["artist"].values[0]
     assert "items with only unseen values: artist 1, composed as the feature's <unk>" in out, out
     assert f"artist values are like '{known}'" in out and "artist_key / creator_key first" in out, out
+
+
+def test_export_of_a_part_holds_the_sequences_that_part_scores(tmp_path: Path) -> None:
+    """--part test exports the users with test targets and a history before them (as evaluation
+    scores them), says how many were left out, and refuses a split that holds out whole sequences."""
+    from datahelp import make_store
+    from segue.data.arrays import SplitData
+    from segue.errors import ConfigError
+    from segue.models.transformer import TransformerConfig, TransformerRecommender
+    from segue.serving.export import export_vectors, read_export
+
+    rng = np.random.default_rng(0)
+    seqs, ts = [], []
+    for s in range(40):
+        seqs.append([int(x) for x in rng.integers(0, 20, 6)])
+        # a third of the users stop before the cuts (no targets); u1, u4: everything after them (no history)
+        times = [10, 20, 30, 40, 50, 60] if s % 3 == 0 else [10, 20, 30, 40, 150, 250]
+        ts.append([300, 310, 320, 330, 340, 350] if s in (1, 4) else times)
+    st_path = make_store(tmp_path / "s.duckdb", seqs, [{"kind": "temporal", "name": "t", "valid_cut": 100, "test_cut": 200},
+                                                        {"kind": "random_sequence", "name": "rs"}], ts=ts)
+    cfg = TransformerConfig.from_dict({"model": {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "context_length": 8}})
+    with Store.open(st_path) as st:
+        for split, part in (("t", "test"), ("rs", "valid")):
+            rec = TransformerRecommender(cfg)
+            rec.vocab = SplitData.load(st, split).vocab
+            rec.network = rec.build(len(rec.vocab))
+            if split == "rs":  # held-out playlists have no history before their part
+                with pytest.raises(ConfigError, match="holds out whole sequences"):
+                    export_vectors(rec, st, split, tmp_path / "rs", part=part)
+                assert not (tmp_path / "rs").exists()
+                continue
+            meta = export_vectors(rec, st, split, tmp_path / "t", part=part)
+            rec.save(tmp_path / "m")
+            keys = dict(st.con.execute("SELECT seq_id, external_id FROM sequences").fetchall())
+    want = {f"u{s}" for s in range(40) if s % 3 and s not in (1, 4)}
+    tt = read_export(tmp_path / "t")
+    assert {keys[int(r)] for r in tt.user_seq_ids} == want and set(tt.user_ids) == want
+    assert meta["n_users"] == len(want) and meta["n_with_targets"] == len(want) + 2 and meta["n_without_history"] == 2
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "m"), "-o", str(tmp_path / "c"), "--store", str(st_path), "--split", "t", "--part", "test"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(want)} user vectors" in res.output and "(2 of 26 left out: no history before them)" in " ".join(res.output.split())

@@ -17,14 +17,19 @@ The folder `segue export RUN -o DIR` writes (atomically: the old folder or the c
                     their vectors composed from their features, as the server scores them); the special
                     tokens are left out)
     users.parquet   seq_id int32, external_id string, n_events int32, vector [D]
-                    (every sequence of the split with at least one history event)
+                    (part all: every sequence of the split with at least one history event; part
+                    valid / test: the sequences that part scores, with targets there and a history
+                    before them)
     export.json     run, family, dim, store checksum, split, part, counts (n_added_items: the added
                     items among n_items), and the score formula
 
 `part` picks the history a user vector summarises: "all" (default) every event of the sequence in
 the split, the vector to serve now (next context: the last event's); "valid" / "test" the history
 before that part's targets, with the next context of the first target, the vector that evaluation
-scores (to check an index against the evaluated model).
+scores (to check an index against the evaluated model); export.json counts the sequences with
+targets there (n_with_targets) and those left out for want of a history (n_without_history). A split
+that holds out whole sequences (random_sequence: scored by playlist continuation from their first
+tracks) has no history before a part, and is refused for valid / test.
 """
 
 from __future__ import annotations
@@ -165,6 +170,21 @@ def export_vectors(
     dim = int(emb.shape[1])
     hist, nxt = user_histories(store, split, part, base)
     rows = hist.nonempty()
+    n_targets = n_no_history = 0
+    if nxt is not None:
+        # the sequences the part scores (evaluation's queries: a history and targets in the part),
+        # not every sequence with a history (most of which have no target there)
+        has_target = np.asarray(nxt.lengths) > 0
+        n_targets = int(has_target.sum())
+        rows = rows[has_target[rows]]
+        n_no_history = n_targets - len(rows)
+        if n_targets and not len(rows):
+            raise ConfigError(
+                f"--part {part}: none of the {n_targets} sequences with {part} targets in split '{split}' has a "
+                f"history before them: the split holds out whole sequences (kind "
+                f"'{store.split_info(split)['kind']}', scored by playlist continuation from their first tracks), "
+                "which no one vector per sequence gives; export --part all (the vectors to serve now)"
+            )
     seq_keys = dict(store.con.execute("SELECT seq_id, external_id FROM sequences").fetchall())
     vec_type = pa.list_(pa.float32(), dim)
     user_schema = pa.schema([("seq_id", pa.int32()), ("external_id", pa.string()), ("n_events", pa.int32()), ("vector", vec_type)])
@@ -207,6 +227,7 @@ def export_vectors(
             "n_items": len(tokens),
             "n_added_items": n_added,
             "n_users": len(rows),
+            **({"n_with_targets": n_targets, "n_without_history": n_no_history} if nxt is not None else {}),
             "score": "score(item | user) = users.vector . items.vector (the model's own next-item score)",
             "exact": ranks_by is None,
         }
@@ -264,7 +285,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (replaced atomically).")],
     store: Annotated[Path | None, typer.Option(help="Store (default: the run's, from its config.toml).")] = None,
     split: Annotated[str | None, typer.Option(help="Split of the store (default: the run's).")] = None,
-    part: Annotated[str, typer.Option(help="History per user: all (serve now), valid or test (before that part).")] = "all",
+    part: Annotated[str, typer.Option(help="History per user: all (serve now), valid or test (the sequences that part scores, their history before it).")] = "all",
 ) -> None:
     """Export item vectors and every sequence's user vector as Parquet (two-tower retrieval).
 
@@ -293,6 +314,11 @@ def export(
         f"wrote {out}: {meta['n_items']} item vectors"
         + (f" ({meta['n_added_items']} of them added with segue items add, features_only)" if meta["n_added_items"] else "")
         + f" and {meta['n_users']} user vectors (dim {meta['dim']}, split '{split_name}', part {part})"
+        + (
+            f": the sequences with {part} targets"
+            + (f" ({meta['n_without_history']} of {meta['n_with_targets']} left out: no history before them)" if meta["n_without_history"] else "")
+            if part != "all" else ""
+        )
     )
     if not meta["exact"]:
         typer.echo(
