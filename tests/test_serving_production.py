@@ -90,6 +90,9 @@ def test_readyz_is_503_until_the_model_is_loaded_and_warmed_then_200(folders) ->
         assert c.get("/readyz").status_code == 503
         r = c.post("/v1/recommend", json={"history": HISTORY})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        # a Prometheus scrape while loading succeeds and says so (a 503 read as the target down)
+        r = c.get("/metrics")
+        assert r.status_code == 200 and "segue_loading 1" in r.text.splitlines()
         release.set()
         deadline = time.monotonic() + 30
         while c.get("/readyz").status_code != 200:
@@ -99,6 +102,7 @@ def test_readyz_is_503_until_the_model_is_loaded_and_warmed_then_200(folders) ->
         assert body["status"] == "ready" and body["model"]["family"] == "dot"
         assert c.post("/v1/recommend", json={"history": HISTORY}).status_code == 200
         assert c.get("/healthz").json()["model"]["family"] == "dot"
+        assert "segue_loading 0" in c.get("/metrics").text.splitlines()
 
 
 def test_readyz_stays_ready_on_the_old_model_during_reloads(folders) -> None:

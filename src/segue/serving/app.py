@@ -78,7 +78,7 @@ from segue.serving.events import describe as describe_events
 from segue.serving.explain import explain_profile
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
-from segue.serving.lifecycle import readiness, warm_up
+from segue.serving.lifecycle import LOADING_METRICS, readiness, warm_up
 from segue.serving.pipeline_engine import events_view, pipeline_request_events, reads_history_times
 from segue.serving.rank import rank_candidates
 from segue.serving.validation import error_details, query_error
@@ -1237,7 +1237,8 @@ def create_app(
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> str:
         text = state["metrics"].render(current())
-        return text + (drift_watch.render() if drift_watch is not None else "")
+        loaded = LOADING_METRICS.replace("segue_loading 1", "segue_loading 0")  # (1 while loading: lifecycle)
+        return text + loaded + (drift_watch.render() if drift_watch is not None else "")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

@@ -138,6 +138,11 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], extra: list |
     await send({"type": "http.response.body", "body": data})
 
 
+# /metrics while the model loads: a scrape succeeds (a 503 reads as the target being down) and says
+# it is loading; the loaded app's /metrics carries segue_loading 0.
+LOADING_METRICS = "# HELP segue_loading 1 while the model loads\n# TYPE segue_loading gauge\nsegue_loading 1\n"
+
+
 class DeferredApp:
     """An ASGI app that opens at once and builds the real one (`build`, run in a thread) meanwhile.
 
@@ -191,6 +196,11 @@ class DeferredApp:
         elif path == "/readyz":
             detail = f"the model could not be loaded: {self.error}" if self.error else ""
             await _send_json(send, *readiness(False, None, detail))
+        elif path == "/metrics":
+            data = LOADING_METRICS.encode()
+            headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), (b"content-length", str(len(data)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
         else:
             await _send_json(
                 send, 503, {"detail": "the model is loading; retry shortly"}, [(b"retry-after", b"1")]
