@@ -276,7 +276,7 @@ def test_add_split_is_atomic_and_refuses_duplicates(store_path: Path, tmp_path: 
         assert name in s.split_names() and s.checksum != before
         assert s.con.execute("SELECT count(*) FROM vocab WHERE split = 'loo2'").fetchone()[0] > 4
         unchanged = s.checksum
-    with pytest.raises(ConfigError, match=r"defined twice: the store already has .* e\.g\. random_sequence:name=loo22\)"):
+    with pytest.raises(ConfigError, match=r"defined twice: a split of that name is already in the store, from an earlier -s of this build or an earlier add-split .* e\.g\. random_sequence:name=loo22\)"):
         add_split(str(path), {"kind": "random_sequence", "name": "loo2"})
     with Store.open(path) as s:
         assert s.checksum == unchanged

@@ -304,8 +304,8 @@ def apply_split(con: duckdb.DuckDBPyConnection, spec: dict[str, Any] | Config, s
     exists = con.execute("SELECT count(*) FROM splits WHERE split = ?", [spec.name]).fetchone()[0]
     if exists:
         raise ConfigError(
-            f"split '{spec.name}' is defined twice: the store already has a split of that name "
-            f"(give this one its own, e.g. {spec.kind}:name={spec.name}2)"
+            f"split '{spec.name}' is defined twice: a split of that name is already in the store, from an "
+            f"earlier -s of this build or an earlier add-split (give this one its own, e.g. {spec.kind}:name={spec.name}2)"
         )
     # Each split draws from its own stream so adding a split never changes another.
     rng = np.random.default_rng([seed, _stable_id(spec.name)])
