@@ -136,7 +136,8 @@ class Catalogue:
 def load_catalogue(
     model_folder: str | Path, vocab: Vocabulary, store: str | Path | None = None
 ) -> Catalogue:
-    """Names from `store` (and saved into the model folder), else from the folder's items.parquet."""
+    """Names from `store` (and saved into the model folder), else from the folder's items.parquet,
+    else from a training run's item_names.json."""
     folder = Path(model_folder)
     path = folder / ITEMS_FILE
     if store is not None:
@@ -160,4 +161,30 @@ def load_catalogue(
         return catalogue
     if path.exists():
         return Catalogue(vocab, pq.read_table(path))
+    names = folder / ITEM_NAMES_FILE
+    if names.exists():  # a training run's [name, creator] per token: a run served without --store keeps its names
+        return Catalogue(vocab, _names_table(names, vocab))
     return Catalogue(vocab, None)
+
+
+# Written by `segue train` into every run folder (segue.training.continuation, which serving may not
+# import): one [name, creator] or null per token of the run's vocabulary.
+ITEM_NAMES_FILE = "item_names.json"
+
+
+def _names_table(path: Path, vocab: Vocabulary) -> pa.Table:
+    import json
+
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SegueError(f"{path}: unreadable ({e}); remove it to serve the items by their ids") from None
+    if not isinstance(rows, list) or len(rows) != len(vocab):
+        raise SegueError(f"{path}: expected one [name, creator] or null per token of the model's {len(vocab)}")
+    keep = [t for t, r in enumerate(rows) if isinstance(r, list) and len(r) == 2 and vocab.external_ids[t] is not None]
+    return pa.table({
+        "external_id": pa.array([str(vocab.external_ids[t]) for t in keep], pa.string()),
+        "name": pa.array([rows[t][0] for t in keep], pa.string()),
+        "creator": pa.array([rows[t][1] for t in keep], pa.string()),
+        "album": pa.nulls(len(keep), pa.string()),
+    })
