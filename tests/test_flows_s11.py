@@ -182,3 +182,24 @@ def test_a_trial_checks_the_trainer_metric_before_training(folder: Path) -> None
         record = run_trial(space, data, {"optim.lr": 1e-3}, number=0)
     assert record["status"] == "failed"
     assert record["error"].startswith("ConfigError: trial 0: trainer: field 'metric' is 'hr@100'"), record["error"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ('[[models]]\nname = "x"\nfamily = "nosuch"\n', r"e.toml: models 'x'.family: 'nosuch' is not a family \(.*popularity"),
+        ('part = "bogus"\n[[models]]\nname = "p"\nfamily = "popularity"\n', r"e.toml: field 'part': .*'valid' or 'test'"),
+        ('ks = []\n[[models]]\nname = "p"\nfamily = "popularity"\n', r"e.toml: field 'ks': .*non-empty list of positive integers, got \[\]"),
+        ('ks = [0, 10]\n[[models]]\nname = "p"\nfamily = "popularity"\n', r"e.toml: field 'ks': .*got \[0, 10\]"),
+        ('protocol = "nosuch"\n[[models]]\nname = "p"\nfamily = "popularity"\n', r"e.toml: field 'protocol': unknown protocol 'nosuch'"),
+    ],
+)
+def test_experiment_errors_name_the_file_and_field(folder: Path, tmp_path: Path, edit: str, expected: str) -> None:
+    """segue experiment named neither file nor field for these, and took ks = [] as the defaults."""
+    from segue.tuning.experiment import run_experiment
+
+    path = tmp_path / "e.toml"
+    path.write_text(f'store = "{folder / "s.duckdb"}"\nsplit = "loo"\n' + edit)
+    with pytest.raises(ConfigError, match=expected):
+        run_experiment(path, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from segue.config import Config, read_toml
 from segue.errors import ConfigError, SegueError
@@ -54,14 +54,22 @@ class ExperimentConfig(Config):
     store: str
     split: str
     protocol: str = "leave_last_out"
-    part: str = "test"
-    ks: list[int] | None = None
+    part: Literal["valid", "test"] = "test"
+    ks: list[int] | None = None  # None (left out): the evaluation's default cut-offs
     reference: str | None = None
     n_boot: int = Field(1000, ge=10)
     seed: int = 0
     out: str | None = None  # default: reports/experiment-<file stem>
     models: list[ModelSpec]
     base_dir: str | None = Field(None, exclude=True)
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, ks: list[int] | None) -> list[int] | None:
+        if ks is not None and (not ks or any(k < 1 for k in ks)):
+            # an empty list was taken as "the defaults"; 0 failed inside the evaluation, unnamed
+            raise ValueError(f"cut-offs must be a non-empty list of positive integers, got {ks} (leave ks out for the defaults)")
+        return ks
 
     @model_validator(mode="after")
     def _names(self) -> Self:
@@ -99,12 +107,24 @@ def saved_bytes(model: Any) -> int:
 
 
 def check_models(cfg: ExperimentConfig, source: str) -> None:
-    """A ConfigError naming the model and field of the first config its family rejects."""
-    from segue.models.base import model_class
+    """A ConfigError naming the model and field of the first family or config that is wrong, and
+    the file's protocol when it is unknown."""
+    from segue.evaluation.protocols import protocol_spec
+    from segue.models.base import families, model_class
 
+    try:
+        protocol_spec(cfg.protocol)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: field 'protocol': {e}") from None
     for spec in cfg.models:
         if spec.family is not None:
-            model_class(spec.family).config_class.from_dict(spec.config, source=f"{source}: models '{spec.name}'.config")
+            if spec.family not in families():
+                raise ConfigError(f"{source}: models '{spec.name}'.family: '{spec.family}' is not a family ({', '.join(families())})")
+            try:
+                cls = model_class(spec.family)
+            except ImportError as e:
+                raise SegueError(f"{source}: models '{spec.name}'.family: '{spec.family}' is not available here ({e})") from None
+            cls.config_class.from_dict(spec.config, source=f"{source}: models '{spec.name}'.config")
         elif not cfg.resolve(spec.folder).is_dir():  # type: ignore[arg-type]
             raise ConfigError(f"{source}: models '{spec.name}'.folder: {cfg.resolve(spec.folder)} is not a model folder")  # type: ignore[arg-type]
 
