@@ -203,3 +203,20 @@ def test_experiment_errors_name_the_file_and_field(folder: Path, tmp_path: Path,
     with pytest.raises(ConfigError, match=expected):
         run_experiment(path, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("metric", "ok"), [("ndcg", False), ("hr", False), ("nosuch", False), ("rprec", True), ("clicks", True)])
+def test_a_metric_without_its_k_is_refused_up_front(metric: str, ok: bool) -> None:
+    """check_metric let any name without @ through: each trial was fitted, then failed 'not measured'."""
+    from segue.tuning.space import check_space
+
+    text = f'family = "ease"\nstore = "s"\nsplit = "loo"\nmetric = "{metric}"\nks = [5, 10]\n[params.l2]\nlow = 1.0\nhigh = 9.0'
+    space = SearchSpace.parse(text, source="space.toml")
+    if ok:
+        check_space(space)
+        return
+    with pytest.raises(ConfigError, match=rf"^space.toml: field 'metric': '{metric}' is not measured .*rprec, clicks.*ndcg@10"):
+        check_space(space)
+    if metric != "nosuch":
+        with pytest.raises(ConfigError, match=rf"needs its k, e.g. {metric}@10"):
+            check_space(space)

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from segue.config import Config, read_toml
 from segue.errors import ConfigError
-from segue.evaluation.metrics import PER_K_METRICS
+from segue.evaluation.metrics import PER_K_METRICS, WHOLE_LIST_METRICS
 
 Value = bool | int | float | str
 
@@ -335,12 +335,18 @@ RANKING_METRICS = (*PER_K_METRICS, "poppct", "coverage")
 
 
 def check_metric(space: SearchSpace) -> None:
-    """ConfigError when `metric` is a ranking metric validation never measures (a k outside `ks`, an
-    unknown name): every trial then failed and the session still exited 0."""
+    """ConfigError when `metric` is a name validation never measures (a k outside `ks`, an unknown
+    name, a ranking metric without its @k): every trial was fitted, then failed on it."""
     name, at, k = space.metric.partition("@")
-    if not at:
-        return  # rprec, clicks, a family's own figure: checked by the trials
     measured = ", ".join(f"{m}@{x}" for m in ("ndcg", "hr", "recall") for x in space.ks)
+    if not at:
+        if name in WHOLE_LIST_METRICS:  # measured over the whole list, no k
+            return
+        hint = f"; a ranking metric needs its k, e.g. {name}@{10 if 10 in space.ks else space.ks[0]}" if name in RANKING_METRICS and space.ks else ""
+        raise ConfigError(
+            f"{space.source}: field 'metric': '{space.metric}' is not measured (expected {', '.join(WHOLE_LIST_METRICS)}, "
+            f"or one of {', '.join(RANKING_METRICS)} at a k of ks, e.g. {measured}){hint}"
+        )
     if name not in RANKING_METRICS:
         raise ConfigError(
             f"{space.source}: field 'metric': '{space.metric}' is not measured: '{name}' is not a ranking metric "
