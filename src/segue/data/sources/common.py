@@ -258,6 +258,9 @@ def iter_text_batches(
     """
     import pyarrow.csv as pv
 
+    if delimiter == " ":  # runs of spaces are one separator, as in the header (pyarrow splits on each space)
+        yield from _space_batches(path, names=names, skip_lines=skip_lines, encoding=encoding)
+        return
     double = len(delimiter) == 2 and delimiter[0] == delimiter[1]
     if len(delimiter) != 1 and not double:
         raise InputError(f"unsupported delimiter {delimiter!r}", path=path, expected="one character or '::'")
@@ -270,11 +273,15 @@ def iter_text_batches(
     bad_rows: list[Any] = []
 
     def on_bad_row(row: Any) -> str:
+        if not row.text.strip():  # a line of spaces, skipped as empty lines are
+            return "skip"
         bad_rows.append(row)  # pyarrow then raises; the row's line is looked up below
         return "error"
 
+    # Quotes as Excel and RFC 4180 write them whatever the delimiter ('"a;b"', '""' inside): with ';',
+    # '|' or a tab they stayed in every id. Not for '::' (MovieLens titles hold bare quotes).
     parse = pv.ParseOptions(
-        delimiter=delimiter[0], quote_char='"' if delimiter[0] == "," else False, invalid_row_handler=on_bad_row
+        delimiter=delimiter[0], quote_char='"' if not double else False, invalid_row_handler=on_bad_row
     )
     convert = pv.ConvertOptions(column_types={n: pa.string() for n in raw_names}, strings_can_be_null=False)
     try:
@@ -293,6 +300,42 @@ def iter_text_batches(
                 expected=f"{len(names)} fields: {delimiter.join(names)}",
             ) from None
         raise InputError(f"cannot parse the file: {_arrow_message(e)}", path=path) from None
+
+
+def _space_batches(
+    path: Path, *, names: list[str], skip_lines: int, encoding: str, batch_rows: int = 1 << 16
+) -> Iterator[pa.RecordBatch]:
+    """A space-separated file, fields split on runs of whitespace (blank lines skipped)."""
+    try:
+        yield from _space_rows(path, names=names, skip_lines=skip_lines, encoding=encoding, batch_rows=batch_rows)
+    except UnicodeDecodeError as e:  # worded as pyarrow's, which the importers turn into line and encoding
+        raise InputError(f"cannot parse the file: invalid UTF8 data ({e.reason})", path=path) from None
+
+
+def _space_rows(path: Path, *, names: list[str], skip_lines: int, encoding: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    columns: list[list[str]] = [[] for _ in names]
+    with open(path, encoding=text_encoding(encoding), newline="") as f:
+        for n, line in enumerate(f, 1):
+            if n <= skip_lines:
+                continue
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != len(names):
+                got = len(fields)
+                raise InputError(
+                    f"{got} field{'s' if got != 1 else ''} ({line.rstrip(chr(13) + chr(10))!r})",
+                    path=path,
+                    line=n,
+                    expected=f"{len(names)} fields: {' '.join(names)}",
+                )
+            for col, value in zip(columns, fields, strict=True):
+                col.append(value)
+            if len(columns[0]) >= batch_rows:
+                yield pa.record_batch([pa.array(c, pa.string()) for c in columns], names=names)
+                columns = [[] for _ in names]
+    if columns[0]:
+        yield pa.record_batch([pa.array(c, pa.string()) for c in columns], names=names)
 
 
 def line_of_text(path: Path, text: str, skip_lines: int, encoding: str = "utf-8") -> int | None:

@@ -140,6 +140,9 @@ class TabularSource:
         self.context = _named(context, "ctx_")
         # a tab is hard to type into a shell option: `\t` and `tab` name it too
         self.delimiter = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(delimiter, delimiter) if delimiter else delimiter
+        for key, d in (("delimiter", self.delimiter), ("items_delimiter", self.items_delimiter)):
+            if d and not (len(d) == 1 or (len(d) == 2 and d[0] == d[1])):  # checked before the header is split on it
+                raise InputError(f"unsupported delimiter {d!r}", field=key, expected="one character, '\\t', or a doubled one such as '::'")
         self.header = header
         if isinstance(column_names, str):  # "a,b,c" (as from a command line)
             column_names = [c.strip() for c in column_names.split(",")]
@@ -183,7 +186,21 @@ class TabularSource:
                     used.add(column)
                     break
         for target in ("user", "item"):
+            if self.mapping[target] is None and target in self.given:  # user= / item=
+                raise InputError(
+                    f"option '{target}' is empty, but {target} cannot be left unmapped",
+                    path=self.path,
+                    field=target,
+                    expected=f"--option {target}=<column> (the file has: {', '.join(self.available)})",
+                )
             if self.mapping[target] is None:
+                taken = [
+                    f"column '{c}' is mapped to {t}"
+                    for t, c in self.mapping.items()
+                    if c is not None and c.lower() in {n.lower() for n in CONVENTIONS[target]}
+                ]
+                if taken:
+                    how = f"{how}; {', '.join(taken)}"
                 raise InputError(
                     f"no {target} column found; the file has: {', '.join(self.available)}{how}",
                     path=self.path,
@@ -264,7 +281,7 @@ class TabularSource:
         if self.column_names:
             names = self.column_names
         elif self.header:
-            names = [n.strip().strip('"') for n in (first.split(delimiter) if delimiter != " " else first.split())]
+            names = _header_names(first, delimiter)
         else:
             raise InputError("a file without header needs column_names", path=self.path, expected="column_names=a,b,c")
         if len(set(names)) != len(names):
@@ -386,7 +403,7 @@ class TabularSource:
         else:
             first = read_header(path, self.encoding)
             delimiter = self.items_delimiter or sniff_delimiter(first)
-            names = [n.strip().strip('"') for n in (first.split(delimiter) if delimiter != " " else first.split())]
+            names = _header_names(first, delimiter)
             if len(set(names)) != len(names):
                 raise InputError(f"repeated column names: {names}", path=path, line=1, expected="distinct names")
             batches = list(iter_text_batches(path, delimiter=delimiter, names=names, skip_lines=1, encoding=self.encoding))
@@ -474,6 +491,13 @@ class TabularSource:
             "columns": self.wanted(),
             "timestamp_unit": self.timestamp_unit,
         } | ({"items": str(self.items), "items_columns": self.items_mapping} if self.items is not None else {})
+
+
+def _header_names(first: str, delimiter: str) -> list[str]:
+    """Column names of a header line; an unnamed column (Excel's empty trailing columns) is named
+    column<N> (its 1-based place), so that it is only left out, not a 'repeated name' error."""
+    names = [n.strip().strip('"') for n in (first.split(delimiter) if delimiter != " " else first.split())]
+    return [n or f"column{i + 1}" for i, n in enumerate(names)]
 
 
 def _check_distinct(mapping: dict[str, str | None]) -> None:
