@@ -70,6 +70,20 @@ def require_writable(path: str | Path) -> None:
         raise SegueError(f"{path}: cannot write here (the folder {folder} is not writable: {e.strerror or e})") from None
 
 
+def _check_writable(path: Path) -> None:
+    """SegueError unless `path` can be written, creating nothing (for check_output, before any
+    work: an evaluation into a read-only folder ran whole, then failed on a hidden temporary)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folders atomic_path would create
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SegueError(f"{path}: cannot write here ({folder} is a file, not a folder)")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f".{path.name}.probe-"))
+    except OSError as e:
+        raise SegueError(f"{path}: cannot write here (the folder {folder} is not writable: {e.strerror or e})") from None
+
+
 def _remove_stale(path: Path) -> None:
     """Remove the temporaries of `path` whose writer, on this host, no longer runs (a killed
     build left `.NAME.tmp-PID@HOST` and its `.staging` folder of GBs, one pair per kill)."""
@@ -106,12 +120,15 @@ def check_output(path: str | Path, kind: str, marker: str | Callable[[Path], boo
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
+        _check_writable(path)
         return False
     if path.is_dir() and not path.is_symlink():
         if not any(path.iterdir()):
+            _check_writable(path)
             return False
         earlier = marker(path) if callable(marker) else (path / marker).is_file()
         if earlier:
+            _check_writable(path)
             return True
     raise SegueError(f"{path} exists and is not a segue {kind} (expected a new path or an earlier {kind}); choose another path or remove it")
 
