@@ -447,3 +447,100 @@ def test_ctrl_c_during_a_store_change_stops_it_and_leaves_the_store_as_it_was(tm
     assert r.returncode == 130, r.stdout + r.stderr[-3000:]
     assert store.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == []
+
+
+# --- faults 21, 22, 23 and 28: the shape of delimited files ---------------------------------------
+
+
+def _ids(store: Path, table: str) -> list[str]:
+    with Store.open(store) as s:
+        return sorted(r[0] for r in s.con.execute(f"SELECT external_id FROM {table}").fetchall())
+
+
+@pytest.mark.parametrize("d", [";", "|", "\t"])
+def test_quotes_are_read_whatever_the_delimiter(tmp_path: Path, d: str) -> None:
+    csv = tmp_path / "q.csv"
+    csv.write_text(f'"user"{d}"item"{d}"rating"\n"u1"{d}"a{d}x"{d}"4"\n"u1"{d}"b ""b"""{d}"3.5"\n"u2"{d}a{d}5\n')
+    build_store(open_source("csv", csv), tmp_path / "q.duckdb")
+    assert _ids(tmp_path / "q.duckdb", "items") == ["a", f"a{d}x", 'b "b"']
+    assert _ids(tmp_path / "q.duckdb", "sequences") == ["u1", "u2"]
+
+
+def test_runs_of_spaces_separate_fields_in_a_space_delimited_file(tmp_path: Path) -> None:
+    path = tmp_path / "sp.txt"
+    path.write_text("user item time\nu1 a 1\nu1  b   2\n\n  u2 a 3  \n")
+    build_store(open_source("csv", path), tmp_path / "sp.duckdb")
+    assert _events(tmp_path / "sp.duckdb") == [("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 3)]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("user item time\nu1 a 1\nu1 b 2 9\n")
+    with pytest.raises(InputError) as e:
+        build_store(open_source("csv", bad), tmp_path / "bad.duckdb")
+    assert e.value.line == 3 and "4 fields" in str(e.value)
+
+
+def test_an_unsupported_delimiter_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "semi.csv").write_text("u1;a;1\nu1;b;2\n")
+    with pytest.raises(InputError) as e:
+        open_source("csv", tmp_path / "semi.csv", delimiter="ab")
+    assert e.value.field == "delimiter" and "'ab'" in str(e.value) and "user column" not in str(e.value)
+
+
+def test_excel_shapes_unnamed_columns_blank_lines_and_unmapped_targets(tmp_path: Path) -> None:
+    trail = tmp_path / "trail.csv"
+    trail.write_text("user,item,,\nu1,a,,\nu1,b,,\n")
+    src = open_source("csv", trail)
+    assert "not imported: column3, column4" in src.notes()
+    blank = tmp_path / "blank.csv"
+    blank.write_text("user,item\nu1,a\n   \nu2,a\n")
+    build_store(open_source("csv", blank), tmp_path / "b.duckdb")
+    assert _ids(tmp_path / "b.duckdb", "sequences") == ["u1", "u2"]
+    ok = tmp_path / "ok.csv"
+    ok.write_text("user,item,timestamp\nu1,a,1\n")
+    with pytest.raises(InputError) as e:
+        open_source("csv", ok, user="").resolve()
+    assert e.value.field == "user" and "cannot be left unmapped" in str(e.value)
+    with pytest.raises(InputError, match="column 'item' is mapped to timestamp"):
+        open_source("csv", ok, timestamp="item").resolve()
+
+
+# --- fault 24: a negative seed --------------------------------------------------------------------
+
+
+def test_a_negative_seed_is_a_usage_error_not_a_numpy_traceback(tmp_path: Path) -> None:
+    for args in (["--option", "seed=-1"], ["--seed", "-1"]):
+        r = runner.invoke(app, ["data", "build", "synthetic", "-o", str(tmp_path / "s.duckdb"), "--option", "n_playlists=20", *args])
+        assert r.exit_code == 2 and "seed" in r.output and "Traceback" not in r.output, r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit)
+        assert not (tmp_path / "s.duckdb").exists()
+
+
+def test_evaluate_into_a_read_only_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    if not _as_user_works(tmp_path):
+        pytest.skip("cannot drop file-permission capabilities here")
+    from datahelp import make_store
+
+    make_store(tmp_path / "s.duckdb", [[1, 2, 3, 4], [2, 3, 4, 5], [1, 3, 5, 2]], [{"kind": "leave_last_out", "min_length": 1}])
+    ro = tmp_path / "roev"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = _segue_as_user("evaluate", "popularity", "--store", "s.duckdb", "-p", "leave_last_out", "-o", "roev/rep", cwd=tmp_path)
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "roev/rep: cannot write here (the folder roev is not writable" in r.stderr
+    assert list(ro.iterdir()) == [] and not (tmp_path / "s.duckdb.arrays").exists()  # refused before compiling anything
+
+
+# --- fault 25: an item table that names none of the events' items ---------------------------------
+
+
+def test_build_warns_when_the_item_table_names_none_of_the_items(tmp_path: Path) -> None:
+    (tmp_path / "ev.csv").write_text("user,item\nu1,a\nu1,b\nu2,a\n")
+    (tmp_path / "it.csv").write_text("item,name\nz,Z\n")
+    (tmp_path / "it2.csv").write_text("item,name\na,A\n")
+    r = runner.invoke(app, ["data", "build", "csv", str(tmp_path / "ev.csv"), "-o", str(tmp_path / "a.duckdb"), "--option", f"items={tmp_path / 'it.csv'}"])
+    assert r.exit_code == 0, r.output
+    assert "names none of the 2 items" in " ".join(r.output.split())
+    r = runner.invoke(app, ["data", "build", "csv", str(tmp_path / "ev.csv"), "-o", str(tmp_path / "b.duckdb"), "--option", f"items={tmp_path / 'it2.csv'}"])
+    assert r.exit_code == 0 and "names none" not in r.output, r.output

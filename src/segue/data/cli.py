@@ -90,7 +90,7 @@ def data_build(
     option: Annotated[
         list[str] | None, typer.Option("--option", metavar="KEY=VALUE", help="Source option key=value, repeatable (keys above, per source).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for splits.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for splits.")] = 0,
     min_count: Annotated[int, typer.Option(help="Minimum training count for the vocabulary.")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Replace the store if --out exists.")] = False,
 ) -> None:
@@ -122,7 +122,26 @@ def data_build(
         build_store(source, out, config, progress=progress)
     console.print(f"[green]{'replaced the existing store' if existed else 'built'}[/] {escape(str(out))}")
     warn_far_timestamps(out, getattr(source, "timestamp_unit", None))
+    if getattr(source, "items", None) is not None:
+        warn_unmatched_items(out, source.items)
     print_stats(out)
+
+
+def warn_unmatched_items(store_path: Path, table: Path) -> None:
+    """Warn when the item table (--option items=) names none of the events' items: the usual sign
+    of a wrong id column (e.g. renumbered ids), which left every item nameless without a word.
+    Only item table rows carry meta, so an item with meta was matched."""
+    from segue.data.store import Store
+
+    with Store.open(store_path) as store:
+        total, matched = store.con.execute("SELECT count(*), count(meta) FROM items").fetchone()
+        sample = [r[0] for r in store.con.execute("SELECT external_id FROM items ORDER BY item_id LIMIT 3").fetchall()]
+    if total and not matched:
+        _console().print(
+            f"[yellow]warning: the item table {escape(str(table))} names none of the {total:,} items of the events "
+            f"(whose ids look like: {escape(', '.join(sample))}); is its id column the right one? (--option items_id=<column>)[/]",
+            soft_wrap=True,
+        )
 
 
 # Unix seconds past this (year 5138) are milliseconds or microseconds read as seconds, in practice.

@@ -34,6 +34,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from segue import __version__
 from segue.config import Config
@@ -55,7 +56,7 @@ SCHEMA_VERSION = 1
 class BuildConfig(Config):
     """How a store is built from its sources (saved in the store's metadata)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy's generators take no negative seed
     splits: list[dict[str, Any]] = [{"kind": "random_sequence"}]  # see segue.data.splits
     vocab_min_count: int = 1
     memory_limit: str = "2GB"

@@ -77,7 +77,7 @@ class SyntheticConfig(Config):
     zipf_exponent: float = Field(1.0, ge=0)
     p_album: float = Field(0.3, ge=0, le=1)  # continue with the album's next track
     p_artist: float = Field(0.2, ge=0, le=1)  # else another track of the same artist
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy's generators take no negative seed
     feedback: bool = False  # add fb_listened, fb_skip, ctx_platform, ctx_hour to every event
     # Cold-start releases: this fraction of tracks is released late, uniformly over the last
     # `release_span` of the time range, and never played before its release. Then every event
