@@ -544,3 +544,31 @@ def test_build_warns_when_the_item_table_names_none_of_the_items(tmp_path: Path)
     assert "names none of the 2 items" in " ".join(r.output.split())
     r = runner.invoke(app, ["data", "build", "csv", str(tmp_path / "ev.csv"), "-o", str(tmp_path / "b.duckdb"), "--option", f"items={tmp_path / 'it2.csv'}"])
     assert r.exit_code == 0 and "names none" not in r.output, r.output
+
+
+# --- fault 20: MPD tracks without a URI or with a repeated pos ------------------------------------
+
+
+def _mpd_slice(path: Path, playlists: list[tuple[int, list[tuple[int, str]]]]) -> Path:
+    import json
+
+    def track(pos: int, uri: str) -> dict:
+        return {"pos": pos, "track_uri": uri, "track_name": "n", "artist_uri": "a", "artist_name": "a",
+                "album_uri": "b", "album_name": "b", "duration_ms": 1}
+
+    doc = {"playlists": [{"pid": pid, "name": "p", "modified_at": 1500000000, "tracks": [track(*t) for t in tracks]} for pid, tracks in playlists]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    "tracks,field,words",
+    [([(0, "")], "track_uri", "empty track_uri"), ([(0, "t1"), (0, "t2"), (1, "t3")], "pos", "pos 0 again"), ([(0, "t1"), (-1, "t2")], "pos", "pos -1")],
+)
+def test_mpd_tracks_without_uri_or_with_a_bad_pos_are_named(tmp_path: Path, tracks: list, field: str, words: str) -> None:
+    path = _mpd_slice(tmp_path / "s.json", [(7, [(0, "t1"), (1, "t2")]), (9, tracks)])
+    with pytest.raises(InputError) as e:
+        build_store(open_source("mpd", path), tmp_path / "s.duckdb")
+    assert e.value.field == field and words in str(e.value) and "pid 9" in (e.value.record or ""), str(e.value)
+    good = _mpd_slice(tmp_path / "g.json", [(7, [(0, "t1"), (1, "t2")]), (9, [(1, "t2"), (0, "t1")])])
+    build_store(open_source("mpd", good), tmp_path / "g.duckdb")

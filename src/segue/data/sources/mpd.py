@@ -238,6 +238,32 @@ def _read(ref: SliceRef) -> bytes:
         raise InputError(f"cannot read the file ({e})", path=ref.label) from None
 
 
+def _check_tracks(playlists: list[Any], lengths: list[int], item_keys: list[str], positions: list[int], label: str) -> None:
+    """An empty track_uri (it became an item with id ''), and a negative or repeated pos inside a
+    playlist (its tracks were ordered by arrival without a word), named by playlist and track."""
+
+    def where(flat: int) -> str:
+        i = int(np.searchsorted(np.cumsum(lengths), flat, side="right"))
+        return f"playlist index {i} (pid {playlists[i].pid}), track {flat - (sum(lengths[:i]))}"
+
+    for flat, key in enumerate(item_keys):
+        if not key.strip():
+            raise InputError("an empty track_uri", path=label, record=where(flat), field="track_uri", expected="a track URI")
+    pos = np.asarray(positions, dtype=np.int64)
+    if len(pos) and pos.min() < 0:
+        flat = int(np.argmax(pos < 0))
+        raise InputError(f"pos {pos[flat]}", path=label, record=where(flat), field="pos", expected="a position of 0 or more")
+    owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    key = owner * (int(pos.max()) + 1 if len(pos) else 1) + pos
+    order = np.argsort(key, kind="stable")
+    repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
+    if len(repeated):
+        flat = int(order[repeated[0] + 1])
+        raise InputError(
+            f"pos {pos[flat]} again in this playlist", path=label, record=where(flat), field="pos", expected="each pos once per playlist"
+        )
+
+
 def parse_slice(data: bytes, ref: SliceRef, recent: RecentItems | None = None) -> tuple[Chunk, HashedFile]:
     """Decode and check one slice and build its chunk; items only for tracks `recent` has not sent."""
     label = ref.label
@@ -281,6 +307,7 @@ def parse_slice(data: bytes, ref: SliceRef, recent: RecentItems | None = None) -
     lengths = [len(p.tracks) for p in playlists]
     tracks = [t for p in playlists for t in p.tracks]
     item_keys = [t.track_uri for t in tracks]
+    _check_tracks(playlists, lengths, item_keys, [t.pos for t in tracks], label)
     if recent is None:
         recent = RecentItems(bits=max(10, (2 * len(item_keys)).bit_length()))
     new_tracks = [tracks[i] for i in recent.first_unseen(item_keys).tolist()]
