@@ -22,6 +22,14 @@ from segue.flows.metaflow_user import name_metaflow_user
 name_metaflow_user()  # before Metaflow is imported: it reads the user name then
 
 from metaflow import FlowSpec, IncludeFile, Parameter, card, current, resources, step  # noqa: E402
+from metaflow.exception import MetaflowException  # noqa: E402
+
+
+class Prod2VecStopped(MetaflowException):
+    """A bad option, or no trial finished: Metaflow prints the headline and the message alone
+    (any other exception is an "Internal error" with a traceback)."""
+
+    headline = "prod2vec stopped"
 
 # The search space, in the same TOML `segue tune` reads.
 SPACE = """
@@ -66,8 +74,12 @@ class Prod2VecFlow(FlowSpec):
         from segue.tuning.snapshot import opened_snapshot, snapshot_split
         from segue.tuning.space import SearchSpace, random_configs
 
+        # checked before any trial: --k 0 failed every trial, and the run still ended "Done!"
+        for option, value in (("--k", self.k), ("--trials", self.trials)):
+            if value < 1:
+                raise Prod2VecStopped(f"{option} is {value} (expected a positive integer)")
         self.space_text = SPACE.format(split=self.split, protocol=self.protocol, k=self.k, trials=self.trials)
-        space = SearchSpace.parse(self.space_text)
+        space = SearchSpace.parse(self.space_text, source="prod2vec's search space")
         self.split_blob, self.split_info = snapshot_split(self.store, space.split, space.protocol)
         with opened_snapshot(self.split_blob) as store:  # the store is DuckDB: plain SQL works
             self.sequences = store.con.execute(
@@ -131,7 +143,12 @@ class Prod2VecFlow(FlowSpec):
     @resources(cpu=1, memory=1024)
     @step
     def end(self):
-        """Print the outcome."""
+        """Print the outcome; no finished trial fails the run (the card of `best` shows each error)."""
+        from segue.tuning.trial import no_trial_finished
+
+        failure = no_trial_finished(self.records)
+        if failure is not None:
+            raise Prod2VecStopped(failure)
         if self.test:
             for model, per in self.test["intervals"].items():
                 metric = self.test["columns"][0]

@@ -220,3 +220,40 @@ def test_a_metric_without_its_k_is_refused_up_front(metric: str, ok: bool) -> No
     if metric != "nosuch":
         with pytest.raises(ConfigError, match=rf"needs its k, e.g. {metric}@10"):
             check_space(space)
+
+
+def _prod2vec(folder: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ) | {
+        "PYTHONPATH": str(root / "src"), "METAFLOW_HOME": str(tmp_path / "mfhome"),
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path / "mf"), "METAFLOW_DEFAULT_METADATA": "local",
+        "METAFLOW_DEFAULT_DATASTORE": "local",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(root / "flows" / "prod2vec.py"), "--no-pylint", "run", "--store", str(folder / "s.duckdb"),
+         "--split", "loo", "--protocol", "leave_last_out", "--max-workers", "1", *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_prod2vec_refuses_a_bad_k_in_start_naming_the_option(folder: Path, tmp_path: Path) -> None:
+    """--k 0: every trial was fitted and failed, and the run ended "Done!" with exit 0."""
+    rc, out = _prod2vec(folder, tmp_path, "--k", "0", "--trials", "1")
+    assert rc != 0, out[-3000:]
+    assert "--k is 0 (expected a positive integer)" in out and "Internal error" not in out, out[-3000:]
+    assert "Done!" not in out
+
+
+def test_no_trial_finished_names_the_errors() -> None:
+    from segue.tuning.trial import no_trial_finished
+
+    rec = {"status": "failed", "value": None, "number": 0, "error": "SegueError: cut-offs k must be positive integers"}
+    assert no_trial_finished([rec, rec | {"number": 1}]) == (
+        "no trial finished (2 trials: 2 failed)\n  SegueError: cut-offs k must be positive integers"
+    )
+    assert no_trial_finished([rec, {"status": "ok", "value": 0.5, "number": 2, "error": None}]) is None

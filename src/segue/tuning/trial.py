@@ -247,3 +247,13 @@ def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The finished record with the highest validation value (the earliest on ties)."""
     ok = [r for r in records if r["status"] == "ok" and r["value"] is not None]
     return max(ok, key=lambda r: (r["value"], -r["number"])) if ok else None
+
+
+def no_trial_finished(records: list[dict[str, Any]]) -> str | None:
+    """Why there is no best (no record finished), with each distinct error; None when one did."""
+    if best_record(records) is not None:
+        return None
+    counts = {s: sum(r["status"] == s for r in records) for s in ("failed", "pruned", "skipped")}
+    errors = list(dict.fromkeys(r["error"] for r in records if r.get("error")))
+    text = f"no trial finished ({len(records)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ")"
+    return text + "".join(f"\n  {e}" for e in errors[:5])
