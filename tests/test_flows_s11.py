@@ -257,3 +257,28 @@ def test_no_trial_finished_names_the_errors() -> None:
         "no trial finished (2 trials: 2 failed)\n  SegueError: cut-offs k must be positive integers"
     )
     assert no_trial_finished([rec, {"status": "ok", "value": 0.5, "number": 2, "error": None}]) is None
+
+
+def test_an_unreachable_mlflow_server_is_refused_before_the_session(folder: Path, tmp_path: Path) -> None:
+    """--mlflow was first used after every trial, then hung for minutes in MLflow's HTTP retries."""
+    import socket
+    import time
+
+    from typer.testing import CliRunner
+
+    from segue.cli import app
+
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = tmp_path / "root"
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(app, ["tune", str(folder / "basefails.toml"), "--root", str(root), "--mlflow", f"http://127.0.0.1:{port}"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert f"--mlflow http://127.0.0.1:{port}: the tracking server does not answer" in out
+    assert time.perf_counter() - t0 < 30 and not root.exists()
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(app, ["tune", str(folder / "basefails.toml"), "--root", str(root), "--mlflow", str(tmp_path / "afile")])
+    assert res.exit_code == 2 and "--mlflow" in res.output and "is a file, not a registry" in res.output, res.output
+    assert not root.exists()

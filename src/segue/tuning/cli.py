@@ -33,6 +33,8 @@ def tune(
     from segue.tuning.launch import tune as run
 
     console = Console()
+    if mlflow is not None:
+        check_mlflow(mlflow)  # a typo found now, not after the whole budget (then minutes of retries)
     session = run(space, root, user=user, max_workers=max_workers, resume=resume, n_boot=n_boot,
                   echo=lambda s: console.print(s, highlight=False))
     print_summary(session, console)
@@ -46,6 +48,33 @@ def tune(
 
         rid = log_tuning_session(mlflow, session)
         console.print(f"logged to MLflow ({mlflow}): run {rid}, one nested run per trial", highlight=False)
+
+
+def check_mlflow(location: str, timeout: float = 5.0) -> None:
+    """A SegueError naming --mlflow when the location is unusable: a file where a registry folder
+    belongs, or an http(s) tracking server that does not answer one short request."""
+    import urllib.error
+    import urllib.request
+
+    from segue.errors import SegueError
+    from segue.ops.registry import Registry
+
+    try:
+        reg = Registry(location)
+    except SegueError as e:
+        raise SegueError(f"--mlflow {location}: {e}") from None
+    if not reg.uri.startswith(("http://", "https://")):
+        return  # a folder (SQLite) or another scheme: nothing to reach yet
+    try:
+        urllib.request.urlopen(reg.uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered (a proxy or an older server without /health): reachable
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise SegueError(
+            f"--mlflow {location}: the tracking server does not answer ({reason}); start it, fix the URI, "
+            "or leave it out (`segue tune ... --resume --mlflow URI` logs the finished session later)"
+        ) from None
 
 
 def print_summary(session: Path, console: object) -> None:
