@@ -802,11 +802,11 @@ def _store_lock(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _ctrl_c_interrupts(con: duckdb.DuckDBPyConnection) -> Iterator[threading.Event]:
     """While inside: Ctrl-C sets the yielded event and interrupts `con`'s running statement
-    (main thread only; an ignored SIGINT stays ignored)."""
+    (main thread only, over Python's own handler: a caller's handler, or an ignored SIGINT, is left alone)."""
     import signal
 
     pressed = threading.Event()
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield pressed
         return
 
