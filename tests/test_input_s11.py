@@ -92,9 +92,9 @@ def test_a_timestamp_beyond_the_timestamp_range_is_refused_by_line(tmp_path: Pat
 def test_whole_number_timestamps_keep_every_digit(tmp_path: Path) -> None:
     csv = tmp_path / "us.csv"
     # -1500000 us is -1.5 s: -2 (floor, as for floats), not -1 (integer division truncates)
-    csv.write_text("user,item,timestamp\nu1,a,1700000000999999\nu1,b,-1500000\nu1,c,\n")
+    csv.write_text("user,item,timestamp\nu1,a,1700000000999999\nu1,b,-1500000\nu1,c,\nu1,d,+2000000\n")
     build_store(open_source("csv", csv, timestamp_unit="us"), tmp_path / "u.duckdb")
-    assert {e[1]: e[2] for e in _events(tmp_path / "u.duckdb")} == {"a": 1700000000, "b": -2, "c": None}
+    assert {e[1]: e[2] for e in _events(tmp_path / "u.duckdb")} == {"a": 1700000000, "b": -2, "c": None, "d": 2}
 
 
 def test_a_whole_number_timestamp_is_exact(tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ class ColumnReader:
                 raise self.bad(bad, field, col[bad].as_py(), expected)
             if pc.all(pc.or_kleene(pc.match_substring_regex(text, _INTEGER_RE), pc.is_null(text))).as_py():
                 # whole numbers exactly (through float64, 12345678901234567890 ms lost its last digits)
-                whole = pc.cast(text, pa.int64())
+                whole = pc.cast(pc.replace_substring_regex(text, r"^\+", ""), pa.int64())  # pyarrow reads no '+5' as int
                 if per_second == 1:
                     return whole
                 quotient = pc.divide(whole, per_second)  # truncates toward zero: floor below zero
