@@ -239,3 +239,25 @@ def test_a_pipeline_with_an_event_reading_generator_takes_the_request_events_ove
         ranked = eng.rank([h], 10, ratings=[np.full(4, r, np.float32)], events=[ev])[0]
         assert served[r][0] == [m.vocab.external_ids[t] for t in ranked.tokens]
         np.testing.assert_allclose(served[r][1], ranked.features[:, col], rtol=1e-5)
+
+
+def test_explain_with_allow_over_http_explains_the_served_scores(timed) -> None:
+    """/v1/explain with `allow` on a pipeline scored the unrestricted pool: other scores than
+    /v1/recommend served, and served items "outside the pool" (walk wpipe, fault 12)."""
+    eng = Engine.load(timed["folder"])
+    vocab = timed["model"].vocab
+    h = np.asarray(timed["hist"].row(timed["rows"][0]), np.int64)
+    pool = eng.rank([h], len(eng.vocab))[0].tokens
+    pool = set(pool[pool >= 0].tolist())
+    outside = [t for t in range(4, len(eng.vocab)) if t not in pool and t not in set(h.tolist())][:6]
+    body = {
+        "history": [vocab.external_ids[t] for t in h],
+        "n": 4,
+        "allow": [vocab.external_ids[t] for t in [*outside, min(pool)]],
+    }
+    c = timed["client"]
+    served = c.post("/v1/recommend", json=body).json()["items"]
+    explained = c.post("/v1/explain", json=body).json()["items"]
+    assert [i["id"] for i in explained] == [i["id"] for i in served]
+    assert set(i["id"] for i in served) & {vocab.external_ids[t] for t in outside}
+    np.testing.assert_allclose([i["score"] for i in explained], [i["score"] for i in served], rtol=1e-5)

@@ -1135,13 +1135,14 @@ def create_app(
         # (with the server's clock as `ts` for a time-aware model), so the explained score is the
         # served one.
         enc = encode_ids(engine, req.history, "history", warnings, ratings=req.ratings, events=req, context=req.context)
+        allow = known(engine, req.allow, "allow", warnings) if req.allow is not None else None
         if req.items is None:  # the top n /v1/recommend serves for the same body
             ranked = engine.rank(
                 [enc.all_tokens],
                 req.n,
                 exclude_seen=req.exclude_seen,
                 exclude=[known(engine, req.exclude, "exclude", warnings)],
-                allow=known(engine, req.allow, "allow", warnings) if req.allow is not None else None,
+                allow=allow,
                 deny=known(engine, req.deny, "deny", warnings),
                 context=[req.context],
                 ratings=[enc.all_ratings],
@@ -1160,6 +1161,7 @@ def create_app(
         out, surprising = explain_profile(
             engine, enc.tokens, targets, top=req.top, history_ids=enc.external_ids, ratings=enc.ratings, offset=enc.truncated,
             events=enc.events, context=req.context, name=req.name, exclude_seen=req.exclude_seen,
+            allow=allow if engine.pipeline else None,  # (an allow list shapes a pipeline's pools only)
         )
         if req.niche_boost:
             boost_scores(engine, out, targets, req.niche_boost)

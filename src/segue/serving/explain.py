@@ -44,6 +44,7 @@ def explain_profile(
     context: dict[str, str] | None = None,
     name: str | None = None,
     exclude_seen: bool = True,
+    allow: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(explained items, surprising items) of one profile.
 
@@ -55,8 +56,8 @@ def explain_profile(
     forward pass. `history_ids` (the request's ids, aligned with `history`) name `<unk>` items as
     the caller did; `ratings` (aligned, NaN = unrated), `events` (aligned feedback, times and
     context, with the next event's time), `context` (of the event to predict) and `name` (a
-    playlist title, which shapes a pipeline's candidate pool) go to the model with the history, as
-    /v1/recommend passes them, so the explained score is the served one.
+    playlist title, which shapes a pipeline's candidate pool, as an `allow` list does) go to the
+    model with the history, as /v1/recommend passes them, so the explained score is the served one.
     """
     history = np.asarray(history, dtype=np.int64)
     kept = len(engine.encoder.truncate(history))
@@ -76,7 +77,7 @@ def explain_profile(
         predicted = engine.predict_ratings(history, ratings, np.concatenate([items, history[sel]])).astype(np.float64)
     explained = _explain_items(
         engine, history, items, top, history_ids, ratings, None if predicted is None else predicted[: len(items)], offset,
-        events, context, name, exclude_seen,
+        events, context, name, exclude_seen, allow,
     )
     if not rating_family:
         return explained, None
@@ -99,18 +100,19 @@ def _explain_items(
     context: dict[str, str] | None = None,
     name: str | None = None,
     exclude_seen: bool = True,
+    allow: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     # A contribution's `position` is its index in the request's history: `offset` items were cut
     # before `history` (the model's context), as for the surprising items.
     if len(items) == 0:
         return []
     if len(history) == 0:  # nothing to leave out: the empty-history score, as /v1/recommend's
-        scores = engine.empty_history_scores(items, name)
+        scores = engine.empty_history_scores(items, name, allow=allow)
         return [
             {**engine.catalogue.describe(int(t)), "score": _finite(s), "contributions": []}
             for t, s in zip(items.tolist(), scores.tolist(), strict=True)
         ]
-    scores, impact = engine.explain(history, items, ratings, events, context, name, exclude_seen)
+    scores, impact = engine.explain(history, items, ratings, events, context, name, exclude_seen, allow=allow)
     out = []
     for i, t in enumerate(items):
         order = np.argsort(-impact[i], kind="stable")[:top]
