@@ -103,7 +103,7 @@ class LoaderConfig(Config):
     num_epochs: int | None = Field(None, ge=1)  # None: repeat forever
     drop_remainder: bool = False  # False: the last batch is filled with masked dummy rows
     extras: bool = True  # include rating / fb_* / ctx_* columns aligned with inputs and targets
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     prefetch_threads: int = Field(1, ge=0)  # Grain reader threads (0: assemble on the caller's thread)
     prefetch_buffer: int = Field(4, ge=0)  # batches assembled ahead
 

@@ -86,7 +86,7 @@ class TrainerConfig(Config):
     # on one dataset does not silently under-train a bigger one (max_epochs still caps it).
     min_epochs: float | None = Field(None, gt=0)
     max_minutes: float | None = Field(None, gt=0)  # wall-clock budget
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy generators take no negative seed (a traceback after the checks)
     loader: LoaderConfig = LoaderConfig()
     eval_every: int = Field(500, ge=1)  # steps between validations
     eval_max_users: int = Field(5_000, ge=1)  # validation rows scored (a fixed seeded sample)

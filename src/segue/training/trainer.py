@@ -44,7 +44,7 @@ from segue.data.arrays import SplitData
 from segue.data.loader import LoaderConfig
 from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
-from segue.io import atomic_write_text
+from segue.io import atomic_write_text, require_writable
 from segue.models.base import BaseRecommender, model_class, write_model_header
 from segue.models.transformer import TransformerConfig
 from segue.training.optim import PlateauState, plateau_update
@@ -796,7 +796,7 @@ def train(
         check_validation_metric(cfg, task)
         for text in data_warnings(cfg, task, data):
             console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
-        run.mkdir(parents=True, exist_ok=True)
+        require_writable(run / "config.toml")  # makes the run folder; one line (not a traceback) where it cannot
         if not resume:  # a fresh start: nothing of an earlier run may be mistaken for this one
             import shutil
 
