@@ -40,3 +40,23 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(store: Path, tmp_path: 
     assert res.returncode != 0
     assert f"{ro / 'run' / 'config.toml'}: cannot write here" in res.stderr, res.stderr[-2000:]
     assert "PermissionError" not in res.stderr
+
+
+def test_a_damaged_vocab_json_is_named(tmp_path: Path) -> None:
+    import numpy as np
+
+    from segue.data.vocab import Vocabulary
+    from segue.errors import SegueError
+
+    v = Vocabulary(item_ids=np.array([-1, -1, -1, -1, 7, 9]), counts=np.array([0, 0, 0, 0, 3, 1]),
+                   external_ids=[None] * 4 + ["a", "b"], split="loo")
+    path = tmp_path / "vocab.json"
+    v.save(path)
+    assert Vocabulary.load(path).external_ids == v.external_ids
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # cut short
+    with pytest.raises(SegueError, match=rf"{path}: line \d+: not valid JSON"):
+        Vocabulary.load(path)
+    path.write_text('{"item_ids": [1], "counts": [1]}')
+    with pytest.raises(SegueError, match=rf"{path}: lacks 'external_ids', 'split'"):
+        Vocabulary.load(path)

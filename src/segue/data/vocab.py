@@ -133,13 +133,31 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        data = json.loads(Path(path).read_text())
-        return cls(
-            item_ids=np.array(data["item_ids"], dtype=np.int64),
-            counts=np.array(data["counts"], dtype=np.int64),
-            external_ids=data["external_ids"],
-            split=data["split"],
-        )
+        """A vocab.json that `save` wrote; a damaged one is a SegueError naming the file (and the
+        line, for JSON that does not parse) instead of a JSONDecodeError or KeyError traceback."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise SegueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); a damaged vocab.json (cut short?)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SegueError(f"{path}: unreadable ({e})") from None
+        keys = ("item_ids", "counts", "external_ids", "split")
+        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise SegueError(f"{path}: lacks {', '.join(map(repr, missing))} (expected the vocab.json segue writes beside a model)")
+        try:
+            vocab = cls(
+                item_ids=np.array(data["item_ids"], dtype=np.int64),
+                counts=np.array(data["counts"], dtype=np.int64),
+                external_ids=data["external_ids"],
+                split=data["split"],
+            )
+        except (TypeError, ValueError) as e:
+            raise SegueError(f"{path}: a field holds values of the wrong kind ({e})") from None
+        if not (len(vocab.item_ids) == len(vocab.counts) == len(vocab.external_ids)):
+            raise SegueError(f"{path}: item_ids, counts and external_ids differ in length (a damaged vocab.json)")
+        return vocab
 
 
 def check_vocab(name: str, mv: Vocabulary | None, tv: Vocabulary, split: str, use: str = "the evaluation uses", fix: str = "evaluate") -> None:
