@@ -148,3 +148,16 @@ def test_export_of_a_part_holds_the_sequences_that_part_scores(tmp_path: Path) -
     res = CliRunner().invoke(app, ["export", str(tmp_path / "m"), "-o", str(tmp_path / "c"), "--store", str(st_path), "--split", "t", "--part", "test"])
     assert res.exit_code == 0, res.output
     assert f"{len(want)} user vectors" in res.output and "(2 of 26 left out: no history before them)" in " ".join(res.output.split())
+
+
+def test_a_model_with_applied_items_saves_a_folder_that_loads(mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    # save() wrote the extended vocab.json beside weights sized for the training vocabulary: the
+    # folder no longer loaded
+    run = _run_with_added(mixed, tmp_path, ["x1"])
+    m = load_model(run)
+    apply_added_items(m, run)
+    folder = m.save(tmp_path / "saved")
+    back = load_model(folder)
+    assert back.vocab.external_ids == load_model(mixed).vocab.external_ids
+    h = SequenceArrays.from_lists([[int(back.vocab.encode_external(["i0"])[0][0])]])
+    np.testing.assert_allclose(back.score(h), load_model(run).score(h), rtol=1e-5, atol=1e-6)

@@ -132,7 +132,7 @@ class BaseRecommender:
         holding nothing else but what serving derives there (items.parquet, item_names.json,
         serving/). Anything else (a training run's checkpoints/, metrics.json, tensorboard/, your
         files) is a SegueError naming it, raised before anything is written (nothing is deleted)."""
-        vocab = self._check_fitted()
+        vocab = self._saved_vocab()
         folder = Path(folder)
         check_save_folder(folder)
         with atomic_path(folder, is_dir=True) as tmp:
@@ -142,6 +142,10 @@ class BaseRecommender:
             entries = sorted(p.name for p in tmp.iterdir())
             (tmp / SAVED_FILE).write_text(json.dumps({"written_by": "segue save()", "entries": entries}, indent=1) + "\n")
         return folder
+
+    def _saved_vocab(self) -> Vocabulary:
+        """The vocabulary save() writes: the one the model's state is sized for."""
+        return self._check_fitted()
 
     @classmethod
     def load(cls, folder: str | Path) -> Self:
