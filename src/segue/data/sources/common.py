@@ -113,6 +113,20 @@ def line_of_row(path: Path, row: int, skip_lines: int, encoding: str = "utf-8") 
     return skip_lines + row + 1
 
 
+def first_undecodable_line(path: Path, after: int = 0) -> tuple[int | None, str]:
+    """(line number, its text with bad bytes replaced) of the first line after line `after` that
+    is not UTF-8, or (None, "") (error paths only: reads the file once more, line by line)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n <= after:
+                continue
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    return None, ""
+
+
 def first_false(mask: pa.Array) -> int | None:
     """Index of the first False (or null) in a boolean array, or None if all are True."""
     mask = pc.fill_null(mask, False)

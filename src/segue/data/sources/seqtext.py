@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from segue.data.sources.base import Chunk, SourceFile
-from segue.data.sources.common import require_file, text_encoding
+from segue.data.sources.common import first_undecodable_line, require_file, text_encoding
 from segue.errors import InputError
 
 FORMATS = ("auto", "sequences", "pairs")
@@ -75,15 +75,7 @@ class SeqTextSource:
         error path only). `decoded`: lines decoded before the error."""
         line, text = None, ""
         if text_encoding(self.encoding) == "utf-8-sig":  # lines split in bytes only for UTF-8
-            with open(self.path, "rb") as f:
-                for n, raw in enumerate(f, 1):
-                    if n <= decoded:
-                        continue
-                    try:
-                        raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        line, text = n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                        break
+            line, text = first_undecodable_line(self.path, after=decoded)
         return InputError(
             f"not {self.encoding} text ({e.reason}{f': {text[:80]!r}' if text else ''})",
             path=self.path,

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from segue.data.sources.base import Chunk, SourceFile
 from segue.data.sources.common import (
     ColumnReader,
+    first_undecodable_line,
     iter_text_batches,
     read_header,
     require_file,
@@ -306,14 +307,7 @@ class TabularSource:
     def _not_utf8(self) -> InputError:
         """The error for a CSV that is not UTF-8: its first undecodable line and the encoding option
         (error path only: reads the file once more, line by line)."""
-        line, text = None, ""
-        with open(self.path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    line, text = n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                    break
+        line, text = first_undecodable_line(self.path)
         return InputError(
             f"not UTF-8 text{f' ({text[:80]!r})' if text else ''}",
             path=self.path,
