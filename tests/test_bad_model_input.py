@@ -44,7 +44,8 @@ def test_evaluate_a_model_with_truncated_weights_names_the_file(trained: tuple[P
 
 @pytest.mark.parametrize(
     ("args", "option"),
-    [(["--n-boot", "0"], "--n-boot"), (["--n-boot", "-1", "--no-report"], "--n-boot"), (["--min-history", "-1"], "--min-history")],
+    [(["--n-boot", "0"], "--n-boot"), (["--n-boot", "-1", "--no-report"], "--n-boot"), (["--min-history", "-1"], "--min-history"),
+     (["--seed", "-1"], "--seed")],  # a numpy traceback after the fits
 )
 def test_evaluate_options_out_of_range_are_usage_errors(trained: tuple[Path, Path], tmp_path: Path, args: list[str], option: str) -> None:
     store, _ = trained

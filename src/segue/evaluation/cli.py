@@ -254,7 +254,7 @@ def evaluate(
         int | None, typer.Option("--batch-size", min=1, help="Queries scored at once (default: fits 256 MB of scores).")
     ] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", min=0, help="Bootstrap resamples (at least 10 for a report; 0: no CIs, with --no-report).")] = 1000,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for the bootstrap resamples (>= 0).")] = 0,
     reference: Annotated[str | None, typer.Option("--reference", help="Model the others are compared with (default: the best).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the table only.")] = False,
     continuation_ks: Annotated[
