@@ -180,7 +180,7 @@ def test_an_unknown_generator_family_or_config_key_is_refused_by_the_config_nami
     gens[1] = {"name": "pop", "family": "popularity", "config": {"nope": 3}}
     with pytest.raises(ConfigError) as e:
         PipelineConfig.from_dict({"generators": gens}, source="p.toml [pipeline]")
-    assert "p.toml [pipeline]" in str(e.value) and "generators.1" in str(e.value) and "nope" in str(e.value)
+    assert "p.toml [pipeline]" in str(e.value) and "generators.1" in str(e.value) and "unknown key 'nope' in [config]" in str(e.value)
 
 
 def test_a_missing_generator_folder_is_found_before_any_generator_is_fitted(fitted, tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ class GeneratorSpec(Config):
             except ImportError as e:
                 raise ValueError(f"generator '{self.name}': family '{self.family}' is not available ({e})") from None
             try:
-                cls.config_class.from_dict(self.config, source=f"generator '{self.name}' config")
+                cls.config_class.from_dict(self.config, source=f"generator '{self.name}'", within=("config",))
             except ConfigError as e:
                 raise ValueError(str(e)) from None
         return self
@@ -200,7 +200,7 @@ class PipelineRecommender(BaseRecommender):
         for spec in self.config.generators:
             if spec.folder is None:
                 cls = model_class(spec.family)  # type: ignore[arg-type]
-                config = cls.config_class.from_dict(spec.config, source=f"generator '{spec.name}' config")
+                config = cls.config_class.from_dict(spec.config, source=f"generator '{spec.name}'", within=("config",))
                 fitted[spec.name] = cls(config).fit(data)
         self.generators = {s.name: loaded[s.name] if s.folder is not None else fitted[s.name] for s in self.config.generators}
         # Generators are stored inside the pipeline folder: record each one's family and config.
