@@ -347,6 +347,7 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path: Path, name:
 
 _CTRL_C_IN_SQL = """
 import os, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest-xdist's workers (our parent) ignore SIGINT
 import numpy as np, pyarrow as pa
 from segue.data.sources.base import Chunk, ListSource
 from segue.data.store import build_store
@@ -425,6 +426,7 @@ def test_a_second_change_of_a_store_waits_for_the_first_and_keeps_both_splits(tm
 
 _CTRL_C_IN_CHANGE = """
 import os, signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest-xdist's workers (our parent) ignore SIGINT
 from segue.data.store import modify_store
 
 threading.Timer(0.5, os.kill, args=(os.getpid(), signal.SIGINT)).start()
