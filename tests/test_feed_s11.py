@@ -161,3 +161,24 @@ def test_a_model_with_applied_items_saves_a_folder_that_loads(mixed: Path, tmp_p
     assert back.vocab.external_ids == load_model(mixed).vocab.external_ids
     h = SequenceArrays.from_lists([[int(back.vocab.encode_external(["i0"])[0][0])]])
     np.testing.assert_allclose(back.score(h), load_model(run).score(h), rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_with_added_items_served_without_store_names_all_its_items(store: Path, mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    # item_names.json holds the training vocabulary's names; the served vocabulary also holds the
+    # added items, and the server refused the file as the wrong length (the demo's items step)
+    import httpx
+
+    from segue.serving.app import create_app
+    from segue.serving.catalogue import ITEMS_FILE
+    from segue.serving.cli import serve_in_thread
+    from segue.training.continuation import save_item_names
+
+    run = _run_with_added(mixed, tmp_path, ["fresh-1"])
+    (run / ITEMS_FILE).unlink(missing_ok=True)
+    with Store.open(store) as s:  # what segue train writes: the training vocabulary's names
+        save_item_names(s, load_model(mixed).vocab, run / "item_names.json")
+    app = create_app(run, admin_key=None, use_env_admin_key=False)
+    with serve_in_thread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get("/healthz").json()["has_names"] is True
+        found = c.get("/v1/items/search", params={"q": "Fresh"}).json()
+        assert any(i["id"] == "fresh-1" and i["name"] == "Fresh fresh-1" for i in found["items"]), found

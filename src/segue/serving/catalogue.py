@@ -179,7 +179,9 @@ def _names_table(path: Path, vocab: Vocabulary) -> pa.Table:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise SegueError(f"{path}: unreadable ({e}); remove it to serve the items by their ids") from None
-    if not isinstance(rows, list) or len(rows) != len(vocab):
+    # One entry per token of the training vocabulary: served items added since (segue items add)
+    # extend the vocabulary past it and are named from their own file (with_added_names).
+    if not isinstance(rows, list) or len(rows) > len(vocab):
         raise SegueError(f"{path}: expected one [name, creator] or null per token of the model's {len(vocab)}")
     keep = [t for t, r in enumerate(rows) if isinstance(r, list) and len(r) == 2 and vocab.external_ids[t] is not None]
     return pa.table({
