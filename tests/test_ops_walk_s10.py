@@ -289,9 +289,8 @@ def test_sigterm_with_two_workers_refuses_new_connections_while_requests_drain(s
     import sys
 
     import httpx
-    import psutil
 
-    from servinghelp import dot_folder
+    from servinghelp import dot_folder, kill_tree
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,11 +330,7 @@ def test_sigterm_with_two_workers_refuses_new_connections_while_requests_drain(s
         slow.close()
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
+        kill_tree(proc)
 
 
 def test_ops_month_refuses_a_workdir_it_did_not_make(tmp_path: Path) -> None:

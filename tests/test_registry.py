@@ -24,7 +24,7 @@ from segue.data.store import Store
 from segue.errors import ConfigError, SegueError
 from segue.models.base import load_model
 from segue.ops.registry import Registry, parse_model_uri, tracking_uri
-from servinghelp import dot_folder, named_store, popularity_folder, run_load
+from servinghelp import dot_folder, kill_tree, named_store, popularity_folder, run_load
 
 
 def _scores(folder: Path, store: Path) -> np.ndarray:
@@ -164,8 +164,6 @@ def test_promotion_rolls_every_worker_of_a_two_worker_server_under_load(setup: d
     """`segue serve --workers 2 --admin-port P`: a promotion posted to the supervisor's admin port
     moves both workers to the new version (the alias moved just before), with no failed request; a
     folder that is not a model is refused there and changes nothing."""
-    import psutil
-
     from segue.ops.registry import notify_reload, switch_production
 
     reg: Registry = setup["reg"]
@@ -232,11 +230,7 @@ def test_promotion_rolls_every_worker_of_a_two_worker_server_under_load(setup: d
         assert proc.wait(60) == 0
     finally:
         stop.set()
-        if proc.poll() is None:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
+        kill_tree(proc)
 
 
 def test_training_run_logged_with_curves(tmp_path: Path) -> None:
