@@ -58,6 +58,12 @@ def _tag() -> str:
     return f"{os.getpid()}@{_HOST}"  # at call time: a forked worker has a PID of its own
 
 
+def probe_writable(folder: Path, name: str = "") -> None:
+    """An OSError unless files can be created in `folder` (checked by making and removing a probe
+    folder: the permission bits do not tell, e.g. on a read-only mount or for root)."""
+    os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f".{name}.probe-"))
+
+
 def require_writable(path: str | Path) -> None:
     """Create `path`'s folder if needed and check that files can be written in it, else a
     SegueError naming `path` (a PermissionError traceback named a hidden temporary instead)."""
@@ -65,7 +71,7 @@ def require_writable(path: str | Path) -> None:
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f".{path.name}.probe-"))
+        probe_writable(folder, path.name)
     except OSError as e:
         raise SegueError(f"{path}: cannot write here (the folder {folder} is not writable: {e.strerror or e})") from None
 
@@ -79,7 +85,7 @@ def _check_writable(path: Path) -> None:
     if not folder.is_dir():
         raise SegueError(f"{path}: cannot write here ({folder} is a file, not a folder)")
     try:
-        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f".{path.name}.probe-"))
+        probe_writable(folder, path.name)
     except OSError as e:
         raise SegueError(f"{path}: cannot write here (the folder {folder} is not writable: {e.strerror or e})") from None
 

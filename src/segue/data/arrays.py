@@ -33,7 +33,7 @@ from segue.data.splits import Part, history_parts
 from segue.data.store import Store
 from segue.data.vocab import Vocabulary
 from segue.errors import InputError
-from segue.io import atomic_path
+from segue.io import atomic_path, probe_writable
 
 ARRAYS_VERSION = 2
 
@@ -225,13 +225,11 @@ _UNCACHED_NOTED: set[Path] = set()
 def _cache_writable(folder: Path, store_path: Path) -> bool:
     """Can the arrays cache be written under `folder`'s parent? If not (a read-only folder or
     mount), a one-line note says so, once per store and process."""
-    import os
     import sys
-    import tempfile
 
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(dir=folder.parent, prefix=".probe-"))
+        probe_writable(folder.parent)
         return True
     except OSError as e:
         key = Path(store_path).resolve()

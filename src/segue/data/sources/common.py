@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,9 +222,9 @@ class ColumnReader:
             try:
                 d = dt.datetime.fromisoformat(v)
             except ValueError:
-                if pc.match_substring_regex(pa.array([v]), _NUMBER_RE)[0].as_py():
+                if re.fullmatch(_NUMBER_RE, v):
                     # numbers in the column's unit, as in an all-numeric column
-                    number = int(v) if pc.match_substring_regex(pa.array([v]), _INTEGER_RE)[0].as_py() else float(v)
+                    number = int(v) if re.fullmatch(_INTEGER_RE, v) else float(v)
                     if abs(number) < MAX_SECONDS * per_second:
                         parsed.append(number // per_second if isinstance(number, int) else math.floor(number / per_second))
                         continue
