@@ -532,16 +532,26 @@ class PipelineRecommender(BaseRecommender):
             timings["ranker"] = timings.get("ranker", 0.0) + time.perf_counter() - t1
         return scores, feats
 
-    def score(self, histories: SequenceArrays, rows: np.ndarray | None = None, *, exclude_seen: bool = True) -> np.ndarray:
+    def score(
+        self, histories: SequenceArrays, rows: np.ndarray | None = None, *, exclude_seen: bool = True, allow: np.ndarray | None = None
+    ) -> np.ndarray:
         """[B, V]: pool items get the ranker's score, every other item the popularity backfill
         (module docstring); specials -inf. The pools leave out each history's items unless
-        `exclude_seen` is False (recommend(exclude_seen=False) passes it)."""
-        vocab = self._check_fitted()
+        `exclude_seen` is False (recommend(exclude_seen=False) passes it), and are built from the
+        `allow` list's items when one is given (as /v1/recommend with `allow` builds them)."""
         rows = np.arange(len(histories)) if rows is None else np.asarray(rows, dtype=np.int64)
+        return self._pool_scores(histories, rows, exclude_seen, allow, self.backfill())
+
+    def _pool_scores(
+        self, histories: SequenceArrays, rows: np.ndarray, exclude_seen: bool, allow: np.ndarray | None, fill: np.ndarray | float
+    ) -> np.ndarray:
+        """[B, V]: the ranker's score of each pool item, `fill` elsewhere, specials -inf."""
+        vocab = self._check_fitted()
+        allow = None if allow is None else _check_tokens(allow, len(vocab), "allow")
         out = np.empty((len(rows), len(vocab)), dtype=np.float32)
-        out[:] = self.backfill()
+        out[:] = fill
         out[:, :N_SPECIAL] = NEG_INF
-        pools = self.pools(histories, rows, exclude_seen=exclude_seen)
+        pools = self.pools(histories, rows, exclude_seen=exclude_seen, allow=allow)
         scores, _ = self.rank_pools(histories, rows, pools)
         for b, (p, s) in enumerate(zip(pools, scores, strict=True)):
             out[b, p.tokens] = s
@@ -562,15 +572,9 @@ class PipelineRecommender(BaseRecommender):
         items), `deny` leaves the ranked pool, and with exclude_seen=False the history's items may
         enter the pools. Only pool items are returned, with the ranker's score: slots beyond the
         pool are token -1 with score -inf (score()'s popularity backfill is an order, no score)."""
-        vocab = self._check_fitted()
         rows = histories.check_rows(rows)
         k = check_k(k)
-        allow = None if allow is None else _check_tokens(allow, len(vocab), "allow")
-        out = np.full((len(rows), len(vocab)), NEG_INF, dtype=np.float32)
-        pools = self.pools(histories, rows, exclude_seen=exclude_seen, allow=allow)
-        scores, _ = self.rank_pools(histories, rows, pools)
-        for b, (p, s) in enumerate(zip(pools, scores, strict=True)):
-            out[b, p.tokens] = s
+        out = self._pool_scores(histories, rows, exclude_seen, allow, NEG_INF)
         return top_k(out, k, histories if exclude_seen else None, rows, allow=allow, deny=deny)
 
     def backfill(self) -> np.ndarray:

@@ -272,26 +272,10 @@ class Engine:
         (`exclude_seen` = False lets a two-stage pipeline's pools hold the history's items, and
         `allow` builds them from the allowed items, as /v1/recommend with `allow` does; other
         models' scores do not depend on `allow`)."""
-        if self.pipeline and allow is not None:
-            return self._allowed_pool_scores(arrays, exclude_seen, np.asarray(allow, dtype=np.int64))
         kwargs = model_kwargs(self.model.score, arrays)
-        if self.pipeline and not exclude_seen:
-            kwargs["exclude_seen"] = False
+        if self.pipeline:
+            kwargs.update(exclude_seen=exclude_seen, allow=allow)
         return np.asarray(self.model.score(arrays, **kwargs), dtype=np.float32)
-
-    def _allowed_pool_scores(self, arrays: SequenceArrays, exclude_seen: bool, allow: np.ndarray) -> np.ndarray:
-        """A pipeline's score() [B, V] with pools built from `allow` (rank_pipeline's pools for
-        /v1/recommend with `allow`): pool items get the ranker's score, the others the backfill."""
-        model = self.model
-        rows = np.arange(len(arrays))
-        out = np.empty((len(rows), len(self.vocab)), dtype=np.float32)
-        out[:] = model.backfill()  # type: ignore[attr-defined]
-        out[:, :N_SPECIAL] = NEG_INF
-        pools = model.pools(arrays, rows, exclude_seen=exclude_seen, allow=allow)  # type: ignore[attr-defined]
-        scores, _ = model.rank_pools(arrays, rows, pools)  # type: ignore[attr-defined]
-        for b, (p, s) in enumerate(zip(pools, scores, strict=True)):
-            out[b, p.tokens] = s
-        return out
 
     def score_tokens(
         self,
