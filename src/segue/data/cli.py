@@ -121,49 +121,40 @@ def data_build(
     with build_progress() as progress:
         build_store(source, out, config, progress=progress)
     console.print(f"[green]{'replaced the existing store' if existed else 'built'}[/] {escape(str(out))}")
-    warn_far_timestamps(out, getattr(source, "timestamp_unit", None))
-    if getattr(source, "items", None) is not None:
-        warn_unmatched_items(out, source.items)
+    build_warnings(out, getattr(source, "timestamp_unit", None), getattr(source, "items", None))
     print_stats(out)
 
 
-def warn_unmatched_items(store_path: Path, table: Path) -> None:
-    """Warn when the item table (--option items=) names none of the events' items: the usual sign
-    of a wrong id column (e.g. renumbered ids), which left every item nameless without a word.
-    Only item table rows carry meta, so an item with meta was matched."""
-    from segue.data.store import Store
-
-    with Store.open(store_path) as store:
-        total, matched = store.con.execute("SELECT count(*), count(meta) FROM items").fetchone()
-        sample = [r[0] for r in store.con.execute("SELECT external_id FROM items ORDER BY item_id LIMIT 3").fetchall()]
-    if total and not matched:
-        _console().print(
-            f"[yellow]warning: the item table {escape(str(table))} names none of the {total:,} items of the events "
-            f"(whose ids look like: {escape(', '.join(sample))}); is its id column the right one? (--option items_id=<column>)[/]",
-            soft_wrap=True,
-        )
-
-
-# Unix seconds past this (year 5138) are milliseconds or microseconds read as seconds, in practice.
 FAR_SECONDS = 10**11
 
 
-def warn_far_timestamps(store_path: Path, unit: str | None) -> None:
-    """Warn when event times lie thousands of years away: epoch milliseconds read as seconds put
-    events in year 55,840 without a word, and every temporal split and cut date then misbehaves."""
+def build_warnings(store_path: Path, unit: str | None, items_table: Path | None) -> None:
+    """What a built store's content says went wrong, read in one look at it:
+    - event times thousands of years away: epoch milliseconds read as seconds put events in year
+      55,840 without a word, and every temporal split and cut date then misbehaves;
+    - an item table (--option items=) that names none of the events' items: the usual sign of a
+      wrong id column (e.g. renumbered ids), which left every item nameless without a word (only
+      item table rows carry meta, so an item with meta was matched)."""
     from segue.data.store import Store
 
     with Store.open(store_path) as store:
         (far,) = store.con.execute("SELECT max(abs(ts)) FROM events").fetchone()
-    if far is None or far < FAR_SECONDS:
-        return
-    hint = {"s": "--option timestamp_unit=ms (or us)", "ms": "--option timestamp_unit=us"}.get(unit or "", "")
-    _console().print(
-        f"[yellow]warning: event times reach {far:,} unix seconds (year {1970 + far // 31_556_952:,}): are they "
-        f"milliseconds or microseconds read as {'seconds' if unit in (None, 's') else unit}?"
-        f"{' Rebuild with ' + hint if hint else ''}[/]",
-        soft_wrap=True,
-    )
+        total, matched = store.con.execute("SELECT count(*), count(meta) FROM items").fetchone()
+        sample = [r[0] for r in store.con.execute("SELECT external_id FROM items ORDER BY item_id LIMIT 3").fetchall()]
+    if far is not None and far >= FAR_SECONDS:
+        hint = {"s": "--option timestamp_unit=ms (or us)", "ms": "--option timestamp_unit=us"}.get(unit or "", "")
+        _console().print(
+            f"[yellow]warning: event times reach {far:,} unix seconds (year {1970 + far // 31_556_952:,}): are they "
+            f"milliseconds or microseconds read as {'seconds' if unit in (None, 's') else unit}?"
+            f"{' Rebuild with ' + hint if hint else ''}[/]",
+            soft_wrap=True,
+        )
+    if items_table is not None and total and not matched:
+        _console().print(
+            f"[yellow]warning: the item table {escape(str(items_table))} names none of the {total:,} items of the events "
+            f"(whose ids look like: {escape(', '.join(sample))}); is its id column the right one? (--option items_id=<column>)[/]",
+            soft_wrap=True,
+        )
 
 
 @data_app.command("stats")
