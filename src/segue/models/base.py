@@ -132,7 +132,7 @@ class BaseRecommender:
         holding nothing else but what serving derives there (items.parquet, item_names.json,
         serving/). Anything else (a training run's checkpoints/, metrics.json, tensorboard/, your
         files) is a SegueError naming it, raised before anything is written (nothing is deleted)."""
-        vocab = self._saved_vocab()
+        vocab = self.base_vocab()  # the vocabulary the state is sized for
         folder = Path(folder)
         check_save_folder(folder)
         with atomic_path(folder, is_dir=True) as tmp:
@@ -143,8 +143,13 @@ class BaseRecommender:
             (tmp / SAVED_FILE).write_text(json.dumps({"written_by": "segue save()", "entries": entries}, indent=1) + "\n")
         return folder
 
-    def _saved_vocab(self) -> Vocabulary:
-        """The vocabulary save() writes: the one the model's state is sized for."""
+    def base_vocab(self) -> Vocabulary:
+        """The training vocabulary, which the model's state is sized for (and save() writes)."""
+        return self._check_fitted()
+
+    def extended_vocab(self) -> Vocabulary:
+        """The vocabulary with any items added since training (features-only families extend it;
+        others have none to add)."""
         return self._check_fitted()
 
     @classmethod

@@ -642,11 +642,6 @@ class TransformerRecommender(NeuralRecommender):
         twin.add_store_items(store)
         return twin
 
-    def _saved_vocab(self) -> Any:
-        # Serving may have extended `vocab` with added items (apply_added_items); the weights are
-        # sized for the training vocabulary, so that is what a saved folder must hold to load.
-        return self.base_vocab()
-
     def base_vocab(self) -> Any:
         """The training vocabulary (tokens 0..V-1), without the added items: `vocab` itself may be
         the extended vocabulary (segue.models.item_encoder.apply_added_items sets it for serving)."""

@@ -154,11 +154,9 @@ def export_vectors(
     check_output(out, "export", META_FILE)  # the folder replaces the whole path: only a new one or an earlier export
     check_two_towers(model)
     ranks_by = ranking_score(model)
-    fitted = model._check_fitted()
     # The training vocabulary, and after it the items added without retraining (segue items add:
     # features-only vectors, which the server scores too); a model without added items has one.
-    base = model.base_vocab() if callable(getattr(model, "base_vocab", None)) else fitted  # type: ignore[attr-defined]
-    vocab = model.extended_vocab() if callable(getattr(model, "extended_vocab", None)) else fitted  # type: ignore[attr-defined]
+    base, vocab = model.base_vocab(), model.extended_vocab()
     n_added = len(vocab) - len(base)
     store.require_split(split)
     # another store's (or split's) items under the same token ids would make every user vector
