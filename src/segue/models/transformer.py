@@ -454,6 +454,30 @@ class TransformerConfig(Config):
     pairwise: PairwiseConfig | None = None  # a fine-tuning on feedback pairs (segue.training.pairwise)
     items: ItemEncoderConfig = ItemEncoderConfig()  # side features of items (off: id embeddings only)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loader_window(cls, data: Any) -> Any:
+        """The loader's window is model.context_length (the trainer overrides the loader's own), so
+        a given loader table takes it: a saved model.toml, which writes the loader's field, then
+        holds the window trained with, and one written with the default 50 beside smaller
+        bucket_lengths loads again instead of failing LoaderConfig's own check."""
+        if not isinstance(data, dict):
+            return data
+        trainer = data.get("trainer")
+        loader = trainer.get("loader") if isinstance(trainer, dict) else None
+        if not isinstance(loader, dict):
+            return data
+        model = data.get("model")
+        ctx = model.get("context_length") if isinstance(model, dict) else getattr(model, "context_length", None)
+        ctx = ModelConfig.model_fields["context_length"].default if ctx is None else ctx
+        if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 1:
+            return data  # model.context_length's own check names it
+        new = {k: v for k, v in loader.items() if k != "context_length"}
+        b = loader.get("bucket_lengths")
+        if not (isinstance(b, list) and b and isinstance(b[-1], int) and b[-1] < ctx):
+            new["context_length"] = ctx  # else _consistent names model.context_length
+        return {**data, "trainer": {**trainer, "loader": new}}
+
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
         check_sections(self.loss, self.optim)
