@@ -144,7 +144,7 @@ class FeatureState:
         cols.append((~np.isnan(gen_ranks)).sum(axis=0).astype(np.float32))
         cols += [self.pop_log[cand], self.pop_recent_log[cand], self.age_days[cand]]
         h = np.asarray(history, dtype=np.int64)
-        h = h[h >= N_SPECIAL]
+        h = h[(h >= N_SPECIAL) & (h < len(self.pop_log))]  # outside [0, V): unknown to the model, skipped
         cols.append(np.full(c, np.log1p(len(h)), np.float32))
         last = h[-self.last_k :]
         if len(last):
