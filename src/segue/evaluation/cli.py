@@ -131,6 +131,20 @@ def resolve_models(
     return models, infos
 
 
+def absolute_spec(spec: str) -> str:
+    """A model spec (`[label=]folder` or `[label=]baseline`) with its folder made absolute, so a
+    report's evaluate.toml names it wherever it is read from; a baseline name stays as it is."""
+    label, sep, target = spec.partition("=")
+    if not sep:
+        label, target = "", spec
+    path = Path(target)
+    if not path.is_dir():
+        return spec
+    full = str(path.resolve())
+    # a bare folder was labelled by its name: keep that label
+    return f"{label}={full}" if sep else (full if path.resolve().name == path.name else f"{path.name}={full}")
+
+
 @contextlib.contextmanager
 def _ranking_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
     """A transient bar per model while its queries are ranked."""
@@ -213,9 +227,9 @@ def run_evaluation(
     stats = compute_stats(result, n_boot=n_boot, seed=seed, reference=reference)
     print_table(result, stats, console)
     if report and out is not None:
-        config = EvaluateConfig(
-            models=models,
-            store=str(store),
+        config = EvaluateConfig(  # absolute paths: the report folder alone locates its inputs
+            models=[absolute_spec(m) for m in models],
+            store=str(Path(store).resolve()),
             split=split,
             protocol=pcfg,
             ks=list(result.ks),
@@ -234,10 +248,10 @@ def run_evaluation(
 
 def evaluate(
     models: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(help="Model folders or baseline names (popularity, itemknn, ease, item2vec, als, biasedmf); label=... to rename."),
-    ],
-    store: Annotated[Path, typer.Option("--store", help="Store file.")],
+    ] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="Store file.")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the store's split of the protocol's kind).")] = None,
     protocol: Annotated[
         str,
@@ -261,11 +275,30 @@ def evaluate(
         str | None,
         typer.Option("--continuation-ks", help="playlist_continuation: seed counts K, comma-separated (0 = title only; default 1,5,10,25,100)."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="A report's evaluate.toml: run that evaluation again (no MODELS, --store or protocol options; --out and --no-report apply)."),
+    ] = None,
 ) -> None:
     """Evaluate models (or baselines fitted on the fly) under a protocol: a table and a report folder."""
     from rich.console import Console
 
     from segue.evaluation.report import MIN_REPORT_BOOT
+
+    if config is not None:
+        given = {
+            "MODELS": bool(models), "--store": store is not None, "--split": split is not None,
+            "--protocol": protocol != "leave_last_out", "--ks": ks is not None, "--part": part != "test",
+            "--keep-seen": keep_seen, "--min-history": min_history != 1, "--batch-size": batch_size is not None,
+            "--n-boot": n_boot != 1000, "--seed": seed != 0, "--reference": reference is not None,
+            "--continuation-ks": continuation_ks is not None,
+        }
+        _evaluate_again(config, given=[k for k, v in given.items() if v], out=out, report=not no_report)
+        return
+    if not models:
+        raise typer.BadParameter("give model folders or baseline names (or --config REPORT/evaluate.toml)", param_hint="'MODELS...'")
+    if store is None:
+        raise typer.BadParameter("the store to evaluate on is needed (or --config REPORT/evaluate.toml)", param_hint="'--store'")
 
     if not no_report and n_boot < MIN_REPORT_BOOT:
         # checked before any work: the report's config refused it only after the whole evaluation
@@ -298,3 +331,56 @@ def evaluate(
 
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _evaluate_again(path: Path, *, given: list[str], out: Path | None, report: bool) -> None:
+    """`segue evaluate --config REPORT/evaluate.toml`: the saved evaluation run again, its
+    models, store, split, protocol, cut-offs, bootstrap and reference as the file says."""
+    from rich.console import Console
+
+    from segue.evaluation.report import EvaluateConfig
+
+    console = Console()
+    try:
+        if given:
+            raise ConfigError(f"--config {path}: the file fixes the evaluation; drop {', '.join(given)} (only --out and --no-report apply)")
+        cfg = EvaluateConfig.load(path)
+        p = cfg.protocol
+        if out is None and report:  # never over the report being checked
+            out = path.parent.with_name(path.parent.name + "-again")
+        result, _, _ = run_evaluation(
+            cfg.models,
+            Path(cfg.store),
+            cfg.split,
+            p.name,
+            list(cfg.ks) or None,
+            out,
+            part=p.part,
+            exclude_seen=p.exclude_seen,
+            min_history=p.min_history,
+            batch_size=cfg.batch_size,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            reference=cfg.reference,
+            report=report,
+            console=console,
+            continuation_ks=list(p.continuation_ks),
+        )
+    except SegueError as e:
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    saved = _saved_checksum(path.parent / "store.json")
+    if saved is not None and saved != result.store_checksum:
+        console.print(f"[yellow]warning:[/] the store's content differs from the report's (checksum {result.store_checksum[:12]} against {saved[:12]} in {path.parent / 'store.json'}): the figures need not match")
+
+
+def _saved_checksum(path: Path) -> str | None:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("content_checksum")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

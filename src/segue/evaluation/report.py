@@ -488,7 +488,7 @@ def results_json(result: EvalResult, stats: Stats) -> dict[str, Any]:
             "part": result.part,
             "ks": list(result.ks),
             "headline_k": result.headline_k,
-            "store": {"path": result.store_path, "checksum": result.store_checksum},
+            "store": {"path": str(Path(result.store_path).resolve()), "checksum": result.store_checksum},
             "n_queries": len(result.seq_ids),
             "n_items": result.n_items,
             "notes": result.notes,
@@ -569,7 +569,7 @@ def write_report(
         np.savez_compressed(tmp / "per_user.npz", **arrays)
         if config is not None:
             config.save(tmp / "evaluate.toml")
-        store_info = {"path": result.store_path, "content_checksum": result.store_checksum, "split": result.split_info}
+        store_info = {"path": str(Path(result.store_path).resolve()), "content_checksum": result.store_checksum, "split": result.split_info}
         (tmp / "store.json").write_text(json.dumps(store_info, indent=1, sort_keys=True))
         for m, r in result.models.items():
             text = r.info.get("model_toml")

@@ -1,7 +1,8 @@
 """`segue experiment EXPERIMENT.toml`: several models on one split, one report (in the spirit of
 Cornac's `Experiment(eval_method, models, metrics).run()`).
 
-    store = "stores/ml100k.duckdb"     # relative paths: to the file's folder
+    store = "stores/ml100k.duckdb"     # relative paths: to the file's folder (or to base_dir, if given;
+                                       # the report's copy of the file names the original folder so)
     split = "loo"
     protocol = "leave_last_out"
     ks = [10, 20]
@@ -22,6 +23,7 @@ difference from the reference, and its cost: fit seconds, the memory the fit add
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -87,11 +89,23 @@ class ExperimentConfig(Config):
     def load(cls, path: str | Path) -> Self:
         path = Path(path)
         cfg = cls.from_dict(read_toml(path), source=str(path))
-        return cfg.model_copy(update={"base_dir": str(path.parent.resolve())})
+        # a base_dir written in the file (a report's copy names the original file's folder) wins
+        base = path.parent.resolve() / cfg.base_dir if cfg.base_dir else path.parent.resolve()
+        return cfg.model_copy(update={"base_dir": str(base)})
 
     def resolve(self, p: str) -> Path:
         path = Path(p)
         return path if path.is_absolute() or self.base_dir is None else Path(self.base_dir) / path
+
+
+def report_copy(path: Path, cfg: ExperimentConfig) -> str:
+    """The experiment file as the report keeps it: its text, led by the folder its relative paths
+    are read from (base_dir), so `segue experiment REPORT/experiment.toml` runs it again."""
+    text = Path(path).read_text(encoding="utf-8").lstrip("\ufeff")
+    if "base_dir" in read_toml(path):
+        return text
+    base = json.dumps(str(cfg.base_dir or Path(path).parent.resolve()), ensure_ascii=False)
+    return f"# written with the report: the relative paths below are read from base_dir\nbase_dir = {base}\n\n{text}"
 
 
 def folder_bytes(folder: Path) -> int:
@@ -242,6 +256,6 @@ def run_experiment(path: Path, *, out: Path | None = None, console: Any = None) 
                           ks=list(result.ks), n_boot=cfg.n_boot, seed=cfg.seed, reference=stats.reference)
     title = f"# Experiment: {path.name}\n\n{result.protocol} on split '{result.split}' ({result.part}), {len(result.seq_ids)} queries; ± = half the 95% bootstrap CI; Δ = paired bootstrap difference from the reference.\n\n"
     # written with the report, in one atomic step: an experiment folder is never left without them
-    extra = {EXPERIMENT_MARKER: title + table + "\n", "experiment.toml": Path(path).read_text(encoding="utf-8")}
+    extra = {EXPERIMENT_MARKER: title + table + "\n", "experiment.toml": report_copy(path, cfg)}
     write_report(result, out, stats, ecfg, extra_files=extra, kind=EXPERIMENT_KIND, marker=EXPERIMENT_MARKER)
     return out, table
