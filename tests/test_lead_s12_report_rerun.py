@@ -68,3 +68,16 @@ def test_experiment_copy_reruns(work: Path, monkeypatch: pytest.MonkeyPatch) -> 
     res = runner.invoke(app, ["experiment", "cwd/first/experiment.toml", "-o", "second"])
     assert res.exit_code == 0, res.output
     assert _metrics(work / "second") == _metrics(work / "cwd" / "first")
+
+
+def test_random_holdout_split_added_by_evaluate_is_announced(work: Path) -> None:
+    """segue evaluate -p random_holdout on a store without such a split adds one: the store (and
+    its checksum) changes, so the command says so (walk s12 lib F5)."""
+    args = ["evaluate", "popularity", "--store", str(work / "s.duckdb"), "-p", "random_holdout", "--no-report", "--n-boot", "0"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "added split 'holdout'" in " ".join(res.output.split())
+    with Store.open(work / "s.duckdb") as st:
+        assert "holdout" in st.split_names()
+    res = runner.invoke(app, args)  # found now, not added again
+    assert res.exit_code == 0 and "added split" not in res.output

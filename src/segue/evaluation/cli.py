@@ -211,7 +211,9 @@ def run_evaluation(
     if not store.exists():
         raise SegueError(f"{store}: no store here (build one with `segue data build`)")
     spec = protocol_spec(protocol)
-    split = resolve_split(store, spec.name, split)
+    from rich.markup import escape
+
+    split = resolve_split(store, spec.name, split, announce=lambda m: console.print(f"[yellow]note:[/] {escape(m)}", highlight=False))
     out_given = out is not None
     if report and out is None:
         out = Path("reports") / f"{spec.name}-{split}"

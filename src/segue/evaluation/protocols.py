@@ -281,9 +281,13 @@ def check_split_kind(store: Store, split: str, protocol: str) -> None:
         )
 
 
-def resolve_split(store_path: str | Path, protocol: str, split: str | None) -> str:
+def resolve_split(
+    store_path: str | Path, protocol: str, split: str | None, *, announce: Callable[[str], None] | None = None
+) -> str:
     """The split to evaluate: `split` if given (checked), else the store's only split of a suitable
-    kind. For random_holdout, a store without one gets a `holdout` split added (atomically)."""
+    kind. For random_holdout, a store without one gets a `holdout` split added (atomically; it
+    stays, so later evaluations find the same split), which `announce` is told: the store's
+    content, hence its checksum, changes."""
     spec = protocol_spec(protocol)
     with Store.open(store_path) as store:
         if split is not None:
@@ -307,7 +311,15 @@ def resolve_split(store_path: str | Path, protocol: str, split: str | None) -> s
         from segue.data.splits import RandomHoldoutSplit, add_split
 
         name = "holdout" if "holdout" not in names else "holdout_8010"
-        return add_split(str(store_path), RandomHoldoutSplit(name=name))
+        cfg = RandomHoldoutSplit(name=name)
+        added = add_split(str(store_path), cfg)
+        if announce is not None:
+            params = ", ".join(f"{k}={v}" for k, v in cfg.model_dump().items() if k not in ("kind", "name"))
+            announce(
+                f"added split '{added}' (random_holdout: {params}) to {store_path}, as the store had no random_holdout "
+                "split; it stays for later evaluations (`segue data add-split` adds one with other settings)"
+            )
+        return added
     raise ConfigError(
         f"protocol '{spec.name}' needs a split of kind {' or '.join(spec.kinds)}; {store_path} has "
         f"{', '.join(names) or 'no splits'} (add one with `segue data add-split`)"
