@@ -81,3 +81,11 @@ def test_random_holdout_split_added_by_evaluate_is_announced(work: Path) -> None
         assert "holdout" in st.split_names()
     res = runner.invoke(app, args)  # found now, not added again
     assert res.exit_code == 0 and "added split" not in res.output
+
+
+def test_a_label_given_twice_is_refused_before_fitting(work: Path) -> None:
+    """segue evaluate a=ease a=popularity renamed the second to a-2 without a word (walk s12 lib F3)."""
+    res = runner.invoke(app, ["evaluate", "a=ease", "a=popularity", "--store", str(work / "s.duckdb"), "--no-report", "--n-boot", "0"])
+    assert res.exit_code == 2
+    assert "'a' given to more than one model" in " ".join(res.output.split())
+    assert "fitting" not in res.output

@@ -79,6 +79,11 @@ def resolve_models(
     models: dict[str, BaseRecommender] = {}
     infos: dict[str, dict[str, Any]] = {}
     data: SplitData | None = None
+    # before any fitting: a label the user chose names one model (unlabelled repeats become NAME-2)
+    labels = [s.partition("=")[0] for s in specs if "=" in s]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise SegueError(f"model labels must differ: {', '.join(repr(x) for x in dup)} given to more than one model")
     for spec in specs:
         label, sep, target = spec.partition("=")
         if not sep:

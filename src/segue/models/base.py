@@ -40,7 +40,10 @@ class Recommender(Protocol):
     def score(self, histories: SequenceArrays, rows: np.ndarray | None = None) -> np.ndarray:
         """Scores [B, V] float32 for the histories `rows` (all rows if None). Higher is better.
 
-        Special tokens get -inf. Histories may be empty (cold start): score popularity or zeros.
+        Special tokens get -inf. Histories may be empty (cold start): each family scores them
+        in its own way, never with an error (the baselines by popularity; the transformer from
+        <start> alone, the autoencoder from an empty profile: what training taught them for
+        an empty input; the server's empty-history rule, log(1 + training count), is separate).
         """
         ...
 
