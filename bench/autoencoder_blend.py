@@ -10,7 +10,9 @@ with no new forward pass:
 
 q the predicted rating mapped to (0, 1) (the model's unified score, segue.models.autoencoder);
 alpha = 1 is presence-only scoring (the only one for a model without a rating head), a = 0 the
-network alone. Prints NDCG@100 / Recall@20 / Recall@50 for the grid, each run's best setting on
+network alone. log p is the network's own: a run trained with a wide part (model.wide = "ease",
+as the shipped configs) has its own EASE logits taken out first, so `a` is EASE's whole scale
+(a run's own setting is the row with its wide_scale and wide_l2). Prints NDCG@100 / Recall@20 / Recall@50 for the grid, each run's best setting on
 NDCG@100, and paired per-user differences with 95% bootstrap CIs between the runs' best settings
 (and, for a rating-head run, its best unified setting against its own best presence-only one).
 --out-dir writes each run's best setting as a model folder (served and evaluated as any run).
@@ -83,17 +85,21 @@ def _run(args: argparse.Namespace, models: dict, data: SplitData) -> None:  # no
     hist, tgt = data.history(part), data.targets(part)
     rows = np.intersect1d(tgt.nonempty(), hist.nonempty())
     parts: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    presence = None
+    first = next(iter(models.values()))
+    assert isinstance(first, AutoencoderRecommender) and first.network is not None
+    presence = Profiles(hist, rows, first.network.n_items, first.scale, first.config.model).presence
     for name, model in models.items():
         assert isinstance(model, AutoencoderRecommender) and model.network is not None
         t = time.perf_counter()
         logp, rating, norm = model.forward(hist, rows)
+        if model.network.wide is not None:  # the network alone: its own EASE logits out
+            own = float(np.exp(np.asarray(model.network.wide_log_scale[...])))
+            logp = log_softmax(logp - own * (presence @ np.asarray(model.network.wide[...])), axis=1).astype(np.float32)
+            print(f"{name}: its own wide part (scale {own:g}, l2 {model.config.model.wide_l2:g}) taken out: a is EASE's whole scale")
         log_q = None
         if model.config.model.rating_head:
             log_q = np.log(rating_unit(denormalise(rating, norm, model.scale), model.scale)).astype(np.float32)
         parts[name] = (logp, log_q)
-        if presence is None:
-            presence = Profiles(hist, rows, model.network.n_items, model.scale, model.config.model).presence
         print(f"{name}: forward pass of {len(rows)} {args.part} profiles {time.perf_counter() - t:.1f} s", flush=True)
     n = next(iter(models.values())).network.n_items  # type: ignore[union-attr]
     train_rows = data.train.nonempty()
@@ -147,7 +153,13 @@ def _run(args: argparse.Namespace, models: dict, data: SplitData) -> None:  # no
                 continue
             model = models[name]
             assert isinstance(model, AutoencoderRecommender)
-            rec = with_wide(model, weights[l2], l2, a) if a > 0 else model
+            if a > 0:
+                rec = with_wide(model, weights[l2], l2, a)  # replaces a wide part of its own
+            elif model.network is not None and model.network.wide is not None:
+                n_items = model.network.n_items  # the network alone: its own EASE weights zeroed
+                rec = with_wide(model, np.zeros((n_items, n_items), np.float32), l2, 1.0)
+            else:
+                rec = model
             rec.config.model.score = "presence" if alpha == 1.0 else "unified"
             rec.config.model.alpha = alpha
             rec._compiled = None
