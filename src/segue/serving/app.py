@@ -32,6 +32,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -70,7 +71,7 @@ from segue.models.filters import niche_boost as niche_boost_scores
 from segue.models.pipeline import NAMES_GENERATOR
 from segue.serving.access_log import AccessLog, current_request_id
 from segue.serving.admin_auth import admin_refusal
-from segue.serving.drift_watch import DriftWatch
+from segue.serving.drift_watch import DRIFT_FAMILIES, DriftWatch
 from segue.serving.encoding import EncodedHistory
 from segue.serving.engine import PIPELINE_EMPTY_WARNING, POPULARITY_WARNING, Engine, Ranked
 from segue.serving.events import HistoryEvents, WholeNumber, input_rating_scale, request_events
@@ -78,7 +79,15 @@ from segue.serving.events import describe as describe_events
 from segue.serving.explain import explain_profile
 from segue.serving.feature_log import FeatureLog
 from segue.serving.index import IndexConfig
-from segue.serving.lifecycle import LOADING_METRICS, readiness, warm_up
+from segue.serving.lifecycle import (
+    Family,
+    MetricValues,
+    Sample,
+    loading_metrics,
+    readiness,
+    render_metrics,
+    warm_up,
+)
 from segue.serving.pipeline_engine import events_view, pipeline_request_events, reads_history_times
 from segue.serving.rank import rank_candidates
 from segue.serving.validation import error_details, query_error
@@ -386,90 +395,77 @@ def json_error(e: Exception) -> dict[str, Any]:
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class Metrics:
-    """Counters and latency histograms, rendered as Prometheus text."""
+METRIC_FAMILIES: list[Family] = [
+    ("segue_requests_total", "counter", "HTTP requests by method, route and status."),
+    ("segue_request_seconds", "histogram", "Request latency."),
+    ("segue_items_requested_total", "counter", "Item ids received in histories and seeds."),
+    ("segue_items_unknown_total", "counter", "Item ids not in the model's vocabulary (served as <unk>)."),
+    ("segue_unknown_item_rate", "gauge", "Unknown item ids / item ids received."),
+    ("segue_popularity_fallbacks_total", "counter", "Requests with an empty history, answered by popularity."),
+    ("segue_reloads_total", "counter", "Successful model reloads."),
+    ("segue_model_info", "gauge", "The model being served."),
+    ("segue_catalogue_items", "gauge", "Items in the served model's catalogue."),
+]
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, str], int] = {}
-        self.latency: dict[str, list[float]] = {}  # route -> bucket counts + [sum, count]
-        self.items_requested = 0
-        self.items_unknown = 0
-        self.reloads = 0
-        self.fallbacks = 0
+
+class Metrics:
+    """Counters and latency histograms, rendered as Prometheus text.
+
+    With `folder` (the workers of one server share it: segue.serving.workers), the values live in
+    lifecycle.MetricValues files there and a scrape shows every worker's counters summed and each
+    live worker's gauges (model, catalogue, drift) labelled `worker`."""
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.values = MetricValues(folder)
+        self._labels: dict[tuple[str, str, str], list[str]] = {}  # (method, route, status) -> label texts
+        self._model: Sample | None = None
+        zero = ("segue_items_requested_total", "segue_items_unknown_total", "segue_popularity_fallbacks_total", "segue_reloads_total")
+        self.values.count(((name, ""), 0.0) for name in zero)  # shown from the first scrape
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            key = (method, route, str(status))
-            self.requests[key] = self.requests.get(key, 0) + 1
-            h = self.latency.setdefault(route, [0.0] * (len(LATENCY_BUCKETS) + 2))
-            for i, b in enumerate(LATENCY_BUCKETS):
-                if seconds <= b:
-                    h[i] += 1
-            h[-2] += seconds
-            h[-1] += 1
+        key = (method, route, str(status))
+        labels = self._labels.get(key)
+        if labels is None:
+            r = _esc(route)
+            labels = self._labels[key] = [
+                f'method="{method}",route="{r}",status="{status}"',
+                *(f'route="{r}",le="{b}"' for b in (*LATENCY_BUCKETS, "+Inf")),
+                f'route="{r}"',
+            ]
+        buckets = [(("segue_request_seconds_bucket", lab), float(seconds <= b)) for lab, b in zip(labels[1:-2], LATENCY_BUCKETS, strict=True)]
+        self.values.count([
+            (("segue_requests_total", labels[0]), 1.0),
+            *buckets,
+            (("segue_request_seconds_bucket", labels[-2]), 1.0),
+            (("segue_request_seconds_sum", labels[-1]), seconds),
+            (("segue_request_seconds_count", labels[-1]), 1.0),
+        ])
 
     def fallback(self) -> None:
-        with self._lock:
-            self.fallbacks += 1
+        self.values.count([(("segue_popularity_fallbacks_total", ""), 1.0)])
 
     def reloaded(self) -> None:
-        with self._lock:
-            self.reloads += 1
+        self.values.count([(("segue_reloads_total", ""), 1.0)])
 
     def items(self, requested: int, unknown: int) -> None:
-        with self._lock:
-            self.items_requested += requested
-            self.items_unknown += unknown
+        self.values.count([(("segue_items_requested_total", ""), requested), (("segue_items_unknown_total", ""), unknown)])
 
-    def render(self, engine: Engine) -> str:
-        with self._lock:
-            lines = [
-                "# HELP segue_requests_total HTTP requests by method, route and status.",
-                "# TYPE segue_requests_total counter",
-            ]
-            for (m, r, s), n in sorted(self.requests.items()):
-                lines.append(
-                    f'segue_requests_total{{method="{m}",route="{_esc(r)}",status="{s}"}} {n}'
-                )
-            lines += [
-                "# HELP segue_request_seconds Request latency.",
-                "# TYPE segue_request_seconds histogram",
-            ]
-            for r, h in sorted(self.latency.items()):
-                for i, b in enumerate(LATENCY_BUCKETS):
-                    lines.append(
-                        f'segue_request_seconds_bucket{{route="{_esc(r)}",le="{b}"}} {int(h[i])}'
-                    )
-                lines.append(
-                    f'segue_request_seconds_bucket{{route="{_esc(r)}",le="+Inf"}} {int(h[-1])}'
-                )
-                lines.append(f'segue_request_seconds_sum{{route="{_esc(r)}"}} {h[-2]:.6f}')
-                lines.append(f'segue_request_seconds_count{{route="{_esc(r)}"}} {int(h[-1])}')
-            rate = self.items_unknown / self.items_requested if self.items_requested else 0.0
-            lines += [
-                "# HELP segue_items_requested_total Item ids received in histories and seeds.",
-                "# TYPE segue_items_requested_total counter",
-                f"segue_items_requested_total {self.items_requested}",
-                "# HELP segue_items_unknown_total Item ids not in the model's vocabulary (served as <unk>).",
-                "# TYPE segue_items_unknown_total counter",
-                f"segue_items_unknown_total {self.items_unknown}",
-                "# HELP segue_unknown_item_rate Unknown item ids / item ids received.",
-                "# TYPE segue_unknown_item_rate gauge",
-                f"segue_unknown_item_rate {rate:.6f}",
-                "# HELP segue_popularity_fallbacks_total Requests with an empty history, answered by popularity.",
-                "# TYPE segue_popularity_fallbacks_total counter",
-                f"segue_popularity_fallbacks_total {self.fallbacks}",
-                "# HELP segue_reloads_total Successful model reloads.",
-                "# TYPE segue_reloads_total counter",
-                f"segue_reloads_total {self.reloads}",
-                "# HELP segue_model_info The model being served.",
-                "# TYPE segue_model_info gauge",
-                f'segue_model_info{{run_id="{_esc(engine.info.run_id)}",version="{_esc(engine.info.version)}",'
-                f'family="{_esc(engine.info.family)}",retrieval="{engine.info.retrieval}"}} 1',
-                f"segue_catalogue_items {engine.info.n_items}",
-            ]
-        return "\n".join(lines) + "\n"
+    def serving(self, engine: Engine) -> None:
+        """The model gauges for `engine` (at start and after each reload)."""
+        info = engine.info
+        model = ("segue_model_info", f'run_id="{_esc(info.run_id)}",version="{_esc(info.version)}",'
+                 f'family="{_esc(info.family)}",retrieval="{info.retrieval}"')
+        old = [(self._model, math.nan)] if self._model not in (None, model) else []
+        self.values.gauge([*old, (model, 1.0), (("segue_catalogue_items", ""), float(info.n_items))])  # type: ignore[list-item]
+        self._model = model
+
+    def render(self, extra: list[Family] | None = None) -> str:
+        """Prometheus text for every worker's values (see the class), `extra` families too."""
+        counters, gauges = self.values.gather()
+        requested = counters.get(("segue_items_requested_total", ""), 0.0)
+        unknown = counters.get(("segue_items_unknown_total", ""), 0.0)
+        gauges[("segue_unknown_item_rate", "")] = round(unknown / requested if requested else 0.0, 6)
+        return render_metrics([*METRIC_FAMILIES, *(extra or [])], counters, gauges)
 
 
 def _esc(s: str) -> str:
@@ -612,6 +608,7 @@ def create_app(
     blas_threads: int | None = 1,
     access_log: bool = False,
     drift_watch: DriftWatch | None = None,
+    metrics_dir: str | Path | None = None,
 ) -> FastAPI:
     """The service for `model_folder` (or a loaded `engine`).
 
@@ -623,6 +620,8 @@ def create_app(
     the default 2 BLAS threads per call against 160 req/s with 1). None leaves BLAS alone.
     `access_log` adds JSON access lines and X-Request-ID (segue.serving.access_log); a
     `drift_watch` runs on its schedule while the app is up, its figures on /metrics.
+    `metrics_dir` is the folder the workers of one server share their /metrics values through
+    (segue.serving.workers makes it; see Metrics); None: this process's own.
     /readyz is 503 until start-up has sent a warm-up request through the engine (lifecycle).
     """
     if engine is None:
@@ -634,12 +633,15 @@ def create_app(
     flog = FeatureLog(feature_log) if isinstance(feature_log, str | Path) else feature_log
     state: dict[str, Any] = {
         "engine": engine,
-        "metrics": Metrics(),
+        "metrics": Metrics(metrics_dir),
         "feature_log": flog,
         "index_config": index_config,
         "ready": False,
         "drift_watch": drift_watch,
     }
+    state["metrics"].serving(engine)
+    if drift_watch is not None:
+        drift_watch.attach(state["metrics"].values)
     reload_lock = threading.Lock()
 
     @contextlib.asynccontextmanager
@@ -652,12 +654,14 @@ def create_app(
         gc.freeze()
         log.info("warm-up request through the engine: %.3f s", warm_up(state["engine"]))
         state["ready"] = True
+        state["metrics"].values.serving(True)
         if drift_watch is not None:
             drift_watch.start()
         try:
             yield
         finally:
             state["ready"] = False
+            state["metrics"].values.serving(False)
             if drift_watch is not None:
                 drift_watch.stop()
             if limits is not None:
@@ -1238,9 +1242,7 @@ def create_app(
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> str:
-        text = state["metrics"].render(current())
-        loaded = LOADING_METRICS.replace("segue_loading 1", "segue_loading 0")  # (1 while loading: lifecycle)
-        return text + loaded + (drift_watch.render() if drift_watch is not None else "")
+        return state["metrics"].render(DRIFT_FAMILIES) + loading_metrics(False)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -1294,6 +1296,7 @@ def create_app(
                 warm_up(new)  # warmed before the swap: readiness never drops during a reload
                 state["engine"] = new  # one reference swap: in-flight requests keep `old`
                 state["metrics"].reloaded()
+                state["metrics"].serving(new)
                 # As at start-up. Garbage cycles left by the load are collected first, or they would
                 # be frozen for good; the old engine itself is freed by reference counting.
                 gc.collect()

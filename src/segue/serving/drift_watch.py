@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ from pydantic import Field
 
 from segue.config import Config
 from segue.errors import ConfigError, SegueError
+from segue.serving.lifecycle import Family, MetricValues, Sample, render_metrics
 
 log = logging.getLogger("segue.drift")
 
@@ -103,6 +105,9 @@ class DriftWatch:
         self.last_error: str | None = None
         self.outcomes = {"pass": 0, "fail": 0, "skipped": 0, "error": 0}
         self._alert_fd: int | None = None  # open while this process holds .drift-alerts.lock
+        self.values = MetricValues()  # its /metrics figures (attach: the app's)
+        self._features: set[str] = set()  # label texts of the features in self.values
+        self._publish()
 
     def holds_alerts(self) -> bool:
         """Whether this watch alerts: it holds (or now takes) the log folder's alert lock."""
@@ -158,6 +163,7 @@ class DriftWatch:
             self.last_check, self.last_seconds, self.last_outcome, self.last_error = started, seconds, outcome, error
             if result is not None:
                 self.result = result
+        self._publish(outcome)
         try:
             self._report(outcome, result, error, seconds)
         except Exception:  # noqa: BLE001 (alerting or writing drift.json failed: the schedule goes on)
@@ -212,48 +218,54 @@ class DriftWatch:
                 with self._lock:
                     self.outcomes["error"] += 1
                     self.last_outcome, self.last_error = "error", f"{type(e).__name__}: {e}"
+                self._publish("error")
 
     # --- /metrics --------------------------------------------------------------------------
+    def attach(self, values: MetricValues) -> None:
+        """Keep the /metrics figures in `values` (the app's: shared by the workers of a server)."""
+        with self._lock:
+            self.values = values
+            self._features = set()
+        self._publish()
+
+    def _publish(self, outcome: str | None = None) -> None:
+        """Put the latest check's figures into `self.values` (after each check, `outcome` counted)."""
+        with self._lock:
+            result, last, seconds = self.result, self.last_check, self.last_seconds
+            counts = [((("segue_drift_checks_total", f'outcome="{k}"'), float(k == outcome))) for k in self.outcomes]
+            self.values.count(counts)
+            gauges: list[tuple[Sample, float]] = []
+            if last is not None:
+                gauges += [(("segue_drift_last_check_timestamp_seconds", ""), last), (("segue_drift_check_seconds", ""), seconds or 0.0)]
+            if result is not None:
+                checked = [f for f in result.features if f.skipped is None]
+                features = {f'feature="{_esc(f.name)}"' for f in checked}
+                for labels in self._features - features:  # checked last time, skipped now
+                    gauges += [((n, labels), math.nan) for n in ("segue_drift_distance", "segue_drift_limit", "segue_drift_feature_passed")]
+                self._features = features
+                for f in checked:
+                    labels = f'feature="{_esc(f.name)}"'
+                    gauges += [(("segue_drift_distance", labels), f.distance), (("segue_drift_limit", labels), f.limit),
+                               (("segue_drift_feature_passed", labels), float(f.passed))]
+                gauges += [(("segue_drift_schema_errors", ""), float(len(result.schema_errors))),
+                           (("segue_drift_passed", ""), float(result.passed))]
+            self.values.gauge(gauges)
+
     def render(self) -> str:
         """Prometheus text lines for the latest check (none of the gauges before the first one)."""
-        with self._lock:
-            result, outcomes = self.result, dict(self.outcomes)
-            last, seconds = self.last_check, self.last_seconds
-        lines = [
-            "# HELP segue_drift_checks_total Scheduled drift checks of the feature log, by outcome.",
-            "# TYPE segue_drift_checks_total counter",
-            *(f'segue_drift_checks_total{{outcome="{k}"}} {v}' for k, v in outcomes.items()),
-        ]
-        if last is not None:
-            lines += [
-                "# HELP segue_drift_last_check_timestamp_seconds When the latest check began reading the log (Unix time).",
-                "# TYPE segue_drift_last_check_timestamp_seconds gauge",
-                f"segue_drift_last_check_timestamp_seconds {last:.3f}",
-                "# HELP segue_drift_check_seconds How long the latest check took.",
-                "# TYPE segue_drift_check_seconds gauge",
-                f"segue_drift_check_seconds {seconds:.6f}",
-            ]
-        if result is None:
-            return "\n".join(lines) + "\n"
-        checked = [f for f in result.features if f.skipped is None]
-        lines += [
-            "# HELP segue_drift_distance Chebyshev distance per feature, feature log against the reference (latest completed check).",
-            "# TYPE segue_drift_distance gauge",
-            *(f'segue_drift_distance{{feature="{_esc(f.name)}"}} {f.distance:.6f}' for f in checked),
-            "# HELP segue_drift_limit Largest distance each feature may have: max(threshold, sampling allowance).",
-            "# TYPE segue_drift_limit gauge",
-            *(f'segue_drift_limit{{feature="{_esc(f.name)}"}} {f.limit:.6f}' for f in checked),
-            "# HELP segue_drift_feature_passed 1 if the feature's distance is within its limit.",
-            "# TYPE segue_drift_feature_passed gauge",
-            *(f'segue_drift_feature_passed{{feature="{_esc(f.name)}"}} {int(f.passed)}' for f in checked),
-            "# HELP segue_drift_schema_errors Schema errors found by the latest completed check.",
-            "# TYPE segue_drift_schema_errors gauge",
-            f"segue_drift_schema_errors {len(result.schema_errors)}",
-            "# HELP segue_drift_passed 1 if the latest completed check passed (every feature and the schema).",
-            "# TYPE segue_drift_passed gauge",
-            f"segue_drift_passed {int(result.passed)}",
-        ]
-        return "\n".join(lines) + "\n"
+        return render_metrics(DRIFT_FAMILIES, *self.values.gather())
+
+
+DRIFT_FAMILIES: list[Family] = [
+    ("segue_drift_checks_total", "counter", "Scheduled drift checks of the feature log, by outcome."),
+    ("segue_drift_last_check_timestamp_seconds", "gauge", "When the latest check began reading the log (Unix time)."),
+    ("segue_drift_check_seconds", "gauge", "How long the latest check took."),
+    ("segue_drift_distance", "gauge", "Chebyshev distance per feature, feature log against the reference (latest completed check)."),
+    ("segue_drift_limit", "gauge", "Largest distance each feature may have: max(threshold, sampling allowance)."),
+    ("segue_drift_feature_passed", "gauge", "1 if the feature's distance is within its limit."),
+    ("segue_drift_schema_errors", "gauge", "Schema errors found by the latest completed check."),
+    ("segue_drift_passed", "gauge", "1 if the latest completed check passed (every feature and the schema)."),
+]
 
 
 def _esc(s: str) -> str:

@@ -31,9 +31,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import mmap
+import os
+import secrets
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,6 +135,194 @@ def readiness(ready: bool, engine: Engine | None, detail: str = "") -> tuple[int
 
 
 # ---------------------------------------------------------------------------------------------
+# metric values, shared by the workers of one server
+
+Sample = tuple[str, str]  # (metric name, its labels as Prometheus text without braces; "" for none)
+Family = tuple[str, str, str]  # (name, type, help)
+METRICS_SUFFIX = ".metrics"
+_HEADER = struct.Struct("<QQ")  # bytes used (entries end there), flags
+_NOT_SERVING = 1  # flag: the process does not serve (yet, or any more): its gauges are not shown
+_KEY_LEN = struct.Struct("<I")
+_VALUE = struct.Struct("<d")
+
+
+class MetricValues:
+    """One process's metric values: counters (they only grow) and gauges, by Sample.
+
+    With `folder` (several workers serving one port: each worker answers the scrapes it accepts),
+    the values are also kept in a memory-mapped file of this process's in that folder, which
+    `gather` reads for every process: a scrape shows the sum of every worker's counters, whichever
+    worker answers it. A change is an 8-byte store into the shared page cache (no file write per
+    request). A file stays when its process exits, so the totals never go back when a worker is
+    replaced; gauges are each live worker's own, labelled `worker="PID"`.
+
+    File layout: a header (bytes used, flags), then entries (key length, key, padding, float64
+    value, each value 8-byte aligned). Only the owner writes; an entry is written before the
+    header's length covers it, so a reader never sees half an entry."""
+
+    def __init__(self, folder: str | Path | None = None, size: int = 1 << 16) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[Sample, float] = {}
+        self.gauges: dict[Sample, float] = {}
+        self.folder = None if folder is None else Path(folder)
+        self.path: Path | None = None
+        self._offsets: dict[bytes, int] = {}
+        self._used = _HEADER.size
+        self._mm: mmap.mmap | None = None
+        if self.folder is not None:
+            self._create(self.folder, max(size, 4096))
+
+    def _create(self, folder: Path, size: int) -> None:
+        # pid plus a random part: a later process given a reused pid must not truncate the file
+        # of an exited one (its counters would go back).
+        name = f"{os.getpid()}-{secrets.token_hex(4)}{METRICS_SUFFIX}"
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "xb") as f:  # whole before it appears under its name (readers glob it)
+            f.write(_HEADER.pack(_HEADER.size, _NOT_SERVING))  # until its app has started
+            f.truncate(size)
+        os.replace(tmp, folder / name)
+        self.path = folder / name
+        with open(self.path, "r+b") as f:
+            self._mm = mmap.mmap(f.fileno(), 0)
+
+    def count(self, increments: Iterable[tuple[Sample, float]]) -> None:
+        """Add each amount to its counter (0 makes a counter appear)."""
+        with self._lock:
+            for key, amount in increments:
+                value = self.counters[key] = self.counters.get(key, 0.0) + amount
+                self._store(b"c", key, value)
+
+    def gauge(self, values: Iterable[tuple[Sample, float]]) -> None:
+        """Set each gauge; NaN removes it."""
+        with self._lock:
+            for key, value in values:
+                if math.isnan(value):
+                    if self.gauges.pop(key, None) is None:
+                        continue
+                else:
+                    self.gauges[key] = value
+                self._store(b"g", key, value)
+
+    def serving(self, live: bool) -> None:
+        """Whether this process serves (its gauges shown): set when its app has started, cleared
+        when it shuts down."""
+        if self._mm is not None:
+            with self._lock:
+                _HEADER.pack_into(self._mm, 0, self._used, 0 if live else _NOT_SERVING)
+
+    def _store(self, kind: bytes, key: Sample, value: float) -> None:
+        if self._mm is None:
+            return
+        raw = kind + key[0].encode() + b"\0" + key[1].encode()
+        at = self._offsets.get(raw)
+        if at is None:
+            at = self._append(raw, value)
+        _VALUE.pack_into(self._mm, at, value)
+
+    def _append(self, raw: bytes, value: float) -> int:
+        assert self._mm is not None
+        start = self._used
+        at = start + _KEY_LEN.size + len(raw)
+        at += -at % 8
+        end = at + _VALUE.size
+        if end > len(self._mm):
+            self._mm.resize(max(2 * len(self._mm), end + 4096))
+        _KEY_LEN.pack_into(self._mm, start, len(raw))
+        self._mm[start + _KEY_LEN.size : start + _KEY_LEN.size + len(raw)] = raw
+        _VALUE.pack_into(self._mm, at, value)
+        flags = _HEADER.unpack_from(self._mm, 0)[1]
+        _HEADER.pack_into(self._mm, 0, end, flags)  # last: the entry is whole before it counts
+        self._used = end
+        self._offsets[raw] = at
+        return at
+
+    def gather(self) -> tuple[dict[Sample, float], dict[Sample, float]]:
+        """(counters, gauges) to show: this process's own, or with a folder, every process's
+        counters summed and every live process's gauges labelled `worker`."""
+        if self.folder is None:
+            with self._lock:
+                return dict(self.counters), dict(self.gauges)
+        counters: dict[Sample, float] = {}
+        gauges: dict[Sample, float] = {}
+        for path in sorted(self.folder.glob(f"*{METRICS_SUFFIX}")):
+            read = read_metric_file(path)
+            if read is None:
+                continue
+            live, own_counters, own_gauges = read
+            for key, value in own_counters.items():
+                counters[key] = counters.get(key, 0.0) + value
+            if live:
+                worker = f'worker="{path.name.split("-")[0]}"'
+                gauges.update({(n, f"{labels},{worker}" if labels else worker): v for (n, labels), v in own_gauges.items()})
+        return counters, gauges
+
+
+def read_metric_file(path: Path) -> tuple[bool, dict[Sample, float], dict[Sample, float]] | None:
+    """(whether its process is live, counters, gauges) of one MetricValues file; None for a file
+    that is gone or not one."""
+    try:
+        data = path.read_bytes()
+        used, flags = _HEADER.unpack_from(data, 0)
+        counters: dict[Sample, float] = {}
+        gauges: dict[Sample, float] = {}
+        at = _HEADER.size
+        while at < used:
+            (n,) = _KEY_LEN.unpack_from(data, at)
+            raw = data[at + _KEY_LEN.size : at + _KEY_LEN.size + n]
+            at += _KEY_LEN.size + n
+            at += -at % 8
+            (value,) = _VALUE.unpack_from(data, at)
+            at += _VALUE.size
+            name, _, labels = raw[1:].decode().partition("\0")
+            if raw[:1] == b"c":
+                counters[(name, labels)] = value
+            elif not math.isnan(value):
+                gauges[(name, labels)] = value
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return not flags & _NOT_SERVING and _alive(int(path.name.split("-")[0])), counters, gauges
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def render_metrics(families: Iterable[Family], counters: dict[Sample, float], gauges: dict[Sample, float]) -> str:
+    """Prometheus text for `families` (HELP and TYPE, then their samples; a family with no sample
+    is left out). A histogram's samples are its _bucket (by le), _sum and _count series."""
+    samples = {**counters, **gauges}
+    lines: list[str] = []
+    for name, kind, help_text in families:
+        names = (f"{name}_bucket", f"{name}_sum", f"{name}_count") if kind == "histogram" else (name,)
+        mine = [(n, labels, v) for (n, labels), v in samples.items() if n in names]
+        if not mine:
+            continue
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for n, labels, v in sorted(mine, key=lambda s: _order(s[0], s[1], names)):
+            lines.append(f"{n}{{{labels}}} {_number(v)}" if labels else f"{n} {_number(v)}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _order(name: str, labels: str, names: tuple[str, ...]) -> tuple[str, int, float]:
+    """Sort key: a histogram's series by their other labels, then buckets by le, _sum, _count."""
+    head, sep, le = labels.partition('le="')
+    if not sep or name != names[0]:
+        return labels, names.index(name), 0.0
+    value, _, rest = le.partition('"')
+    return head.rstrip(",") + rest.lstrip(","), 0, float(value)
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 async def _send_json(send: Any, status: int, body: dict[str, Any], extra: list | None = None) -> None:
@@ -139,8 +333,13 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], extra: list |
 
 
 # /metrics while the model loads: a scrape succeeds (a 503 reads as the target being down) and says
-# it is loading; the loaded app's /metrics carries segue_loading 0.
-LOADING_METRICS = "# HELP segue_loading 1 while the model loads\n# TYPE segue_loading gauge\nsegue_loading 1\n"
+# it is loading; the loaded app's /metrics carries segue_loading 0 (loading_metrics(False)).
+def loading_metrics(loading: bool) -> str:
+    """The segue_loading gauge's lines: 1 while the model loads, 0 once it serves."""
+    return f"# HELP segue_loading 1 while the model loads, 0 once it is loaded.\n# TYPE segue_loading gauge\nsegue_loading {int(loading)}\n"
+
+
+LOADING_METRICS = loading_metrics(True)
 
 
 class DeferredApp:

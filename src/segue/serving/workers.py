@@ -25,6 +25,13 @@ admin_url) posts there exactly as it would to a one-worker server's own port. (u
 Workers run in their own process group, so a terminal's Ctrl-C reaches the main process only,
 which then stops each worker once (a second signal would make uvicorn skip the draining).
 
+Metrics: every worker answers the /metrics scrapes it accepts with the whole server's figures.
+The supervisor makes a folder (a temporary one, removed at exit) where each worker, and the
+supervisor for its admin-port reloads, keeps its values in a memory-mapped file
+(lifecycle.MetricValues): counters are summed over every file, an exited worker's included (they
+never go back when a worker is replaced), and gauges (model, catalogue size, drift figures) are
+shown per live worker, labelled `worker="PID"`.
+
 Feature log: every worker appends whole lines to the same file (O_APPEND, one write per record);
 each rotates by its own count of the file's size, so with several workers a file may be rotated
 early. The drift check (drift_watch.py), if configured, runs in every worker on the shared log.
@@ -46,9 +53,11 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -81,6 +90,7 @@ class ServeSettings(Config):
     mmap: bool = True  # memory-map the model's .npy arrays (shared by workers)
     admin: bool = True  # mount /admin/reload when SEGUE_ADMIN_KEY is set
     drift: DriftWatchConfig | None = None
+    metrics_dir: Path | None = None  # the workers' shared /metrics values (the supervisor makes it)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -141,6 +151,7 @@ def build_app(settings: ServeSettings) -> Any:
         access_log=settings.access_log,
         drift_watch=drift,
         use_env_admin_key=settings.admin,
+        metrics_dir=settings.metrics_dir,
     )
     app.state.segue_model = info.public()  # a worker announces it to the supervisor
     return app
@@ -378,6 +389,7 @@ class Supervisor:
         self.workers: list[_Worker] = []
         self.signals: list[int] = []
         self.reloads: queue.Queue[_Reload] = queue.Queue()  # from the admin port
+        self.metric_values: Any = None  # lifecycle.MetricValues, once running
 
     def settings(self) -> ServeSettings:
         return ServeSettings.model_validate_json(self.settings_json)
@@ -455,6 +467,8 @@ class Supervisor:
                 log.error("workers could not be moved back to the previous model: some may serve %s", req.folder)
             req.error = f"could not load {req.folder}: a new worker failed to start (see the server's log)"
             return
+        if self.metric_values is not None:
+            self.metric_values.count([(("segue_reloads_total", ""), 1.0)])
         req.answer = {
             "previous": previous,
             "model": self.workers[0].model,
@@ -466,6 +480,22 @@ class Supervisor:
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda s, _f: self.signals.append(s))
+        made = None
+        if self.settings().metrics_dir is None:  # for the workers' shared /metrics (see Metrics)
+            made = Path(tempfile.mkdtemp(prefix="segue-metrics-"))
+            self.settings_json = self.settings().model_copy(update={"metrics_dir": made}).model_dump_json()
+        try:
+            self._run()
+        finally:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+
+    def _run(self) -> None:
+        from segue.serving.lifecycle import MetricValues
+
+        # The supervisor's own counter: a reload on the admin port (the workers mount no /admin/reload).
+        self.metric_values = MetricValues(self.settings().metrics_dir)
+        self.metric_values.count([(("segue_reloads_total", ""), 0.0)])
         self.workers = [self.spawn() for _ in range(self.n)]
         failed = None
         up = False  # every first worker has been ready once
