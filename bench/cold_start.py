@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +65,9 @@ from segue.data.store import BuildConfig, Store, build_store
 from segue.evaluation.evaluator import evaluate
 from segue.evaluation.report import compute_stats
 from segue.models.transformer import TransformerConfig, TransformerRecommender
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import guarded, need_data  # noqa: E402
 
 DATA = Path(os.environ.get("SEGUE_SHARED_DATA", "/work/shared/data"))
 
@@ -107,6 +112,9 @@ def anime_store(folder: Path) -> Path:
     return build_store(src, folder / "anime.duckdb", BuildConfig(splits=[{"kind": "random_holdout"}]))
 
 
+# what a setting's store is built from, under SEGUE_SHARED_DATA
+SOURCES = {"ml100k": ("ml-100k", "the MovieLens 100K folder (u.data)"), "anime": ("anime", "the MyAnimeList sample (anime_ratings.dat, anime_info.dat)")}
+
 SETTINGS = {
     "synthetic": (synthetic_store, "temporal", "temporal", {"features": ["artist", "album", "genre"], "id_dropout": 0.5}),
     "ml100k": (ml100k_store, "temporal", "temporal", {"features": ["genre", "title_words"], "id_dropout": 0.5, "min_items": 2}),
@@ -140,6 +148,17 @@ def report(models: dict, store: Path, split: str, protocol: str) -> None:
         print(f"features minus id-only, {k}: {c.diff:+.4f} [{c.low:+.4f}, {c.high:+.4f}] (paired bootstrap, p {c.p_value:.3f})")
 
 
+def build_into(build, work: Path, store: Path) -> None:  # noqa: ANN001
+    """Build in a scratch folder, then move the store into place; the scratch folder goes on any exit
+    (a failed or interrupted import left a half-built store in a new build-<pid> per run)."""
+    sub = work / f"build-{os.getpid()}"
+    sub.mkdir()
+    try:
+        build(sub).rename(store)
+    finally:
+        shutil.rmtree(sub, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("setting", choices=sorted(SETTINGS))
@@ -153,6 +172,10 @@ def main() -> None:
     ap.add_argument("--model", choices=["both", "id-only", "features", "evaluate"], default="both")
     args = ap.parse_args()
     build, split, protocol, items = SETTINGS[args.setting]
+    built = args.workdir is not None and (args.workdir / f"{args.setting}.duckdb").exists()
+    if args.setting in SOURCES and not built:
+        rel, what = SOURCES[args.setting]
+        need_data(DATA / rel, f"the {args.setting} setting builds its store from {what}", "SEGUE_SHARED_DATA names the shared data folder, default /work/shared/data")
     load = os.getloadavg()
     budget = f" / {args.minutes:g} min" if args.minutes is not None else ""  # it printed "None min"
     print(f"{args.setting}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.steps} steps{budget} per model", flush=True)
@@ -161,10 +184,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         store = work / f"{args.setting}.duckdb"
         if not store.exists():
-            sub = work / f"build-{os.getpid()}"
-            sub.mkdir()
-            build(sub).rename(store)
-            sub.rmdir()
+            build_into(build, work, store)
         names = {"both": ["id-only", "features"], "evaluate": []}.get(args.model, [args.model])
         models = {}
         with Store.open(store) as st:
@@ -194,4 +214,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -51,6 +51,9 @@ from segue.serving.app import create_app
 from segue.serving.cli import serve_in_thread
 from segue.serving.engine import Engine
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import guarded, need_data  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 SPLITS = [{"kind": "random_holdout", "name": "holdout"}]
@@ -186,6 +189,8 @@ def main() -> None:
     ap.add_argument("--split", default="strong", help="--run: the split whose TEST histories give the profile")
     ap.add_argument("--port", type=int, default=0, help="loopback port of the server (0: a free one)")
     args = ap.parse_args()
+    if not args.run and not args.synthetic:
+        need_data(args.data, "the ml-100k run builds its store from the MovieLens 100K folder (u.data)", "--data names the ml-100k folder, default ../shared/data/ml-100k; or use --synthetic")
     print(f"machine: {os.cpu_count()} cores, numpy float32 matmul {matmul_peak():.0f} GFLOP/s, load average {os.getloadavg()}", flush=True)
     results: dict = {"models": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,4 +221,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

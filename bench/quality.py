@@ -41,6 +41,9 @@ from segue.errors import SegueError
 from segue.evaluation import ProtocolConfig, build_task, evaluate_task
 from segue.models.base import model_class
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import guarded, need_data  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 MODELS = ["popularity", "itemknn", "ease", "item2vec", "als"]
@@ -90,8 +93,25 @@ def _beauty_source(path: Path) -> Any:
     return ListSource([Chunk(events=table)], name="beauty")
 
 
+# what each dataset's store is built from, under --data
+SOURCES = {"ml-100k": ("ml-100k", "the MovieLens 100K folder (u.data)"), "beauty": ("beauty/Beauty.txt", "the Amazon Beauty sequences")}
+
+
+def store_path(dataset: str, spec: dict, work: Path) -> Path:
+    return work / f"{dataset}-{spec['name']}.duckdb"
+
+
+def check_data(setups: list[str], work: Path, data: Path) -> None:
+    """Exit 2 with one line, before any work, when a setup's store is not built and its data is missing."""
+    for setup in setups:
+        dataset, spec, _ = SETUPS[setup]
+        if not store_path(dataset, spec, work).exists():
+            rel, what = SOURCES[dataset]
+            need_data(data / rel, f"{setup} builds its store from {what}", "--data names the shared data folder, default ../shared/data")
+
+
 def store_for(dataset: str, spec: dict, work: Path, data: Path) -> Path:
-    path = work / f"{dataset}-{spec['name']}.duckdb"
+    path = store_path(dataset, spec, work)
     if not path.exists():
         build_store(open_dataset(dataset, data), path, BuildConfig(splits=[spec]))
     return path
@@ -239,9 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         scale_check(args.scale, args.scale_sequences, 50)
         return 0
-    if not args.data.is_dir():
-        print(f"{args.data}: no shared data here", file=sys.stderr)
-        return 2
+    check_data(args.only, args.work, args.data)
     overrides = parse_overrides(args.overrides)
     args.work.mkdir(parents=True, exist_ok=True)
     k = args.k
@@ -279,5 +297,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded(main))
 

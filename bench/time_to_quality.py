@@ -384,14 +384,16 @@ def main() -> None:
     if args.only != "segue" and not args.profile_only:
         require_rectools(args.rectools_python)  # before the store and data are built, not in a worker's log
 
-    args.work.mkdir(parents=True, exist_ok=True)
     store = args.store
     if store is None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from quality import DATA, SETUPS, store_for
+        from quality import DATA, SETUPS, check_data, store_for
 
+        check_data(["beauty-loo"], args.work, DATA)  # one line, not a traceback, without ../shared/data
+        args.work.mkdir(parents=True, exist_ok=True)
         dataset, spec, _ = SETUPS["beauty-loo"]
         store = store_for(dataset, spec, args.work, DATA)
+    args.work.mkdir(parents=True, exist_ok=True)
     store = Path(store).resolve()
     if args.profile or args.profile_only:
         from step_profile import print_profile

@@ -23,7 +23,8 @@ from pathlib import Path
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATA, SETUPS, store_for  # noqa: E402
+from _common import guarded  # noqa: E402
+from quality import DATA, SETUPS, check_data, store_for  # noqa: E402
 from segue.evaluation.cli import run_evaluation  # noqa: E402
 from segue.training.trainer import load_train_config, train  # noqa: E402
 
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--baselines", default="popularity,itemknn,ease,item2vec,als")
     args = ap.parse_args()
+    check_data([RUNS[name][0] for name in args.only], args.work, args.data)
     console = Console(width=140)
     for name in args.only:
         setup, config_path = RUNS[name]
@@ -64,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))
