@@ -196,7 +196,7 @@ def serve(
         access_log=access_log,
         drift=drift,
     )
-    check_run_options(workers, admin_port)  # before the banner: "serving ..." then an error misled
+    check_run_options(workers, admin_port, port=port)  # before the banner: "serving ..." then an error misled
     bind_port(host, port, "choose another with --port").close()
     if admin_port is not None:
         bind_port(host, admin_port, "choose another with --admin-port").close()

@@ -558,12 +558,14 @@ class Supervisor:
             raise SegueError(failed)
 
 
-def check_run_options(workers: int, admin_port: int | None, admin: bool = True) -> None:
+def check_run_options(workers: int, admin_port: int | None, admin: bool = True, port: int | None = None) -> None:
     """The options of `run` that cannot go together: a ConfigError naming them (the CLI checks
     them before it says it is serving)."""
     key = os.environ.get("SEGUE_ADMIN_KEY") or None
     if admin_port is not None and workers < 2:
         raise ConfigError("--admin-port is for several workers: one worker takes /admin/reload on its own port")
+    if admin_port is not None and admin_port == port and port != 0:  # 0: each a free port of its own
+        raise ConfigError(f"--admin-port must differ from --port (both {port}): the supervisor's admin port is a port of its own")
     if admin_port is not None and not (admin and key):
         raise ConfigError("--admin-port needs the admin key in $SEGUE_ADMIN_KEY")
 
@@ -582,7 +584,7 @@ def run(
     `admin_port` opens the supervisor's admin port (needs $SEGUE_ADMIN_KEY; see the module)."""
     configure_logging()
     key = os.environ.get("SEGUE_ADMIN_KEY") or None
-    check_run_options(workers, admin_port, settings.admin)
+    check_run_options(workers, admin_port, settings.admin, port)
     if workers > 1:
         if settings.admin and not key:  # said once here: the workers take no key (admin=False below)
             log.warning("SEGUE_ADMIN_KEY is not set: admin routes (/admin/reload) are not mounted")
@@ -600,7 +602,10 @@ def run(
         try:
             if admin_port is not None:
                 assert key is not None
-                admin = AdminServer(supervisor, host, admin_port, key)
+                try:
+                    admin = AdminServer(supervisor, host, admin_port, key)
+                except OSError as e:  # taken since the CLI's check, or not checked (a caller of run)
+                    raise SegueError(f"port {admin_port} on {host} is not free ({e.strerror or e}): choose another with --admin-port") from None
                 admin.start()
                 log.info("admin port %s:%d: POST /admin/reload rolls every worker onto a model folder", host, admin_port)
             supervisor.run()
