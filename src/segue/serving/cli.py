@@ -87,6 +87,38 @@ def serve_in_thread(
     return RunningServer(server, thread, host, port)
 
 
+def trained_store_checksum(model: Path, header: dict[str, Any]) -> str | None:
+    """The content checksum of the store `model` was trained on: its store_checksum.txt (segue
+    train), else model.toml's meta; None when neither records one."""
+    from segue.models.base import model_meta
+
+    path = model / "store_checksum.txt"
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip() or None
+    got = model_meta(header).get("store_checksum")
+    return str(got) if got else None
+
+
+def store_mismatch(model: Path, header: dict[str, Any], store: Path) -> str | None:
+    """A warning when `store` is not the store the model was trained on (its content checksum
+    differs from the one the model folder records), else None. Only a warning: a rebuilt store
+    of the same corpus (more items, new names) is a fair source of names; one of another corpus
+    whose ids overlap would otherwise serve wrong names with no more than a coverage warning."""
+    from segue.data.store import Store
+
+    trained = trained_store_checksum(model, header)
+    if trained is None:
+        return None
+    with Store.open(store) as s:
+        checksum = s.checksum
+    if checksum == trained:
+        return None
+    where = "store_checksum.txt" if (model / "store_checksum.txt").is_file() else "model.toml"
+    return (f"--store {store} is not the store {model} was trained on (content checksum {checksum[:12]}, "
+            f"the model's {where} says {trained[:12]}): names and creators come from it wherever ids match; "
+            "pass the training store for the names the model was trained with")
+
+
 def resolve_model(model: str, registry: str | None = None) -> Path:
     """A model folder, or a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) downloaded to
     the registry's local cache (segue.ops.registry)."""
@@ -161,6 +193,7 @@ def serve(
     checked every --drift-interval seconds; the latest distances are on /metrics.
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from segue.models.base import read_model_header
     from segue.serving.drift_watch import DriftWatchConfig, check_drift_config
@@ -196,6 +229,8 @@ def serve(
         access_log=access_log,
         drift=drift,
     )
+    if store is not None and (mismatch := store_mismatch(model, header, store)) is not None:
+        console.print(f"[yellow]warning:[/] {escape(mismatch)}", highlight=False, soft_wrap=True)
     check_run_options(workers, admin_port, port=port)  # before the banner: "serving ..." then an error misled
     bind_port(host, port, "choose another with --port").close()
     if admin_port is not None:
