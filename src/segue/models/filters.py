@@ -50,6 +50,7 @@ def niche_boost_tokens(scores: np.ndarray, token_counts: np.ndarray, b: float) -
     v = np.shape(scores)[-1]
     if token_counts.shape != (v,):  # checked here: niche_boost sees the items only (V - N_SPECIAL)
         raise InputError(f"token_counts has shape {token_counts.shape} but the scores {v} tokens", field="token_counts", expected=f"one count per token, shape ({v},)")
-    out = np.array(scores, dtype=np.float32, copy=True)
+    # the subtraction reads the scores as given (float64 ones exactly), then rounds once to float32
+    out = np.array(scores, dtype=np.result_type(np.asarray(scores).dtype, np.float32), copy=True)
     out[..., N_SPECIAL:] = niche_boost(out[..., N_SPECIAL:], token_counts[N_SPECIAL:], b)
-    return out
+    return out.astype(np.float32, copy=False)

@@ -97,6 +97,8 @@ class Engine:
         self.popularity = np.log1p(self.vocab.counts.astype(np.float64)).astype(np.float32)
         self.popularity[:N_SPECIAL] = NEG_INF
         self.counts = np.asarray(self.vocab.counts, dtype=np.float64)  # training events per token
+        # the same in float64, which the niche boost subtracts exactly: b = 1 gives 0, not float32's rounding
+        self._log_pop = np.where(np.arange(len(self.counts)) < N_SPECIAL, -np.inf, np.log1p(self.counts))
         self.rating_range = rating_scale_of(model)  # None: the family does not use ratings
         self.index: ExactIndex | HNSWIndex | None = None
         self.embeddings: np.ndarray | None = None
@@ -339,7 +341,7 @@ class Engine:
         out: list[Ranked | None] = [None] * b
         empty = [i for i, h in enumerate(histories) if len(h) == 0]
         for i in empty:
-            pop = self._boost(self.popularity[None, :].copy(), niche_boost)
+            pop = self._boost(self._log_pop[None, :], niche_boost).astype(np.float32)
             out[i] = self._rank_scores(pop, k, [excl[i]], allow)[0]
             out[i].fallback = True
         live = [i for i in range(b) if len(histories[i])]
