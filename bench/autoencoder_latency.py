@@ -36,6 +36,8 @@ from segue.models.autoencoder import (
 )
 from segue.models.base import load_model
 
+WARMUP = 20  # untimed calls first: compiles and caches
+
 
 def pct(ms: list[float]) -> str:
     a = np.asarray(ms)
@@ -47,8 +49,10 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--store", required=True)
     ap.add_argument("--split", default="strong")
-    ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=300, help="timed calls, after a separate warm-up of up to 20")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     model = load_model(args.run)
     net = model.network
     with Store.open(args.store) as store:
@@ -64,7 +68,8 @@ def main() -> None:
         w0 = np.asarray(net.encoder[0].kernel[...])
         first = (w0, np.asarray(net.encoder[0].bias[...]))
         bare, full, ref, dense = [], [], [], []
-        for i, r in enumerate(np.concatenate([pick[:20], pick])):
+        warm = pick[:WARMUP]  # fewer than --rounds: with --rounds < 20 it timed 2R - 20 calls (none below 10)
+        for i, r in enumerate(np.concatenate([warm, pick])):
             prof = Profiles(hist, np.array([r]), net.n_items, model.scale, model.config.model)
             x_dense = np.concatenate([prof.presence, prof.ratings], axis=1) if net.with_ratings else prof.presence
             x, presence = prof.rows_input(0, 1, 1)
@@ -78,13 +83,13 @@ def main() -> None:
             t3 = time.perf_counter()
             x_dense @ w0
             t4 = time.perf_counter()
-            if i >= 20:  # warm-up: compiles and caches
+            if i >= len(warm):  # warm-up: compiles and caches
                 dense.append(1e3 * (t1 - t0))
                 bare.append(1e3 * (t2 - t1))
                 full.append(1e3 * (t3 - t2))
                 ref.append(1e3 * (t4 - t3))
     n_params = sum(int(np.prod(v[...].shape)) for _, v in nnx.to_flat_state(nnx.state(net, nnx.Param)))
-    print(f"{args.run}: {net.n_items} items, {n_params / 1e6:.1f} M parameters, {args.rounds} single-profile calls")
+    print(f"{args.run}: {net.n_items} items, {n_params / 1e6:.1f} M parameters, {len(bare)} single-profile calls (after {len(warm)} untimed)")
     print(f"bare forward pass   {pct(bare)}   (first layer" + (" and wide logits" if wide else "") + " from the profile's rows)")
     print(f"  dense network      {pct(dense)}   (the network's own [1, n] inputs" + (", the [n, n] wide product" if wide else "") + ")")
     print(f"score() (fold-in)   {pct(full)}")

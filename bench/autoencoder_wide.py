@@ -39,6 +39,15 @@ def with_wide(model: AutoencoderRecommender, weights: np.ndarray, l2: float, sca
     return rec
 
 
+def without_wide(model: AutoencoderRecommender) -> AutoencoderRecommender:
+    """The network alone: a run trained with model.wide = "ease" keeps its wide logits in every score,
+    so its base row measured the run's own EASE part (a = wide_scale), not "without the wide part"."""
+    if model.network.wide is None:
+        return model
+    n = model.network.n_items
+    return with_wide(model, np.zeros((n, n), np.float32), model.config.model.wide_l2, 1.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
@@ -61,8 +70,16 @@ def main() -> None:
         train_rows = data.train.nonempty()
         b, cols, _, _ = profile_entries(data.train, train_rows, n)
         offsets = np.searchsorted(b, np.arange(len(train_rows) + 1))
-        base = {m: validation_metrics(_mode(model, m), hist, tgt, rows)["ndcg@100"] for m in args.modes.split(",")}
+        bare = without_wide(model)
+        base = {m: validation_metrics(_mode(bare, m), hist, tgt, rows)["ndcg@100"] for m in args.modes.split(",")}
         print(f"{args.run} on {len(rows)} {args.part} users; without the wide part: " + ", ".join(f"{m} {v:.4f}" for m, v in base.items()))
+        if bare is not model:  # the run has its own wide part: the row it was trained and validated with
+            own = {m: validation_metrics(_mode(model, m), hist, tgt, rows)["ndcg@100"] for m in args.modes.split(",")}
+            c = model.config.model
+            print(
+                f"  as trained, with its own wide part (EASE l2 {c.wide_l2:g}, a {float(np.exp(np.asarray(model.network.wide_log_scale[...]))):g}, "
+                f"{c.wide_mode}): " + ", ".join(f"{m} {v:.4f}" for m, v in own.items())
+            )
         best: tuple[float, AutoencoderRecommender] | None = None
         for l2 in (float(v) for v in args.l2.split(",")):
             t = time.perf_counter()
