@@ -59,18 +59,30 @@ TARGETS = {
 }
 
 
-def datasets(data: Path) -> dict[str, pa.Table]:
+# the real datasets and the file each is read from, under --data
+REAL = {"ml-100k": "ml-100k/u.data", "beauty": "beauty/Beauty.txt"}
+NAMES = ("synthetic", *REAL)
+
+
+def datasets(data: Path, names: list[str]) -> dict[str, pa.Table]:
+    """The named datasets; a real one missing under `data` is skipped with a line on stderr (it
+    was skipped silently, so a wrong --data looked like a run over every dataset)."""
     out = {}
-    table, _ = read_source("synthetic", None, {"n_playlists": 3000})
-    # A per-sequence device context, so context drift has something to measure.
-    keys, codes = np.unique(table.column("seq_key").to_numpy(zero_copy_only=False), return_inverse=True)
-    rng = np.random.default_rng(7)
-    device = rng.choice(np.array(["mobile", "desktop", "tablet", "tv"]), len(keys), p=[0.55, 0.3, 0.1, 0.05])
-    out["synthetic"] = table.append_column("ctx_device", pa.array(device[codes], pa.string()))
-    if (data / "ml-100k" / "u.data").exists():
-        out["ml-100k"] = read_source("movielens", data / "ml-100k", {"with_items": False})[0]
-    if (data / "beauty" / "Beauty.txt").exists():
-        out["beauty"] = read_source("seqtext", data / "beauty" / "Beauty.txt", {"format": "sequences"})[0]
+    if "synthetic" in names:
+        table, _ = read_source("synthetic", None, {"n_playlists": 3000})
+        # A per-sequence device context, so context drift has something to measure.
+        keys, codes = np.unique(table.column("seq_key").to_numpy(zero_copy_only=False), return_inverse=True)
+        rng = np.random.default_rng(7)
+        device = rng.choice(np.array(["mobile", "desktop", "tablet", "tv"]), len(keys), p=[0.55, 0.3, 0.1, 0.05])
+        out["synthetic"] = table.append_column("ctx_device", pa.array(device[codes], pa.string()))
+    for name in (n for n in names if n in REAL):
+        path = data / REAL[name]
+        if not path.exists():
+            print(f"{name}: {path} not found (skipped; --data names the shared data folder)", file=sys.stderr)
+        elif name == "ml-100k":
+            out[name] = read_source("movielens", path.parent, {"with_items": False})[0]
+        else:
+            out[name] = read_source("seqtext", path, {"format": "sequences"})[0]
     return out
 
 
@@ -207,14 +219,19 @@ def main() -> None:
     ap.add_argument("--thresholds", type=Path, default=None, help="thresholds TOML (default: the built-in defaults)")
     ap.add_argument("--only", default=None, help="comma-separated dataset names")
     args = ap.parse_args()
+    names = args.only.split(",") if args.only else list(NAMES)
+    if unknown := [n for n in names if n not in NAMES]:
+        ap.error(f"--only: unknown dataset {', '.join(unknown)}; expected a comma-separated list of {', '.join(NAMES)}")
     import logging
 
     logging.getLogger("segue.validate").setLevel(logging.ERROR)  # one summary per validation is noise here
     limits = Thresholds() if args.thresholds is None else Thresholds.load(args.thresholds)
     print(f"thresholds: {limits.drift.model_dump()} noise_z {limits.noise_z}", file=sys.stderr)
-    for name, table in datasets(args.data).items():
-        if args.only and name not in args.only.split(","):
-            continue
+    tables = datasets(args.data, names)
+    if args.only and (missing := [n for n in names if n not in tables]):
+        print(f"--only {args.only}: {', '.join(missing)} not found under {args.data}: nothing run for it", file=sys.stderr)
+        raise SystemExit(2)
+    for name, table in tables.items():
         run(name, table, args.seeds, args.small, limits)
 
 

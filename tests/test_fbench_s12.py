@@ -150,3 +150,29 @@ def test_autoencoder_wide_base_row_is_the_network_alone(ae_run: tuple[Path, Path
         model._compiled = None
         assert bare == pytest.approx(validation_metrics(model, hist, tgt, rows)["ndcg@100"], abs=1e-4)
     assert bare != pytest.approx(own, abs=1e-4)
+
+
+# --- drift_thresholds (F7) --------------------------------------------------------------------
+
+
+def test_drift_thresholds_says_which_datasets_it_skipped(tmp_path: Path) -> None:
+    # F7: without --data's datasets it printed the synthetic table alone, no word of the others.
+    res = bench("bench/drift_thresholds.py", "--seeds", "1", "--data", str(tmp_path / "nodata"))
+    assert res.returncode == 0, res.stderr
+    assert f"ml-100k: {tmp_path}/nodata/ml-100k/u.data not found (skipped" in res.stderr
+    assert f"beauty: {tmp_path}/nodata/beauty/Beauty.txt not found (skipped" in res.stderr
+    assert "== synthetic:" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("only", "message"),
+    [
+        ("beauty", "--only beauty: beauty not found under"),
+        ("synthetic,typo", "--only: unknown dataset typo; expected a comma-separated list of synthetic, ml-100k, beauty"),
+    ],
+)
+def test_drift_thresholds_only_a_dataset_it_cannot_run_is_an_error(tmp_path: Path, only: str, message: str) -> None:
+    # F7: `--only beauty` without the data, or `--only typo`, printed the thresholds line and exited 0.
+    res = bench("bench/drift_thresholds.py", "--seeds", "1", "--only", only, "--data", str(tmp_path / "nodata"))
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert "==" not in res.stdout
