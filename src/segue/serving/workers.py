@@ -246,6 +246,7 @@ class _Reload:
     answer: dict[str, Any] | None = None
     error: str | None = None
     store: str | None = None  # None: the workers keep the store they serve with
+    status: int = 422  # of the answer when `error` is set (503: the server is shutting down)
 
 
 def reload_request(body: bytes) -> Any:
@@ -341,7 +342,7 @@ class AdminServer:
                 sup.reloads.put(req)
                 req.done.wait()
                 if req.error is not None:
-                    return self._reply(422, {"detail": req.error})
+                    return self._reply(req.status, {"detail": req.error})
                 self._reply(200, req.answer or {})
 
             def _read_body(self) -> bytes | None:
@@ -435,7 +436,10 @@ class Supervisor:
             old = self.workers[i]
             new = self.spawn()
             if not self.wait_ready(new):
-                log.error("replacement worker %d was not ready; keeping worker %d", new.process.pid, old.process.pid)
+                if self._exiting():  # SIGTERM/SIGINT stopped the wait: no failure of the worker's
+                    log.info("the server is shutting down: replacement worker %d stopped before it was ready", new.process.pid)
+                else:
+                    log.error("replacement worker %d was not ready; keeping worker %d", new.process.pid, old.process.pid)
                 self.stop(new)
                 return i
             self.workers[i] = new
@@ -463,6 +467,9 @@ class Supervisor:
         failed = self.rolling_restart()
         if failed is not None:
             self.settings_json = old_json
+            if self._exiting():  # the model was not at fault, and no worker is to start now
+                req.error, req.status = f"the server is shutting down: the reload to {req.folder} did not finish", 503
+                return
             if failed and self.rolling_restart(list(range(failed))) is not None:
                 log.error("workers could not be moved back to the previous model: some may serve %s", req.folder)
             req.error = f"could not load {req.folder}: a new worker failed to start (see the server's log)"
@@ -551,7 +558,7 @@ class Supervisor:
                 self.stop(w)
             while not self.reloads.empty():  # a reload asked for while stopping: refused, not hung
                 req = self.reloads.get_nowait()
-                req.error = "the server is shutting down"
+                req.error, req.status = "the server is shutting down", 503
                 req.done.set()
             log.info("all workers stopped")
         if failed:
