@@ -17,7 +17,8 @@ A log with fewer than `min_requests` histories is skipped (nothing to judge yet)
 raises (reading, validating, alerting) is logged and counted as an error, and the schedule goes
 on: the thread never dies of one check. The reference is read once and kept. The thread runs at a lower CPU priority (Linux nice +10 for that thread) so a
 check does not compete with requests on a busy host. With several workers each runs its own check
-of the shared log, so every worker's /metrics shows the same figures; only the worker holding an
+of the shared log: /metrics (whichever worker answers) sums their segue_drift_checks_total and
+shows each live worker's latest figures labelled `worker="PID"` (app.Metrics); only the worker holding an
 exclusive lock on the log folder's `.drift-alerts.lock` (flock: the first to try; released when it
 stops or dies, then taken by the next check of another) alerts, so a failure is logged, posted and
 written once, not once per worker.
