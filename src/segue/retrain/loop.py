@@ -456,11 +456,18 @@ class Retrain:
         tc = base.model_copy(
             update={"name": "candidate", "runs_dir": str(self.attempt), "data": DataConfig(store=st.get("train_store", st["store"]), split=st["split"])}
         )
-        warm_from = None
-        if cfg.warm_start and not self.from_scratch and st.get("production_folder"):
-            warm_from = Path(st["production_folder"])
+        warm_from, asked = None, None
+        if st.get("production_folder"):
+            # the registry records why a candidate did not start from production: the flag, when
+            # it was asked for (not "no production model", which an audit would read as a fact)
+            if self.from_scratch:
+                asked = "asked (--from-scratch)"
+            elif not cfg.warm_start:
+                asked = f"asked (warm_start = false in {cfg._source})"
+            else:
+                warm_from = Path(st["production_folder"])
         t = time.perf_counter()
-        run, warm = train_candidate(tc, self.attempt / "run", warm_from=warm_from, console=self.console)
+        run, warm = train_candidate(tc, self.attempt / "run", warm_from=warm_from, console=self.console, cold_reason=asked)
         st["train_seconds"] = round(time.perf_counter() - t, 2)
         st["run"], st["warm"] = str(run), warm
         st["train_config"] = tc.model_dump(mode="json")

@@ -139,10 +139,13 @@ def warm_start_problem(cfg: Any, production: Path | None) -> str | None:
     return None
 
 
-def train_candidate(cfg: Any, run: Path, *, warm_from: Path | None = None, console: Any = None) -> tuple[Path, dict[str, Any]]:
+def train_candidate(
+    cfg: Any, run: Path, *, warm_from: Path | None = None, console: Any = None, cold_reason: str | None = None
+) -> tuple[Path, dict[str, Any]]:
     """Train `cfg` (a RunConfig) into run folder `run` from scratch, as `segue train --fresh` does,
     warm-started from the model folder `warm_from` when given and possible. Returns the run folder
-    and what the warm start did ({"warm_start": False, "why": ...} when it did not run)."""
+    and what the warm start did ({"warm_start": False, "why": ...} when it did not run; `why` is
+    `cold_reason` when the caller chose not to warm-start, e.g. --from-scratch)."""
     import shutil
 
     from rich.console import Console
@@ -161,7 +164,7 @@ def train_candidate(cfg: Any, run: Path, *, warm_from: Path | None = None, conso
         data = open_split(store, cfg.data.split)
         family_config = cfg.family_config()
         task: Any = task_factory(cfg.family)(family_config, data)
-        problem = warm_start_problem(cfg, warm_from)
+        problem = cold_reason or warm_start_problem(cfg, warm_from)
         warm: dict[str, Any] = {"warm_start": False, "why": problem}
         if problem is None and warm_from is not None:
             task = WarmStartTask(task, warm_from / "weights.npz", Vocabulary.load(warm_from / "vocab.json"), data.vocab)
