@@ -92,6 +92,9 @@ def train(
         if m["best_metric"] is not None
         else "not validated: the last step is kept"
     )
+    tiebreak = getattr(cfg.trainer, "tiebreak", None)
+    if tiebreak and m["best_metric"] is not None:
+        chosen = kept_by_tiebreak(m, tiebreak, getattr(cfg.trainer, "tolerance", 0.0)) or chosen
     unit = m.get("unit", "tokens")
     rate = m.get(f"{unit}_per_s") or 0
     if mlflow:
@@ -170,3 +173,22 @@ def continue_(
         )
     if res.ran_out:  # the words of /v1/continue's warning
         console.print(f"[yellow]only {len(res.tokens)} items could be continued (the catalogue ran out)", highlight=False)
+
+
+def kept_by_tiebreak(m: dict[str, Any], tiebreak: str, tolerance: float) -> str | None:
+    """The closing line's account of a checkpoint kept by trainer.tiebreak: the kept step's metric
+    beside the best one seen, when they differ (else None: the plain account holds)."""
+    from segue.training.trainer import lower_is_better
+
+    metric, sign = m["metric"], -1.0 if lower_is_better(m["metric"]) else 1.0
+    hist = [h for h in m.get("history") or [] if h.get(metric) is not None]
+    if not hist:
+        return None
+    top = max(hist, key=lambda h: (sign * h[metric], -h["step"]))
+    kept = m.get("best_valid") or {}
+    if top["step"] == m["best_step"] or tiebreak not in kept:
+        return None
+    return (
+        f"kept step {m['best_step']}: {metric} {m['best_metric']:.4f}, within {tolerance:g} of the best "
+        f"{top[metric]:.4f} (step {top['step']}), of those the best {tiebreak} ({kept[tiebreak]:.4f}; trainer.tiebreak)"
+    )

@@ -412,7 +412,8 @@ class Trainer:
                         self.bad_evals = 0
                     else:
                         self.bad_evals += 1
-                    progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.sign * self.best, res, self.elapsed)
+                    kept = (self.best_step, tc.tiebreak) if tc.tiebreak is not None else None
+                    progress.validation(step, last_rec.get("loss", float("nan")), tc.metric, metric, self.sign * self.best, res, self.elapsed, kept)
                     self.plateau = plateau_update(self.plateau, self.sign * metric, self.task.optim)
                     if tc.patience is not None and self.bad_evals >= tc.patience:
                         stop_reason = "early_stopping"
@@ -589,13 +590,24 @@ class Progress:
             self.bar.update(self.task, completed=step, total=total, loss=loss, rate=rate, eta=_clock(self.eta_seconds(step, elapsed)))
 
     def validation(
-        self, step: int, loss: float, metric: str, value: float | None, best: float, res: dict[str, Any] | None, elapsed: float
+        self,
+        step: int,
+        loss: float,
+        metric: str,
+        value: float | None,
+        best: float,
+        res: dict[str, Any] | None,
+        elapsed: float,
+        kept: tuple[int, str] | None = None,
     ) -> None:
-        """One line per validation (or per eval_every steps when nothing is validated)."""
+        """One line per validation (or per eval_every steps when nothing is validated); with a
+        tiebreak, `kept` = (the kept checkpoint's step, the tiebreak metric), which may not be
+        the best metric's step."""
         total = self.expected_total(step, elapsed)
         parts = [f"step {step}/{total}", f"loss {loss:.4f}"]
         if value is not None:
-            parts.append(f"valid {metric} {value:.4f} (best {best:.4f})")
+            keep = f", kept step {kept[0]} by {kept[1]}" if kept is not None else ""
+            parts.append(f"valid {metric} {value:.4f} (best {best:.4f}{keep})")
             if res is not None and "exact_ce" in res:
                 parts.append(f"exact CE {res['exact_ce']:.3f}")
         else:
