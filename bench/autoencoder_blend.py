@@ -169,4 +169,6 @@ def _run(args: argparse.Namespace, models: dict, data: SplitData) -> None:  # no
 
 
 if __name__ == "__main__":
-    main()
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

@@ -163,4 +163,6 @@ def main() -> None:  # noqa: C901, PLR0915
 
 
 if __name__ == "__main__":
-    main()
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

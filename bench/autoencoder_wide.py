@@ -104,4 +104,6 @@ def _mode(rec: AutoencoderRecommender, mode: str) -> AutoencoderRecommender:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

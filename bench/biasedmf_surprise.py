@@ -222,4 +222,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

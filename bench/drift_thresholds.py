@@ -236,4 +236,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

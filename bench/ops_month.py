@@ -374,4 +374,6 @@ url = "{url}"
 
 
 if __name__ == "__main__":
-    main()
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

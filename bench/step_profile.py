@@ -218,7 +218,7 @@ def print_profile(config: Path, store: Path, split: str = "loo", overrides: dict
     return p
 
 
-if __name__ == "__main__":
+def main() -> None:
     import json
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -229,3 +229,9 @@ if __name__ == "__main__":
     ap.add_argument("--max-batches", type=int, default=None)
     a = ap.parse_args()
     print_profile(a.config, a.store, a.split, json.loads(a.overrides), a.max_batches)
+
+
+if __name__ == "__main__":
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

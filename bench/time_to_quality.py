@@ -485,4 +485,6 @@ def print_table(results: dict, sides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

@@ -97,4 +97,6 @@ def print_found(session: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import guarded  # bench/ is the script's folder, so on sys.path
+
+    raise SystemExit(guarded(main))

@@ -176,3 +176,20 @@ def test_drift_thresholds_only_a_dataset_it_cannot_run_is_an_error(tmp_path: Pat
     res = bench("bench/drift_thresholds.py", "--seeds", "1", "--only", only, "--data", str(tmp_path / "nodata"))
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert "==" not in res.stdout
+
+
+# --- a wrong path is segue's one line, not a traceback (F9) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench/step_profile.py", "--config", "{tmp}/nonexist.toml", "--store", "{tmp}/s.duckdb"], "{tmp}/nonexist.toml: config file not found"),
+        (["bench/autoencoder_quality.py", "--store", "{tmp}/nope.duckdb", "{tmp}/run"], "{tmp}/run: no such model folder"),
+        (["bench/feedback_pairs.py", "--store", "{tmp}/nope.duckdb", "--split", "strong", "--pretrained", "{tmp}/nope"], "{tmp}/nope"),
+    ],
+)
+def test_a_wrong_path_is_one_error_line(tmp_path: Path, args: list[str], message: str) -> None:
+    # F9: each printed a traceback ending in segue's own message (ConfigError, StoreError, ...).
+    res = bench(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    one_line_exit(res, "error: " + message.replace("{tmp}", str(tmp_path)))
