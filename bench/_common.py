@@ -5,6 +5,7 @@ own folder, so it is on sys.path); numpy only, so that importing it costs nothin
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -48,11 +49,23 @@ def need_data(path: Path, what: str, fix: str) -> None:
         raise SystemExit(2)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a timeout, a cancelled CI job, kill) raises SystemExit in the main thread, so that
+    `finally` blocks and context managers remove scratch folders: by default it ended the process
+    on the spot and left them (mpd_scale's is ~27 GiB at full size)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def guarded(main: Callable[[], int | None]) -> int:
-    """Run a bench's main; a SegueError (a bad input: a dataset folder without its files, a wrong
-    store) is one line on stderr and exit 2, as the CLI does, not a traceback."""
+    """Run a bench's main (SIGTERM made an exit that cleans up); a SegueError (a bad input: a dataset
+    folder without its files, a wrong store) is one line on stderr and exit 2, as the CLI does, not a traceback."""
     from segue.errors import SegueError
 
+    exit_on_sigterm()
     try:
         return main() or 0
     except SegueError as e:

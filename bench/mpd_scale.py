@@ -210,8 +210,13 @@ def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    with PeakMemory(pid=proc.pid) as mem:
-        out, _ = proc.communicate()
+    try:
+        with PeakMemory(pid=proc.pid) as mem:
+            out, _ = proc.communicate()
+    except BaseException:  # SIGTERM or Ctrl-C: the stage must not go on writing into the folder being removed
+        proc.kill()
+        proc.wait()
+        raise
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"stage {name} failed (exit {proc.returncode})\n{out[-3000:]}")

@@ -193,3 +193,48 @@ def test_a_wrong_path_is_one_error_line(tmp_path: Path, args: list[str], message
     # F9: each printed a traceback ending in segue's own message (ConfigError, StoreError, ...).
     res = bench(*(a.replace("{tmp}", str(tmp_path)) for a in args))
     one_line_exit(res, "error: " + message.replace("{tmp}", str(tmp_path)))
+
+
+# --- SIGTERM removes the scratch folders (F11) ------------------------------------------------
+
+
+def _terminate_when(cmd: list[str], ready, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:  # noqa: ANN001
+    """Start a bench, send SIGTERM once `ready()` holds (its scratch exists), wait for its exit."""
+    import signal
+    import time
+
+    log = (tmp_path / "log.txt").open("w")
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 90
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, (tmp_path / "log.txt").read_text()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    return proc
+
+
+def test_tune_speedup_removes_its_scratch_on_sigterm(tmp_path: Path) -> None:
+    # F11: `timeout 40 bench/tune_speedup.py ...` left /tmp/tune-speedup-* (14 MB) behind.
+    from datahelp import make_store, random_sequences
+
+    store = make_store(tmp_path / "s.duckdb", random_sequences(np.random.default_rng(0), 60), [{"kind": "leave_last_out", "name": "loo"}])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = _terminate_when(
+        ["bench/tune_speedup.py", "--store", str(store), "--split", "loo", "--trials", "2", "--workers", "1"],
+        lambda: any(scratch.glob("tune-speedup-*/speedup.toml")), tmp_path, env={"TMPDIR": str(scratch)},
+    )  # fmt: skip
+    assert proc.returncode == 128 + 15
+    assert list(scratch.glob("tune-speedup-*")) == []
+
+
+def test_mpd_scale_removes_its_scratch_on_sigterm(tmp_path: Path) -> None:
+    # F11: the scratch folder (~27 GiB at full size) stayed unless the run ended normally.
+    work = tmp_path / "mpdwork"
+    proc = _terminate_when(
+        ["bench/mpd_scale.py", "--playlists", "1000", "--items", "2000", "--steps", "2", "--warmup", "1", "--work", str(work)],
+        lambda: "stage gen starts" in (tmp_path / "log.txt").read_text(), tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 128 + 15, (tmp_path / "log.txt").read_text()
+    assert not work.exists()
