@@ -25,11 +25,13 @@ version), and a promotion or rollback is one alias update.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,13 +150,42 @@ class Registry:
             import logging
 
             logging.getLogger("alembic").setLevel(logging.WARNING)  # schema set-up chatter
-            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+            # it logs every failed statement at ERROR before raising: the failure is reported once,
+            # by _writing (one line) or the traceback of an unexpected one
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             from mlflow import MlflowClient
 
             if self.artifact_root is not None:
                 Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
+
+    def require_writable(self, what: str) -> None:
+        """SegueError (one line naming the registry and `what` could not be done) when an embedded
+        registry cannot be written: checked before the first write, so a refused change changes
+        nothing (a read-only registry.db failed deep in SQLAlchemy with a 500-line traceback,
+        after the artifacts of a registration had been written)."""
+        if self.artifact_root is None:
+            return  # a tracking server: its own answer says (see _writing)
+        folder = Path(self.artifact_root).parent
+        for path, name in ((folder / "registry.db", "registry.db"), (folder, "its folder"), (Path(self.artifact_root), "artifacts/")):
+            if path.exists() and not os.access(path, os.W_OK):
+                raise SegueError(f"registry {self.location}: {name} is read-only (cannot {what})")
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Around a change: require_writable first, and a write the backend refuses anyway (a
+        database locked or read-only underneath, a server's refusal) as one line naming `what`."""
+        self.require_writable(what)
+        try:
+            yield
+        except SegueError:
+            raise
+        except Exception as e:
+            if not _is_backend_error(e):
+                raise
+            cause = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise SegueError(f"registry {self.location}: could not {what} ({cause})") from None
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -254,6 +285,27 @@ class Registry:
         folder = Path(model_folder)
         if not (folder / "model.toml").exists():
             raise SegueError(f"{folder}: not a model folder (no model.toml)")
+        with self._writing(f"register a version of '{name}'"):
+            return self._register(
+                name, folder, store_checksum=store_checksum, split=split, config=config, evaluation=evaluation,
+                eval_split=eval_split, parent=parent, tags=tags, description=description, set_candidate=set_candidate,
+            )
+
+    def _register(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        store_checksum: str,
+        split: str,
+        config: dict[str, Any] | None,
+        evaluation: dict[str, list[float]] | None,
+        eval_split: str | None,
+        parent: str | None,
+        tags: dict[str, str] | None,
+        description: str,
+        set_candidate: bool,
+    ) -> VersionInfo:
         client = self.client
         run = client.create_run(self.experiment_id(), run_name=f"{name}-{folder.name}", tags={"segue.model": name})
         rid = run.info.run_id
@@ -297,7 +349,8 @@ class Registry:
         return self.version(name, str(mv.version))
 
     def set_tag(self, name: str, version: str, key: str, value: str) -> None:
-        self.client.set_model_version_tag(name, version, key, value)
+        with self._writing(f"tag version {version} of '{name}'"):
+            self.client.set_model_version_tag(name, version, key, value)
 
     def promote(self, name: str, version: str, *, reason: str = "manual") -> str | None:
         """Point `production` at `version`; returns the version it pointed at before. The previous
@@ -307,9 +360,10 @@ class Registry:
         previous = self.alias(name, PRODUCTION)
         if previous == target.version:
             return previous
-        self.client.set_model_version_tag(name, target.version, "previous_production", previous or "")
-        self.client.set_model_version_tag(name, target.version, "promotion", reason)
-        self.client.set_registered_model_alias(name, PRODUCTION, target.version)
+        with self._writing(f"promote version {target.version} of '{name}'"):
+            self.client.set_model_version_tag(name, target.version, "previous_production", previous or "")
+            self.client.set_model_version_tag(name, target.version, "promotion", reason)
+            self.client.set_registered_model_alias(name, PRODUCTION, target.version)
         return previous
 
     def rollback_target(self, name: str) -> tuple[str, str]:
@@ -327,8 +381,9 @@ class Registry:
     def rollback(self, name: str) -> tuple[str, str]:
         """Point `production` back at the version it replaced; returns (from, to)."""
         current, previous = self.rollback_target(name)
-        self.client.set_registered_model_alias(name, PRODUCTION, previous)
-        self.client.set_model_version_tag(name, current, "rolled_back", "true")
+        with self._writing(f"roll '{name}' back from version {current} to {previous}"):
+            self.client.set_registered_model_alias(name, PRODUCTION, previous)
+            self.client.set_model_version_tag(name, current, "rolled_back", "true")
         return current, previous
 
     # --- model folders -------------------------------------------------------------------------
@@ -358,6 +413,19 @@ class Registry:
         name, version, alias = parse_model_uri(uri)
         info = self.version(name, version or alias or "")
         return self.download(name, info.version, cache), info
+
+
+def _is_backend_error(e: BaseException) -> bool:
+    """An MLflow or SQLAlchemy failure, or an OSError writing the artifacts: the backend refused."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException | OSError):
+        return True
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:  # a tracking-server client without SQLAlchemy
+        return False
+    return isinstance(e, SQLAlchemyError)
 
 
 def default_cache(registry: Registry) -> Path:
@@ -420,6 +488,7 @@ def switch_production(
         old, new = registry.rollback_target(name)
     else:
         new, old = registry.version(name, version).version, registry.alias(name, PRODUCTION)
+    registry.require_writable("roll back" if version is None else f"promote version {new}")  # before the download too
     folder = registry.download(name, new, cache or default_cache(registry)) if server else None
     changed = old if version is None else new  # the version whose tags the switch writes
     before = dict(registry.version(name, changed).tags)
