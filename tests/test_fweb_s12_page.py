@@ -286,3 +286,95 @@ def test_a_reason_never_reads_plus_zero(dot) -> None:
             why, [{"name": "P", "impact": None, "pool": "leaves"}, {"name": "A", "impact": 0.5}]
         )
         assert said == "because of P (proposes it), A (+0.500)"
+
+
+@pytest.fixture(scope="module")
+def timed_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a two-stage pipeline whose ranker reads the history's last event time, its store)."""
+    from rankhelp import feedback_store
+    from segue.data.arrays import SplitData
+    from segue.data.store import Store
+    from segue.models.pipeline import PipelineConfig, PipelineRecommender
+
+    root = tmp_path_factory.mktemp("fweb-pipe")
+    store = feedback_store(root / "store.duckdb")
+    cfg = PipelineConfig.from_dict(
+        {
+            "generators": [
+                {"name": "pop", "family": "popularity", "n": 20},
+                {"name": "knn", "family": "itemknn", "n": 20},
+            ],
+            "name_candidates": 0,
+            "ranker": {"n_estimators": 10, "early_stopping_rounds": 5},
+        }
+    )
+    with Store.open(store) as s:
+        model = PipelineRecommender(cfg).fit(SplitData.load(s, "loo"))
+    return model.save(root / "pipe"), store
+
+
+def test_a_served_pipelines_time_warning_is_said_once_as_a_note(timed_pipeline) -> None:
+    """F6 with the real server: the pipeline's "timestamps: not given" came on every answer."""
+    from playwright.sync_api import expect
+
+    with opened_page(*timed_pipeline) as (_, page):
+        expect(page.locator("#model")).to_contain_text("pipeline model")
+        ids = page.evaluate(
+            "() => api('/v1/recommend', {history: [], n: 3}).then((r) => r.items.map((i) => i.id))"
+        )
+        page.evaluate(
+            "(ids) => { for (const id of ids) seeds.push({id, name: id}); renderSeeds(); }", ids
+        )
+        notes = page.locator("#model-notes > div")
+        for mode, button, ol in (
+            ("playlist", "#continue-btn", "#continuation"),
+            ("playlist", "#continue-btn", "#continuation"),
+            ("profile", "#recommend-btn", "#recommendations"),
+        ):
+            page.select_option("#mode", mode)
+            with page.expect_response("**/v1/explain") as answer:
+                page.click(button)
+            assert any(
+                w.startswith("timestamps: not given") for w in answer.value.json()["warnings"]
+            )
+            expect(page.locator(f"{ol} li").first).to_be_visible()
+            assert "timestamps" not in page.locator("#warnings").inner_text()
+            expect(notes).to_have_count(1)
+            expect(notes).to_contain_text(
+                "About this model: timestamps: not given; the pipeline's ranker reads"
+            )
+
+
+def test_enter_in_a_rating_box_asks_and_a_rating_typed_mid_request_drops_it(tmp_path) -> None:
+    """F7 (rating boxes): Enter there did nothing; F8: a rating changed while /v1/recommend ran
+    let the answer for the old ratings show."""
+    from playwright.sync_api import expect
+
+    from test_serving_profiles import fit_biasedmf, rated_store
+
+    store = rated_store(tmp_path / "store.duckdb")
+    with opened_page(fit_biasedmf(store, tmp_path / "bmf"), store) as (_, page):
+        page.select_option("#mode", "profile")
+        add_results(page, "Mecha", 2)
+        box = page.locator("#seeds li input.rating").first
+        box.fill("4")
+        with page.expect_request("**/v1/recommend") as req:
+            box.press("Enter")
+        assert req.value.post_data_json["ratings"] == [4, None]
+        expect(page.locator("#recommendations li").first).to_be_visible()
+        held = hold(page, "**/v1/recommend")
+        page.click("#recommend-btn")
+        expect(page.locator("#recommend-btn")).to_be_disabled()
+        box.fill("2")
+        expect(page.locator("#recommend-btn")).to_be_enabled()
+        expect(page.locator("#recommendations")).to_have_class(re.compile(r"\bstale\b"))
+        page.unroute_all(behavior="ignoreErrors")
+        for route in held:
+            with contextlib.suppress(Exception):  # the page has aborted it already
+                route.continue_()
+        page.wait_for_timeout(700)
+        expect(page.locator("#stale-profile")).to_be_visible()  # still the earlier answer, marked
+        with page.expect_request("**/v1/recommend") as req:
+            box.press("Enter")
+        assert req.value.post_data_json["ratings"] == [2, None]
+        expect(page.locator("#stale-profile")).to_be_hidden()
