@@ -32,3 +32,22 @@ def test_buckets_below_the_model_window_are_still_refused() -> None:
 
     with pytest.raises(SegueError, match="bucket_lengths"):
         TransformerConfig.from_dict({"model": {"context_length": 60}, "trainer": {"loader": {"bucket_lengths": [16, 30]}}})
+
+
+def test_a_saved_config_that_does_not_load_is_said_as_such(tmp_path) -> None:  # noqa: ANN001
+    """Resuming a run whose config.toml fails to load said "holds a run with another config" and
+    sent the user to --fresh (walk s12 scale F1c); now the load error is named."""
+    import pytest
+
+    from segue.errors import ConfigError
+    from segue.training.trainer import train
+    from test_trainer import _config
+
+    store = tmp_path / "none.duckdb"  # never reached: the saved config is read first
+    cfg = _config(store)
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.toml").write_text(cfg.to_toml().replace("[model]", "[model]\nno_such_field = 1", 1))
+    with pytest.raises(ConfigError, match="config.toml does not load") as e:
+        train(cfg, run_dir=run)
+    assert "no_such_field" in str(e.value) and "another config" not in str(e.value)

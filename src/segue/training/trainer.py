@@ -789,9 +789,12 @@ def train(
     if saved.exists() and resume:
         try:
             old = load_train_config(saved)
-        except ConfigError:
-            old = None
-        if old is None or _comparable(old) != _comparable(cfg):
+        except ConfigError as e:  # said as such: "another config" sent users to --fresh for a readable run
+            raise ConfigError(
+                f"{run}: its saved config.toml does not load, so the run cannot be resumed ({e}); fix that file, "
+                "or start over with --fresh"
+            ) from None
+        if _comparable(old) != _comparable(cfg):
             raise ConfigError(
                 f"{run}: holds a run with another config; choose another name or runs_dir, delete it, or "
                 "start over with --fresh"
