@@ -187,6 +187,16 @@ class BaseRecommender:
                 )
 
 
+# help() on a family's method shows the contract: a method without a docstring inherits
+# BaseRecommender's (inspect.getdoc reads the class hierarchy), which is the protocol's text.
+for _name in ("fit", "score", "recommend"):
+    getattr(BaseRecommender, _name).__doc__ = getattr(Recommender, _name).__doc__
+BaseRecommender.load.__func__.__doc__ = (  # type: ignore[attr-defined]
+    "The model saved in `folder` by save() (or a training run folder), its config checked; a "
+    "SegueError naming the file when the folder holds another family or a damaged state."
+)
+
+
 # save()'s marker: the entries it wrote. A training run folder also holds model.toml, but also its
 # checkpoints, metrics and logs, which replacing the folder would delete; only this file says
 # "save() wrote this folder".
