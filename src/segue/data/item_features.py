@@ -30,13 +30,16 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from segue.data.vocab import N_SPECIAL, Vocabulary
 from segue.errors import ConfigError, InputError
 from segue.io import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NONE_ROW, UNK_ROW = 0, 1
 FIXED = ("artist", "album", "genre", "type", "title_words")
@@ -388,22 +391,29 @@ def new_item_vectors(table: Any, dim: int, path: Path) -> np.ndarray | None:
     return out
 
 
-def added_item_names(folder: str | Path) -> dict[str, list[str | None]]:
-    """{external id: [name, creator]} of a run's added items (empty without items_added.parquet)."""
+def added_item_table(folder: str | Path) -> pa.Table | None:
+    """A run's added items (items_added.parquet) as strings: item, name, creator (or its artist
+    column) and album, null where the file has no such column; None without the file."""
+    import pyarrow as pa
+
     path = Path(folder) / ADDED_FILE
     if not path.exists():
-        return {}
+        return None
     t = read_new_items(path)
-    def col(*names: str) -> list[Any]:
-        for n in names:
-            if n in t.column_names:
-                return t.column(n).to_pylist()
-        return [None] * t.num_rows
-    return {
-        str(i): [None if n is None else str(n), None if c is None else str(c)]
-        for i, n, c in zip(t.column("item").to_pylist(), col("name"), col("creator", "artist"), strict=True)
-    }
+    cols = {"item": pa.array([str(x) for x in t.column("item").to_pylist()], pa.string())}
+    for c, alt in (("name", None), ("creator", "artist"), ("album", None)):
+        src = c if c in t.column_names else alt if alt is not None and alt in t.column_names else None
+        cols[c] = t.column(src).cast(pa.string()) if src else pa.nulls(t.num_rows, pa.string())
+    return pa.table(cols)
 
 
-__all__ = ["ADDED_FILE", "FeatureVocab", "ItemFeatures", "added_item_names", "fit_item_features", "new_item_rows", "new_item_vectors",
+def added_item_names(folder: str | Path) -> dict[str, list[str | None]]:
+    """{external id: [name, creator]} of a run's added items (empty without items_added.parquet)."""
+    t = added_item_table(folder)
+    if t is None:
+        return {}
+    return {i: [n, c] for i, n, c in zip(*(t.column(x).to_pylist() for x in ("item", "name", "creator")), strict=True)}
+
+
+__all__ = ["ADDED_FILE", "FeatureVocab", "ItemFeatures", "added_item_names", "added_item_table", "fit_item_features", "new_item_rows", "new_item_vectors",
            "raw_features", "read_content_vectors", "read_new_items", "store_item_rows"]

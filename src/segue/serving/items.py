@@ -128,22 +128,18 @@ def apply_added_items(model: Any, folder: str | Path) -> list[int]:
 def with_added_names(catalogue: Any, folder: str | Path) -> Any:
     """The catalogue with the added items' names, creators and albums."""
     import pyarrow as pa
-
-    from segue.serving.catalogue import Catalogue
-
-    path = Path(folder) / ADDED_FILE
-    if not path.exists():
-        return catalogue
-    t = read_new_items(path)
-    cols = {"external_id": pa.array([str(x) for x in t.column("item").to_pylist()], pa.string())}
-    for c, alt in (("name", None), ("creator", "artist"), ("album", None)):
-        src = c if c in t.column_names else alt if alt in (t.column_names if alt else []) else None
-        cols[c] = t.column(src).cast(pa.string()) if src else pa.nulls(t.num_rows, pa.string())
     import pyarrow.compute as pc
 
+    from segue.data.item_features import added_item_table
+    from segue.serving.catalogue import Catalogue
+
+    t = added_item_table(folder)
+    if t is None:
+        return catalogue
+    t = t.rename_columns(["external_id", "name", "creator", "album"])
     # The base table already has (nameless) rows for the added tokens: the added rows replace them.
-    base = catalogue.table.filter(pc.invert(pc.is_in(catalogue.table.column("external_id"), value_set=cols["external_id"])))
-    return Catalogue(catalogue.vocab, pa.concat_tables([base, pa.table(cols)]))
+    base = catalogue.table.filter(pc.invert(pc.is_in(catalogue.table.column("external_id"), value_set=t.column("external_id"))))
+    return Catalogue(catalogue.vocab, pa.concat_tables([base, t]))
 
 
 __all__ = ["ADDED_FILE", "add_items", "apply_added_items", "ignored_columns", "with_added_names"]
