@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import log_softmax
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from autoencoder_vs_multvae import ci, evaluate  # bench/ is the script's folder, so on sys.path
 from autoencoder_wide import with_wide
 from segue.data.arrays import SplitData
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--alphas", default="1,0.9,0.7,0.5,0.3")
     ap.add_argument("--out-dir", help="write each run's best setting here as a model folder")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     specs = [s.partition("=") for s in args.runs]
     models = {(lab if sep else Path(tgt).name): load_model(tgt) for lab, sep, tgt in specs}
     with Store.open(args.store) as store:  # the split's arrays read from the store lazily

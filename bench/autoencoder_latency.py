@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
@@ -53,6 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     model = load_model(args.run)
     net = model.network
     with Store.open(args.store) as store:

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--niche", default="0")
     ap.add_argument("--biasedmf", action="store_true", help="also fit biasedmf (its defaults) on the training part and compare its fold-in")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     model = load_model(args.run)
     part = Part.VALID if args.part == "valid" else Part.TEST
     with Store.open(args.store) as store:

@@ -35,6 +35,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from autoencoder_quality import rated_targets  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.ratings import denormalise
@@ -123,6 +124,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--foldin-lams", default="", help="e.g. 0.03,0.1,0.3: the fold-in correction at these lam")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     model = load_model(args.run)
     if not isinstance(model, AutoencoderRecommender) or not model.config.model.rating_head:
         raise SystemExit(f"{args.run}: not an autoencoder with a rating head")

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import log_softmax
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from autoencoder_vs_multvae import ci, evaluate  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.ratings import denormalise, normalise
@@ -60,6 +61,7 @@ def main() -> None:  # noqa: C901, PLR0915
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--second", help="a second presence-only run folder (another seed): its log p as a feature is the ensemble control for the rating-aware network's log p")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     both, pres = load_model(args.both), load_model(args.presence)
     assert isinstance(both, AutoencoderRecommender) and isinstance(pres, AutoencoderRecommender)
     with Store.open(args.store) as store:

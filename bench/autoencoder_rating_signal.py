@@ -32,6 +32,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from autoencoder_vs_multvae import ci, evaluate  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.ratings import RatingScale, normalise
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--sym", default="0.25")
     ap.add_argument("--splits", default="", help="f:ly,... e.g. h:1000,low5:1000")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     fl = lambda s: [float(v) for v in s.split(",") if v]  # noqa: E731
     with Store.open(args.store) as store:
         data = SplitData.load(store, args.split)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.store import Store
 from segue.training import autoencoder_losses as AL
 from segue.training.task import task_factory
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     cfg = load_train_config(args.config)
     with Store.open(cfg.resolve(cfg.data.store)) as store:
         task = task_factory(cfg.family)(cfg.family_config(), open_split(store, cfg.data.split))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
@@ -124,6 +125,7 @@ def main() -> None:
         if missing:
             print(f"{' and '.join(missing)} not installed (VAECF needs them): pip install -e '.[bench]'", file=sys.stderr)
             raise SystemExit(2)
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     part = Part.VALID if args.part == "valid" else Part.TEST
     with Store.open(args.store) as store:
         data = SplitData.load(store, args.split)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.splits import Part
 from segue.data.store import Store
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--part", default="valid", choices=["valid", "test"])
     ap.add_argument("--out")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     model = load_model(args.run)
     assert isinstance(model, AutoencoderRecommender) and model.network is not None
     n = model.network.n_items

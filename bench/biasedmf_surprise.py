@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.sources.movielens import MovieLensSource
 from segue.data.store import BuildConfig, Store, build_store
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("scikit-surprise is not installed: pip install -e '.[bench]'", file=sys.stderr)
         return 2
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     configs = parse_sets(args.set)
     path = store_for(args.data, args.work)
     print(f"store {path}; scikit-surprise {surprise.__version__}; biasedmf {configs[0].model_dump()}")

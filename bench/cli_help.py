@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--command", default="--help", help="arguments given to segue (default --help)")
     ap.add_argument("--compare-src", type=Path, help="another src/ folder to time the same command from")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="80")
     py = sys.executable
     cases = {

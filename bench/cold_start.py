@@ -67,7 +67,7 @@ from segue.evaluation.report import compute_stats
 from segue.models.transformer import TransformerConfig, TransformerRecommender
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import guarded, need_data  # noqa: E402
+from _common import guarded, machine_line, need_data  # noqa: E402
 
 DATA = Path(os.environ.get("SEGUE_SHARED_DATA", "/work/shared/data"))
 
@@ -176,6 +176,7 @@ def main() -> None:
     if args.setting in SOURCES and not built:
         rel, what = SOURCES[args.setting]
         need_data(DATA / rel, f"the {args.setting} setting builds its store from {what}", "SEGUE_SHARED_DATA names the shared data folder, default /work/shared/data")
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     load = os.getloadavg()
     budget = f" / {args.minutes:g} min" if args.minutes is not None else ""  # it printed "None min"
     print(f"{args.setting}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.steps} steps{budget} per model", flush=True)

@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.ops.eventset import from_table, read_source
 from segue.ops.thresholds import Thresholds
 from segue.ops.validation import validate
@@ -222,6 +223,7 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(NAMES)
     if unknown := [n for n in names if n not in NAMES]:
         ap.error(f"--only: unknown dataset {', '.join(unknown)}; expected a comma-separated list of {', '.join(NAMES)}")
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     import logging
 
     logging.getLogger("segue.validate").setLevel(logging.ERROR)  # one summary per validation is noise here

@@ -19,13 +19,13 @@ with it; on random scores and on rounded ones (many ties, as counts give).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.vocab import N_SPECIAL, Vocabulary
 from segue.evaluation.evaluator import auto_batch_size, evaluate, evaluate_task
@@ -107,7 +107,7 @@ def in_memory(args: argparse.Namespace) -> None:
     flops = 2 * args.users * args.dim * v
     print(f"  total {dt:.1f} s, {args.users / dt:,.0f} users/s  (target < 60 s on 2 cores)")
     print("  stages: " + ", ".join(f"{k} {s:.1f} s" for k, s in stages.items())
-          + f"; scoring matmul ran at {flops / stages['score'] / 1e9:.0f} GFLOP/s")
+          + (f"; scoring matmul ran at {flops / stages['score'] / 1e9:.0f} GFLOP/s" if stages["score"] > 0 else ""))
     hits = int(res.per_user["hr@100"].sum())
     print(f"  sanity: a random model hits {hits} of {args.users:,} targets in its top 100 "
           f"(about {args.users * 100 / args.items:.0f} expected)")
@@ -205,7 +205,8 @@ def main() -> None:
     ap.add_argument("--store", action="store_true", help="also run through a real store")
     ap.add_argument("--topk-rule", action="store_true", help="also time the top-k tie rule against the old batched cut")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cpus; numpy float32 matmul "
+    print(machine_line(), flush=True)  # the reference the figures below are read against
+    print("numpy float32 matmul at this bench's shapes: "
           f"{matmul_gflops(2048, 2048, 2048):.0f} GFLOP/s (2048^3), "
           f"{matmul_gflops(256, args.dim, args.items):.0f} GFLOP/s (256 x {args.dim} x {args.items:,})")
     in_memory(args)

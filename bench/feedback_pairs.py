@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SplitData
 from segue.data.store import Store
 from segue.evaluation.ratings import (
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ease", action="store_true", help="skip EASE (large catalogues)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
 
     with Store.open(args.store) as st:
         data = SplitData.load(st, args.split)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.sources.mpd import MPDSource
 from segue.data.sources.synthetic import SyntheticConfig, write_mpd_slices
 from segue.data.store import BUILD_TIMINGS, BuildConfig, Store, build_store
@@ -156,6 +157,7 @@ def main() -> None:
     ap.add_argument("--no-md5", action="store_true", help="skip md5sums verification")
     ap.add_argument("--small", type=int, default=10, help="slices in the second, smaller build (0: none)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
 
     workers = None if args.workers == "auto" else int(args.workers)
     n_items = args.items or args.playlists * 9  # catalogue; about 350k of 450k appear in 50k playlists

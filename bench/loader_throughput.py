@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SequenceArrays, load_arrays, save_arrays
 from segue.data.loader import LoaderConfig, make_train_loader
 
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--via-store", action="store_true", help="build a store and compile_split (slower)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"machine: {platform.processor() or platform.machine()}, {cores} usable cores "

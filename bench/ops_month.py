@@ -63,6 +63,7 @@ from pathlib import Path
 
 import httpx
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.errors import SegueError
 from segue.io import check_output
 
@@ -229,6 +230,7 @@ def main() -> None:
         check_output(wd, "ops_month folder", lambda p: (p / MARKER).is_file() or (p / "retrain-week0.toml").is_file())
     except SegueError as e:
         raise SystemExit(f"--workdir: {e}") from None
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     shutil.rmtree(wd, ignore_errors=True)
     (wd / "incoming").mkdir(parents=True)
     (wd / MARKER).write_text("written by bench/ops_month.py: the next run replaces this folder\n")

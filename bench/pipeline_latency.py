@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.arrays import SequenceArrays, SplitData
 from segue.data.sources import open_source
 from segue.data.store import BuildConfig, Store, build_store
@@ -181,6 +182,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--work", type=Path, default=None, help="keep the store and folders here (reused)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     root = args.work or Path(tempfile.mkdtemp(prefix="pipeline-latency-"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -36,6 +36,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.sources import open_source
 from segue.data.store import BuildConfig, build_store
 from segue.errors import SegueError
@@ -134,6 +135,7 @@ def main() -> None:
         )
     if missing:
         raise SystemExit(2)
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     args.work.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         try:

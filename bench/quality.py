@@ -42,7 +42,7 @@ from segue.evaluation import ProtocolConfig, build_task, evaluate_task
 from segue.models.base import model_class
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import guarded, need_data  # noqa: E402
+from _common import guarded, machine_line, need_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_check(args.scale, args.scale_sequences, 50)
         return 0
     check_data(args.only, args.work, args.data)
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     overrides = parse_overrides(args.overrides)
     args.work.mkdir(parents=True, exist_ok=True)
     k = args.k

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from segue.data.vocab import N_SPECIAL
 from segue.models.train_config import MeshConfig
 from segue.models.transformer import ModelConfig
@@ -40,6 +41,7 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     V, D = 4096, 32
     spec = StepSpec(
         ModelConfig(n_layers=1, d_model=D, d_ff=2 * D, context_length=8),

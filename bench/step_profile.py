@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
 from train_throughput import matmul_peak  # bench/ is the script's folder, so on sys.path
 
 
@@ -228,6 +229,7 @@ def main() -> None:
     ap.add_argument("--overrides", default="{}")
     ap.add_argument("--max-batches", type=int, default=None)
     a = ap.parse_args()
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     print_profile(a.config, a.store, a.split, json.loads(a.overrides), a.max_batches)
 
 

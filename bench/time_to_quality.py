@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
@@ -383,6 +385,7 @@ def main() -> None:
         return segue_worker(args)
     if args.only != "segue" and not args.profile_only:
         require_rectools(args.rectools_python)  # before the store and data are built, not in a worker's log
+    print(machine_line(), flush=True)  # the reference the figures below are read against
 
     store = args.store
     if store is None:

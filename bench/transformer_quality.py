@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import guarded  # noqa: E402
+from _common import guarded, machine_line  # noqa: E402
 from quality import DATA, SETUPS, check_data, store_for  # noqa: E402
 from segue.evaluation.cli import run_evaluation  # noqa: E402
 from segue.training.trainer import load_train_config, train  # noqa: E402
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--baselines", default="popularity,itemknn,ease,item2vec,als")
     args = ap.parse_args()
     check_data([RUNS[name][0] for name in args.only], args.work, args.data)
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     console = Console(width=140)
     for name in args.only:
         setup, config_path = RUNS[name]

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import machine_line  # bench/ is the script's folder, so on sys.path
+
 SPACE = """
 family = "ease"
 store = "{store}"
@@ -52,7 +54,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="Keep the sessions' roots under this folder (default: removed).")
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
-    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
+    print(machine_line(), flush=True)  # the reference the figures below are read against
     rows = []
     with tempfile.TemporaryDirectory(prefix="tune-speedup-") as scratch:
         tmp = str(args.keep.resolve()) if args.keep else scratch

@@ -4,6 +4,7 @@ work, cold_start leaves no scratch folder behind, and the autoencoder benches co
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_autoencoder_latency_refuses_zero_rounds(ae_run: tuple[Path, Path]) -> N
 
 def test_autoencoder_wide_base_row_is_the_network_alone(ae_run: tuple[Path, Path]) -> None:
     # F5: "without the wide part" scored the loaded run unchanged, its own EASE part (a = 30) included.
-    import re
+
 
     import jax.numpy as jnp
 
@@ -238,3 +239,30 @@ def test_mpd_scale_removes_its_scratch_on_sigterm(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 128 + 15, (tmp_path / "log.txt").read_text()
     assert not work.exists()
+
+
+# --- every bench prints the machine reference beside its figures (F8) ---------------------------
+
+# owned by the serving fixer of s12 (serve_workers: cores only; rolling_restart: cores only;
+# serve_latency: complete): not checked here until they print it too
+OTHERS = {"serve_workers.py", "rolling_restart.py", "serve_latency.py"}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_") and p.name not in OTHERS))
+def test_every_bench_prints_the_machine_reference(name: str) -> None:
+    # F8: README: "Each prints its figures beside the machine's own reference (cores, load, measured
+    # matmul peak)"; eval_speed had no load, autoencoder_step / quality / ... nothing at all.
+    src = (ROOT / "bench" / name).read_text(encoding="utf-8")
+    own = all(w in src for w in ("cpu_count", "getloadavg", "peak"))  # train_throughput, mpd_scale: their own, fuller
+    assert "print(machine_line()" in src or own, name
+
+
+def test_machine_line_is_printed_first() -> None:
+    res = bench("bench/eval_speed.py", "--users", "50", "--items", "200", "--dim", "4")
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    assert re.fullmatch(
+        r"machine: \d+ cores \(of \d+\), load average [\d.]+ [\d.]+ [\d.]+ \(1/5/15 min\), "
+        r"numpy float32 matmul peak \d+ GFLOP/s \(1024\^3, best of 5\)",
+        first,
+    ), first
