@@ -395,6 +395,13 @@ class DeferredApp:
         elif path == "/readyz":
             detail = f"the model could not be loaded: {self.error}" if self.error else ""
             await _send_json(send, *readiness(False, None, detail))
+        elif path == "/" and scope.get("method") in ("GET", "HEAD"):
+            # the page itself, so a tab opened while the model loads says so and waits for it
+            # (it polls /healthz) instead of showing the 503's JSON until reloaded by hand
+            data = (Path(__file__).parent / "web" / "index.html").read_bytes()
+            headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(data)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else data})
         elif path == "/metrics":
             data = LOADING_METRICS.encode()
             headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), (b"content-length", str(len(data)).encode())]
