@@ -36,6 +36,7 @@ from pathlib import Path
 
 import psutil
 
+from _common import guarded, machine_line
 from serve_workers import make_model, start, stop, wait_serving
 
 
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=3.0, help="seconds of load before, between and after")
     ap.add_argument("--port", type=int, default=0, help="the server's port (default 0: a free one)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = make_model(root / "model", args.items, args.dim)
@@ -163,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(guarded(main))

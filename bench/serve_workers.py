@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from _common import guarded, machine_line  # bench/ is the script's folder, so on sys.path
+
 SERVER = """
 import sys
 from segue.serving.index import IndexConfig
@@ -179,6 +181,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--workers", default="1,2")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = make_model(root / "model", args.items, args.dim)
@@ -217,4 +220,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(guarded(main))

@@ -243,12 +243,7 @@ def test_mpd_scale_removes_its_scratch_on_sigterm(tmp_path: Path) -> None:
 
 # --- every bench prints the machine reference beside its figures (F8) ---------------------------
 
-# owned by the serving fixer of s12 (serve_workers: cores only; rolling_restart: cores only;
-# serve_latency: complete): not checked here until they print it too
-OTHERS = {"serve_workers.py", "rolling_restart.py", "serve_latency.py"}
-
-
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_") and p.name not in OTHERS))
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_")))
 def test_every_bench_prints_the_machine_reference(name: str) -> None:
     # F8: README: "Each prints its figures beside the machine's own reference (cores, load, measured
     # matmul peak)"; eval_speed had no load, autoencoder_step / quality / ... nothing at all.
