@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import numpy_peak  # bench/ is the script's folder, so on sys.path
 from segue.data.vocab import N_SPECIAL
 from segue.models.events import EventsConfig
 from segue.models.item_encoder import ItemEncoderConfig
@@ -68,16 +69,6 @@ def matmul_peak(n: int = 1024, reps: int = 20, clock: Callable[[], float] = time
         t = clock()
         f(a).block_until_ready()
         best = min(best, clock() - t)
-    return 2 * n**3 / best / 1e9
-
-
-def numpy_peak(n: int = 1024, reps: int = 10) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
 
