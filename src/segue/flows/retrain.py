@@ -55,10 +55,13 @@ def _run(flow: RetrainFlow, *steps: str) -> None:
 
     job = _job(flow, flow.state)
     try:
-        for name in steps:
-            if job.state.get("stop"):
-                break
-            job.run_step(name)
+        # The lock spans one Metaflow step (each is a process); `promote` re-checks that
+        # production is the version the gate compared with, which covers the gaps between them.
+        with job.locked():
+            for name in steps:
+                if job.state.get("stop"):
+                    break
+                job.run_step(name)
     except RetrainAborted as e:  # an expected refusal: the reason alone (the flow's flag takes a value)
         reason = str(e).removeprefix("retrain aborted: ").replace("pass --force ", "pass --force true ")
         raise RetrainStopped(reason, "Retrain aborted") from None

@@ -41,6 +41,10 @@ from segue.errors import ConfigError, SegueError
 REGISTRY_ENV = "SEGUE_REGISTRY"
 PRODUCTION = "production"
 CANDIDATE = "candidate"
+# Set on a version whose promotion was undone or refused (its reload failed, production moved
+# meanwhile): `registry show` tells it from a candidate the gate kept. Removed when promoted.
+PROMOTION_FAILED = "promotion_failed"
+_UNSET: Any = object()
 EXPERIMENT = "segue"
 # Parts of a run folder that are not the model: resumable state and caches rebuilt on load.
 SKIP_IN_ARTIFACT = ("checkpoints", "tensorboard", "serving")
@@ -363,6 +367,8 @@ class Registry:
         with self._writing(f"promote version {target.version} of '{name}'"):
             self.client.set_model_version_tag(name, target.version, "previous_production", previous or "")
             self.client.set_model_version_tag(name, target.version, "promotion", reason)
+            if PROMOTION_FAILED in target.tags:  # an earlier attempt's failure: this one stands
+                self.client.delete_model_version_tag(name, target.version, PROMOTION_FAILED)
             self.client.set_registered_model_alias(name, PRODUCTION, target.version)
         return previous
 
@@ -442,6 +448,10 @@ class ServerUnreachable(SegueError):
     """No server answered the reload (nothing listening, a timeout): nothing was refused."""
 
 
+class ProductionMoved(SegueError):
+    """Production is no longer the version the caller compared the candidate with."""
+
+
 def notify_reload(server: str, key: str | None, folder: str | Path, timeout: float = 600.0) -> dict[str, Any]:
     """POST /admin/reload {"model": folder} to a running server with its admin key; returns the
     server's answer (previous and new model) or raises SegueError with the server's reason
@@ -471,6 +481,7 @@ def switch_production(
     reason: str = "manual",
     cache: str | Path | None = None,
     timeout: float = 600.0,
+    expected_production: str | None = _UNSET,
 ) -> dict[str, Any]:
     """Promote `version` (None: roll back) and make a running server serve it.
 
@@ -482,6 +493,11 @@ def switch_production(
     back and raises: the registry is unchanged. One exception: with no production version
     before (the first promotion) an unreachable server cannot be serving a registry version, so
     the alias stays and `warning` says that no server answered.
+    `expected_production` (a promotion): the production version (None: none) the candidate was
+    gated against; when production is another one now (a second retrain, a manual promotion
+    meanwhile) nothing moves and ProductionMoved names both. A promotion that fails (a reload
+    refused or unanswered, production moved) says which version production stays at, and tags
+    the version PROMOTION_FAILED with the reason.
     Returns {"from", "to", "served" (the server's model or None), "workers" (several workers:
     each one's pid and model, from the supervisor's admin port; else None), "warning"}."""
     if version is None:
@@ -489,6 +505,15 @@ def switch_production(
     else:
         new, old = registry.version(name, version).version, registry.alias(name, PRODUCTION)
     registry.require_writable("roll back" if version is None else f"promote version {new}")  # before the download too
+    if version is not None and expected_production is not _UNSET and old != expected_production:
+        msg = (
+            f"production of '{name}' is version {old or 'none'} now, not version {expected_production or 'none'} that "
+            f"version {new} was gated against (another promotion meanwhile): version {new} is registered but not "
+            f"promoted; production stays at version {old or 'none'} (rerun segue retrain to gate against it, or promote "
+            f"by hand: segue registry promote {name} {new})"
+        )
+        _mark_failed(registry, name, new, msg)
+        raise ProductionMoved(msg)
     folder = registry.download(name, new, cache or default_cache(registry)) if server else None
     changed = old if version is None else new  # the version whose tags the switch writes
     before = dict(registry.version(name, changed).tags)
@@ -506,10 +531,10 @@ def switch_production(
             out["warning"] = f"{e}; production is version {new}: start the server with models:/{name}@{PRODUCTION}"
             return out
         _undo_switch(registry, name, old, changed, before)
-        raise
-    except SegueError:
+        raise ServerUnreachable(_failed_switch(registry, name, version, old, new, server or "", e, "once the server is up")) from None
+    except SegueError as e:
         _undo_switch(registry, name, old, changed, before)
-        raise
+        raise SegueError(_failed_switch(registry, name, version, old, new, server or "", e, "once the server takes it")) from None
     except KeyboardInterrupt:  # say what state this leaves: the reload goes on without us
         undo = f" (undo: segue registry promote {name} {old}{' --server ' + server if server else ''})" if old else ""
         logging.getLogger("segue.registry").warning(
@@ -521,6 +546,33 @@ def switch_production(
     return out
 
 
+def _failed_switch(
+    registry: Registry, name: str, version: str | None, old: str | None, new: str, server: str, e: SegueError, when: str
+) -> str:
+    """The message of a switch undone after its reload failed: what production is now (the
+    alias was put back) and how to try again; a promotion's is also recorded on the version."""
+    if version is None:
+        return (
+            f"{e}; production stays at version {old}, not rolled back to version {new} "
+            f"(segue rollback {name} --server {server} {when})"
+        )
+    msg = (
+        f"{e}; production stays at version {old or 'none'}; version {new} is registered but not promoted "
+        f"(segue registry promote {name} {new} --server {server} {when})"
+    )
+    _mark_failed(registry, name, new, msg)
+    return msg
+
+
+def _mark_failed(registry: Registry, name: str, version: str, msg: str) -> None:
+    """Tag `version` PROMOTION_FAILED (UTC time: reason); a registry that refuses the tag does not
+    hide the failure itself, which the caller raises."""
+    import time
+
+    with contextlib.suppress(SegueError):
+        registry.set_tag(name, version, PROMOTION_FAILED, time.strftime("%Y-%m-%d %H:%M:%S UTC: ", time.gmtime()) + msg[:4000])
+
+
 def _undo_switch(registry: Registry, name: str, old: str | None, changed: str, tags: dict[str, str]) -> None:
     """Put production back on `old` and `changed`'s switch tags as they were (a refused reload)."""
     if old is None:
@@ -528,7 +580,7 @@ def _undo_switch(registry: Registry, name: str, old: str | None, changed: str, t
     else:
         registry.client.set_registered_model_alias(name, PRODUCTION, old)
     now = registry.version(name, changed).tags
-    for key in ("previous_production", "promotion", "rolled_back"):
+    for key in ("previous_production", "promotion", "rolled_back", PROMOTION_FAILED):
         if key in tags:
             if now.get(key) != tags[key]:
                 registry.set_tag(name, changed, key, tags[key])

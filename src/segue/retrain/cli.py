@@ -41,7 +41,8 @@ def retrain(
         prod = st.get("version") if st.get("promoted") else st.get("production")
         promoting = "register" in done and "promote" not in done and (st.get("decision") or {}).get("promote")
         job.say(f"[yellow]interrupted[/] after {', '.join(done) or 'no step'}: production is version {prod or '-'}"
-                + (f" or, if the promotion had moved it, {st['version']} (see segue registry show)" if promoting else ""))
+                + (f" or, if the promotion had moved it, {st['version']} (see segue registry show)" if promoting else "")
+                + ("; this attempt cannot be resumed: rerun segue retrain to start a new one" if "register" not in done else ""))
         raise
     except Exception as e:
         job.state["error"] = f"{type(e).__name__}: {e}" if not isinstance(e, SegueError) else str(e)

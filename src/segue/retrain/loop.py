@@ -252,20 +252,70 @@ class Retrain:
         self.state["seconds"][step] = round(time.perf_counter() - t, 2)
         self.state["steps_done"].append(step)
 
+    def locked(self) -> Any:
+        """The retrain lock of this model in this registry (segue.retrain.lock): a second retrain
+        exits naming the holder. A read-only registry is refused here, before any work."""
+        from segue.retrain.lock import retrain_lock
+
+        self.registry.require_writable("retrain")
+        return retrain_lock(self.registry, self.cfg.name, self.attempt)
+
     def run(self) -> dict[str, Any]:
-        """Every step in order; returns the state (figures, decision, version, timings)."""
+        """Every step in order, holding the retrain lock; returns the state (figures, decision,
+        version, timings). The attempt folder's retrain.json records how it ended (`status`:
+        finished, stopped, aborted, interrupted or failed), also when it did not."""
         t = time.perf_counter()
-        for step in STEPS:
-            self.run_step(step)
-            if self.state.get("stop"):
-                self.say(f"[yellow]stopped after {step}:[/] {self.state['stop']}")
-                break
-        self.state["seconds"]["total"] = round(time.perf_counter() - t, 2)
-        self.attempt.mkdir(parents=True, exist_ok=True)
+        self.cfg.check()  # a config mistake creates nothing, not even the lock's registry folder
+        with self.locked():
+            status = "failed"
+            try:
+                for step in STEPS:
+                    self.run_step(step)
+                    if self.state.get("stop"):
+                        self.say(f"[yellow]stopped after {step}:[/] {self.state['stop']}")
+                        break
+                status = "stopped" if self.state.get("stop") else "finished"
+            except RetrainAborted as e:
+                status, self.state["error"] = "aborted", str(e)
+                raise
+            except KeyboardInterrupt:
+                status = "interrupted"
+                self.state["interrupted"] = True
+                raise
+            except Exception as e:
+                self.state["error"] = str(e) if isinstance(e, SegueError) else f"{type(e).__name__}: {e}"
+                raise
+            finally:
+                self.state["seconds"]["total"] = round(time.perf_counter() - t, 2)
+                self._finish(status)
+        return self.state
+
+    def _finish(self, status: str) -> None:
+        """Write the attempt's retrain.json. An attempt that ended before `register` can never be
+        resumed: `note` says so (rerun segue retrain: a new attempt), and an aborted or interrupted
+        one's store and checkpoints are removed (no version records them; a failed one keeps them
+        for a look at what failed)."""
+        import shutil
+
         from segue.io import atomic_write_text
 
-        atomic_write_text(self.attempt / "retrain.json", json.dumps(self.state, indent=2, default=str))
-        return self.state
+        st = self.state
+        st["status"] = status
+        if status in ("aborted", "interrupted", "failed") and "register" not in st["steps_done"]:
+            removed = []
+            heavy = (self.attempt / "store.duckdb", self.attempt / "store-shuffled.duckdb", self.attempt / "run" / "checkpoints")
+            for p in heavy if status != "failed" else ():
+                for q in (p, p.with_name(f".{p.name}.lock"), p.with_name(p.name + ".arrays")):
+                    if q.exists():
+                        shutil.rmtree(q) if q.is_dir() else q.unlink()
+                        removed.append(q.name)
+            st["note"] = (
+                f"{status} after {', '.join(st['steps_done']) or 'no step'}: this attempt cannot be resumed; rerun "
+                "segue retrain to start a new one" + (f" (removed: {', '.join(removed)})" if removed else "")
+            )
+        if st["steps_done"] or self.attempt.exists():  # a gather that failed at once left no attempt
+            self.attempt.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.attempt / "retrain.json", json.dumps(st, indent=2, default=str))
 
     # --- steps ---------------------------------------------------------------------------------
     def step_gather(self) -> None:
@@ -555,15 +605,22 @@ class Retrain:
         reason = "retrain gate: " + "; ".join(st["decision"]["reasons"])
         # The alias moves, then the server (if any) reloads; a refused reload puts the alias back
         # (switch_production). The first promotion with no server up keeps the alias, with a warning.
-        out = switch_production(
-            self.registry,
-            self.cfg.name,
-            st["version"],
-            server=server.admin_url or server.url,
-            admin_key=os.environ.get(server.admin_key_env),
-            reason=reason[:4000],
-            timeout=server.reload_timeout,
-        )
+        # Only over the production the gate compared with (expected_production): one that moved
+        # meanwhile (a manual promotion, a Metaflow run beside this one) refuses, naming both.
+        try:
+            out = switch_production(
+                self.registry,
+                self.cfg.name,
+                st["version"],
+                server=server.admin_url or server.url,
+                admin_key=os.environ.get(server.admin_key_env),
+                reason=reason[:4000],
+                timeout=server.reload_timeout,
+                expected_production=st["production"],
+            )
+        except SegueError as e:
+            st["promotion_failed"] = str(e)
+            raise
         st["promoted"], st["served"] = True, out["served"]
         if out.get("workers"):
             st["workers"] = out["workers"]

@@ -139,6 +139,24 @@ def warm_start_problem(cfg: Any, production: Path | None) -> str | None:
     return None
 
 
+def attempt_hint(text: str) -> str:
+    """The trainer's Ctrl-C messages as they hold inside a retrain: its checkpoint is never resumed
+    (a rerun starts a new attempt), so "run the same command to resume from it" was wrong."""
+    if text.startswith("interrupted at step"):
+        return text.split(":", 1)[0] + ": this retrain attempt cannot be resumed; rerun segue retrain to start a new one"
+    return text.replace(" and writing a checkpoint to resume from", "")
+
+
+def _attempt_trainer(trainer: Any) -> Any:
+    """segue.training's Trainer saying attempt_hint's messages (it has no option for its hint)."""
+
+    class AttemptTrainer(trainer):  # type: ignore[misc,valid-type]
+        def _say(self, text: str) -> None:
+            super()._say(attempt_hint(text))
+
+    return AttemptTrainer
+
+
 def train_candidate(
     cfg: Any, run: Path, *, warm_from: Path | None = None, console: Any = None, cold_reason: str | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -172,7 +190,7 @@ def train_candidate(
         data.vocab.save(run / "vocab.json")
         save_item_names(store, data.vocab, run / ITEM_NAMES_FILE)
         atomic_write_text(run / "store_checksum.txt", store.checksum + "\n")
-        trainer = Trainer(task, run, console=console)
+        trainer = _attempt_trainer(Trainer)(task, run, console=console)
         if isinstance(task, WarmStartTask) and task.report is not None:
             warm = {"warm_start": True} | task.report.to_dict()
         summary = trainer.fit(resume=False)
