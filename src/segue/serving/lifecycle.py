@@ -38,7 +38,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,8 @@ def readiness(ready: bool, engine: Engine | None, detail: str = "") -> tuple[int
 Sample = tuple[str, str]  # (metric name, its labels as Prometheus text without braces; "" for none)
 Family = tuple[str, str, str]  # (name, type, help)
 METRICS_SUFFIX = ".metrics"
-_HEADER = struct.Struct("<QQ")  # bytes used (entries end there), flags
+_HEADER = struct.Struct("<QQQ")  # bytes used (entries end there), flags, change sequence (odd: mid-change)
+_SEQ_AT = 16  # the sequence's offset in the header
 _NOT_SERVING = 1  # flag: the process does not serve (yet, or any more): its gauges are not shown
 _KEY_LEN = struct.Struct("<I")
 _VALUE = struct.Struct("<d")
@@ -156,9 +157,16 @@ class MetricValues:
     request). A file stays when its process exits, so the totals never go back when a worker is
     replaced; gauges are each live worker's own, labelled `worker="PID"`.
 
-    File layout: a header (bytes used, flags), then entries (key length, key, padding, float64
-    value, each value 8-byte aligned). Only the owner writes; an entry is written before the
-    header's length covers it, so a reader never sees half an entry."""
+    File layout: a header (bytes used, flags, change sequence), then entries (key length, key,
+    padding, float64 value, each value 8-byte aligned). Only the owner writes; an entry is written
+    before the header's length covers it, so a reader never sees half an entry, and each batch of
+    changes (one request's counter and histogram) is a seqlock write: the sequence is odd while it
+    runs, so a reader retries a copy taken mid-batch and a scrape never shows half a request.
+
+    The file's pages are allocated when it is made or grown (posix_fallocate): a store into a page a
+    full filesystem never allocated would kill the worker with SIGBUS. Where the folder cannot hold
+    this process's values (full, read-only), a warning says so and its figures stay its own: its
+    scrapes add them to the other workers', the other workers' scrapes lack them."""
 
     def __init__(self, folder: str | Path | None = None, size: int = 1 << 16) -> None:
         self._lock = threading.Lock()
@@ -169,32 +177,42 @@ class MetricValues:
         self._offsets: dict[bytes, int] = {}
         self._used = _HEADER.size
         self._mm: mmap.mmap | None = None
+        self._seq = 0
+        self._full = False  # a new series found no room: said once
         if self.folder is not None:
-            self._create(self.folder, max(size, 4096))
+            try:
+                self._create(self.folder, max(size, 4096))
+            except OSError as e:
+                log.warning("metrics: cannot keep this worker's values in %s (%s); its /metrics figures stay its own", self.folder, e)
 
     def _create(self, folder: Path, size: int) -> None:
         # pid plus a random part: a later process given a reused pid must not truncate the file
         # of an exited one (its counters would go back).
         name = f"{os.getpid()}-{secrets.token_hex(4)}{METRICS_SUFFIX}"
         tmp = folder / f".{name}.tmp"
-        with open(tmp, "xb") as f:  # whole before it appears under its name (readers glob it)
-            f.write(_HEADER.pack(_HEADER.size, _NOT_SERVING))  # until its app has started
-            f.truncate(size)
-        os.replace(tmp, folder / name)
+        try:
+            with open(tmp, "xb") as f:  # whole before it appears under its name (readers glob it)
+                f.write(_HEADER.pack(_HEADER.size, _NOT_SERVING, 0))  # until its app has started
+                f.truncate(size)
+                os.posix_fallocate(f.fileno(), 0, size)  # ENOSPC here, not SIGBUS at a later store
+            os.replace(tmp, folder / name)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         self.path = folder / name
         with open(self.path, "r+b") as f:
             self._mm = mmap.mmap(f.fileno(), 0)
 
     def count(self, increments: Iterable[tuple[Sample, float]]) -> None:
         """Add each amount to its counter (0 makes a counter appear)."""
-        with self._lock:
+        with self._lock, self._batch():
             for key, amount in increments:
                 value = self.counters[key] = self.counters.get(key, 0.0) + amount
                 self._store(b"c", key, value)
 
     def gauge(self, values: Iterable[tuple[Sample, float]]) -> None:
         """Set each gauge; NaN removes it."""
-        with self._lock:
+        with self._lock, self._batch():
             for key, value in values:
                 if math.isnan(value):
                     if self.gauges.pop(key, None) is None:
@@ -207,8 +225,22 @@ class MetricValues:
         """Whether this process serves (its gauges shown): set when its app has started, cleared
         when it shuts down."""
         if self._mm is not None:
-            with self._lock:
-                _HEADER.pack_into(self._mm, 0, self._used, 0 if live else _NOT_SERVING)
+            with self._lock, self._batch():
+                struct.pack_into("<QQ", self._mm, 0, self._used, 0 if live else _NOT_SERVING)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """A seqlock write (the caller holds the lock): the sequence odd while the stores run."""
+        if self._mm is None:
+            yield
+            return
+        self._seq += 1
+        struct.pack_into("<Q", self._mm, _SEQ_AT, self._seq)
+        try:
+            yield
+        finally:
+            self._seq += 1
+            struct.pack_into("<Q", self._mm, _SEQ_AT, self._seq)
 
     def _store(self, kind: bytes, key: Sample, value: float) -> None:
         if self._mm is None:
@@ -217,21 +249,32 @@ class MetricValues:
         at = self._offsets.get(raw)
         if at is None:
             at = self._append(raw, value)
+            if at is None:
+                return
         _VALUE.pack_into(self._mm, at, value)
 
-    def _append(self, raw: bytes, value: float) -> int:
-        assert self._mm is not None
+    def _append(self, raw: bytes, value: float) -> int | None:
+        """The new entry's value offset; None where the file cannot grow (said once)."""
+        assert self._mm is not None and self.path is not None
         start = self._used
         at = start + _KEY_LEN.size + len(raw)
         at += -at % 8
         end = at + _VALUE.size
         if end > len(self._mm):
-            self._mm.resize(max(2 * len(self._mm), end + 4096))
+            size = max(2 * len(self._mm), end + 4096)
+            try:
+                with open(self.path, "r+b") as f:
+                    os.posix_fallocate(f.fileno(), 0, size)  # allocated before any store reaches it
+                self._mm.resize(size)
+            except OSError as e:
+                if not self._full:
+                    self._full = True
+                    log.warning("metrics: %s cannot grow (%s); new series of this worker stay its own", self.path, e)
+                return None
         _KEY_LEN.pack_into(self._mm, start, len(raw))
         self._mm[start + _KEY_LEN.size : start + _KEY_LEN.size + len(raw)] = raw
         _VALUE.pack_into(self._mm, at, value)
-        flags = _HEADER.unpack_from(self._mm, 0)[1]
-        _HEADER.pack_into(self._mm, 0, end, flags)  # last: the entry is whole before it counts
+        struct.pack_into("<Q", self._mm, 0, end)  # last: the entry is whole before it counts
         self._used = end
         self._offsets[raw] = at
         return at
@@ -244,8 +287,10 @@ class MetricValues:
                 return dict(self.counters), dict(self.gauges)
         counters: dict[Sample, float] = {}
         gauges: dict[Sample, float] = {}
-        for path in sorted(self.folder.glob(f"*{METRICS_SUFFIX}")):
-            read = read_metric_file(path)
+        files = [(p, read_metric_file(p)) for p in sorted(self.folder.glob(f"*{METRICS_SUFFIX}")) if p != self.path]
+        with self._lock:  # this process's own from memory: whole, and complete where its file is not
+            mine = (True, dict(self.counters), dict(self.gauges))
+        for path, read in [*files, (Path(f"{os.getpid()}-own"), mine)]:
             if read is None:
                 continue
             live, own_counters, own_gauges = read
@@ -261,8 +306,15 @@ def read_metric_file(path: Path) -> tuple[bool, dict[Sample, float], dict[Sample
     """(whether its process is live, counters, gauges) of one MetricValues file; None for a file
     that is gone or not one."""
     try:
-        data = path.read_bytes()
-        used, flags = _HEADER.unpack_from(data, 0)
+        for attempt in range(200):  # a copy taken mid-batch (odd or moved sequence) is taken again
+            data = path.read_bytes()
+            used, flags, seq = _HEADER.unpack_from(data, 0)
+            with open(path, "rb") as f:
+                f.seek(_SEQ_AT)
+                again = struct.unpack("<Q", f.read(8))[0]
+            if seq % 2 == 0 and again == seq:
+                break
+            time.sleep(0 if attempt < 10 else 0.001)  # let the writer (a thread or process) finish its batch
         counters: dict[Sample, float] = {}
         gauges: dict[Sample, float] = {}
         at = _HEADER.size
