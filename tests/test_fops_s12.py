@@ -193,7 +193,7 @@ def test_a_failed_reload_says_what_production_stays_at_and_tags_the_version(tmp_
     assert "version 2 is registered but not promoted" in reg.version("m", "2").tags[PROMOTION_FAILED]
     saved = json.loads((job.attempt / "retrain.json").read_text())
     assert saved["status"] == "failed" and saved["promotion_failed"] == str(e.value)
-    # `segue registry promote` and `segue rollback` say the same
+    # `segue registry promote` and `segue rollback` say the same (and leave the registry as it was)
     r = CliRunner().invoke(app, ["registry", "promote", "m", "2", "--registry", str(tmp_path / "registry"), "--server", dead])
     assert r.exit_code == 2 and "production stays at version 1; version 2 is registered but not promoted" in r.output, r.output
     # promoted later (no server now): the failure tag goes

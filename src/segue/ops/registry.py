@@ -495,9 +495,9 @@ def switch_production(
     the alias stays and `warning` says that no server answered.
     `expected_production` (a promotion): the production version (None: none) the candidate was
     gated against; when production is another one now (a second retrain, a manual promotion
-    meanwhile) nothing moves and ProductionMoved names both. A promotion that fails (a reload
-    refused or unanswered, production moved) says which version production stays at, and tags
-    the version PROMOTION_FAILED with the reason.
+    meanwhile) nothing moves and ProductionMoved names both. A switch whose reload fails says
+    which version production stays at (the registry is as before: a caller that keeps a record,
+    as segue retrain does, tags the version with mark_failed).
     Returns {"from", "to", "served" (the server's model or None), "workers" (several workers:
     each one's pid and model, from the supervisor's admin port; else None), "warning"}."""
     if version is None:
@@ -512,7 +512,6 @@ def switch_production(
             f"promoted; production stays at version {old or 'none'} (rerun segue retrain to gate against it, or promote "
             f"by hand: segue registry promote {name} {new})"
         )
-        _mark_failed(registry, name, new, msg)
         raise ProductionMoved(msg)
     folder = registry.download(name, new, cache or default_cache(registry)) if server else None
     changed = old if version is None else new  # the version whose tags the switch writes
@@ -531,10 +530,10 @@ def switch_production(
             out["warning"] = f"{e}; production is version {new}: start the server with models:/{name}@{PRODUCTION}"
             return out
         _undo_switch(registry, name, old, changed, before)
-        raise ServerUnreachable(_failed_switch(registry, name, version, old, new, server or "", e, "once the server is up")) from None
+        raise ServerUnreachable(_failed_switch(name, version, old, new, server or "", e, "once the server is up")) from None
     except SegueError as e:
         _undo_switch(registry, name, old, changed, before)
-        raise SegueError(_failed_switch(registry, name, version, old, new, server or "", e, "once the server takes it")) from None
+        raise SegueError(_failed_switch(name, version, old, new, server or "", e, "once the server takes it")) from None
     except KeyboardInterrupt:  # say what state this leaves: the reload goes on without us
         undo = f" (undo: segue registry promote {name} {old}{' --server ' + server if server else ''})" if old else ""
         logging.getLogger("segue.registry").warning(
@@ -547,24 +546,22 @@ def switch_production(
 
 
 def _failed_switch(
-    registry: Registry, name: str, version: str | None, old: str | None, new: str, server: str, e: SegueError, when: str
+    name: str, version: str | None, old: str | None, new: str, server: str, e: SegueError, when: str
 ) -> str:
     """The message of a switch undone after its reload failed: what production is now (the
-    alias was put back) and how to try again; a promotion's is also recorded on the version."""
+    alias was put back) and how to try again."""
     if version is None:
         return (
             f"{e}; production stays at version {old}, not rolled back to version {new} "
             f"(segue rollback {name} --server {server} {when})"
         )
-    msg = (
+    return (
         f"{e}; production stays at version {old or 'none'}; version {new} is registered but not promoted "
         f"(segue registry promote {name} {new} --server {server} {when})"
     )
-    _mark_failed(registry, name, new, msg)
-    return msg
 
 
-def _mark_failed(registry: Registry, name: str, version: str, msg: str) -> None:
+def mark_failed(registry: Registry, name: str, version: str, msg: str) -> None:
     """Tag `version` PROMOTION_FAILED (UTC time: reason); a registry that refuses the tag does not
     hide the failure itself, which the caller raises."""
     import time

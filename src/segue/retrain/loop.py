@@ -618,8 +618,11 @@ class Retrain:
                 timeout=server.reload_timeout,
                 expected_production=st["production"],
             )
-        except SegueError as e:
+        except SegueError as e:  # recorded on the version: `registry show` tells it from a kept candidate
+            from segue.ops.registry import mark_failed
+
             st["promotion_failed"] = str(e)
+            mark_failed(self.registry, self.cfg.name, st["version"], str(e))
             raise
         st["promoted"], st["served"] = True, out["served"]
         if out.get("workers"):
