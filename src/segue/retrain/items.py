@@ -123,6 +123,14 @@ def items_add(
             "not read by this run (not among its features); ignored",
             highlight=False, soft_wrap=True,
         )
+    blank = out.get("blank_rows") or []
+    if blank:
+        shown = ", ".join(f"row {i}: {e}" for i, e in blank[:3]) + (", ..." if len(blank) > 3 else "")
+        console.print(
+            f"[yellow]warning:[/] {escape(str(parquet))}: {len(blank)} item(s) with no feature value at all ({escape(shown)}): "
+            "their vectors are the same features-only default, so nothing tells them apart",
+            highlight=False, soft_wrap=True,
+        )
     unk = ", ".join(f"{n} {c}" for n, c in out["unknown_values"].items() if c)
     examples = out.get("known_examples", {})
     if unk and examples:  # the form of a value the run knows: an artist name where it keeps creator keys matches nothing

@@ -72,6 +72,10 @@ def add_items(run: str | Path, parquet: str | Path) -> dict[str, Any]:
     feats = model.item_features
     raw = raw_features(feats.names, rows)
     unknown = {n: sum(1 for vals in raw[n] if vals and not any(feats.vocabs[n].knows(v) for v in vals)) for n in feats.names}
+    # rows with no feature value at all (and no content vector): their vectors tell them apart from nothing
+    has_vector = "vector" in new.column_names and feats.content_dim
+    vectors = new.column("vector").to_pylist() if has_vector else [None] * len(rows)
+    blank = [(i + 1, r["external_id"]) for i, r in enumerate(rows) if not any(raw[n][i] for n in feats.names) and vectors[i] is None]
     # ids are text, whatever the file's column type: an integer column merges with earlier text ids
     new = new.set_column(new.column_names.index("item"), "item", pa.array([str(x) for x in new.column("item").to_pylist()], pa.string()))
     table = new if old is None else _merged(old, new, parquet)
@@ -80,7 +84,7 @@ def add_items(run: str | Path, parquet: str | Path) -> dict[str, Any]:
     # A value the run knows in another form (an artist's name where the run keeps the store's
     # creator keys, as MPD's artist URIs) is unseen too: a value the run knows shows the form.
     examples = {n: feats.vocabs[n].values[0] for n in feats.names if unknown[n] and feats.vocabs[n].values}
-    return {"added": len(rows), "total_added": table.num_rows, "unknown_values": unknown, "known_examples": examples,
+    return {"added": len(rows), "total_added": table.num_rows, "unknown_values": unknown, "known_examples": examples, "blank_rows": blank,
             "ignored_columns": ignored_columns(new.column_names, feats.names, feats.content_dim)}
 
 
