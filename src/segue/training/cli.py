@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -46,42 +46,26 @@ def train(
     """Train a neural model (transformer, autoencoder); resumes from the run folder's newest checkpoint."""
     import json
 
-    from segue.errors import ConfigError
-    from segue.training.pairwise import resolve_init_from
-    from segue.training.trainer import _stop_text, load_train_config
+    from segue.training import mesh as M
+    from segue.training.trainer import _fingerprint, _stop_text
     from segue.training.trainer import train as train_fn
 
-    # a folder or a file where the other is expected: one line, not an OS error's traceback
-    if config.is_dir():
-        raise ConfigError(f"{config}: is a folder (expected a train config .toml file)")
-    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: is a file (expected a run folder)")
-    cfg = resolve_init_from(load_train_config(config))  # a fine-tuning's init_from: from the config's folder
+    # Several processes join first and load their configs together: one whose config fails (or
+    # differs) stops all of them with one message, instead of leaving the others waiting for it.
+    M.init_distributed()
+    try:
+        cfg, lifted = M.same_everywhere(
+            lambda: _command_config(config, run_dir, max_steps, max_epochs, max_minutes), lambda c: _fingerprint(c[0])
+        )
+    except M.PeerLost as e:
+        _exit_lost(e)
     console = Console()
-    upd: dict[str, object] = {}
-    lifted: dict[str, float] = {}
-    if max_steps is not None:
-        upd["max_steps"] = max_steps
-        # The command line asked for N steps: an epoch limit that would end the run sooner (or a
-        # min_epochs that would run it longer) must not silently win. Lifting one that does not
-        # bind changes nothing; whether it binds needs the batches per epoch, which the family's
-        # task knows only once it has read the split, so the note comes after the run.
-        if max_epochs is None and cfg.trainer.max_epochs is not None:  # type: ignore[attr-defined]
-            upd["max_epochs"] = None
-            lifted["max_epochs"] = cfg.trainer.max_epochs  # type: ignore[attr-defined]
-        if cfg.trainer.min_epochs is not None:  # type: ignore[attr-defined]
-            upd["min_epochs"] = None
-            lifted["min_epochs"] = cfg.trainer.min_epochs  # type: ignore[attr-defined]
-    if max_epochs is not None:
-        upd["max_epochs"] = max_epochs
-    if max_minutes is not None:
-        upd["max_minutes"] = max_minutes
-    if upd:
-        cfg = cfg.with_trainer(**upd)
     try:
         run = train_fn(cfg, run_dir=run_dir, resume=not fresh, console=console)
     except KeyboardInterrupt:  # the trainer said where it stopped and what it kept: 130, no "Aborted!"
         raise typer.Exit(130) from None
+    except M.PeerLost as e:
+        _exit_lost(e)
     m = json.loads((run / "metrics.json").read_text())
     for note in lifted_notes(cfg.trainer, lifted, m):  # type: ignore[attr-defined]
         console.print(note, highlight=False, soft_wrap=True)
@@ -107,6 +91,58 @@ def train(
         f"{m['train_seconds']:.0f} s, {rate:,.0f} {unit}/s; {chosen}",
         soft_wrap=True,
     )
+
+
+def _command_config(
+    config: Path, run_dir: Path | None, max_steps: int | None, max_epochs: float | None, max_minutes: float | None
+) -> tuple[Any, dict[str, float]]:
+    """The train config with the command line's overrides, and the epoch limits --max-steps lifted."""
+    from segue.errors import ConfigError
+    from segue.training.pairwise import resolve_init_from
+    from segue.training.trainer import load_train_config
+
+    # a folder or a file where the other is expected: one line, not an OS error's traceback
+    if config.is_dir():
+        raise ConfigError(f"{config}: is a folder (expected a train config .toml file)")
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: is a file (expected a run folder)")
+    cfg = resolve_init_from(load_train_config(config))  # a fine-tuning's init_from: from the config's folder
+    upd: dict[str, object] = {}
+    lifted: dict[str, float] = {}
+    if max_steps is not None:
+        upd["max_steps"] = max_steps
+        # The command line asked for N steps: an epoch limit that would end the run sooner (or a
+        # min_epochs that would run it longer) must not silently win. Lifting one that does not
+        # bind changes nothing; whether it binds needs the batches per epoch, which the family's
+        # task knows only once it has read the split, so the note comes after the run.
+        if max_epochs is None and cfg.trainer.max_epochs is not None:  # type: ignore[attr-defined]
+            upd["max_epochs"] = None
+            lifted["max_epochs"] = cfg.trainer.max_epochs  # type: ignore[attr-defined]
+        if cfg.trainer.min_epochs is not None:  # type: ignore[attr-defined]
+            upd["min_epochs"] = None
+            lifted["min_epochs"] = cfg.trainer.min_epochs  # type: ignore[attr-defined]
+    if max_epochs is not None:
+        upd["max_epochs"] = max_epochs
+    if max_minutes is not None:
+        upd["max_minutes"] = max_minutes
+    if upd:
+        cfg = cfg.with_trainer(**upd)
+    return cfg, lifted
+
+
+def _exit_lost(e: Exception) -> NoReturn:
+    """A lost process: its one message, then out at once. A normal exit would run JAX's shutdown,
+    which waits at a barrier for the dead process until the heartbeat timeout and then aborts the
+    process with a C++ stack trace (exit 134); nothing is left to write (the checkpoints are on disk)."""
+    import os
+    import sys
+
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(3)
 
 
 def lifted_notes(trainer: Any, lifted: dict[str, float], summary: dict[str, Any]) -> list[str]:

@@ -25,23 +25,31 @@ is exactly what it was before meshes existed.
 Multi-host (`init_distributed`): every process runs the same command; JAX's own runtime connects
 them (coordinator address, process count and id from the environment, or SLURM's variables); each
 process reads its rows of every batch (Grain `ShardOptions`, segue.data.loader) and
-`jax.make_array_from_process_local_data` joins them into one global batch.
+`jax.make_array_from_process_local_data` joins them into one global batch. Before anything is
+written the processes compare their configs (`same_everywhere`, through the distributed runtime's
+key-value store): a process started with another config would otherwise meet a collective of
+another shape and abort inside gloo. A peer that dies mid-run surfaces in the survivors as a
+failed collective (`peer_lost`), reported as `PeerLost`: which process, and that the run resumes.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
-from typing import Any
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from segue.errors import ConfigError
+from segue.errors import ConfigError, SegueError
 from segue.models.train_config import MeshConfig
 
+T = TypeVar("T")
 TABLE_KEYS = ("items", "item_m", "item_v", "ema_items")  # train-state entries holding [V, D] tables
 
 
@@ -165,3 +173,141 @@ def process_shard() -> Any:
     import grain
 
     return grain.sharding.ShardByJaxProcess(drop_remainder=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement between processes, and a lost process
+
+
+class PeerLost(SegueError):
+    """A process of a multi-process run stopped (a collective failed): the run cannot go on here."""
+
+
+EXCHANGE_TIMEOUT_S = 120.0  # processes reach an exchange seconds apart (all have just joined)
+_exchanges = 0  # exchanges so far in this process: every process makes them in the same order
+
+
+def exchange(payload: str, *, timeout_s: float = EXCHANGE_TIMEOUT_S) -> list[str]:
+    """Every process's `payload`, in process order ([payload] in a single process).
+
+    Through the distributed runtime's key-value store (strings of any length, no XLA computation),
+    so it works before any device agrees on anything."""
+    n = jax.process_count()
+    if n == 1:
+        return [payload]
+    from jax._src.distributed import global_state
+
+    client = global_state.client
+    if client is None:  # several processes not started by jax.distributed: nothing to exchange through
+        return [payload] * n
+    global _exchanges
+    _exchanges += 1
+    key = f"segue/exchange/{_exchanges}"
+    client.key_value_set(f"{key}/{jax.process_index()}", payload)
+    out = []
+    for i in range(n):
+        try:
+            out.append(client.blocking_key_value_get(f"{key}/{i}", int(timeout_s * 1000)))
+        except Exception:  # noqa: BLE001 -- the runtime's timeout/unavailable error, said in segue's words
+            raise PeerLost(
+                f"multi-host: process {i} did not reach the config check within {timeout_s:.0f} s (stopped, or started "
+                "with another command); start every process with the same command"
+            ) from None
+    return out
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": leaf} of nested dicts (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(configs: list[Mapping[str, Any]], limit: int = 5) -> list[str]:
+    """'field: value on process i, other on process j' for each field whose value differs between
+    processes (at most `limit`, then a count)."""
+    flats = [_flat(c) for c in configs]
+    keys = sorted(set().union(*flats), key=lambda k: (k.count("."), k))
+    out = []
+    for k in keys:
+        by_value: dict[str, list[int]] = {}
+        for i, f in enumerate(flats):
+            by_value.setdefault(json.dumps(f[k]) if k in f else "(not set)", []).append(i)
+        if len(by_value) > 1:
+            parts = [f"{v} on process{'es' if len(ps) > 1 else ''} {', '.join(map(str, ps))}" for v, ps in by_value.items()]
+            out.append(f"{k}: {', '.join(parts)}")
+    if len(out) > limit:
+        out = [*out[:limit], f"and {len(out) - limit} more field(s)"]
+    return out
+
+
+def same_everywhere(load: Callable[[], T], fingerprint: Callable[[T], Mapping[str, Any]]) -> T:
+    """`load()` (a config), checked to be the same in every process of a multi-process run.
+
+    Each process sends its config's JSON (or its load error) to all; a ConfigError in every
+    process names the differing fields, or the process whose config did not load, so all stop
+    together before anything is written (a lone failure would leave the others waiting for it)."""
+    if not jax.distributed.is_initialized():  # one process (and JAX's backend not started for a config error)
+        return load()
+    error: SegueError | None = None
+    try:
+        value = load()
+        payload = json.dumps({"config": fingerprint(value)}, sort_keys=True, default=str)
+    except SegueError as e:
+        error, payload = e, json.dumps({"error": str(e)})
+    got = [json.loads(p) for p in exchange(payload)]
+    if error is not None:
+        raise error
+    me = jax.process_index()
+    failed = [(i, g["error"]) for i, g in enumerate(got) if "error" in g and i != me]
+    if failed:
+        i, text = failed[0]
+        raise ConfigError(f"multi-host: process {i} stopped: {text}")
+    diff = config_differences([g["config"] for g in got])
+    if diff:
+        raise ConfigError(
+            "multi-host: the processes were started with different configs (every process must run the same command "
+            "with the same config): " + "; ".join(diff)
+        )
+    return value
+
+
+# A collective whose peer went away: gloo's socket errors (CPU), NCCL's remote errors (GPU), the
+# coordination service's barrier/unavailable errors.
+_PEER_GONE = re.compile(
+    r"gloo|connection (reset|closed|refused)|broken pipe|socket closed|remote process|peer|heartbeat|unavailable|barrier",
+    re.IGNORECASE,
+)
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether `e` is a collective that failed because another process of the run went away."""
+    # JaxRuntimeError (a RuntimeError) from a step; a ValueError when it comes through
+    # multihost_utils.process_allgather (Orbax's barrier before a checkpoint is saved).
+    return jax.process_count() > 1 and isinstance(e, (RuntimeError, ValueError)) and bool(_PEER_GONE.search(str(e)))
+
+
+def newest_checkpoint(run: Path) -> int | None:
+    """The newest complete checkpoint step of a run folder (Orbax's unfinished saves carry a suffix)."""
+    steps = [int(p.name) for p in (run / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()]
+    return max(steps) if steps else None
+
+
+def lost_text(run: Path, step: int | None, error: BaseException) -> str:
+    """PeerLost's message: which process was lost, when, what the run folder keeps, how to resume."""
+    n, me = jax.process_count(), jax.process_index()
+    who = f"process {1 - me}" if n == 2 else "another process"
+    when = f" at step {step}" if step is not None else ""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = re.sub(r"^\w+: ", "", reason)[:160]
+    kept = newest_checkpoint(run)
+    resume = (
+        f"{run} holds the newest checkpoint, step {kept}: rerun the same command on every process to resume from it"
+        if kept is not None
+        else f"no checkpoint was written yet in {run}: rerun the same command on every process to start again"
+    )
+    return f"process {me} of {n}: lost {who}{when} (a collective failed: {reason}); {resume}"

@@ -778,11 +778,14 @@ def train(
     """
     from rich.console import Console
 
-    from segue.training.mesh import init_distributed
+    from segue.training import mesh as M
 
-    init_distributed()  # several processes (multi-host): JAX's runtime joins them before any computation
+    M.init_distributed()  # several processes (multi-host): JAX's runtime joins them before any computation
     console = console if console is not None else Console()
-    cfg = load_train_config(config)
+    # Every process must train the same config: one started with another (a batch size, a
+    # --max-steps) would meet collectives of another shape and abort inside gloo after the run
+    # folder is written. Compared before anything is written; ConfigError in every process.
+    cfg = M.same_everywhere(lambda: load_train_config(config), _fingerprint)
     run = Path(run_dir) if run_dir is not None else cfg.run_dir
     store_path = cfg.resolve(cfg.data.store)
     saved = run / "config.toml"
@@ -825,8 +828,22 @@ def train(
 
         save_item_names(store, data.vocab, run / ITEM_NAMES_FILE)
         atomic_write_text(run / "store_checksum.txt", store.checksum + "\n")
-        trainer = Trainer(task, run, on_step=on_step, console=console)
-        summary = trainer.fit(resume=resume)
+        done: list[int] = []
+
+        def stepped(step: int) -> None:
+            done[:] = [step]
+            if on_step is not None:
+                on_step(step)
+
+        trainer = Trainer(task, run, on_step=stepped, console=console)
+        try:
+            summary = trainer.fit(resume=resume)
+        except Exception as e:
+            if not M.peer_lost(e):
+                raise
+            # Another process died: its half of a collective is gone. One message (which process,
+            # what the run folder keeps), not the collective's traceback.
+            raise M.PeerLost(M.lost_text(run, done[0] + 1 if done else None, e)) from None
         if summary["steps"] == trainer.resumed_from and trainer.resumed_from:
             console.print(
                 f"[yellow]nothing to train:[/] the run already stopped at step {summary['steps']} by "
@@ -897,6 +914,12 @@ def _snapshot(x: Any) -> Any:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return x.copy()
     return np.array(x)
+
+
+def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """What every process of a multi-process run must agree on: the whole config (its folder aside,
+    which may differ between hosts while relative paths in it stay the same)."""
+    return cfg.model_dump(mode="json", exclude={"base_dir"})
 
 
 def _comparable(cfg: RunConfig) -> dict[str, Any]:
