@@ -132,3 +132,20 @@ def test_survivor_of_a_killed_process_says_which_and_how_to_resume(store: Path, 
     assert "process 0 of 2: lost process 1 at step" in text, text[-3000:]
     assert "holds the newest checkpoint, step" in text and "rerun the same command on every process to resume" in text
     assert "Traceback" not in text and "Check failure" not in text and "╭" not in text
+
+
+def test_config_differences_name_each_field_and_the_processes_holding_each_value() -> None:
+    from segue.training.mesh import config_differences
+
+    a = {"name": "x", "trainer": {"max_steps": 20, "loader": {"batch_size": 32, "bucket_lengths": [16, 30]}}}
+    b = {"name": "x", "trainer": {"max_steps": 20, "loader": {"batch_size": 16, "bucket_lengths": [16, 30]}}}
+    c = {"name": "x", "trainer": {"max_steps": 10, "loader": {"batch_size": 32}}}
+    assert config_differences([a, a]) == []
+    assert config_differences([a, b]) == ["trainer.loader.batch_size: 32 on process 0, 16 on process 1"]
+    assert config_differences([a, b, c]) == [
+        "trainer.max_steps: 20 on processes 0 and 1, 10 on process 2",
+        "trainer.loader.batch_size: 32 on processes 0 and 2, 16 on process 1",
+        "trainer.loader.bucket_lengths: [16, 30] on processes 0 and 1, (not set) on process 2",
+    ]
+    many = [{f"f{i}": 0 for i in range(8)}, {f"f{i}": 1 for i in range(8)}]
+    assert config_differences(many)[-1] == "and 3 more field(s)"

@@ -227,6 +227,13 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _processes(ids: list[int]) -> str:
+    """'process 1', 'processes 0 and 2', 'processes 0, 1 and 3'."""
+    if len(ids) == 1:
+        return f"process {ids[0]}"
+    return f"processes {', '.join(map(str, ids[:-1]))} and {ids[-1]}"
+
+
 def config_differences(configs: list[Mapping[str, Any]], limit: int = 5) -> list[str]:
     """'field: value on process i, other on process j' for each field whose value differs between
     processes (at most `limit`, then a count)."""
@@ -238,7 +245,7 @@ def config_differences(configs: list[Mapping[str, Any]], limit: int = 5) -> list
         for i, f in enumerate(flats):
             by_value.setdefault(json.dumps(f[k]) if k in f else "(not set)", []).append(i)
         if len(by_value) > 1:
-            parts = [f"{v} on process{'es' if len(ps) > 1 else ''} {', '.join(map(str, ps))}" for v, ps in by_value.items()]
+            parts = [f"{v} on {_processes(ps)}" for v, ps in by_value.items()]
             out.append(f"{k}: {', '.join(parts)}")
     if len(out) > limit:
         out = [*out[:limit], f"and {len(out) - limit} more field(s)"]
