@@ -129,7 +129,7 @@ def test_survivor_of_a_killed_process_says_which_and_how_to_resume(store: Path, 
     took = time.monotonic() - t0
     assert took < 30, f"{took:.0f} s: {text[-3000:]}"  # not JAX's heartbeat timeout (100 s) and its C++ abort
     assert rc == 3, text[-3000:]
-    assert "process 0 of 2: lost process 1 at step" in text, text[-3000:]
+    assert "process 0 of 2: lost process 1 after step" in text, text[-3000:]
     assert "holds the newest checkpoint, step" in text and "rerun the same command on every process to resume" in text
     assert "Traceback" not in text and "Check failure" not in text and "╭" not in text
 

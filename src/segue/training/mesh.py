@@ -305,10 +305,11 @@ def newest_checkpoint(run: Path) -> int | None:
 
 
 def lost_text(run: Path, step: int | None, error: BaseException) -> str:
-    """PeerLost's message: which process was lost, when, what the run folder keeps, how to resume."""
+    """PeerLost's message (`step`: the last step this process completed): which process was lost, when,
+    what the run folder keeps, how to resume."""
     n, me = jax.process_count(), jax.process_index()
     who = f"process {1 - me}" if n == 2 else "another process"
-    when = f" at step {step}" if step is not None else ""
+    when = f" after step {step}" if step is not None else ""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     reason = re.sub(r"^\w+: ", "", reason)[:160]
     kept = newest_checkpoint(run)

@@ -843,7 +843,7 @@ def train(
                 raise
             # Another process died: its half of a collective is gone. One message (which process,
             # what the run folder keeps), not the collective's traceback.
-            raise M.PeerLost(M.lost_text(run, done[0] + 1 if done else None, e)) from None
+            raise M.PeerLost(M.lost_text(run, done[0] if done else None, e)) from None
         if summary["steps"] == trainer.resumed_from and trainer.resumed_from:
             console.print(
                 f"[yellow]nothing to train:[/] the run already stopped at step {summary['steps']} by "
