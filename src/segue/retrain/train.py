@@ -151,8 +151,8 @@ def _attempt_trainer(trainer: Any) -> Any:
     """segue.training's Trainer saying attempt_hint's messages (it has no option for its hint)."""
 
     class AttemptTrainer(trainer):  # type: ignore[misc,valid-type]
-        def _say(self, text: str) -> None:
-            super()._say(attempt_hint(text))
+        def say(self, text: str) -> None:
+            super().say(attempt_hint(text))
 
     return AttemptTrainer
 

@@ -297,7 +297,7 @@ class Trainer:
         )
         step = start
         t_start = time.perf_counter() - self.elapsed
-        stop = _GracefulInterrupt(self._say) if jax.process_count() == 1 else contextlib.nullcontext(None)
+        stop = _GracefulInterrupt(self.say) if jax.process_count() == 1 else contextlib.nullcontext(None)
         try:
             with stop as interrupt:
                 step, stop_reason = self._loop(step, start, interrupt, writer, progress, t_start)
@@ -309,14 +309,16 @@ class Trainer:
                 writer.close()
         if stop_reason == "interrupted":
             kept = f"checkpoint {step} written" if self.manager is not None else "nothing kept (no run folder)"
-            self._say(f"interrupted at step {step}: {kept}; run the same command to resume from it")
+            self.say(f"interrupted at step {step}: {kept}; run the same command to resume from it")
             raise KeyboardInterrupt
         if self._best_params is None:
             self._keep_best()
         self.stop_reason = stop_reason
         return self.summary()
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
+        """A message to the user (the interrupt's, a moved horizon's); a caller that runs training
+        as one step of something else (segue retrain) rewords it by overriding this."""
         if self.console is not None:
             self.console.print(f"[yellow]{text}", highlight=False, soft_wrap=True)
         else:
@@ -441,7 +443,7 @@ class Trainer:
             f"at step {start}: the learning rate goes from {was:.3g} to {now:.3g}, so this run will not equal "
             f"an uninterrupted {self.total_steps}-step run (schedule = \"constant\" resumes to any length exactly)"
         )
-        self._say(text)
+        self.say(text)
 
     def _keep_best(self) -> None:
         net = self.task.network(self.state, average=True)
