@@ -51,3 +51,16 @@ def test_a_saved_config_that_does_not_load_is_said_as_such(tmp_path) -> None:  #
     with pytest.raises(ConfigError, match="config.toml does not load") as e:
         train(cfg, run_dir=run)
     assert "no_such_field" in str(e.value) and "another config" not in str(e.value)
+
+
+def test_a_config_built_in_code_equals_its_saved_copy() -> None:
+    """TransformerConfig(model=ModelConfig(context_length=6)) kept the loader's default 50 while its
+    saved copy read back 6: the two differed (tests/test_transformer's reload check)."""
+    from segue.models.train_config import TrainerConfig
+    from segue.models.transformer import ModelConfig
+
+    built = TransformerConfig(model=ModelConfig(context_length=6))
+    assert built.trainer.loader.context_length == 6
+    assert TransformerConfig.from_dict(built.model_dump(mode="json")) == built
+    given = TransformerConfig(model=ModelConfig(context_length=6), trainer=TrainerConfig(max_steps=7))
+    assert given.trainer.max_steps == 7 and given.trainer.loader.context_length == 6

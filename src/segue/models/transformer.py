@@ -54,6 +54,7 @@ from pydantic import Field, model_validator
 from segue.config import Config
 from segue.data.arrays import SequenceArrays
 from segue.data.item_features import ItemFeatures
+from segue.data.loader import LoaderConfig
 from segue.data.vocab import N_SPECIAL, Vocabulary
 from segue.errors import SegueError
 from segue.models import events as EV
@@ -463,8 +464,13 @@ class TransformerConfig(Config):
         bucket_lengths loads again instead of failing LoaderConfig's own check."""
         if not isinstance(data, dict):
             return data
-        trainer = data.get("trainer")
-        loader = trainer.get("loader") if isinstance(trainer, dict) else None
+        trainer = data.get("trainer", {})
+        if isinstance(trainer, TrainerConfig):  # built in code: its fields as given
+            trainer = trainer.model_dump(exclude_unset=True)
+            trainer["loader"] = data["trainer"].loader.model_dump(exclude_unset=True)
+        loader = trainer.get("loader", {}) if isinstance(trainer, dict) else None
+        if isinstance(loader, LoaderConfig):
+            loader = loader.model_dump(exclude_unset=True)
         if not isinstance(loader, dict):
             return data
         model = data.get("model")
