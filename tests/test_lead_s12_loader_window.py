@@ -64,3 +64,19 @@ def test_a_config_built_in_code_equals_its_saved_copy() -> None:
     assert TransformerConfig.from_dict(built.model_dump(mode="json")) == built
     given = TransformerConfig(model=ModelConfig(context_length=6), trainer=TrainerConfig(max_steps=7))
     assert given.trainer.max_steps == 7 and given.trainer.loader.context_length == 6
+
+
+def test_assigning_a_section_keeps_a_valid_config() -> None:
+    """cfg.trainer = ... (validate_assignment) must keep a TrainerConfig, not a dict (CI: tests that
+    set cfg.trainer on a transformer config)."""
+    from segue.models.train_config import TrainerConfig
+    from segue.models.transformer import ModelConfig
+
+    cfg = TransformerConfig(model=ModelConfig(context_length=6))
+    cfg.trainer = cfg.trainer.model_copy(update={"max_steps": 12})
+    assert isinstance(cfg.trainer, TrainerConfig) and cfg.trainer.max_steps == 12
+    assert cfg.trainer.loader.context_length == 6
+    cfg.trainer = TrainerConfig(max_steps=3)  # a fresh trainer section: its loader takes the window
+    assert cfg.trainer.loader.context_length == 6 and cfg.trainer.max_steps == 3
+    cfg.optim = cfg.optim.model_copy(update={"plateau_patience": 100})
+    assert cfg.optim.plateau_patience == 100

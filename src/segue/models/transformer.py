@@ -54,7 +54,6 @@ from pydantic import Field, model_validator
 from segue.config import Config
 from segue.data.arrays import SequenceArrays
 from segue.data.item_features import ItemFeatures
-from segue.data.loader import LoaderConfig
 from segue.data.vocab import N_SPECIAL, Vocabulary
 from segue.errors import SegueError
 from segue.models import events as EV
@@ -459,35 +458,38 @@ class TransformerConfig(Config):
     @classmethod
     def _loader_window(cls, data: Any) -> Any:
         """The loader's window is model.context_length (the trainer overrides the loader's own), so
-        a given loader table takes it: a saved model.toml, which writes the loader's field, then
-        holds the window trained with, and one written with the default 50 beside smaller
-        bucket_lengths loads again instead of failing LoaderConfig's own check."""
+        the loader takes it: a saved model.toml, which writes the loader's field, then holds the
+        window trained with; one written with the default 50 beside smaller bucket_lengths loads
+        again instead of failing LoaderConfig's own check; and a config built in code equals its
+        saved copy read back. Instances stay instances (an assignment is not validated again)."""
         if not isinstance(data, dict):
-            return data
-        trainer = data.get("trainer", {})
-        if isinstance(trainer, TrainerConfig):  # built in code: its fields as given
-            trainer = trainer.model_dump(exclude_unset=True)
-            trainer["loader"] = data["trainer"].loader.model_dump(exclude_unset=True)
-        loader = trainer.get("loader", {}) if isinstance(trainer, dict) else None
-        if isinstance(loader, LoaderConfig):
-            loader = loader.model_dump(exclude_unset=True)
-        if not isinstance(loader, dict):
             return data
         model = data.get("model")
         ctx = model.get("context_length") if isinstance(model, dict) else getattr(model, "context_length", None)
         ctx = ModelConfig.model_fields["context_length"].default if ctx is None else ctx
         if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 1:
             return data  # model.context_length's own check names it
+        trainer = data.get("trainer", {})
+        loader = trainer.get("loader", {}) if isinstance(trainer, dict) else getattr(trainer, "loader", None)
+        b = loader.get("bucket_lengths") if isinstance(loader, dict) else getattr(loader, "bucket_lengths", None)
+        fits = not (isinstance(b, list) and b and isinstance(b[-1], int) and b[-1] < ctx)  # else _consistent names it
+        if not isinstance(trainer, dict) or not isinstance(loader, dict):
+            return data  # instances: _consistent sets their window
         new = {k: v for k, v in loader.items() if k != "context_length"}
-        b = loader.get("bucket_lengths")
-        if not (isinstance(b, list) and b and isinstance(b[-1], int) and b[-1] < ctx):
-            new["context_length"] = ctx  # else _consistent names model.context_length
+        if fits:
+            new["context_length"] = ctx
         return {**data, "trainer": {**trainer, "loader": new}}
 
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
         check_sections(self.loss, self.optim)
         buckets = self.trainer.loader.bucket_lengths
+        ctx = self.model.context_length
+        if self.trainer.loader.context_length != ctx and (buckets is None or buckets[-1] >= ctx):
+            # a section built or assigned in code: a copy with the model's window (object.__setattr__:
+            # no assignment validation, which would run this validator again)
+            loader = self.trainer.loader.model_copy(update={"context_length": ctx})
+            object.__setattr__(self, "trainer", self.trainer.model_copy(update={"loader": loader}))
         if buckets is not None and buckets[-1] < self.model.context_length:
             # the loader's window is model.context_length (the loader's own is overridden)
             raise ValueError(
