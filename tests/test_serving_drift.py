@@ -109,6 +109,10 @@ def test_the_server_checks_its_feature_log_on_a_schedule_and_exposes_distances(f
         text = wait_for(c, "fail", after=time.time())
         # A second worker's watch on the same log sees the failure but leaves the alert to the first.
         other = DriftWatch(DriftWatchConfig(reference=spec, min_requests=20), flog)
+        deadline = time.monotonic() + 10  # /metrics may say "fail" just before the alert is logged
+        while not any(r.levelno == logging.WARNING and r.name == "segue.drift" for r in caplog.records):
+            assert time.monotonic() < deadline, "no drift alert logged"
+            time.sleep(0.02)
         n_alerts = sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "segue.drift")
         assert other.check() == "fail" and not other.holds_alerts()
         assert sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "segue.drift") == n_alerts
