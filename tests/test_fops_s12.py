@@ -10,6 +10,7 @@ from pathlib import Path
 
 from segue.ops.registry import Registry
 from segue.retrain.loop import Retrain, RetrainConfig
+from test_input_s11 import _as_user_works
 from test_retrain import _quiet, _setup, weeks  # noqa: F401 (weeks: the module's fixture)
 
 TINY = """name = "retrain"
@@ -57,22 +58,6 @@ def test_from_scratch_is_recorded_as_asked_not_as_no_production_model(tmp_path: 
     assert json.loads(Path(state["run"], "metrics.json").read_text())["why"] == "asked (--from-scratch)"
 
 
-def _no_dac_works(tmp_path: Path) -> bool:
-    """Whether a process without CAP_DAC_OVERRIDE can be started (the tests run as root, whom
-    file permissions do not stop)."""
-    import subprocess
-
-    probe = tmp_path / "probe"
-    probe.write_text("x")
-    probe.chmod(0)
-    try:
-        return subprocess.run([*NO_DAC, "cat", str(probe)], capture_output=True).returncode != 0
-    except OSError:
-        return False
-    finally:
-        probe.unlink()
-
-
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
 
 
@@ -85,7 +70,7 @@ def test_a_read_only_registry_refuses_a_promotion_in_one_line(tmp_path: Path, we
 
     import pytest
 
-    if not _no_dac_works(tmp_path):
+    if not _as_user_works(tmp_path):  # setpriv can drop CAP_DAC_OVERRIDE here (the tests run as root)
         pytest.skip("cannot drop file-permission capabilities here")
     cfg_path = _setup(tmp_path, weeks, 1)
     assert Retrain(RetrainConfig.load(cfg_path), console=_quiet()).run()["promoted"]  # v1
